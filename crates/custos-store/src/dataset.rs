@@ -1,0 +1,419 @@
+//! Datasets of a home: ingest (the orchestration around [`crate::ingest`]),
+//! the catalogue, and reading a subject's rows from one bucket file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::compute::kernels::cmp::eq;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::home::{Home, now_rfc3339, sync_dir};
+use crate::ingest::{
+    IngestError, IngestProgress, WrittenDataset, bucket_aad, bucket_file_name, choose_bucket_count, io_err,
+    valid_dataset_name, write_buckets,
+};
+use crate::keys::{DataKey, KeyError, random_bytes};
+use crate::meta::{DatasetRecord, MetaError};
+use crate::schema::{ColumnType, DatasetSchema, SchemaError};
+
+/// Prefix of staging directories of ingests in progress.
+const STAGING_PREFIX: &str = ".ingest-";
+/// Lock file held by the process writing a staging directory.
+const LOCK_FILE: &str = ".lock";
+
+/// Errors reading a dataset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatasetError {
+    /// No dataset by that name.
+    #[error("no dataset `{0}`")]
+    NotFound(String),
+    /// A column that the dataset does not have.
+    #[error("dataset `{dataset}` has no column `{column}`")]
+    NoSuchColumn {
+        /// The dataset.
+        dataset: String,
+        /// The column asked for.
+        column: String,
+    },
+    /// A subject id that cannot be a value of the subject column.
+    #[error("the subject id is not a valid value of the dataset's subject column")]
+    BadSubject,
+    /// The stored schema no longer parses (corrupted catalogue).
+    #[error("stored schema of `{dataset}` is invalid: {source}")]
+    Schema {
+        /// The dataset.
+        dataset: String,
+        /// Why.
+        source: SchemaError,
+    },
+    /// A data file failed to open, decrypt or decode.
+    #[error("dataset `{dataset}`, file `{file}`: {message}")]
+    File {
+        /// The dataset.
+        dataset: String,
+        /// The file.
+        file: String,
+        /// What failed.
+        message: String,
+    },
+    /// A key problem.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A metadata store problem.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+/// What a dataset looks like from outside: never values.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetSummary {
+    /// Name.
+    pub name: String,
+    /// Number of rows.
+    pub rows: u64,
+    /// Bucket files.
+    pub buckets: u32,
+    /// Bytes on disk (encrypted).
+    pub stored_bytes: u64,
+    /// When it was ingested (RFC 3339).
+    pub created_at: String,
+    /// SHA-256 of the schema text.
+    pub schema_sha256: String,
+    /// The validated schema.
+    pub schema: DatasetSchema,
+}
+
+/// The result of a successful ingest.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    /// What was stored.
+    pub dataset: DatasetSummary,
+    /// Wall-clock seconds the ingest took.
+    pub seconds: f64,
+}
+
+fn storage_dir(home: &Home, storage_id: &str) -> PathBuf {
+    home.datasets_dir().join(storage_id)
+}
+
+fn summary(record: &DatasetRecord) -> Result<DatasetSummary, DatasetError> {
+    let schema = DatasetSchema::from_toml(&record.schema_toml).map_err(|source| DatasetError::Schema {
+        dataset: record.name.clone(),
+        source,
+    })?;
+    Ok(DatasetSummary {
+        name: record.name.clone(),
+        rows: record.row_count,
+        buckets: record.bucket_count,
+        stored_bytes: record.stored_bytes,
+        created_at: record.created_at.clone(),
+        schema_sha256: record.schema_sha256.clone(),
+        schema,
+    })
+}
+
+/// Removes what crashed ingests left: staging directories whose writer is
+/// gone (their lock can be taken) and dataset directories that the catalogue
+/// does not know. Directories locked by a live ingest are left alone.
+pub async fn remove_leftovers(home: &Home) -> Result<usize, IngestError> {
+    let dir = home.datasets_dir();
+    let known: std::collections::HashSet<String> =
+        home.meta().datasets().await?.into_iter().map(|d| d.storage_id).collect();
+    let mut removed = 0;
+    for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+        let entry = entry.map_err(io_err(&dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if known.contains(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let lock = path.join(LOCK_FILE);
+        let abandoned = match fs::File::open(&lock) {
+            Ok(f) => f.try_lock().is_ok(),
+            // No lock file: a staging directory that never got one, or a
+            // directory renamed into place whose catalogue insert never ran.
+            Err(_) => true,
+        };
+        if abandoned && path.is_dir() {
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Ingests `csv` as dataset `name` with the schema in `schema_path`.
+///
+/// All or nothing: on any error, and on a crash, no dataset exists afterwards
+/// and a re-run works.
+pub async fn ingest(
+    home: &Home,
+    name: &str,
+    schema_path: &Path,
+    csv_path: &Path,
+    progress: Arc<dyn IngestProgress>,
+) -> Result<IngestReport, IngestError> {
+    let started = Instant::now();
+    if !valid_dataset_name(name) {
+        return Err(IngestError::BadName(name.to_owned()));
+    }
+    let schema_toml = fs::read_to_string(schema_path).map_err(io_err(schema_path))?;
+    let schema = DatasetSchema::from_toml(&schema_toml).map_err(|source| IngestError::Schema {
+        path: schema_path.to_owned(),
+        source,
+    })?;
+    if home.meta().dataset(name).await?.is_some() {
+        return Err(IngestError::Exists(name.to_owned()));
+    }
+    remove_leftovers(home).await?;
+
+    let mut id_bytes = [0u8; 8];
+    random_bytes(&mut id_bytes)?;
+    let storage_id = format!("{name}.{}", hex::encode(id_bytes));
+    let staging = home.datasets_dir().join(format!("{STAGING_PREFIX}{storage_id}"));
+    fs::create_dir(&staging).map_err(io_err(&staging))?;
+    let lock_path = staging.join(LOCK_FILE);
+    let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    lock.lock().map_err(io_err(&lock_path))?;
+
+    let result = stage_and_commit(home, name, &storage_id, &staging, &schema, &schema_toml, csv_path, progress).await;
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+        let _ = fs::remove_dir_all(storage_dir(home, &storage_id));
+    }
+    drop(lock);
+    let dataset = result?;
+    Ok(IngestReport {
+        dataset,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stage_and_commit(
+    home: &Home,
+    name: &str,
+    storage_id: &str,
+    staging: &Path,
+    schema: &DatasetSchema,
+    schema_toml: &str,
+    csv_path: &Path,
+    progress: Arc<dyn IngestProgress>,
+) -> Result<DatasetSummary, IngestError> {
+    let buckets = {
+        let mut sample = vec![0u8; 64 * 1024];
+        let mut file = fs::File::open(csv_path).map_err(io_err(csv_path))?;
+        let n = std::io::Read::read(&mut file, &mut sample).map_err(io_err(csv_path))?;
+        sample.truncate(n);
+        let size = file.metadata().map_err(io_err(csv_path))?.len();
+        choose_bucket_count(size, &sample)
+    };
+    let key = DataKey::generate()?;
+    let wrapped_key = home.master_key().wrap_data_key(storage_id, &key)?;
+
+    let (dir, sid, sch, csv) = (staging.to_owned(), storage_id.to_owned(), schema.clone(), csv_path.to_owned());
+    let written: WrittenDataset = tokio::task::spawn_blocking(move || {
+        write_buckets(&dir, &sid, &sch, &csv, &key, buckets, progress.as_ref())
+    })
+    .await
+    .map_err(|_| IngestError::Parquet("the ingest task stopped unexpectedly".into()))??;
+
+    sync_dir(staging).map_err(|e| IngestError::Parquet(e.to_string()))?;
+    let final_dir = storage_dir(home, storage_id);
+    fs::rename(staging, &final_dir).map_err(io_err(&final_dir))?;
+    sync_dir(&home.datasets_dir()).map_err(|e| IngestError::Parquet(e.to_string()))?;
+
+    let record = DatasetRecord {
+        name: name.to_owned(),
+        storage_id: storage_id.to_owned(),
+        schema_toml: schema_toml.to_owned(),
+        schema_sha256: hex::encode(Sha256::digest(schema_toml.as_bytes())),
+        wrapped_key,
+        bucket_count: buckets,
+        row_count: written.rows,
+        stored_bytes: written.bytes,
+        created_at: now_rfc3339(),
+    };
+    // INVARIANT: this insert is the commit point; before it, the dataset does not exist.
+    home.meta().insert_dataset(&record).await.map_err(|e| match e {
+        MetaError::AlreadyExists(_) => IngestError::Exists(name.to_owned()),
+        other => other.into(),
+    })?;
+    let _ = fs::remove_file(final_dir.join(LOCK_FILE));
+    summary(&record).map_err(|e| IngestError::Parquet(e.to_string()))
+}
+
+/// All datasets of a home.
+pub async fn list(home: &Home) -> Result<Vec<DatasetSummary>, DatasetError> {
+    home.meta().datasets().await?.iter().map(summary).collect()
+}
+
+/// One dataset's summary.
+pub async fn describe(home: &Home, name: &str) -> Result<DatasetSummary, DatasetError> {
+    let record = home
+        .meta()
+        .dataset(name)
+        .await?
+        .ok_or_else(|| DatasetError::NotFound(name.to_owned()))?;
+    summary(&record)
+}
+
+/// An opened dataset: its schema and the keys to read its files.
+#[derive(Debug)]
+pub struct DatasetReader {
+    record: DatasetRecord,
+    schema: DatasetSchema,
+    key: DataKey,
+    dir: PathBuf,
+}
+
+impl DatasetReader {
+    /// Opens dataset `name` of `home` (unwrapping its data key).
+    pub async fn open(home: &Home, name: &str) -> Result<Self, DatasetError> {
+        let record = home
+            .meta()
+            .dataset(name)
+            .await?
+            .ok_or_else(|| DatasetError::NotFound(name.to_owned()))?;
+        let schema = summary(&record)?.schema;
+        let key = home.master_key().unwrap_data_key(&record.storage_id, &record.wrapped_key)?;
+        let dir = storage_dir(home, &record.storage_id);
+        Ok(Self {
+            record,
+            schema,
+            key,
+            dir,
+        })
+    }
+
+    /// The dataset's schema.
+    pub fn schema(&self) -> &DatasetSchema {
+        &self.schema
+    }
+
+    /// Paths of the bucket files.
+    pub fn bucket_paths(&self) -> Vec<PathBuf> {
+        (0..self.record.bucket_count).map(|b| self.dir.join(bucket_file_name(b))).collect()
+    }
+
+    fn file_error(&self, bucket: u32, message: impl ToString) -> DatasetError {
+        DatasetError::File {
+            dataset: self.record.name.clone(),
+            file: bucket_file_name(bucket),
+            message: message.to_string(),
+        }
+    }
+
+    fn decryption(&self, bucket: u32, identity: bool) -> Result<Arc<FileDecryptionProperties>, DatasetError> {
+        let footer = self.key.footer_key();
+        let identity_key = self.key.identity_key();
+        let mut builder = FileDecryptionProperties::builder(footer.to_vec())
+            .with_aad_prefix(bucket_aad(&self.record.storage_id, bucket));
+        for c in &self.schema.columns {
+            if c.class.is_identifying() {
+                if identity {
+                    builder = builder.with_column_key(&c.name, identity_key.to_vec());
+                }
+            } else {
+                builder = builder.with_column_key(&c.name, footer.to_vec());
+            }
+        }
+        builder.build().map_err(|e| self.file_error(bucket, e))
+    }
+
+    /// The rows of one subject, reading only that subject's bucket file and
+    /// decoding the other columns only for matching rows. `columns` limits
+    /// the output to those columns (in that order); `None` returns all.
+    pub fn subject_rows(&self, subject: &str, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, DatasetError> {
+        let subject_column = self.schema.subject_column();
+        let subject_index = self.schema.subject_index();
+        let wanted: Vec<usize> = match columns {
+            None => (0..self.schema.columns.len()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.schema.columns.iter().position(|c| c.name == *n).ok_or_else(|| {
+                        DatasetError::NoSuchColumn {
+                            dataset: self.record.name.clone(),
+                            column: (*n).to_owned(),
+                        }
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let target: Arc<dyn Array> = match subject_column.ty {
+            ColumnType::Integer => Arc::new(Int64Array::from(vec![subject.parse::<i64>().map_err(|_| DatasetError::BadSubject)?])),
+            _ => Arc::new(StringArray::from(vec![subject.to_owned()])),
+        };
+        let bucket = self.key.bucketer(self.record.bucket_count).bucket(subject.as_bytes());
+        let path = self.dir.join(bucket_file_name(bucket));
+        let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
+        let options = ArrowReaderOptions::new().with_file_decryption_properties(self.decryption(bucket, true)?);
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(|e| self.file_error(bucket, e))?;
+        let descr = builder.parquet_schema();
+        let predicate_mask = ProjectionMask::roots(descr, [subject_index]);
+        let output_mask = ProjectionMask::roots(descr, wanted.iter().copied());
+        let predicate = ArrowPredicateFn::new(predicate_mask, move |batch: RecordBatch| -> Result<BooleanArray, arrow::error::ArrowError> {
+            eq(batch.column(0), &arrow::array::Scalar::new(target.clone()))
+        });
+        let reader = builder
+            .with_projection(output_mask)
+            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+            .build()
+            .map_err(|e| self.file_error(bucket, e))?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| self.file_error(bucket, e))?;
+            if batch.num_rows() > 0 {
+                // Reorder to the caller's column order (the mask keeps file order).
+                let file_order: Vec<usize> = {
+                    let mut sorted = wanted.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    sorted
+                };
+                let indices: Vec<usize> = wanted
+                    .iter()
+                    .filter_map(|w| file_order.iter().position(|f| f == w))
+                    .collect();
+                batches.push(batch.project(&indices).map_err(|e| self.file_error(bucket, e))?);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Reads every row of every bucket (for tests, verification and the
+    /// demo's true values). Identity columns are decrypted only if `identity`.
+    pub fn scan(&self, identity: bool) -> Result<Vec<RecordBatch>, DatasetError> {
+        let mut out = Vec::new();
+        for bucket in 0..self.record.bucket_count {
+            let path = self.dir.join(bucket_file_name(bucket));
+            let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
+            let options = ArrowReaderOptions::new().with_file_decryption_properties(self.decryption(bucket, identity)?);
+            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+                .map_err(|e| self.file_error(bucket, e))?;
+            let keep: Vec<usize> = self
+                .schema
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| identity || !c.class.is_identifying())
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
+            for batch in builder.with_projection(mask).build().map_err(|e| self.file_error(bucket, e))? {
+                out.push(batch.map_err(|e| self.file_error(bucket, e))?);
+            }
+        }
+        Ok(out)
+    }
+}

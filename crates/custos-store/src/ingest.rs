@@ -1,0 +1,669 @@
+//! CSV → encrypted Parquet ingest.
+//!
+//! The CSV is streamed: rows are validated against the schema, spread over
+//! bucket files by a keyed hash of the subject id (so a subject's rows are
+//! found by reading one bucket, never the whole dataset) and written through
+//! Arrow into Parquet with modular encryption. One thread parses and
+//! validates; a second encodes, compresses and encrypts. Memory is bounded by
+//! the bucket count and batch size, not by the input.
+//!
+//! Atomicity: everything is written into a locked staging directory, fsynced,
+//! renamed into place, and only then recorded in the metadata store. A crash
+//! at any point leaves no dataset; the leftovers are removed by the next
+//! ingest (see [`crate::dataset::remove_leftovers`]).
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use arrow::array::{ArrayRef, Date32Builder, Int64Builder, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::keys::{DataKey, KeyError, SubjectBucketer};
+use crate::meta::MetaError;
+use crate::schema::{Column, ColumnType, DatasetSchema, SchemaError, parse_date_days, parse_decimal_cents};
+
+/// Most problems collected before an ingest gives up on a file.
+pub const MAX_PROBLEMS: usize = 10;
+/// Rows buffered per bucket before they are handed to the writer thread.
+const BATCH_ROWS: usize = 8192;
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 65_536;
+/// Target rows per bucket file when choosing the bucket count.
+const TARGET_ROWS_PER_BUCKET: u64 = 250_000;
+/// Most bucket files per dataset (bounds memory: one open writer per bucket).
+pub const MAX_BUCKETS: u32 = 128;
+
+/// One thing wrong with an input file, located for the person who fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestProblem {
+    /// 1-based line number in the file.
+    pub line: u64,
+    /// The column, when the problem is in one field.
+    pub column: Option<String>,
+    /// What is wrong (never an identifier's value).
+    pub message: String,
+}
+
+impl std::fmt::Display for IngestProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "line {}, column `{c}`: {}", self.line, self.message),
+            None => write!(f, "line {}: {}", self.line, self.message),
+        }
+    }
+}
+
+/// Why an ingest failed. In every case no dataset was created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The dataset name breaks the naming rule.
+    #[error("dataset name `{0}` is not allowed: use 1-64 characters of a-z, 0-9, _ and -")]
+    BadName(String),
+    /// A dataset with this name exists.
+    #[error("dataset `{0}` already exists")]
+    Exists(String),
+    /// The schema file was refused.
+    #[error("schema `{path}`: {source}")]
+    Schema {
+        /// The schema file.
+        path: PathBuf,
+        /// Why.
+        source: SchemaError,
+    },
+    /// The CSV file broke the schema; nothing was stored.
+    #[error("`{file}` was rejected and nothing was stored: {}", format_problems(problems))]
+    Rejected {
+        /// The input file.
+        file: PathBuf,
+        /// The first problems found (at most [`MAX_PROBLEMS`]).
+        problems: Vec<IngestProblem>,
+    },
+    /// A file could not be read or written.
+    #[error("`{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The Parquet writer failed.
+    #[error("writing Parquet failed: {0}")]
+    Parquet(String),
+    /// A key problem.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A metadata store problem.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+fn format_problems(problems: &[IngestProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
+    move |source| IngestError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Receives progress of a long ingest (bytes of the input consumed).
+pub trait IngestProgress: Send + Sync {
+    /// Called once with the input's size in bytes.
+    fn start(&self, total_bytes: u64);
+    /// Called as input is consumed, with the bytes read so far.
+    fn advance_to(&self, bytes_read: u64);
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl IngestProgress for NoProgress {
+    fn start(&self, _: u64) {}
+    fn advance_to(&self, _: u64) {}
+}
+
+/// Checks a dataset name: `[a-z0-9_-]{1,64}`.
+pub fn valid_dataset_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// The Arrow schema of a dataset's Parquet files. Column classes and types
+/// are kept as field metadata so the files describe themselves.
+pub fn arrow_schema(schema: &DatasetSchema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = match c.ty {
+                ColumnType::String | ColumnType::Enum => DataType::Utf8,
+                ColumnType::Integer | ColumnType::Decimal => DataType::Int64,
+                ColumnType::Date => DataType::Date32,
+            };
+            let mut meta = std::collections::HashMap::new();
+            meta.insert("custos.class".to_owned(), c.class.as_str().to_owned());
+            meta.insert("custos.type".to_owned(), c.ty.as_str().to_owned());
+            Field::new(&c.name, ty, c.nullable).with_metadata(meta)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// File name of bucket `i`.
+pub fn bucket_file_name(i: u32) -> String {
+    format!("bucket-{i:04}.parquet")
+}
+
+/// The AAD prefix that binds a bucket file to its dataset and position, so
+/// files cannot be swapped between datasets or buckets undetected.
+pub fn bucket_aad(storage_id: &str, bucket: u32) -> Vec<u8> {
+    format!("custos/v1/{storage_id}/{}", bucket_file_name(bucket)).into_bytes()
+}
+
+/// Parquet encryption: identity columns under the identity key, every other
+/// column and the (encrypted) footer under the footer key.
+fn encryption_properties(
+    schema: &DatasetSchema,
+    key: &DataKey,
+    aad: Vec<u8>,
+) -> Result<Arc<FileEncryptionProperties>, IngestError> {
+    let footer = key.footer_key();
+    let identity = key.identity_key();
+    let mut builder = FileEncryptionProperties::builder(footer.to_vec())
+        .with_aad_prefix(aad)
+        .with_aad_prefix_storage(false);
+    for c in &schema.columns {
+        let column_key = if c.class.is_identifying() { identity.to_vec() } else { footer.to_vec() };
+        builder = builder.with_column_key(&c.name, column_key);
+    }
+    builder.build().map_err(|e| IngestError::Parquet(e.to_string()))
+}
+
+fn writer_properties(
+    schema: &DatasetSchema,
+    encryption: Arc<FileEncryptionProperties>,
+) -> WriterProperties {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .with_file_encryption_properties(encryption);
+    for c in &schema.columns {
+        if c.class.is_identifying() {
+            // Min/max of an identifier column would be identifiers; keep none.
+            builder = builder
+                .set_column_statistics_enabled(ColumnPath::from(c.name.as_str()), EnabledStatistics::None)
+                .set_column_bloom_filter_enabled(ColumnPath::from(c.name.as_str()), false);
+        }
+    }
+    builder.build()
+}
+
+/// Chooses the bucket count from the input's size and its first lines.
+pub fn choose_bucket_count(file_bytes: u64, sample: &[u8]) -> u32 {
+    let lines = sample.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
+    let avg_line = (sample.len() as u64 / lines).max(16);
+    let estimated_rows = file_bytes / avg_line;
+    let buckets = estimated_rows.div_ceil(TARGET_ROWS_PER_BUCKET).clamp(1, u64::from(MAX_BUCKETS));
+    u32::try_from(buckets).unwrap_or(MAX_BUCKETS)
+}
+
+/// Where the bytes of a value may be shown in an error.
+fn shown(column: &Column, raw: &[u8]) -> String {
+    if column.class.is_identifying() {
+        "value (withheld: identifying column)".to_owned()
+    } else {
+        let text = String::from_utf8_lossy(raw);
+        let mut short: String = text.chars().take(40).collect();
+        if short.len() < text.len() {
+            short.push('…');
+        }
+        format!("value `{short}`")
+    }
+}
+
+enum Builder {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Date32(Date32Builder),
+}
+
+impl Builder {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::String | ColumnType::Enum => Self::Utf8(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)),
+            ColumnType::Integer | ColumnType::Decimal => Self::Int64(Int64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Date => Self::Date32(Date32Builder::with_capacity(BATCH_ROWS)),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Utf8(b) => Arc::new(b.finish()),
+            Self::Int64(b) => Arc::new(b.finish()),
+            Self::Date32(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// A parsed field, ready to append.
+enum Value<'a> {
+    Null,
+    Text(&'a str),
+    Int(i64),
+}
+
+struct ColumnPlan<'s> {
+    column: &'s Column,
+    /// Position of this column in the CSV record.
+    csv_index: usize,
+    enum_values: HashSet<&'s [u8]>,
+}
+
+impl ColumnPlan<'_> {
+    fn parse<'a>(&self, raw: &'a [u8]) -> Result<Value<'a>, String> {
+        let c = self.column;
+        if raw.is_empty() {
+            return if c.nullable {
+                Ok(Value::Null)
+            } else {
+                Err("empty value in a column that is not nullable".into())
+            };
+        }
+        if raw.contains(&b'\n') || raw.contains(&b'\r') {
+            return Err("a quoted field runs over a line break (unterminated quote?)".into());
+        }
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            format!("not valid UTF-8 (bad byte at offset {} of the field)", e.valid_up_to())
+        })?;
+        let number = match c.ty {
+            ColumnType::String => return Ok(Value::Text(text)),
+            ColumnType::Enum => {
+                return if self.enum_values.contains(raw) {
+                    Ok(Value::Text(text))
+                } else {
+                    Err(format!("{} is not one of the {} declared values", shown(c, raw), c.values.len()))
+                };
+            }
+            ColumnType::Integer => text
+                .parse::<i64>()
+                .map_err(|_| format!("{} is not an integer", shown(c, raw)))?,
+            ColumnType::Decimal => {
+                parse_decimal_cents(text).ok_or_else(|| format!("{} is not a decimal with at most two fraction digits", shown(c, raw)))?
+            }
+            ColumnType::Date => parse_date_days(text).ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", shown(c, raw)))?,
+        };
+        if let Some((lo, hi)) = c.bounds
+            && !(lo..=hi).contains(&number)
+        {
+            return Err(format!("{} is outside the declared bounds", shown(c, raw)));
+        }
+        Ok(Value::Int(number))
+    }
+}
+
+struct BucketBuffer {
+    builders: Vec<Builder>,
+    rows: usize,
+}
+
+impl BucketBuffer {
+    fn new(schema: &DatasetSchema) -> Self {
+        Self {
+            builders: schema.columns.iter().map(|c| Builder::new(c.ty)).collect(),
+            rows: 0,
+        }
+    }
+
+    fn append(&mut self, values: &[Value<'_>]) {
+        for (builder, value) in self.builders.iter_mut().zip(values) {
+            match (builder, value) {
+                (Builder::Utf8(b), Value::Text(t)) => b.append_value(t),
+                (Builder::Int64(b), Value::Int(v)) => b.append_value(*v),
+                // Date bounds keep values inside i32; out-of-range falls to null only
+                // if the schema allowed no bounds and the date is absurd.
+                (Builder::Date32(b), Value::Int(v)) => b.append_option(i32::try_from(*v).ok()),
+                (Builder::Utf8(b), _) => b.append_null(),
+                (Builder::Int64(b), _) => b.append_null(),
+                (Builder::Date32(b), _) => b.append_null(),
+            }
+        }
+        self.rows += 1;
+    }
+
+    fn take_batch(&mut self, schema: &SchemaRef) -> Result<RecordBatch, IngestError> {
+        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        self.rows = 0;
+        RecordBatch::try_new(schema.clone(), columns).map_err(|e| IngestError::Parquet(e.to_string()))
+    }
+}
+
+/// Counts bytes read from the input for progress reporting.
+struct CountingReader<R> {
+    inner: R,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// What [`write_buckets`] produced.
+#[derive(Debug, Clone, Copy)]
+pub struct WrittenDataset {
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes of all bucket files.
+    pub bytes: u64,
+}
+
+/// Streams `csv` into `buckets` encrypted Parquet files in `dir`, fsynced.
+/// On error the caller discards `dir`.
+pub fn write_buckets(
+    dir: &Path,
+    storage_id: &str,
+    schema: &DatasetSchema,
+    csv_path: &Path,
+    key: &DataKey,
+    buckets: u32,
+    progress: &dyn IngestProgress,
+) -> Result<WrittenDataset, IngestError> {
+    let file = fs::File::open(csv_path).map_err(io_err(csv_path))?;
+    let total = file.metadata().map_err(io_err(csv_path))?.len();
+    progress.start(total);
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = CountingReader {
+        inner: file,
+        read: read.clone(),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 20)
+        .from_reader(counting);
+    let rejected = |problems: Vec<IngestProblem>| IngestError::Rejected {
+        file: csv_path.to_owned(),
+        problems,
+    };
+
+    let mut header = csv::ByteRecord::new();
+    let has_header = reader.read_byte_record(&mut header).map_err(|e| csv_error(csv_path, e))?;
+    if !has_header || header.iter().all(<[u8]>::is_empty) {
+        return Err(rejected(vec![IngestProblem {
+            line: 1,
+            column: None,
+            message: "the file is empty: expected a header line naming the columns".into(),
+        }]));
+    }
+    let plans = plan_columns(schema, &header).map_err(rejected)?;
+
+    let arrow = arrow_schema(schema);
+    let bucketer: SubjectBucketer = key.bucketer(buckets);
+    let subject_plan = schema.subject_index();
+    let (tx, rx) = mpsc::sync_channel::<(u32, RecordBatch)>(4);
+    let writer_dir = dir.to_owned();
+    let writer_schema = arrow.clone();
+    let props: Vec<WriterProperties> = (0..buckets)
+        .map(|b| Ok(writer_properties(schema, encryption_properties(schema, key, bucket_aad(storage_id, b))?)))
+        .collect::<Result<_, IngestError>>()?;
+
+    let writer = std::thread::spawn(move || write_thread(&writer_dir, writer_schema, props, rx));
+
+    let mut buffers: Vec<BucketBuffer> = (0..buckets).map(|_| BucketBuffer::new(schema)).collect();
+    let mut problems = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    let mut rows: u64 = 0;
+    let mut send_failed = false;
+    loop {
+        let more = match reader.read_byte_record(&mut record) {
+            Ok(more) => more,
+            Err(e) => {
+                let line = e.position().map_or(0, csv::Position::line);
+                problems.push(IngestProblem {
+                    line,
+                    column: None,
+                    message: "the CSV is malformed here".into(),
+                });
+                break;
+            }
+        };
+        if !more {
+            break;
+        }
+        let line = record.position().map_or(0, csv::Position::line);
+        if rows % 65_536 == 0 {
+            progress.advance_to(read.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        if record.len() != header.len() {
+            problems.push(IngestProblem {
+                line,
+                column: None,
+                message: format!("expected {} fields, found {}", header.len(), record.len()),
+            });
+            if problems.len() >= MAX_PROBLEMS {
+                break;
+            }
+            continue;
+        }
+        let mut values: Vec<Value<'_>> = Vec::with_capacity(plans.len());
+        let mut row_ok = true;
+        for plan in &plans {
+            let raw = record.get(plan.csv_index).unwrap_or_default();
+            match plan.parse(raw) {
+                Ok(v) => values.push(v),
+                Err(message) => {
+                    row_ok = false;
+                    problems.push(IngestProblem {
+                        line,
+                        column: Some(plan.column.name.clone()),
+                        message,
+                    });
+                    if problems.len() >= MAX_PROBLEMS {
+                        break;
+                    }
+                }
+            }
+        }
+        if problems.len() >= MAX_PROBLEMS {
+            break;
+        }
+        if !row_ok || !problems.is_empty() {
+            continue;
+        }
+        let subject = record.get(plans[subject_plan].csv_index).unwrap_or_default();
+        let bucket = bucketer.bucket(subject);
+        let Some(buffer) = buffers.get_mut(bucket as usize) else { continue };
+        buffer.append(&values);
+        rows += 1;
+        if buffer.rows >= BATCH_ROWS {
+            let batch = buffer.take_batch(&arrow)?;
+            if tx.send((bucket, batch)).is_err() {
+                send_failed = true;
+                break;
+            }
+        }
+    }
+    if problems.is_empty() && !send_failed {
+        if rows == 0 {
+            problems.push(IngestProblem {
+                line: 2,
+                column: None,
+                message: "the file has a header but no data rows".into(),
+            });
+        }
+        for (bucket, buffer) in buffers.iter_mut().enumerate() {
+            if buffer.rows > 0 {
+                let batch = buffer.take_batch(&arrow)?;
+                let bucket = u32::try_from(bucket).unwrap_or(u32::MAX);
+                if tx.send((bucket, batch)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let written = writer
+        .join()
+        .map_err(|_| IngestError::Parquet("the writer thread stopped unexpectedly".into()))?;
+    if !problems.is_empty() {
+        return Err(rejected(problems));
+    }
+    progress.advance_to(total);
+    Ok(WrittenDataset {
+        rows,
+        bytes: written?,
+    })
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> IngestError {
+    let line = e.position().map_or(0, csv::Position::line);
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => IngestError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        _ => IngestError::Rejected {
+            file: path.to_owned(),
+            problems: vec![IngestProblem {
+                line,
+                column: None,
+                message: "the CSV is malformed here".into(),
+            }],
+        },
+    }
+}
+
+fn plan_columns<'s>(schema: &'s DatasetSchema, header: &csv::ByteRecord) -> Result<Vec<ColumnPlan<'s>>, Vec<IngestProblem>> {
+    let names: Vec<String> = header
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
+            String::from_utf8_lossy(raw).trim().to_owned()
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for name in &names {
+        if !seen.insert(name.as_str()) {
+            problems.push(IngestProblem {
+                line: 1,
+                column: Some(name.clone()),
+                message: "the header names this column twice".into(),
+            });
+        } else if schema.column(name).is_none() {
+            problems.push(IngestProblem {
+                line: 1,
+                column: Some(name.clone()),
+                message: "extra column: the schema does not declare it".into(),
+            });
+        }
+    }
+    for c in &schema.columns {
+        if !names.iter().any(|n| n == &c.name) {
+            problems.push(IngestProblem {
+                line: 1,
+                column: Some(c.name.clone()),
+                message: "missing column: the schema declares it but the header lacks it".into(),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        problems.truncate(MAX_PROBLEMS);
+        return Err(problems);
+    }
+    Ok(schema
+        .columns
+        .iter()
+        .map(|c| ColumnPlan {
+            column: c,
+            csv_index: names.iter().position(|n| n == &c.name).unwrap_or(0),
+            enum_values: c.values.iter().map(|v| v.as_bytes()).collect(),
+        })
+        .collect())
+}
+
+/// Owns one Parquet writer per bucket; returns the bytes written.
+fn write_thread(
+    dir: &Path,
+    schema: SchemaRef,
+    props: Vec<WriterProperties>,
+    rx: mpsc::Receiver<(u32, RecordBatch)>,
+) -> Result<u64, IngestError> {
+    let parquet_err = |e: parquet::errors::ParquetError| IngestError::Parquet(e.to_string());
+    let mut writers = Vec::with_capacity(props.len());
+    for (i, p) in props.into_iter().enumerate() {
+        let bucket = u32::try_from(i).unwrap_or(u32::MAX);
+        let path = dir.join(bucket_file_name(bucket));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 16, file), schema.clone(), Some(p))
+            .map_err(parquet_err)?;
+        writers.push((path, writer));
+    }
+    for (bucket, batch) in rx {
+        if let Some((_, writer)) = writers.get_mut(bucket as usize) {
+            writer.write(&batch).map_err(parquet_err)?;
+        }
+    }
+    let mut bytes = 0;
+    for (path, writer) in writers {
+        let file = writer
+            .into_inner()
+            .map_err(parquet_err)?
+            .into_inner()
+            .map_err(|e| io_err(&path)(e.into_error()))?;
+        file.sync_all().map_err(io_err(&path))?;
+        bytes += file.metadata().map_err(io_err(&path))?.len();
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_names() {
+        assert!(valid_dataset_name("tax_returns-2024"));
+        assert!(!valid_dataset_name(""));
+        assert!(!valid_dataset_name("Tax"));
+        assert!(!valid_dataset_name("../etc"));
+        assert!(!valid_dataset_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn bucket_count_scales_with_size() {
+        let sample = b"a,b\n1,2\n3,4\n";
+        assert_eq!(choose_bucket_count(100, sample), 1);
+        assert!(choose_bucket_count(4_000_000_000, sample) == MAX_BUCKETS);
+        let mid = choose_bucket_count(1_000_000 * 150, &b"x".repeat(149).into_iter().chain([b'\n']).collect::<Vec<_>>());
+        assert_eq!(mid, 4);
+    }
+}

@@ -1,0 +1,24 @@
+//! Custos storage: dataset schemas, encrypted Parquet datasets, keys, and the
+//! metadata store of a Custos home.
+//!
+//! - [`schema`]: the TOML schema that classes every column (pure).
+//! - [`keys`]: master key, wrapped per-dataset data keys, derived file keys.
+//! - [`home`]: the data directory: `init`, `open`, layout.
+//! - [`meta`]: the metadata store interface and its SQLite backend.
+//! - [`ingest`]: CSV → bucketed, encrypted Parquet (streaming, atomic).
+//! - [`dataset`]: the catalogue, ingest orchestration and reading rows.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod dataset;
+pub mod home;
+pub mod ingest;
+pub mod keys;
+pub mod meta;
+pub mod schema;
+
+pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport};
+pub use home::{Home, HomeError, InitReport, MasterKeySource};
+pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
+pub use keys::{KeyError, MasterKey};
+pub use schema::{ColumnClass, ColumnType, DatasetSchema, SchemaError};

@@ -1,0 +1,246 @@
+//! The metadata store: instance settings and the dataset catalogue.
+//!
+//! [`MetadataStore`] is the interface every backend implements; SQLite
+//! ([`SqliteMetadata`]) is the embedded default. A PostgreSQL backend goes
+//! beside it behind the same trait and runs the same test suite.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// Errors of the metadata store. Messages never carry secrets or values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    /// The database could not be opened or queried.
+    #[error("metadata store: {0}")]
+    Database(String),
+    /// The schema migrations failed.
+    #[error("metadata store migration failed: {0}")]
+    Migration(String),
+    /// An insert collided with an existing row.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+}
+
+impl From<sqlx::Error> for MetaError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return Self::AlreadyExists("the record".into());
+        }
+        Self::Database(e.to_string())
+    }
+}
+
+/// A dataset as the catalogue records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetRecord {
+    /// The dataset's name, `[a-z0-9_-]{1,64}`.
+    pub name: String,
+    /// The directory under `datasets/` that holds its files.
+    pub storage_id: String,
+    /// The schema as ingested (TOML text).
+    pub schema_toml: String,
+    /// SHA-256 of `schema_toml`, hex.
+    pub schema_sha256: String,
+    /// The data key, wrapped by the master key.
+    pub wrapped_key: Vec<u8>,
+    /// How many bucket files the rows are spread over.
+    pub bucket_count: u32,
+    /// Number of rows.
+    pub row_count: u64,
+    /// Bytes on disk.
+    pub stored_bytes: u64,
+    /// RFC 3339 time of the ingest.
+    pub created_at: String,
+}
+
+/// Everything Custos keeps about itself besides data files and the ledger.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+    /// Reads an instance setting.
+    async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
+    /// Writes an instance setting once; an existing key is refused.
+    async fn insert_instance_value(&self, key: &str, value: &[u8]) -> Result<(), MetaError>;
+    /// Records a dataset; a dataset with the same name is refused.
+    async fn insert_dataset(&self, record: &DatasetRecord) -> Result<(), MetaError>;
+    /// Looks a dataset up by name.
+    async fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, MetaError>;
+    /// All datasets, by name.
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>, MetaError>;
+}
+
+/// The embedded SQLite metadata store (WAL, `synchronous = FULL`).
+#[derive(Debug, Clone)]
+pub struct SqliteMetadata {
+    pool: SqlitePool,
+}
+
+impl SqliteMetadata {
+    /// Opens (or with `create`, creates) the database at `path` and applies
+    /// pending migrations.
+    pub async fn open(path: &Path, create: bool) -> Result<Self, MetaError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(|e| MetaError::Database(e.to_string()))?
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed transaction survives power loss, not just a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| MetaError::Migration(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, flushing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, MetaError> {
+    let as_u64 = |v: i64| u64::try_from(v).map_err(|_| MetaError::Database("negative count in catalogue".into()));
+    Ok(DatasetRecord {
+        name: row.try_get("name")?,
+        storage_id: row.try_get("storage_id")?,
+        schema_toml: row.try_get("schema_toml")?,
+        schema_sha256: row.try_get("schema_sha256")?,
+        wrapped_key: row.try_get("wrapped_key")?,
+        bucket_count: u32::try_from(row.try_get::<i64, _>("bucket_count")?)
+            .map_err(|_| MetaError::Database("bad bucket count in catalogue".into()))?,
+        row_count: as_u64(row.try_get("row_count")?)?,
+        stored_bytes: as_u64(row.try_get("stored_bytes")?)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
+        let row = sqlx::query("SELECT value FROM instance WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    async fn insert_instance_value(&self, key: &str, value: &[u8]) -> Result<(), MetaError> {
+        sqlx::query("INSERT INTO instance (key, value) VALUES (?, ?)")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match MetaError::from(e) {
+                MetaError::AlreadyExists(_) => MetaError::AlreadyExists(format!("setting `{key}`")),
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), MetaError> {
+        let to_i64 = |v: u64| i64::try_from(v).map_err(|_| MetaError::Database("count too large".into()));
+        sqlx::query(
+            "INSERT INTO datasets (name, storage_id, schema_toml, schema_sha256, wrapped_key, \
+             bucket_count, row_count, stored_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&d.name)
+        .bind(&d.storage_id)
+        .bind(&d.schema_toml)
+        .bind(&d.schema_sha256)
+        .bind(&d.wrapped_key)
+        .bind(i64::from(d.bucket_count))
+        .bind(to_i64(d.row_count)?)
+        .bind(to_i64(d.stored_bytes)?)
+        .bind(&d.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match MetaError::from(e) {
+            MetaError::AlreadyExists(_) => MetaError::AlreadyExists(format!("dataset `{}`", d.name)),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, MetaError> {
+        let row = sqlx::query("SELECT * FROM datasets WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dataset_from_row).transpose()
+    }
+
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>, MetaError> {
+        let rows = sqlx::query("SELECT * FROM datasets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(dataset_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> DatasetRecord {
+        DatasetRecord {
+            name: name.into(),
+            storage_id: format!("{name}.0001"),
+            schema_toml: "x".into(),
+            schema_sha256: "00".into(),
+            wrapped_key: vec![1, 2, 3],
+            bucket_count: 4,
+            row_count: 10,
+            stored_bytes: 99,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    /// The suite every backend must pass.
+    async fn backend_suite(store: &dyn MetadataStore) {
+        assert_eq!(store.instance_value("k").await.unwrap(), None);
+        store.insert_instance_value("k", b"v").await.unwrap();
+        assert_eq!(store.instance_value("k").await.unwrap(), Some(b"v".to_vec()));
+        let again = store.insert_instance_value("k", b"w").await.unwrap_err();
+        assert_eq!(again.to_string(), "setting `k` already exists");
+
+        store.insert_dataset(&record("b")).await.unwrap();
+        store.insert_dataset(&record("a")).await.unwrap();
+        let dup = store.insert_dataset(&record("a")).await.unwrap_err();
+        assert_eq!(dup.to_string(), "dataset `a` already exists");
+        assert_eq!(store.dataset("a").await.unwrap(), Some(record("a")));
+        assert_eq!(store.dataset("zz").await.unwrap(), None);
+        let names: Vec<String> = store.datasets().await.unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn sqlite_backend_passes_the_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetadata::open(&dir.path().join("m.db"), true).await.unwrap();
+        backend_suite(&store).await;
+        store.close().await;
+        // Reopening keeps everything (migrations are idempotent).
+        let store = SqliteMetadata::open(&dir.path().join("m.db"), false).await.unwrap();
+        assert_eq!(store.datasets().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn open_without_create_refuses_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(SqliteMetadata::open(&dir.path().join("none.db"), false).await.is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! `custos dataset ingest|list|describe`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Subcommand;
+use custos_store::dataset::{self, DatasetSummary};
+use custos_store::{Home, IngestReport};
+
+use super::{human_bytes, human_count, open_home};
+use crate::progress::IngestBar;
+
+/// Dataset commands.
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Load a CSV file as a new dataset, encrypted at rest.
+    ///
+    /// The CSV's header must name exactly the schema's columns (any order).
+    /// Every value is checked against the schema; on the first problems the
+    /// ingest stops, lists them with line and column, and stores nothing.
+    /// Subject ids and identifiers are encrypted with their own key.
+    Ingest {
+        /// The dataset schema (TOML; see docs/datasets.md).
+        #[arg(long, value_name = "FILE")]
+        schema: PathBuf,
+        /// Name of the new dataset: 1-64 characters of a-z, 0-9, _ and -.
+        #[arg(long)]
+        name: String,
+        /// The CSV file to load.
+        file: PathBuf,
+    },
+    /// List the datasets of this home.
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a dataset's schema, row count and column classes (never values).
+    Describe {
+        /// The dataset.
+        name: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a dataset command.
+pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
+    let home = open_home(home).await?;
+    match cmd {
+        DatasetCommand::Ingest { schema, name, file } => {
+            let report = ingest_with_progress(&home, &name, &schema, &file).await?;
+            print_ingest(&report);
+        }
+        DatasetCommand::List { json } => {
+            let all = dataset::list(&home).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("No datasets yet. Load one with `custos dataset ingest`.");
+            } else {
+                println!("{:<24} {:>14} {:>8} {:>12}  created", "name", "rows", "buckets", "stored");
+                for d in all {
+                    println!(
+                        "{:<24} {:>14} {:>8} {:>12}  {}",
+                        d.name,
+                        human_count(d.rows),
+                        d.buckets,
+                        human_bytes(d.stored_bytes),
+                        d.created_at
+                    );
+                }
+            }
+        }
+        DatasetCommand::Describe { name, json } => {
+            let d = dataset::describe(&home, &name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_description(&d);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ingests with a progress bar on the terminal.
+pub async fn ingest_with_progress(home: &Home, name: &str, schema: &Path, file: &Path) -> anyhow::Result<IngestReport> {
+    let bar = Arc::new(IngestBar::new(name));
+    let result = dataset::ingest(home, name, schema, file, bar.clone()).await;
+    bar.finish();
+    Ok(result?)
+}
+
+/// One line about a finished ingest.
+pub fn print_ingest(report: &IngestReport) {
+    let d = &report.dataset;
+    println!(
+        "Ingested `{}`: {} rows in {:.1}s ({} rows/s), {} encrypted in {} bucket files",
+        d.name,
+        human_count(d.rows),
+        report.seconds,
+        human_count((d.rows as f64 / report.seconds.max(1e-9)) as u64),
+        human_bytes(d.stored_bytes),
+        d.buckets
+    );
+}
+
+/// A dataset's schema as a table.
+pub fn print_description(d: &DatasetSummary) {
+    println!("Dataset `{}`", d.name);
+    if let Some(desc) = &d.schema.description {
+        println!("  {desc}");
+    }
+    println!(
+        "  {} rows, {} bucket files, {} on disk, ingested {}",
+        human_count(d.rows),
+        d.buckets,
+        human_bytes(d.stored_bytes),
+        d.created_at
+    );
+    println!("  schema sha256 {}", d.schema_sha256);
+    println!();
+    println!("  {:<18} {:<11} {:<8} {:<9} bounds / domain", "column", "class", "type", "encrypted");
+    for c in &d.schema.columns {
+        let extra = match (c.ty, c.bounds) {
+            (custos_store::ColumnType::Enum, _) => format!("{} values", c.values.len()),
+            (custos_store::ColumnType::Decimal, Some((lo, hi))) => format!(
+                "[{}, {}]",
+                custos_store::schema::format_cents(lo),
+                custos_store::schema::format_cents(hi)
+            ),
+            (custos_store::ColumnType::Date, Some((lo, hi))) => format!(
+                "[{}, {}]",
+                custos_store::schema::format_date_days(lo),
+                custos_store::schema::format_date_days(hi)
+            ),
+            (_, Some((lo, hi))) => format!("[{lo}, {hi}]"),
+            _ => String::new(),
+        };
+        let key = if c.class.is_identifying() { "identity" } else { "data" };
+        let nullable = if c.nullable { " (nullable)" } else { "" };
+        println!("  {:<18} {:<11} {:<8} {:<9} {extra}{nullable}", c.name, c.class, c.ty, key);
+    }
+}

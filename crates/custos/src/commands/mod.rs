@@ -1,0 +1,74 @@
+//! One module per top-level command.
+
+pub mod dataset;
+pub mod demo;
+pub mod generate;
+pub mod init;
+
+use std::path::Path;
+
+use custos_store::{Home, HomeError, IngestError, MasterKey};
+
+/// Reads `CUSTOS_MASTER_KEY`, if set. The value is never printed.
+pub fn master_key_from_env() -> anyhow::Result<Option<MasterKey>> {
+    match std::env::var("CUSTOS_MASTER_KEY") {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(
+            MasterKey::from_hex(&text).map_err(|e| anyhow::anyhow!("CUSTOS_MASTER_KEY: {e}"))?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Opens the home, taking the master key from the environment if set.
+pub async fn open_home(home: &Path) -> anyhow::Result<Home> {
+    Ok(Home::open(home, master_key_from_env()?).await?)
+}
+
+/// Prints an error for a person: the message, then any located problems one
+/// per line.
+pub fn report_error(e: &anyhow::Error) {
+    if let Some(IngestError::Rejected { file, problems }) = e.downcast_ref::<IngestError>() {
+        eprintln!("error: `{}` was rejected and nothing was stored:", file.display());
+        for p in problems {
+            eprintln!("  {}:{p}", file.display());
+        }
+        if problems.len() >= custos_store::ingest::MAX_PROBLEMS {
+            eprintln!("  (stopped after the first {} problems)", problems.len());
+        }
+        return;
+    }
+    if let Some(HomeError::NotFound(_)) = e.downcast_ref::<HomeError>() {
+        eprintln!("error: {e}");
+        return;
+    }
+    eprintln!("error: {e:#}");
+}
+
+/// Formats a byte count for people.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Formats a count with thousands separators.
+pub fn human_count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,88 @@
+//! `custos`: the one binary custodians, requesters and overseers run.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Custos: a guarded gateway to sensitive records.
+///
+/// Every access runs under a data-sharing agreement, answers with the least
+/// personal data that serves the purpose, and is written where it can't be
+/// erased. Start with `custos demo` to see the whole story on synthetic data,
+/// or `custos init` to create a home for real datasets.
+#[derive(Debug, Parser)]
+#[command(name = "custos", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// The Custos home (data directory). Holds keys, the metadata store and
+    /// encrypted datasets.
+    #[arg(long, global = true, env = "CUSTOS_HOME", default_value = "./custos-data", value_name = "DIR")]
+    home: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole story on synthetic data in a fresh temporary home.
+    ///
+    /// Creates a home, generates a tax-return dataset (1 million returns by
+    /// default), a benefits roll and a death registry, ingests them encrypted,
+    /// and shows what is stored. Nothing outside the temporary home changes.
+    Demo(commands::demo::DemoArgs),
+    /// Create a new home: data directory (mode 0700), master key, instance
+    /// signing key and metadata store.
+    ///
+    /// The master key is generated into HOME/master.key (mode 0600) unless
+    /// CUSTOS_MASTER_KEY holds one (64 hex characters), in which case it is
+    /// written nowhere and must be set for every later command. Refuses to
+    /// touch a directory that is not empty.
+    Init(commands::init::InitArgs),
+    /// Load and inspect datasets.
+    #[command(subcommand)]
+    Dataset(commands::dataset::DatasetCommand),
+    /// Write synthetic CSV files and their schemas (never real people).
+    ///
+    /// Writes tax_returns.csv, benefits.csv and deaths.csv with a
+    /// .schema.toml beside each. SSNs use area numbers that are never issued
+    /// (000, 666, or group 00). The same --seed gives the same files.
+    Generate(commands::generate::GenerateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::Init(args) => commands::init::run(&cli.home, args).await,
+            Command::Dataset(cmd) => commands::dataset::run(&cli.home, cmd).await,
+            Command::Generate(args) => commands::generate::run(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            commands::report_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
