@@ -16,7 +16,13 @@ use clap::{Parser, Subcommand};
 /// erased. Start with `custos demo` to see the whole story on synthetic data,
 /// or `custos init` to create a home for real datasets.
 #[derive(Debug, Parser)]
-#[command(name = "custos", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "custos",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn)"
+)]
 struct Cli {
     /// The Custos home (data directory). Holds keys, the metadata store and
     /// encrypted datasets.
