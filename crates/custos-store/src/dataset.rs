@@ -9,15 +9,17 @@ use std::time::Instant;
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::kernels::cmp::eq;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
+};
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::home::{Home, now_rfc3339, sync_dir};
 use crate::ingest::{
-    IngestError, IngestProgress, WrittenDataset, bucket_aad, bucket_file_name, choose_bucket_count, io_err,
-    valid_dataset_name, write_buckets,
+    FileEncryption, IngestError, IngestProgress, WrittenDataset, bucket_aad, bucket_file_name,
+    choose_bucket_count, io_err, valid_dataset_name, write_buckets,
 };
 use crate::keys::{DataKey, KeyError, random_bytes};
 use crate::meta::{DatasetRecord, MetaError};
@@ -105,10 +107,11 @@ fn storage_dir(home: &Home, storage_id: &str) -> PathBuf {
 }
 
 fn summary(record: &DatasetRecord) -> Result<DatasetSummary, DatasetError> {
-    let schema = DatasetSchema::from_toml(&record.schema_toml).map_err(|source| DatasetError::Schema {
-        dataset: record.name.clone(),
-        source,
-    })?;
+    let schema =
+        DatasetSchema::from_toml(&record.schema_toml).map_err(|source| DatasetError::Schema {
+            dataset: record.name.clone(),
+            source,
+        })?;
     Ok(DatasetSummary {
         name: record.name.clone(),
         rows: record.row_count,
@@ -125,8 +128,13 @@ fn summary(record: &DatasetRecord) -> Result<DatasetSummary, DatasetError> {
 /// does not know. Directories locked by a live ingest are left alone.
 pub async fn remove_leftovers(home: &Home) -> Result<usize, IngestError> {
     let dir = home.datasets_dir();
-    let known: std::collections::HashSet<String> =
-        home.meta().datasets().await?.into_iter().map(|d| d.storage_id).collect();
+    let known: std::collections::HashSet<String> = home
+        .meta()
+        .datasets()
+        .await?
+        .into_iter()
+        .map(|d| d.storage_id)
+        .collect();
     let mut removed = 0;
     for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
         let entry = entry.map_err(io_err(&dir))?;
@@ -178,13 +186,25 @@ pub async fn ingest(
     let mut id_bytes = [0u8; 8];
     random_bytes(&mut id_bytes)?;
     let storage_id = format!("{name}.{}", hex::encode(id_bytes));
-    let staging = home.datasets_dir().join(format!("{STAGING_PREFIX}{storage_id}"));
+    let staging = home
+        .datasets_dir()
+        .join(format!("{STAGING_PREFIX}{storage_id}"));
     fs::create_dir(&staging).map_err(io_err(&staging))?;
     let lock_path = staging.join(LOCK_FILE);
     let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
 
-    let result = stage_and_commit(home, name, &storage_id, &staging, &schema, &schema_toml, csv_path, progress).await;
+    let result = stage_and_commit(
+        home,
+        name,
+        &storage_id,
+        &staging,
+        &schema,
+        &schema_toml,
+        csv_path,
+        progress,
+    )
+    .await;
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_dir_all(storage_dir(home, &storage_id));
@@ -219,9 +239,23 @@ async fn stage_and_commit(
     let key = DataKey::generate()?;
     let wrapped_key = home.master_key().wrap_data_key(storage_id, &key)?;
 
-    let (dir, sid, sch, csv) = (staging.to_owned(), storage_id.to_owned(), schema.clone(), csv_path.to_owned());
+    let (dir, sid, sch, csv) = (
+        staging.to_owned(),
+        storage_id.to_owned(),
+        schema.clone(),
+        csv_path.to_owned(),
+    );
     let written: WrittenDataset = tokio::task::spawn_blocking(move || {
-        write_buckets(&dir, &sid, &sch, &csv, &key, buckets, progress.as_ref())
+        write_buckets(
+            &dir,
+            &sid,
+            &sch,
+            &csv,
+            &key,
+            buckets,
+            FileEncryption::Encrypted,
+            progress.as_ref(),
+        )
     })
     .await
     .map_err(|_| IngestError::Parquet("the ingest task stopped unexpectedly".into()))??;
@@ -243,10 +277,13 @@ async fn stage_and_commit(
         created_at: now_rfc3339(),
     };
     // INVARIANT: this insert is the commit point; before it, the dataset does not exist.
-    home.meta().insert_dataset(&record).await.map_err(|e| match e {
-        MetaError::AlreadyExists(_) => IngestError::Exists(name.to_owned()),
-        other => other.into(),
-    })?;
+    home.meta()
+        .insert_dataset(&record)
+        .await
+        .map_err(|e| match e {
+            MetaError::AlreadyExists(_) => IngestError::Exists(name.to_owned()),
+            other => other.into(),
+        })?;
     let _ = fs::remove_file(final_dir.join(LOCK_FILE));
     summary(&record).map_err(|e| IngestError::Parquet(e.to_string()))
 }
@@ -284,7 +321,9 @@ impl DatasetReader {
             .await?
             .ok_or_else(|| DatasetError::NotFound(name.to_owned()))?;
         let schema = summary(&record)?.schema;
-        let key = home.master_key().unwrap_data_key(&record.storage_id, &record.wrapped_key)?;
+        let key = home
+            .master_key()
+            .unwrap_data_key(&record.storage_id, &record.wrapped_key)?;
         let dir = storage_dir(home, &record.storage_id);
         Ok(Self {
             record,
@@ -301,7 +340,9 @@ impl DatasetReader {
 
     /// Paths of the bucket files.
     pub fn bucket_paths(&self) -> Vec<PathBuf> {
-        (0..self.record.bucket_count).map(|b| self.dir.join(bucket_file_name(b))).collect()
+        (0..self.record.bucket_count)
+            .map(|b| self.dir.join(bucket_file_name(b)))
+            .collect()
     }
 
     fn file_error(&self, bucket: u32, message: impl ToString) -> DatasetError {
@@ -312,7 +353,11 @@ impl DatasetReader {
         }
     }
 
-    fn decryption(&self, bucket: u32, identity: bool) -> Result<Arc<FileDecryptionProperties>, DatasetError> {
+    fn decryption(
+        &self,
+        bucket: u32,
+        identity: bool,
+    ) -> Result<Arc<FileDecryptionProperties>, DatasetError> {
         let footer = self.key.footer_key();
         let identity_key = self.key.identity_key();
         let mut builder = FileDecryptionProperties::builder(footer.to_vec())
@@ -332,7 +377,11 @@ impl DatasetReader {
     /// The rows of one subject, reading only that subject's bucket file and
     /// decoding the other columns only for matching rows. `columns` limits
     /// the output to those columns (in that order); `None` returns all.
-    pub fn subject_rows(&self, subject: &str, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>, DatasetError> {
+    pub fn subject_rows(
+        &self,
+        subject: &str,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>, DatasetError> {
         let subject_column = self.schema.subject_column();
         let subject_index = self.schema.subject_index();
         let wanted: Vec<usize> = match columns {
@@ -340,31 +389,44 @@ impl DatasetReader {
             Some(names) => names
                 .iter()
                 .map(|n| {
-                    self.schema.columns.iter().position(|c| c.name == *n).ok_or_else(|| {
-                        DatasetError::NoSuchColumn {
+                    self.schema
+                        .columns
+                        .iter()
+                        .position(|c| c.name == *n)
+                        .ok_or_else(|| DatasetError::NoSuchColumn {
                             dataset: self.record.name.clone(),
                             column: (*n).to_owned(),
-                        }
-                    })
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
         let target: Arc<dyn Array> = match subject_column.ty {
-            ColumnType::Integer => Arc::new(Int64Array::from(vec![subject.parse::<i64>().map_err(|_| DatasetError::BadSubject)?])),
+            ColumnType::Integer => Arc::new(Int64Array::from(vec![
+                subject
+                    .parse::<i64>()
+                    .map_err(|_| DatasetError::BadSubject)?,
+            ])),
             _ => Arc::new(StringArray::from(vec![subject.to_owned()])),
         };
-        let bucket = self.key.bucketer(self.record.bucket_count).bucket(subject.as_bytes());
+        let bucket = self
+            .key
+            .bucketer(self.record.bucket_count)
+            .bucket(subject.as_bytes());
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
-        let options = ArrowReaderOptions::new().with_file_decryption_properties(self.decryption(bucket, true)?);
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(|e| self.file_error(bucket, e))?;
+        let options = ArrowReaderOptions::new()
+            .with_file_decryption_properties(self.decryption(bucket, true)?);
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+            .map_err(|e| self.file_error(bucket, e))?;
         let descr = builder.parquet_schema();
         let predicate_mask = ProjectionMask::roots(descr, [subject_index]);
         let output_mask = ProjectionMask::roots(descr, wanted.iter().copied());
-        let predicate = ArrowPredicateFn::new(predicate_mask, move |batch: RecordBatch| -> Result<BooleanArray, arrow::error::ArrowError> {
-            eq(batch.column(0), &arrow::array::Scalar::new(target.clone()))
-        });
+        let predicate = ArrowPredicateFn::new(
+            predicate_mask,
+            move |batch: RecordBatch| -> Result<BooleanArray, arrow::error::ArrowError> {
+                eq(batch.column(0), &arrow::array::Scalar::new(target.clone()))
+            },
+        );
         let reader = builder
             .with_projection(output_mask)
             .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
@@ -385,7 +447,11 @@ impl DatasetReader {
                     .iter()
                     .filter_map(|w| file_order.iter().position(|f| f == w))
                     .collect();
-                batches.push(batch.project(&indices).map_err(|e| self.file_error(bucket, e))?);
+                batches.push(
+                    batch
+                        .project(&indices)
+                        .map_err(|e| self.file_error(bucket, e))?,
+                );
             }
         }
         Ok(batches)
@@ -398,7 +464,8 @@ impl DatasetReader {
         for bucket in 0..self.record.bucket_count {
             let path = self.dir.join(bucket_file_name(bucket));
             let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
-            let options = ArrowReaderOptions::new().with_file_decryption_properties(self.decryption(bucket, identity)?);
+            let options = ArrowReaderOptions::new()
+                .with_file_decryption_properties(self.decryption(bucket, identity)?);
             let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
                 .map_err(|e| self.file_error(bucket, e))?;
             let keep: Vec<usize> = self
@@ -410,7 +477,11 @@ impl DatasetReader {
                 .map(|(i, _)| i)
                 .collect();
             let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
-            for batch in builder.with_projection(mask).build().map_err(|e| self.file_error(bucket, e))? {
+            for batch in builder
+                .with_projection(mask)
+                .build()
+                .map_err(|e| self.file_error(bucket, e))?
+            {
                 out.push(batch.map_err(|e| self.file_error(bucket, e))?);
             }
         }

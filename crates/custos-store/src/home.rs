@@ -140,7 +140,11 @@ impl Home {
     /// Creates a new home at `root`. Refuses if `root` exists and is not an
     /// empty directory. The home is built in a sibling temporary directory and
     /// renamed into place, so a crash leaves either nothing or a whole home.
-    pub async fn init(root: &Path, key: MasterKeySource, origin: Option<String>) -> Result<InitReport, HomeError> {
+    pub async fn init(
+        root: &Path,
+        key: MasterKeySource,
+        origin: Option<String>,
+    ) -> Result<InitReport, HomeError> {
         if root.exists() {
             let empty = root.is_dir() && fs::read_dir(root).map_err(io_err(root))?.next().is_none();
             if !empty {
@@ -183,11 +187,21 @@ impl Home {
         })
     }
 
-    async fn populate(dir: &Path, key: MasterKeySource, origin: &str) -> Result<InitReport, HomeError> {
-        fs::DirBuilder::new().mode(0o700).create(dir).map_err(io_err(dir))?;
+    async fn populate(
+        dir: &Path,
+        key: MasterKeySource,
+        origin: &str,
+    ) -> Result<InitReport, HomeError> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
         let datasets = dir.join(DATASETS_DIR);
-        fs::DirBuilder::new().mode(0o700).create(&datasets).map_err(io_err(&datasets))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&datasets)
+            .map_err(io_err(&datasets))?;
         let (master, master_key_file) = match key {
             MasterKeySource::GenerateFile => {
                 let master = MasterKey::generate()?;
@@ -203,16 +217,26 @@ impl Home {
         let signing = SigningKey::from_bytes(&seed);
         let public_key_hex = hex::encode(signing.verifying_key().as_bytes());
         let meta = SqliteMetadata::open(&dir.join(METADATA_DB_FILE), true).await?;
-        meta.insert_instance_value("format_version", FORMAT_VERSION.as_bytes()).await?;
-        meta.insert_instance_value("master_key_check", &master.key_check()).await?;
-        meta.insert_instance_value("master_key_source", if master_key_file { b"file" } else { b"env" })
+        meta.insert_instance_value("format_version", FORMAT_VERSION.as_bytes())
             .await?;
-        meta.insert_instance_value("origin", origin.as_bytes()).await?;
-        meta.insert_instance_value("signing_key_wrapped", &master.wrap(SIGNING_KEY_PURPOSE, seed.as_ref())?)
+        meta.insert_instance_value("master_key_check", &master.key_check())
             .await?;
+        meta.insert_instance_value(
+            "master_key_source",
+            if master_key_file { b"file" } else { b"env" },
+        )
+        .await?;
+        meta.insert_instance_value("origin", origin.as_bytes())
+            .await?;
+        meta.insert_instance_value(
+            "signing_key_wrapped",
+            &master.wrap(SIGNING_KEY_PURPOSE, seed.as_ref())?,
+        )
+        .await?;
         meta.insert_instance_value("signing_public_key", signing.verifying_key().as_bytes())
             .await?;
-        meta.insert_instance_value("created_at", now_rfc3339().as_bytes()).await?;
+        meta.insert_instance_value("created_at", now_rfc3339().as_bytes())
+            .await?;
         meta.close().await;
         sync_dir(dir)?;
         Ok(InitReport {
@@ -232,9 +256,14 @@ impl Home {
             return Err(HomeError::NotFound(root.to_owned()));
         }
         let meta = SqliteMetadata::open(&db, false).await?;
-        let version = meta.instance_value("format_version").await?.unwrap_or_default();
+        let version = meta
+            .instance_value("format_version")
+            .await?
+            .unwrap_or_default();
         if version != FORMAT_VERSION.as_bytes() {
-            return Err(HomeError::FormatVersion(String::from_utf8_lossy(&version).into_owned()));
+            return Err(HomeError::FormatVersion(
+                String::from_utf8_lossy(&version).into_owned(),
+            ));
         }
         let master = match external_key {
             Some(key) => key,
@@ -242,12 +271,17 @@ impl Home {
                 let path = root.join(MASTER_KEY_FILE);
                 match fs::read_to_string(&path) {
                     Ok(text) => MasterKey::from_hex(&Zeroizing::new(text))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(HomeError::MasterKeyMissing),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(HomeError::MasterKeyMissing);
+                    }
                     Err(e) => return Err(io_err(&path)(e)),
                 }
             }
         };
-        let check = meta.instance_value("master_key_check").await?.unwrap_or_default();
+        let check = meta
+            .instance_value("master_key_check")
+            .await?
+            .unwrap_or_default();
         master.verify_key_check(&check)?;
         Ok(Self {
             root: root.to_owned(),
@@ -278,16 +312,24 @@ impl Home {
 
     /// The checkpoint origin chosen at init.
     pub async fn origin(&self) -> Result<String, HomeError> {
-        let raw = self.meta.instance_value("origin").await?.unwrap_or_default();
+        let raw = self
+            .meta
+            .instance_value("origin")
+            .await?
+            .unwrap_or_default();
         Ok(String::from_utf8_lossy(&raw).into_owned())
     }
 
     /// The instance's Ed25519 signing key, unwrapped with the master key.
     pub async fn signing_key(&self) -> Result<SigningKey, HomeError> {
-        let wrapped = self.meta.instance_value("signing_key_wrapped").await?.unwrap_or_default();
-        let seed = self
-            .master
-            .unwrap_secret(SIGNING_KEY_PURPOSE, "instance signing key", &wrapped)?;
+        let wrapped = self
+            .meta
+            .instance_value("signing_key_wrapped")
+            .await?
+            .unwrap_or_default();
+        let seed =
+            self.master
+                .unwrap_secret(SIGNING_KEY_PURPOSE, "instance signing key", &wrapped)?;
         let seed: [u8; KEY_LEN] = seed
             .as_slice()
             .try_into()
@@ -314,18 +356,31 @@ mod tests {
     async fn init_then_open_and_refuse_twice() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("home");
-        let report = Home::init(&root, MasterKeySource::GenerateFile, Some("example.org/custos".into()))
-            .await
-            .unwrap();
+        let report = Home::init(
+            &root,
+            MasterKeySource::GenerateFile,
+            Some("example.org/custos".into()),
+        )
+        .await
+        .unwrap();
         assert!(report.master_key_file);
         let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let key_mode = fs::metadata(root.join(MASTER_KEY_FILE)).unwrap().permissions().mode() & 0o777;
+        let key_mode = fs::metadata(root.join(MASTER_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(key_mode, 0o600);
         let home = Home::open(&root, None).await.unwrap();
         assert_eq!(home.origin().await.unwrap(), "example.org/custos");
-        assert_eq!(hex::encode(home.verifying_key().await.unwrap().as_bytes()), report.public_key_hex);
-        let again = Home::init(&root, MasterKeySource::GenerateFile, None).await.unwrap_err();
+        assert_eq!(
+            hex::encode(home.verifying_key().await.unwrap().as_bytes()),
+            report.public_key_hex
+        );
+        let again = Home::init(&root, MasterKeySource::GenerateFile, None)
+            .await
+            .unwrap_err();
         assert!(matches!(again, HomeError::AlreadyExists(_)));
         // Nothing was left behind by the refused init.
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
@@ -338,15 +393,22 @@ mod tests {
         let root = dir.path().join("home");
         let key = MasterKey::generate().unwrap();
         let hex = key.to_hex();
-        Home::init(&root, MasterKeySource::External(key), None).await.unwrap();
+        Home::init(&root, MasterKeySource::External(key), None)
+            .await
+            .unwrap();
         assert!(!root.join(MASTER_KEY_FILE).exists());
-        assert!(matches!(Home::open(&root, None).await, Err(HomeError::MasterKeyMissing)));
+        assert!(matches!(
+            Home::open(&root, None).await,
+            Err(HomeError::MasterKeyMissing)
+        ));
         let wrong = MasterKey::generate().unwrap();
         assert!(matches!(
             Home::open(&root, Some(wrong)).await,
             Err(HomeError::Key(KeyError::WrongMasterKey))
         ));
-        Home::open(&root, Some(MasterKey::from_hex(&hex).unwrap())).await.unwrap();
+        Home::open(&root, Some(MasterKey::from_hex(&hex).unwrap()))
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -30,7 +30,9 @@ use parquet::schema::types::ColumnPath;
 
 use crate::keys::{DataKey, KeyError, SubjectBucketer};
 use crate::meta::MetaError;
-use crate::schema::{Column, ColumnType, DatasetSchema, SchemaError, parse_date_days, parse_decimal_cents};
+use crate::schema::{
+    Column, ColumnType, DatasetSchema, SchemaError, parse_date_days, parse_decimal_cents,
+};
 
 /// Most problems collected before an ingest gives up on a file.
 pub const MAX_PROBLEMS: usize = 10;
@@ -82,7 +84,10 @@ pub enum IngestError {
         source: SchemaError,
     },
     /// The CSV file broke the schema; nothing was stored.
-    #[error("`{file}` was rejected and nothing was stored: {}", format_problems(problems))]
+    #[error(
+        "`{file}` was rejected and nothing was stored: {}",
+        format_problems(problems)
+    )]
     Rejected {
         /// The input file.
         file: PathBuf,
@@ -193,25 +198,36 @@ fn encryption_properties(
         .with_aad_prefix(aad)
         .with_aad_prefix_storage(false);
     for c in &schema.columns {
-        let column_key = if c.class.is_identifying() { identity.to_vec() } else { footer.to_vec() };
+        let column_key = if c.class.is_identifying() {
+            identity.to_vec()
+        } else {
+            footer.to_vec()
+        };
         builder = builder.with_column_key(&c.name, column_key);
     }
-    builder.build().map_err(|e| IngestError::Parquet(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| IngestError::Parquet(e.to_string()))
 }
 
 fn writer_properties(
     schema: &DatasetSchema,
-    encryption: Arc<FileEncryptionProperties>,
+    encryption: Option<Arc<FileEncryptionProperties>>,
 ) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .with_file_encryption_properties(encryption);
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    if let Some(encryption) = encryption {
+        builder = builder.with_file_encryption_properties(encryption);
+    }
     for c in &schema.columns {
         if c.class.is_identifying() {
             // Min/max of an identifier column would be identifiers; keep none.
             builder = builder
-                .set_column_statistics_enabled(ColumnPath::from(c.name.as_str()), EnabledStatistics::None)
+                .set_column_statistics_enabled(
+                    ColumnPath::from(c.name.as_str()),
+                    EnabledStatistics::None,
+                )
                 .set_column_bloom_filter_enabled(ColumnPath::from(c.name.as_str()), false);
         }
     }
@@ -223,7 +239,9 @@ pub fn choose_bucket_count(file_bytes: u64, sample: &[u8]) -> u32 {
     let lines = sample.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
     let avg_line = (sample.len() as u64 / lines).max(16);
     let estimated_rows = file_bytes / avg_line;
-    let buckets = estimated_rows.div_ceil(TARGET_ROWS_PER_BUCKET).clamp(1, u64::from(MAX_BUCKETS));
+    let buckets = estimated_rows
+        .div_ceil(TARGET_ROWS_PER_BUCKET)
+        .clamp(1, u64::from(MAX_BUCKETS));
     u32::try_from(buckets).unwrap_or(MAX_BUCKETS)
 }
 
@@ -250,8 +268,12 @@ enum Builder {
 impl Builder {
     fn new(ty: ColumnType) -> Self {
         match ty {
-            ColumnType::String | ColumnType::Enum => Self::Utf8(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16)),
-            ColumnType::Integer | ColumnType::Decimal => Self::Int64(Int64Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::String | ColumnType::Enum => {
+                Self::Utf8(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
+            }
+            ColumnType::Integer | ColumnType::Decimal => {
+                Self::Int64(Int64Builder::with_capacity(BATCH_ROWS))
+            }
             ColumnType::Date => Self::Date32(Date32Builder::with_capacity(BATCH_ROWS)),
         }
     }
@@ -293,7 +315,10 @@ impl ColumnPlan<'_> {
             return Err("a quoted field runs over a line break (unterminated quote?)".into());
         }
         let text = std::str::from_utf8(raw).map_err(|e| {
-            format!("not valid UTF-8 (bad byte at offset {} of the field)", e.valid_up_to())
+            format!(
+                "not valid UTF-8 (bad byte at offset {} of the field)",
+                e.valid_up_to()
+            )
         })?;
         let number = match c.ty {
             ColumnType::String => return Ok(Value::Text(text)),
@@ -301,16 +326,24 @@ impl ColumnPlan<'_> {
                 return if self.enum_values.contains(raw) {
                     Ok(Value::Text(text))
                 } else {
-                    Err(format!("{} is not one of the {} declared values", shown(c, raw), c.values.len()))
+                    Err(format!(
+                        "{} is not one of the {} declared values",
+                        shown(c, raw),
+                        c.values.len()
+                    ))
                 };
             }
             ColumnType::Integer => text
                 .parse::<i64>()
                 .map_err(|_| format!("{} is not an integer", shown(c, raw)))?,
-            ColumnType::Decimal => {
-                parse_decimal_cents(text).ok_or_else(|| format!("{} is not a decimal with at most two fraction digits", shown(c, raw)))?
-            }
-            ColumnType::Date => parse_date_days(text).ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", shown(c, raw)))?,
+            ColumnType::Decimal => parse_decimal_cents(text).ok_or_else(|| {
+                format!(
+                    "{} is not a decimal with at most two fraction digits",
+                    shown(c, raw)
+                )
+            })?,
+            ColumnType::Date => parse_date_days(text)
+                .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", shown(c, raw)))?,
         };
         if let Some((lo, hi)) = c.bounds
             && !(lo..=hi).contains(&number)
@@ -353,7 +386,8 @@ impl BucketBuffer {
     fn take_batch(&mut self, schema: &SchemaRef) -> Result<RecordBatch, IngestError> {
         let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
         self.rows = 0;
-        RecordBatch::try_new(schema.clone(), columns).map_err(|e| IngestError::Parquet(e.to_string()))
+        RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| IngestError::Parquet(e.to_string()))
     }
 }
 
@@ -366,7 +400,8 @@ struct CountingReader<R> {
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -380,8 +415,19 @@ pub struct WrittenDataset {
     pub bytes: u64,
 }
 
-/// Streams `csv` into `buckets` encrypted Parquet files in `dir`, fsynced.
+/// Whether bucket files are encrypted. Datasets always are; `Plain` exists
+/// only as the baseline of the ingest benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileEncryption {
+    /// Parquet modular encryption with the dataset's keys (every dataset).
+    Encrypted,
+    /// No encryption: the benchmark's baseline, never used for a dataset.
+    Plain,
+}
+
+/// Streams `csv` into `buckets` Parquet files in `dir`, fsynced.
 /// On error the caller discards `dir`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_buckets(
     dir: &Path,
     storage_id: &str,
@@ -389,6 +435,7 @@ pub fn write_buckets(
     csv_path: &Path,
     key: &DataKey,
     buckets: u32,
+    encryption: FileEncryption,
     progress: &dyn IngestProgress,
 ) -> Result<WrittenDataset, IngestError> {
     let file = fs::File::open(csv_path).map_err(io_err(csv_path))?;
@@ -410,7 +457,9 @@ pub fn write_buckets(
     };
 
     let mut header = csv::ByteRecord::new();
-    let has_header = reader.read_byte_record(&mut header).map_err(|e| csv_error(csv_path, e))?;
+    let has_header = reader
+        .read_byte_record(&mut header)
+        .map_err(|e| csv_error(csv_path, e))?;
     if !has_header || header.iter().all(<[u8]>::is_empty) {
         return Err(rejected(vec![IngestProblem {
             line: 1,
@@ -427,7 +476,17 @@ pub fn write_buckets(
     let writer_dir = dir.to_owned();
     let writer_schema = arrow.clone();
     let props: Vec<WriterProperties> = (0..buckets)
-        .map(|b| Ok(writer_properties(schema, encryption_properties(schema, key, bucket_aad(storage_id, b))?)))
+        .map(|b| {
+            let encryption = match encryption {
+                FileEncryption::Encrypted => Some(encryption_properties(
+                    schema,
+                    key,
+                    bucket_aad(storage_id, b),
+                )?),
+                FileEncryption::Plain => None,
+            };
+            Ok(writer_properties(schema, encryption))
+        })
         .collect::<Result<_, IngestError>>()?;
 
     let writer = std::thread::spawn(move || write_thread(&writer_dir, writer_schema, props, rx));
@@ -454,7 +513,7 @@ pub fn write_buckets(
             break;
         }
         let line = record.position().map_or(0, csv::Position::line);
-        if rows % 65_536 == 0 {
+        if rows.is_multiple_of(65_536) {
             progress.advance_to(read.load(std::sync::atomic::Ordering::Relaxed));
         }
         if record.len() != header.len() {
@@ -493,9 +552,13 @@ pub fn write_buckets(
         if !row_ok || !problems.is_empty() {
             continue;
         }
-        let subject = record.get(plans[subject_plan].csv_index).unwrap_or_default();
+        let subject = record
+            .get(plans[subject_plan].csv_index)
+            .unwrap_or_default();
         let bucket = bucketer.bucket(subject);
-        let Some(buffer) = buffers.get_mut(bucket as usize) else { continue };
+        let Some(buffer) = buffers.get_mut(bucket as usize) else {
+            continue;
+        };
         buffer.append(&values);
         rows += 1;
         if buffer.rows >= BATCH_ROWS {
@@ -556,12 +619,19 @@ fn csv_error(path: &Path, e: csv::Error) -> IngestError {
     }
 }
 
-fn plan_columns<'s>(schema: &'s DatasetSchema, header: &csv::ByteRecord) -> Result<Vec<ColumnPlan<'s>>, Vec<IngestProblem>> {
+fn plan_columns<'s>(
+    schema: &'s DatasetSchema,
+    header: &csv::ByteRecord,
+) -> Result<Vec<ColumnPlan<'s>>, Vec<IngestProblem>> {
     let names: Vec<String> = header
         .iter()
         .enumerate()
         .map(|(i, raw)| {
-            let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
+            let raw = if i == 0 {
+                raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)
+            } else {
+                raw
+            };
             String::from_utf8_lossy(raw).trim().to_owned()
         })
         .collect();
@@ -623,8 +693,12 @@ fn write_thread(
             .create_new(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 16, file), schema.clone(), Some(p))
-            .map_err(parquet_err)?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 16, file),
+            schema.clone(),
+            Some(p),
+        )
+        .map_err(parquet_err)?;
         writers.push((path, writer));
     }
     for (bucket, batch) in rx {
@@ -663,7 +737,14 @@ mod tests {
         let sample = b"a,b\n1,2\n3,4\n";
         assert_eq!(choose_bucket_count(100, sample), 1);
         assert!(choose_bucket_count(4_000_000_000, sample) == MAX_BUCKETS);
-        let mid = choose_bucket_count(1_000_000 * 150, &b"x".repeat(149).into_iter().chain([b'\n']).collect::<Vec<_>>());
+        let mid = choose_bucket_count(
+            1_000_000 * 150,
+            &b"x"
+                .repeat(149)
+                .into_iter()
+                .chain([b'\n'])
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(mid, 4);
     }
 }

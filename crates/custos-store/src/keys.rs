@@ -34,7 +34,9 @@ pub enum KeyError {
     #[error("the master key must be 64 hexadecimal characters (256 bits)")]
     MasterKeyFormat,
     /// The master key does not open this home.
-    #[error("the master key does not match this home: check CUSTOS_MASTER_KEY or the home's master.key")]
+    #[error(
+        "the master key does not match this home: check CUSTOS_MASTER_KEY or the home's master.key"
+    )]
     WrongMasterKey,
     /// A wrapped key failed authentication.
     #[error("the {0} could not be unwrapped: wrong master key or corrupted metadata")]
@@ -279,7 +281,10 @@ mod tests {
         let check = mk.key_check();
         assert!(mk.verify_key_check(&check).is_ok());
         let other = MasterKey::generate().unwrap();
-        assert!(matches!(other.verify_key_check(&check), Err(KeyError::WrongMasterKey)));
+        assert!(matches!(
+            other.verify_key_check(&check),
+            Err(KeyError::WrongMasterKey)
+        ));
     }
 
     #[test]

@@ -113,7 +113,9 @@ impl SqliteMetadata {
 }
 
 fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, MetaError> {
-    let as_u64 = |v: i64| u64::try_from(v).map_err(|_| MetaError::Database("negative count in catalogue".into()));
+    let as_u64 = |v: i64| {
+        u64::try_from(v).map_err(|_| MetaError::Database("negative count in catalogue".into()))
+    };
     Ok(DatasetRecord {
         name: row.try_get("name")?,
         storage_id: row.try_get("storage_id")?,
@@ -152,7 +154,8 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), MetaError> {
-        let to_i64 = |v: u64| i64::try_from(v).map_err(|_| MetaError::Database("count too large".into()));
+        let to_i64 =
+            |v: u64| i64::try_from(v).map_err(|_| MetaError::Database("count too large".into()));
         sqlx::query(
             "INSERT INTO datasets (name, storage_id, schema_toml, schema_sha256, wrapped_key, \
              bucket_count, row_count, stored_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -169,7 +172,9 @@ impl MetadataStore for SqliteMetadata {
         .execute(&self.pool)
         .await
         .map_err(|e| match MetaError::from(e) {
-            MetaError::AlreadyExists(_) => MetaError::AlreadyExists(format!("dataset `{}`", d.name)),
+            MetaError::AlreadyExists(_) => {
+                MetaError::AlreadyExists(format!("dataset `{}`", d.name))
+            }
             other => other,
         })?;
         Ok(())
@@ -213,7 +218,10 @@ mod tests {
     async fn backend_suite(store: &dyn MetadataStore) {
         assert_eq!(store.instance_value("k").await.unwrap(), None);
         store.insert_instance_value("k", b"v").await.unwrap();
-        assert_eq!(store.instance_value("k").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            store.instance_value("k").await.unwrap(),
+            Some(b"v".to_vec())
+        );
         let again = store.insert_instance_value("k", b"w").await.unwrap_err();
         assert_eq!(again.to_string(), "setting `k` already exists");
 
@@ -223,24 +231,38 @@ mod tests {
         assert_eq!(dup.to_string(), "dataset `a` already exists");
         assert_eq!(store.dataset("a").await.unwrap(), Some(record("a")));
         assert_eq!(store.dataset("zz").await.unwrap(), None);
-        let names: Vec<String> = store.datasets().await.unwrap().into_iter().map(|d| d.name).collect();
+        let names: Vec<String> = store
+            .datasets()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
         assert_eq!(names, ["a", "b"]);
     }
 
     #[tokio::test]
     async fn sqlite_backend_passes_the_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), true).await.unwrap();
+        let store = SqliteMetadata::open(&dir.path().join("m.db"), true)
+            .await
+            .unwrap();
         backend_suite(&store).await;
         store.close().await;
         // Reopening keeps everything (migrations are idempotent).
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), false).await.unwrap();
+        let store = SqliteMetadata::open(&dir.path().join("m.db"), false)
+            .await
+            .unwrap();
         assert_eq!(store.datasets().await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn open_without_create_refuses_missing_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(SqliteMetadata::open(&dir.path().join("none.db"), false).await.is_err());
+        assert!(
+            SqliteMetadata::open(&dir.path().join("none.db"), false)
+                .await
+                .is_err()
+        );
     }
 }

@@ -144,7 +144,9 @@ pub enum SchemaError {
     #[error("schema declares no columns")]
     NoColumns,
     /// A column name breaks the naming rule.
-    #[error("column name `{0}` is not allowed: use 1-64 characters of a-z, 0-9 and _, starting with a letter or _")]
+    #[error(
+        "column name `{0}` is not allowed: use 1-64 characters of a-z, 0-9 and _, starting with a letter or _"
+    )]
     BadColumnName(String),
     /// Two columns share a name.
     #[error("column `{0}` is declared twice")]
@@ -177,7 +179,9 @@ pub enum SchemaError {
         message: String,
     },
     /// A public column without a declared domain.
-    #[error("public column `{0}` needs a declared domain: make it an `enum` with `values`, or an `integer` with `bounds`")]
+    #[error(
+        "public column `{0}` needs a declared domain: make it an `enum` with `values`, or an `integer` with `bounds`"
+    )]
     PublicWithoutDomain(String),
 }
 
@@ -288,7 +292,8 @@ impl DatasetSchema {
 
 fn validate_column(rc: RawColumn) -> Result<Column, SchemaError> {
     let name = rc.name;
-    if rc.class == ColumnClass::SubjectId && !matches!(rc.ty, ColumnType::String | ColumnType::Integer)
+    if rc.class == ColumnClass::SubjectId
+        && !matches!(rc.ty, ColumnType::String | ColumnType::Integer)
     {
         return Err(SchemaError::SubjectIdType(name));
     }
@@ -344,7 +349,8 @@ fn validate_column(rc: RawColumn) -> Result<Column, SchemaError> {
         });
     }
     if rc.class == ColumnClass::Public {
-        let has_domain = rc.ty == ColumnType::Enum || (rc.ty == ColumnType::Integer && bounds.is_some());
+        let has_domain =
+            rc.ty == ColumnType::Enum || (rc.ty == ColumnType::Integer && bounds.is_some());
         if !has_domain {
             return Err(SchemaError::PublicWithoutDomain(name));
         }
@@ -360,13 +366,20 @@ fn validate_column(rc: RawColumn) -> Result<Column, SchemaError> {
     })
 }
 
-fn parse_bounds(column: &str, ty: ColumnType, raw: &[toml::Value]) -> Result<(i64, i64), SchemaError> {
+fn parse_bounds(
+    column: &str,
+    ty: ColumnType,
+    raw: &[toml::Value],
+) -> Result<(i64, i64), SchemaError> {
     let err = |message: String| SchemaError::Bounds {
         column: column.to_owned(),
         message,
     };
     let [lo, hi] = raw else {
-        return Err(err(format!("`bounds` must be a pair `[lo, hi]`, found {} values", raw.len())));
+        return Err(err(format!(
+            "`bounds` must be a pair `[lo, hi]`, found {} values",
+            raw.len()
+        )));
     };
     let convert = |v: &toml::Value| -> Result<i64, SchemaError> {
         match (ty, v) {
@@ -374,30 +387,32 @@ fn parse_bounds(column: &str, ty: ColumnType, raw: &[toml::Value]) -> Result<(i6
             (ColumnType::Decimal, toml::Value::Integer(i)) => i
                 .checked_mul(100)
                 .ok_or_else(|| err(format!("bound `{i}` is too large"))),
-            (ColumnType::Decimal, toml::Value::Float(f)) => {
-                parse_decimal_cents(&format!("{f}")).ok_or_else(|| err(format!("bound `{f}` has more than two fraction digits")))
-            }
+            (ColumnType::Decimal, toml::Value::Float(f)) => parse_decimal_cents(&format!("{f}"))
+                .ok_or_else(|| err(format!("bound `{f}` has more than two fraction digits"))),
             (ColumnType::Decimal, toml::Value::String(s)) => {
                 parse_decimal_cents(s).ok_or_else(|| err(format!("bound `{s}` is not a decimal")))
             }
-            (ColumnType::Date, toml::Value::String(s)) => {
-                parse_date_days(s).ok_or_else(|| err(format!("bound `{s}` is not a date (YYYY-MM-DD)")))
-            }
+            (ColumnType::Date, toml::Value::String(s)) => parse_date_days(s)
+                .ok_or_else(|| err(format!("bound `{s}` is not a date (YYYY-MM-DD)"))),
             (ColumnType::Date, toml::Value::Datetime(d)) => {
                 let s = d.to_string();
-                parse_date_days(&s).ok_or_else(|| err(format!("bound `{s}` is not a date (YYYY-MM-DD)")))
+                parse_date_days(&s)
+                    .ok_or_else(|| err(format!("bound `{s}` is not a date (YYYY-MM-DD)")))
             }
-            (ColumnType::Integer | ColumnType::Decimal | ColumnType::Date, other) => Err(err(
-                format!("bound `{other}` does not fit type `{ty}`"),
-            )),
-            (ColumnType::String | ColumnType::Enum, _) => {
-                Err(err(format!("`bounds` is only for integer, decimal and date columns, this one is `{ty}`")))
+            (ColumnType::Integer | ColumnType::Decimal | ColumnType::Date, other) => {
+                Err(err(format!("bound `{other}` does not fit type `{ty}`")))
             }
+            (ColumnType::String | ColumnType::Enum, _) => Err(err(format!(
+                "`bounds` is only for integer, decimal and date columns, this one is `{ty}`"
+            ))),
         }
     };
     let (lo, hi) = (convert(lo)?, convert(hi)?);
     if lo > hi {
-        return Err(err(format!("`bounds` has lo > hi ({} > {})", raw[0], raw[1])));
+        return Err(err(format!(
+            "`bounds` has lo > hi ({} > {})",
+            raw[0], raw[1]
+        )));
     }
     Ok((lo, hi))
 }
@@ -419,7 +434,10 @@ pub fn parse_decimal_cents(text: &str) -> Option<i64> {
     if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    if fraction.len() > 2 || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if fraction.len() > 2
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let mut cents: i64 = 0;
@@ -460,7 +478,10 @@ pub fn format_date_days(days: i64) -> String {
         .ok()
         .and_then(|d| d.checked_add(UNIX_EPOCH_DAYS_FROM_CE))
         .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
-        .map_or_else(|| format!("day {days}"), |d| d.format("%Y-%m-%d").to_string())
+        .map_or_else(
+            || format!("day {days}"),
+            |d| d.format("%Y-%m-%d").to_string(),
+        )
 }
 
 /// Formats integer cents as a decimal amount.
@@ -514,15 +535,28 @@ type = "date"
 
     #[test]
     fn refuses_two_subject_ids() {
-        let text = GOOD.replace("name = \"state\"\nclass = \"public\"\ntype = \"enum\"", "name = \"ssn\"\nclass = \"subject_id\"\ntype = \"string\"")
+        let text = GOOD
+            .replace(
+                "name = \"state\"\nclass = \"public\"\ntype = \"enum\"",
+                "name = \"ssn\"\nclass = \"subject_id\"\ntype = \"string\"",
+            )
             .replace("values = [\"CA\", \"NY\"]\n", "");
-        assert_eq!(err(&text), "a schema needs exactly one `subject_id` column, found 2: `tin`, `ssn`");
+        assert_eq!(
+            err(&text),
+            "a schema needs exactly one `subject_id` column, found 2: `tin`, `ssn`"
+        );
     }
 
     #[test]
     fn refuses_unknown_class_and_type() {
-        assert!(err(&GOOD.replace("class = \"quasi\"", "class = \"secretish\"")).contains("unknown variant `secretish`"));
-        assert!(err(&GOOD.replace("type = \"date\"", "type = \"float\"")).contains("unknown variant `float`"));
+        assert!(
+            err(&GOOD.replace("class = \"quasi\"", "class = \"secretish\""))
+                .contains("unknown variant `secretish`")
+        );
+        assert!(
+            err(&GOOD.replace("type = \"date\"", "type = \"float\""))
+                .contains("unknown variant `float`")
+        );
     }
 
     #[test]

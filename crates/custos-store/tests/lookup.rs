@@ -1,4 +1,5 @@
 //! A subject's rows come from one bucket file and match a full scan exactly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +28,9 @@ type = "string"
 async fn subject_rows_match_a_full_scan() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("home");
-    Home::init(&root, MasterKeySource::GenerateFile, None).await.unwrap();
+    Home::init(&root, MasterKeySource::GenerateFile, None)
+        .await
+        .unwrap();
     let home = Home::open(&root, None).await.unwrap();
     let schema = dir.path().join("s.toml");
     std::fs::write(&schema, SCHEMA).unwrap();
@@ -41,12 +44,16 @@ async fn subject_rows_match_a_full_scan() {
     }
     let csv_path = dir.path().join("d.csv");
     std::fs::write(&csv_path, csv).unwrap();
-    let report = dataset::ingest(&home, "t", &schema, &csv_path, Arc::new(NoProgress)).await.unwrap();
+    let report = dataset::ingest(&home, "t", &schema, &csv_path, Arc::new(NoProgress))
+        .await
+        .unwrap();
     assert_eq!(report.dataset.rows, 60_000);
 
     let reader = DatasetReader::open(&home, "t").await.unwrap();
     for id in [0i64, 1, 999, 1999] {
-        let batches = reader.subject_rows(&id.to_string(), Some(&["amount", "label"])).unwrap();
+        let batches = reader
+            .subject_rows(&id.to_string(), Some(&["amount", "label"]))
+            .unwrap();
         let mut amounts = vec![];
         for b in &batches {
             assert_eq!(b.num_columns(), 2);
@@ -66,7 +73,11 @@ async fn subject_rows_match_a_full_scan() {
     // A scan without identity columns never decrypts them.
     let scanned = reader.scan(false).unwrap();
     assert_eq!(scanned.iter().map(|b| b.num_rows()).sum::<usize>(), 60_000);
-    assert!(scanned.iter().all(|b| b.schema().field_with_name("label").is_err()));
+    assert!(
+        scanned
+            .iter()
+            .all(|b| b.schema().field_with_name("label").is_err())
+    );
     assert!(scanned[0].column(0).null_count() == 0);
 }
 
@@ -74,21 +85,37 @@ async fn subject_rows_match_a_full_scan() {
 async fn a_swapped_bucket_file_fails_to_decrypt() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("home");
-    Home::init(&root, MasterKeySource::GenerateFile, None).await.unwrap();
+    Home::init(&root, MasterKeySource::GenerateFile, None)
+        .await
+        .unwrap();
     let home = Home::open(&root, None).await.unwrap();
     let schema = dir.path().join("s.toml");
     std::fs::write(&schema, SCHEMA).unwrap();
     let csv_path = dir.path().join("d.csv");
     std::fs::write(&csv_path, "id,amount,label\n1,2,x\n").unwrap();
     for name in ["a", "b"] {
-        dataset::ingest(&home, name, &schema, &csv_path, Arc::new(NoProgress)).await.unwrap();
+        dataset::ingest(&home, name, &schema, &csv_path, Arc::new(NoProgress))
+            .await
+            .unwrap();
     }
     // Copy b's file over a's: same master key, but another dataset's key and AAD.
-    let dirs: Vec<_> = std::fs::read_dir(home.datasets_dir()).unwrap().map(|e| e.unwrap().path()).collect();
-    let a = dirs.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with("a.")).unwrap();
-    let b = dirs.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with("b.")).unwrap();
+    let dirs: Vec<_> = std::fs::read_dir(home.datasets_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let a = dirs
+        .iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("a."))
+        .unwrap();
+    let b = dirs
+        .iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("b."))
+        .unwrap();
     std::fs::copy(b.join("bucket-0000.parquet"), a.join("bucket-0000.parquet")).unwrap();
     let reader = DatasetReader::open(&home, "a").await.unwrap();
     let err = reader.scan(true).unwrap_err().to_string();
-    assert!(err.contains("dataset `a`, file `bucket-0000.parquet`"), "{err}");
+    assert!(
+        err.contains("dataset `a`, file `bucket-0000.parquet`"),
+        "{err}"
+    );
 }

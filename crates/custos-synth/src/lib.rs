@@ -90,12 +90,18 @@ impl Sink {
         })?;
         let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
         writer.write_record(header).map_err(|e| csv_io(&path, e))?;
-        Ok(Self { path, writer, rows: 0 })
+        Ok(Self {
+            path,
+            writer,
+            rows: 0,
+        })
     }
 
     fn write(&mut self, record: &[&str]) -> Result<(), SynthError> {
         self.rows += 1;
-        self.writer.write_record(record).map_err(|e| csv_io(&self.path, e))
+        self.writer
+            .write_record(record)
+            .map_err(|e| csv_io(&self.path, e))
     }
 
     fn finish(self) -> Result<u64, SynthError> {
@@ -108,7 +114,8 @@ impl Sink {
             path: path.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(|source| SynthError::Io { path, source })?;
+        file.sync_all()
+            .map_err(|source| SynthError::Io { path, source })?;
         Ok(self.rows)
     }
 }
@@ -126,14 +133,21 @@ fn write_text(path: PathBuf, text: &str) -> Result<PathBuf, SynthError> {
         source,
     })?;
     file.write_all(text.as_bytes())
-        .map_err(|source| SynthError::Io { path: path.clone(), source })?;
+        .map_err(|source| SynthError::Io {
+            path: path.clone(),
+            source,
+        })?;
     Ok(path)
 }
 
 /// Writes `tax_returns.csv`, `benefits.csv` and `deaths.csv`, each with its
 /// `.schema.toml`, into `out` (created if missing). `progress` is called with
 /// the number of tax returns written so far.
-pub fn generate(out: &Path, options: SynthOptions, progress: &dyn Fn(u64)) -> Result<Generated, SynthError> {
+pub fn generate(
+    out: &Path,
+    options: SynthOptions,
+    progress: &dyn Fn(u64),
+) -> Result<Generated, SynthError> {
     if options.tax_rows == 0 {
         return Err(SynthError::NoRows);
     }
@@ -161,7 +175,7 @@ pub fn generate(out: &Path, options: SynthOptions, progress: &dyn Fn(u64)) -> Re
             let ret = world.tax_return(&person, year);
             tax.write(&ret.fields())?;
             written += 1;
-            if written % 100_000 == 0 {
+            if written.is_multiple_of(100_000) {
                 progress(written);
             }
         }
@@ -182,7 +196,12 @@ pub fn generate(out: &Path, options: SynthOptions, progress: &dyn Fn(u64)) -> Re
             ])?;
         }
         if let Some(death_date) = &fate.death_date {
-            deaths.write(&[&person.ssn.replace('-', ""), &person.full_name(), &person.birth_date, death_date])?;
+            deaths.write(&[
+                &person.ssn.replace('-', ""),
+                &person.full_name(),
+                &person.birth_date,
+                death_date,
+            ])?;
             if fate.benefit.is_some() {
                 deceased_beneficiaries += 1;
             }
@@ -196,14 +215,27 @@ pub fn generate(out: &Path, options: SynthOptions, progress: &dyn Fn(u64)) -> Re
         }
         let person = world.person(index);
         let death_date = world.death_date(&person);
-        deaths.write(&[&person.ssn.replace('-', ""), &person.full_name(), &person.birth_date, &death_date])?;
+        deaths.write(&[
+            &person.ssn.replace('-', ""),
+            &person.full_name(),
+            &person.birth_date,
+            &death_date,
+        ])?;
     }
 
-    let mk = |name: &'static str, schema_text: &str, sink: Sink| -> Result<GeneratedDataset, SynthError> {
+    let mk = |name: &'static str,
+              schema_text: &str,
+              sink: Sink|
+     -> Result<GeneratedDataset, SynthError> {
         let csv = sink.path.clone();
         let rows = sink.finish()?;
         let schema = write_text(out.join(format!("{name}.schema.toml")), schema_text)?;
-        Ok(GeneratedDataset { name, csv, schema, rows })
+        Ok(GeneratedDataset {
+            name,
+            csv,
+            schema,
+            rows,
+        })
     };
     Ok(Generated {
         datasets: vec![
@@ -229,7 +261,10 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let c = tempfile::tempdir().unwrap();
-        let opts = SynthOptions { tax_rows: 3000, seed: 7 };
+        let opts = SynthOptions {
+            tax_rows: 3000,
+            seed: 7,
+        };
         let ga = generate(a.path(), opts, &|_| {}).unwrap();
         generate(b.path(), opts, &|_| {}).unwrap();
         generate(c.path(), SynthOptions { seed: 8, ..opts }, &|_| {}).unwrap();
@@ -240,13 +275,24 @@ mod tests {
         assert_eq!(ga.datasets[0].rows, 3000);
         assert!(ga.datasets[1].rows > 100, "benefits roll has people");
         assert!(ga.datasets[2].rows > 10, "death registry has people");
-        assert!(ga.deceased_beneficiaries > 0, "matching has something to find");
+        assert!(
+            ga.deceased_beneficiaries > 0,
+            "matching has something to find"
+        );
     }
 
     #[test]
     fn every_ssn_is_never_issued() {
         let dir = tempfile::tempdir().unwrap();
-        generate(dir.path(), SynthOptions { tax_rows: 5000, seed: 1 }, &|_| {}).unwrap();
+        generate(
+            dir.path(),
+            SynthOptions {
+                tax_rows: 5000,
+                seed: 1,
+            },
+            &|_| {},
+        )
+        .unwrap();
         for f in ["tax_returns.csv", "benefits.csv", "deaths.csv"] {
             let mut reader = csv::Reader::from_path(dir.path().join(f)).unwrap();
             for record in reader.records() {
@@ -254,7 +300,8 @@ mod tests {
                 let digits: String = record[0].chars().filter(char::is_ascii_digit).collect();
                 assert_eq!(digits.len(), 9);
                 let (area, group, serial) = (&digits[0..3], &digits[3..5], &digits[5..9]);
-                let never_issued = area == "000" || area == "666" || group == "00" || serial == "0000";
+                let never_issued =
+                    area == "000" || area == "666" || group == "00" || serial == "0000";
                 assert!(never_issued, "{f}: {} could be a real SSN", &record[0]);
             }
         }

@@ -50,25 +50,68 @@ pub struct State {
 }
 
 const fn st(abbr: &'static str, weight: u32, zip_lo: u32, zip_hi: u32) -> State {
-    State { abbr, weight, zip_lo, zip_hi }
+    State {
+        abbr,
+        weight,
+        zip_lo,
+        zip_hi,
+    }
 }
 
 /// States (and DC), weighted roughly by population (in 100k people), with
 /// their three-digit ZIP prefix ranges.
 pub const STATES: [State; 51] = [
-    st("AL", 50, 350, 369), st("AK", 7, 995, 999), st("AZ", 73, 850, 865), st("AR", 30, 716, 729),
-    st("CA", 390, 900, 961), st("CO", 58, 800, 816), st("CT", 36, 60, 69), st("DE", 10, 197, 199),
-    st("DC", 7, 200, 205), st("FL", 222, 320, 349), st("GA", 109, 300, 319), st("HI", 14, 967, 968),
-    st("ID", 19, 832, 838), st("IL", 126, 600, 629), st("IN", 68, 460, 479), st("IA", 32, 500, 528),
-    st("KS", 29, 660, 679), st("KY", 45, 400, 427), st("LA", 46, 700, 714), st("ME", 14, 39, 49),
-    st("MD", 62, 206, 219), st("MA", 70, 10, 27), st("MI", 100, 480, 499), st("MN", 57, 550, 567),
-    st("MS", 29, 386, 397), st("MO", 62, 630, 658), st("MT", 11, 590, 599), st("NE", 20, 680, 693),
-    st("NV", 32, 889, 898), st("NH", 14, 30, 38), st("NJ", 93, 70, 89), st("NM", 21, 870, 884),
-    st("NY", 197, 100, 149), st("NC", 107, 270, 289), st("ND", 8, 580, 588), st("OH", 118, 430, 458),
-    st("OK", 40, 730, 749), st("OR", 42, 970, 979), st("PA", 130, 150, 196), st("RI", 11, 28, 29),
-    st("SC", 53, 290, 299), st("SD", 9, 570, 577), st("TN", 70, 370, 385), st("TX", 300, 750, 799),
-    st("UT", 34, 840, 847), st("VT", 6, 50, 59), st("VA", 87, 220, 246), st("WA", 78, 980, 994),
-    st("WV", 18, 247, 268), st("WI", 59, 530, 549), st("WY", 6, 820, 831),
+    st("AL", 50, 350, 369),
+    st("AK", 7, 995, 999),
+    st("AZ", 73, 850, 865),
+    st("AR", 30, 716, 729),
+    st("CA", 390, 900, 961),
+    st("CO", 58, 800, 816),
+    st("CT", 36, 60, 69),
+    st("DE", 10, 197, 199),
+    st("DC", 7, 200, 205),
+    st("FL", 222, 320, 349),
+    st("GA", 109, 300, 319),
+    st("HI", 14, 967, 968),
+    st("ID", 19, 832, 838),
+    st("IL", 126, 600, 629),
+    st("IN", 68, 460, 479),
+    st("IA", 32, 500, 528),
+    st("KS", 29, 660, 679),
+    st("KY", 45, 400, 427),
+    st("LA", 46, 700, 714),
+    st("ME", 14, 39, 49),
+    st("MD", 62, 206, 219),
+    st("MA", 70, 10, 27),
+    st("MI", 100, 480, 499),
+    st("MN", 57, 550, 567),
+    st("MS", 29, 386, 397),
+    st("MO", 62, 630, 658),
+    st("MT", 11, 590, 599),
+    st("NE", 20, 680, 693),
+    st("NV", 32, 889, 898),
+    st("NH", 14, 30, 38),
+    st("NJ", 93, 70, 89),
+    st("NM", 21, 870, 884),
+    st("NY", 197, 100, 149),
+    st("NC", 107, 270, 289),
+    st("ND", 8, 580, 588),
+    st("OH", 118, 430, 458),
+    st("OK", 40, 730, 749),
+    st("OR", 42, 970, 979),
+    st("PA", 130, 150, 196),
+    st("RI", 11, 28, 29),
+    st("SC", 53, 290, 299),
+    st("SD", 9, 570, 577),
+    st("TN", 70, 370, 385),
+    st("TX", 300, 750, 799),
+    st("UT", 34, 840, 847),
+    st("VT", 6, 50, 59),
+    st("VA", 87, 220, 246),
+    st("WA", 78, 980, 994),
+    st("WV", 18, 247, 268),
+    st("WI", 59, 530, 549),
+    st("WY", 6, 820, 831),
 ];
 
 /// Filing statuses, as the schema's enum values.
@@ -243,7 +286,8 @@ impl World {
 
     pub fn person(&self, index: u64) -> Person {
         let mut rng = self.rng(index, 1);
-        let permuted = (u128::from(index) * u128::from(self.stride) + u128::from(self.offset)) % u128::from(subject_space());
+        let permuted = (u128::from(index) * u128::from(self.stride) + u128::from(self.offset))
+            % u128::from(subject_space());
         let birth_year = 1935 + i64::from(rng.random_range(0..70u32));
         let state = self.state(&mut rng);
         let zip3 = rng.random_range(state.zip_lo..=state.zip_hi);
@@ -274,7 +318,11 @@ impl World {
             [0, 0, 1, 1, 1, 2, 3, 3, 4][rng.random_range(0..9usize)]
         };
         let working = age < 67 && rng.random::<f64>() > 0.12;
-        let wages = if working { (10.6 + 0.9 * normal(&mut rng)).exp().min(9_000_000.0) } else { 0.0 };
+        let wages = if working {
+            (10.6 + 0.9 * normal(&mut rng)).exp().min(9_000_000.0)
+        } else {
+            0.0
+        };
         let other = if age >= 62 || rng.random::<f64>() < 0.3 {
             (8.5 + 1.6 * normal(&mut rng)).exp().min(5_000_000.0)
         } else {
@@ -322,15 +370,28 @@ impl World {
         let retired = age >= 66;
         let disabled = !retired && rng.random::<f64>() < 0.03;
         let benefit = (retired || disabled).then(|| {
-            let monthly = if retired { 1_900.0 + 450.0 * normal(&mut rng) } else { 1_500.0 + 300.0 * normal(&mut rng) };
+            let monthly = if retired {
+                1_900.0 + 450.0 * normal(&mut rng)
+            } else {
+                1_500.0 + 300.0 * normal(&mut rng)
+            };
             Benefit {
                 monthly: cents(monthly.clamp(50.0, 5_000.0)),
                 account: p.bank_account.clone(),
             }
         });
-        let death_risk = if age >= 80 { 0.10 } else if age >= 66 { 0.04 } else { 0.005 };
+        let death_risk = if age >= 80 {
+            0.10
+        } else if age >= 66 {
+            0.04
+        } else {
+            0.005
+        };
         let death_date = (rng.random::<f64>() < death_risk).then(|| self.death_date(p));
-        Fate { benefit, death_date }
+        Fate {
+            benefit,
+            death_date,
+        }
     }
 }
 

@@ -16,8 +16,14 @@ pub(crate) const TAX_HEADER: [&str; 13] = [
     "tax_year",
 ];
 
-pub(crate) const BENEFITS_HEADER: [&str; 6] =
-    ["ssn", "name", "birth_date", "monthly_benefit", "payment_account", "state"];
+pub(crate) const BENEFITS_HEADER: [&str; 6] = [
+    "ssn",
+    "name",
+    "birth_date",
+    "monthly_benefit",
+    "payment_account",
+    "state",
+];
 
 pub(crate) const DEATHS_HEADER: [&str; 4] = ["ssn", "name", "birth_date", "death_date"];
 

@@ -26,7 +26,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// The Custos home (data directory). Holds keys, the metadata store and
     /// encrypted datasets.
-    #[arg(long, global = true, env = "CUSTOS_HOME", default_value = "./custos-data", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTOS_HOME",
+        default_value = "./custos-data",
+        value_name = "DIR"
+    )]
     home: PathBuf,
 
     #[command(subcommand)]
@@ -69,7 +75,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -41,9 +41,11 @@ impl IngestProgress for IngestBar {
 /// A counting spinner for work measured in rows.
 pub fn rows_bar(label: &str, total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {human_pos}/{human_len} rows ({eta} left)")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {human_pos}/{human_len} rows ({eta} left)",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(label.to_owned());
     bar

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `custos` binary: init, generate, ingest, list,
 //! describe, and every bad input the foundation promises to refuse cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
 use std::fs;
@@ -70,7 +71,9 @@ impl Env {
 
     fn custos(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
-        cmd.env("CUSTOS_HOME", self.home()).env_remove("CUSTOS_MASTER_KEY").env_remove("CUSTOS_LOG");
+        cmd.env("CUSTOS_HOME", self.home())
+            .env_remove("CUSTOS_MASTER_KEY")
+            .env_remove("CUSTOS_LOG");
         cmd
     }
 
@@ -88,8 +91,16 @@ impl Env {
     }
 
     fn dataset_names(&self) -> Vec<String> {
-        let out = self.custos().args(["dataset", "list", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .custos()
+            .args(["dataset", "list", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v.as_array()
             .unwrap()
@@ -118,7 +129,10 @@ fn init_creates_a_private_home_and_refuses_to_run_twice() {
     let mode = fs::metadata(env.home()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
     let key_path = env.home().join("master.key");
-    assert_eq!(fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let key_before = fs::read(&key_path).unwrap();
     // The key is never printed.
     let key_text = String::from_utf8(key_before.clone()).unwrap();
@@ -128,14 +142,23 @@ fn init_creates_a_private_home_and_refuses_to_run_twice() {
         .failure()
         .stderr(predicate::str::contains("refusing to overwrite anything"))
         .stderr(predicate::str::contains(key_text.trim()).not());
-    assert_eq!(fs::read(&key_path).unwrap(), key_before, "the master key was not touched");
+    assert_eq!(
+        fs::read(&key_path).unwrap(),
+        key_before,
+        "the master key was not touched"
+    );
 }
 
 #[test]
 fn external_master_key_is_required_checked_and_never_written() {
     let env = Env::new();
     let key = "11".repeat(32);
-    let out = env.custos().env("CUSTOS_MASTER_KEY", &key).arg("init").output().unwrap();
+    let out = env
+        .custos()
+        .env("CUSTOS_MASTER_KEY", &key)
+        .arg("init")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&key));
     assert!(!env.home().join("master.key").exists());
@@ -149,7 +172,9 @@ fn external_master_key_is_required_checked_and_never_written() {
         .args(["dataset", "list"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("master key does not match this home"));
+        .stderr(predicate::str::contains(
+            "master key does not match this home",
+        ));
     env.custos()
         .env("CUSTOS_MASTER_KEY", "not-hex")
         .args(["dataset", "list"])
@@ -183,13 +208,24 @@ fn ingest_list_describe_round_trip() {
         .success()
         .stdout(predicate::str::contains("Ingested `people`: 3 rows"));
     assert_eq!(env.dataset_names(), ["people"]);
-    let out = env.custos().args(["dataset", "describe", "people", "--json"]).output().unwrap();
+    let out = env
+        .custos()
+        .args(["dataset", "describe", "people", "--json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows"], 3);
     assert_eq!(v["schema"]["columns"][0]["class"], "subject_id");
-    assert_eq!(v["schema"]["columns"][3]["bounds"], serde_json::json!([0, 10_000_000]));
+    assert_eq!(
+        v["schema"]["columns"][3]["bounds"],
+        serde_json::json!([0, 10_000_000])
+    );
     // Describe shows classes, never values.
-    let text = env.custos().args(["dataset", "describe", "people"]).output().unwrap();
+    let text = env
+        .custos()
+        .args(["dataset", "describe", "people"])
+        .output()
+        .unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("subject_id") && text.contains("identity"));
     assert!(!text.contains("666-01-0001") && !text.contains("Lovelace"));
@@ -235,10 +271,18 @@ fn no_plaintext_identifier_anywhere_in_the_home() {
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(d).unwrap() {
             let p = e.unwrap().path();
-            if p.is_dir() { stack.push(p) } else { files.push(p) }
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                files.push(p)
+            }
         }
     }
-    assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == "parquet")));
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "parquet"))
+    );
     for file in files {
         let bytes = fs::read(&file).unwrap();
         for needle in &needles {
@@ -273,7 +317,11 @@ fn assert_rejected(csv: &[u8], expected: &[&str]) {
         assert!(stderr.contains(e), "expected `{e}` in: {stderr}");
     }
     assert!(env.dataset_names().is_empty());
-    assert!(env.dataset_dirs().is_empty(), "leftover files: {:?}", env.dataset_dirs());
+    assert!(
+        env.dataset_dirs().is_empty(),
+        "leftover files: {:?}",
+        env.dataset_dirs()
+    );
     // Identifying values are never echoed in errors.
     assert!(!stderr.contains("666-01"), "{stderr}");
 }
@@ -390,8 +438,14 @@ fn refuses_schema_with_two_subject_ids() {
 
 #[test]
 fn refuses_schema_with_unknown_class_or_type() {
-    schema_error(&SCHEMA.replace("class = \"quasi\"", "class = \"semi\""), "unknown variant `semi`");
-    schema_error(&SCHEMA.replace("type = \"date\"", "type = \"timestamp\""), "unknown variant `timestamp`");
+    schema_error(
+        &SCHEMA.replace("class = \"quasi\"", "class = \"semi\""),
+        "unknown variant `semi`",
+    );
+    schema_error(
+        &SCHEMA.replace("type = \"date\"", "type = \"timestamp\""),
+        "unknown variant `timestamp`",
+    );
 }
 
 #[test]
@@ -453,7 +507,10 @@ fn killed_ingest_leaves_no_dataset_and_a_rerun_works() {
             break;
         }
         interrupted += 1;
-        assert!(env.dataset_names().is_empty(), "no dataset after a kill at {delay_ms} ms");
+        assert!(
+            env.dataset_names().is_empty(),
+            "no dataset after a kill at {delay_ms} ms"
+        );
     }
     assert!(interrupted >= 1, "at least one kill landed mid-ingest");
     if env.dataset_names().is_empty() {
@@ -462,7 +519,11 @@ fn killed_ingest_leaves_no_dataset_and_a_rerun_works() {
     assert_eq!(env.dataset_names(), ["tax"]);
     // Only the committed dataset's directory remains.
     assert_eq!(env.dataset_dirs().len(), 1, "{:?}", env.dataset_dirs());
-    let out = env.custos().args(["dataset", "describe", "tax", "--json"]).output().unwrap();
+    let out = env
+        .custos()
+        .args(["dataset", "describe", "tax", "--json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows"], 200_000);
 }
@@ -476,7 +537,9 @@ fn demo_runs_end_to_end_on_a_small_population() {
         .assert()
         .success()
         .stdout(predicate::str::contains("not found anywhere"))
-        .stdout(predicate::str::contains("Ingested `tax_returns`: 5,000 rows"));
+        .stdout(predicate::str::contains(
+            "Ingested `tax_returns`: 5,000 rows",
+        ));
 }
 
 #[test]

@@ -60,7 +60,10 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
             } else if all.is_empty() {
                 println!("No datasets yet. Load one with `custos dataset ingest`.");
             } else {
-                println!("{:<24} {:>14} {:>8} {:>12}  created", "name", "rows", "buckets", "stored");
+                println!(
+                    "{:<24} {:>14} {:>8} {:>12}  created",
+                    "name", "rows", "buckets", "stored"
+                );
                 for d in all {
                     println!(
                         "{:<24} {:>14} {:>8} {:>12}  {}",
@@ -86,7 +89,12 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
 }
 
 /// Ingests with a progress bar on the terminal.
-pub async fn ingest_with_progress(home: &Home, name: &str, schema: &Path, file: &Path) -> anyhow::Result<IngestReport> {
+pub async fn ingest_with_progress(
+    home: &Home,
+    name: &str,
+    schema: &Path,
+    file: &Path,
+) -> anyhow::Result<IngestReport> {
     let bar = Arc::new(IngestBar::new(name));
     let result = dataset::ingest(home, name, schema, file, bar.clone()).await;
     bar.finish();
@@ -122,7 +130,10 @@ pub fn print_description(d: &DatasetSummary) {
     );
     println!("  schema sha256 {}", d.schema_sha256);
     println!();
-    println!("  {:<18} {:<11} {:<8} {:<9} bounds / domain", "column", "class", "type", "encrypted");
+    println!(
+        "  {:<18} {:<11} {:<8} {:<9} bounds / domain",
+        "column", "class", "type", "encrypted"
+    );
     for c in &d.schema.columns {
         let extra = match (c.ty, c.bounds) {
             (custos_store::ColumnType::Enum, _) => format!("{} values", c.values.len()),
@@ -139,8 +150,15 @@ pub fn print_description(d: &DatasetSummary) {
             (_, Some((lo, hi))) => format!("[{lo}, {hi}]"),
             _ => String::new(),
         };
-        let key = if c.class.is_identifying() { "identity" } else { "data" };
+        let key = if c.class.is_identifying() {
+            "identity"
+        } else {
+            "data"
+        };
         let nullable = if c.nullable { " (nullable)" } else { "" };
-        println!("  {:<18} {:<11} {:<8} {:<9} {extra}{nullable}", c.name, c.class, c.ty, key);
+        println!(
+            "  {:<18} {:<11} {:<8} {:<9} {extra}{nullable}",
+            c.name, c.class, c.ty, key
+        );
     }
 }

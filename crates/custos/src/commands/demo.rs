@@ -36,7 +36,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let temp;
     let base: PathBuf = match &args.keep {
         Some(dir) => {
-            anyhow::ensure!(!dir.exists(), "`{}` already exists; --keep needs a new directory", dir.display());
+            anyhow::ensure!(
+                !dir.exists(),
+                "`{}` already exists; --keep needs a new directory",
+                dir.display()
+            );
             std::fs::create_dir_all(dir)?;
             dir.clone()
         }
@@ -51,13 +55,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Everything happens under `{}`.", base.display());
 
     step(1, "a custodian creates a Custos home");
-    let report = Home::init(&home_dir, MasterKeySource::GenerateFile, Some("demo.custos.local".into())).await?;
-    println!("  `custos init` made `{}` (mode 0700) with:", report.root.display());
-    println!("  - a 256-bit master key (master.key, mode 0600) that wraps every dataset's own key,");
-    println!("  - an Ed25519 signing key for the ledger's checkpoints (public {}…),", &report.public_key_hex[..16]);
+    let report = Home::init(
+        &home_dir,
+        MasterKeySource::GenerateFile,
+        Some("demo.custos.local".into()),
+    )
+    .await?;
+    println!(
+        "  `custos init` made `{}` (mode 0700) with:",
+        report.root.display()
+    );
+    println!(
+        "  - a 256-bit master key (master.key, mode 0600) that wraps every dataset's own key,"
+    );
+    println!(
+        "  - an Ed25519 signing key for the ledger's checkpoints (public {}…),",
+        &report.public_key_hex[..16]
+    );
     println!("  - the metadata store (SQLite).");
 
-    step(2, "synthetic records: tax returns, a benefits roll, a death registry");
+    step(
+        2,
+        "synthetic records: tax returns, a benefits roll, a death registry",
+    );
     let gen_args = GenerateArgs {
         rows: args.rows,
         out: data_dir.clone(),
@@ -88,20 +108,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  All three in {:.1}s. Subject ids and identifiers (names, addresses, accounts) are encrypted",
         started.elapsed().as_secs_f64()
     );
-    println!("  under an identity key, other columns and the footer under a data key (Parquet modular encryption).");
+    println!(
+        "  under an identity key, other columns and the footer under a data key (Parquet modular encryption)."
+    );
 
     step(4, "what a custodian sees: the schema, never the values");
     let tax = dataset::describe(&home, "tax_returns").await?;
     print_description(&tax);
 
-    step(5, "is it really encrypted? look for a taxpayer's TIN in the raw files");
+    step(
+        5,
+        "is it really encrypted? look for a taxpayer's TIN in the raw files",
+    );
     let sample_tin = first_field(&generated.datasets[0].csv)?;
     let hits = find_bytes_under(&home_dir, sample_tin.as_bytes())?;
     println!(
         "  Searched every file under the home for a TIN taken from the input CSV: {} (the CSV itself has it).",
-        if hits.is_empty() { "not found anywhere".to_owned() } else { format!("FOUND in {hits:?}") }
+        if hits.is_empty() {
+            "not found anywhere".to_owned()
+        } else {
+            format!("FOUND in {hits:?}")
+        }
     );
-    anyhow::ensure!(hits.is_empty(), "a plaintext identifier was found in the data directory");
+    anyhow::ensure!(
+        hits.is_empty(),
+        "a plaintext identifier was found in the data directory"
+    );
 
     step(6, "finding one person's rows without scanning the dataset");
     let reader = DatasetReader::open(&home, "tax_returns").await?;
@@ -117,7 +149,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  justification and a second person's approval.)");
 
     println!();
-    println!("Done. {}", if args.keep.is_some() { "The home was kept." } else { "The temporary home is removed now." });
+    println!(
+        "Done. {}",
+        if args.keep.is_some() {
+            "The home was kept."
+        } else {
+            "The temporary home is removed now."
+        }
+    );
     Ok(())
 }
 

@@ -25,12 +25,19 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
     let report = Home::init(home, source, args.origin).await?;
     println!("Created Custos home `{}`", report.root.display());
     if report.master_key_file {
-        println!("  master key:   generated into master.key (mode 0600); back it up, it cannot be recovered");
+        println!(
+            "  master key:   generated into master.key (mode 0600); back it up, it cannot be recovered"
+        );
     } else {
-        println!("  master key:   from CUSTOS_MASTER_KEY (not written to disk); set it for every command");
+        println!(
+            "  master key:   from CUSTOS_MASTER_KEY (not written to disk); set it for every command"
+        );
     }
     println!("  origin:       {}", report.origin);
-    println!("  signing key:  Ed25519, public key {}", report.public_key_hex);
+    println!(
+        "  signing key:  Ed25519, public key {}",
+        report.public_key_hex
+    );
     println!("  metadata:     custos.db (SQLite)");
     println!("Next: `custos dataset ingest --schema FILE.schema.toml --name NAME FILE.csv`");
     Ok(())

@@ -28,7 +28,10 @@ pub async fn open_home(home: &Path) -> anyhow::Result<Home> {
 /// per line.
 pub fn report_error(e: &anyhow::Error) {
     if let Some(IngestError::Rejected { file, problems }) = e.downcast_ref::<IngestError>() {
-        eprintln!("error: `{}` was rejected and nothing was stored:", file.display());
+        eprintln!(
+            "error: `{}` was rejected and nothing was stored:",
+            file.display()
+        );
         for p in problems {
             eprintln!("  {}:{p}", file.display());
         }
@@ -65,7 +68,7 @@ pub fn human_count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
