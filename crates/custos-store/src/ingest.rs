@@ -31,7 +31,7 @@ use parquet::schema::types::ColumnPath;
 use crate::keys::{DataKey, KeyError, SubjectBucketer};
 use crate::meta::MetaError;
 use crate::schema::{
-    Column, ColumnType, DatasetSchema, SchemaError, parse_date_days, parse_decimal_cents,
+    Column, ColumnType, DatasetSchema, SchemaError, parse_date_days_bytes, parse_decimal_cents_bytes,
 };
 
 /// Most problems collected before an ingest gives up on a file.
@@ -221,6 +221,10 @@ fn writer_properties(
         builder = builder.with_file_encryption_properties(encryption);
     }
     for c in &schema.columns {
+        // Dictionary pages pay only for low-cardinality columns; on unique
+        // values (ids, names, amounts) they cost time and then fall back.
+        let low_cardinality = c.ty == ColumnType::Enum || c.class == crate::schema::ColumnClass::Public;
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), low_cardinality);
         if c.class.is_identifying() {
             // Min/max of an identifier column would be identifiers; keep none.
             builder = builder
@@ -298,7 +302,8 @@ struct ColumnPlan<'s> {
     column: &'s Column,
     /// Position of this column in the CSV record.
     csv_index: usize,
-    enum_values: HashSet<&'s [u8]>,
+    /// An enum's values, sorted, for binary search.
+    enum_values: Vec<&'s [u8]>,
 }
 
 impl ColumnPlan<'_> {
@@ -311,38 +316,35 @@ impl ColumnPlan<'_> {
                 Err("empty value in a column that is not nullable".into())
             };
         }
-        if raw.contains(&b'\n') || raw.contains(&b'\r') {
-            return Err("a quoted field runs over a line break (unterminated quote?)".into());
-        }
-        let text = std::str::from_utf8(raw).map_err(|e| {
-            format!(
-                "not valid UTF-8 (bad byte at offset {} of the field)",
-                e.valid_up_to()
-            )
-        })?;
         let number = match c.ty {
-            ColumnType::String => return Ok(Value::Text(text)),
+            ColumnType::String => {
+                if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
+                    return Err("a quoted field runs over a line break (unterminated quote?)".into());
+                }
+                let text = std::str::from_utf8(raw).map_err(|e| {
+                    format!("not valid UTF-8 (bad byte at offset {} of the field)", e.valid_up_to())
+                })?;
+                return Ok(Value::Text(text));
+            }
             ColumnType::Enum => {
-                return if self.enum_values.contains(raw) {
-                    Ok(Value::Text(text))
-                } else {
-                    Err(format!(
+                // Membership in the declared (UTF-8) values also proves UTF-8.
+                return match self.enum_values.binary_search(&raw) {
+                    Ok(_) => Ok(Value::Text(std::str::from_utf8(raw).unwrap_or_default())),
+                    Err(_) => Err(format!(
                         "{} is not one of the {} declared values",
                         shown(c, raw),
                         c.values.len()
-                    ))
+                    )),
                 };
             }
-            ColumnType::Integer => text
-                .parse::<i64>()
-                .map_err(|_| format!("{} is not an integer", shown(c, raw)))?,
-            ColumnType::Decimal => parse_decimal_cents(text).ok_or_else(|| {
-                format!(
-                    "{} is not a decimal with at most two fraction digits",
-                    shown(c, raw)
-                )
+            // Numeric parsers accept ASCII only, which also proves UTF-8.
+            ColumnType::Integer => {
+                parse_integer(raw).ok_or_else(|| format!("{} is not an integer", shown(c, raw)))?
+            }
+            ColumnType::Decimal => parse_decimal_cents_bytes(raw).ok_or_else(|| {
+                format!("{} is not a decimal with at most two fraction digits", shown(c, raw))
             })?,
-            ColumnType::Date => parse_date_days(text)
+            ColumnType::Date => parse_date_days_bytes(raw)
                 .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", shown(c, raw)))?,
         };
         if let Some((lo, hi)) = c.bounds
@@ -352,6 +354,26 @@ impl ColumnPlan<'_> {
         }
         Ok(Value::Int(number))
     }
+}
+
+/// Parses an optionally signed ASCII decimal integer.
+fn parse_integer(raw: &[u8]) -> Option<i64> {
+    let (negative, digits) = match raw.first() {
+        Some(b'-') => (true, &raw[1..]),
+        Some(b'+') => (false, &raw[1..]),
+        _ => (false, raw),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    Some(if negative { -value } else { value })
 }
 
 struct BucketBuffer {
@@ -671,7 +693,11 @@ fn plan_columns<'s>(
         .map(|c| ColumnPlan {
             column: c,
             csv_index: names.iter().position(|n| n == &c.name).unwrap_or(0),
-            enum_values: c.values.iter().map(|v| v.as_bytes()).collect(),
+            enum_values: {
+                let mut v: Vec<&[u8]> = c.values.iter().map(|v| v.as_bytes()).collect();
+                v.sort_unstable();
+                v
+            },
         })
         .collect())
 }

@@ -422,30 +422,35 @@ fn parse_bounds(
 /// More than two fraction digits, signs in the middle, exponents and empty
 /// strings are refused: money is never rounded silently.
 pub fn parse_decimal_cents(text: &str) -> Option<i64> {
-    let (negative, digits) = match text.as_bytes().first() {
+    parse_decimal_cents_bytes(text.as_bytes())
+}
+
+/// [`parse_decimal_cents`] on bytes (ASCII only).
+pub fn parse_decimal_cents_bytes(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
         _ => (false, text),
     };
-    let (whole, fraction) = match digits.split_once('.') {
-        Some((w, f)) => (w, f),
-        None => (digits, ""),
+    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &digits[digits.len()..]),
     };
-    if whole.is_empty() && fraction.is_empty() {
-        return None;
-    }
-    if fraction.len() > 2
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
+    if (whole.is_empty() && fraction.is_empty()) || fraction.len() > 2 {
         return None;
     }
     let mut cents: i64 = 0;
-    for b in whole.bytes() {
+    for &b in whole {
+        if !b.is_ascii_digit() {
+            return None;
+        }
         cents = cents.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
     }
     let mut frac: i64 = 0;
-    for (i, b) in fraction.bytes().enumerate() {
+    for (i, &b) in fraction.iter().enumerate() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
         frac += i64::from(b - b'0') * if i == 0 { 10 } else { 1 };
     }
     let cents = cents.checked_mul(100)?.checked_add(frac)?;
@@ -457,8 +462,12 @@ const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 /// Parses a `YYYY-MM-DD` date into days since 1970-01-01.
 pub fn parse_date_days(text: &str) -> Option<i64> {
+    parse_date_days_bytes(text.as_bytes())
+}
+
+/// [`parse_date_days`] on bytes (ASCII only).
+pub fn parse_date_days_bytes(b: &[u8]) -> Option<i64> {
     use chrono::Datelike;
-    let b = text.as_bytes();
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }

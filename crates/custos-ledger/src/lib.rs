@@ -1,0 +1,69 @@
+//! The Custos ledger: the append-only, tamper-evident record of every
+//! request, decision and administrative change.
+//!
+//! - [`entry`]: entries and their canonical encoding (pure).
+//! - [`tiles`]: C2SP tlog-tiles paths and entry bundles (pure).
+//! - [`merkle`]: compact range, hash reader over tiles (RFC 6962 hashing via `tlog_tiles`).
+//! - [`note`]: checkpoints signed as C2SP signed-notes (Ed25519).
+//! - [`log`]: the durable, group-committed writer and its crash recovery.
+//! - [`read`]: entries and proofs from the published files, and proof checking.
+//! - [`verify`]: full verification against the checkpoint and an older one.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod entry;
+pub mod log;
+pub mod merkle;
+pub mod note;
+pub mod read;
+pub mod tiles;
+pub mod verify;
+
+use std::path::PathBuf;
+
+pub use entry::{Decision, Entry, EntryError, SubjectCommitment, SubjectCommitter};
+pub use log::{Ledger, LedgerConfig};
+pub use note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
+pub use read::{ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion};
+pub use verify::{VerifyReport, verify_ledger};
+
+/// Size of a SHA-256 hash.
+pub const HASH_SIZE: usize = 32;
+
+/// Errors of the ledger. None carries an entry's content or a key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// A file could not be read or written.
+    #[error("ledger file `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Another process has the ledger open for writing.
+    #[error("the ledger in `{0}` is in use by another Custos process")]
+    Busy(PathBuf),
+    /// Recovery found the ledger inconsistent; it refuses to open.
+    #[error("the ledger is damaged and was not opened: {0}")]
+    Damaged(String),
+    /// An earlier write failed; nothing more is accepted until a restart.
+    #[error("the ledger is unavailable after a failed write; restart Custos to recover")]
+    Unavailable,
+    /// The writer has stopped.
+    #[error("the ledger is closed")]
+    Closed,
+    /// An entry could not be encoded.
+    #[error("ledger entry: {0}")]
+    Entry(#[from] EntryError),
+    /// A checkpoint failed to verify.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A proof could not be produced or did not verify.
+    #[error("proof: {0}")]
+    Proof(String),
+    /// Verification found tampering or damage; the message says where.
+    #[error("ledger verification failed: {0}")]
+    Verify(String),
+}

@@ -1,0 +1,670 @@
+//! The durable, group-committed append path and its crash recovery.
+//!
+//! ```text
+//! LEDGER/
+//!   lock                   flock held by the one writer process
+//!   journal                append-only: [u32 len][32-byte leaf hash][entry] per entry
+//!   state.json             {size, journal_offset, root} of the last checkpoint
+//!   checkpoint             the latest signed checkpoint (C2SP)
+//!   tile/<L>/<N>[.p/<W>]   hash tiles (C2SP tlog-tiles)
+//!   tile/entries/<N>[...]  entry bundles
+//! ```
+//!
+//! An append is acknowledged once its journal record is fsynced; a single
+//! writer thread drains every waiting append into one write and one fsync
+//! (group commit). Tiles and bundles are derived from the journal: full ones
+//! are written as they complete, partial ones and the checkpoint at least
+//! once a second while entries arrive, in the order tiles → fsync →
+//! checkpoint → state. Recovery starts from `state.json` (or from nothing),
+//! checks the tiles against the signed root, replays the journal beyond it,
+//! cuts a torn final record (never acknowledged), and refuses to open when
+//! the journal holds fewer entries than the checkpoint: an acknowledged entry
+//! is never silently dropped.
+//!
+//! Memory is bounded: the writer keeps the right edge of the tree (a compact
+//! range and one partial tile per level), never the whole tree.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use tlog_tiles::{Hash, Tile, record_hash};
+
+use crate::entry::{Entry, EntryError, MAX_ENTRY_BYTES};
+use crate::merkle::{CompactRange, TileFiles, TreeReader};
+use crate::note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
+use crate::tiles::{TILE_WIDTH, TileId, bundle_entries, bundle_push};
+use crate::{HASH_SIZE, LedgerError};
+
+const JOURNAL: &str = "journal";
+const STATE: &str = "state.json";
+/// File name of the latest signed checkpoint.
+pub const CHECKPOINT: &str = "checkpoint";
+const LOCK: &str = "lock";
+/// Most entries folded into one group commit.
+const MAX_GROUP: usize = 65_536;
+
+/// How to open a ledger.
+#[derive(Debug)]
+pub struct LedgerConfig {
+    /// The ledger directory (created if missing).
+    pub dir: PathBuf,
+    /// Checkpoint origin; also the signing key's name.
+    pub origin: String,
+    /// The instance's Ed25519 key.
+    pub signing_key: SigningKey,
+    /// Longest time between an append and the checkpoint that covers it.
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct State {
+    size: u64,
+    journal_offset: u64,
+    #[serde(with = "hex_root")]
+    root: [u8; 32],
+}
+
+mod hex_root {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(root: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(root))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+type Reply<T> = SyncSender<Result<T, LedgerError>>;
+
+enum Command {
+    Append { entries: Vec<Vec<u8>>, reply: Reply<Range<u64>> },
+    Checkpoint { reply: Reply<VerifiedCheckpoint> },
+}
+
+/// An open ledger: the one writer of its directory.
+#[derive(Debug)]
+pub struct Ledger {
+    tx: Option<SyncSender<Command>>,
+    thread: Option<JoinHandle<Result<(), LedgerError>>>,
+    dir: PathBuf,
+    verifier_key: String,
+    origin: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
+    move |source| LedgerError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename). The
+/// directory is fsynced by the caller, once for many files.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io(parent))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_data().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), LedgerError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(io(path))
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger in `config.dir`, recovering from
+    /// any crash. Fails if another process holds it or if it is damaged.
+    pub fn open(config: LedgerConfig) -> Result<Self, LedgerError> {
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock_path = dir.join(LOCK);
+        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        lock.try_lock().map_err(|_| LedgerError::Busy(dir.clone()))?;
+        let signer = NoteSigner::new(&config.origin, config.signing_key);
+        let verifier_key = signer.verifier_key();
+        let mut writer = Writer::recover(&dir, signer, config.checkpoint_interval)?;
+        writer.checkpoint()?;
+        let (tx, rx) = mpsc::sync_channel::<Command>(1024);
+        let thread = std::thread::Builder::new()
+            .name("custos-ledger".into())
+            .spawn(move || {
+                let _lock = lock;
+                writer.run(rx)
+            })
+            .map_err(io(&dir))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            dir,
+            verifier_key,
+            origin: config.origin,
+        })
+    }
+
+    /// The ledger directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The checkpoint verifier key (`name+hash+base64`).
+    pub fn verifier_key(&self) -> &str {
+        &self.verifier_key
+    }
+
+    /// The checkpoint origin.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn send<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LedgerError> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        let tx = self.tx.as_ref().ok_or(LedgerError::Closed)?;
+        tx.send(make(reply)).map_err(|_| LedgerError::Closed)?;
+        rx.recv().map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Appends one entry; returns its index once it is durable.
+    pub fn append(&self, entry: &Entry) -> Result<u64, LedgerError> {
+        Ok(self.append_encoded(vec![entry.encode()?])?.start)
+    }
+
+    /// Appends encoded entries as one durable commit; returns their indexes.
+    pub fn append_encoded(&self, entries: Vec<Vec<u8>>) -> Result<Range<u64>, LedgerError> {
+        if entries.iter().any(|e| e.len() > MAX_ENTRY_BYTES) {
+            return Err(LedgerError::Entry(EntryError::TooLarge));
+        }
+        self.send(|reply| Command::Append { entries, reply })
+    }
+
+    /// Signs and publishes a checkpoint covering every durable entry now.
+    pub fn checkpoint(&self) -> Result<VerifiedCheckpoint, LedgerError> {
+        self.send(|reply| Command::Checkpoint { reply })
+    }
+
+    /// Publishes a final checkpoint and stops the writer.
+    pub fn close(mut self) -> Result<(), LedgerError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), LedgerError> {
+        drop(self.tx.take());
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| LedgerError::Closed)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "ledger did not close cleanly");
+        }
+    }
+}
+
+/// The writer thread's state: the right edge of the tree and the journal.
+struct Writer {
+    dir: PathBuf,
+    signer: NoteSigner,
+    interval: Duration,
+    journal: File,
+    journal_len: u64,
+    range: CompactRange,
+    /// Hashes of the incomplete tile at each level.
+    edge: Vec<Vec<Hash>>,
+    /// The incomplete entry bundle.
+    bundle: Vec<u8>,
+    bundle_count: u64,
+    /// Full tiles written since the last checkpoint (to fsync before it).
+    dirty: Vec<PathBuf>,
+    /// Partial tiles of the last checkpoint (removed after the next one).
+    published_partials: Vec<PathBuf>,
+    checkpointed: u64,
+    failed: bool,
+}
+
+impl Writer {
+    fn recover(dir: &Path, signer: NoteSigner, interval: Duration) -> Result<Self, LedgerError> {
+        let journal_path = dir.join(JOURNAL);
+        let mut journal = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&journal_path)
+            .map_err(io(&journal_path))?;
+        let journal_len = journal.metadata().map_err(io(&journal_path))?.len();
+        let checkpoint = match fs::read(dir.join(CHECKPOINT)) {
+            Ok(note) => Some(verify_checkpoint(&note, &signer.verifier_key()).map_err(|e| {
+                LedgerError::Damaged(format!("the published checkpoint does not verify: {e}"))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&dir.join(CHECKPOINT))(e)),
+        };
+        let state: Option<State> = fs::read(dir.join(STATE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut writer = Self {
+            dir: dir.to_owned(),
+            signer,
+            interval,
+            journal_len: 0,
+            journal: journal.try_clone().map_err(io(&journal_path))?,
+            range: CompactRange::new(),
+            edge: vec![Vec::new()],
+            bundle: Vec::new(),
+            bundle_count: 0,
+            dirty: Vec::new(),
+            published_partials: Vec::new(),
+            checkpointed: u64::MAX,
+            failed: false,
+        };
+        // Resume from the last state whose tiles check out; else from nothing.
+        let start = state
+            .filter(|s| s.journal_offset <= journal_len)
+            .and_then(|s| writer.load_edge(s).ok().map(|()| s));
+        let start = match start {
+            Some(s) => s,
+            None => {
+                writer.range = CompactRange::new();
+                writer.edge = vec![Vec::new()];
+                writer.bundle.clear();
+                writer.bundle_count = 0;
+                State {
+                    size: 0,
+                    journal_offset: 0,
+                    root: tlog_tiles::EMPTY_HASH.0,
+                }
+            }
+        };
+        let replayed = writer.replay(&mut journal, &journal_path, start, journal_len, checkpoint.as_ref())?;
+        if let Some(cp) = &checkpoint
+            && replayed < cp.size
+        {
+            return Err(LedgerError::Damaged(format!(
+                "the journal holds {replayed} entries but the signed checkpoint covers {}: acknowledged entries are missing",
+                cp.size
+            )));
+        }
+        writer.journal_len = writer.journal.metadata().map_err(io(&journal_path))?.len();
+        Ok(writer)
+    }
+
+    /// Loads the tree's right edge at `state.size` from the tiles on disk and
+    /// checks it against the recorded root.
+    fn load_edge(&mut self, state: State) -> Result<(), LedgerError> {
+        let tiles = TileFiles::new(&self.dir);
+        let reader = TreeReader::new(&tiles, state.size);
+        let range = CompactRange::from_reader(state.size, &reader)
+            .map_err(|e| LedgerError::Damaged(format!("right edge unreadable: {e}")))?;
+        if range.root().0 != state.root {
+            return Err(LedgerError::Damaged("tiles do not match the recorded root".into()));
+        }
+        let mut edge = Vec::new();
+        let mut level = 0u8;
+        loop {
+            let count = state.size >> (u32::from(level) * 8);
+            let width = count % TILE_WIDTH;
+            let mut hashes = Vec::new();
+            if width > 0 {
+                let data = tiles
+                    .read(level, count / TILE_WIDTH, width)
+                    .map_err(|e| LedgerError::Damaged(e.to_string()))?;
+                hashes = crate::merkle::hashes_of(&data, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
+            }
+            edge.push(hashes);
+            if count < TILE_WIDTH {
+                break;
+            }
+            level += 1;
+        }
+        let width = state.size % TILE_WIDTH;
+        let mut bundle = Vec::new();
+        if width > 0 {
+            let id = TileId::entries(state.size / TILE_WIDTH, width);
+            let bytes = read_bundle(&self.dir, id)?;
+            bundle_entries(&bytes, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
+            bundle = bytes;
+        }
+        self.range = range;
+        self.edge = edge;
+        self.bundle = bundle;
+        self.bundle_count = width;
+        Ok(())
+    }
+
+    /// Replays journal records from `start`; cuts a torn final record.
+    fn replay(
+        &mut self,
+        journal: &mut File,
+        path: &Path,
+        start: State,
+        len: u64,
+        checkpoint: Option<&VerifiedCheckpoint>,
+    ) -> Result<u64, LedgerError> {
+        journal.seek(SeekFrom::Start(start.journal_offset)).map_err(io(path))?;
+        let mut reader = BufReader::with_capacity(1 << 20, &*journal);
+        let mut offset = start.journal_offset;
+        let mut header = [0u8; 4 + HASH_SIZE];
+        let mut entry = Vec::new();
+        loop {
+            let record_start = offset;
+            match reader.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.cut_torn(path, record_start, len)?;
+                    break;
+                }
+                Err(e) => return Err(io(path)(e)),
+            }
+            let n = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            let stored = Hash(header[4..].try_into().map_err(|_| LedgerError::Damaged("journal".into()))?);
+            let end = record_start + (4 + HASH_SIZE + n) as u64;
+            if n > MAX_ENTRY_BYTES || end > len {
+                self.cut_torn(path, record_start, len)?;
+                break;
+            }
+            entry.resize(n, 0);
+            reader.read_exact(&mut entry).map_err(io(path))?;
+            let leaf = record_hash(&entry);
+            if leaf != stored {
+                if end == len {
+                    // The final record is torn: it was never acknowledged.
+                    self.cut_torn(path, record_start, len)?;
+                    break;
+                }
+                return Err(LedgerError::Damaged(format!(
+                    "journal record {} (byte {record_start}) does not match its hash",
+                    self.range.size()
+                )));
+            }
+            self.push_leaf(leaf, &entry)?;
+            offset = end;
+            if let Some(cp) = checkpoint
+                && self.range.size() == cp.size
+                && self.range.root().0 != cp.root
+            {
+                return Err(LedgerError::Damaged(format!(
+                    "the journal's first {} entries do not hash to the signed checkpoint's root",
+                    cp.size
+                )));
+            }
+        }
+        if start.size > 0 || self.range.size() > 0 {
+            tracing::info!(from = start.size, to = self.range.size(), "ledger recovered");
+        }
+        Ok(self.range.size())
+    }
+
+    fn cut_torn(&mut self, path: &Path, at: u64, len: u64) -> Result<(), LedgerError> {
+        if at < len {
+            tracing::warn!(bytes = len - at, "cutting a torn, unacknowledged journal tail");
+            self.journal.set_len(at).map_err(io(path))?;
+            self.journal.sync_all().map_err(io(path))?;
+        }
+        Ok(())
+    }
+
+    /// Adds one leaf to the right edge, writing tiles that become full.
+    fn push_leaf(&mut self, leaf: Hash, entry: &[u8]) -> Result<(), LedgerError> {
+        self.range.push(leaf);
+        let size = self.range.size();
+        bundle_push(&mut self.bundle, entry);
+        self.bundle_count += 1;
+        if self.bundle_count == TILE_WIDTH {
+            let id = TileId::entries(size / TILE_WIDTH - 1, TILE_WIDTH);
+            let bytes = std::mem::take(&mut self.bundle);
+            self.write_full(id, &bytes)?;
+            self.bundle_count = 0;
+        }
+        let mut level = 0usize;
+        let mut hash = leaf;
+        loop {
+            if self.edge.len() <= level {
+                self.edge.push(Vec::new());
+            }
+            self.edge[level].push(hash);
+            if self.edge[level].len() as u64 != TILE_WIDTH {
+                break;
+            }
+            let full = std::mem::take(&mut self.edge[level]);
+            let bytes: Vec<u8> = full.iter().flat_map(|h| h.0).collect();
+            let level_u8 = u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
+            let index = (size >> (8 * (level as u32 + 1))) - 1;
+            self.write_full(TileId::hashes(level_u8, index, TILE_WIDTH), &bytes)?;
+            hash = Tile::subtree_hash(&bytes);
+            level += 1;
+        }
+        Ok(())
+    }
+
+    fn write_full(&mut self, id: TileId, bytes: &[u8]) -> Result<(), LedgerError> {
+        let path = self.dir.join(id.path());
+        let parent = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(io(parent))?;
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.dirty.push(path);
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Command>) -> Result<(), LedgerError> {
+        let mut due: Option<Instant> = None;
+        loop {
+            let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
+            let first = match rx.recv_timeout(wait) {
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.checkpoint() {
+                        tracing::error!(error = %e, "periodic checkpoint failed");
+                    }
+                    due = None;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // Group commit: everything already waiting shares this fsync.
+            let mut appends: Vec<(Vec<Vec<u8>>, Reply<Range<u64>>)> = Vec::new();
+            let mut checkpoints: Vec<Reply<VerifiedCheckpoint>> = Vec::new();
+            let mut pending = 0usize;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { entries, reply } => {
+                        pending += entries.len();
+                        appends.push((entries, reply));
+                    }
+                    Command::Checkpoint { reply } => checkpoints.push(reply),
+                }
+                if pending < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                let result = self.commit(&appends);
+                for ((_, reply), r) in appends.into_iter().zip(result) {
+                    let _ = reply.send(r);
+                }
+                if due.is_none() {
+                    due = Some(Instant::now() + self.interval);
+                }
+            }
+            if due.is_some_and(|d| Instant::now() >= d) {
+                if let Err(e) = self.checkpoint() {
+                    tracing::error!(error = %e, "periodic checkpoint failed");
+                }
+                due = None;
+            }
+            for reply in checkpoints {
+                let _ = reply.send(self.checkpoint());
+            }
+        }
+        self.checkpoint().map(|_| ())
+    }
+
+    /// Writes all groups' entries in one write and one fsync.
+    fn commit(&mut self, groups: &[(Vec<Vec<u8>>, Reply<Range<u64>>)]) -> Vec<Result<Range<u64>, LedgerError>> {
+        if self.failed {
+            return groups.iter().map(|_| Err(LedgerError::Unavailable)).collect();
+        }
+        let mut buf = Vec::new();
+        let mut leaves = Vec::new();
+        for (entries, _) in groups {
+            for e in entries {
+                let leaf = record_hash(e);
+                buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
+                buf.extend_from_slice(&leaf.0);
+                buf.extend_from_slice(e);
+                leaves.push(leaf);
+            }
+        }
+        let path = self.dir.join(JOURNAL);
+        let written = self
+            .journal
+            .write_all(&buf)
+            .and_then(|()| self.journal.sync_data());
+        if let Err(e) = written {
+            // INVARIANT: after a failed write or fsync nothing more is
+            // acknowledged; the next open recovers what is durable.
+            self.failed = true;
+            tracing::error!(error = %e, "ledger journal write failed; refusing further appends");
+            return groups.iter().map(|_| Err(io(&path)(std::io::Error::new(e.kind(), e.to_string())))).collect();
+        }
+        self.journal_len += buf.len() as u64;
+        let mut results = Vec::with_capacity(groups.len());
+        let mut leaf_iter = leaves.into_iter();
+        for (entries, _) in groups {
+            let start = self.range.size();
+            let mut outcome = Ok(());
+            for e in entries {
+                let Some(leaf) = leaf_iter.next() else { break };
+                if outcome.is_ok() {
+                    outcome = self.push_leaf(leaf, e);
+                }
+            }
+            results.push(outcome.map(|()| start..self.range.size()));
+        }
+        results
+    }
+
+    /// Publishes partial tiles and a signed checkpoint for the current size.
+    fn checkpoint(&mut self) -> Result<VerifiedCheckpoint, LedgerError> {
+        let size = self.range.size();
+        let root = self.range.root().0;
+        if self.checkpointed == size
+            && let Ok(note) = fs::read(self.dir.join(CHECKPOINT))
+        {
+            return verify_checkpoint(&note, &self.signer.verifier_key()).map_err(damaged);
+        }
+        let mut partials = Vec::new();
+        for (level, hashes) in self.edge.iter().enumerate() {
+            if hashes.is_empty() {
+                continue;
+            }
+            let level_u8 = u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
+            let index = (size >> (8 * level as u32)) / TILE_WIDTH;
+            let id = TileId::hashes(level_u8, index, hashes.len() as u64);
+            let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+            let path = self.dir.join(id.path());
+            write_atomic(&path, &bytes)?;
+            partials.push(path);
+        }
+        if self.bundle_count > 0 {
+            let id = TileId::entries(size / TILE_WIDTH, self.bundle_count);
+            let path = self.dir.join(id.path());
+            write_atomic(&path, &self.bundle)?;
+            partials.push(path);
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for path in self.dirty.drain(..) {
+            File::open(&path).and_then(|f| f.sync_data()).map_err(io(&path))?;
+            if let Some(p) = path.parent() {
+                dirs.push(p.to_owned());
+            }
+        }
+        dirs.extend(partials.iter().filter_map(|p| p.parent().map(Path::to_owned)));
+        dirs.sort();
+        dirs.dedup();
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        let note = self.signer.sign(size, root).map_err(damaged)?;
+        write_atomic(&self.dir.join(CHECKPOINT), &note)?;
+        let state = State {
+            size,
+            journal_offset: self.journal_len,
+            root,
+        };
+        let state_bytes = serde_json::to_vec(&state).map_err(|e| LedgerError::Damaged(e.to_string()))?;
+        write_atomic(&self.dir.join(STATE), &state_bytes)?;
+        sync_dir(&self.dir)?;
+        // Older partial tiles are superseded; readers fall back to wider ones.
+        for old in std::mem::replace(&mut self.published_partials, partials.clone()) {
+            if !partials.contains(&old) {
+                let _ = fs::remove_file(&old);
+            }
+        }
+        self.checkpointed = size;
+        Ok(VerifiedCheckpoint {
+            origin: self.signer.origin().to_owned(),
+            size,
+            root,
+            note,
+        })
+    }
+}
+
+fn damaged(e: CheckpointError) -> LedgerError {
+    LedgerError::Damaged(e.to_string())
+}
+
+/// Reads entry bundle `id`, falling back to the full bundle or a wider
+/// partial one (and truncating) when the exact partial was superseded.
+pub fn read_bundle(dir: &Path, id: TileId) -> Result<Vec<u8>, LedgerError> {
+    let exact = dir.join(id.path());
+    match fs::read(&exact) {
+        Ok(bytes) => return Ok(bytes),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&exact)(e)),
+        Err(_) => {}
+    }
+    let mut candidates = vec![dir.join(TileId::entries(id.index, TILE_WIDTH).path())];
+    if let Ok(read) = fs::read_dir(dir.join(id.partial_dir())) {
+        let mut widths: Vec<u64> = read
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|w| *w > id.width)
+            .collect();
+        widths.sort_unstable();
+        candidates.extend(widths.into_iter().map(|w| dir.join(TileId::entries(id.index, w).path())));
+    }
+    for path in candidates {
+        if let Ok(bytes) = fs::read(&path) {
+            let mut out = Vec::new();
+            let mut rest = &bytes[..];
+            for _ in 0..id.width {
+                let Some((len, tail)) = rest.split_at_checked(2) else { break };
+                let n = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let Some((entry, tail)) = tail.split_at_checked(n) else { break };
+                bundle_push(&mut out, entry);
+                rest = tail;
+            }
+            return Ok(out);
+        }
+    }
+    Err(LedgerError::Damaged(format!("{} is missing", id.path())))
+}

@@ -1,0 +1,262 @@
+//! Merkle tree arithmetic over tiles: a compact range for streaming roots,
+//! a hash reader over the tile files, and inclusion/consistency proofs.
+//!
+//! Leaf and node hashing, proof generation and checking come from
+//! `tlog_tiles` (a port of Go's `sumdb/tlog`, RFC 6962 / 9162 hashing).
+//! What is hand-rolled here is only what it lacks: a [`CompactRange`] (the
+//! right edge of the tree, O(log n) memory) and a [`HashReader`] over C2SP
+//! tile files (its own tile reader assumes Go's `tile/H/L/…` paths).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tlog_tiles::{Hash, HashReader, Tile, node_hash, split_stored_hash_index};
+
+use crate::HASH_SIZE;
+use crate::tiles::{TILE_HEIGHT, TILE_WIDTH, TileId, tile_hashes};
+
+/// The right edge of a Merkle tree: the roots of its perfect subtrees,
+/// largest first. Appending is amortised O(1); the root is O(log n).
+#[derive(Debug, Clone, Default)]
+pub struct CompactRange {
+    size: u64,
+    /// (hash, height) of each perfect subtree, left to right.
+    peaks: Vec<(Hash, u8)>,
+}
+
+impl CompactRange {
+    /// The empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds the range of a tree of `size` leaves from its perfect subtree
+    /// roots, read through `reader`.
+    pub fn from_reader(size: u64, reader: &impl HashReader) -> Result<Self, tlog_tiles::Error> {
+        let mut indexes = Vec::new();
+        let mut heights = Vec::new();
+        let mut offset = 0u64;
+        for height in (0..64u8).rev() {
+            if size & (1 << height) != 0 {
+                indexes.push(tlog_tiles::stored_hash_index(height, offset >> height));
+                heights.push(height);
+                offset += 1 << height;
+            }
+        }
+        let hashes = reader.read_hashes(&indexes)?;
+        Ok(Self {
+            size,
+            peaks: hashes.into_iter().zip(heights).collect(),
+        })
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        self.peaks.push((leaf, 0));
+        self.size += 1;
+        while let [.., (left, hl), (right, hr)] = self.peaks[..] {
+            if hl != hr {
+                break;
+            }
+            self.peaks.truncate(self.peaks.len() - 2);
+            self.peaks.push((node_hash(left, right), hl + 1));
+        }
+    }
+
+    /// The RFC 6962 root hash (SHA-256 of "" for the empty tree).
+    pub fn root(&self) -> Hash {
+        let mut iter = self.peaks.iter().rev();
+        let Some((mut acc, _)) = iter.next().copied() else {
+            return tlog_tiles::EMPTY_HASH;
+        };
+        for (left, _) in iter {
+            acc = node_hash(*left, acc);
+        }
+        acc
+    }
+}
+
+/// Reads hash tiles from a ledger directory, as C2SP paths. Full tiles are
+/// immutable and cached; partial tiles are read fresh.
+#[derive(Debug)]
+pub struct TileFiles {
+    dir: PathBuf,
+    cache: Mutex<HashMap<(u8, u64), std::sync::Arc<Vec<u8>>>>,
+}
+
+/// Most full tiles kept in the cache (8 KiB each).
+const CACHE_TILES: usize = 4096;
+
+impl TileFiles {
+    /// A reader over `dir` (the directory that holds `tile/`).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads tile `(level, index)` with at least `width` hashes, returning
+    /// exactly `width` hashes' bytes. Serves a prefix of the full tile or of
+    /// a wider partial tile when the exact partial is gone.
+    pub fn read(&self, level: u8, index: u64, width: u64) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
+        let want = usize::try_from(width).unwrap_or(usize::MAX).saturating_mul(HASH_SIZE);
+        if let Ok(cache) = self.cache.lock()
+            && let Some(full) = cache.get(&(level, index))
+        {
+            return Ok(std::sync::Arc::new(full[..want.min(full.len())].to_vec()));
+        }
+        let full_id = TileId::hashes(level, index, TILE_WIDTH);
+        match fs::read(self.dir.join(full_id.path())) {
+            Ok(bytes) => {
+                if bytes.len() != TILE_WIDTH as usize * HASH_SIZE {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is {} bytes, a full tile is 8192", full_id.path(), bytes.len()),
+                    ));
+                }
+                let bytes = std::sync::Arc::new(bytes);
+                if let Ok(mut cache) = self.cache.lock() {
+                    if cache.len() >= CACHE_TILES {
+                        cache.clear();
+                    }
+                    cache.insert((level, index), bytes.clone());
+                }
+                if width == TILE_WIDTH {
+                    return Ok(bytes);
+                }
+                return Ok(std::sync::Arc::new(bytes[..want].to_vec()));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        let id = TileId::hashes(level, index, width);
+        match fs::read(self.dir.join(id.path())) {
+            Ok(bytes) => return check_len(bytes, want, &id.path()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        // The exact partial was superseded: take any wider partial's prefix.
+        let partial_dir = self.dir.join(id.partial_dir());
+        let mut widths: Vec<u64> = fs::read_dir(&partial_dir)?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|w| *w >= width)
+            .collect();
+        widths.sort_unstable();
+        let Some(w) = widths.first() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is missing", id.path()),
+            ));
+        };
+        let bytes = fs::read(partial_dir.join(w.to_string()))?;
+        let expected = usize::try_from(*w).unwrap_or(usize::MAX).saturating_mul(HASH_SIZE);
+        let bytes = check_len(bytes, expected, &TileId::hashes(level, index, *w).path())?;
+        Ok(std::sync::Arc::new(bytes[..want].to_vec()))
+    }
+}
+
+fn check_len(bytes: Vec<u8>, want: usize, path: &str) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
+    if bytes.len() != want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{path} is {} bytes, expected {want}", bytes.len()),
+        ));
+    }
+    Ok(std::sync::Arc::new(bytes))
+}
+
+/// A [`HashReader`] for a tree of `size` leaves over tile files. Stored
+/// hashes at levels between tile levels are recomputed from the tile below.
+#[derive(Debug)]
+pub struct TreeReader<'a> {
+    tiles: &'a TileFiles,
+    size: u64,
+}
+
+impl<'a> TreeReader<'a> {
+    /// A reader for the tree of `size` leaves.
+    pub fn new(tiles: &'a TileFiles, size: u64) -> Self {
+        Self { tiles, size }
+    }
+
+    fn hash(&self, level: u8, n: u64) -> Result<Hash, tlog_tiles::Error> {
+        let tile_level = level / TILE_HEIGHT;
+        let within = level % TILE_HEIGHT;
+        let base_level = tile_level * TILE_HEIGHT;
+        // Nodes at `base_level` that exist in a tree of `size` leaves.
+        let base_count = self.size >> base_level;
+        // The node covers base nodes [first, first + span).
+        let span = 1u64 << within;
+        let first = n << within;
+        if first + span > base_count {
+            return Err(tlog_tiles::Error::IndexesNotInTree);
+        }
+        let tile_index = first / TILE_WIDTH;
+        let full_tiles = base_count / TILE_WIDTH;
+        let width = if tile_index < full_tiles { TILE_WIDTH } else { base_count % TILE_WIDTH };
+        let data = self
+            .tiles
+            .read(tile_level, tile_index, width)
+            .map_err(|_| tlog_tiles::Error::InvalidTile)?;
+        let start = usize::try_from(first % TILE_WIDTH).map_err(|_| tlog_tiles::Error::BadMath)? * HASH_SIZE;
+        let end = start + usize::try_from(span).map_err(|_| tlog_tiles::Error::BadMath)? * HASH_SIZE;
+        let slice = data.get(start..end).ok_or(tlog_tiles::Error::InvalidTile)?;
+        Ok(Tile::subtree_hash(slice))
+    }
+}
+
+impl HashReader for TreeReader<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|&i| {
+                let (level, n) = split_stored_hash_index(i);
+                self.hash(level, n)
+            })
+            .collect()
+    }
+}
+
+/// Hashes of a hash tile, as `tlog_tiles` hashes.
+pub fn hashes_of(tile: &[u8], width: u64) -> Result<Vec<Hash>, crate::tiles::TileFormatError> {
+    Ok(tile_hashes(tile, width)?.into_iter().map(Hash).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tlog_tiles::record_hash;
+
+    /// Reference root by the RFC 6962 recursive definition.
+    fn mth(leaves: &[Hash]) -> Hash {
+        match leaves.len() {
+            0 => tlog_tiles::EMPTY_HASH,
+            1 => leaves[0],
+            n => {
+                let k = n.next_power_of_two() / 2;
+                node_hash(mth(&leaves[..k]), mth(&leaves[k..]))
+            }
+        }
+    }
+
+    #[test]
+    fn compact_range_matches_rfc6962() {
+        let mut range = CompactRange::new();
+        let mut leaves = Vec::new();
+        assert_eq!(range.root(), mth(&leaves));
+        for i in 0..300u32 {
+            let leaf = record_hash(&i.to_be_bytes());
+            leaves.push(leaf);
+            range.push(leaf);
+            assert_eq!(range.root(), mth(&leaves), "size {}", i + 1);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Full verification of a published ledger: every entry re-hashed, every
+//! hash tile recomputed, the root checked against the signed checkpoint, and
+//! (optionally) consistency with an older checkpoint that an overseer kept.
+//!
+//! Streaming: memory holds one bundle and one tile per level, whatever the
+//! log's size. Every failure names the entry or file where it was found.
+
+use std::fs;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use serde::Serialize;
+use tlog_tiles::{Hash, Tile, record_hash};
+
+use crate::entry::Entry;
+use crate::merkle::{CompactRange, hashes_of};
+use crate::note::{VerifiedCheckpoint, verify_checkpoint};
+use crate::tiles::{TILE_WIDTH, TileId, bundle_entries};
+use crate::{HASH_SIZE, LedgerError};
+
+/// What a successful verification established.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Entries verified (the checkpoint's size).
+    pub size: u64,
+    /// Root hash, hex.
+    pub root: String,
+    /// Hash tiles checked.
+    pub tiles_checked: u64,
+    /// Size of the older checkpoint found consistent, if one was given.
+    pub consistent_with: Option<u64>,
+    /// Journal records compared with the published entries (local homes).
+    pub journal_checked: u64,
+}
+
+fn fail(message: String) -> LedgerError {
+    LedgerError::Verify(message)
+}
+
+struct Levels {
+    /// Computed hashes awaiting comparison, per tile level.
+    pending: Vec<Vec<Hash>>,
+    checked: u64,
+}
+
+impl Levels {
+    /// Compares the pending hashes at `level` with tile `index` on disk.
+    fn compare(&mut self, dir: &Path, level: u8, index: u64) -> Result<(), LedgerError> {
+        let computed = std::mem::take(&mut self.pending[usize::from(level)]);
+        let id = TileId::hashes(level, index, computed.len() as u64);
+        let path = dir.join(id.path());
+        let bytes = fs::read(&path).map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
+        let stored = hashes_of(&bytes, id.width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
+        for (i, (a, b)) in computed.iter().zip(&stored).enumerate() {
+            if a != b {
+                let what = if level == 0 {
+                    format!("entry {}", index * TILE_WIDTH + i as u64)
+                } else {
+                    format!("subtree {} of level {}", index * TILE_WIDTH + i as u64, u32::from(level) * 8)
+                };
+                return Err(fail(format!(
+                    "{}: hash {i} does not match {what} recomputed from the entries (an entry bundle or this tile was altered)",
+                    id.path()
+                )));
+            }
+        }
+        self.checked += 1;
+        if id.is_full() {
+            let bytes: Vec<u8> = computed.iter().flat_map(|h| h.0).collect();
+            self.push(dir, level + 1, index, Tile::subtree_hash(&bytes))?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, dir: &Path, level: u8, child_index: u64, hash: Hash) -> Result<(), LedgerError> {
+        let l = usize::from(level);
+        if self.pending.len() <= l {
+            self.pending.resize(l + 1, Vec::new());
+        }
+        self.pending[l].push(hash);
+        if self.pending[l].len() as u64 == TILE_WIDTH {
+            self.compare(dir, level, child_index / TILE_WIDTH)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads journal records in order, for comparison with published entries.
+struct JournalCursor {
+    reader: Option<BufReader<fs::File>>,
+}
+
+impl JournalCursor {
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let reader = self.reader.as_mut()?;
+        let mut header = [0u8; 4 + HASH_SIZE];
+        reader.read_exact(&mut header).ok()?;
+        let n = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let mut entry = vec![0u8; n];
+        reader.read_exact(&mut entry).ok()?;
+        Some(entry)
+    }
+}
+
+/// Verifies the ledger in `dir` against `verifier_key`, and against
+/// `older` (a checkpoint note kept from earlier) if given.
+pub fn verify_ledger(dir: &Path, verifier_key: &str, older: Option<&[u8]>) -> Result<VerifyReport, LedgerError> {
+    let note = fs::read(dir.join(crate::log::CHECKPOINT))
+        .map_err(|e| fail(format!("checkpoint: cannot be read ({e})")))?;
+    let latest: VerifiedCheckpoint =
+        verify_checkpoint(&note, verifier_key).map_err(|e| fail(format!("checkpoint: {e}")))?;
+    let old = match older {
+        Some(note) => {
+            let old = verify_checkpoint(note, verifier_key).map_err(|e| fail(format!("older checkpoint: {e}")))?;
+            if old.size > latest.size {
+                return Err(fail(format!(
+                    "the older checkpoint covers {} entries but the log now has {}: entries were deleted",
+                    old.size, latest.size
+                )));
+            }
+            Some(old)
+        }
+        None => None,
+    };
+    let mut journal = JournalCursor {
+        reader: fs::File::open(dir.join("journal")).ok().map(|f| BufReader::with_capacity(1 << 20, f)),
+    };
+    let mut journal_checked = 0;
+    let mut range = CompactRange::new();
+    let mut levels = Levels {
+        pending: vec![Vec::new()],
+        checked: 0,
+    };
+    let size = latest.size;
+    let mut bundle_index = 0;
+    while bundle_index * TILE_WIDTH < size {
+        let width = (size - bundle_index * TILE_WIDTH).min(TILE_WIDTH);
+        let id = TileId::entries(bundle_index, width);
+        let bytes = fs::read(dir.join(id.path())).map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
+        let entries = bundle_entries(&bytes, width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
+        for (i, entry) in entries.iter().enumerate() {
+            let index = bundle_index * TILE_WIDTH + i as u64;
+            Entry::decode(entry).map_err(|e| fail(format!("entry {index} in {}: {e}", id.path())))?;
+            if let Some(recorded) = journal.next() {
+                if recorded != *entry {
+                    return Err(fail(format!(
+                        "entry {index}: the published entry in {} differs from the journal",
+                        id.path()
+                    )));
+                }
+                journal_checked += 1;
+            } else if journal.reader.is_some() {
+                return Err(fail(format!("entry {index}: the journal ends before the published log")));
+            }
+            let leaf = record_hash(entry);
+            range.push(leaf);
+            if let Some(old) = &old
+                && range.size() == old.size
+                && range.root().0 != old.root
+            {
+                return Err(fail(format!(
+                    "the first {} entries no longer hash to the older checkpoint's root: an entry at or before index {} was changed, removed or reordered",
+                    old.size,
+                    old.size - 1
+                )));
+            }
+            levels.push(dir, 0, index, leaf)?;
+        }
+        bundle_index += 1;
+    }
+    // Compare the partial tiles at the right edge, bottom up.
+    let mut level = 0u8;
+    while usize::from(level) < levels.pending.len() {
+        let count = size >> (u32::from(level) * 8);
+        if !levels.pending[usize::from(level)].is_empty() {
+            levels.compare(dir, level, count / TILE_WIDTH)?;
+        }
+        level += 1;
+    }
+    if range.root().0 != latest.root {
+        return Err(fail(format!(
+            "the {size} entries do not hash to the root in the signed checkpoint"
+        )));
+    }
+    Ok(VerifyReport {
+        size,
+        root: hex::encode(latest.root),
+        tiles_checked: levels.checked,
+        consistent_with: old.map(|o| o.size),
+        journal_checked,
+    })
+}

@@ -1,0 +1,338 @@
+//! The ledger end to end: appends, recovery, proofs, verification and
+//! every kind of tampering the design promises to detect.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_ledger::tiles::TileId;
+use custos_ledger::{
+    Decision, Entry, Ledger, LedgerConfig, LedgerError, LedgerReader, verify_consistency, verify_inclusion,
+    verify_ledger,
+};
+use ed25519_dalek::SigningKey;
+
+const ORIGIN: &str = "test.custos.local/ledger";
+
+fn config(dir: &Path) -> LedgerConfig {
+    LedgerConfig {
+        dir: dir.to_owned(),
+        origin: ORIGIN.into(),
+        signing_key: SigningKey::from_bytes(&[42; 32]),
+        checkpoint_interval: Duration::from_millis(200),
+    }
+}
+
+fn entry(i: u64) -> Entry {
+    Entry::new(1_700_000_000_000_000 + i as i64, "tester", "test.append", Decision::Recorded).with_count("i", i)
+}
+
+/// A ledger with `n` entries, closed (so its last checkpoint covers all).
+fn ledger_with(n: u64) -> (tempfile::TempDir, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    let key = ledger.verifier_key().to_owned();
+    let batch: Vec<Vec<u8>> = (0..n).map(|i| entry(i).encode().unwrap()).collect();
+    for chunk in batch.chunks(100) {
+        ledger.append_encoded(chunk.to_vec()).unwrap();
+    }
+    ledger.close().unwrap();
+    (tmp, dir, key)
+}
+
+#[test]
+fn appends_are_numbered_and_survive_reopen() {
+    let (_tmp, dir, key) = ledger_with(700);
+    let reader = LedgerReader::new(&dir);
+    let cp = reader.latest(&key).unwrap();
+    assert_eq!(cp.size, 700);
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    assert_eq!(ledger.append(&entry(700)).unwrap(), 700);
+    let cp2 = ledger.checkpoint().unwrap();
+    assert_eq!(cp2.size, 701);
+    drop(ledger);
+    let entries = reader.entries(698, 701).unwrap();
+    let decoded: Vec<u64> = entries.iter().map(|(_, e)| Entry::decode(e).unwrap().counts[0].1).collect();
+    assert_eq!(decoded, [698, 699, 700]);
+    verify_ledger(&dir, &key, Some(&cp.note)).unwrap();
+}
+
+#[test]
+fn inclusion_and_consistency_proofs_verify_for_every_size() {
+    let (_tmp, dir, key) = ledger_with(300);
+    let reader = LedgerReader::new(&dir);
+    let published = reader.latest(&key).unwrap().size;
+    for size in [1u64, 2, 3, 7, 8, 255, 256, 257, 299, 300] {
+        for index in [0, size / 2, size - 1] {
+            let p = reader.inclusion_proof(index, size, published).unwrap();
+            verify_inclusion(&p).unwrap();
+            let mut bad = p.clone();
+            bad.index = (index + 1) % size.max(2);
+            if bad.index != index && size > 1 {
+                assert!(verify_inclusion(&bad).is_err(), "wrong index must fail");
+            }
+        }
+        for old in [1u64, size / 2, size] {
+            if old == 0 {
+                continue;
+            }
+            let p = reader.consistency_proof(old, size, published).unwrap();
+            verify_consistency(&p).unwrap();
+        }
+    }
+    assert!(reader.inclusion_proof(300, 300, published).is_err());
+    assert!(reader.inclusion_proof(0, 301, published).is_err());
+    assert!(reader.consistency_proof(5, 4, published).is_err());
+}
+
+#[test]
+fn concurrent_appenders_share_commits_and_get_distinct_indexes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let ledger = Arc::new(Ledger::open(config(&dir)).unwrap());
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let ledger = ledger.clone();
+            std::thread::spawn(move || (0..50).map(|i| ledger.append(&entry(t * 1000 + i)).unwrap()).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..800).collect::<Vec<_>>());
+    let key = ledger.verifier_key().to_owned();
+    Arc::into_inner(ledger).unwrap().close().unwrap();
+    assert_eq!(verify_ledger(&dir, &key, None).unwrap().size, 800);
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let _first = Ledger::open(config(&dir)).unwrap();
+    assert!(matches!(Ledger::open(config(&dir)), Err(LedgerError::Busy(_))));
+}
+
+#[test]
+fn a_torn_final_record_is_cut_and_the_rest_kept() {
+    let (_tmp, dir, key) = ledger_with(10);
+    let mut journal = fs::OpenOptions::new().append(true).open(dir.join("journal")).unwrap();
+    std::io::Write::write_all(&mut journal, &[0, 0, 0, 50, 1, 2, 3]).unwrap();
+    drop(journal);
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    assert_eq!(ledger.append(&entry(10)).unwrap(), 10);
+    ledger.close().unwrap();
+    assert_eq!(verify_ledger(&dir, &key, None).unwrap().size, 11);
+}
+
+#[test]
+fn a_lost_journal_refuses_to_open() {
+    let (_tmp, dir, _key) = ledger_with(10);
+    fs::write(dir.join("journal"), b"").unwrap();
+    let err = Ledger::open(config(&dir)).unwrap_err().to_string();
+    assert!(err.contains("acknowledged entries are missing"), "{err}");
+}
+
+#[test]
+fn lost_tiles_are_rebuilt_from_the_journal() {
+    let (_tmp, dir, key) = ledger_with(600);
+    fs::remove_dir_all(dir.join("tile")).unwrap();
+    fs::remove_file(dir.join("state.json")).unwrap();
+    Ledger::open(config(&dir)).unwrap().close().unwrap();
+    assert_eq!(verify_ledger(&dir, &key, None).unwrap().size, 600);
+}
+
+// ---- tampering: each must fail `verify` against an older checkpoint, saying where ----
+
+struct Tampered {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    key: String,
+    old: Vec<u8>,
+}
+
+/// 600 entries (two full bundles and a partial one); the checkpoint at 520 is kept.
+fn tamper_fixture() -> Tampered {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    let key = ledger.verifier_key().to_owned();
+    let batch: Vec<Vec<u8>> = (0..520).map(|i| entry(i).encode().unwrap()).collect();
+    ledger.append_encoded(batch).unwrap();
+    let old = ledger.checkpoint().unwrap().note;
+    let batch: Vec<Vec<u8>> = (520..600).map(|i| entry(i).encode().unwrap()).collect();
+    ledger.append_encoded(batch).unwrap();
+    ledger.close().unwrap();
+    verify_ledger(&dir, &key, Some(&old)).unwrap();
+    Tampered { _tmp: tmp, dir, key, old }
+}
+
+fn verify_err(t: &Tampered) -> String {
+    match verify_ledger(&t.dir, &t.key, Some(&t.old)) {
+        Ok(r) => panic!("tampering went unnoticed: {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn path(t: &Tampered, id: TileId) -> PathBuf {
+    t.dir.join(id.path())
+}
+
+#[test]
+fn flipping_any_byte_of_an_entry_bundle_is_detected() {
+    let t = tamper_fixture();
+    let p = path(&t, TileId::entries(1, 256));
+    let original = fs::read(&p).unwrap();
+    // Every 7th byte of the bundle, and the first and last.
+    let mut positions: Vec<usize> = (0..original.len()).step_by(7).collect();
+    positions.push(original.len() - 1);
+    for pos in positions {
+        let mut bytes = original.clone();
+        bytes[pos] ^= 0x01;
+        fs::write(&p, &bytes).unwrap();
+        let err = verify_err(&t);
+        assert!(err.contains("tile/entries/001") || err.contains("entry 2") || err.contains("entry 3") || err.contains("entry 4"), "byte {pos}: {err}");
+    }
+    fs::write(&p, &original).unwrap();
+}
+
+#[test]
+fn flipping_any_byte_of_a_hash_tile_is_detected() {
+    let t = tamper_fixture();
+    for id in [TileId::hashes(0, 0, 256), TileId::hashes(0, 2, 88), TileId::hashes(1, 0, 2)] {
+        let p = path(&t, id);
+        let original = fs::read(&p).unwrap();
+        for pos in (0..original.len()).step_by(31) {
+            let mut bytes = original.clone();
+            bytes[pos] ^= 0x80;
+            fs::write(&p, &bytes).unwrap();
+            let err = verify_err(&t);
+            assert!(err.contains(&id.path()), "{} byte {pos}: {err}", id.path());
+        }
+        fs::write(&p, &original).unwrap();
+    }
+}
+
+#[test]
+fn deleting_the_last_entry_is_detected() {
+    let t = tamper_fixture();
+    let p = path(&t, TileId::entries(2, 88));
+    let bytes = fs::read(&p).unwrap();
+    let entries = custos_ledger::tiles::bundle_entries(&bytes, 88).unwrap();
+    let cut = bytes.len() - entries[87].len() - 2;
+    fs::write(&p, &bytes[..cut]).unwrap();
+    let err = verify_err(&t);
+    assert!(err.contains("tile/entries/002.p/88") && err.contains("holds 87 entries"), "{err}");
+}
+
+#[test]
+fn swapping_two_entries_is_detected() {
+    let t = tamper_fixture();
+    let p = path(&t, TileId::entries(0, 256));
+    let bytes = fs::read(&p).unwrap();
+    let entries: Vec<Vec<u8>> = custos_ledger::tiles::bundle_entries(&bytes, 256)
+        .unwrap()
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut swapped = entries.clone();
+    swapped.swap(10, 11);
+    let mut out = Vec::new();
+    for e in &swapped {
+        custos_ledger::tiles::bundle_push(&mut out, e);
+    }
+    fs::write(&p, &out).unwrap();
+    let err = verify_err(&t);
+    assert!(err.contains("entry 10"), "{err}");
+}
+
+#[test]
+fn truncating_a_file_is_detected() {
+    let t = tamper_fixture();
+    for id in [TileId::entries(0, 256), TileId::hashes(0, 1, 256)] {
+        let p = path(&t, id);
+        let original = fs::read(&p).unwrap();
+        fs::write(&p, &original[..original.len() / 2]).unwrap();
+        let err = verify_err(&t);
+        assert!(err.contains(&id.path()), "{err}");
+        fs::write(&p, &original).unwrap();
+    }
+    let cp = t.dir.join("checkpoint");
+    let original = fs::read(&cp).unwrap();
+    fs::write(&cp, &original[..original.len() - 10]).unwrap();
+    assert!(verify_err(&t).contains("checkpoint"));
+}
+
+#[test]
+fn a_rewritten_history_is_caught_by_the_older_checkpoint() {
+    // The attacker holds the signing key, rewrites entry 5 and re-signs: the
+    // current checkpoint verifies, the older one an overseer kept does not.
+    let t = tamper_fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    let batch: Vec<Vec<u8>> = (0..600)
+        .map(|i| if i == 5 { entry(9999) } else { entry(i) }.encode().unwrap())
+        .collect();
+    ledger.append_encoded(batch).unwrap();
+    ledger.close().unwrap();
+    verify_ledger(&dir, &t.key, None).unwrap();
+    let err = verify_ledger(&dir, &t.key, Some(&t.old)).unwrap_err().to_string();
+    assert!(err.contains("first 520 entries no longer hash to the older checkpoint"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_from_another_key_is_refused() {
+    let t = tamper_fixture();
+    let other = SigningKey::from_bytes(&[7; 32]);
+    let other_key = custos_ledger::NoteSigner::new(ORIGIN, other).verifier_key();
+    let err = verify_ledger(&t.dir, &other_key, None).unwrap_err().to_string();
+    assert!(err.contains("checkpoint"), "{err}");
+}
+
+#[test]
+fn every_acknowledged_entry_survives_kill_9() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples").join("append_stream");
+    assert!(examples.exists(), "build the example first: {}", examples.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    for round in 0..50u64 {
+        let mut child = Command::new(&examples)
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill at a different moment each round (10..110 ms after start).
+        std::thread::sleep(Duration::from_millis(10 + (round * 37) % 100));
+        child.kill().unwrap();
+        let mut text = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        child.wait().unwrap();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace().skip(1);
+            let index: u64 = parts.next().unwrap().parse().unwrap();
+            let payload: u64 = parts.next().unwrap().parse().unwrap();
+            acked.push((index, payload));
+        }
+    }
+    assert!(acked.len() > 100, "the stream made progress: {}", acked.len());
+    // Recover, publish, and check every acknowledged entry is there, unchanged.
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    let key = ledger.verifier_key().to_owned();
+    ledger.close().unwrap();
+    let report = verify_ledger(&dir, &key, None).unwrap();
+    let reader = LedgerReader::new(&dir);
+    let entries = reader.entries(0, report.size).unwrap();
+    for (index, payload) in acked {
+        let (_, bytes) = &entries[index as usize];
+        let e = Entry::decode(bytes).unwrap();
+        assert_eq!(e.counts, vec![("payload".to_owned(), payload)], "entry {index}");
+    }
+}
