@@ -13,7 +13,9 @@ use custos_ledger::{Decision, Entry, Ledger, LedgerConfig};
 use ed25519_dalek::SigningKey;
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: append_stream LEDGER_DIR");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: append_stream LEDGER_DIR");
     let ledger = Arc::new(
         Ledger::open(LedgerConfig {
             dir: dir.into(),
@@ -29,13 +31,16 @@ fn main() {
     let threads: Vec<_> = (0..8)
         .map(|_| {
             let (ledger, next, out) = (ledger.clone(), next.clone(), out.clone());
-            std::thread::spawn(move || loop {
-                let payload = next.fetch_add(1, Ordering::Relaxed);
-                let e = Entry::new(0, "stream", "test.stream", Decision::Recorded).with_count("payload", payload);
-                let index = ledger.append(&e).expect("append");
-                let mut out = out.lock().unwrap();
-                writeln!(out, "ack {index} {payload}").unwrap();
-                out.flush().unwrap();
+            std::thread::spawn(move || {
+                loop {
+                    let payload = next.fetch_add(1, Ordering::Relaxed);
+                    let e = Entry::new(0, "stream", "test.stream", Decision::Recorded)
+                        .with_count("payload", payload);
+                    let index = ledger.append(&e).expect("append");
+                    let mut out = out.lock().unwrap();
+                    writeln!(out, "ack {index} {payload}").unwrap();
+                    out.flush().unwrap();
+                }
             })
         })
         .collect();

@@ -88,7 +88,10 @@ impl SubjectCommitter {
     /// The commitment to `subject_id`, normalised to its ASCII letters and
     /// digits (so `666-01-0001` and `666010001` commit alike).
     pub fn commit(&self, subject_id: &str) -> SubjectCommitment {
-        let normalised: String = subject_id.chars().filter(char::is_ascii_alphanumeric).collect();
+        let normalised: String = subject_id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
         let mut mac = self.mac.clone();
         mac.update(b"custos/v1/subject\0");
         mac.update(normalised.to_ascii_uppercase().as_bytes());
@@ -261,7 +264,9 @@ impl Entry {
         let request_id = r.str()?;
         let code = r.u8()?;
         let decision = Decision::from_code(code).ok_or(EntryError::DecisionCode(code))?;
-        let reasons = (0..r.len()?).map(|_| r.str()).collect::<Result<Vec<_>, _>>()?;
+        let reasons = (0..r.len()?)
+            .map(|_| r.str())
+            .collect::<Result<Vec<_>, _>>()?;
         let counts = (0..r.len()?)
             .map(|_| Ok((r.str()?, u64::from_be_bytes(r.array()?))))
             .collect::<Result<Vec<_>, EntryError>>()?;
@@ -296,7 +301,10 @@ impl Entry {
     }
 }
 
-fn check_sorted<T: Ord>(items: impl Iterator<Item = T>, what: &'static str) -> Result<(), EntryError> {
+fn check_sorted<T: Ord>(
+    items: impl Iterator<Item = T>,
+    what: &'static str,
+) -> Result<(), EntryError> {
     let mut previous: Option<T> = None;
     for item in items {
         if previous.as_ref().is_some_and(|p| *p >= item) {
@@ -354,13 +362,18 @@ mod tests {
 
     fn sample() -> Entry {
         let c = SubjectCommitter::new(&[7; 32]);
-        Entry::new(1_700_000_000_000_000, "alice", "lookup.fetch", Decision::Allow)
-            .with_agreement("irs-tigta-2026", 3)
-            .with_request("req-1")
-            .with_reason("agreement irs-tigta-2026 grant 1")
-            .with_count("rows", 3)
-            .with_attribute("dataset", "tax_returns")
-            .with_subjects([c.commit("666-01-0001"), c.commit("666-01-0002")])
+        Entry::new(
+            1_700_000_000_000_000,
+            "alice",
+            "lookup.fetch",
+            Decision::Allow,
+        )
+        .with_agreement("irs-tigta-2026", 3)
+        .with_request("req-1")
+        .with_reason("agreement irs-tigta-2026 grant 1")
+        .with_count("rows", 3)
+        .with_attribute("dataset", "tax_returns")
+        .with_subjects([c.commit("666-01-0001"), c.commit("666-01-0002")])
     }
 
     #[test]
@@ -376,7 +389,10 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(Entry::decode(&longer), Err(EntryError::Length));
-        assert_eq!(Entry::decode(&bytes[..bytes.len() - 1]), Err(EntryError::Length));
+        assert_eq!(
+            Entry::decode(&bytes[..bytes.len() - 1]),
+            Err(EntryError::Length)
+        );
         let mut v2 = bytes.clone();
         v2[0] = 2;
         assert_eq!(Entry::decode(&v2), Err(EntryError::Version(2)));
@@ -386,7 +402,10 @@ mod tests {
         let (a, b) = (bytes[n - 64..n - 32].to_vec(), bytes[n - 32..].to_vec());
         swapped[n - 64..n - 32].copy_from_slice(&b);
         swapped[n - 32..].copy_from_slice(&a);
-        assert_eq!(Entry::decode(&swapped), Err(EntryError::NotCanonical("subjects")));
+        assert_eq!(
+            Entry::decode(&swapped),
+            Err(EntryError::NotCanonical("subjects"))
+        );
     }
 
     #[test]

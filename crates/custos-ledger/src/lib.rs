@@ -24,7 +24,9 @@ use std::path::PathBuf;
 pub use entry::{Decision, Entry, EntryError, SubjectCommitment, SubjectCommitter};
 pub use log::{Ledger, LedgerConfig};
 pub use note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
-pub use read::{ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion};
+pub use read::{
+    ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,
+};
 pub use verify::{VerifyReport, verify_ledger};
 
 /// Size of a SHA-256 hash.

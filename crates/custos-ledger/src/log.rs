@@ -89,8 +89,13 @@ mod hex_root {
 type Reply<T> = SyncSender<Result<T, LedgerError>>;
 
 enum Command {
-    Append { entries: Vec<Vec<u8>>, reply: Reply<Range<u64>> },
-    Checkpoint { reply: Reply<VerifiedCheckpoint> },
+    Append {
+        entries: Vec<Vec<u8>>,
+        reply: Reply<Range<u64>>,
+    },
+    Checkpoint {
+        reply: Reply<VerifiedCheckpoint>,
+    },
 }
 
 /// An open ledger: the one writer of its directory.
@@ -123,7 +128,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
 }
 
 fn sync_dir(path: &Path) -> Result<(), LedgerError> {
-    File::open(path).and_then(|d| d.sync_all()).map_err(io(path))
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io(path))
 }
 
 impl Ledger {
@@ -134,7 +141,8 @@ impl Ledger {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let lock_path = dir.join(LOCK);
         let lock = File::create(&lock_path).map_err(io(&lock_path))?;
-        lock.try_lock().map_err(|_| LedgerError::Busy(dir.clone()))?;
+        lock.try_lock()
+            .map_err(|_| LedgerError::Busy(dir.clone()))?;
         let signer = NoteSigner::new(&config.origin, config.signing_key);
         let verifier_key = signer.verifier_key();
         let mut writer = Writer::recover(&dir, signer, config.checkpoint_interval)?;
@@ -250,9 +258,11 @@ impl Writer {
             .map_err(io(&journal_path))?;
         let journal_len = journal.metadata().map_err(io(&journal_path))?.len();
         let checkpoint = match fs::read(dir.join(CHECKPOINT)) {
-            Ok(note) => Some(verify_checkpoint(&note, &signer.verifier_key()).map_err(|e| {
-                LedgerError::Damaged(format!("the published checkpoint does not verify: {e}"))
-            })?),
+            Ok(note) => Some(
+                verify_checkpoint(&note, &signer.verifier_key()).map_err(|e| {
+                    LedgerError::Damaged(format!("the published checkpoint does not verify: {e}"))
+                })?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&dir.join(CHECKPOINT))(e)),
         };
@@ -292,7 +302,13 @@ impl Writer {
                 }
             }
         };
-        let replayed = writer.replay(&mut journal, &journal_path, start, journal_len, checkpoint.as_ref())?;
+        let replayed = writer.replay(
+            &mut journal,
+            &journal_path,
+            start,
+            journal_len,
+            checkpoint.as_ref(),
+        )?;
         if let Some(cp) = &checkpoint
             && replayed < cp.size
         {
@@ -313,7 +329,9 @@ impl Writer {
         let range = CompactRange::from_reader(state.size, &reader)
             .map_err(|e| LedgerError::Damaged(format!("right edge unreadable: {e}")))?;
         if range.root().0 != state.root {
-            return Err(LedgerError::Damaged("tiles do not match the recorded root".into()));
+            return Err(LedgerError::Damaged(
+                "tiles do not match the recorded root".into(),
+            ));
         }
         let mut edge = Vec::new();
         let mut level = 0u8;
@@ -325,7 +343,8 @@ impl Writer {
                 let data = tiles
                     .read(level, count / TILE_WIDTH, width)
                     .map_err(|e| LedgerError::Damaged(e.to_string()))?;
-                hashes = crate::merkle::hashes_of(&data, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
+                hashes = crate::merkle::hashes_of(&data, width)
+                    .map_err(|e| LedgerError::Damaged(e.to_string()))?;
             }
             edge.push(hashes);
             if count < TILE_WIDTH {
@@ -357,7 +376,9 @@ impl Writer {
         len: u64,
         checkpoint: Option<&VerifiedCheckpoint>,
     ) -> Result<u64, LedgerError> {
-        journal.seek(SeekFrom::Start(start.journal_offset)).map_err(io(path))?;
+        journal
+            .seek(SeekFrom::Start(start.journal_offset))
+            .map_err(io(path))?;
         let mut reader = BufReader::with_capacity(1 << 20, &*journal);
         let mut offset = start.journal_offset;
         let mut header = [0u8; 4 + HASH_SIZE];
@@ -373,7 +394,11 @@ impl Writer {
                 Err(e) => return Err(io(path)(e)),
             }
             let n = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let stored = Hash(header[4..].try_into().map_err(|_| LedgerError::Damaged("journal".into()))?);
+            let stored = Hash(
+                header[4..]
+                    .try_into()
+                    .map_err(|_| LedgerError::Damaged("journal".into()))?,
+            );
             let end = record_start + (4 + HASH_SIZE + n) as u64;
             if n > MAX_ENTRY_BYTES || end > len {
                 self.cut_torn(path, record_start, len)?;
@@ -406,14 +431,21 @@ impl Writer {
             }
         }
         if start.size > 0 || self.range.size() > 0 {
-            tracing::info!(from = start.size, to = self.range.size(), "ledger recovered");
+            tracing::info!(
+                from = start.size,
+                to = self.range.size(),
+                "ledger recovered"
+            );
         }
         Ok(self.range.size())
     }
 
     fn cut_torn(&mut self, path: &Path, at: u64, len: u64) -> Result<(), LedgerError> {
         if at < len {
-            tracing::warn!(bytes = len - at, "cutting a torn, unacknowledged journal tail");
+            tracing::warn!(
+                bytes = len - at,
+                "cutting a torn, unacknowledged journal tail"
+            );
             self.journal.set_len(at).map_err(io(path))?;
             self.journal.sync_all().map_err(io(path))?;
         }
@@ -444,7 +476,8 @@ impl Writer {
             }
             let full = std::mem::take(&mut self.edge[level]);
             let bytes: Vec<u8> = full.iter().flat_map(|h| h.0).collect();
-            let level_u8 = u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
+            let level_u8 =
+                u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
             let index = (size >> (8 * (level as u32 + 1))) - 1;
             self.write_full(TileId::hashes(level_u8, index, TILE_WIDTH), &bytes)?;
             hash = Tile::subtree_hash(&bytes);
@@ -467,7 +500,9 @@ impl Writer {
     fn run(mut self, rx: Receiver<Command>) -> Result<(), LedgerError> {
         let mut due: Option<Instant> = None;
         loop {
-            let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
+            let wait = due.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             let first = match rx.recv_timeout(wait) {
                 Ok(cmd) => cmd,
                 Err(RecvTimeoutError::Timeout) => {
@@ -519,9 +554,15 @@ impl Writer {
     }
 
     /// Writes all groups' entries in one write and one fsync.
-    fn commit(&mut self, groups: &[(Vec<Vec<u8>>, Reply<Range<u64>>)]) -> Vec<Result<Range<u64>, LedgerError>> {
+    fn commit(
+        &mut self,
+        groups: &[(Vec<Vec<u8>>, Reply<Range<u64>>)],
+    ) -> Vec<Result<Range<u64>, LedgerError>> {
         if self.failed {
-            return groups.iter().map(|_| Err(LedgerError::Unavailable)).collect();
+            return groups
+                .iter()
+                .map(|_| Err(LedgerError::Unavailable))
+                .collect();
         }
         let mut buf = Vec::new();
         let mut leaves = Vec::new();
@@ -544,7 +585,10 @@ impl Writer {
             // acknowledged; the next open recovers what is durable.
             self.failed = true;
             tracing::error!(error = %e, "ledger journal write failed; refusing further appends");
-            return groups.iter().map(|_| Err(io(&path)(std::io::Error::new(e.kind(), e.to_string())))).collect();
+            return groups
+                .iter()
+                .map(|_| Err(io(&path)(std::io::Error::new(e.kind(), e.to_string()))))
+                .collect();
         }
         self.journal_len += buf.len() as u64;
         let mut results = Vec::with_capacity(groups.len());
@@ -577,7 +621,8 @@ impl Writer {
             if hashes.is_empty() {
                 continue;
             }
-            let level_u8 = u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
+            let level_u8 =
+                u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
             let index = (size >> (8 * level as u32)) / TILE_WIDTH;
             let id = TileId::hashes(level_u8, index, hashes.len() as u64);
             let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
@@ -593,12 +638,18 @@ impl Writer {
         }
         let mut dirs: Vec<PathBuf> = Vec::new();
         for path in self.dirty.drain(..) {
-            File::open(&path).and_then(|f| f.sync_data()).map_err(io(&path))?;
+            File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(io(&path))?;
             if let Some(p) = path.parent() {
                 dirs.push(p.to_owned());
             }
         }
-        dirs.extend(partials.iter().filter_map(|p| p.parent().map(Path::to_owned)));
+        dirs.extend(
+            partials
+                .iter()
+                .filter_map(|p| p.parent().map(Path::to_owned)),
+        );
         dirs.sort();
         dirs.dedup();
         for d in &dirs {
@@ -611,7 +662,8 @@ impl Writer {
             journal_offset: self.journal_len,
             root,
         };
-        let state_bytes = serde_json::to_vec(&state).map_err(|e| LedgerError::Damaged(e.to_string()))?;
+        let state_bytes =
+            serde_json::to_vec(&state).map_err(|e| LedgerError::Damaged(e.to_string()))?;
         write_atomic(&self.dir.join(STATE), &state_bytes)?;
         sync_dir(&self.dir)?;
         // Older partial tiles are superseded; readers fall back to wider ones.
@@ -650,16 +702,24 @@ pub fn read_bundle(dir: &Path, id: TileId) -> Result<Vec<u8>, LedgerError> {
             .filter(|w| *w > id.width)
             .collect();
         widths.sort_unstable();
-        candidates.extend(widths.into_iter().map(|w| dir.join(TileId::entries(id.index, w).path())));
+        candidates.extend(
+            widths
+                .into_iter()
+                .map(|w| dir.join(TileId::entries(id.index, w).path())),
+        );
     }
     for path in candidates {
         if let Ok(bytes) = fs::read(&path) {
             let mut out = Vec::new();
             let mut rest = &bytes[..];
             for _ in 0..id.width {
-                let Some((len, tail)) = rest.split_at_checked(2) else { break };
+                let Some((len, tail)) = rest.split_at_checked(2) else {
+                    break;
+                };
                 let n = usize::from(u16::from_be_bytes([len[0], len[1]]));
-                let Some((entry, tail)) = tail.split_at_checked(n) else { break };
+                let Some((entry, tail)) = tail.split_at_checked(n) else {
+                    break;
+                };
                 bundle_push(&mut out, entry);
                 rest = tail;
             }

@@ -106,8 +106,15 @@ impl TileFiles {
     /// Reads tile `(level, index)` with at least `width` hashes, returning
     /// exactly `width` hashes' bytes. Serves a prefix of the full tile or of
     /// a wider partial tile when the exact partial is gone.
-    pub fn read(&self, level: u8, index: u64, width: u64) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
-        let want = usize::try_from(width).unwrap_or(usize::MAX).saturating_mul(HASH_SIZE);
+    pub fn read(
+        &self,
+        level: u8,
+        index: u64,
+        width: u64,
+    ) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
+        let want = usize::try_from(width)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(HASH_SIZE);
         if let Ok(cache) = self.cache.lock()
             && let Some(full) = cache.get(&(level, index))
         {
@@ -119,7 +126,11 @@ impl TileFiles {
                 if bytes.len() != TILE_WIDTH as usize * HASH_SIZE {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("{} is {} bytes, a full tile is 8192", full_id.path(), bytes.len()),
+                        format!(
+                            "{} is {} bytes, a full tile is 8192",
+                            full_id.path(),
+                            bytes.len()
+                        ),
                     ));
                 }
                 let bytes = std::sync::Arc::new(bytes);
@@ -157,7 +168,9 @@ impl TileFiles {
             ));
         };
         let bytes = fs::read(partial_dir.join(w.to_string()))?;
-        let expected = usize::try_from(*w).unwrap_or(usize::MAX).saturating_mul(HASH_SIZE);
+        let expected = usize::try_from(*w)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(HASH_SIZE);
         let bytes = check_len(bytes, expected, &TileId::hashes(level, index, *w).path())?;
         Ok(std::sync::Arc::new(bytes[..want].to_vec()))
     }
@@ -201,13 +214,19 @@ impl<'a> TreeReader<'a> {
         }
         let tile_index = first / TILE_WIDTH;
         let full_tiles = base_count / TILE_WIDTH;
-        let width = if tile_index < full_tiles { TILE_WIDTH } else { base_count % TILE_WIDTH };
+        let width = if tile_index < full_tiles {
+            TILE_WIDTH
+        } else {
+            base_count % TILE_WIDTH
+        };
         let data = self
             .tiles
             .read(tile_level, tile_index, width)
             .map_err(|_| tlog_tiles::Error::InvalidTile)?;
-        let start = usize::try_from(first % TILE_WIDTH).map_err(|_| tlog_tiles::Error::BadMath)? * HASH_SIZE;
-        let end = start + usize::try_from(span).map_err(|_| tlog_tiles::Error::BadMath)? * HASH_SIZE;
+        let start = usize::try_from(first % TILE_WIDTH).map_err(|_| tlog_tiles::Error::BadMath)?
+            * HASH_SIZE;
+        let end =
+            start + usize::try_from(span).map_err(|_| tlog_tiles::Error::BadMath)? * HASH_SIZE;
         let slice = data.get(start..end).ok_or(tlog_tiles::Error::InvalidTile)?;
         Ok(Tile::subtree_hash(slice))
     }

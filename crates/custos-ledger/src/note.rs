@@ -87,9 +87,12 @@ impl NoteSigner {
 
     /// A signed checkpoint note for a tree of `size` with `root`.
     pub fn sign(&self, size: u64, root: [u8; 32]) -> Result<Vec<u8>, CheckpointError> {
-        let body = Checkpoint::new(&self.origin, size, Hash(root), "").map_err(|_| CheckpointError::Body)?;
-        let mut note = Note::new(&body.to_bytes(), &[]).map_err(|e| CheckpointError::Note(e.to_string()))?;
-        note.add_sigs(&[self]).map_err(|e| CheckpointError::Note(e.to_string()))?;
+        let body = Checkpoint::new(&self.origin, size, Hash(root), "")
+            .map_err(|_| CheckpointError::Body)?;
+        let mut note =
+            Note::new(&body.to_bytes(), &[]).map_err(|e| CheckpointError::Note(e.to_string()))?;
+        note.add_sigs(&[self])
+            .map_err(|e| CheckpointError::Note(e.to_string()))?;
         Ok(note.to_bytes())
     }
 }
@@ -110,8 +113,12 @@ impl signed_note::Signer for NoteSigner {
 
 /// Verifies a signed checkpoint note against a verifier key
 /// (`name+hash+base64`); the key name must be the checkpoint's origin.
-pub fn verify_checkpoint(note: &[u8], verifier_key: &str) -> Result<VerifiedCheckpoint, CheckpointError> {
-    let verifier = StandardVerifier::new(verifier_key).map_err(|e| CheckpointError::Key(e.to_string()))?;
+pub fn verify_checkpoint(
+    note: &[u8],
+    verifier_key: &str,
+) -> Result<VerifiedCheckpoint, CheckpointError> {
+    let verifier =
+        StandardVerifier::new(verifier_key).map_err(|e| CheckpointError::Key(e.to_string()))?;
     let expected = signed_note::Verifier::name(&verifier).to_owned();
     let parsed = Note::from_bytes(note).map_err(|e| CheckpointError::Note(e.to_string()))?;
     parsed
@@ -156,7 +163,9 @@ mod tests {
         let note = s.sign(5, [9; 32]).unwrap();
         let other = signer("example.org/log", 2);
         assert!(verify_checkpoint(&note, &other.verifier_key()).is_err());
-        let edited = String::from_utf8(note).unwrap().replacen("\n5\n", "\n6\n", 1);
+        let edited = String::from_utf8(note)
+            .unwrap()
+            .replacen("\n5\n", "\n6\n", 1);
         assert!(verify_checkpoint(edited.as_bytes(), &s.verifier_key()).is_err());
     }
 }

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use tlog_tiles::{Hash, check_record, check_tree, prove_record, prove_tree, record_hash, tree_hash};
+use tlog_tiles::{
+    Hash, check_record, check_tree, prove_record, prove_tree, record_hash, tree_hash,
+};
 
 use crate::LedgerError;
 use crate::log::{CHECKPOINT, read_bundle};
@@ -48,7 +50,8 @@ fn hex_hash(h: &Hash) -> String {
 
 fn parse_hash(text: &str) -> Result<Hash, LedgerError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).map_err(|_| LedgerError::Proof("malformed hash".into()))?;
+    hex::decode_to_slice(text, &mut out)
+        .map_err(|_| LedgerError::Proof("malformed hash".into()))?;
     Ok(Hash(out))
 }
 
@@ -120,7 +123,8 @@ impl LedgerReader {
             let bundle_index = index / TILE_WIDTH;
             let width = (to - bundle_index * TILE_WIDTH).min(TILE_WIDTH);
             let bytes = read_bundle(&self.dir, TileId::entries(bundle_index, width))?;
-            let entries = bundle_entries(&bytes, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
+            let entries =
+                bundle_entries(&bytes, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
             for (i, e) in entries.into_iter().enumerate() {
                 let at = bundle_index * TILE_WIDTH + i as u64;
                 if at >= index {
@@ -142,13 +146,21 @@ impl LedgerReader {
     }
 
     /// An inclusion proof for `index` in the tree of `size` (≤ `published`).
-    pub fn inclusion_proof(&self, index: u64, size: u64, published: u64) -> Result<InclusionProof, LedgerError> {
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+        published: u64,
+    ) -> Result<InclusionProof, LedgerError> {
         self.check_size(size, published)?;
         if index >= size {
-            return Err(LedgerError::Proof(format!("index {index} is not below size {size}")));
+            return Err(LedgerError::Proof(format!(
+                "index {index} is not below size {size}"
+            )));
         }
         let reader = TreeReader::new(&self.tiles, size);
-        let proof = prove_record(size, index, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
+        let proof =
+            prove_record(size, index, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
         let root = tree_hash(size, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
         let entry = self.entries(index, index + 1)?;
         let leaf = record_hash(&entry.first().map(|(_, e)| e.clone()).unwrap_or_default());
@@ -162,15 +174,23 @@ impl LedgerReader {
     }
 
     /// A consistency proof from `old` to `new` (both ≤ `published`).
-    pub fn consistency_proof(&self, old: u64, new: u64, published: u64) -> Result<ConsistencyProof, LedgerError> {
+    pub fn consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+        published: u64,
+    ) -> Result<ConsistencyProof, LedgerError> {
         self.check_size(new, published)?;
         if old == 0 || old > new {
-            return Err(LedgerError::Proof(format!("old size {old} must be between 1 and {new}")));
+            return Err(LedgerError::Proof(format!(
+                "old size {old} must be between 1 and {new}"
+            )));
         }
         let reader = TreeReader::new(&self.tiles, new);
         let proof = prove_tree(new, old, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
         let new_root = tree_hash(new, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
-        let old_root = tree_hash(old, &TreeReader::new(&self.tiles, old)).map_err(|e| LedgerError::Proof(e.to_string()))?;
+        let old_root = tree_hash(old, &TreeReader::new(&self.tiles, old))
+            .map_err(|e| LedgerError::Proof(e.to_string()))?;
         Ok(ConsistencyProof {
             old_size: old,
             new_size: new,

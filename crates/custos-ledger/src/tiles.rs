@@ -102,7 +102,11 @@ impl TileId {
             None => (rest, TILE_WIDTH),
         };
         let index = decode_index(index_text)?;
-        Some(Self { level, index, width })
+        Some(Self {
+            level,
+            index,
+            width,
+        })
     }
 }
 
@@ -122,7 +126,10 @@ fn decode_index(text: &str) -> Option<u64> {
     let mut n: u64 = 0;
     for (i, part) in init.iter().enumerate() {
         let digits = part.strip_prefix('x')?;
-        if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) || (i == 0 && digits == "000") {
+        if digits.len() != 3
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (i == 0 && digits == "000")
+        {
             return None;
         }
         n = n.checked_mul(1000)?.checked_add(digits.parse().ok()?)?;
@@ -174,9 +181,13 @@ pub fn bundle_entries(bundle: &[u8], width: u64) -> Result<Vec<&[u8]>, TileForma
     let mut rest = bundle;
     while !rest.is_empty() {
         let index = entries.len() as u64;
-        let (len, tail) = rest.split_at_checked(2).ok_or(TileFormatError::TruncatedEntry(index))?;
+        let (len, tail) = rest
+            .split_at_checked(2)
+            .ok_or(TileFormatError::TruncatedEntry(index))?;
         let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-        let (entry, tail) = tail.split_at_checked(len).ok_or(TileFormatError::TruncatedEntry(index))?;
+        let (entry, tail) = tail
+            .split_at_checked(len)
+            .ok_or(TileFormatError::TruncatedEntry(index))?;
         entries.push(entry);
         rest = tail;
     }
@@ -191,7 +202,9 @@ pub fn bundle_entries(bundle: &[u8], width: u64) -> Result<Vec<&[u8]>, TileForma
 
 /// Splits a hash tile into hashes, checking its size against `width`.
 pub fn tile_hashes(tile: &[u8], width: u64) -> Result<Vec<[u8; HASH_SIZE]>, TileFormatError> {
-    let expected = usize::try_from(width).unwrap_or(usize::MAX).saturating_mul(HASH_SIZE);
+    let expected = usize::try_from(width)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(HASH_SIZE);
     if tile.len() != expected {
         return Err(TileFormatError::HashTileSize {
             found: tile.len(),
@@ -214,7 +227,10 @@ mod tests {
 
     #[test]
     fn paths_match_the_spec_examples() {
-        assert_eq!(TileId::hashes(0, 1_234_067, 256).path(), "tile/0/x001/x234/067");
+        assert_eq!(
+            TileId::hashes(0, 1_234_067, 256).path(),
+            "tile/0/x001/x234/067"
+        );
         assert_eq!(TileId::hashes(1, 0, 7).path(), "tile/1/000.p/7");
         assert_eq!(TileId::entries(1000, 256).path(), "tile/entries/x001/000");
         for id in [
@@ -251,8 +267,14 @@ mod tests {
         bundle_push(&mut b, b"one");
         bundle_push(&mut b, b"");
         bundle_push(&mut b, b"three");
-        assert_eq!(bundle_entries(&b, 3).unwrap(), vec![&b"one"[..], b"", b"three"]);
+        assert_eq!(
+            bundle_entries(&b, 3).unwrap(),
+            vec![&b"one"[..], b"", b"three"]
+        );
         assert!(bundle_entries(&b, 2).is_err());
-        assert_eq!(bundle_entries(&b[..b.len() - 1], 3), Err(TileFormatError::TruncatedEntry(2)));
+        assert_eq!(
+            bundle_entries(&b[..b.len() - 1], 3),
+            Err(TileFormatError::TruncatedEntry(2))
+        );
     }
 }

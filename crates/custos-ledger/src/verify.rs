@@ -49,14 +49,20 @@ impl Levels {
         let computed = std::mem::take(&mut self.pending[usize::from(level)]);
         let id = TileId::hashes(level, index, computed.len() as u64);
         let path = dir.join(id.path());
-        let bytes = fs::read(&path).map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
-        let stored = hashes_of(&bytes, id.width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
+        let bytes =
+            fs::read(&path).map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
+        let stored =
+            hashes_of(&bytes, id.width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
         for (i, (a, b)) in computed.iter().zip(&stored).enumerate() {
             if a != b {
                 let what = if level == 0 {
                     format!("entry {}", index * TILE_WIDTH + i as u64)
                 } else {
-                    format!("subtree {} of level {}", index * TILE_WIDTH + i as u64, u32::from(level) * 8)
+                    format!(
+                        "subtree {} of level {}",
+                        index * TILE_WIDTH + i as u64,
+                        u32::from(level) * 8
+                    )
                 };
                 return Err(fail(format!(
                     "{}: hash {i} does not match {what} recomputed from the entries (an entry bundle or this tile was altered)",
@@ -72,7 +78,13 @@ impl Levels {
         Ok(())
     }
 
-    fn push(&mut self, dir: &Path, level: u8, child_index: u64, hash: Hash) -> Result<(), LedgerError> {
+    fn push(
+        &mut self,
+        dir: &Path,
+        level: u8,
+        child_index: u64,
+        hash: Hash,
+    ) -> Result<(), LedgerError> {
         let l = usize::from(level);
         if self.pending.len() <= l {
             self.pending.resize(l + 1, Vec::new());
@@ -104,14 +116,19 @@ impl JournalCursor {
 
 /// Verifies the ledger in `dir` against `verifier_key`, and against
 /// `older` (a checkpoint note kept from earlier) if given.
-pub fn verify_ledger(dir: &Path, verifier_key: &str, older: Option<&[u8]>) -> Result<VerifyReport, LedgerError> {
+pub fn verify_ledger(
+    dir: &Path,
+    verifier_key: &str,
+    older: Option<&[u8]>,
+) -> Result<VerifyReport, LedgerError> {
     let note = fs::read(dir.join(crate::log::CHECKPOINT))
         .map_err(|e| fail(format!("checkpoint: cannot be read ({e})")))?;
     let latest: VerifiedCheckpoint =
         verify_checkpoint(&note, verifier_key).map_err(|e| fail(format!("checkpoint: {e}")))?;
     let old = match older {
         Some(note) => {
-            let old = verify_checkpoint(note, verifier_key).map_err(|e| fail(format!("older checkpoint: {e}")))?;
+            let old = verify_checkpoint(note, verifier_key)
+                .map_err(|e| fail(format!("older checkpoint: {e}")))?;
             if old.size > latest.size {
                 return Err(fail(format!(
                     "the older checkpoint covers {} entries but the log now has {}: entries were deleted",
@@ -123,7 +140,9 @@ pub fn verify_ledger(dir: &Path, verifier_key: &str, older: Option<&[u8]>) -> Re
         None => None,
     };
     let mut journal = JournalCursor {
-        reader: fs::File::open(dir.join("journal")).ok().map(|f| BufReader::with_capacity(1 << 20, f)),
+        reader: fs::File::open(dir.join("journal"))
+            .ok()
+            .map(|f| BufReader::with_capacity(1 << 20, f)),
     };
     let mut journal_checked = 0;
     let mut range = CompactRange::new();
@@ -136,11 +155,14 @@ pub fn verify_ledger(dir: &Path, verifier_key: &str, older: Option<&[u8]>) -> Re
     while bundle_index * TILE_WIDTH < size {
         let width = (size - bundle_index * TILE_WIDTH).min(TILE_WIDTH);
         let id = TileId::entries(bundle_index, width);
-        let bytes = fs::read(dir.join(id.path())).map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
-        let entries = bundle_entries(&bytes, width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
+        let bytes = fs::read(dir.join(id.path()))
+            .map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
+        let entries =
+            bundle_entries(&bytes, width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
         for (i, entry) in entries.iter().enumerate() {
             let index = bundle_index * TILE_WIDTH + i as u64;
-            Entry::decode(entry).map_err(|e| fail(format!("entry {index} in {}: {e}", id.path())))?;
+            Entry::decode(entry)
+                .map_err(|e| fail(format!("entry {index} in {}: {e}", id.path())))?;
             if let Some(recorded) = journal.next() {
                 if recorded != *entry {
                     return Err(fail(format!(
@@ -150,7 +172,9 @@ pub fn verify_ledger(dir: &Path, verifier_key: &str, older: Option<&[u8]>) -> Re
                 }
                 journal_checked += 1;
             } else if journal.reader.is_some() {
-                return Err(fail(format!("entry {index}: the journal ends before the published log")));
+                return Err(fail(format!(
+                    "entry {index}: the journal ends before the published log"
+                )));
             }
             let leaf = record_hash(entry);
             range.push(leaf);

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use custos_ledger::tiles::TileId;
 use custos_ledger::{
-    Decision, Entry, Ledger, LedgerConfig, LedgerError, LedgerReader, verify_consistency, verify_inclusion,
-    verify_ledger,
+    Decision, Entry, Ledger, LedgerConfig, LedgerError, LedgerReader, verify_consistency,
+    verify_inclusion, verify_ledger,
 };
 use ed25519_dalek::SigningKey;
 
@@ -26,7 +26,13 @@ fn config(dir: &Path) -> LedgerConfig {
 }
 
 fn entry(i: u64) -> Entry {
-    Entry::new(1_700_000_000_000_000 + i as i64, "tester", "test.append", Decision::Recorded).with_count("i", i)
+    Entry::new(
+        1_700_000_000_000_000 + i as i64,
+        "tester",
+        "test.append",
+        Decision::Recorded,
+    )
+    .with_count("i", i)
 }
 
 /// A ledger with `n` entries, closed (so its last checkpoint covers all).
@@ -55,7 +61,10 @@ fn appends_are_numbered_and_survive_reopen() {
     assert_eq!(cp2.size, 701);
     drop(ledger);
     let entries = reader.entries(698, 701).unwrap();
-    let decoded: Vec<u64> = entries.iter().map(|(_, e)| Entry::decode(e).unwrap().counts[0].1).collect();
+    let decoded: Vec<u64> = entries
+        .iter()
+        .map(|(_, e)| Entry::decode(e).unwrap().counts[0].1)
+        .collect();
     assert_eq!(decoded, [698, 699, 700]);
     verify_ledger(&dir, &key, Some(&cp.note)).unwrap();
 }
@@ -96,10 +105,17 @@ fn concurrent_appenders_share_commits_and_get_distinct_indexes() {
     let handles: Vec<_> = (0..16)
         .map(|t| {
             let ledger = ledger.clone();
-            std::thread::spawn(move || (0..50).map(|i| ledger.append(&entry(t * 1000 + i)).unwrap()).collect::<Vec<_>>())
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| ledger.append(&entry(t * 1000 + i)).unwrap())
+                    .collect::<Vec<_>>()
+            })
         })
         .collect();
-    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     all.sort_unstable();
     assert_eq!(all, (0..800).collect::<Vec<_>>());
     let key = ledger.verifier_key().to_owned();
@@ -112,13 +128,19 @@ fn a_second_writer_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ledger");
     let _first = Ledger::open(config(&dir)).unwrap();
-    assert!(matches!(Ledger::open(config(&dir)), Err(LedgerError::Busy(_))));
+    assert!(matches!(
+        Ledger::open(config(&dir)),
+        Err(LedgerError::Busy(_))
+    ));
 }
 
 #[test]
 fn a_torn_final_record_is_cut_and_the_rest_kept() {
     let (_tmp, dir, key) = ledger_with(10);
-    let mut journal = fs::OpenOptions::new().append(true).open(dir.join("journal")).unwrap();
+    let mut journal = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal"))
+        .unwrap();
     std::io::Write::write_all(&mut journal, &[0, 0, 0, 50, 1, 2, 3]).unwrap();
     drop(journal);
     let ledger = Ledger::open(config(&dir)).unwrap();
@@ -166,7 +188,12 @@ fn tamper_fixture() -> Tampered {
     ledger.append_encoded(batch).unwrap();
     ledger.close().unwrap();
     verify_ledger(&dir, &key, Some(&old)).unwrap();
-    Tampered { _tmp: tmp, dir, key, old }
+    Tampered {
+        _tmp: tmp,
+        dir,
+        key,
+        old,
+    }
 }
 
 fn verify_err(t: &Tampered) -> String {
@@ -193,7 +220,13 @@ fn flipping_any_byte_of_an_entry_bundle_is_detected() {
         bytes[pos] ^= 0x01;
         fs::write(&p, &bytes).unwrap();
         let err = verify_err(&t);
-        assert!(err.contains("tile/entries/001") || err.contains("entry 2") || err.contains("entry 3") || err.contains("entry 4"), "byte {pos}: {err}");
+        assert!(
+            err.contains("tile/entries/001")
+                || err.contains("entry 2")
+                || err.contains("entry 3")
+                || err.contains("entry 4"),
+            "byte {pos}: {err}"
+        );
     }
     fs::write(&p, &original).unwrap();
 }
@@ -201,7 +234,11 @@ fn flipping_any_byte_of_an_entry_bundle_is_detected() {
 #[test]
 fn flipping_any_byte_of_a_hash_tile_is_detected() {
     let t = tamper_fixture();
-    for id in [TileId::hashes(0, 0, 256), TileId::hashes(0, 2, 88), TileId::hashes(1, 0, 2)] {
+    for id in [
+        TileId::hashes(0, 0, 256),
+        TileId::hashes(0, 2, 88),
+        TileId::hashes(1, 0, 2),
+    ] {
         let p = path(&t, id);
         let original = fs::read(&p).unwrap();
         for pos in (0..original.len()).step_by(31) {
@@ -224,7 +261,10 @@ fn deleting_the_last_entry_is_detected() {
     let cut = bytes.len() - entries[87].len() - 2;
     fs::write(&p, &bytes[..cut]).unwrap();
     let err = verify_err(&t);
-    assert!(err.contains("tile/entries/002.p/88") && err.contains("holds 87 entries"), "{err}");
+    assert!(
+        err.contains("tile/entries/002.p/88") && err.contains("holds 87 entries"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -274,13 +314,22 @@ fn a_rewritten_history_is_caught_by_the_older_checkpoint() {
     let dir = tmp.path().join("ledger");
     let ledger = Ledger::open(config(&dir)).unwrap();
     let batch: Vec<Vec<u8>> = (0..600)
-        .map(|i| if i == 5 { entry(9999) } else { entry(i) }.encode().unwrap())
+        .map(|i| {
+            if i == 5 { entry(9999) } else { entry(i) }
+                .encode()
+                .unwrap()
+        })
         .collect();
     ledger.append_encoded(batch).unwrap();
     ledger.close().unwrap();
     verify_ledger(&dir, &t.key, None).unwrap();
-    let err = verify_ledger(&dir, &t.key, Some(&t.old)).unwrap_err().to_string();
-    assert!(err.contains("first 520 entries no longer hash to the older checkpoint"), "{err}");
+    let err = verify_ledger(&dir, &t.key, Some(&t.old))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("first 520 entries no longer hash to the older checkpoint"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -288,7 +337,9 @@ fn a_checkpoint_from_another_key_is_refused() {
     let t = tamper_fixture();
     let other = SigningKey::from_bytes(&[7; 32]);
     let other_key = custos_ledger::NoteSigner::new(ORIGIN, other).verifier_key();
-    let err = verify_ledger(&t.dir, &other_key, None).unwrap_err().to_string();
+    let err = verify_ledger(&t.dir, &other_key, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("checkpoint"), "{err}");
 }
 
@@ -297,8 +348,18 @@ fn every_acknowledged_entry_survives_kill_9() {
     use std::io::Read;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples").join("append_stream");
-    assert!(examples.exists(), "build the example first: {}", examples.display());
+    let examples = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("append_stream");
+    assert!(
+        examples.exists(),
+        "build the example first: {}",
+        examples.display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ledger");
     let mut acked: Vec<(u64, u64)> = Vec::new();
@@ -313,7 +374,12 @@ fn every_acknowledged_entry_survives_kill_9() {
         std::thread::sleep(Duration::from_millis(10 + (round * 37) % 100));
         child.kill().unwrap();
         let mut text = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         child.wait().unwrap();
         for line in text.lines() {
             let mut parts = line.split_whitespace().skip(1);
@@ -322,7 +388,11 @@ fn every_acknowledged_entry_survives_kill_9() {
             acked.push((index, payload));
         }
     }
-    assert!(acked.len() > 100, "the stream made progress: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the stream made progress: {}",
+        acked.len()
+    );
     // Recover, publish, and check every acknowledged entry is there, unchanged.
     let ledger = Ledger::open(config(&dir)).unwrap();
     let key = ledger.verifier_key().to_owned();
@@ -333,6 +403,10 @@ fn every_acknowledged_entry_survives_kill_9() {
     for (index, payload) in acked {
         let (_, bytes) = &entries[index as usize];
         let e = Entry::decode(bytes).unwrap();
-        assert_eq!(e.counts, vec![("payload".to_owned(), payload)], "entry {index}");
+        assert_eq!(
+            e.counts,
+            vec![("payload".to_owned(), payload)],
+            "entry {index}"
+        );
     }
 }

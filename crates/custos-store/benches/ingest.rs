@@ -32,7 +32,8 @@ fn child(mode: &str, csv: &Path) {
     let key = DataKey::generate().expect("key");
     let size = std::fs::metadata(csv).expect("csv").len();
     let mut sample = vec![0u8; 65536];
-    let n = std::io::Read::read(&mut std::fs::File::open(csv).expect("open"), &mut sample).expect("read");
+    let n = std::io::Read::read(&mut std::fs::File::open(csv).expect("open"), &mut sample)
+        .expect("read");
     sample.truncate(n);
     let buckets = choose_bucket_count(size, &sample);
     let encryption = if mode == "encrypted" {
@@ -113,10 +114,20 @@ fn main() {
             // Median of three runs, alternating with nothing else running.
             let mut runs: Vec<Vec<f64>> = (0..3)
                 .map(|_| {
-                    let out = Command::new(&exe).args(["--child", mode]).arg(&csv).output().expect("child");
-                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                    let out = Command::new(&exe)
+                        .args(["--child", mode])
+                        .arg(&csv)
+                        .output()
+                        .expect("child");
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     let line = String::from_utf8_lossy(&out.stdout).into_owned();
-                    line.split_whitespace().map(|x| x.parse().expect("number")).collect()
+                    line.split_whitespace()
+                        .map(|x| x.parse().expect("number"))
+                        .collect()
                 })
                 .collect();
             runs.sort_by(|a, b| a[1].total_cmp(&b[1]));

@@ -31,7 +31,8 @@ use parquet::schema::types::ColumnPath;
 use crate::keys::{DataKey, KeyError, SubjectBucketer};
 use crate::meta::MetaError;
 use crate::schema::{
-    Column, ColumnType, DatasetSchema, SchemaError, parse_date_days_bytes, parse_decimal_cents_bytes,
+    Column, ColumnType, DatasetSchema, SchemaError, parse_date_days_bytes,
+    parse_decimal_cents_bytes,
 };
 
 /// Most problems collected before an ingest gives up on a file.
@@ -223,8 +224,10 @@ fn writer_properties(
     for c in &schema.columns {
         // Dictionary pages pay only for low-cardinality columns; on unique
         // values (ids, names, amounts) they cost time and then fall back.
-        let low_cardinality = c.ty == ColumnType::Enum || c.class == crate::schema::ColumnClass::Public;
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), low_cardinality);
+        let low_cardinality =
+            c.ty == ColumnType::Enum || c.class == crate::schema::ColumnClass::Public;
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), low_cardinality);
         if c.class.is_identifying() {
             // Min/max of an identifier column would be identifiers; keep none.
             builder = builder
@@ -319,10 +322,15 @@ impl ColumnPlan<'_> {
         let number = match c.ty {
             ColumnType::String => {
                 if raw.iter().any(|&b| b == b'\n' || b == b'\r') {
-                    return Err("a quoted field runs over a line break (unterminated quote?)".into());
+                    return Err(
+                        "a quoted field runs over a line break (unterminated quote?)".into(),
+                    );
                 }
                 let text = std::str::from_utf8(raw).map_err(|e| {
-                    format!("not valid UTF-8 (bad byte at offset {} of the field)", e.valid_up_to())
+                    format!(
+                        "not valid UTF-8 (bad byte at offset {} of the field)",
+                        e.valid_up_to()
+                    )
                 })?;
                 return Ok(Value::Text(text));
             }
@@ -342,7 +350,10 @@ impl ColumnPlan<'_> {
                 parse_integer(raw).ok_or_else(|| format!("{} is not an integer", shown(c, raw)))?
             }
             ColumnType::Decimal => parse_decimal_cents_bytes(raw).ok_or_else(|| {
-                format!("{} is not a decimal with at most two fraction digits", shown(c, raw))
+                format!(
+                    "{} is not a decimal with at most two fraction digits",
+                    shown(c, raw)
+                )
             })?,
             ColumnType::Date => parse_date_days_bytes(raw)
                 .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", shown(c, raw)))?,
