@@ -410,3 +410,103 @@ fn every_acknowledged_entry_survives_kill_9() {
         );
     }
 }
+
+/// Runs the Go verifier (Debian's golang-go and golang-golang-x-mod-dev,
+/// installed by scripts/test) on a vectors file.
+pub fn run_go_verifier(vectors: &Path) -> String {
+    let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go/main.go");
+    let cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("go")
+        .arg("run")
+        .arg(&program)
+        .arg(vectors)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", cache.path())
+        .env("GOFLAGS", "")
+        .output()
+        .expect(
+            "`go` must be installed (scripts/test installs golang-go and golang-golang-x-mod-dev)",
+        );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "Go rejected Custos' ledger: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn go_sumdb_verifies_checkpoints_and_proofs() {
+    use base64::Engine;
+    let (_tmp, dir, key) = ledger_with(1000);
+    let reader = LedgerReader::new(&dir);
+    let cp = reader.latest(&key).unwrap();
+    let mut inclusion = Vec::new();
+    for (index, size) in [
+        (0u64, 1000u64),
+        (255, 1000),
+        (256, 1000),
+        (999, 1000),
+        (3, 4),
+        (500, 777),
+    ] {
+        let p = reader.inclusion_proof(index, size, cp.size).unwrap();
+        let entry = reader.entries(index, index + 1).unwrap().remove(0).1;
+        let mut v = serde_json::to_value(&p).unwrap();
+        v["entry_base64"] =
+            serde_json::json!(base64::engine::general_purpose::STANDARD.encode(entry));
+        inclusion.push(v);
+    }
+    let consistency: Vec<_> = [
+        (1u64, 1000u64),
+        (256, 1000),
+        (257, 999),
+        (500, 777),
+        (1000, 1000),
+    ]
+    .iter()
+    .map(|&(old, new)| {
+        serde_json::to_value(reader.consistency_proof(old, new, cp.size).unwrap()).unwrap()
+    })
+    .collect();
+    let vectors = serde_json::json!({
+        "vkey": key,
+        "checkpoint": String::from_utf8(cp.note.clone()).unwrap(),
+        "inclusion": inclusion,
+        "consistency": consistency,
+    });
+    let path = dir.parent().unwrap().join("vectors.json");
+    fs::write(&path, serde_json::to_vec_pretty(&vectors).unwrap()).unwrap();
+    let said = run_go_verifier(&path);
+    assert!(
+        said.contains(
+            "checkpoint of size 1000 verified; 6 inclusion and 5 consistency proofs verified"
+        ),
+        "{said}"
+    );
+
+    // And Go refuses what it should: a checkpoint signed by another key.
+    let mut bad = vectors.clone();
+    bad["vkey"] = serde_json::json!(
+        custos_ledger::NoteSigner::new(ORIGIN, SigningKey::from_bytes(&[9; 32])).verifier_key()
+    );
+    fs::write(&path, serde_json::to_vec_pretty(&bad).unwrap()).unwrap();
+    let out = std::process::Command::new("go")
+        .args([
+            "run",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/go/main.go"),
+        ])
+        .arg(&path)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.parent().unwrap().join("gocache"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "Go accepted a checkpoint under the wrong key"
+    );
+}

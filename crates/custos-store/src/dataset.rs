@@ -158,7 +158,60 @@ pub async fn remove_leftovers(home: &Home) -> Result<usize, IngestError> {
     Ok(removed)
 }
 
-/// Ingests `csv` as dataset `name` with the schema in `schema_path`.
+/// A dataset whose files are written and durable but which does not exist
+/// yet: [`StagedDataset::commit`] makes it exist, dropping it discards it.
+/// The broker writes the ledger entry between the two.
+#[derive(Debug)]
+pub struct StagedDataset {
+    record: DatasetRecord,
+    staging: PathBuf,
+    final_dir: PathBuf,
+    lock: Option<fs::File>,
+    summary: DatasetSummary,
+    started: Instant,
+    committed: bool,
+}
+
+impl StagedDataset {
+    /// What will exist after commit.
+    pub fn summary(&self) -> &DatasetSummary {
+        &self.summary
+    }
+
+    /// Makes the dataset exist: renames its files into place and records it
+    /// in the catalogue (the commit point).
+    pub async fn commit(mut self, home: &Home) -> Result<IngestReport, IngestError> {
+        fs::rename(&self.staging, &self.final_dir).map_err(io_err(&self.final_dir))?;
+        sync_dir(&home.datasets_dir()).map_err(|e| IngestError::Parquet(e.to_string()))?;
+        // INVARIANT: this insert is the commit point; before it, the dataset does not exist.
+        home.meta()
+            .insert_dataset(&self.record)
+            .await
+            .map_err(|e| match e {
+                MetaError::AlreadyExists(_) => IngestError::Exists(self.record.name.clone()),
+                other => other.into(),
+            })?;
+        self.committed = true;
+        let _ = fs::remove_file(self.final_dir.join(LOCK_FILE));
+        drop(self.lock.take());
+        Ok(IngestReport {
+            dataset: self.summary.clone(),
+            seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+impl Drop for StagedDataset {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+            let _ = fs::remove_dir_all(&self.final_dir);
+        }
+    }
+}
+
+/// Ingests `csv` as dataset `name` with the schema in `schema_path`
+/// ([`stage`] then [`StagedDataset::commit`]).
 ///
 /// All or nothing: on any error, and on a crash, no dataset exists afterwards
 /// and a re-run works.
@@ -169,6 +222,21 @@ pub async fn ingest(
     csv_path: &Path,
     progress: Arc<dyn IngestProgress>,
 ) -> Result<IngestReport, IngestError> {
+    stage(home, name, schema_path, csv_path, progress)
+        .await?
+        .commit(home)
+        .await
+}
+
+/// Validates and writes `csv` as the files of dataset `name`, durably, in a
+/// locked staging directory. Nothing exists until the result is committed.
+pub async fn stage(
+    home: &Home,
+    name: &str,
+    schema_path: &Path,
+    csv_path: &Path,
+    progress: Arc<dyn IngestProgress>,
+) -> Result<StagedDataset, IngestError> {
     let started = Instant::now();
     if !valid_dataset_name(name) {
         return Err(IngestError::BadName(name.to_owned()));
@@ -193,41 +261,34 @@ pub async fn ingest(
     let lock_path = staging.join(LOCK_FILE);
     let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
     lock.lock().map_err(io_err(&lock_path))?;
+    let mut staged = StagedDataset {
+        record: DatasetRecord {
+            name: name.to_owned(),
+            storage_id: storage_id.clone(),
+            schema_sha256: hex::encode(Sha256::digest(schema_toml.as_bytes())),
+            schema_toml,
+            wrapped_key: Vec::new(),
+            bucket_count: 0,
+            row_count: 0,
+            stored_bytes: 0,
+            created_at: String::new(),
+        },
+        final_dir: storage_dir(home, &storage_id),
+        staging,
+        lock: Some(lock),
+        summary: DatasetSummary {
+            name: name.to_owned(),
+            rows: 0,
+            buckets: 0,
+            stored_bytes: 0,
+            created_at: String::new(),
+            schema_sha256: String::new(),
+            schema: schema.clone(),
+        },
+        started,
+        committed: false,
+    };
 
-    let result = stage_and_commit(
-        home,
-        name,
-        &storage_id,
-        &staging,
-        &schema,
-        &schema_toml,
-        csv_path,
-        progress,
-    )
-    .await;
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-        let _ = fs::remove_dir_all(storage_dir(home, &storage_id));
-    }
-    drop(lock);
-    let dataset = result?;
-    Ok(IngestReport {
-        dataset,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stage_and_commit(
-    home: &Home,
-    name: &str,
-    storage_id: &str,
-    staging: &Path,
-    schema: &DatasetSchema,
-    schema_toml: &str,
-    csv_path: &Path,
-    progress: Arc<dyn IngestProgress>,
-) -> Result<DatasetSummary, IngestError> {
     let buckets = {
         let mut sample = vec![0u8; 64 * 1024];
         let mut file = fs::File::open(csv_path).map_err(io_err(csv_path))?;
@@ -237,19 +298,18 @@ async fn stage_and_commit(
         choose_bucket_count(size, &sample)
     };
     let key = DataKey::generate()?;
-    let wrapped_key = home.master_key().wrap_data_key(storage_id, &key)?;
+    staged.record.wrapped_key = home.master_key().wrap_data_key(&storage_id, &key)?;
 
-    let (dir, sid, sch, csv) = (
-        staging.to_owned(),
-        storage_id.to_owned(),
-        schema.clone(),
+    let (dir, sid, csv) = (
+        staged.staging.clone(),
+        storage_id.clone(),
         csv_path.to_owned(),
     );
     let written: WrittenDataset = tokio::task::spawn_blocking(move || {
         write_buckets(
             &dir,
             &sid,
-            &sch,
+            &schema,
             &csv,
             &key,
             buckets,
@@ -259,33 +319,14 @@ async fn stage_and_commit(
     })
     .await
     .map_err(|_| IngestError::Parquet("the ingest task stopped unexpectedly".into()))??;
+    sync_dir(&staged.staging).map_err(|e| IngestError::Parquet(e.to_string()))?;
 
-    sync_dir(staging).map_err(|e| IngestError::Parquet(e.to_string()))?;
-    let final_dir = storage_dir(home, storage_id);
-    fs::rename(staging, &final_dir).map_err(io_err(&final_dir))?;
-    sync_dir(&home.datasets_dir()).map_err(|e| IngestError::Parquet(e.to_string()))?;
-
-    let record = DatasetRecord {
-        name: name.to_owned(),
-        storage_id: storage_id.to_owned(),
-        schema_toml: schema_toml.to_owned(),
-        schema_sha256: hex::encode(Sha256::digest(schema_toml.as_bytes())),
-        wrapped_key,
-        bucket_count: buckets,
-        row_count: written.rows,
-        stored_bytes: written.bytes,
-        created_at: now_rfc3339(),
-    };
-    // INVARIANT: this insert is the commit point; before it, the dataset does not exist.
-    home.meta()
-        .insert_dataset(&record)
-        .await
-        .map_err(|e| match e {
-            MetaError::AlreadyExists(_) => IngestError::Exists(name.to_owned()),
-            other => other.into(),
-        })?;
-    let _ = fs::remove_file(final_dir.join(LOCK_FILE));
-    summary(&record).map_err(|e| IngestError::Parquet(e.to_string()))
+    staged.record.bucket_count = buckets;
+    staged.record.row_count = written.rows;
+    staged.record.stored_bytes = written.bytes;
+    staged.record.created_at = now_rfc3339();
+    staged.summary = summary(&staged.record).map_err(|e| IngestError::Parquet(e.to_string()))?;
+    Ok(staged)
 }
 
 /// All datasets of a home.

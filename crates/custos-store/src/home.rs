@@ -6,6 +6,7 @@
 //!   master.key          0600, hex; absent when the key comes from CUSTOS_MASTER_KEY
 //!   custos.db           SQLite metadata store (WAL)
 //!   datasets/NAME.ID/   one directory per dataset: encrypted Parquet bucket files
+//!   ledger/             the Merkle ledger (C2SP tlog-tiles; see docs/ledger.md)
 //! ```
 
 use std::fs;
@@ -28,6 +29,8 @@ pub const MASTER_KEY_FILE: &str = "master.key";
 pub const METADATA_DB_FILE: &str = "custos.db";
 /// Name of the datasets directory inside a home.
 pub const DATASETS_DIR: &str = "datasets";
+/// Name of the ledger directory inside a home.
+pub const LEDGER_DIR: &str = "ledger";
 
 const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
 
@@ -298,6 +301,16 @@ impl Home {
     /// The directory that holds the datasets' directories.
     pub fn datasets_dir(&self) -> PathBuf {
         self.root.join(DATASETS_DIR)
+    }
+
+    /// The ledger's directory.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.root.join(LEDGER_DIR)
+    }
+
+    /// The key of the ledger's subject commitments (derived from the master key).
+    pub fn ledger_subject_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        self.master.derive("custos/v1/ledger-subject-commitment")
     }
 
     /// The master key.

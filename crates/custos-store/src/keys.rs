@@ -69,6 +69,12 @@ impl MasterKey {
         Ok(Self(key))
     }
 
+    /// A second copy of the key (for handing to a second owner); both copies
+    /// are zeroized on drop.
+    pub fn duplicate(&self) -> Self {
+        Self(self.0)
+    }
+
     /// Parses the hexadecimal form (surrounding whitespace ignored).
     pub fn from_hex(text: &str) -> Result<Self, KeyError> {
         let text = Zeroizing::new(text.trim().to_owned());

@@ -17,7 +17,7 @@ pub mod keys;
 pub mod meta;
 pub mod schema;
 
-pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport};
+pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
 pub use home::{Home, HomeError, InitReport, MasterKeySource};
 pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
 pub use keys::{KeyError, MasterKey};

@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Subcommand;
+use custos_broker::Custos;
+use custos_store::IngestReport;
 use custos_store::dataset::{self, DatasetSummary};
-use custos_store::{Home, IngestReport};
 
-use super::{human_bytes, human_count, open_home};
+use super::{human_bytes, human_count, open_custos, open_home};
 use crate::progress::IngestBar;
 
 /// Dataset commands.
@@ -47,14 +48,15 @@ pub enum DatasetCommand {
 
 /// Runs a dataset command.
 pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
-    let home = open_home(home).await?;
     match cmd {
         DatasetCommand::Ingest { schema, name, file } => {
-            let report = ingest_with_progress(&home, &name, &schema, &file).await?;
-            print_ingest(&report);
+            let custos = open_custos(home).await?;
+            let result = ingest_with_progress(&custos, &name, &schema, &file).await;
+            custos.close()?;
+            print_ingest(&result?);
         }
         DatasetCommand::List { json } => {
-            let all = dataset::list(&home).await?;
+            let all = dataset::list(&open_home(home).await?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
@@ -77,7 +79,7 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
             }
         }
         DatasetCommand::Describe { name, json } => {
-            let d = dataset::describe(&home, &name).await?;
+            let d = dataset::describe(&open_home(home).await?, &name).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -90,13 +92,13 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
 
 /// Ingests with a progress bar on the terminal.
 pub async fn ingest_with_progress(
-    home: &Home,
+    custos: &Custos,
     name: &str,
     schema: &Path,
     file: &Path,
 ) -> anyhow::Result<IngestReport> {
     let bar = Arc::new(IngestBar::new(name));
-    let result = dataset::ingest(home, name, schema, file, bar.clone()).await;
+    let result = custos.ingest(name, schema, file, bar.clone()).await;
     bar.finish();
     Ok(result?)
 }

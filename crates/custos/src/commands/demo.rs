@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use custos_broker::Custos;
+use custos_ledger::{LedgerReader, verify_inclusion, verify_ledger};
+use custos_store::MasterKeySource;
 use custos_store::dataset::{self, DatasetReader};
-use custos_store::{Home, MasterKeySource};
 
 use super::dataset::{ingest_with_progress, print_description, print_ingest};
 use super::generate::{GenerateArgs, generate_with_progress};
@@ -55,7 +57,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("Everything happens under `{}`.", base.display());
 
     step(1, "a custodian creates a Custos home");
-    let report = Home::init(
+    let (custos, report) = Custos::init(
         &home_dir,
         MasterKeySource::GenerateFile,
         Some("demo.custos.local".into()),
@@ -97,10 +99,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     step(3, "ingest: CSV → Parquet, encrypted at rest");
-    let home = Home::open(&home_dir, None).await?;
+    let home = custos.home();
     let started = Instant::now();
     for d in &generated.datasets {
-        let report = ingest_with_progress(&home, d.name, &d.schema, &d.csv).await?;
+        let report = ingest_with_progress(&custos, d.name, &d.schema, &d.csv).await?;
         print!("  ");
         print_ingest(&report);
     }
@@ -113,7 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     step(4, "what a custodian sees: the schema, never the values");
-    let tax = dataset::describe(&home, "tax_returns").await?;
+    let tax = dataset::describe(home, "tax_returns").await?;
     print_description(&tax);
 
     step(
@@ -136,7 +138,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     step(6, "finding one person's rows without scanning the dataset");
-    let reader = DatasetReader::open(&home, "tax_returns").await?;
+    let reader = DatasetReader::open(home, "tax_returns").await?;
     let started = Instant::now();
     let batches = reader.subject_rows(&sample_tin, Some(&["tax_year", "refund"]))?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -148,6 +150,38 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  (Values are not shown: releasing a named person's record needs an agreement, a");
     println!("  justification and a second person's approval.)");
 
+    step(
+        7,
+        "the ledger: every action written where it can't be erased",
+    );
+    let ledger = custos.ledger();
+    let checkpoint = ledger.checkpoint()?;
+    println!(
+        "  {} entries so far (init, three ingests). The signed checkpoint an overseer keeps:",
+        checkpoint.size
+    );
+    for line in String::from_utf8_lossy(&checkpoint.note).lines() {
+        println!("    {line}");
+    }
+    let reader = LedgerReader::new(ledger.dir());
+    let proof = reader.inclusion_proof(1, checkpoint.size, checkpoint.size)?;
+    verify_inclusion(&proof)?;
+    println!(
+        "  Entry 1 (the tax-return ingest) is provably in it: an inclusion proof of {} hashes verifies.",
+        proof.proof.len()
+    );
+    let key = ledger.verifier_key().to_owned();
+    custos.close()?;
+    let report = verify_ledger(&home_dir.join("ledger"), &key, Some(&checkpoint.note))?;
+    println!(
+        "  `custos ledger verify` re-hashed all {} entries and {} tiles: the root matches the signature.",
+        report.size, report.tiles_checked
+    );
+    let tampered = tamper_demo(&home_dir.join("ledger"), &key, &checkpoint.note)?;
+    println!("  Now an administrator edits one byte of the ledger on disk…");
+    println!("    verify says: {tampered}");
+    println!("  (restored). The same check runs against any checkpoint kept outside Custos.");
+
     println!();
     println!(
         "Done. {}",
@@ -158,6 +192,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// Flips one byte of the first entry bundle, verifies, restores; returns
+/// what verification said.
+fn tamper_demo(ledger_dir: &Path, key: &str, checkpoint: &[u8]) -> anyhow::Result<String> {
+    let bundle = ledger_dir.join(custos_ledger::tiles::TileId::entries(0, 4).path());
+    let original = std::fs::read(&bundle)?;
+    let mut edited = original.clone();
+    let last = edited.len() - 1;
+    edited[last] ^= 1;
+    std::fs::write(&bundle, &edited)?;
+    let outcome = verify_ledger(ledger_dir, key, Some(checkpoint));
+    std::fs::write(&bundle, &original)?;
+    match outcome {
+        Ok(_) => anyhow::bail!("tampering went unnoticed"),
+        Err(e) => Ok(e.to_string()),
+    }
 }
 
 /// The first field of the first data row of a CSV (the subject id).

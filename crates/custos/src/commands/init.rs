@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use clap::Args;
-use custos_store::{Home, MasterKeySource};
+use custos_broker::Custos;
+use custos_store::MasterKeySource;
 
 use super::master_key_from_env;
 
@@ -22,7 +23,8 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
         Some(key) => MasterKeySource::External(key),
         None => MasterKeySource::GenerateFile,
     };
-    let report = Home::init(home, source, args.origin).await?;
+    let (custos, report) = Custos::init(home, source, args.origin).await?;
+    custos.close()?;
     println!("Created Custos home `{}`", report.root.display());
     if report.master_key_file {
         println!(
@@ -39,6 +41,7 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
         report.public_key_hex
     );
     println!("  metadata:     custos.db (SQLite)");
+    println!("  ledger:       ledger/ (entry 0 records this init; `custos ledger show`)");
     println!("Next: `custos dataset ingest --schema FILE.schema.toml --name NAME FILE.csv`");
     Ok(())
 }

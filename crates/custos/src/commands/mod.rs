@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod demo;
 pub mod generate;
 pub mod init;
+pub mod ledger;
 
 use std::path::Path;
 
@@ -20,8 +21,14 @@ pub fn master_key_from_env() -> anyhow::Result<Option<MasterKey>> {
 }
 
 /// Opens the home, taking the master key from the environment if set.
+/// For reading metadata; actions go through [`open_custos`].
 pub async fn open_home(home: &Path) -> anyhow::Result<Home> {
     Ok(Home::open(home, master_key_from_env()?).await?)
+}
+
+/// Opens the home with its ledger, for actions that must be ledgered.
+pub async fn open_custos(home: &Path) -> anyhow::Result<custos_broker::Custos> {
+    Ok(custos_broker::Custos::open(home, master_key_from_env()?).await?)
 }
 
 /// Prints an error for a person: the message, then any located problems one
