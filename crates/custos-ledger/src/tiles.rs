@@ -79,7 +79,12 @@ impl TileId {
         let level = if level_text == "entries" {
             None
         } else {
-            if level_text.len() > 2 || (level_text.len() > 1 && level_text.starts_with('0')) {
+            let digits_only =
+                !level_text.is_empty() && level_text.bytes().all(|b| b.is_ascii_digit());
+            if !digits_only
+                || level_text.len() > 2
+                || (level_text.len() > 1 && level_text.starts_with('0'))
+            {
                 return None;
             }
             let l: u8 = level_text.parse().ok()?;
@@ -256,6 +261,8 @@ mod tests {
             "tile/64/001",
             "tile/entries/001/",
             "tiles/0/001",
+            "tile/+0/001",
+            "tile//001",
         ] {
             assert_eq!(TileId::from_path(bad), None, "{bad}");
         }
