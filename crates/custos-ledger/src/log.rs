@@ -87,6 +87,8 @@ mod hex_root {
 }
 
 type Reply<T> = SyncSender<Result<T, LedgerError>>;
+/// One caller's entries and where to send their index range.
+type AppendGroup = (Vec<Vec<u8>>, Reply<Range<u64>>);
 
 enum Command {
     Append {
@@ -515,7 +517,7 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             // Group commit: everything already waiting shares this fsync.
-            let mut appends: Vec<(Vec<Vec<u8>>, Reply<Range<u64>>)> = Vec::new();
+            let mut appends: Vec<AppendGroup> = Vec::new();
             let mut checkpoints: Vec<Reply<VerifiedCheckpoint>> = Vec::new();
             let mut pending = 0usize;
             let mut next = Some(first);
@@ -554,10 +556,7 @@ impl Writer {
     }
 
     /// Writes all groups' entries in one write and one fsync.
-    fn commit(
-        &mut self,
-        groups: &[(Vec<Vec<u8>>, Reply<Range<u64>>)],
-    ) -> Vec<Result<Range<u64>, LedgerError>> {
+    fn commit(&mut self, groups: &[AppendGroup]) -> Vec<Result<Range<u64>, LedgerError>> {
         if self.failed {
             return groups
                 .iter()

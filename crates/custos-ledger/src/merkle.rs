@@ -88,8 +88,11 @@ impl CompactRange {
 #[derive(Debug)]
 pub struct TileFiles {
     dir: PathBuf,
-    cache: Mutex<HashMap<(u8, u64), std::sync::Arc<Vec<u8>>>>,
+    cache: Mutex<TileCache>,
 }
+
+/// Full tiles by (level, index).
+type TileCache = HashMap<(u8, u64), std::sync::Arc<Vec<u8>>>;
 
 /// Most full tiles kept in the cache (8 KiB each).
 const CACHE_TILES: usize = 4096;
