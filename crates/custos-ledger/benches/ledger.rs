@@ -57,6 +57,7 @@ fn open(dir: &std::path::Path) -> Ledger {
 
 /// Baseline: the same bytes to a plain file, one write + fdatasync per batch.
 fn baseline(dir: &std::path::Path, total: u64, batch: u64) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)

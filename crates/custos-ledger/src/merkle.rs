@@ -83,19 +83,60 @@ impl CompactRange {
     }
 }
 
+/// Every node of one full tile, level by level: the 256 stored hashes, then
+/// the 128 above them, … up to the tile's root (511 hashes). Proofs need
+/// nodes between tile levels; computing them once per tile instead of once
+/// per lookup is what keeps proof generation fast.
+#[derive(Debug)]
+struct TileTree {
+    nodes: Vec<Hash>,
+}
+
+impl TileTree {
+    fn build(data: &[u8]) -> Self {
+        let mut nodes: Vec<Hash> = data
+            .chunks_exact(HASH_SIZE)
+            .map(|c| {
+                let mut h = [0u8; HASH_SIZE];
+                h.copy_from_slice(c);
+                Hash(h)
+            })
+            .collect();
+        let mut start = 0;
+        let mut width = nodes.len();
+        while width > 1 {
+            for i in 0..width / 2 {
+                let node = node_hash(nodes[start + 2 * i], nodes[start + 2 * i + 1]);
+                nodes.push(node);
+            }
+            start += width;
+            width /= 2;
+        }
+        Self { nodes }
+    }
+
+    /// The node `offset` (counted within the tile) at `level` above the tile's base.
+    fn node(&self, level: u8, offset: u64) -> Option<Hash> {
+        let start = 2 * TILE_WIDTH - (2 * TILE_WIDTH >> level);
+        self.nodes
+            .get(usize::try_from(start + offset).ok()?)
+            .copied()
+    }
+}
+
+/// Full tiles by (level, index).
+type TileCache = HashMap<(u8, u64), std::sync::Arc<TileTree>>;
+
+/// Most full tiles kept in the cache (16 KiB each).
+const CACHE_TILES: usize = 4096;
+
 /// Reads hash tiles from a ledger directory, as C2SP paths. Full tiles are
-/// immutable and cached; partial tiles are read fresh.
+/// immutable; their node trees are cached.
 #[derive(Debug)]
 pub struct TileFiles {
     dir: PathBuf,
     cache: Mutex<TileCache>,
 }
-
-/// Full tiles by (level, index).
-type TileCache = HashMap<(u8, u64), std::sync::Arc<Vec<u8>>>;
-
-/// Most full tiles kept in the cache (8 KiB each).
-const CACHE_TILES: usize = 4096;
 
 impl TileFiles {
     /// A reader over `dir` (the directory that holds `tile/`).
@@ -104,6 +145,24 @@ impl TileFiles {
             dir: dir.to_owned(),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The node tree of full tile `(level, index)`, from the cache or disk.
+    fn full_tree(&self, level: u8, index: u64) -> std::io::Result<std::sync::Arc<TileTree>> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some(tree) = cache.get(&(level, index))
+        {
+            return Ok(tree.clone());
+        }
+        let data = self.read(level, index, TILE_WIDTH)?;
+        let tree = std::sync::Arc::new(TileTree::build(&data));
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_TILES {
+                cache.clear();
+            }
+            cache.insert((level, index), tree.clone());
+        }
+        Ok(tree)
     }
 
     /// Reads tile `(level, index)` with at least `width` hashes, returning
@@ -118,31 +177,10 @@ impl TileFiles {
         let want = usize::try_from(width)
             .unwrap_or(usize::MAX)
             .saturating_mul(HASH_SIZE);
-        if let Ok(cache) = self.cache.lock()
-            && let Some(full) = cache.get(&(level, index))
-        {
-            return Ok(std::sync::Arc::new(full[..want.min(full.len())].to_vec()));
-        }
         let full_id = TileId::hashes(level, index, TILE_WIDTH);
         match fs::read(self.dir.join(full_id.path())) {
             Ok(bytes) => {
-                if bytes.len() != TILE_WIDTH as usize * HASH_SIZE {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "{} is {} bytes, a full tile is 8192",
-                            full_id.path(),
-                            bytes.len()
-                        ),
-                    ));
-                }
-                let bytes = std::sync::Arc::new(bytes);
-                if let Ok(mut cache) = self.cache.lock() {
-                    if cache.len() >= CACHE_TILES {
-                        cache.clear();
-                    }
-                    cache.insert((level, index), bytes.clone());
-                }
+                let bytes = check_len(bytes, TILE_WIDTH as usize * HASH_SIZE, &full_id.path())?;
                 if width == TILE_WIDTH {
                     return Ok(bytes);
                 }
@@ -217,11 +255,16 @@ impl<'a> TreeReader<'a> {
         }
         let tile_index = first / TILE_WIDTH;
         let full_tiles = base_count / TILE_WIDTH;
-        let width = if tile_index < full_tiles {
-            TILE_WIDTH
-        } else {
-            base_count % TILE_WIDTH
-        };
+        if tile_index < full_tiles {
+            let tree = self
+                .tiles
+                .full_tree(tile_level, tile_index)
+                .map_err(|_| tlog_tiles::Error::InvalidTile)?;
+            return tree
+                .node(within, (first % TILE_WIDTH) >> within)
+                .ok_or(tlog_tiles::Error::BadMath);
+        }
+        let width = base_count % TILE_WIDTH;
         let data = self
             .tiles
             .read(tile_level, tile_index, width)
@@ -265,6 +308,26 @@ mod tests {
             n => {
                 let k = n.next_power_of_two() / 2;
                 node_hash(mth(&leaves[..k]), mth(&leaves[k..]))
+            }
+        }
+    }
+
+    #[test]
+    fn tile_tree_nodes_are_subtree_hashes() {
+        let data: Vec<u8> = (0..256u32)
+            .flat_map(|i| record_hash(&i.to_be_bytes()).0)
+            .collect();
+        let tree = TileTree::build(&data);
+        for level in 0..=8u8 {
+            for offset in [0u64, (255 >> level) / 2, 255 >> level] {
+                let span = 1usize << level;
+                let start = usize::try_from(offset).unwrap() * span * HASH_SIZE;
+                let expected = Tile::subtree_hash(&data[start..start + span * HASH_SIZE]);
+                assert_eq!(
+                    tree.node(level, offset),
+                    Some(expected),
+                    "level {level} offset {offset}"
+                );
             }
         }
     }
