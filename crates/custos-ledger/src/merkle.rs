@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use tlog_tiles::{Hash, HashReader, Tile, node_hash, split_stored_hash_index};
+use tlog_tiles::{Hash, HashReader, node_hash, split_stored_hash_index};
 
 use crate::HASH_SIZE;
 use crate::tiles::{TILE_HEIGHT, TILE_WIDTH, TileId, tile_hashes};
@@ -83,18 +83,18 @@ impl CompactRange {
     }
 }
 
-/// Every node of one full tile, level by level: the 256 stored hashes, then
-/// the 128 above them, … up to the tile's root (511 hashes). Proofs need
-/// nodes between tile levels; computing them once per tile instead of once
-/// per lookup is what keeps proof generation fast.
+/// Every complete node of one tile, level by level: its stored hashes, then
+/// the complete pairs above them, … (511 hashes for a full tile). Proofs
+/// need nodes between tile levels; computing them once per tile instead of
+/// once per lookup is what keeps proof generation fast.
 #[derive(Debug)]
 struct TileTree {
-    nodes: Vec<Hash>,
+    levels: Vec<Vec<Hash>>,
 }
 
 impl TileTree {
     fn build(data: &[u8]) -> Self {
-        let mut nodes: Vec<Hash> = data
+        let base: Vec<Hash> = data
             .chunks_exact(HASH_SIZE)
             .map(|c| {
                 let mut h = [0u8; HASH_SIZE];
@@ -102,36 +102,37 @@ impl TileTree {
                 Hash(h)
             })
             .collect();
-        let mut start = 0;
-        let mut width = nodes.len();
-        while width > 1 {
-            for i in 0..width / 2 {
-                let node = node_hash(nodes[start + 2 * i], nodes[start + 2 * i + 1]);
-                nodes.push(node);
-            }
-            start += width;
-            width /= 2;
+        let mut levels = vec![base];
+        while let Some(below) = levels.last()
+            && below.len() > 1
+        {
+            let above: Vec<Hash> = below
+                .chunks_exact(2)
+                .map(|p| node_hash(p[0], p[1]))
+                .collect();
+            levels.push(above);
         }
-        Self { nodes }
+        Self { levels }
     }
 
     /// The node `offset` (counted within the tile) at `level` above the tile's base.
     fn node(&self, level: u8, offset: u64) -> Option<Hash> {
-        let start = 2 * TILE_WIDTH - (2 * TILE_WIDTH >> level);
-        self.nodes
-            .get(usize::try_from(start + offset).ok()?)
+        self.levels
+            .get(usize::from(level))?
+            .get(usize::try_from(offset).ok()?)
             .copied()
     }
 }
 
-/// Full tiles by (level, index).
-type TileCache = HashMap<(u8, u64), std::sync::Arc<TileTree>>;
+/// Tiles by (level, index, width). A tile of a given width never changes
+/// (a wider one extends it), so partial tiles are cached safely too.
+type TileCache = HashMap<(u8, u64, u64), std::sync::Arc<TileTree>>;
 
-/// Most full tiles kept in the cache (16 KiB each).
+/// Most tiles kept in the cache (16 KiB each at most).
 const CACHE_TILES: usize = 4096;
 
-/// Reads hash tiles from a ledger directory, as C2SP paths. Full tiles are
-/// immutable; their node trees are cached.
+/// Reads hash tiles from a ledger directory, as C2SP paths, and caches
+/// their node trees.
 #[derive(Debug)]
 pub struct TileFiles {
     dir: PathBuf,
@@ -147,20 +148,20 @@ impl TileFiles {
         }
     }
 
-    /// The node tree of full tile `(level, index)`, from the cache or disk.
-    fn full_tree(&self, level: u8, index: u64) -> std::io::Result<std::sync::Arc<TileTree>> {
+    /// The node tree of tile `(level, index)` at `width`, from the cache or disk.
+    fn tree(&self, level: u8, index: u64, width: u64) -> std::io::Result<std::sync::Arc<TileTree>> {
         if let Ok(cache) = self.cache.lock()
-            && let Some(tree) = cache.get(&(level, index))
+            && let Some(tree) = cache.get(&(level, index, width))
         {
             return Ok(tree.clone());
         }
-        let data = self.read(level, index, TILE_WIDTH)?;
+        let data = self.read(level, index, width)?;
         let tree = std::sync::Arc::new(TileTree::build(&data));
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_TILES {
                 cache.clear();
             }
-            cache.insert((level, index), tree.clone());
+            cache.insert((level, index, width), tree.clone());
         }
         Ok(tree)
     }
@@ -255,26 +256,17 @@ impl<'a> TreeReader<'a> {
         }
         let tile_index = first / TILE_WIDTH;
         let full_tiles = base_count / TILE_WIDTH;
-        if tile_index < full_tiles {
-            let tree = self
-                .tiles
-                .full_tree(tile_level, tile_index)
-                .map_err(|_| tlog_tiles::Error::InvalidTile)?;
-            return tree
-                .node(within, (first % TILE_WIDTH) >> within)
-                .ok_or(tlog_tiles::Error::BadMath);
-        }
-        let width = base_count % TILE_WIDTH;
-        let data = self
+        let width = if tile_index < full_tiles {
+            TILE_WIDTH
+        } else {
+            base_count % TILE_WIDTH
+        };
+        let tree = self
             .tiles
-            .read(tile_level, tile_index, width)
+            .tree(tile_level, tile_index, width)
             .map_err(|_| tlog_tiles::Error::InvalidTile)?;
-        let start = usize::try_from(first % TILE_WIDTH).map_err(|_| tlog_tiles::Error::BadMath)?
-            * HASH_SIZE;
-        let end =
-            start + usize::try_from(span).map_err(|_| tlog_tiles::Error::BadMath)? * HASH_SIZE;
-        let slice = data.get(start..end).ok_or(tlog_tiles::Error::InvalidTile)?;
-        Ok(Tile::subtree_hash(slice))
+        tree.node(within, (first % TILE_WIDTH) >> within)
+            .ok_or(tlog_tiles::Error::BadMath)
     }
 }
 
@@ -298,7 +290,7 @@ pub fn hashes_of(tile: &[u8], width: u64) -> Result<Vec<Hash>, crate::tiles::Til
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tlog_tiles::record_hash;
+    use tlog_tiles::{Tile, record_hash};
 
     /// Reference root by the RFC 6962 recursive definition.
     fn mth(leaves: &[Hash]) -> Hash {

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use tlog_tiles::{
-    Hash, check_record, check_tree, prove_record, prove_tree, record_hash, tree_hash,
-};
+use tlog_tiles::{Hash, HashReader, check_record, check_tree, prove_record, prove_tree, tree_hash};
 
 use crate::LedgerError;
 use crate::log::{CHECKPOINT, read_bundle};
@@ -162,8 +160,11 @@ impl LedgerReader {
         let proof =
             prove_record(size, index, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
         let root = tree_hash(size, &reader).map_err(|e| LedgerError::Proof(e.to_string()))?;
-        let entry = self.entries(index, index + 1)?;
-        let leaf = record_hash(&entry.first().map(|(_, e)| e.clone()).unwrap_or_default());
+        let leaf = reader
+            .read_hashes(&[tlog_tiles::stored_hash_index(0, index)])
+            .map_err(|e| LedgerError::Proof(e.to_string()))?
+            .pop()
+            .ok_or_else(|| LedgerError::Proof("leaf hash missing".into()))?;
         Ok(InclusionProof {
             index,
             size,
