@@ -49,6 +49,9 @@ pub const CHECKPOINT: &str = "checkpoint";
 const LOCK: &str = "lock";
 /// Most entries folded into one group commit.
 const MAX_GROUP: usize = 65_536;
+/// Most completed tiles held in memory before they are written (≈ 40 MiB of
+/// bundles and hashes, bounding memory whatever the append rate).
+const MAX_COMPLETED: usize = 1024;
 
 /// How to open a ledger.
 #[derive(Debug)]
@@ -251,6 +254,8 @@ struct Writer {
     /// The incomplete entry bundle.
     bundle: Vec<u8>,
     bundle_count: u64,
+    /// Tiles that became full since the last checkpoint, not yet written.
+    completed: Vec<(TileId, Vec<u8>)>,
     /// Partial tiles of the last checkpoint (removed after the next one).
     published_partials: Vec<PathBuf>,
     checkpointed: u64,
@@ -289,6 +294,7 @@ impl Writer {
             edge: vec![Vec::new()],
             bundle: Vec::new(),
             bundle_count: 0,
+            completed: Vec::new(),
             published_partials: Vec::new(),
             checkpointed: u64::MAX,
             failed: false,
@@ -428,6 +434,9 @@ impl Writer {
                 )));
             }
             self.push_leaf(leaf, &entry)?;
+            if self.completed.len() >= MAX_COMPLETED {
+                self.write_completed()?;
+            }
             offset = end;
             if let Some(cp) = checkpoint
                 && self.range.size() == cp.size
@@ -470,7 +479,7 @@ impl Writer {
         if self.bundle_count == TILE_WIDTH {
             let id = TileId::entries(size / TILE_WIDTH - 1, TILE_WIDTH);
             let bytes = std::mem::take(&mut self.bundle);
-            self.write_full(id, &bytes)?;
+            self.completed.push((id, bytes));
             self.bundle_count = 0;
         }
         let mut level = 0usize;
@@ -488,17 +497,24 @@ impl Writer {
             let level_u8 =
                 u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
             let index = (size >> (8 * (level as u32 + 1))) - 1;
-            self.write_full(TileId::hashes(level_u8, index, TILE_WIDTH), &bytes)?;
             hash = Tile::subtree_hash(&bytes);
+            self.completed
+                .push((TileId::hashes(level_u8, index, TILE_WIDTH), bytes));
             level += 1;
         }
         Ok(())
     }
 
-    /// Writes a tile that just became full; the next checkpoint's syncfs
-    /// makes it durable before any checkpoint covers it.
-    fn write_full(&self, id: TileId, bytes: &[u8]) -> Result<(), LedgerError> {
-        write_renamed(&self.dir.join(id.path()), bytes)
+    /// Writes the tiles completed since the last call. Done at checkpoints
+    /// (and every few thousand tiles), not per commit: on ext4 every file
+    /// created before a journal fsync is flushed by that fsync, so tile
+    /// writes between commits would slow every acknowledgement down. The
+    /// checkpoint's syncfs makes them durable before any checkpoint covers them.
+    fn write_completed(&mut self) -> Result<(), LedgerError> {
+        for (id, bytes) in std::mem::take(&mut self.completed) {
+            write_renamed(&self.dir.join(id.path()), &bytes)?;
+        }
+        Ok(())
     }
 
     fn run(mut self, rx: Receiver<Command>) -> Result<(), LedgerError> {
@@ -605,6 +621,14 @@ impl Writer {
             }
             results.push(outcome.map(|()| start..self.range.size()));
         }
+        if self.completed.len() >= MAX_COMPLETED
+            && let Err(e) = self.write_completed()
+        {
+            // The entries are durable in the journal; the tiles are rewritten
+            // from it on recovery. Stop acknowledging until then.
+            self.failed = true;
+            tracing::error!(error = %e, "writing ledger tiles failed; refusing further appends");
+        }
         results
     }
 
@@ -617,6 +641,7 @@ impl Writer {
         {
             return verify_checkpoint(&note, &self.signer.verifier_key()).map_err(damaged);
         }
+        self.write_completed()?;
         let mut partials = Vec::new();
         for (level, hashes) in self.edge.iter().enumerate() {
             if hashes.is_empty() {
