@@ -148,13 +148,25 @@ impl TileFiles {
         }
     }
 
-    /// The node tree of tile `(level, index)` at `width`, from the cache or disk.
+    /// The node tree of tile `(level, index)` covering at least `width`
+    /// hashes, from the cache or disk. A full tile serves every width: the
+    /// complete nodes of a prefix are the full tile's nodes.
     fn tree(&self, level: u8, index: u64, width: u64) -> std::io::Result<std::sync::Arc<TileTree>> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some(tree) = cache.get(&(level, index, width))
-        {
-            return Ok(tree.clone());
+        if let Ok(cache) = self.cache.lock() {
+            for key in [(level, index, TILE_WIDTH), (level, index, width)] {
+                if let Some(tree) = cache.get(&key) {
+                    return Ok(tree.clone());
+                }
+            }
         }
+        let full_path = self
+            .dir
+            .join(TileId::hashes(level, index, TILE_WIDTH).path());
+        let width = if full_path.exists() {
+            TILE_WIDTH
+        } else {
+            width
+        };
         let data = self.read(level, index, width)?;
         let tree = std::sync::Arc::new(TileTree::build(&data));
         if let Ok(mut cache) = self.cache.lock() {
