@@ -37,9 +37,10 @@ use crate::schema::{
 
 /// Most problems collected before an ingest gives up on a file.
 pub const MAX_PROBLEMS: usize = 10;
-/// Rows buffered per bucket before they are handed to the writer thread.
+/// Most rows buffered per bucket and parser before they go to the writer
+/// (fewer when there are many buckets, to bound memory).
 const BATCH_ROWS: usize = 8192;
-/// Rows per Parquet row group.
+/// Most rows per Parquet row group (fewer when there are many buckets).
 const ROW_GROUP_ROWS: usize = 65_536;
 /// Target rows per bucket file when choosing the bucket count.
 const TARGET_ROWS_PER_BUCKET: u64 = 250_000;
@@ -214,10 +215,11 @@ fn encryption_properties(
 fn writer_properties(
     schema: &DatasetSchema,
     encryption: Option<Arc<FileEncryptionProperties>>,
+    row_group_rows: usize,
 ) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(row_group_rows));
     if let Some(encryption) = encryption {
         builder = builder.with_file_encryption_properties(encryption);
     }
@@ -273,15 +275,15 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(ty: ColumnType) -> Self {
+    fn new(ty: ColumnType, rows: usize) -> Self {
         match ty {
             ColumnType::String | ColumnType::Enum => {
-                Self::Utf8(StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 16))
+                Self::Utf8(StringBuilder::with_capacity(rows, rows * 16))
             }
             ColumnType::Integer | ColumnType::Decimal => {
-                Self::Int64(Int64Builder::with_capacity(BATCH_ROWS))
+                Self::Int64(Int64Builder::with_capacity(rows))
             }
-            ColumnType::Date => Self::Date32(Date32Builder::with_capacity(BATCH_ROWS)),
+            ColumnType::Date => Self::Date32(Date32Builder::with_capacity(rows)),
         }
     }
 
@@ -393,9 +395,13 @@ struct BucketBuffer {
 }
 
 impl BucketBuffer {
-    fn new(schema: &DatasetSchema) -> Self {
+    fn new(schema: &DatasetSchema, batch_rows: usize) -> Self {
         Self {
-            builders: schema.columns.iter().map(|c| Builder::new(c.ty)).collect(),
+            builders: schema
+                .columns
+                .iter()
+                .map(|c| Builder::new(c.ty, batch_rows))
+                .collect(),
             rows: 0,
         }
     }
@@ -424,21 +430,6 @@ impl BucketBuffer {
     }
 }
 
-/// Counts bytes read from the input for progress reporting.
-struct CountingReader<R> {
-    inner: R,
-    read: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
 /// What [`write_buckets`] produced.
 #[derive(Debug, Clone, Copy)]
 pub struct WrittenDataset {
@@ -458,8 +449,233 @@ pub enum FileEncryption {
     Plain,
 }
 
+/// Bytes of input handed to a parser at a time (cut at a line end).
+const CHUNK_BYTES: usize = 4 << 20;
+/// Parser threads; with the writer thread they keep two cores busy.
+const PARSERS: usize = 2;
+
+/// A run of whole lines of the input.
+struct Chunk {
+    /// 1-based line number of the chunk's first line.
+    first_line: u64,
+    bytes: Vec<u8>,
+}
+
+/// What every parser thread shares.
+struct ParseContext<'s> {
+    plans: Vec<ColumnPlan<'s>>,
+    fields: usize,
+    subject_field: usize,
+    bucketer: SubjectBucketer,
+    arrow: SchemaRef,
+    schema: &'s DatasetSchema,
+    batch_rows: usize,
+    buckets: u32,
+    /// Set once enough problems were found: everyone stops.
+    stop: std::sync::atomic::AtomicBool,
+    problem_count: std::sync::atomic::AtomicUsize,
+}
+
+/// What one parser thread produced.
+#[derive(Default)]
+struct ParsedPart {
+    rows: u64,
+    problems: Vec<IngestProblem>,
+    error: Option<IngestError>,
+}
+
+impl ParseContext<'_> {
+    fn note_problem(&self, part: &mut ParsedPart, problem: IngestProblem) {
+        part.problems.push(problem);
+        let seen = self
+            .problem_count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if seen >= MAX_PROBLEMS {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a bucket's buffered rows to the writer; false once the
+    /// pipeline has stopped.
+    fn flush(
+        &self,
+        buffer: &mut BucketBuffer,
+        bucket: u32,
+        tx: &mpsc::SyncSender<(u32, RecordBatch)>,
+        part: &mut ParsedPart,
+    ) -> bool {
+        match buffer.take_batch(&self.arrow) {
+            Ok(batch) => tx.send((bucket, batch)).is_ok(),
+            Err(e) => {
+                part.error = Some(e);
+                self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Parses chunks until the work runs out, sending full batches to the writer.
+    fn parse_chunks(
+        &self,
+        work: &std::sync::Mutex<mpsc::Receiver<Chunk>>,
+        tx: &mpsc::SyncSender<(u32, RecordBatch)>,
+    ) -> ParsedPart {
+        let mut part = ParsedPart::default();
+        let mut buffers: Vec<BucketBuffer> = (0..self.buckets)
+            .map(|_| BucketBuffer::new(self.schema, self.batch_rows))
+            .collect();
+        let mut record = csv::ByteRecord::new();
+        loop {
+            let chunk = match work.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => break,
+            };
+            let Ok(chunk) = chunk else { break };
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(&chunk.bytes[..]);
+            while !self.stopped() {
+                match reader.read_byte_record(&mut record) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        let line =
+                            chunk.first_line + e.position().map_or(1, csv::Position::line) - 1;
+                        self.note_problem(
+                            &mut part,
+                            IngestProblem {
+                                line,
+                                column: None,
+                                message: "the CSV is malformed here".into(),
+                            },
+                        );
+                        break;
+                    }
+                }
+                let line = chunk.first_line + record.position().map_or(1, csv::Position::line) - 1;
+                if record.len() != self.fields {
+                    self.note_problem(
+                        &mut part,
+                        IngestProblem {
+                            line,
+                            column: None,
+                            message: format!(
+                                "expected {} fields, found {}",
+                                self.fields,
+                                record.len()
+                            ),
+                        },
+                    );
+                    continue;
+                }
+                let mut values: Vec<Value<'_>> = Vec::with_capacity(self.plans.len());
+                for plan in &self.plans {
+                    match plan.parse(record.get(plan.csv_index).unwrap_or_default()) {
+                        Ok(v) => values.push(v),
+                        Err(message) => self.note_problem(
+                            &mut part,
+                            IngestProblem {
+                                line,
+                                column: Some(plan.column.name.clone()),
+                                message,
+                            },
+                        ),
+                    }
+                }
+                if values.len() != self.plans.len() || !part.problems.is_empty() {
+                    continue;
+                }
+                let bucket = self
+                    .bucketer
+                    .bucket(record.get(self.subject_field).unwrap_or_default());
+                let Some(buffer) = buffers.get_mut(bucket as usize) else {
+                    continue;
+                };
+                buffer.append(&values);
+                part.rows += 1;
+                if buffer.rows >= self.batch_rows && !self.flush(buffer, bucket, tx, &mut part) {
+                    return part;
+                }
+            }
+            if self.stopped() {
+                break;
+            }
+        }
+        if self
+            .problem_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            for (bucket, buffer) in buffers.iter_mut().enumerate() {
+                let bucket = u32::try_from(bucket).unwrap_or(u32::MAX);
+                if buffer.rows > 0 && !self.flush(buffer, bucket, tx, &mut part) {
+                    break;
+                }
+            }
+        }
+        part
+    }
+}
+
+/// Reads the input in chunks of whole lines and hands them to the parsers.
+fn read_chunks(
+    input: &mut impl Read,
+    path: &Path,
+    work: mpsc::SyncSender<Chunk>,
+    stop: &std::sync::atomic::AtomicBool,
+    progress: &dyn IngestProgress,
+    mut read_so_far: u64,
+) -> Result<(), IngestError> {
+    let mut block = vec![0u8; CHUNK_BYTES];
+    let mut carry = Vec::new();
+    // Line 1 is the header, read before.
+    let mut line = 2;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let n = input.read(&mut block).map_err(io_err(path))?;
+        read_so_far += n as u64;
+        progress.advance_to(read_so_far);
+        if n == 0 {
+            if !carry.is_empty() {
+                let _ = work.send(Chunk {
+                    first_line: line,
+                    bytes: carry,
+                });
+            }
+            return Ok(());
+        }
+        carry.extend_from_slice(&block[..n]);
+        let Some(last_newline) = carry.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let rest = carry.split_off(last_newline + 1);
+        let lines = carry.iter().filter(|&&b| b == b'\n').count() as u64;
+        let chunk = Chunk {
+            first_line: line,
+            bytes: std::mem::replace(&mut carry, rest),
+        };
+        line += lines;
+        if work.send(chunk).is_err() {
+            return Ok(());
+        }
+    }
+}
+
 /// Streams `csv` into `buckets` Parquet files in `dir`, fsynced.
 /// On error the caller discards `dir`.
+///
+/// One thread reads whole-line chunks, [`PARSERS`] threads validate rows and
+/// fill per-bucket Arrow batches, one thread encodes, compresses and
+/// encrypts. Memory is bounded by the bucket count and batch sizes, which
+/// shrink as buckets grow, never by the input's size.
 #[allow(clippy::too_many_arguments)]
 pub fn write_buckets(
     dir: &Path,
@@ -474,26 +690,21 @@ pub fn write_buckets(
     let file = fs::File::open(csv_path).map_err(io_err(csv_path))?;
     let total = file.metadata().map_err(io_err(csv_path))?.len();
     progress.start(total);
-    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counting = CountingReader {
-        inner: file,
-        read: read.clone(),
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(1 << 20)
-        .from_reader(counting);
     let rejected = |problems: Vec<IngestProblem>| IngestError::Rejected {
         file: csv_path.to_owned(),
         problems,
     };
-
+    let mut input = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut first = Vec::new();
+    std::io::BufRead::read_until(&mut input, b'\n', &mut first).map_err(io_err(csv_path))?;
     let mut header = csv::ByteRecord::new();
-    let has_header = reader
+    let has_header = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&first[..])
         .read_byte_record(&mut header)
         .map_err(|e| csv_error(csv_path, e))?;
-    if !has_header || header.iter().all(<[u8]>::is_empty) {
+    if !has_header || header.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
         return Err(rejected(vec![IngestProblem {
             line: 1,
             column: None,
@@ -501,13 +712,22 @@ pub fn write_buckets(
         }]));
     }
     let plans = plan_columns(schema, &header).map_err(rejected)?;
+    let subject_field = plans[schema.subject_index()].csv_index;
 
-    let arrow = arrow_schema(schema);
-    let bucketer: SubjectBucketer = key.bucketer(buckets);
-    let subject_plan = schema.subject_index();
-    let (tx, rx) = mpsc::sync_channel::<(u32, RecordBatch)>(4);
-    let writer_dir = dir.to_owned();
-    let writer_schema = arrow.clone();
+    let budget_rows = 262_144 / (buckets as usize * PARSERS);
+    let context = ParseContext {
+        plans,
+        fields: header.len(),
+        subject_field,
+        bucketer: key.bucketer(buckets),
+        arrow: arrow_schema(schema),
+        schema,
+        batch_rows: budget_rows.clamp(1024, BATCH_ROWS),
+        buckets,
+        stop: std::sync::atomic::AtomicBool::new(false),
+        problem_count: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let row_group_rows = (1_048_576 / buckets as usize).clamp(8192, ROW_GROUP_ROWS);
     let props: Vec<WriterProperties> = (0..buckets)
         .map(|b| {
             let encryption = match encryption {
@@ -518,112 +738,68 @@ pub fn write_buckets(
                 )?),
                 FileEncryption::Plain => None,
             };
-            Ok(writer_properties(schema, encryption))
+            Ok(writer_properties(schema, encryption, row_group_rows))
         })
         .collect::<Result<_, IngestError>>()?;
-
+    let (tx, rx) = mpsc::sync_channel::<(u32, RecordBatch)>(2 * PARSERS);
+    let (writer_dir, writer_schema) = (dir.to_owned(), context.arrow.clone());
     let writer = std::thread::spawn(move || write_thread(&writer_dir, writer_schema, props, rx));
 
-    let mut buffers: Vec<BucketBuffer> = (0..buckets).map(|_| BucketBuffer::new(schema)).collect();
-    let mut problems = Vec::new();
-    let mut record = csv::ByteRecord::new();
-    let mut rows: u64 = 0;
-    let mut send_failed = false;
-    loop {
-        let more = match reader.read_byte_record(&mut record) {
-            Ok(more) => more,
-            Err(e) => {
-                let line = e.position().map_or(0, csv::Position::line);
-                problems.push(IngestProblem {
-                    line,
-                    column: None,
-                    message: "the CSV is malformed here".into(),
-                });
-                break;
-            }
-        };
-        if !more {
-            break;
+    let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(PARSERS);
+    let work_rx = std::sync::Mutex::new(work_rx);
+    let first_len = first.len() as u64;
+    let (parts, read_result) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..PARSERS)
+            .map(|_| {
+                let tx = tx.clone();
+                let (context, work_rx) = (&context, &work_rx);
+                scope.spawn(move || context.parse_chunks(work_rx, &tx))
+            })
+            .collect();
+        let read_result = read_chunks(
+            &mut input,
+            csv_path,
+            work_tx,
+            &context.stop,
+            progress,
+            first_len,
+        );
+        if read_result.is_err() {
+            context
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let line = record.position().map_or(0, csv::Position::line);
-        if rows.is_multiple_of(65_536) {
-            progress.advance_to(read.load(std::sync::atomic::Ordering::Relaxed));
-        }
-        if record.len() != header.len() {
-            problems.push(IngestProblem {
-                line,
-                column: None,
-                message: format!("expected {} fields, found {}", header.len(), record.len()),
-            });
-            if problems.len() >= MAX_PROBLEMS {
-                break;
-            }
-            continue;
-        }
-        let mut values: Vec<Value<'_>> = Vec::with_capacity(plans.len());
-        let mut row_ok = true;
-        for plan in &plans {
-            let raw = record.get(plan.csv_index).unwrap_or_default();
-            match plan.parse(raw) {
-                Ok(v) => values.push(v),
-                Err(message) => {
-                    row_ok = false;
-                    problems.push(IngestProblem {
-                        line,
-                        column: Some(plan.column.name.clone()),
-                        message,
-                    });
-                    if problems.len() >= MAX_PROBLEMS {
-                        break;
-                    }
-                }
-            }
-        }
-        if problems.len() >= MAX_PROBLEMS {
-            break;
-        }
-        if !row_ok || !problems.is_empty() {
-            continue;
-        }
-        let subject = record
-            .get(plans[subject_plan].csv_index)
-            .unwrap_or_default();
-        let bucket = bucketer.bucket(subject);
-        let Some(buffer) = buffers.get_mut(bucket as usize) else {
-            continue;
-        };
-        buffer.append(&values);
-        rows += 1;
-        if buffer.rows >= BATCH_ROWS {
-            let batch = buffer.take_batch(&arrow)?;
-            if tx.send((bucket, batch)).is_err() {
-                send_failed = true;
-                break;
-            }
-        }
-    }
-    if problems.is_empty() && !send_failed {
-        if rows == 0 {
-            problems.push(IngestProblem {
-                line: 2,
-                column: None,
-                message: "the file has a header but no data rows".into(),
-            });
-        }
-        for (bucket, buffer) in buffers.iter_mut().enumerate() {
-            if buffer.rows > 0 {
-                let batch = buffer.take_batch(&arrow)?;
-                let bucket = u32::try_from(bucket).unwrap_or(u32::MAX);
-                if tx.send((bucket, batch)).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+        let parts: Vec<ParsedPart> = workers.into_iter().filter_map(|w| w.join().ok()).collect();
+        (parts, read_result)
+    });
     drop(tx);
     let written = writer
         .join()
         .map_err(|_| IngestError::Parquet("the writer thread stopped unexpectedly".into()))?;
+    read_result?;
+    if parts.len() != PARSERS {
+        return Err(IngestError::Parquet(
+            "a parser thread stopped unexpectedly".into(),
+        ));
+    }
+    let mut problems = Vec::new();
+    let mut rows = 0;
+    for part in parts {
+        if let Some(e) = part.error {
+            return Err(e);
+        }
+        rows += part.rows;
+        problems.extend(part.problems);
+    }
+    problems.sort_by_key(|p| p.line);
+    problems.truncate(MAX_PROBLEMS);
+    if problems.is_empty() && rows == 0 {
+        problems.push(IngestProblem {
+            line: 2,
+            column: None,
+            message: "the file has a header but no data rows".into(),
+        });
+    }
     if !problems.is_empty() {
         return Err(rejected(problems));
     }
