@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench -p custos-store --bench ingest                 # 1M and 10M rows
 //! CUSTOS_BENCH_ROWS=100000,1000000 cargo bench -p custos-store --bench ingest
+//! CUSTOS_BENCH_ROWS=10000000 CUSTOS_BENCH_BUCKETS=128 cargo bench -p custos-store --bench ingest
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,12 @@ fn child(mode: &str, csv: &Path) {
     let n = std::io::Read::read(&mut std::fs::File::open(csv).expect("open"), &mut sample)
         .expect("read");
     sample.truncate(n);
-    let buckets = choose_bucket_count(size, &sample);
+    // CUSTOS_BENCH_BUCKETS forces a bucket count (e.g. the cap, 128) to
+    // measure memory at the most writers an ingest ever opens.
+    let buckets = std::env::var("CUSTOS_BENCH_BUCKETS")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| choose_bucket_count(size, &sample));
     let encryption = if mode == "encrypted" {
         FileEncryption::Encrypted
     } else {

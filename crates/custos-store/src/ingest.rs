@@ -42,6 +42,8 @@ pub const MAX_PROBLEMS: usize = 10;
 const BATCH_ROWS: usize = 8192;
 /// Most rows per Parquet row group (fewer when there are many buckets).
 const ROW_GROUP_ROWS: usize = 65_536;
+/// Bytes of open data pages shared by all bucket writers.
+const WRITER_PAGE_BUDGET: usize = 64 << 20;
 /// Target rows per bucket file when choosing the bucket count.
 const TARGET_ROWS_PER_BUCKET: u64 = 250_000;
 /// Most bucket files per dataset (bounds memory: one open writer per bucket).
@@ -215,11 +217,17 @@ fn encryption_properties(
 fn writer_properties(
     schema: &DatasetSchema,
     encryption: Option<Arc<FileEncryptionProperties>>,
-    row_group_rows: usize,
+    buckets: u32,
 ) -> WriterProperties {
+    // Every open writer buffers a row group and one page per column: both
+    // shrink as buckets grow, so the whole stays near a fixed budget.
+    let row_group_rows = (1_048_576 / buckets as usize).clamp(8192, ROW_GROUP_ROWS);
+    let page_bytes = (WRITER_PAGE_BUDGET / (buckets as usize * schema.columns.len().max(1)))
+        .clamp(32 << 10, 1 << 20);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(row_group_rows));
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .set_data_page_size_limit(page_bytes);
     if let Some(encryption) = encryption {
         builder = builder.with_file_encryption_properties(encryption);
     }
@@ -727,7 +735,6 @@ pub fn write_buckets(
         stop: std::sync::atomic::AtomicBool::new(false),
         problem_count: std::sync::atomic::AtomicUsize::new(0),
     };
-    let row_group_rows = (1_048_576 / buckets as usize).clamp(8192, ROW_GROUP_ROWS);
     let props: Vec<WriterProperties> = (0..buckets)
         .map(|b| {
             let encryption = match encryption {
@@ -738,7 +745,7 @@ pub fn write_buckets(
                 )?),
                 FileEncryption::Plain => None,
             };
-            Ok(writer_properties(schema, encryption, row_group_rows))
+            Ok(writer_properties(schema, encryption, buckets))
         })
         .collect::<Result<_, IngestError>>()?;
     let (tx, rx) = mpsc::sync_channel::<(u32, RecordBatch)>(2 * PARSERS);
