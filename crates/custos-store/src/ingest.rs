@@ -3,9 +3,10 @@
 //! The CSV is streamed: rows are validated against the schema, spread over
 //! bucket files by a keyed hash of the subject id (so a subject's rows are
 //! found by reading one bucket, never the whole dataset) and written through
-//! Arrow into Parquet with modular encryption. One thread parses and
-//! validates; a second encodes, compresses and encrypts. Memory is bounded by
-//! the bucket count and batch size, not by the input.
+//! Arrow into Parquet with modular encryption. One thread cuts the input into
+//! whole-line chunks, two parse and validate them, one encodes, compresses
+//! and encrypts. Memory is bounded by the bucket count (capped) and batch
+//! sizes, not by the input.
 //!
 //! Atomicity: everything is written into a locked staging directory, fsynced,
 //! renamed into place, and only then recorded in the metadata store. A crash
