@@ -441,18 +441,23 @@ impl DatasetReader {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let target: Arc<dyn Array> = match subject_column.ty {
-            ColumnType::Integer => Arc::new(Int64Array::from(vec![
-                subject
+        // The bucket is chosen from the canonical form, as at ingest.
+        let (target, canonical): (Arc<dyn Array>, String) = match subject_column.ty {
+            ColumnType::Integer => {
+                let v = subject
                     .parse::<i64>()
-                    .map_err(|_| DatasetError::BadSubject)?,
-            ])),
-            _ => Arc::new(StringArray::from(vec![subject.to_owned()])),
+                    .map_err(|_| DatasetError::BadSubject)?;
+                (Arc::new(Int64Array::from(vec![v])), v.to_string())
+            }
+            _ => (
+                Arc::new(StringArray::from(vec![subject.to_owned()])),
+                subject.to_owned(),
+            ),
         };
         let bucket = self
             .key
             .bucketer(self.record.bucket_count)
-            .bucket(subject.as_bytes());
+            .bucket(canonical.as_bytes());
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
         let options = ArrowReaderOptions::new()

@@ -460,6 +460,8 @@ pub enum FileEncryption {
 
 /// Bytes of input handed to a parser at a time (cut at a line end).
 const CHUNK_BYTES: usize = 4 << 20;
+/// Longest line accepted; beyond it the file is refused, not buffered.
+const MAX_LINE_BYTES: usize = 16 << 20;
 /// Parser threads; with the writer thread they keep two cores busy.
 const PARSERS: usize = 2;
 
@@ -474,7 +476,8 @@ struct Chunk {
 struct ParseContext<'s> {
     plans: Vec<ColumnPlan<'s>>,
     fields: usize,
-    subject_field: usize,
+    /// Index of the subject id among `plans`.
+    subject_plan: usize,
     bucketer: SubjectBucketer,
     arrow: SchemaRef,
     schema: &'s DatasetSchema,
@@ -514,14 +517,18 @@ impl ParseContext<'_> {
         tx: &mpsc::SyncSender<(u32, RecordBatch)>,
         part: &mut ParsedPart,
     ) -> bool {
-        match buffer.take_batch(&self.arrow) {
+        let sent = match buffer.take_batch(&self.arrow) {
             Ok(batch) => tx.send((bucket, batch)).is_ok(),
             Err(e) => {
                 part.error = Some(e);
-                self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 false
             }
+        };
+        if !sent {
+            // The writer is gone (its error is reported) or a batch failed.
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        sent
     }
 
     fn stopped(&self) -> bool {
@@ -545,6 +552,10 @@ impl ParseContext<'_> {
                 Err(_) => break,
             };
             let Ok(chunk) = chunk else { break };
+            if self.stopped() {
+                // Keep draining so the reader never blocks on a full queue.
+                continue;
+            }
             let mut reader = csv::ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
@@ -600,27 +611,30 @@ impl ParseContext<'_> {
                 if values.len() != self.plans.len() || !part.problems.is_empty() {
                     continue;
                 }
-                let bucket = self
-                    .bucketer
-                    .bucket(record.get(self.subject_field).unwrap_or_default());
+                let bucket = match &values[self.subject_plan] {
+                    // Integers bucket on their canonical form, so `0042`
+                    // and a look-up of `42` meet in the same file.
+                    Value::Int(v) => self.bucketer.bucket(v.to_string().as_bytes()),
+                    Value::Text(t) => self.bucketer.bucket(t.as_bytes()),
+                    Value::Null => 0,
+                };
                 let Some(buffer) = buffers.get_mut(bucket as usize) else {
                     continue;
                 };
                 buffer.append(&values);
                 part.rows += 1;
-                if buffer.rows >= self.batch_rows && !self.flush(buffer, bucket, tx, &mut part) {
-                    return part;
+                if buffer.rows >= self.batch_rows {
+                    // On failure `flush` sets `stop`, which ends this loop.
+                    self.flush(buffer, bucket, tx, &mut part);
                 }
             }
-            if self.stopped() {
-                break;
-            }
         }
-        if self
-            .problem_count
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
+        let clean = !self.stopped()
+            && self
+                .problem_count
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0;
+        if clean {
             for (bucket, buffer) in buffers.iter_mut().enumerate() {
                 let bucket = u32::try_from(bucket).unwrap_or(u32::MAX);
                 if buffer.rows > 0 && !self.flush(buffer, bucket, tx, &mut part) {
@@ -663,6 +677,16 @@ fn read_chunks(
         }
         carry.extend_from_slice(&block[..n]);
         let Some(last_newline) = carry.iter().rposition(|&b| b == b'\n') else {
+            if carry.len() > MAX_LINE_BYTES {
+                return Err(IngestError::Rejected {
+                    file: path.to_owned(),
+                    problems: vec![IngestProblem {
+                        line,
+                        column: None,
+                        message: "the line is longer than 16 MiB (does the file end lines with a lone CR?)".into(),
+                    }],
+                });
+            }
             continue;
         };
         let rest = carry.split_off(last_newline + 1);
@@ -696,6 +720,11 @@ pub fn write_buckets(
     encryption: FileEncryption,
     progress: &dyn IngestProgress,
 ) -> Result<WrittenDataset, IngestError> {
+    if buckets == 0 {
+        return Err(IngestError::Parquet(
+            "a dataset needs at least one bucket".into(),
+        ));
+    }
     let file = fs::File::open(csv_path).map_err(io_err(csv_path))?;
     let total = file.metadata().map_err(io_err(csv_path))?.len();
     progress.start(total);
@@ -721,13 +750,12 @@ pub fn write_buckets(
         }]));
     }
     let plans = plan_columns(schema, &header).map_err(rejected)?;
-    let subject_field = plans[schema.subject_index()].csv_index;
 
     let budget_rows = 262_144 / (buckets as usize * PARSERS);
     let context = ParseContext {
         plans,
         fields: header.len(),
-        subject_field,
+        subject_plan: schema.subject_index(),
         bucketer: key.bucketer(buckets),
         arrow: arrow_schema(schema),
         schema,

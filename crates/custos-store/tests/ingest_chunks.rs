@@ -99,3 +99,71 @@ async fn every_row_of_a_large_file_arrives_once() {
     let last = reader.subject_rows("id-000249999", None).unwrap();
     assert_eq!(last.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
 }
+
+#[tokio::test]
+async fn a_large_file_full_of_problems_stops_at_ten_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = home(dir.path()).await;
+    std::fs::write(dir.path().join("s.toml"), SCHEMA).unwrap();
+    // Every row is bad, over several chunks: the parsers stop early and the
+    // reader must not block on a queue nobody drains.
+    let mut text = String::from("id,amount\n");
+    for i in 0..600_000 {
+        text.push_str(&format!("id-{i:09},x\n"));
+    }
+    std::fs::write(dir.path().join("d.csv"), text).unwrap();
+    let started = std::time::Instant::now();
+    let err = dataset::ingest(
+        &home,
+        "t",
+        &dir.path().join("s.toml"),
+        &dir.path().join("d.csv"),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        IngestError::Rejected { problems, .. } => {
+            assert_eq!(problems.len(), custos_store::ingest::MAX_PROBLEMS);
+            assert_eq!(problems[0].line, 2);
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+}
+
+#[tokio::test]
+async fn integer_subjects_are_found_whatever_their_written_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = home(dir.path()).await;
+    let schema = SCHEMA.replace("type = \"string\"", "type = \"integer\"");
+    std::fs::write(dir.path().join("s.toml"), schema).unwrap();
+    let mut text = String::from("id,amount\n0042,1\n+42,2\n42,3\n");
+    // Enough rows for several bucket files, so a wrong bucket would miss.
+    for i in 100..700_000 {
+        text.push_str(&format!("{i},0\n"));
+    }
+    std::fs::write(dir.path().join("d.csv"), text).unwrap();
+    let report = dataset::ingest(
+        &home,
+        "t",
+        &dir.path().join("s.toml"),
+        &dir.path().join("d.csv"),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert!(
+        report.dataset.buckets > 1,
+        "{} buckets",
+        report.dataset.buckets
+    );
+    let reader = DatasetReader::open(&home, "t").await.unwrap();
+    let rows: usize = reader
+        .subject_rows("42", None)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 3);
+}
