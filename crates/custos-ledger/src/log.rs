@@ -299,9 +299,16 @@ impl Writer {
             checkpointed: u64::MAX,
             failed: false,
         };
-        // Resume from the last state whose tiles check out; else from nothing.
+        // Resume from the last state whose tiles check out and that agrees
+        // with the signed checkpoint; else rebuild from the journal alone.
+        // (state.json is unsigned: with no checkpoint to check it against,
+        // or ahead of it, it is not trusted.)
+        let trusted = |s: &State| match &checkpoint {
+            Some(cp) => s.size < cp.size || (s.size == cp.size && s.root == cp.root),
+            None => false,
+        };
         let start = state
-            .filter(|s| s.journal_offset <= journal_len)
+            .filter(|s| s.journal_offset <= journal_len && trusted(s))
             .and_then(|s| writer.load_edge(s).ok().map(|()| s));
         let start = match start {
             Some(s) => s,
@@ -317,13 +324,14 @@ impl Writer {
                 }
             }
         };
-        let replayed = writer.replay(
+        let torn = writer.replay(
             &mut journal,
             &journal_path,
             start,
             journal_len,
             checkpoint.as_ref(),
         )?;
+        let replayed = writer.range.size();
         if let Some(cp) = &checkpoint
             && replayed < cp.size
         {
@@ -331,6 +339,10 @@ impl Writer {
                 "the journal holds {replayed} entries but the signed checkpoint covers {}: acknowledged entries are missing",
                 cp.size
             )));
+        }
+        // Every check passed: only now cut the torn, unacknowledged tail.
+        if let Some(at) = torn {
+            writer.cut_torn(&journal_path, at, journal_len)?;
         }
         writer.journal_len = writer.journal.metadata().map_err(io(&journal_path))?.len();
         Ok(writer)
@@ -382,7 +394,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Replays journal records from `start`; cuts a torn final record.
+    /// Replays journal records from `start`. Returns where a torn final
+    /// record begins, if there is one; truncating is left to the caller, after
+    /// every check has passed (so a refusal destroys no evidence).
     fn replay(
         &mut self,
         journal: &mut File,
@@ -390,50 +404,47 @@ impl Writer {
         start: State,
         len: u64,
         checkpoint: Option<&VerifiedCheckpoint>,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<Option<u64>, LedgerError> {
         journal
             .seek(SeekFrom::Start(start.journal_offset))
             .map_err(io(path))?;
         let mut reader = BufReader::with_capacity(1 << 20, &*journal);
         let mut offset = start.journal_offset;
-        let mut header = [0u8; 4 + HASH_SIZE];
         let mut entry = Vec::new();
-        loop {
+        let torn = loop {
             let record_start = offset;
-            match reader.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    self.cut_torn(path, record_start, len)?;
-                    break;
-                }
+            let record = match read_record(&mut reader, &mut entry) {
+                Ok(Some(record)) => record,
+                // EOF inside a header: the final record is torn.
+                Ok(None) => break (record_start < len).then_some(record_start),
                 Err(e) => return Err(io(path)(e)),
+            };
+            let end = record_start + (4 + HASH_SIZE) as u64 + record.len as u64;
+            if end > len {
+                // The final record runs past the end: torn, never acknowledged.
+                break Some(record_start);
             }
-            let n = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-            let stored = Hash(
-                header[4..]
-                    .try_into()
-                    .map_err(|_| LedgerError::Damaged("journal".into()))?,
-            );
-            let end = record_start + (4 + HASH_SIZE + n) as u64;
-            if n > MAX_ENTRY_BYTES || end > len {
-                self.cut_torn(path, record_start, len)?;
-                break;
+            if record.len > MAX_ENTRY_BYTES {
+                return Err(LedgerError::Damaged(format!(
+                    "journal record {} (byte {record_start}) has an impossible length",
+                    self.range.size()
+                )));
             }
-            entry.resize(n, 0);
             reader.read_exact(&mut entry).map_err(io(path))?;
             let leaf = record_hash(&entry);
-            if leaf != stored {
-                if end == len {
-                    // The final record is torn: it was never acknowledged.
-                    self.cut_torn(path, record_start, len)?;
-                    break;
+            if leaf != record.leaf {
+                // Torn only if nothing acknowledged can follow: the record is
+                // the last one, or all that follows is zeros (a preallocated
+                // tail after power loss). Anything else is damage.
+                if end == len || zeros_from(path, record_start, len)? {
+                    break Some(record_start);
                 }
                 return Err(LedgerError::Damaged(format!(
                     "journal record {} (byte {record_start}) does not match its hash",
                     self.range.size()
                 )));
             }
-            self.push_leaf(leaf, &entry)?;
+            self.push_leaf(leaf, &entry);
             if self.completed.len() >= MAX_COMPLETED {
                 self.write_completed()?;
             }
@@ -447,7 +458,7 @@ impl Writer {
                     cp.size
                 )));
             }
-        }
+        };
         if start.size > 0 || self.range.size() > 0 {
             tracing::info!(
                 from = start.size,
@@ -455,7 +466,7 @@ impl Writer {
                 "ledger recovered"
             );
         }
-        Ok(self.range.size())
+        Ok(torn)
     }
 
     fn cut_torn(&mut self, path: &Path, at: u64, len: u64) -> Result<(), LedgerError> {
@@ -471,7 +482,7 @@ impl Writer {
     }
 
     /// Adds one leaf to the right edge, writing tiles that become full.
-    fn push_leaf(&mut self, leaf: Hash, entry: &[u8]) -> Result<(), LedgerError> {
+    fn push_leaf(&mut self, leaf: Hash, entry: &[u8]) {
         self.range.push(leaf);
         let size = self.range.size();
         bundle_push(&mut self.bundle, entry);
@@ -494,15 +505,14 @@ impl Writer {
             }
             let full = std::mem::take(&mut self.edge[level]);
             let bytes: Vec<u8> = full.iter().flat_map(|h| h.0).collect();
-            let level_u8 =
-                u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
+            // A tree of at most 2^64 leaves has at most 8 tile levels.
+            let level_u8 = level as u8;
             let index = (size >> (8 * (level as u32 + 1))) - 1;
             hash = Tile::subtree_hash(&bytes);
             self.completed
                 .push((TileId::hashes(level_u8, index, TILE_WIDTH), bytes));
             level += 1;
         }
-        Ok(())
     }
 
     /// Writes the tiles completed since the last call. Done at checkpoints
@@ -511,10 +521,15 @@ impl Writer {
     /// writes between commits would slow every acknowledgement down. The
     /// checkpoint's syncfs makes them durable before any checkpoint covers them.
     fn write_completed(&mut self) -> Result<(), LedgerError> {
-        for (id, bytes) in std::mem::take(&mut self.completed) {
-            write_renamed(&self.dir.join(id.path()), &bytes)?;
-        }
-        Ok(())
+        let mut written = 0;
+        let result = self.completed.iter().try_for_each(|(id, bytes)| {
+            write_renamed(&self.dir.join(id.path()), bytes)?;
+            written += 1;
+            Ok(())
+        });
+        // Only what was written leaves the queue; the rest is retried.
+        self.completed.drain(..written);
+        result
     }
 
     fn run(mut self, rx: Receiver<Command>) -> Result<(), LedgerError> {
@@ -612,14 +627,10 @@ impl Writer {
         let mut leaf_iter = leaves.into_iter();
         for (entries, _) in groups {
             let start = self.range.size();
-            let mut outcome = Ok(());
-            for e in entries {
-                let Some(leaf) = leaf_iter.next() else { break };
-                if outcome.is_ok() {
-                    outcome = self.push_leaf(leaf, e);
-                }
+            for (e, leaf) in entries.iter().zip(leaf_iter.by_ref()) {
+                self.push_leaf(leaf, e);
             }
-            results.push(outcome.map(|()| start..self.range.size()));
+            results.push(Ok(start..self.range.size()));
         }
         if self.completed.len() >= MAX_COMPLETED
             && let Err(e) = self.write_completed()
@@ -634,6 +645,11 @@ impl Writer {
 
     /// Publishes partial tiles and a signed checkpoint for the current size.
     fn checkpoint(&mut self) -> Result<VerifiedCheckpoint, LedgerError> {
+        if self.failed {
+            // What is on disk may be incomplete: sign nothing until a restart
+            // has recovered from the journal.
+            return Err(LedgerError::Unavailable);
+        }
         let size = self.range.size();
         let root = self.range.root().0;
         if self.checkpointed == size
@@ -691,6 +707,54 @@ impl Writer {
             root,
             note,
         })
+    }
+}
+
+/// The header of one journal record.
+pub(crate) struct RecordHeader {
+    /// Entry length in bytes.
+    pub len: usize,
+    /// The leaf hash recorded with it.
+    pub leaf: Hash,
+}
+
+/// Reads one journal record header and sizes `entry` for its body (read by
+/// the caller); `None` at the end of the journal or inside a torn header.
+pub(crate) fn read_record(
+    reader: &mut impl Read,
+    entry: &mut Vec<u8>,
+) -> std::io::Result<Option<RecordHeader>> {
+    let mut header = [0u8; 4 + HASH_SIZE];
+    match reader.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let mut leaf = [0u8; HASH_SIZE];
+    leaf.copy_from_slice(&header[4..]);
+    // Never allocate more than an entry can be, whatever the length says.
+    entry.resize(len.min(MAX_ENTRY_BYTES), 0);
+    Ok(Some(RecordHeader {
+        len,
+        leaf: Hash(leaf),
+    }))
+}
+
+/// Whether every byte of `path` from `from` to `len` is zero.
+fn zeros_from(path: &Path, from: u64, len: u64) -> Result<bool, LedgerError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    file.seek(SeekFrom::Start(from)).map_err(io(path))?;
+    let mut reader = BufReader::new(file.take(len - from));
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
     }
 }
 

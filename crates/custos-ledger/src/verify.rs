@@ -12,11 +12,13 @@ use std::path::Path;
 use serde::Serialize;
 use tlog_tiles::{Hash, Tile, record_hash};
 
+use crate::LedgerError;
 use crate::entry::Entry;
-use crate::merkle::{CompactRange, hashes_of};
+use crate::entry::MAX_ENTRY_BYTES;
+use crate::log::{read_bundle, read_record};
+use crate::merkle::{CompactRange, TileFiles, hashes_of};
 use crate::note::{VerifiedCheckpoint, verify_checkpoint};
 use crate::tiles::{TILE_WIDTH, TileId, bundle_entries};
-use crate::{HASH_SIZE, LedgerError};
 
 /// What a successful verification established.
 #[derive(Debug, Clone, Serialize)]
@@ -45,12 +47,12 @@ struct Levels {
 
 impl Levels {
     /// Compares the pending hashes at `level` with tile `index` on disk.
-    fn compare(&mut self, dir: &Path, level: u8, index: u64) -> Result<(), LedgerError> {
+    fn compare(&mut self, tiles: &TileFiles, level: u8, index: u64) -> Result<(), LedgerError> {
         let computed = std::mem::take(&mut self.pending[usize::from(level)]);
         let id = TileId::hashes(level, index, computed.len() as u64);
-        let path = dir.join(id.path());
-        let bytes =
-            fs::read(&path).map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
+        let bytes = tiles
+            .read(level, index, id.width)
+            .map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
         let stored =
             hashes_of(&bytes, id.width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
         for (i, (a, b)) in computed.iter().zip(&stored).enumerate() {
@@ -73,14 +75,14 @@ impl Levels {
         self.checked += 1;
         if id.is_full() {
             let bytes: Vec<u8> = computed.iter().flat_map(|h| h.0).collect();
-            self.push(dir, level + 1, index, Tile::subtree_hash(&bytes))?;
+            self.push(tiles, level + 1, index, Tile::subtree_hash(&bytes))?;
         }
         Ok(())
     }
 
     fn push(
         &mut self,
-        dir: &Path,
+        tiles: &TileFiles,
         level: u8,
         child_index: u64,
         hash: Hash,
@@ -91,7 +93,7 @@ impl Levels {
         }
         self.pending[l].push(hash);
         if self.pending[l].len() as u64 == TILE_WIDTH {
-            self.compare(dir, level, child_index / TILE_WIDTH)?;
+            self.compare(tiles, level, child_index / TILE_WIDTH)?;
         }
         Ok(())
     }
@@ -100,17 +102,38 @@ impl Levels {
 /// Reads journal records in order, for comparison with published entries.
 struct JournalCursor {
     reader: Option<BufReader<fs::File>>,
+    index: u64,
 }
 
 impl JournalCursor {
-    fn next(&mut self) -> Option<Vec<u8>> {
-        let reader = self.reader.as_mut()?;
-        let mut header = [0u8; 4 + HASH_SIZE];
-        reader.read_exact(&mut header).ok()?;
-        let n = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let mut entry = vec![0u8; n];
-        reader.read_exact(&mut entry).ok()?;
-        Some(entry)
+    /// The next record's entry, checked against its recorded leaf hash;
+    /// `Ok(None)` at the end of the journal.
+    fn next(&mut self) -> Result<Option<Vec<u8>>, LedgerError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let mut entry = Vec::new();
+        let Some(header) =
+            read_record(reader, &mut entry).map_err(|e| fail(format!("journal: {e}")))?
+        else {
+            return Ok(None);
+        };
+        let index = self.index;
+        self.index += 1;
+        if header.len > MAX_ENTRY_BYTES {
+            return Err(fail(format!(
+                "journal record {index} has an impossible length"
+            )));
+        }
+        if reader.read_exact(&mut entry).is_err() {
+            return Ok(None);
+        }
+        if record_hash(&entry) != header.leaf {
+            return Err(fail(format!(
+                "journal record {index} does not match its recorded hash"
+            )));
+        }
+        Ok(Some(entry))
     }
 }
 
@@ -143,7 +166,9 @@ pub fn verify_ledger(
         reader: fs::File::open(dir.join("journal"))
             .ok()
             .map(|f| BufReader::with_capacity(1 << 20, f)),
+        index: 0,
     };
+    let tiles = TileFiles::new(dir);
     let mut journal_checked = 0;
     let mut range = CompactRange::new();
     let mut levels = Levels {
@@ -155,7 +180,9 @@ pub fn verify_ledger(
     while bundle_index * TILE_WIDTH < size {
         let width = (size - bundle_index * TILE_WIDTH).min(TILE_WIDTH);
         let id = TileId::entries(bundle_index, width);
-        let bytes = fs::read(dir.join(id.path()))
+        // A live writer replaces partial bundles; read_bundle falls back to
+        // the wider one that superseded it (its prefix is the same entries).
+        let bytes = read_bundle(dir, id)
             .map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
         let entries =
             bundle_entries(&bytes, width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
@@ -163,7 +190,7 @@ pub fn verify_ledger(
             let index = bundle_index * TILE_WIDTH + i as u64;
             Entry::decode(entry)
                 .map_err(|e| fail(format!("entry {index} in {}: {e}", id.path())))?;
-            if let Some(recorded) = journal.next() {
+            if let Some(recorded) = journal.next()? {
                 if recorded != *entry {
                     return Err(fail(format!(
                         "entry {index}: the published entry in {} differs from the journal",
@@ -188,7 +215,7 @@ pub fn verify_ledger(
                     old.size - 1
                 )));
             }
-            levels.push(dir, 0, index, leaf)?;
+            levels.push(&tiles, 0, index, leaf)?;
         }
         bundle_index += 1;
     }
@@ -197,7 +224,7 @@ pub fn verify_ledger(
     while usize::from(level) < levels.pending.len() {
         let count = size >> (u32::from(level) * 8);
         if !levels.pending[usize::from(level)].is_empty() {
-            levels.compare(dir, level, count / TILE_WIDTH)?;
+            levels.compare(&tiles, level, count / TILE_WIDTH)?;
         }
         level += 1;
     }

@@ -510,3 +510,65 @@ fn go_sumdb_verifies_checkpoints_and_proofs() {
         "Go accepted a checkpoint under the wrong key"
     );
 }
+
+#[test]
+fn a_damaged_middle_record_refuses_to_open_and_keeps_the_evidence() {
+    let (_tmp, dir, key) = ledger_with(10);
+    let journal = dir.join("journal");
+    let mut bytes = fs::read(&journal).unwrap();
+    let len = bytes.len();
+    // Flip a byte inside the third record's stored hash.
+    let record = bytes.len() / 10;
+    bytes[2 * record + 10] ^= 1;
+    fs::write(&journal, &bytes).unwrap();
+    // Verification reads the journal too, and says which record.
+    let err = verify_ledger(&dir, &key, None).unwrap_err().to_string();
+    assert!(
+        err.contains("journal record 2 does not match its recorded hash"),
+        "{err}"
+    );
+    // Recovery that has to replay through it (no state to resume from) refuses.
+    fs::remove_file(dir.join("state.json")).unwrap();
+    let err = Ledger::open(config(&dir)).unwrap_err().to_string();
+    assert!(
+        err.contains("journal record 2") && err.contains("does not match its hash"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(&journal).unwrap().len(),
+        len,
+        "nothing was truncated"
+    );
+}
+
+#[test]
+fn a_zero_filled_tail_after_power_loss_is_cut() {
+    let (_tmp, dir, key) = ledger_with(10);
+    let mut journal = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal"))
+        .unwrap();
+    std::io::Write::write_all(&mut journal, &[0u8; 4096]).unwrap();
+    drop(journal);
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    assert_eq!(ledger.append(&entry(10)).unwrap(), 10);
+    ledger.close().unwrap();
+    assert_eq!(verify_ledger(&dir, &key, None).unwrap().size, 11);
+}
+
+#[test]
+fn edited_tiles_with_a_forged_state_are_rebuilt_from_the_journal() {
+    let (_tmp, dir, key) = ledger_with(600);
+    // Forge: change a full tile and point state.json's root elsewhere.
+    let tile = dir.join(TileId::hashes(0, 0, 256).path());
+    let mut bytes = fs::read(&tile).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&tile, &bytes).unwrap();
+    let state = fs::read_to_string(dir.join("state.json")).unwrap();
+    let forged = state.replacen("\"root\":\"", "\"root\":\"00", 1);
+    fs::write(dir.join("state.json"), &forged[..forged.len() - 3]).unwrap();
+    assert!(verify_ledger(&dir, &key, None).is_err());
+    // Recovery distrusts the state, replays the journal and rewrites every tile.
+    Ledger::open(config(&dir)).unwrap().close().unwrap();
+    assert_eq!(verify_ledger(&dir, &key, None).unwrap().size, 600);
+}
