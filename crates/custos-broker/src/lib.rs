@@ -153,28 +153,48 @@ impl Custos {
         csv: &Path,
         progress: Arc<dyn IngestProgress>,
     ) -> Result<IngestReport, BrokerError> {
+        // The ledger is public to overseers: an invalid name (which could be
+        // anything a person typed) is not recorded, only that it was invalid.
+        let recorded_name = if dataset::valid_name(name) {
+            name
+        } else {
+            "(invalid name)"
+        };
         let base = Entry::new(now_micros(), LOCAL_ADMIN, "dataset.ingest", Decision::Allow)
-            .with_attribute("dataset", name);
+            .with_attribute("dataset", recorded_name);
+        let failed = |reason: String| {
+            Entry {
+                decision: Decision::Error,
+                ..base.clone()
+            }
+            .with_reason(reason)
+        };
         let staged = match dataset::stage(&self.home, name, schema, csv, progress).await {
             Ok(staged) => staged,
             Err(e) => {
-                let failed = Entry {
-                    decision: Decision::Error,
-                    ..base
-                }
-                .with_reason(ingest_failure_reason(&e));
-                self.append(&failed)?;
+                self.append(&failed(ingest_failure_reason(&e)))?;
                 return Err(e.into());
             }
         };
         let s = staged.summary();
         let entry = base
+            .clone()
             .with_attribute("schema_sha256", s.schema_sha256.clone())
             .with_count("rows", s.rows)
             .with_count("buckets", u64::from(s.buckets));
         // INVARIANT: the dataset is committed only after this entry is durable.
         self.append(&entry)?;
-        Ok(staged.commit(&self.home).await?)
+        match staged.commit(&self.home).await {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                // The entry above said "allow"; say that it did not happen.
+                self.append(&failed(format!(
+                    "commit failed: {}",
+                    ingest_failure_reason(&e)
+                )))?;
+                Err(e.into())
+            }
+        }
     }
 
     /// All datasets.

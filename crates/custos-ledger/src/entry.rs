@@ -78,10 +78,11 @@ impl std::fmt::Debug for SubjectCommitter {
 
 impl SubjectCommitter {
     /// A committer under `key` (derived from the master key by the caller).
+    #[allow(clippy::expect_used)]
     pub fn new(key: &[u8; 32]) -> Self {
-        // HMAC takes keys of any length; 32 bytes cannot fail.
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        // INVARIANT: HMAC takes keys of any length, so this cannot fail; a
+        // fallback key would make commitments guessable, so failing stops.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
         Self { mac }
     }
 
@@ -213,6 +214,9 @@ impl Entry {
 
     /// The canonical encoding (see `docs/ledger.md`).
     pub fn encode(&self) -> Result<Vec<u8>, EntryError> {
+        if self.agreement_id.as_deref().unwrap_or("").is_empty() && self.agreement_version != 0 {
+            return Err(EntryError::NotCanonical("agreement"));
+        }
         let mut out = Vec::with_capacity(128);
         out.push(ENTRY_VERSION);
         out.extend_from_slice(&self.time_micros.to_be_bytes());

@@ -208,8 +208,12 @@ impl Ledger {
 
     /// Appends encoded entries as one durable commit; returns their indexes.
     pub fn append_encoded(&self, entries: Vec<Vec<u8>>) -> Result<Range<u64>, LedgerError> {
-        if entries.iter().any(|e| e.len() > MAX_ENTRY_BYTES) {
-            return Err(LedgerError::Entry(EntryError::TooLarge));
+        // Only canonical entries enter: anything else would fail `verify` forever.
+        for e in &entries {
+            if e.len() > MAX_ENTRY_BYTES {
+                return Err(LedgerError::Entry(EntryError::TooLarge));
+            }
+            Entry::decode(e)?;
         }
         self.send(|reply| Command::Append { entries, reply })
     }

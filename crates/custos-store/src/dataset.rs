@@ -150,7 +150,15 @@ pub async fn remove_leftovers(home: &Home) -> Result<usize, IngestError> {
             // directory renamed into place whose catalogue insert never ran.
             Err(_) => true,
         };
-        if abandoned && path.is_dir() {
+        // A commit may have finished (and dropped its lock) since `known` was
+        // read: ask the catalogue again before deleting anything.
+        let committed_meanwhile = home
+            .meta()
+            .datasets()
+            .await?
+            .iter()
+            .any(|d| d.storage_id == name);
+        if abandoned && !committed_meanwhile && path.is_dir() {
             fs::remove_dir_all(&path).map_err(io_err(&path))?;
             removed += 1;
         }
@@ -327,6 +335,11 @@ pub async fn stage(
     staged.record.created_at = now_rfc3339();
     staged.summary = summary(&staged.record).map_err(|e| IngestError::Parquet(e.to_string()))?;
     Ok(staged)
+}
+
+/// Whether `name` is an allowed dataset name (`[a-z0-9_-]{1,64}`).
+pub fn valid_name(name: &str) -> bool {
+    valid_dataset_name(name)
 }
 
 /// All datasets of a home.

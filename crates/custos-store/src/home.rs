@@ -343,10 +343,11 @@ impl Home {
         let seed =
             self.master
                 .unwrap_secret(SIGNING_KEY_PURPOSE, "instance signing key", &wrapped)?;
-        let seed: [u8; KEY_LEN] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Unwrap("instance signing key"))?;
+        let seed: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(
+            seed.as_slice()
+                .try_into()
+                .map_err(|_| KeyError::Unwrap("instance signing key"))?,
+        );
         Ok(SigningKey::from_bytes(&seed))
     }
 

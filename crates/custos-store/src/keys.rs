@@ -178,22 +178,27 @@ fn data_key_purpose(dataset_id: &str) -> String {
 
 /// HMAC-SHA256 of `message` under `key`.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return [0u8; 32],
-    };
+    let mut mac = keyed_hmac(key);
     mac.update(message);
     mac.finalize().into_bytes().into()
 }
 
+/// An HMAC-SHA-256 instance keyed with `key`.
+#[allow(clippy::expect_used)]
+fn keyed_hmac(key: &[u8]) -> Hmac<Sha256> {
+    // INVARIANT: HMAC accepts keys of any length; this cannot fail. A silent
+    // fallback (a zero key) would fail open, so a failure must stop instead.
+    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
+}
+
+#[allow(clippy::expect_used)]
 fn derive(ikm: &[u8], purpose: &str) -> Zeroizing<[u8; KEY_LEN]> {
     let hk = Hkdf::<Sha256>::new(Some(b"custos/v1"), ikm);
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
-    // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
-    if hk.expand(purpose.as_bytes(), out.as_mut()).is_err() {
-        out.zeroize();
-    }
+    // INVARIANT: 32 bytes is far below HKDF-SHA-256's 8,160-byte limit, so
+    // this cannot fail; a zero key would fail open, so failing must stop.
+    hk.expand(purpose.as_bytes(), out.as_mut())
+        .expect("HKDF-SHA-256 can expand 32 bytes");
     out
 }
 
@@ -231,7 +236,7 @@ impl DataKey {
     pub fn bucketer(&self, buckets: u32) -> SubjectBucketer {
         let key = derive(&self.0, "subject-bucket");
         SubjectBucketer {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).ok(),
+            mac: keyed_hmac(key.as_ref()),
             buckets: buckets.max(1),
         }
     }
@@ -241,7 +246,7 @@ impl DataKey {
 /// bucket numbers tell a thief nothing about which subject is in which file.
 #[derive(Clone)]
 pub struct SubjectBucketer {
-    mac: Option<Hmac<Sha256>>,
+    mac: Hmac<Sha256>,
     buckets: u32,
 }
 
@@ -254,8 +259,7 @@ impl std::fmt::Debug for SubjectBucketer {
 impl SubjectBucketer {
     /// The bucket (in `0..buckets`) of a subject id.
     pub fn bucket(&self, subject: &[u8]) -> u32 {
-        let Some(mac) = &self.mac else { return 0 };
-        let mut mac = mac.clone();
+        let mut mac = self.mac.clone();
         mac.update(subject);
         let digest = mac.finalize().into_bytes();
         let mut head = [0u8; 8];
