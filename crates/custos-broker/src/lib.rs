@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use custos_ledger::{Decision, Entry, Ledger, LedgerConfig, LedgerError, SubjectCommitter};
 use custos_store::dataset::{self, DatasetSummary};
+use custos_store::principal::{self, IssuedToken};
 use custos_store::{
     Home, HomeError, IngestError, IngestProgress, IngestReport, InitReport, MasterKey,
-    MasterKeySource,
+    MasterKeySource, Principal, PrincipalError, Role,
 };
 
 /// The actor of init-time administration, before principals exist.
@@ -45,6 +46,48 @@ pub enum BrokerError {
     /// A dataset could not be read.
     #[error(transparent)]
     Dataset(#[from] custos_store::DatasetError),
+    /// Authentication failed (recorded in the ledger).
+    #[error(transparent)]
+    Auth(#[from] PrincipalError),
+    /// The actor may not do this (recorded in the ledger).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// A principal argument was refused.
+    #[error("{0}")]
+    Invalid(String),
+    /// The metadata store failed.
+    #[error(transparent)]
+    Meta(#[from] custos_store::meta::MetaError),
+    /// A key operation failed.
+    #[error(transparent)]
+    Key(#[from] custos_store::KeyError),
+}
+
+/// Who is acting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The custodian at the console of a home with no principal yet (the
+    /// bootstrap exception: it can only create the first admin and ingest).
+    LocalAdmin,
+    /// An authenticated principal.
+    Principal(Principal),
+}
+
+impl Actor {
+    /// The id the ledger records.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::LocalAdmin => LOCAL_ADMIN,
+            Self::Principal(p) => &p.id,
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        match self {
+            Self::LocalAdmin => true,
+            Self::Principal(p) => p.has_role(Role::Admin),
+        }
+    }
 }
 
 /// An open Custos instance: its home and its ledger.
@@ -144,10 +187,160 @@ impl Custos {
         Ok(self.ledger.append(entry)?)
     }
 
+    /// Resolves who is acting: the principal of `token`, or — only while
+    /// the home has no principal at all — the local administrator. Failed
+    /// authentication is recorded in the ledger.
+    pub async fn actor(&self, token: Option<&str>) -> Result<Actor, BrokerError> {
+        match token {
+            Some(token) => Ok(Actor::Principal(self.authenticate(token).await?)),
+            None if self.home.meta().principals().await?.is_empty() => Ok(Actor::LocalAdmin),
+            None => Err(BrokerError::Denied(
+                "this home has principals: act as one by setting CUSTOS_TOKEN".into(),
+            )),
+        }
+    }
+
+    /// The principal a token belongs to. Unknown, wrong, malformed and
+    /// revoked tokens fail alike (and are ledgered as denials).
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, BrokerError> {
+        let found = match principal::parse_token(token) {
+            Ok((id, presented)) => self
+                .home
+                .meta()
+                .principal(&id)
+                .await?
+                .filter(|(p, stored)| {
+                    principal::hashes_match(&presented, stored) && p.revoked_at.is_none()
+                })
+                .map(|(p, _)| p),
+            Err(_) => None,
+        };
+        match found {
+            Some(p) => Ok(p),
+            None => {
+                let entry = Entry::new(now_micros(), "anonymous", "auth.token", Decision::Deny)
+                    .with_reason("invalid, unknown or revoked token");
+                self.append(&entry)?;
+                Err(PrincipalError::BadToken.into())
+            }
+        }
+    }
+
+    /// Records a denial of `action` by `actor` and returns the error.
+    fn deny(&self, actor: &Actor, action: &str, reason: &str) -> BrokerError {
+        let entry =
+            Entry::new(now_micros(), actor.id(), action, Decision::Deny).with_reason(reason);
+        match self.append(&entry) {
+            Ok(_) => BrokerError::Denied(reason.to_owned()),
+            Err(e) => e,
+        }
+    }
+
+    /// Creates a principal and its API token (shown once). Needs an admin;
+    /// at bootstrap the local administrator may create the first principal,
+    /// which must be an admin.
+    pub async fn add_principal(
+        &self,
+        actor: &Actor,
+        name: &str,
+        org: &str,
+        roles: &[Role],
+    ) -> Result<(Principal, IssuedToken), BrokerError> {
+        const ACTION: &str = "principal.add";
+        if !actor.is_admin() {
+            return Err(self.deny(actor, ACTION, "only an admin may add principals"));
+        }
+        if *actor == Actor::LocalAdmin && !roles.contains(&Role::Admin) {
+            return Err(self.deny(actor, ACTION, "the first principal must be an admin"));
+        }
+        if !principal::valid_principal_name(name) {
+            return Err(BrokerError::Invalid(
+                PrincipalError::BadName(name.to_owned()).to_string(),
+            ));
+        }
+        if !principal::valid_org(org) {
+            return Err(BrokerError::Invalid(PrincipalError::BadOrg.to_string()));
+        }
+        if roles.is_empty() {
+            return Err(BrokerError::Invalid(PrincipalError::NoRole.to_string()));
+        }
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let (id, token, hash) = principal::issue()?;
+        let p = Principal {
+            id,
+            name: name.to_owned(),
+            org: org.to_owned(),
+            roles,
+            created_at: custos_store::home::now_rfc3339(),
+            created_by: actor.id().to_owned(),
+            revoked_at: None,
+        };
+        if self.home.meta().principal_by_name(name).await?.is_some() {
+            return Err(BrokerError::Invalid(format!(
+                "principal `{name}` already exists"
+            )));
+        }
+        // INVARIANT: the principal exists only after this entry is durable.
+        let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
+            .with_attribute("principal", p.id.clone())
+            .with_attribute("org", p.org.clone())
+            .with_attribute("roles", principal::format_roles(&p.roles));
+        self.append(&entry)?;
+        self.home.meta().insert_principal(&p, &hash).await?;
+        Ok((p, token))
+    }
+
+    /// Revokes a principal's token. Needs an admin.
+    pub async fn revoke_principal(
+        &self,
+        actor: &Actor,
+        name: &str,
+    ) -> Result<Principal, BrokerError> {
+        const ACTION: &str = "principal.revoke";
+        if !actor.is_admin() {
+            return Err(self.deny(actor, ACTION, "only an admin may revoke principals"));
+        }
+        let Some(p) = self.home.meta().principal_by_name(name).await? else {
+            return Err(BrokerError::Invalid(format!("no principal `{name}`")));
+        };
+        if p.revoked_at.is_some() {
+            return Err(BrokerError::Invalid(format!(
+                "principal `{name}` is already revoked"
+            )));
+        }
+        let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
+            .with_attribute("principal", p.id.clone());
+        self.append(&entry)?;
+        self.home
+            .meta()
+            .revoke_principal(&p.id, &custos_store::home::now_rfc3339())
+            .await?;
+        Ok(p)
+    }
+
+    /// All principals (admins and overseers only), never with tokens.
+    pub async fn principals(&self, actor: &Actor) -> Result<Vec<Principal>, BrokerError> {
+        let allowed = match actor {
+            Actor::LocalAdmin => true,
+            Actor::Principal(p) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+        };
+        if !allowed {
+            return Err(self.deny(
+                actor,
+                "principal.list",
+                "only admins and overseers may list principals",
+            ));
+        }
+        Ok(self.home.meta().principals().await?)
+    }
+
     /// Ingests a dataset: stage the encrypted files, record the ingest in the
     /// ledger (durable), then commit. A failure is recorded too.
     pub async fn ingest(
         &self,
+        actor: &Actor,
         name: &str,
         schema: &Path,
         csv: &Path,
@@ -155,12 +348,15 @@ impl Custos {
     ) -> Result<IngestReport, BrokerError> {
         // The ledger is public to overseers: an invalid name (which could be
         // anything a person typed) is not recorded, only that it was invalid.
+        if !actor.is_admin() {
+            return Err(self.deny(actor, "dataset.ingest", "only an admin may ingest datasets"));
+        }
         let recorded_name = if dataset::valid_name(name) {
             name
         } else {
             "(invalid name)"
         };
-        let base = Entry::new(now_micros(), LOCAL_ADMIN, "dataset.ingest", Decision::Allow)
+        let base = Entry::new(now_micros(), actor.id(), "dataset.ingest", Decision::Allow)
             .with_attribute("dataset", recorded_name);
         let failed = |reason: String| {
             Entry {
@@ -251,12 +447,24 @@ mod tests {
         std::fs::write(dir.path().join("bad.csv"), "nope\n1\n").unwrap();
         let s = dir.path().join("s.toml");
         custos
-            .ingest("good", &s, &dir.path().join("ok.csv"), Arc::new(NoProgress))
+            .ingest(
+                &Actor::LocalAdmin,
+                "good",
+                &s,
+                &dir.path().join("ok.csv"),
+                Arc::new(NoProgress),
+            )
             .await
             .unwrap();
         assert!(
             custos
-                .ingest("bad", &s, &dir.path().join("bad.csv"), Arc::new(NoProgress))
+                .ingest(
+                    &Actor::LocalAdmin,
+                    "bad",
+                    &s,
+                    &dir.path().join("bad.csv"),
+                    Arc::new(NoProgress)
+                )
                 .await
                 .is_err()
         );

@@ -5,6 +5,7 @@
 //! - [`keys`]: master key, wrapped per-dataset data keys, derived file keys.
 //! - [`home`]: the data directory: `init`, `open`, layout.
 //! - [`meta`]: the metadata store interface and its SQLite backend.
+//! - [`principal`]: principals, roles and API tokens (hashed at rest).
 //! - [`ingest`]: CSV → bucketed, encrypted Parquet (streaming, atomic).
 //! - [`dataset`]: the catalogue, ingest orchestration and reading rows.
 #![forbid(unsafe_code)]
@@ -15,10 +16,12 @@ pub mod home;
 pub mod ingest;
 pub mod keys;
 pub mod meta;
+pub mod principal;
 pub mod schema;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
 pub use home::{Home, HomeError, InitReport, MasterKeySource};
 pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
 pub use keys::{KeyError, MasterKey};
+pub use principal::{Principal, PrincipalError, Role};
 pub use schema::{ColumnClass, ColumnType, DatasetSchema, SchemaError};

@@ -9,6 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::principal::{Principal, format_roles, parse_roles};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -74,6 +76,20 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, MetaError>;
     /// All datasets, by name.
     async fn datasets(&self) -> Result<Vec<DatasetRecord>, MetaError>;
+    /// Records a principal with the hash of its token; a name in use is refused.
+    async fn insert_principal(
+        &self,
+        principal: &Principal,
+        token_hash: &[u8],
+    ) -> Result<(), MetaError>;
+    /// A principal and its token hash, by id.
+    async fn principal(&self, id: &str) -> Result<Option<(Principal, Vec<u8>)>, MetaError>;
+    /// A principal by name.
+    async fn principal_by_name(&self, name: &str) -> Result<Option<Principal>, MetaError>;
+    /// All principals, by name.
+    async fn principals(&self) -> Result<Vec<Principal>, MetaError>;
+    /// Marks a principal revoked at `at`; false if it was unknown or already revoked.
+    async fn revoke_principal(&self, id: &str, at: &str) -> Result<bool, MetaError>;
 }
 
 /// The embedded SQLite metadata store (WAL, `synchronous = FULL`).
@@ -127,6 +143,19 @@ fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, Meta
         row_count: as_u64(row.try_get("row_count")?)?,
         stored_bytes: as_u64(row.try_get("stored_bytes")?)?,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+fn principal_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Principal, MetaError> {
+    let roles: String = row.try_get("roles")?;
+    Ok(Principal {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        org: row.try_get("org")?,
+        roles: parse_roles(&roles),
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -194,6 +223,62 @@ impl MetadataStore for SqliteMetadata {
             .await?;
         rows.iter().map(dataset_from_row).collect()
     }
+
+    async fn insert_principal(&self, p: &Principal, token_hash: &[u8]) -> Result<(), MetaError> {
+        sqlx::query(
+            "INSERT INTO principals (id, name, org, roles, token_hash, created_at, created_by, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.org)
+        .bind(format_roles(&p.roles))
+        .bind(token_hash)
+        .bind(&p.created_at)
+        .bind(&p.created_by)
+        .bind(&p.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match MetaError::from(e) {
+            MetaError::AlreadyExists(_) => MetaError::AlreadyExists(format!("principal `{}`", p.name)),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn principal(&self, id: &str) -> Result<Option<(Principal, Vec<u8>)>, MetaError> {
+        let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((principal_from_row(&r)?, r.try_get("token_hash")?)))
+            .transpose()
+    }
+
+    async fn principal_by_name(&self, name: &str) -> Result<Option<Principal>, MetaError> {
+        let row = sqlx::query("SELECT * FROM principals WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(principal_from_row).transpose()
+    }
+
+    async fn principals(&self) -> Result<Vec<Principal>, MetaError> {
+        let rows = sqlx::query("SELECT * FROM principals ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(principal_from_row).collect()
+    }
+
+    async fn revoke_principal(&self, id: &str, at: &str) -> Result<bool, MetaError> {
+        let done =
+            sqlx::query("UPDATE principals SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +324,43 @@ mod tests {
             .map(|d| d.name)
             .collect();
         assert_eq!(names, ["a", "b"]);
+
+        let alice = Principal {
+            id: "p0000000000000001".into(),
+            name: "alice".into(),
+            org: "IRS".into(),
+            roles: vec![
+                crate::principal::Role::Admin,
+                crate::principal::Role::Approver,
+            ],
+            created_at: "t".into(),
+            created_by: "local-admin".into(),
+            revoked_at: None,
+        };
+        store.insert_principal(&alice, &[7; 32]).await.unwrap();
+        let dup = Principal {
+            id: "p0000000000000002".into(),
+            ..alice.clone()
+        };
+        assert_eq!(
+            store
+                .insert_principal(&dup, &[8; 32])
+                .await
+                .unwrap_err()
+                .to_string(),
+            "principal `alice` already exists"
+        );
+        let (found, hash) = store.principal(&alice.id).await.unwrap().unwrap();
+        assert_eq!((found, hash), (alice.clone(), vec![7; 32]));
+        assert_eq!(
+            store.principal_by_name("alice").await.unwrap(),
+            Some(alice.clone())
+        );
+        assert!(store.revoke_principal(&alice.id, "later").await.unwrap());
+        assert!(!store.revoke_principal(&alice.id, "again").await.unwrap());
+        let listed = store.principals().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].revoked_at.as_deref(), Some("later"));
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
     version,
     propagate_version = true,
     max_term_width = 100,
-    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n  custos ledger checkpoint > checkpoint-today.txt   # keep it; later:\n  custos ledger verify --checkpoint checkpoint-today.txt\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn)"
+    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n  custos ledger checkpoint > checkpoint-today.txt   # keep it; later:\n  custos ledger verify --checkpoint checkpoint-today.txt\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_TOKEN       the API token of the principal acting (from `custos principal add`)\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn)"
 )]
 struct Cli {
     /// The Custos home (data directory). Holds keys, the metadata store and
@@ -58,6 +58,9 @@ enum Command {
     /// Load and inspect datasets.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
+    /// Manage principals (API callers) and their tokens.
+    #[command(subcommand)]
+    Principal(commands::principal::PrincipalCommand),
     /// Read, prove and verify the ledger of every action.
     #[command(subcommand)]
     Ledger(commands::ledger::LedgerCommand),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Dataset(cmd) => commands::dataset::run(&cli.home, cmd).await,
             Command::Generate(args) => commands::generate::run(args),
             Command::Ledger(cmd) => commands::ledger::run(&cli.home, cmd).await,
+            Command::Principal(cmd) => commands::principal::run(&cli.home, cmd).await,
         }
     });
     match result {

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Subcommand;
-use custos_broker::Custos;
+use custos_broker::{Actor, Custos};
 use custos_store::IngestReport;
 use custos_store::dataset::{self, DatasetSummary};
 
-use super::{human_bytes, human_count, open_custos, open_home};
+use super::{human_bytes, human_count, open_custos, open_home, token_from_env};
 use crate::progress::IngestBar;
 
 /// Dataset commands.
@@ -51,7 +51,11 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
     match cmd {
         DatasetCommand::Ingest { schema, name, file } => {
             let custos = open_custos(home).await?;
-            let result = ingest_with_progress(&custos, &name, &schema, &file).await;
+            let token = token_from_env();
+            let result = match custos.actor(token.as_deref().map(String::as_str)).await {
+                Ok(actor) => ingest_with_progress(&custos, &actor, &name, &schema, &file).await,
+                Err(e) => Err(e.into()),
+            };
             custos.close()?;
             print_ingest(&result?);
         }
@@ -93,12 +97,13 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
 /// Ingests with a progress bar on the terminal.
 pub async fn ingest_with_progress(
     custos: &Custos,
+    actor: &Actor,
     name: &str,
     schema: &Path,
     file: &Path,
 ) -> anyhow::Result<IngestReport> {
     let bar = Arc::new(IngestBar::new(name));
-    let result = custos.ingest(name, schema, file, bar.clone()).await;
+    let result = custos.ingest(actor, name, schema, file, bar.clone()).await;
     bar.finish();
     Ok(result?)
 }

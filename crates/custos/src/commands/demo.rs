@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use custos_broker::Custos;
+use custos_broker::{Actor, Custos};
 use custos_ledger::{LedgerReader, verify_inclusion, verify_ledger};
-use custos_store::MasterKeySource;
 use custos_store::dataset::{self, DatasetReader};
+use custos_store::{MasterKeySource, Role};
 
 use super::dataset::{ingest_with_progress, print_description, print_ingest};
 use super::generate::{GenerateArgs, generate_with_progress};
@@ -100,9 +100,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(3, "ingest: CSV → Parquet, encrypted at rest");
     let home = custos.home();
+    // The bootstrap exception: with no principal yet, the console may create
+    // the first admin. From then on every action runs as a principal.
+    let (_, token) = custos
+        .add_principal(
+            &Actor::LocalAdmin,
+            "custodian",
+            "Data Office",
+            &[Role::Admin],
+        )
+        .await?;
+    let admin = custos.authenticate(token.reveal()).await?;
+    println!(
+        "  The custodian registers as principal `{}` ({}); its API token is stored only as a hash.",
+        admin.name, admin.id
+    );
+    let admin = Actor::Principal(admin);
     let started = Instant::now();
     for d in &generated.datasets {
-        let report = ingest_with_progress(&custos, d.name, &d.schema, &d.csv).await?;
+        let report = ingest_with_progress(&custos, &admin, d.name, &d.schema, &d.csv).await?;
         print!("  ");
         print_ingest(&report);
     }
@@ -157,17 +173,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ledger = custos.ledger();
     let checkpoint = ledger.checkpoint()?;
     println!(
-        "  {} entries so far (init, three ingests). The signed checkpoint an overseer keeps:",
+        "  {} entries so far (init, a principal, three ingests). The signed checkpoint an overseer keeps:",
         checkpoint.size
     );
     for line in String::from_utf8_lossy(&checkpoint.note).lines() {
         println!("    {line}");
     }
     let reader = LedgerReader::new(ledger.dir());
-    let proof = reader.inclusion_proof(1, checkpoint.size, checkpoint.size)?;
+    let proof = reader.inclusion_proof(2, checkpoint.size, checkpoint.size)?;
     verify_inclusion(&proof)?;
     println!(
-        "  Entry 1 (the tax-return ingest) is provably in it: an inclusion proof of {} hashes verifies.",
+        "  Entry 2 (the tax-return ingest) is provably in it: an inclusion proof of {} hashes verifies.",
         proof.proof.len()
     );
     let key = ledger.verifier_key().to_owned();
@@ -197,7 +213,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// Flips one byte of the first entry bundle, verifies, restores; returns
 /// what verification said.
 fn tamper_demo(ledger_dir: &Path, key: &str, checkpoint: &[u8]) -> anyhow::Result<String> {
-    let bundle = ledger_dir.join(custos_ledger::tiles::TileId::entries(0, 4).path());
+    let bundle = ledger_dir.join(custos_ledger::tiles::TileId::entries(0, 5).path());
     let original = std::fs::read(&bundle)?;
     let mut edited = original.clone();
     let last = edited.len() - 1;

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod generate;
 pub mod init;
 pub mod ledger;
+pub mod principal;
 
 use std::path::Path;
 
@@ -18,6 +19,14 @@ pub fn master_key_from_env() -> anyhow::Result<Option<MasterKey>> {
         )),
         _ => Ok(None),
     }
+}
+
+/// The API token in `CUSTOS_TOKEN`, if set. Never printed or logged.
+pub fn token_from_env() -> Option<zeroize::Zeroizing<String>> {
+    std::env::var("CUSTOS_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(zeroize::Zeroizing::new)
 }
 
 /// Opens the home, taking the master key from the environment if set.
