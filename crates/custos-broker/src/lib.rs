@@ -13,6 +13,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod agreements;
+
+pub use agreements::AgreementStatus;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +86,7 @@ impl Actor {
         }
     }
 
-    fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         match self {
             Self::LocalAdmin => true,
             Self::Principal(p) => p.has_role(Role::Admin),
@@ -98,7 +102,7 @@ pub struct Custos {
     subjects: SubjectCommitter,
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -227,7 +231,7 @@ impl Custos {
     }
 
     /// Records a denial of `action` by `actor` and returns the error.
-    fn deny(&self, actor: &Actor, action: &str, reason: &str) -> BrokerError {
+    pub(crate) fn deny(&self, actor: &Actor, action: &str, reason: &str) -> BrokerError {
         let entry =
             Entry::new(now_micros(), actor.id(), action, Decision::Deny).with_reason(reason);
         match self.append(&entry) {

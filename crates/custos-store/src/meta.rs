@@ -63,6 +63,36 @@ pub struct DatasetRecord {
     pub created_at: String,
 }
 
+/// One stored version of an agreement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AgreementVersion {
+    /// The agreement's id.
+    pub id: String,
+    /// Version number, from 1.
+    pub version: u32,
+    /// The TOML text as applied.
+    pub toml: String,
+    /// SHA-256 of the text, hex (also in the ledger).
+    pub sha256: String,
+    /// RFC 3339 time it was applied.
+    pub applied_at: String,
+    /// Principal id who applied it.
+    pub applied_by: String,
+}
+
+/// The state of an agreement as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AgreementState {
+    /// `active`, `suspended` or `revoked`.
+    pub state: String,
+    /// RFC 3339 time of the last change.
+    pub changed_at: String,
+    /// Principal id who changed it.
+    pub changed_by: String,
+    /// Why (for suspension and revocation).
+    pub reason: Option<String>,
+}
+
 /// Everything Custos keeps about itself besides data files and the ledger.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + std::fmt::Debug {
@@ -90,6 +120,24 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn principals(&self) -> Result<Vec<Principal>, MetaError>;
     /// Marks a principal revoked at `at`; false if it was unknown or already revoked.
     async fn revoke_principal(&self, id: &str, at: &str) -> Result<bool, MetaError>;
+    /// Stores the next version of an agreement (1 for a new one, state
+    /// `active`) and returns its number.
+    async fn insert_agreement_version(
+        &self,
+        id: &str,
+        toml: &str,
+        sha256: &str,
+        at: &str,
+        by: &str,
+    ) -> Result<u32, MetaError>;
+    /// Every version of an agreement, oldest first.
+    async fn agreement_versions(&self, id: &str) -> Result<Vec<AgreementVersion>, MetaError>;
+    /// The latest version of every agreement with its state, by id.
+    async fn agreements(&self) -> Result<Vec<(AgreementVersion, AgreementState)>, MetaError>;
+    /// An agreement's state.
+    async fn agreement_state(&self, id: &str) -> Result<Option<AgreementState>, MetaError>;
+    /// Changes an agreement's state.
+    async fn set_agreement_state(&self, id: &str, state: &AgreementState) -> Result<(), MetaError>;
 }
 
 /// The embedded SQLite metadata store (WAL, `synchronous = FULL`).
@@ -143,6 +191,27 @@ fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, Meta
         row_count: as_u64(row.try_get("row_count")?)?,
         stored_bytes: as_u64(row.try_get("stored_bytes")?)?,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementVersion, MetaError> {
+    Ok(AgreementVersion {
+        id: row.try_get("id")?,
+        version: u32::try_from(row.try_get::<i64, _>("version")?)
+            .map_err(|_| MetaError::Database("bad agreement version".into()))?,
+        toml: row.try_get("toml")?,
+        sha256: row.try_get("sha256")?,
+        applied_at: row.try_get("applied_at")?,
+        applied_by: row.try_get("applied_by")?,
+    })
+}
+
+fn state_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementState, MetaError> {
+    Ok(AgreementState {
+        state: row.try_get("state")?,
+        changed_at: row.try_get("changed_at")?,
+        changed_by: row.try_get("changed_by")?,
+        reason: row.try_get("reason")?,
     })
 }
 
@@ -270,6 +339,86 @@ impl MetadataStore for SqliteMetadata {
         rows.iter().map(principal_from_row).collect()
     }
 
+    async fn insert_agreement_version(
+        &self,
+        id: &str,
+        toml: &str,
+        sha256: &str,
+        at: &str,
+        by: &str,
+    ) -> Result<u32, MetaError> {
+        let mut tx = self.pool.begin().await?;
+        let latest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM agreement_versions WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let version = latest.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO agreement_versions (id, version, toml, sha256, applied_at, applied_by) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(toml)
+        .bind(sha256)
+        .bind(at)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO agreement_states (id, state, changed_at, changed_by, reason) VALUES (?, 'active', ?, ?, NULL) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        u32::try_from(version).map_err(|_| MetaError::Database("too many versions".into()))
+    }
+
+    async fn agreement_versions(&self, id: &str) -> Result<Vec<AgreementVersion>, MetaError> {
+        let rows = sqlx::query("SELECT * FROM agreement_versions WHERE id = ? ORDER BY version")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(version_from_row).collect()
+    }
+
+    async fn agreements(&self) -> Result<Vec<(AgreementVersion, AgreementState)>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT v.*, s.state, s.changed_at, s.changed_by, s.reason FROM agreement_versions v \
+             JOIN agreement_states s ON s.id = v.id \
+             WHERE v.version = (SELECT MAX(version) FROM agreement_versions w WHERE w.id = v.id) ORDER BY v.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((version_from_row(r)?, state_from_row(r)?)))
+            .collect()
+    }
+
+    async fn agreement_state(&self, id: &str) -> Result<Option<AgreementState>, MetaError> {
+        let row = sqlx::query("SELECT * FROM agreement_states WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(state_from_row).transpose()
+    }
+
+    async fn set_agreement_state(&self, id: &str, state: &AgreementState) -> Result<(), MetaError> {
+        sqlx::query("UPDATE agreement_states SET state = ?, changed_at = ?, changed_by = ?, reason = ? WHERE id = ?")
+            .bind(&state.state)
+            .bind(&state.changed_at)
+            .bind(&state.changed_by)
+            .bind(&state.reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn revoke_principal(&self, id: &str, at: &str) -> Result<bool, MetaError> {
         let done =
             sqlx::query("UPDATE principals SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
@@ -361,6 +510,48 @@ mod tests {
         let listed = store.principals().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].revoked_at.as_deref(), Some("later"));
+
+        assert_eq!(
+            store
+                .insert_agreement_version("a1", "x", "h1", "t1", "p")
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .insert_agreement_version("a1", "y", "h2", "t2", "p")
+                .await
+                .unwrap(),
+            2
+        );
+        let versions = store.agreement_versions("a1").await.unwrap();
+        assert_eq!(
+            versions.iter().map(|v| v.toml.as_str()).collect::<Vec<_>>(),
+            ["x", "y"]
+        );
+        let all = store.agreements().await.unwrap();
+        assert_eq!(
+            (all.len(), all[0].0.version, all[0].1.state.as_str()),
+            (1, 2, "active")
+        );
+        let suspended = AgreementState {
+            state: "suspended".into(),
+            changed_at: "t3".into(),
+            changed_by: "p".into(),
+            reason: Some("audit".into()),
+        };
+        store.set_agreement_state("a1", &suspended).await.unwrap();
+        assert_eq!(store.agreement_state("a1").await.unwrap(), Some(suspended));
+        // A new version keeps the state.
+        store
+            .insert_agreement_version("a1", "z", "h3", "t4", "p")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.agreement_state("a1").await.unwrap().unwrap().state,
+            "suspended"
+        );
     }
 
     #[tokio::test]

@@ -58,6 +58,9 @@ enum Command {
     /// Load and inspect datasets.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
+    /// Apply and manage data-sharing agreements (TOML; see docs/agreements.md).
+    #[command(subcommand)]
+    Agreement(commands::agreement::AgreementCommand),
     /// Manage principals (API callers) and their tokens.
     #[command(subcommand)]
     Principal(commands::principal::PrincipalCommand),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => commands::generate::run(args),
             Command::Ledger(cmd) => commands::ledger::run(&cli.home, cmd).await,
             Command::Principal(cmd) => commands::principal::run(&cli.home, cmd).await,
+            Command::Agreement(cmd) => commands::agreement::run(&cli.home, cmd).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod agreement;
 pub mod dataset;
 pub mod demo;
 pub mod generate;

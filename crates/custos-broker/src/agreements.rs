@@ -1,0 +1,190 @@
+//! Agreement actions: apply a version, list, show, suspend, resume, revoke.
+//! Each change is ledgered before it takes effect; refusals are ledgered too.
+
+use std::collections::BTreeMap;
+
+use custos_ledger::{Decision, Entry};
+use custos_policy::{Agreement, AgreementError};
+use custos_store::DatasetSchema;
+use custos_store::meta::{AgreementState, AgreementVersion};
+use sha2::{Digest, Sha256};
+
+use crate::{Actor, BrokerError, Custos, now_micros};
+
+/// An agreement's state as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgreementStatus {
+    /// In force (within its validity window).
+    Active,
+    /// Temporarily grants nothing; can be resumed.
+    Suspended,
+    /// Permanently grants nothing.
+    Revoked,
+}
+
+impl AgreementStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// A value-free category of a refusal, for the public ledger (the full
+/// message, which may quote the text, goes only to the caller).
+fn refusal_category(e: &AgreementError) -> &'static str {
+    match e {
+        AgreementError::Syntax(_) => "malformed agreement",
+        AgreementError::BadId(_) => "invalid agreement id",
+        AgreementError::Empty(_) => "required text missing",
+        AgreementError::Window { .. } => "invalid validity window",
+        AgreementError::NoGrants => "no grants",
+        AgreementError::UnknownDataset { .. } => "unknown dataset",
+        AgreementError::UnknownColumn { .. } => "unknown column",
+        AgreementError::Rule { .. } => "grant rule violated",
+        AgreementError::Scope { .. } => "invalid row scope",
+        AgreementError::MatchingLimits(_) => "matching limits exceeded",
+        _ => "invalid agreement",
+    }
+}
+
+impl Custos {
+    fn refuse_agreement(&self, actor: &Actor, e: AgreementError) -> BrokerError {
+        let entry = Entry::new(now_micros(), actor.id(), "agreement.apply", Decision::Deny)
+            .with_reason(refusal_category(&e));
+        match self.append(&entry) {
+            Ok(_) => BrokerError::Invalid(e.to_string()),
+            Err(ledger) => ledger,
+        }
+    }
+
+    /// Validates `text` and stores it as the agreement's next version (the
+    /// first makes it active). The version's hash goes to the ledger first.
+    pub async fn apply_agreement(
+        &self,
+        actor: &Actor,
+        text: &str,
+    ) -> Result<(AgreementVersion, Agreement), BrokerError> {
+        const ACTION: &str = "agreement.apply";
+        if !actor.is_admin() {
+            return Err(self.deny(actor, ACTION, "only an admin may apply agreements"));
+        }
+        let agreement = match Agreement::from_toml(text) {
+            Ok(a) => a,
+            Err(e) => return Err(self.refuse_agreement(actor, e)),
+        };
+        let mut schemas: BTreeMap<String, DatasetSchema> = BTreeMap::new();
+        for grant in &agreement.grants {
+            if let Some(record) = self.home().meta().dataset(&grant.dataset).await?
+                && let Ok(schema) = DatasetSchema::from_toml(&record.schema_toml)
+            {
+                schemas.insert(grant.dataset.clone(), schema);
+            }
+        }
+        if let Err(e) = agreement.validate(|name| schemas.get(name)) {
+            return Err(self.refuse_agreement(actor, e));
+        }
+        let meta = self.home().meta();
+        if let Some(state) = meta.agreement_state(&agreement.id).await?
+            && state.state == AgreementStatus::Revoked.as_str()
+        {
+            return Err(self.deny(actor, ACTION, "a revoked agreement cannot get new versions"));
+        }
+        let version = u32::try_from(meta.agreement_versions(&agreement.id).await?.len() + 1)
+            .unwrap_or(u32::MAX);
+        let sha = hex::encode(Sha256::digest(text.as_bytes()));
+        // INVARIANT: the version exists only after this entry is durable.
+        let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
+            .with_agreement(&agreement.id, version)
+            .with_attribute("sha256", sha.clone())
+            .with_count("grants", agreement.grants.len() as u64);
+        self.append(&entry)?;
+        let now = custos_store::home::now_rfc3339();
+        let stored = meta
+            .insert_agreement_version(&agreement.id, text, &sha, &now, actor.id())
+            .await?;
+        let versions = meta.agreement_versions(&agreement.id).await?;
+        let stored = versions
+            .into_iter()
+            .find(|v| v.version == stored)
+            .ok_or_else(|| BrokerError::Invalid("the stored version vanished".into()))?;
+        Ok((stored, agreement))
+    }
+
+    /// The latest version of every agreement with its state.
+    pub async fn agreements(
+        &self,
+        _actor: &Actor,
+    ) -> Result<Vec<(AgreementVersion, AgreementState)>, BrokerError> {
+        Ok(self.home().meta().agreements().await?)
+    }
+
+    /// Every version of one agreement and its state.
+    pub async fn agreement(
+        &self,
+        _actor: &Actor,
+        id: &str,
+    ) -> Result<(Vec<AgreementVersion>, AgreementState), BrokerError> {
+        let meta = self.home().meta();
+        let state = meta
+            .agreement_state(id)
+            .await?
+            .ok_or_else(|| BrokerError::Invalid(format!("no agreement `{id}`")))?;
+        Ok((meta.agreement_versions(id).await?, state))
+    }
+
+    /// Moves an agreement to `to` (suspend, resume or revoke), ledgered first.
+    pub async fn set_agreement_status(
+        &self,
+        actor: &Actor,
+        id: &str,
+        to: AgreementStatus,
+        reason: Option<&str>,
+    ) -> Result<AgreementState, BrokerError> {
+        let action = match to {
+            AgreementStatus::Active => "agreement.resume",
+            AgreementStatus::Suspended => "agreement.suspend",
+            AgreementStatus::Revoked => "agreement.revoke",
+        };
+        if !actor.is_admin() {
+            return Err(self.deny(
+                actor,
+                action,
+                "only an admin may change an agreement's state",
+            ));
+        }
+        let meta = self.home().meta();
+        let Some(current) = meta.agreement_state(id).await? else {
+            return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
+        };
+        let allowed = matches!(
+            (current.state.as_str(), to),
+            ("active", AgreementStatus::Suspended)
+                | ("suspended", AgreementStatus::Active)
+                | ("active" | "suspended", AgreementStatus::Revoked)
+        );
+        if !allowed {
+            return Err(BrokerError::Invalid(format!(
+                "agreement `{id}` is {}; it cannot become {}",
+                current.state,
+                to.as_str()
+            )));
+        }
+        let version = u32::try_from(meta.agreement_versions(id).await?.len()).unwrap_or(u32::MAX);
+        // The reason may be free text: it stays in the catalogue, not the public ledger.
+        let entry = Entry::new(now_micros(), actor.id(), action, Decision::Allow)
+            .with_agreement(id, version);
+        self.append(&entry)?;
+        let state = AgreementState {
+            state: to.as_str().to_owned(),
+            changed_at: custos_store::home::now_rfc3339(),
+            changed_by: actor.id().to_owned(),
+            reason: reason.map(str::to_owned),
+        };
+        meta.set_agreement_state(id, &state).await?;
+        Ok(state)
+    }
+}
