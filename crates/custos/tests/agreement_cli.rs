@@ -144,13 +144,7 @@ fn apply_versions_and_record_the_hash() {
     assert_eq!(applied[1]["agreement_version"], 2);
     assert!(applied[1]["attributes"].to_string().contains(&sha));
     env.admin()
-        .args([
-            "agreement",
-            "show",
-            "tigta-refund-fraud-2026",
-            "--at",
-            "1",
-        ])
+        .args(["agreement", "show", "tigta-refund-fraud-2026", "--at", "1"])
         .assert()
         .success()
         .stdout(

@@ -28,6 +28,10 @@ pub struct DemoArgs {
     keep: Option<PathBuf>,
 }
 
+/// The aggregate-mode example of docs/agreements.md.
+const AGGREGATE_AGREEMENT: &str =
+    include_str!("../../../../docs/examples/agreement-aggregate.toml");
+
 fn step(n: u32, title: &str) {
     println!();
     println!("── Step {n}: {title}");
@@ -130,12 +134,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  under an identity key, other columns and the footer under a data key (Parquet modular encryption)."
     );
 
-    step(4, "what a custodian sees: the schema, never the values");
+    step(4, "agreements as code");
+    let (version, agreement) = custos.apply_agreement(&admin, AGGREGATE_AGREEMENT).await?;
+    println!(
+        "  Applied `{}` v{}: {} may get {} answers on {} columns of `{}`, {} to {}.",
+        version.id,
+        version.version,
+        agreement.parties.requester,
+        agreement.grants[0].mode.as_str(),
+        agreement.grants[0].columns.len(),
+        agreement.grants[0].dataset,
+        agreement.valid_from,
+        agreement.valid_until
+    );
+    let mut bad = AGGREGATE_AGREEMENT.replace("\"agi\"]", "\"agi\", \"tin\"]");
+    bad = bad.replace("id = \"gao-refund-statistics\"", "id = \"gao-wants-tins\"");
+    match custos.apply_agreement(&admin, &bad).await {
+        Ok(_) => anyhow::bail!("an aggregate grant on an identifier was accepted"),
+        Err(e) => println!("  A version asking for TINs in aggregate mode is refused: {e}"),
+    }
+
+    step(5, "what a custodian sees: the schema, never the values");
     let tax = dataset::describe(home, "tax_returns").await?;
     print_description(&tax);
 
     step(
-        5,
+        6,
         "is it really encrypted? look for a taxpayer's TIN in the raw files",
     );
     let sample_tin = first_field(&generated.datasets[0].csv)?;
@@ -153,7 +177,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "a plaintext identifier was found in the data directory"
     );
 
-    step(6, "finding one person's rows without scanning the dataset");
+    step(7, "finding one person's rows without scanning the dataset");
     let reader = DatasetReader::open(home, "tax_returns").await?;
     let started = Instant::now();
     let batches = reader.subject_rows(&sample_tin, Some(&["tax_year", "refund"]))?;
@@ -167,15 +191,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  justification and a second person's approval.)");
 
     step(
-        7,
+        8,
         "the ledger: every action written where it can't be erased",
     );
     let ledger = custos.ledger();
     let checkpoint = ledger.checkpoint()?;
     println!(
-        "  {} entries so far (init, a principal, three ingests). The signed checkpoint an overseer keeps:",
+        "  {} entries so far (init, a principal, three ingests, an agreement, a refusal). The signed",
         checkpoint.size
     );
+    println!("  checkpoint an overseer keeps:");
     for line in String::from_utf8_lossy(&checkpoint.note).lines() {
         println!("    {line}");
     }
@@ -193,7 +218,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  `custos ledger verify` re-hashed all {} entries and {} tiles: the root matches the signature.",
         report.size, report.tiles_checked
     );
-    let tampered = tamper_demo(&home_dir.join("ledger"), &key, &checkpoint.note)?;
+    let tampered = tamper_demo(&home_dir.join("ledger"), &key, &checkpoint)?;
     println!("  Now an administrator edits one byte of the ledger on disk…");
     println!("    verify says: {tampered}");
     println!("  (restored). The same check runs against any checkpoint kept outside Custos.");
@@ -212,14 +237,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// Flips one byte of the first entry bundle, verifies, restores; returns
 /// what verification said.
-fn tamper_demo(ledger_dir: &Path, key: &str, checkpoint: &[u8]) -> anyhow::Result<String> {
-    let bundle = ledger_dir.join(custos_ledger::tiles::TileId::entries(0, 5).path());
+fn tamper_demo(
+    ledger_dir: &Path,
+    key: &str,
+    checkpoint: &custos_ledger::VerifiedCheckpoint,
+) -> anyhow::Result<String> {
+    let bundle = ledger_dir.join(custos_ledger::tiles::TileId::entries(0, checkpoint.size).path());
     let original = std::fs::read(&bundle)?;
     let mut edited = original.clone();
     let last = edited.len() - 1;
     edited[last] ^= 1;
     std::fs::write(&bundle, &edited)?;
-    let outcome = verify_ledger(ledger_dir, key, Some(checkpoint));
+    let outcome = verify_ledger(ledger_dir, key, Some(&checkpoint.note));
     std::fs::write(&bundle, &original)?;
     match outcome {
         Ok(_) => anyhow::bail!("tampering went unnoticed"),
