@@ -12,6 +12,7 @@ use custos_store::{ColumnClass, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::scope::{RowScope, ScopeError, parse_row_scope};
+use crate::scope_filter::ScopeFilter;
 
 /// How a grant lets data be used (DESIGN.md, "Modes in detail").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -321,10 +322,14 @@ impl Agreement {
                 _ => {}
             }
             let scope = match &grant.row_scope {
-                Some(text) => Some(
-                    parse_row_scope(text, &granted)
-                        .map_err(|source| AgreementError::Scope { grant: n, source })?,
-                ),
+                Some(text) => {
+                    let scope = parse_row_scope(text, &granted)
+                        .map_err(|source| AgreementError::Scope { grant: n, source })?;
+                    // Literals must fit their columns' types (caught here, not at use).
+                    ScopeFilter::compile(text, schema)
+                        .map_err(|source| AgreementError::Scope { grant: n, source })?;
+                    Some(scope)
+                }
                 None => None,
             };
             scopes.push(scope);

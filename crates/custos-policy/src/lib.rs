@@ -6,6 +6,8 @@
 //!   decisions with reasons.
 //! - [`scope`]: row-scope expressions, parsed with `sqlparser` and held to an
 //!   allow-list (pure).
+//! - [`scope_filter`]: a row scope compiled against a schema and evaluated
+//!   on rows (pure).
 //!
 //! Storing versions, suspending, revoking and deciding requests (Cedar) build
 //! on this; see ARCHITECTURE.md.
@@ -15,6 +17,8 @@
 pub mod agreement;
 pub mod decide;
 pub mod scope;
+pub mod scope_filter;
 
 pub use agreement::{Agreement, AgreementError, Grant, Limits, Mode};
 pub use scope::{RowScope, ScopeError};
+pub use scope_filter::{ScopeFilter, ScopeValue};

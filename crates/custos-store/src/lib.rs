@@ -6,6 +6,7 @@
 //! - [`home`]: the data directory: `init`, `open`, layout.
 //! - [`meta`]: the metadata store interface and its SQLite backend.
 //! - [`principal`]: principals, roles and API tokens (hashed at rest).
+//! - [`requests`]: look-up requests, approvals, the accounting of disclosures.
 //! - [`ingest`]: CSV → bucketed, encrypted Parquet (streaming, atomic).
 //! - [`dataset`]: the catalogue, ingest orchestration and reading rows.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod ingest;
 pub mod keys;
 pub mod meta;
 pub mod principal;
+pub mod requests;
 pub mod schema;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};

@@ -1,4 +1,5 @@
-//! The metadata store: instance settings and the dataset catalogue.
+//! The metadata store: instance settings, the dataset catalogue,
+//! principals and agreements (the request catalogue is [`crate::requests`]).
 //!
 //! [`MetadataStore`] is the interface every backend implements; SQLite
 //! ([`SqliteMetadata`]) is the embedded default. A PostgreSQL backend goes
@@ -11,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::principal::{Principal, format_roles, parse_roles};
+use crate::requests::RequestStore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -95,7 +97,7 @@ pub struct AgreementState {
 
 /// Everything Custos keeps about itself besides data files and the ledger.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+pub trait MetadataStore: RequestStore + Send + Sync + std::fmt::Debug {
     /// Reads an instance setting.
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Writes an instance setting once; an existing key is refused.
@@ -168,6 +170,10 @@ impl SqliteMetadata {
             .await
             .map_err(|e| MetaError::Migration(e.to_string()))?;
         Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes the pool, flushing the WAL.
