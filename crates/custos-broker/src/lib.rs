@@ -2,9 +2,10 @@
 //! ledger, so that the fail-closed invariant lives in one function per
 //! action that tests attack directly.
 //!
-//! Today it sequences the custodian's administrative actions (init, dataset
-//! ingest). Agreements, decisions and the access modes join it as they are
-//! built; the CLI and (later) the server call only this crate.
+//! It sequences the custodian's administrative actions (init, ingest,
+//! principals, agreements), identified look-ups (request → approvals →
+//! fetch, module `lookups`) and accountability reports (module `reports`).
+//! The CLI and (later) the server call only this crate.
 //!
 //! INVARIANT (fail closed): an action takes effect only after the ledger
 //! entry recording it is durable. Ingest stages its files, appends the entry,
@@ -14,8 +15,12 @@
 #![deny(missing_docs)]
 
 mod agreements;
+mod lookups;
+mod reports;
 
 pub use agreements::AgreementStatus;
+pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
+pub use reports::{AgreementReport, ReportLine, SubjectReport};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -64,6 +64,24 @@ enum Command {
     /// Manage principals (API callers) and their tokens.
     #[command(subcommand)]
     Principal(commands::principal::PrincipalCommand),
+    /// Identified look-ups: request a named subject's records under an
+    /// agreement, with a justification; show or fetch a request.
+    ///
+    /// A request is decided (agreement state and dates, grant, columns,
+    /// limits, Cedar policies and guards) and ledgered, but never reads the
+    /// dataset. It waits for approvals by other people (`custos approve`);
+    /// then the requester fetches the rows once.
+    Lookup(commands::lookup::LookupArgs),
+    /// Approve a pending look-up (role `approver`; never your own request,
+    /// never twice).
+    Approve(commands::lookup::ApproveArgs),
+    /// Accountability reports: a subject's accounting of disclosures, an
+    /// agreement's use.
+    #[command(subcommand)]
+    Report(commands::report::ReportCommand),
+    /// Custodian actions on a subject (protect).
+    #[command(subcommand)]
+    Subject(commands::lookup::SubjectCommand),
     /// Read, prove and verify the ledger of every action.
     #[command(subcommand)]
     Ledger(commands::ledger::LedgerCommand),
@@ -103,6 +121,10 @@ fn main() -> ExitCode {
             Command::Ledger(cmd) => commands::ledger::run(&cli.home, cmd).await,
             Command::Principal(cmd) => commands::principal::run(&cli.home, cmd).await,
             Command::Agreement(cmd) => commands::agreement::run(&cli.home, cmd).await,
+            Command::Lookup(args) => commands::lookup::run(&cli.home, args).await,
+            Command::Approve(args) => commands::lookup::approve(&cli.home, args).await,
+            Command::Report(cmd) => commands::report::run(&cli.home, cmd).await,
+            Command::Subject(cmd) => commands::lookup::subject(&cli.home, cmd).await,
         }
     });
     match result {

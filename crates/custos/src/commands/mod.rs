@@ -6,7 +6,9 @@ pub mod demo;
 pub mod generate;
 pub mod init;
 pub mod ledger;
+pub mod lookup;
 pub mod principal;
+pub mod report;
 
 use std::path::Path;
 
@@ -89,6 +91,31 @@ pub fn human_count(n: u64) -> String {
             out.push(',');
         }
         out.push(c);
+    }
+    out
+}
+
+/// Formats rows as an aligned text table with a header.
+pub fn table(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
+    let cell = |v: &Option<String>| v.clone().unwrap_or_default();
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for row in rows {
+        for (w, v) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell(v).chars().count());
+        }
+    }
+    let line = |values: Vec<String>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(columns.to_vec());
+    out += &line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for row in rows {
+        out += &line(row.iter().map(cell).collect());
     }
     out
 }

@@ -1,0 +1,864 @@
+//! Identified look-ups: request (justified, decided, ledgered) → approvals
+//! by other people with the `approver` role → one fetch of the subject's
+//! rows, released only after the ledger entry recording it is durable.
+//!
+//! A request never touches the dataset, so its answer (allowed or denied)
+//! cannot reveal whether a subject exists; only an approved fetch reads.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
+use custos_ledger::{Decision, Entry, SubjectCommitment};
+use custos_policy::decide::{AccessRequest, ActiveAgreement, PolicyEngine};
+use custos_policy::{Agreement, Grant, Mode, ScopeFilter, ScopeValue};
+use custos_store::requests::{
+    AccessRequestRecord, ApprovalRecord, RequestState, SubjectEvent, SubjectEventKind,
+};
+use custos_store::schema::{format_cents, format_date_days};
+use custos_store::{ColumnType, DatasetReader, DatasetSchema, Principal, Role, dataset};
+use serde::Serialize;
+
+use crate::{Actor, BrokerError, Custos, now_micros};
+
+/// File in the home that holds the custodian's Cedar guard rules.
+pub const GUARDS_FILE: &str = "guards.cedar";
+/// Shortest justification accepted: a look-up must say why.
+pub const MIN_JUSTIFICATION: usize = 10;
+/// Longest justification accepted.
+pub const MAX_JUSTIFICATION: usize = 4000;
+const MAX_SUBJECT_BYTES: usize = 64;
+
+/// What a requester asks for.
+#[derive(Debug, Clone)]
+pub struct LookupRequest<'a> {
+    /// The agreement it runs under.
+    pub agreement: &'a str,
+    /// The dataset.
+    pub dataset: &'a str,
+    /// The subject's id (e.g. a TIN).
+    pub subject: &'a str,
+    /// Why this person's records are needed.
+    pub justification: &'a str,
+    /// Columns wanted (default: every column the grant names).
+    pub columns: Option<&'a [String]>,
+}
+
+/// A look-up request as its participants see it (never the subject id).
+#[derive(Debug, Clone, Serialize)]
+pub struct LookupTicket {
+    /// The request's id.
+    pub id: String,
+    /// The agreement and version it runs under.
+    pub agreement: String,
+    /// The agreement version.
+    pub agreement_version: u32,
+    /// The dataset.
+    pub dataset: String,
+    /// Columns to be released.
+    pub columns: Vec<String>,
+    /// Where it stands.
+    pub state: RequestState,
+    /// Approvals given.
+    pub approvals: u32,
+    /// Approvals the grant requires.
+    pub approvals_required: u32,
+    /// Principal id of the requester.
+    pub requester: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// Ledger index of the entry that recorded it.
+    pub ledger_index: u64,
+}
+
+/// A request with the details an approver judges: subject and justification.
+#[derive(Debug, Clone, Serialize)]
+pub struct LookupDetails {
+    /// The request.
+    #[serde(flatten)]
+    pub ticket: LookupTicket,
+    /// The subject id named.
+    pub subject: String,
+    /// The requester's justification.
+    pub justification: String,
+    /// Who approved, in order.
+    pub approvers: Vec<ApprovalRecord>,
+}
+
+/// Records released by a fetch: only the granted columns, values as text.
+#[derive(Debug, Clone, Serialize)]
+pub struct Released {
+    /// The request.
+    pub request_id: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows (None = empty cell).
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Ledger index of the entry that recorded the release.
+    pub ledger_index: u64,
+}
+
+/// The grant a request runs under, after every check passed.
+struct Granted {
+    agreement: Agreement,
+    version: u32,
+    grant_number: u32,
+    columns: Vec<String>,
+    decided_by: Vec<String>,
+}
+
+/// A denial: the reason for the caller and the ledger (value-free).
+struct Denial(String);
+
+fn seal_purpose(request_id: &str, what: &str) -> String {
+    format!("custos/v1/request/{request_id}/{what}")
+}
+
+fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+impl Custos {
+    fn lookup_entry(&self, actor: &Actor, action: &str, decision: Decision) -> Entry {
+        Entry::new(now_micros(), actor.id(), action, decision)
+    }
+
+    /// Records a denied look-up action and returns the error for the caller.
+    fn deny_lookup(&self, entry: Entry, reason: String) -> BrokerError {
+        match self.append(&entry.with_reason(reason.clone())) {
+            Ok(_) => BrokerError::Denied(reason),
+            Err(e) => e,
+        }
+    }
+
+    /// The guard rules, if the custodian wrote any.
+    fn guards(&self) -> Result<Option<String>, Denial> {
+        let path = self.home().root().join(GUARDS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => Err(Denial(format!(
+                "the guard rules ({GUARDS_FILE}) cannot be read: refusing (fail closed)"
+            ))),
+        }
+    }
+
+    /// Every check of an identified access, in the order that gives the
+    /// clearest reason; Cedar makes the final decision.
+    async fn decide_identified(
+        &self,
+        principal: &Principal,
+        agreement_id: &str,
+        dataset_name: &str,
+        columns: Option<&[String]>,
+        subject: &SubjectCommitment,
+    ) -> Result<Result<Granted, Denial>, BrokerError> {
+        let meta = self.home().meta();
+        let deny = |text: String| Ok(Err(Denial(text)));
+        if !principal.has_role(Role::Requester) {
+            return deny("look-ups need the `requester` role".into());
+        }
+        let Some(state) = meta.agreement_state(agreement_id).await? else {
+            return deny(format!("no agreement `{agreement_id}` (deny by default)"));
+        };
+        if state.state != "active" {
+            return deny(format!("agreement `{agreement_id}` is {}", state.state));
+        }
+        let versions = meta.agreement_versions(agreement_id).await?;
+        let Some(latest) = versions.last() else {
+            return deny(format!("no agreement `{agreement_id}` (deny by default)"));
+        };
+        let agreement = Agreement::from_toml(&latest.toml)
+            .map_err(|e| BrokerError::Invalid(format!("stored agreement unreadable: {e}")))?;
+        let day = today();
+        if day < agreement.valid_from {
+            return deny(format!(
+                "agreement `{agreement_id}` is not in force until {}",
+                agreement.valid_from
+            ));
+        }
+        if day > agreement.valid_until {
+            return deny(format!(
+                "agreement `{agreement_id}` expired on {}",
+                agreement.valid_until
+            ));
+        }
+        if principal.org != agreement.parties.requester {
+            return deny(format!(
+                "agreement `{agreement_id}` is with `{}`, not with your organisation",
+                agreement.parties.requester
+            ));
+        }
+        let Some((index, grant)) = agreement
+            .grants
+            .iter()
+            .enumerate()
+            .find(|(_, g)| g.dataset == dataset_name && g.mode == Mode::Identified)
+        else {
+            return deny(format!(
+                "agreement `{agreement_id}` grants no identified look-ups on dataset `{dataset_name}`"
+            ));
+        };
+        let columns: Vec<String> = match columns {
+            None => grant.columns.clone(),
+            Some(wanted) => {
+                if wanted.is_empty() {
+                    return deny("ask for at least one column".into());
+                }
+                if let Some(c) = wanted.iter().find(|c| !grant.columns.contains(c)) {
+                    return deny(format!(
+                        "column `{c}` is not granted by agreement `{agreement_id}` on `{dataset_name}`"
+                    ));
+                }
+                let mut seen = BTreeSet::new();
+                wanted
+                    .iter()
+                    .filter(|c| seen.insert((*c).clone()))
+                    .cloned()
+                    .collect()
+            }
+        };
+        let guards = match self.guards() {
+            Ok(g) => g,
+            Err(d) => return Ok(Err(d)),
+        };
+        let version = latest.version;
+        let engine = match PolicyEngine::compile(
+            &[ActiveAgreement {
+                agreement: &agreement,
+                version,
+            }],
+            guards.as_deref(),
+        ) {
+            Ok(engine) => engine,
+            Err(e) => return deny(format!("policies do not compile: {e} (fail closed)")),
+        };
+        let protected = meta.subject_protected(&subject.0).await?;
+        let decision = engine
+            .decide(&AccessRequest {
+                principal,
+                agreement: agreement_id,
+                dataset: dataset_name,
+                mode: Mode::Identified,
+                columns: &columns,
+                day,
+                subject_protected: protected,
+            })
+            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        if !decision.allowed {
+            return deny(format!("denied by policy: {}", decision.reasons.join("; ")));
+        }
+        Ok(Ok(Granted {
+            grant_number: u32::try_from(index + 1).unwrap_or(u32::MAX),
+            agreement,
+            version,
+            columns,
+            decided_by: decision.reasons,
+        }))
+    }
+
+    /// Checks the grant's limits for a new request.
+    async fn check_limits(
+        &self,
+        principal: &Principal,
+        granted: &Granted,
+        grant: &Grant,
+        subject: &SubjectCommitment,
+    ) -> Result<Option<Denial>, BrokerError> {
+        let meta = self.home().meta();
+        let now = now_micros();
+        if let Some(limit) = grant.limits.requests_per_hour {
+            let made = meta
+                .count_requests_since(&granted.agreement.id, &principal.id, now - 3_600_000_000)
+                .await?;
+            if made >= u64::from(limit) {
+                return Ok(Some(Denial(format!(
+                    "limit exceeded: {limit} requests per hour under agreement `{}`",
+                    granted.agreement.id
+                ))));
+            }
+        }
+        if let Some(limit) = grant.limits.subjects_per_day {
+            let (seen, includes) = meta
+                .subjects_since(
+                    &granted.agreement.id,
+                    &grant.dataset,
+                    now - 86_400_000_000,
+                    &subject.0,
+                )
+                .await?;
+            if !includes && seen >= u64::from(limit) {
+                return Ok(Some(Denial(format!(
+                    "limit exceeded: {limit} subjects per day under agreement `{}`",
+                    granted.agreement.id
+                ))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Files a look-up request: decided (Cedar), limited, ledgered, then
+    /// stored as pending. It never reads the dataset.
+    pub async fn request_lookup(
+        &self,
+        actor: &Actor,
+        req: LookupRequest<'_>,
+    ) -> Result<LookupTicket, BrokerError> {
+        const ACTION: &str = "lookup.request";
+        let mut entry = self.lookup_entry(actor, ACTION, Decision::Deny);
+        let Actor::Principal(principal) = actor else {
+            return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
+        };
+        // Check the inputs' form first; nothing of them reaches the ledger
+        // unless it is a known name.
+        let subject = req.subject.trim();
+        if subject.is_empty()
+            || subject.len() > MAX_SUBJECT_BYTES
+            || subject.chars().any(char::is_control)
+        {
+            return Err(BrokerError::Invalid(format!(
+                "the subject id must be 1-{MAX_SUBJECT_BYTES} printable characters"
+            )));
+        }
+        let justification = req.justification.trim();
+        if justification.chars().count() < MIN_JUSTIFICATION {
+            return Err(BrokerError::Invalid(format!(
+                "a look-up needs a justification of at least {MIN_JUSTIFICATION} characters: say why this person's records are needed"
+            )));
+        }
+        if justification.len() > MAX_JUSTIFICATION {
+            return Err(BrokerError::Invalid(format!(
+                "the justification is longer than {MAX_JUSTIFICATION} bytes"
+            )));
+        }
+        let commitment = self.subjects().commit(subject);
+        entry = entry.with_subjects([commitment]);
+        if dataset::valid_name(req.dataset) {
+            entry = entry.with_attribute("dataset", req.dataset);
+        }
+        let known = self.home().meta().agreement_versions(req.agreement).await?;
+        if let Some(latest) = known.last() {
+            entry = entry.with_agreement(req.agreement, latest.version);
+        }
+        let granted = match self
+            .decide_identified(
+                principal,
+                req.agreement,
+                req.dataset,
+                req.columns,
+                &commitment,
+            )
+            .await?
+        {
+            Ok(g) => g,
+            Err(Denial(reason)) => return Err(self.deny_lookup(entry, reason)),
+        };
+        let grant = granted.agreement.grants[granted.grant_number as usize - 1].clone();
+        if let Some(Denial(reason)) = self
+            .check_limits(principal, &granted, &grant, &commitment)
+            .await?
+        {
+            return Err(self.deny_lookup(entry, reason));
+        }
+        let mut raw = [0u8; 16];
+        custos_store::keys::random_bytes(&mut raw)?;
+        let id = format!("req_{}", hex::encode(raw));
+        let master = self.home().master_key();
+        let subject_sealed = master.wrap(&seal_purpose(&id, "subject"), subject.as_bytes())?;
+        let justification_sealed = master.wrap(
+            &seal_purpose(&id, "justification"),
+            justification.as_bytes(),
+        )?;
+        let created_micros = now_micros();
+        let mut allowed = Entry {
+            decision: Decision::Allow,
+            time_micros: created_micros,
+            ..entry
+        }
+        .with_request(&id)
+        .with_agreement(&granted.agreement.id, granted.version)
+        .with_attribute("columns", granted.columns.join(","))
+        .with_attribute(
+            "justification_sha256",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                justification.as_bytes(),
+            )),
+        )
+        .with_count("approvals_required", u64::from(grant.limits.approvals));
+        for reason in &granted.decided_by {
+            allowed = allowed.with_reason(reason.clone());
+        }
+        // INVARIANT: the request exists only after this entry is durable.
+        let ledger_index = self.append(&allowed)?;
+        let record = AccessRequestRecord {
+            id: id.clone(),
+            agreement_id: granted.agreement.id.clone(),
+            agreement_version: granted.version,
+            grant_number: granted.grant_number,
+            dataset: grant.dataset.clone(),
+            requester: principal.id.clone(),
+            subject_commitment: commitment.0,
+            subject_sealed,
+            justification_sealed,
+            columns: granted.columns.clone(),
+            approvals_required: grant.limits.approvals,
+            state: RequestState::Pending,
+            created_at: custos_store::home::now_rfc3339(),
+            created_micros,
+            ledger_index,
+        };
+        let meta = self.home().meta();
+        meta.insert_request(&record).await?;
+        meta.insert_subject_event(&SubjectEvent {
+            subject_commitment: commitment.0,
+            ledger_index,
+            kind: SubjectEventKind::Requested,
+            request_id: id,
+            agreement_id: granted.agreement.id.clone(),
+            agreement_version: granted.version,
+            principal: principal.id.clone(),
+            org: principal.org.clone(),
+            purpose: granted.agreement.purpose.clone(),
+            at: record.created_at.clone(),
+            rows_released: 0,
+            withheld: granted.agreement.withhold_from_subject_reports.is_some(),
+        })
+        .await?;
+        Ok(ticket(&record, 0))
+    }
+
+    /// A request by id, or a ledgered denial that does not say whether it
+    /// exists (ids are guessable only by brute force, but still).
+    async fn known_request(
+        &self,
+        entry: &Entry,
+        id: &str,
+    ) -> Result<AccessRequestRecord, BrokerError> {
+        match self.home().meta().request(id).await? {
+            Some(r) => Ok(r),
+            None => Err(self.deny_lookup(entry.clone(), "no such request".into())),
+        }
+    }
+
+    /// A request's state, with subject and justification, for the people
+    /// who take part: the requester, approvers, admins and overseers.
+    pub async fn lookup_details(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<LookupDetails, BrokerError> {
+        let entry = self.lookup_entry(actor, "lookup.show", Decision::Deny);
+        let Actor::Principal(principal) = actor else {
+            return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
+        };
+        let record = self.known_request(&entry, id).await?;
+        let entry = entry
+            .with_request(&record.id)
+            .with_subjects([SubjectCommitment(record.subject_commitment)]);
+        let may_see = principal.id == record.requester
+            || principal.has_role(Role::Approver)
+            || principal.has_role(Role::Admin)
+            || principal.has_role(Role::Overseer);
+        if !may_see {
+            return Err(self.deny_lookup(
+                entry,
+                "only the requester, approvers, admins and overseers see a request".into(),
+            ));
+        }
+        let master = self.home().master_key();
+        let subject = master.unwrap_secret(
+            &seal_purpose(&record.id, "subject"),
+            "request subject",
+            &record.subject_sealed,
+        )?;
+        let justification = master.unwrap_secret(
+            &seal_purpose(&record.id, "justification"),
+            "request justification",
+            &record.justification_sealed,
+        )?;
+        // Seeing who is looked up and why is itself recorded.
+        self.append(&Entry {
+            decision: Decision::Allow,
+            ..entry
+        })?;
+        let approvers = self.home().meta().approvals(&record.id).await?;
+        Ok(LookupDetails {
+            ticket: ticket(&record, u32::try_from(approvers.len()).unwrap_or(u32::MAX)),
+            subject: String::from_utf8_lossy(&subject).into_owned(),
+            justification: String::from_utf8_lossy(&justification).into_owned(),
+            approvers,
+        })
+    }
+
+    /// Approves a request. The approver needs the `approver` role, must not
+    /// be the requester, and approves at most once.
+    pub async fn approve_lookup(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<LookupTicket, BrokerError> {
+        const ACTION: &str = "lookup.approve";
+        let entry = self.lookup_entry(actor, ACTION, Decision::Deny);
+        let Actor::Principal(principal) = actor else {
+            return Err(self.deny_lookup(entry, "approvals need a principal's token".into()));
+        };
+        let record = self.known_request(&entry, id).await?;
+        let entry = entry
+            .with_request(&record.id)
+            .with_agreement(&record.agreement_id, record.agreement_version)
+            .with_subjects([SubjectCommitment(record.subject_commitment)]);
+        if !principal.has_role(Role::Approver) {
+            return Err(self.deny_lookup(
+                entry,
+                "only a principal with the `approver` role may approve".into(),
+            ));
+        }
+        if principal.id == record.requester {
+            return Err(self.deny_lookup(
+                entry,
+                "self-approval is not allowed: a second person must approve".into(),
+            ));
+        }
+        let meta = self.home().meta();
+        if meta
+            .approvals(&record.id)
+            .await?
+            .iter()
+            .any(|a| a.approver == principal.id)
+        {
+            return Err(self.deny_lookup(
+                entry,
+                "you already approved this request: each approval must come from a different person".into(),
+            ));
+        }
+        if record.state != RequestState::Pending {
+            return Err(self.deny_lookup(
+                entry,
+                format!("the request is already {}", record.state.as_str()),
+            ));
+        }
+        match meta.agreement_state(&record.agreement_id).await? {
+            Some(s) if s.state == "active" => {}
+            Some(s) => {
+                return Err(self.deny_lookup(
+                    entry,
+                    format!("agreement `{}` is {}", record.agreement_id, s.state),
+                ));
+            }
+            None => return Err(self.deny_lookup(entry, "the agreement is gone".into())),
+        }
+        // INVARIANT: the approval counts only after this entry is durable.
+        let ledger_index = self.append(&Entry {
+            decision: Decision::Allow,
+            ..entry.clone()
+        })?;
+        let outcome = meta
+            .add_approval(&ApprovalRecord {
+                request_id: record.id.clone(),
+                approver: principal.id.clone(),
+                approved_at: custos_store::home::now_rfc3339(),
+                ledger_index,
+            })
+            .await;
+        match outcome {
+            Ok((approvals, state)) => {
+                let mut t = ticket(&record, approvals);
+                t.state = state;
+                Ok(t)
+            }
+            Err(custos_store::meta::MetaError::AlreadyExists(_)) => {
+                let entry = Entry {
+                    decision: Decision::Error,
+                    ..entry
+                };
+                Err(self.deny_lookup(
+                    entry,
+                    "a concurrent approval by the same person was not counted".into(),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Releases an approved request's records to its requester, once. The
+    /// rows are read, filtered to the grant's row scope and columns, and
+    /// returned only after the ledger entry recording the release is durable.
+    pub async fn fetch_lookup(&self, actor: &Actor, id: &str) -> Result<Released, BrokerError> {
+        const ACTION: &str = "lookup.fetch";
+        let entry = self.lookup_entry(actor, ACTION, Decision::Deny);
+        let Actor::Principal(principal) = actor else {
+            return Err(self.deny_lookup(entry, "fetches need a principal's token".into()));
+        };
+        let record = self.known_request(&entry, id).await?;
+        let commitment = SubjectCommitment(record.subject_commitment);
+        let entry = entry
+            .with_request(&record.id)
+            .with_agreement(&record.agreement_id, record.agreement_version)
+            .with_subjects([commitment]);
+        if principal.id != record.requester {
+            return Err(self.deny_lookup(entry, "only the requester may fetch".into()));
+        }
+        match record.state {
+            RequestState::Pending => {
+                let given = self.home().meta().approvals(&record.id).await?.len();
+                return Err(self.deny_lookup(
+                    entry,
+                    format!(
+                        "the request has {given} of {} approvals",
+                        record.approvals_required
+                    ),
+                ));
+            }
+            RequestState::Fetched => {
+                return Err(self.deny_lookup(
+                    entry,
+                    "the request was already fetched (each approved request releases once)".into(),
+                ));
+            }
+            RequestState::Approved => {}
+        }
+        // Decide again: the agreement may have been suspended, revoked or
+        // expired, or the subject protected, since the request was made.
+        let granted = match self
+            .decide_identified(
+                principal,
+                &record.agreement_id,
+                &record.dataset,
+                Some(&record.columns),
+                &commitment,
+            )
+            .await?
+        {
+            Ok(g) => g,
+            Err(Denial(reason)) => return Err(self.deny_lookup(entry, reason)),
+        };
+        let meta = self.home().meta();
+        if !meta
+            .transition_request(&record.id, RequestState::Approved, RequestState::Fetched)
+            .await?
+        {
+            return Err(self.deny_lookup(entry, "the request was fetched concurrently".into()));
+        }
+        let subject = self.home().master_key().unwrap_secret(
+            &seal_purpose(&record.id, "subject"),
+            "request subject",
+            &record.subject_sealed,
+        )?;
+        let subject = String::from_utf8_lossy(&subject).into_owned();
+        let grant = granted
+            .agreement
+            .grants
+            .get(granted.grant_number as usize - 1)
+            .cloned()
+            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))?;
+        let read = self
+            .read_subject(
+                &record.dataset,
+                &subject,
+                &record.columns,
+                grant.row_scope.as_deref(),
+            )
+            .await;
+        let (columns, rows) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // Give the approval back; say in the ledger that nothing left.
+                let _ = meta
+                    .transition_request(&record.id, RequestState::Fetched, RequestState::Approved)
+                    .await;
+                let failed = Entry {
+                    decision: Decision::Error,
+                    ..entry
+                }
+                .with_reason("the records could not be read; nothing was released");
+                self.append(&failed)?;
+                return Err(e);
+            }
+        };
+        let released = Entry {
+            decision: Decision::Allow,
+            ..entry
+        }
+        .with_count("rows", rows.len() as u64);
+        // INVARIANT: nothing is returned before this entry is durable.
+        let ledger_index = self.append(&released)?;
+        meta.insert_subject_event(&SubjectEvent {
+            subject_commitment: record.subject_commitment,
+            ledger_index,
+            kind: if rows.is_empty() {
+                SubjectEventKind::NoRecords
+            } else {
+                SubjectEventKind::Disclosed
+            },
+            request_id: record.id.clone(),
+            agreement_id: record.agreement_id.clone(),
+            agreement_version: granted.version,
+            principal: principal.id.clone(),
+            org: principal.org.clone(),
+            purpose: granted.agreement.purpose.clone(),
+            at: custos_store::home::now_rfc3339(),
+            rows_released: rows.len() as u64,
+            withheld: granted.agreement.withhold_from_subject_reports.is_some(),
+        })
+        .await?;
+        Ok(Released {
+            request_id: record.id,
+            columns,
+            rows,
+            ledger_index,
+        })
+    }
+
+    /// Reads one subject's rows, keeps those in the row scope, and formats
+    /// the granted columns.
+    async fn read_subject(
+        &self,
+        dataset_name: &str,
+        subject: &str,
+        columns: &[String],
+        row_scope: Option<&str>,
+    ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BrokerError> {
+        let reader = Arc::new(DatasetReader::open(self.home(), dataset_name).await?);
+        let schema = reader.schema().clone();
+        let filter = row_scope
+            .map(|text| ScopeFilter::compile(text, &schema))
+            .transpose()
+            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let mut wanted: Vec<String> = columns.to_vec();
+        if let Some(f) = &filter {
+            for c in f.columns() {
+                if !wanted.contains(c) {
+                    wanted.push(c.clone());
+                }
+            }
+        }
+        let subject = subject.to_owned();
+        let read = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            reader.subject_rows(&subject, Some(&names))
+        })
+        .await
+        .map_err(|_| BrokerError::Invalid("the read was interrupted".into()))?;
+        let batches = match read {
+            // A subject id that cannot exist in this dataset (e.g. letters
+            // for an integer id) has no records, like any absent subject.
+            Err(custos_store::DatasetError::BadSubject) => Vec::new(),
+            other => other?,
+        };
+        let mut rows = Vec::new();
+        for batch in &batches {
+            for r in 0..batch.num_rows() {
+                if let Some(f) = &filter {
+                    let values: Vec<ScopeValue> = f
+                        .columns()
+                        .iter()
+                        .map(|c| scope_value(batch, c, r))
+                        .collect();
+                    if !f.matches(&values) {
+                        continue;
+                    }
+                }
+                rows.push(
+                    (0..columns.len())
+                        .map(|i| format_cell(batch.column(i).as_ref(), &schema, &columns[i], r))
+                        .collect(),
+                );
+            }
+        }
+        Ok((columns.to_vec(), rows))
+    }
+}
+
+fn ticket(r: &AccessRequestRecord, approvals: u32) -> LookupTicket {
+    LookupTicket {
+        id: r.id.clone(),
+        agreement: r.agreement_id.clone(),
+        agreement_version: r.agreement_version,
+        dataset: r.dataset.clone(),
+        columns: r.columns.clone(),
+        state: r.state,
+        approvals,
+        approvals_required: r.approvals_required,
+        requester: r.requester.clone(),
+        created_at: r.created_at.clone(),
+        ledger_index: r.ledger_index,
+    }
+}
+
+fn column_of<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
+    batch.column_by_name(name).map(AsRef::as_ref)
+}
+
+fn scope_value(batch: &RecordBatch, name: &str, row: usize) -> ScopeValue {
+    let Some(array) = column_of(batch, name) else {
+        return ScopeValue::Null;
+    };
+    if array.is_null(row) {
+        return ScopeValue::Null;
+    }
+    if let Some(a) = array.as_any().downcast_ref::<Int64Array>() {
+        return ScopeValue::Int(a.value(row));
+    }
+    if let Some(a) = array.as_any().downcast_ref::<Date32Array>() {
+        return ScopeValue::Int(i64::from(a.value(row)));
+    }
+    if let Some(a) = array.as_any().downcast_ref::<StringArray>() {
+        return ScopeValue::Text(a.value(row).to_owned());
+    }
+    ScopeValue::Null
+}
+
+fn format_cell(
+    array: &dyn Array,
+    schema: &DatasetSchema,
+    name: &str,
+    row: usize,
+) -> Option<String> {
+    if array.is_null(row) {
+        return None;
+    }
+    let ty = schema.column(name).map(|c| c.ty);
+    if let Some(a) = array.as_any().downcast_ref::<Int64Array>() {
+        let v = a.value(row);
+        return Some(if ty == Some(ColumnType::Decimal) {
+            format_cents(v)
+        } else {
+            v.to_string()
+        });
+    }
+    if let Some(a) = array.as_any().downcast_ref::<Date32Array>() {
+        return Some(format_date_days(i64::from(a.value(row))));
+    }
+    array
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .map(|a| a.value(row).to_owned())
+}
+
+impl Custos {
+    /// Flags a subject as protected (admins only): guard rules see
+    /// `context.subject_protected` and may forbid any access to them.
+    pub async fn protect_subject(&self, actor: &Actor, subject: &str) -> Result<(), BrokerError> {
+        const ACTION: &str = "subject.protect";
+        let commitment = self.subjects().commit(subject.trim());
+        let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny)
+            .with_subjects([commitment]);
+        if !matches!(actor, Actor::Principal(p) if p.has_role(Role::Admin)) {
+            return Err(self.deny_lookup(entry, "only an admin may protect subjects".into()));
+        }
+        // INVARIANT: the flag is set only after this entry is durable.
+        self.append(&Entry {
+            decision: Decision::Allow,
+            ..entry
+        })?;
+        self.home()
+            .meta()
+            .protect_subject(
+                &commitment.0,
+                &custos_store::home::now_rfc3339(),
+                actor.id(),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,573 @@
+//! Identified look-ups end to end through the CLI: request → approval by a
+//! second person → fetch of only the granted columns in scope → the
+//! subject's accounting of disclosures with inclusion proofs; and every
+//! bad input refused clearly, ledgered, with nothing released.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+
+use predicates::prelude::*;
+use tempfile::TempDir;
+
+const AGREEMENT: &str = r#"
+id = "tigta-cases"
+title = "TIGTA case look-ups"
+purpose = "Investigate refunds deposited to accounts shared by many filers"
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+
+[parties]
+custodian = "IRS"
+requester = "TIGTA"
+
+[legal_authority]
+citation = "26 U.S.C. 6103(h)(1)"
+
+[[grants]]
+dataset = "tax_returns"
+mode = "identified"
+columns = ["tin", "name", "tax_year", "refund", "bank_account", "state"]
+row_scope = "tax_year >= 2023"
+
+[grants.limits]
+subjects_per_day = 3
+requests_per_hour = 60
+approvals = 1
+"#;
+
+struct Env {
+    dir: TempDir,
+    tokens: HashMap<&'static str, String>,
+    /// Rows of the tax-return CSV: (tin, tax_year, name).
+    returns: Vec<(String, String, String)>,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = Self {
+            dir,
+            tokens: HashMap::new(),
+            returns: Vec::new(),
+        };
+        env.custos(None).arg("init").assert().success();
+        let people: [(&str, &str, &str); 7] = [
+            ("alice", "IRS", "admin"),
+            ("rita", "TIGTA", "requester"),
+            ("sam", "TIGTA", "requester,approver"),
+            ("adam", "IRS", "approver"),
+            ("olga", "GAO", "overseer"),
+            ("gus", "GAO", "requester"),
+            ("rex", "TIGTA", "requester"),
+        ];
+        for (name, org, roles) in people {
+            let token = if name == "alice" {
+                None
+            } else {
+                Some(env.tokens["alice"].clone())
+            };
+            let mut cmd = env.custos(token.as_deref());
+            cmd.args(["principal", "add", name, "--org", org]);
+            for role in roles.split(',') {
+                cmd.args(["--role", role]);
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            env.tokens.insert(
+                name,
+                String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+            );
+        }
+        let data = env.path("synthetic");
+        env.custos(None)
+            .args(["generate", "--rows", "300", "--out"])
+            .arg(&data)
+            .assert()
+            .success();
+        env.as_("alice")
+            .args(["dataset", "ingest", "--name", "tax_returns", "--schema"])
+            .arg(data.join("tax_returns.schema.toml"))
+            .arg(data.join("tax_returns.csv"))
+            .assert()
+            .success();
+        let mut reader = csv::Reader::from_path(data.join("tax_returns.csv")).unwrap();
+        env.returns = reader
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r[0].to_owned(), r[12].to_owned(), r[1].to_owned())
+            })
+            .collect();
+        let file = env.write("agreement.toml", AGREEMENT);
+        env.as_("alice")
+            .args(["agreement", "apply"])
+            .arg(file)
+            .assert()
+            .success();
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn custos(&self, token: Option<&str>) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
+        cmd.env("CUSTOS_HOME", self.path("home"))
+            .env_remove("CUSTOS_MASTER_KEY")
+            .env_remove("CUSTOS_TOKEN");
+        if let Some(t) = token {
+            cmd.env("CUSTOS_TOKEN", t);
+        }
+        cmd
+    }
+
+    fn as_(&self, who: &str) -> assert_cmd::Command {
+        self.custos(Some(&self.tokens[who]))
+    }
+
+    /// A TIN with returns both inside (≥ 2023) and outside the row scope.
+    fn subject_with_years(&self) -> String {
+        let mut years: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (tin, year, _) in &self.returns {
+            years.entry(tin).or_default().push(year);
+        }
+        let mut found: Vec<_> = years
+            .into_iter()
+            .filter(|(_, ys)| ys.iter().any(|y| *y < "2023") && ys.iter().any(|y| *y >= "2023"))
+            .map(|(t, _)| t.to_owned())
+            .collect();
+        found.sort();
+        found
+            .into_iter()
+            .next()
+            .expect("a subject with several years")
+    }
+
+    fn request(&self, who: &str, subject: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
+        self.as_(who)
+            .args([
+                "lookup",
+                "--agreement",
+                "tigta-cases",
+                "--dataset",
+                "tax_returns",
+                "--subject",
+                subject,
+                "--justification",
+                "Case 2026-114: refund deposited to a shared account",
+                "--json",
+            ])
+            .args(extra)
+            .assert()
+    }
+
+    fn request_id(&self, who: &str, subject: &str) -> String {
+        let out = self.request(who, subject, &[]).success();
+        let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    fn ledger(&self) -> Vec<serde_json::Value> {
+        let out = self
+            .custos(None)
+            .args(["ledger", "show", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn last_entry(&self) -> serde_json::Value {
+        self.ledger().pop().unwrap()
+    }
+}
+
+#[test]
+fn request_approve_fetch_and_report() {
+    let env = Env::new();
+    let tin = env.subject_with_years();
+    let id = env.request_id("rita", &tin);
+    assert!(id.starts_with("req_"));
+    let entry = env.last_entry();
+    assert_eq!(
+        (entry["action"].as_str(), entry["decision"].as_str()),
+        (Some("lookup.request"), Some("allow"))
+    );
+    // The ledger never holds the TIN, the justification or a name.
+    let all = serde_json::to_string(&env.ledger()).unwrap();
+    assert!(!all.contains(&tin) && !all.contains("Case 2026-114"));
+
+    // Not yet approved: nothing is released.
+    env.as_("rita")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("0 of 1 approvals"));
+    // The approver sees subject and justification, and approves.
+    env.as_("adam")
+        .args(["lookup", "show", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&tin).and(predicate::str::contains("Case 2026-114")));
+    env.as_("adam")
+        .args(["approve", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("1 of 1 approvals, now approved"));
+    // Only the requester fetches.
+    env.as_("sam")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("only the requester may fetch"));
+    let out = env
+        .as_("rita")
+        .args(["lookup", "fetch", &id, "--json"])
+        .assert()
+        .success();
+    let released: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let rows = released["rows"].as_array().unwrap();
+    let expected_years: Vec<&str> = env
+        .returns
+        .iter()
+        .filter(|(t, y, _)| *t == tin && y.as_str() >= "2023")
+        .map(|(_, y, _)| y.as_str())
+        .collect();
+    assert_eq!(rows.len(), expected_years.len());
+    for row in rows {
+        let row = row.as_object().unwrap();
+        // Only granted columns: no address, AGI, wages or birth date.
+        let mut keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["bank_account", "name", "refund", "state", "tax_year", "tin"]
+        );
+        assert_eq!(row["tin"], tin.as_str());
+        assert!(row["tax_year"].as_str().unwrap() >= "2023");
+    }
+    let fetch = env.last_entry();
+    assert_eq!(fetch["action"], "lookup.fetch");
+    assert_eq!(fetch["counts"][0], serde_json::json!(["rows", rows.len()]));
+    assert_eq!(
+        released["ledger_index"].as_u64().unwrap() + 1,
+        env.ledger().len() as u64
+    );
+    // Once only.
+    env.as_("rita")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already fetched"));
+
+    // The subject's accounting: request and disclosure, with proofs.
+    let out = env
+        .as_("olga")
+        .args(["report", "subject", &tin, "--json"])
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let lines = report["lines"].as_array().unwrap();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["requested", "disclosed"]);
+    assert_eq!(lines[1]["recipient"], "rita");
+    assert_eq!(lines[1]["org"], "TIGTA");
+    assert_eq!(lines[1]["request_id"], id.as_str());
+    assert_eq!(lines[1]["rows"].as_u64().unwrap(), rows.len() as u64);
+    // Each proof verifies through the ledger CLI too.
+    let index = lines[1]["proof"]["index"].as_u64().unwrap().to_string();
+    env.custos(None)
+        .args(["ledger", "prove", "--index", &index])
+        .assert()
+        .success();
+    // The same person written without dashes has the same accounting.
+    let plain: String = tin.chars().filter(char::is_ascii_digit).collect();
+    env.as_("olga")
+        .args(["report", "subject", &plain])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("disclosed").and(predicate::str::contains(&id)));
+    // Another subject has nothing on record.
+    env.as_("olga")
+        .args(["report", "subject", "666-00-0000"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("No inspections or disclosures"));
+    env.as_("olga")
+        .args(["report", "agreement", "tigta-cases", "--json"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("\"requests\": 1")
+                .and(predicate::str::contains("\"disclosures\": 1")),
+        );
+    // Reports are for overseers and admins.
+    env.as_("rita")
+        .args(["report", "subject", &tin])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("`overseer` or `admin` role"));
+}
+
+#[test]
+fn approvals_need_another_approver_once() {
+    let env = Env::new();
+    let tin = env.subject_with_years();
+    // sam is requester and approver: he cannot approve his own request.
+    let own = env.request_id("sam", &tin);
+    env.as_("sam")
+        .args(["approve", &own])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("self-approval is not allowed"));
+    assert_eq!(env.last_entry()["decision"], "deny");
+    // A requester cannot approve.
+    env.as_("rex")
+        .args(["approve", &own])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("`approver` role"));
+    assert_eq!(env.last_entry()["action"], "lookup.approve");
+    // Double approval by one person is refused.
+    let theirs = env.request_id("rita", &tin);
+    env.as_("adam")
+        .args(["approve", &theirs])
+        .assert()
+        .success();
+    env.as_("adam")
+        .args(["approve", &theirs])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already approved"));
+    // An unknown request id is refused without echoing anything.
+    env.as_("adam")
+        .args(["approve", "req_00000000000000000000000000000000"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no such request"));
+    assert_eq!(env.last_entry()["decision"], "deny");
+}
+
+#[test]
+fn bad_requests_are_denied_clearly_ledgered_and_release_nothing() {
+    let env = Env::new();
+    let tin = env.subject_with_years();
+    let before = env.ledger().len();
+    let args = |agreement: &str, dataset: &str, subject: &str| -> Vec<String> {
+        [
+            "lookup",
+            "--agreement",
+            agreement,
+            "--dataset",
+            dataset,
+            "--justification",
+            "Case 2026-114: refund deposited to a shared account",
+            "--subject",
+            subject,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let expect = |who: &str, args: &[String], message: &str| {
+        env.as_(who)
+            .args(args)
+            .assert()
+            .failure()
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains(message));
+        let e = env.last_entry();
+        assert_eq!(
+            (e["action"].as_str(), e["decision"].as_str()),
+            (Some("lookup.request"), Some("deny")),
+            "{message}"
+        );
+    };
+    let ok = args("tigta-cases", "tax_returns", &tin);
+    expect(
+        "rita",
+        &args("nope", "tax_returns", &tin),
+        "no agreement `nope`",
+    );
+    expect(
+        "rita",
+        &args("tigta-cases", "deaths", &tin),
+        "grants no identified look-ups on dataset `deaths`",
+    );
+    let mut cols = ok.clone();
+    cols.extend(["--columns".to_owned(), "tin,agi".to_owned()]);
+    expect("rita", &cols, "column `agi` is not granted");
+    expect("gus", &ok, "not with your organisation");
+    expect("adam", &ok, "need the `requester` role");
+    // A subject that does not exist is accepted like any other: the request
+    // never reads the dataset, so it cannot reveal existence.
+    env.request("rita", "666-99-9999", &[])
+        .success()
+        .stdout(predicate::str::contains("\"state\": \"pending\""));
+    // subjects_per_day = 3: the ghost and two more, then the fourth is refused.
+    let others: Vec<String> = {
+        let mut t: Vec<String> = env.returns.iter().map(|r| r.0.clone()).collect();
+        t.sort();
+        t.dedup();
+        t.into_iter().filter(|t| *t != tin).take(3).collect()
+    };
+    env.request("rita", &others[0], &[]).success();
+    env.request("rita", &others[1], &[]).success();
+    expect(
+        "rita",
+        &args("tigta-cases", "tax_returns", &others[2]),
+        "limit exceeded: 3 subjects per day",
+    );
+    // Suspended, then revoked.
+    env.as_("alice")
+        .args(["agreement", "suspend", "tigta-cases", "--reason", "audit"])
+        .assert()
+        .success();
+    expect("rita", &ok, "agreement `tigta-cases` is suspended");
+    env.as_("alice")
+        .args(["agreement", "revoke", "tigta-cases", "--reason", "ended"])
+        .assert()
+        .success();
+    expect("rita", &ok, "agreement `tigta-cases` is revoked");
+    // Wrong and revoked tokens.
+    let wrong = format!("custos_p{}_{}", "0".repeat(16), "0".repeat(64));
+    env.custos(Some(&wrong))
+        .args(&ok)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("token"));
+    assert_eq!(env.last_entry()["action"], "auth.token");
+    env.as_("alice")
+        .args(["principal", "revoke", "rex"])
+        .assert()
+        .success();
+    env.as_("rex")
+        .args(&ok)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("token"));
+    assert_eq!(env.last_entry()["action"], "auth.token");
+    // Malformed input: no justification, empty subject.
+    env.as_("rita")
+        .args([
+            "lookup",
+            "--agreement",
+            "tigta-cases",
+            "--dataset",
+            "tax_returns",
+            "--subject",
+            &tin,
+            "--justification",
+            "because",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "justification of at least 10 characters",
+        ));
+    // Nothing was released in any of this: no fetch entry at all.
+    let after = env.ledger();
+    assert!(after.len() > before);
+    assert!(after.iter().all(|e| e["action"] != "lookup.fetch"));
+    // And the ledger never names the subject.
+    assert!(!serde_json::to_string(&after).unwrap().contains(&tin));
+}
+
+#[test]
+fn expired_agreements_and_guards_deny_fetches_after_approval() {
+    let env = Env::new();
+    let tin = env.subject_with_years();
+    // An approved request whose subject is then protected by a guard rule.
+    let id = env.request_id("rita", &tin);
+    env.as_("adam").args(["approve", &id]).assert().success();
+    fs::write(
+        env.path("home").join("guards.cedar"),
+        "@id(\"protected-subjects\")\nforbid (principal, action, resource) when { context.subject_protected };\n",
+    )
+    .unwrap();
+    env.as_("alice")
+        .args(["subject", "protect", &tin])
+        .assert()
+        .success();
+    env.as_("rita")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .failure()
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains("guard protected-subjects"));
+    let e = env.last_entry();
+    assert_eq!(
+        (e["action"].as_str(), e["decision"].as_str()),
+        (Some("lookup.fetch"), Some("deny"))
+    );
+    // An expired agreement grants nothing.
+    let expired = AGREEMENT
+        .replace("tigta-cases", "tigta-old")
+        .replace("valid_until = 2099-12-31", "valid_until = 2026-01-31");
+    let file = env.write("old.toml", &expired);
+    env.as_("alice")
+        .args(["agreement", "apply"])
+        .arg(file)
+        .assert()
+        .success();
+    env.as_("rita")
+        .args([
+            "lookup",
+            "--agreement",
+            "tigta-old",
+            "--dataset",
+            "tax_returns",
+            "--subject",
+            "666-00-0001",
+            "--justification",
+            "Case 2026-114: refund deposited",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "agreement `tigta-old` expired on 2026-01-31",
+        ));
+    // A malformed guard file fails closed.
+    fs::write(
+        env.path("home").join("guards.cedar"),
+        "forbid (principal, action",
+    )
+    .unwrap();
+    env.request("rita", "666-00-0002", &[])
+        .failure()
+        .stderr(predicate::str::contains("fail closed"));
+}
+
+#[test]
+fn a_subject_without_records_gets_the_same_answer_shape() {
+    let env = Env::new();
+    let id = env.request_id("rita", "666-99-9999");
+    env.as_("adam").args(["approve", &id]).assert().success();
+    env.as_("rita")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "no records in scope for this subject",
+        ));
+    // The fetch is recorded like any other, with zero rows.
+    let e = env.last_entry();
+    assert_eq!(e["action"], "lookup.fetch");
+    assert_eq!(e["counts"][0], serde_json::json!(["rows", 0]));
+}
