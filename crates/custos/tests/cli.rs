@@ -539,7 +539,13 @@ fn demo_runs_end_to_end_on_a_small_population() {
         .stdout(predicate::str::contains("not found anywhere"))
         .stdout(predicate::str::contains(
             "Ingested `tax_returns`: 5,000 rows",
-        ));
+        ))
+        .stdout(predicate::str::contains(
+            "rita tries to fetch at once: denied",
+        ))
+        .stdout(predicate::str::contains("tin          name"))
+        .stdout(predicate::str::contains("disclosed  rita (TIGTA)"))
+        .stdout(predicate::str::contains("inclusion proof verified"));
 }
 
 #[test]
@@ -556,6 +562,12 @@ fn help_explains_every_command() {
         &["agreement", "apply"],
         &["agreement", "show"],
         &["agreement", "revoke"],
+        &["lookup"],
+        &["lookup", "fetch"],
+        &["approve"],
+        &["report", "subject"],
+        &["report", "agreement"],
+        &["subject", "protect"],
         &["generate"],
         &["demo"],
         &["init"],

@@ -571,3 +571,70 @@ fn a_subject_without_records_gets_the_same_answer_shape() {
     assert_eq!(e["action"], "lookup.fetch");
     assert_eq!(e["counts"][0], serde_json::json!(["rows", 0]));
 }
+
+#[test]
+fn withholding_agreements_stay_out_of_subject_reports() {
+    let env = Env::new();
+    let tin = env.subject_with_years();
+    let sealed = AGREEMENT.replace("tigta-cases", "tigta-sealed").replace(
+        "[[grants]]",
+        "[withhold_from_subject_reports]\ncitation = \"5 U.S.C. 552a(k)(2)\"\n\n[[grants]]",
+    );
+    let file = env.write("sealed.toml", &sealed);
+    env.as_("alice")
+        .args(["agreement", "apply"])
+        .arg(file)
+        .assert()
+        .success();
+    let open = env.request_id("rita", &tin);
+    let withheld = {
+        let out = env
+            .as_("rita")
+            .args([
+                "lookup",
+                "--agreement",
+                "tigta-sealed",
+                "--dataset",
+                "tax_returns",
+                "--subject",
+                &tin,
+                "--justification",
+                "Sealed case 77: ongoing investigation",
+                "--json",
+            ])
+            .assert()
+            .success();
+        let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    };
+    for id in [&open, &withheld] {
+        env.as_("adam").args(["approve", id]).assert().success();
+        env.as_("rita")
+            .args(["lookup", "fetch", id])
+            .assert()
+            .success();
+    }
+    let out = env
+        .as_("olga")
+        .args(["report", "subject", &tin, "--json"])
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let ids: Vec<&str> = report["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [open.as_str(), open.as_str()]);
+    assert!(!String::from_utf8_lossy(&out.get_output().stdout).contains("tigta-sealed"));
+    // The overseer still sees the agreement's use.
+    env.as_("olga")
+        .args(["report", "agreement", "tigta-sealed"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("subject reports    withheld")
+                .and(predicate::str::contains("disclosures        1")),
+        );
+}

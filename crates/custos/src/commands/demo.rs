@@ -192,12 +192,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(
         8,
+        "an identified look-up: justified, approved by a second person, accounted for",
+    );
+    lookup_demo(&custos, &admin, &sample_tin).await?;
+
+    step(
+        9,
         "the ledger: every action written where it can't be erased",
     );
     let ledger = custos.ledger();
     let checkpoint = ledger.checkpoint()?;
     println!(
-        "  {} entries so far (init, a principal, three ingests, an agreement, a refusal). The signed",
+        "  {} entries so far (init, principals, ingests, agreements, refusals, the look-up). The signed",
         checkpoint.size
     );
     println!("  checkpoint an overseer keeps:");
@@ -232,6 +238,126 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "The temporary home is removed now."
         }
     );
+    Ok(())
+}
+
+/// An identified-mode agreement valid from a month ago for a year, so the
+/// demo works on any day.
+fn identified_agreement() -> String {
+    let today = chrono::Utc::now().date_naive();
+    let from = today - chrono::Days::new(30);
+    let until = today + chrono::Days::new(335);
+    format!(
+        r#"id = "tigta-refund-cases"
+title = "TIGTA look-ups in refund fraud cases"
+purpose = "Investigate refunds deposited to accounts shared by many filers"
+valid_from = {from}
+valid_until = {until}
+
+[parties]
+custodian = "Data Office"
+requester = "TIGTA"
+
+[legal_authority]
+citation = "26 U.S.C. 6103(h)(1)"
+
+[[grants]]
+dataset = "tax_returns"
+mode = "identified"
+columns = ["tin", "name", "tax_year", "refund", "bank_account", "state"]
+row_scope = "tax_year >= 2023"
+
+[grants.limits]
+subjects_per_day = 20
+requests_per_hour = 60
+approvals = 1
+"#
+    )
+}
+
+/// Step 8: request → refused early fetch → approval → fetch → report.
+async fn lookup_demo(custos: &Custos, admin: &Actor, tin: &str) -> anyhow::Result<()> {
+    let (version, _) = custos
+        .apply_agreement(admin, &identified_agreement())
+        .await?;
+    println!(
+        "  Agreement `{}` v{} lets TIGTA look up named taxpayers: 6 of 13 columns, returns from 2023 on,",
+        version.id, version.version
+    );
+    println!("  at most 20 people a day, each request approved by someone else.");
+    let mut people = Vec::new();
+    for (name, org, role) in [
+        ("rita", "TIGTA", Role::Requester),
+        ("adam", "Data Office", Role::Approver),
+        ("olga", "GAO", Role::Overseer),
+    ] {
+        let (_, token) = custos.add_principal(admin, name, org, &[role]).await?;
+        people.push(Actor::Principal(custos.authenticate(token.reveal()).await?));
+    }
+    let [rita, adam, olga] = [&people[0], &people[1], &people[2]];
+    let ticket = custos
+        .request_lookup(
+            rita,
+            custos_broker::LookupRequest {
+                agreement: &version.id,
+                dataset: "tax_returns",
+                subject: tin,
+                justification: "Case 2026-114: refund deposited to an account shared by 9 filers",
+                columns: None,
+            },
+        )
+        .await?;
+    println!(
+        "  rita (TIGTA, requester) asks for one taxpayer with a justification: request {} is {}.",
+        ticket.id,
+        ticket.state.as_str()
+    );
+    println!(
+        "  (Deciding it read no data: the answer is the same whether the person exists or not.)"
+    );
+    match custos.fetch_lookup(rita, &ticket.id).await {
+        Ok(_) => anyhow::bail!("an unapproved look-up released records"),
+        Err(e) => println!("  rita tries to fetch at once: {e}."),
+    }
+    match custos.approve_lookup(rita, &ticket.id).await {
+        Ok(_) => anyhow::bail!("a requester approved her own look-up"),
+        Err(e) => println!("  rita tries to approve it herself: {e}."),
+    }
+    let approved = custos.approve_lookup(adam, &ticket.id).await?;
+    println!(
+        "  adam (Data Office, approver) reads the justification and approves: {} of {}, {}.",
+        approved.approvals,
+        approved.approvals_required,
+        approved.state.as_str()
+    );
+    let released = custos.fetch_lookup(rita, &ticket.id).await?;
+    println!(
+        "  rita fetches. Ledger entry {} recording the release was durable before these rows left:",
+        released.ledger_index
+    );
+    for line in super::table(&released.columns, &released.rows).lines() {
+        println!("    {line}");
+    }
+    println!(
+        "  (Address, birth date, wages and returns before 2023 stay behind: not granted, out of scope.)"
+    );
+    let report = custos.subject_report(olga, tin).await?;
+    println!(
+        "  The taxpayer asks who saw their record; olga (GAO, overseer) runs `custos report subject`:"
+    );
+    for line in &report.lines {
+        println!(
+            "    {}  {:<10} {} ({}) under {} v{}, {} row(s), ledger entry {} (inclusion proof verified)",
+            line.at,
+            line.kind.as_str(),
+            line.recipient,
+            line.org,
+            line.agreement,
+            line.agreement_version,
+            line.rows,
+            line.proof.index
+        );
+    }
     Ok(())
 }
 
