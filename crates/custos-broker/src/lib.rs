@@ -105,7 +105,12 @@ pub struct Custos {
     home: Home,
     ledger: Ledger,
     subjects: SubjectCommitter,
+    /// Compiled policies per (agreement, version, SHA-256 of the guards).
+    engines: std::sync::Mutex<EngineCache>,
 }
+
+type EngineCache =
+    std::collections::HashMap<(String, u32, [u8; 32]), Arc<custos_policy::decide::PolicyEngine>>;
 
 pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
@@ -173,6 +178,7 @@ impl Custos {
             home,
             ledger,
             subjects,
+            engines: std::sync::Mutex::new(EngineCache::new()),
         })
     }
 

@@ -143,6 +143,34 @@ impl Custos {
         }
     }
 
+    /// The compiled policies of one agreement version with the guards,
+    /// from the cache when neither changed since they were compiled.
+    fn engine_for(
+        &self,
+        agreement: &Agreement,
+        version: u32,
+        guards: Option<&str>,
+    ) -> Result<Arc<PolicyEngine>, custos_policy::decide::PolicyError> {
+        let guards_sha: [u8; 32] =
+            <sha2::Sha256 as sha2::Digest>::digest(guards.unwrap_or("").as_bytes()).into();
+        let key = (agreement.id.clone(), version, guards_sha);
+        if let Ok(cache) = self.engines.lock()
+            && let Some(engine) = cache.get(&key)
+        {
+            return Ok(Arc::clone(engine));
+        }
+        let engine = Arc::new(PolicyEngine::compile(
+            &[ActiveAgreement { agreement, version }],
+            guards,
+        )?);
+        if let Ok(mut cache) = self.engines.lock() {
+            // Old versions and guard texts are never asked for again.
+            cache.retain(|(id, _, _), _| *id != agreement.id);
+            cache.insert(key, Arc::clone(&engine));
+        }
+        Ok(engine)
+    }
+
     /// Every check of an identified access, in the order that gives the
     /// clearest reason; Cedar makes the final decision.
     async fn decide_identified(
@@ -223,13 +251,7 @@ impl Custos {
             Err(d) => return Ok(Err(d)),
         };
         let version = latest.version;
-        let engine = match PolicyEngine::compile(
-            &[ActiveAgreement {
-                agreement: &agreement,
-                version,
-            }],
-            guards.as_deref(),
-        ) {
+        let engine = match self.engine_for(&agreement, version, guards.as_deref()) {
             Ok(engine) => engine,
             Err(e) => return deny(format!("policies do not compile: {e} (fail closed)")),
         };
@@ -408,8 +430,7 @@ impl Custos {
             ledger_index,
         };
         let meta = self.home().meta();
-        meta.insert_request(&record).await?;
-        meta.insert_subject_event(&SubjectEvent {
+        let requested = SubjectEvent {
             subject_commitment: commitment.0,
             ledger_index,
             kind: SubjectEventKind::Requested,
@@ -422,8 +443,8 @@ impl Custos {
             at: record.created_at.clone(),
             rows_released: 0,
             withheld: granted.agreement.withhold_from_subject_reports.is_some(),
-        })
-        .await?;
+        };
+        meta.insert_request(&record, &requested).await?;
         Ok(ticket(&record, 0))
     }
 

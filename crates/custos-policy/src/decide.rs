@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
@@ -97,10 +98,48 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// Entity type names, parsed once (parsing runs Cedar's parser).
+#[derive(Debug)]
+struct TypeNames {
+    org: EntityTypeName,
+    principal: EntityTypeName,
+    dataset: EntityTypeName,
+    action: EntityTypeName,
+}
+
+impl TypeNames {
+    fn new() -> Result<Self, PolicyError> {
+        let parse =
+            |t: &str| EntityTypeName::from_str(t).map_err(|e| PolicyError::Request(e.to_string()));
+        Ok(Self {
+            org: parse("Org")?,
+            principal: parse("Principal")?,
+            dataset: parse("Dataset")?,
+            action: parse("Action")?,
+        })
+    }
+}
+
+/// The Cedar schema, parsed once per process.
+fn schema() -> Result<Schema, PolicyError> {
+    static SCHEMA: OnceLock<Result<Schema, PolicyError>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Schema::from_cedarschema_str(CEDAR_SCHEMA)
+                .map(|(schema, _)| schema)
+                .map_err(|e| PolicyError::Invalid {
+                    policy: "schema".into(),
+                    message: e.to_string(),
+                })
+        })
+        .clone()
+}
+
 /// The compiled policies: one set per active agreement, guards in each.
 #[derive(Debug)]
 pub struct PolicyEngine {
     schema: Schema,
+    types: TypeNames,
     by_agreement: HashMap<String, PolicySet>,
     authorizer: Authorizer,
 }
@@ -135,9 +174,8 @@ fn grant_policy(a: &Agreement, version: u32, index: usize) -> String {
     ) + &format!("\n// agreement {} v{version} grant {}\n", a.id, index + 1)
 }
 
-fn uid(ty: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    let ty = EntityTypeName::from_str(ty).map_err(|e| PolicyError::Request(e.to_string()))?;
-    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
 
 impl PolicyEngine {
@@ -149,11 +187,7 @@ impl PolicyEngine {
         agreements: &[ActiveAgreement<'_>],
         guards: Option<&str>,
     ) -> Result<Self, PolicyError> {
-        let (schema, _) =
-            Schema::from_cedarschema_str(CEDAR_SCHEMA).map_err(|e| PolicyError::Invalid {
-                policy: "schema".into(),
-                message: e.to_string(),
-            })?;
+        let schema = schema()?;
         let validator = Validator::new(schema.clone());
         let guard_set = match guards {
             Some(text) => {
@@ -200,6 +234,7 @@ impl PolicyEngine {
         }
         Ok(Self {
             schema,
+            types: TypeNames::new()?,
             by_agreement,
             authorizer: Authorizer::new(),
         })
@@ -219,8 +254,8 @@ impl PolicyEngine {
                 reasons: vec!["no agreement in force with that id (deny by default)".into()],
             });
         };
-        let org = uid("Org", &req.principal.org)?;
-        let principal_uid = uid("Principal", &req.principal.id)?;
+        let org = uid(&self.types.org, &req.principal.org);
+        let principal_uid = uid(&self.types.principal, &req.principal.id);
         let roles: Vec<RestrictedExpression> = req
             .principal
             .roles
@@ -234,7 +269,7 @@ impl PolicyEngine {
             HashSet::from([org.clone()]),
         )
         .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let resource = uid("Dataset", req.dataset)?;
+        let resource = uid(&self.types.dataset, req.dataset);
         let entities = Entities::from_entities(
             [
                 principal,
@@ -264,7 +299,7 @@ impl PolicyEngine {
             ),
         ])
         .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let action = uid("Action", req.mode.as_str())?;
+        let action = uid(&self.types.action, req.mode.as_str());
         let request = Request::new(principal_uid, action, resource, context, Some(&self.schema))
             .map_err(|e| PolicyError::Request(e.to_string()))?;
         let response = self.authorizer.is_authorized(&request, policies, &entities);

@@ -183,8 +183,13 @@ pub struct AgreementUsage {
 /// The request catalogue every metadata backend provides.
 #[async_trait]
 pub trait RequestStore: Send + Sync {
-    /// Records a new request (state `pending`).
-    async fn insert_request(&self, request: &AccessRequestRecord) -> Result<(), MetaError>;
+    /// Records a new request (state `pending`) and the `requested` line of
+    /// its subject's accounting, in one transaction.
+    async fn insert_request(
+        &self,
+        request: &AccessRequestRecord,
+        requested: &SubjectEvent,
+    ) -> Result<(), MetaError>;
     /// A request by id.
     async fn request(&self, id: &str) -> Result<Option<AccessRequestRecord>, MetaError>;
     /// Requests made under `agreement_id` by `requester` since `since_micros`.
@@ -311,9 +316,40 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SubjectEvent, MetaErr
     })
 }
 
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    e: &SubjectEvent,
+) -> Result<(), MetaError> {
+    sqlx::query(
+        "INSERT INTO subject_events (subject_commitment, ledger_index, kind, request_id, \
+         agreement_id, agreement_version, principal, org, purpose, at, rows_released, withheld) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.subject_commitment.as_slice())
+    .bind(to_i64(e.ledger_index)?)
+    .bind(e.kind.as_str())
+    .bind(&e.request_id)
+    .bind(&e.agreement_id)
+    .bind(i64::from(e.agreement_version))
+    .bind(&e.principal)
+    .bind(&e.org)
+    .bind(&e.purpose)
+    .bind(&e.at)
+    .bind(to_i64(e.rows_released)?)
+    .bind(i64::from(e.withheld))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl RequestStore for SqliteMetadata {
-    async fn insert_request(&self, r: &AccessRequestRecord) -> Result<(), MetaError> {
+    async fn insert_request(
+        &self,
+        r: &AccessRequestRecord,
+        requested: &SubjectEvent,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(
             "INSERT INTO access_requests (id, agreement_id, agreement_version, grant_number, dataset, \
              requester, subject_commitment, subject_sealed, justification_sealed, columns, \
@@ -335,8 +371,10 @@ impl RequestStore for SqliteMetadata {
         .bind(&r.created_at)
         .bind(r.created_micros)
         .bind(to_i64(r.ledger_index)?)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        insert_event(&mut tx, requested).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -449,25 +487,9 @@ impl RequestStore for SqliteMetadata {
     }
 
     async fn insert_subject_event(&self, e: &SubjectEvent) -> Result<(), MetaError> {
-        sqlx::query(
-            "INSERT INTO subject_events (subject_commitment, ledger_index, kind, request_id, \
-             agreement_id, agreement_version, principal, org, purpose, at, rows_released, withheld) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(e.subject_commitment.as_slice())
-        .bind(to_i64(e.ledger_index)?)
-        .bind(e.kind.as_str())
-        .bind(&e.request_id)
-        .bind(&e.agreement_id)
-        .bind(i64::from(e.agreement_version))
-        .bind(&e.principal)
-        .bind(&e.org)
-        .bind(&e.purpose)
-        .bind(&e.at)
-        .bind(to_i64(e.rows_released)?)
-        .bind(i64::from(e.withheld))
-        .execute(self.pool())
-        .await?;
+        let mut tx = self.pool().begin().await?;
+        insert_event(&mut tx, e).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -579,10 +601,34 @@ mod tests {
     }
 
     /// The suite every backend must pass (as `meta::backend_suite`).
+    fn requested(r: &AccessRequestRecord, index: u64) -> SubjectEvent {
+        SubjectEvent {
+            subject_commitment: r.subject_commitment,
+            ledger_index: index,
+            kind: SubjectEventKind::Requested,
+            request_id: r.id.clone(),
+            agreement_id: r.agreement_id.clone(),
+            agreement_version: 1,
+            principal: r.requester.clone(),
+            org: "TIGTA".into(),
+            purpose: "audit".into(),
+            at: "t".into(),
+            rows_released: 0,
+            withheld: false,
+        }
+    }
+
     pub(crate) async fn request_suite(store: &dyn MetadataStore) {
-        store.insert_request(&request("r1", 1, 100)).await.unwrap();
-        store.insert_request(&request("r2", 1, 200)).await.unwrap();
-        store.insert_request(&request("r3", 2, 300)).await.unwrap();
+        for (i, (id, subject, micros)) in [("r1", 1, 100), ("r2", 1, 200), ("r3", 2, 300)]
+            .into_iter()
+            .enumerate()
+        {
+            let r = request(id, subject, micros);
+            store
+                .insert_request(&r, &requested(&r, i as u64))
+                .await
+                .unwrap();
+        }
         assert_eq!(
             store.request("r1").await.unwrap(),
             Some(request("r1", 1, 100))
@@ -649,9 +695,14 @@ mod tests {
         store.insert_subject_event(&event).await.unwrap();
         assert_eq!(
             store.subject_events(&[1; 32]).await.unwrap(),
-            vec![event.clone()]
+            vec![
+                requested(&request("r1", 1, 100), 0),
+                requested(&request("r2", 1, 200), 1),
+                event.clone()
+            ]
         );
-        assert!(store.subject_events(&[2; 32]).await.unwrap().is_empty());
+        assert_eq!(store.subject_events(&[2; 32]).await.unwrap().len(), 1);
+        assert!(store.subject_events(&[3; 32]).await.unwrap().is_empty());
         let usage = store.agreement_usage("a").await.unwrap();
         assert_eq!(
             (
