@@ -107,8 +107,23 @@ struct Granted {
     decided_by: Vec<String>,
 }
 
-/// A denial: the reason for the caller and the ledger (value-free).
-struct Denial(String);
+/// A denial: the message for the caller and the reason for the ledger,
+/// which never quotes input that names nothing known (a mistyped id could
+/// be anything, even an SSN).
+struct Denial {
+    message: String,
+    recorded: String,
+}
+
+impl Denial {
+    /// A denial whose message is safe to record as it is.
+    fn same(message: String) -> Self {
+        Self {
+            recorded: message.clone(),
+            message,
+        }
+    }
+}
 
 fn seal_purpose(request_id: &str, what: &str) -> String {
     format!("custos/v1/request/{request_id}/{what}")
@@ -125,8 +140,13 @@ impl Custos {
 
     /// Records a denied look-up action and returns the error for the caller.
     fn deny_lookup(&self, entry: Entry, reason: String) -> BrokerError {
-        match self.append(&entry.with_reason(reason.clone())) {
-            Ok(_) => BrokerError::Denied(reason),
+        self.refuse(entry, Denial::same(reason))
+    }
+
+    /// Records a denial (its value-free reason) and returns its message.
+    fn refuse(&self, entry: Entry, denial: Denial) -> BrokerError {
+        match self.append(&entry.with_reason(denial.recorded)) {
+            Ok(_) => BrokerError::Denied(denial.message),
             Err(e) => e,
         }
     }
@@ -137,7 +157,7 @@ impl Custos {
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(_) => Err(Denial(format!(
+            Err(_) => Err(Denial::same(format!(
                 "the guard rules ({GUARDS_FILE}) cannot be read: refusing (fail closed)"
             ))),
         }
@@ -182,19 +202,31 @@ impl Custos {
         subject: &SubjectCommitment,
     ) -> Result<Result<Granted, Denial>, BrokerError> {
         let meta = self.home().meta();
-        let deny = |text: String| Ok(Err(Denial(text)));
+        let deny = |text: String| Ok(Err(Denial::same(text)));
+        let unknown = |message: String, recorded: &str| {
+            Ok(Err(Denial {
+                message,
+                recorded: recorded.to_owned(),
+            }))
+        };
         if !principal.has_role(Role::Requester) {
             return deny("look-ups need the `requester` role".into());
         }
         let Some(state) = meta.agreement_state(agreement_id).await? else {
-            return deny(format!("no agreement `{agreement_id}` (deny by default)"));
+            return unknown(
+                format!("no agreement `{agreement_id}` (deny by default)"),
+                "unknown agreement (deny by default)",
+            );
         };
         if state.state != "active" {
             return deny(format!("agreement `{agreement_id}` is {}", state.state));
         }
         let versions = meta.agreement_versions(agreement_id).await?;
         let Some(latest) = versions.last() else {
-            return deny(format!("no agreement `{agreement_id}` (deny by default)"));
+            return unknown(
+                format!("no agreement `{agreement_id}` (deny by default)"),
+                "unknown agreement (deny by default)",
+            );
         };
         let agreement = Agreement::from_toml(&latest.toml)
             .map_err(|e| BrokerError::Invalid(format!("stored agreement unreadable: {e}")))?;
@@ -223,9 +255,12 @@ impl Custos {
             .enumerate()
             .find(|(_, g)| g.dataset == dataset_name && g.mode == Mode::Identified)
         else {
-            return deny(format!(
-                "agreement `{agreement_id}` grants no identified look-ups on dataset `{dataset_name}`"
-            ));
+            return unknown(
+                format!(
+                    "agreement `{agreement_id}` grants no identified look-ups on dataset `{dataset_name}`"
+                ),
+                "no identified grant on the dataset",
+            );
         };
         let columns: Vec<String> = match columns {
             None => grant.columns.clone(),
@@ -234,9 +269,12 @@ impl Custos {
                     return deny("ask for at least one column".into());
                 }
                 if let Some(c) = wanted.iter().find(|c| !grant.columns.contains(c)) {
-                    return deny(format!(
-                        "column `{c}` is not granted by agreement `{agreement_id}` on `{dataset_name}`"
-                    ));
+                    return unknown(
+                        format!(
+                            "column `{c}` is not granted by agreement `{agreement_id}` on `{dataset_name}`"
+                        ),
+                        "a requested column is not granted",
+                    );
                 }
                 let mut seen = BTreeSet::new();
                 wanted
@@ -294,7 +332,7 @@ impl Custos {
                 .count_requests_since(&granted.agreement.id, &principal.id, now - 3_600_000_000)
                 .await?;
             if made >= u64::from(limit) {
-                return Ok(Some(Denial(format!(
+                return Ok(Some(Denial::same(format!(
                     "limit exceeded: {limit} requests per hour under agreement `{}`",
                     granted.agreement.id
                 ))));
@@ -310,7 +348,7 @@ impl Custos {
                 )
                 .await?;
             if !includes && seen >= u64::from(limit) {
-                return Ok(Some(Denial(format!(
+                return Ok(Some(Denial::same(format!(
                     "limit exceeded: {limit} subjects per day under agreement `{}`",
                     granted.agreement.id
                 ))));
@@ -355,7 +393,10 @@ impl Custos {
         }
         let commitment = self.subjects().commit(subject);
         entry = entry.with_subjects([commitment]);
-        if dataset::valid_name(req.dataset) {
+        // Only a known dataset's name is recorded (input is not a name yet).
+        if dataset::valid_name(req.dataset)
+            && self.home().meta().dataset(req.dataset).await?.is_some()
+        {
             entry = entry.with_attribute("dataset", req.dataset);
         }
         let known = self.home().meta().agreement_versions(req.agreement).await?;
@@ -373,14 +414,14 @@ impl Custos {
             .await?
         {
             Ok(g) => g,
-            Err(Denial(reason)) => return Err(self.deny_lookup(entry, reason)),
+            Err(denial) => return Err(self.refuse(entry, denial)),
         };
         let grant = granted.agreement.grants[granted.grant_number as usize - 1].clone();
-        if let Some(Denial(reason)) = self
+        if let Some(denial) = self
             .check_limits(principal, &granted, &grant, &commitment)
             .await?
         {
-            return Err(self.deny_lookup(entry, reason));
+            return Err(self.refuse(entry, denial));
         }
         let mut raw = [0u8; 16];
         custos_store::keys::random_bytes(&mut raw)?;
@@ -651,7 +692,7 @@ impl Custos {
             .await?
         {
             Ok(g) => g,
-            Err(Denial(reason)) => return Err(self.deny_lookup(entry, reason)),
+            Err(denial) => return Err(self.refuse(entry, denial)),
         };
         let meta = self.home().meta();
         if !meta

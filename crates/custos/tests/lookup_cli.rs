@@ -411,8 +411,13 @@ fn bad_requests_are_denied_clearly_ledgered_and_release_nothing() {
         "grants no identified look-ups on dataset `deaths`",
     );
     let mut cols = ok.clone();
-    cols.extend(["--columns".to_owned(), "tin,agi".to_owned()]);
-    expect("rita", &cols, "column `agi` is not granted");
+    cols.extend(["--columns".to_owned(), "tin,zz_salary".to_owned()]);
+    expect("rita", &cols, "column `zz_salary` is not granted");
+    expect(
+        "rita",
+        &args("tigta-cases", "zz_payroll", &tin),
+        "no identified look-ups on dataset `zz_payroll`",
+    );
     expect("gus", &ok, "not with your organisation");
     expect("adam", &ok, "need the `requester` role");
     // A subject that does not exist is accepted like any other: the request
@@ -485,8 +490,11 @@ fn bad_requests_are_denied_clearly_ledgered_and_release_nothing() {
     let after = env.ledger();
     assert!(after.len() > before);
     assert!(after.iter().all(|e| e["action"] != "lookup.fetch"));
-    // And the ledger never names the subject.
-    assert!(!serde_json::to_string(&after).unwrap().contains(&tin));
+    // The ledger never names the subject, nor echoes mistyped names.
+    let text = serde_json::to_string(&after).unwrap();
+    for secret in [tin.as_str(), "zz-missing", "zz_salary", "zz_payroll"] {
+        assert!(!text.contains(secret), "{secret} in the ledger");
+    }
 }
 
 #[test]
