@@ -32,8 +32,10 @@ fn main() {
     };
     let columns = vec!["tin".to_owned(), "refund".to_owned()];
     let day = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap();
-    println!("| active agreements | compile ms | decision median µs | p99 µs | allowed |");
-    println!("|---:|---:|---:|---:|---|");
+    println!(
+        "| active agreements | compile ms | decide median µs | p99 µs | decide_as (prepared principal) median µs | p99 µs | allowed |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---|");
     for n in [10usize, 1_000, 10_000] {
         let agreements: Vec<Agreement> = (0..n)
             .map(|i| {
@@ -53,7 +55,9 @@ fn main() {
         let started = Instant::now();
         let engine = PolicyEngine::compile(&active, Some(GUARD)).unwrap();
         let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let prepared = engine.principal(&bob).unwrap();
         let mut times = Vec::with_capacity(20_000);
+        let mut prepared_times = Vec::with_capacity(20_000);
         let mut allowed = true;
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         for _ in 0..20_000 {
@@ -74,12 +78,19 @@ fn main() {
             let d = engine.decide(&request).unwrap();
             times.push(t.elapsed().as_secs_f64() * 1e6);
             allowed &= d.allowed;
+            let t = Instant::now();
+            let d = engine.decide_as(&prepared, &request).unwrap();
+            prepared_times.push(t.elapsed().as_secs_f64() * 1e6);
+            allowed &= d.allowed;
         }
         times.sort_by(f64::total_cmp);
+        prepared_times.sort_by(f64::total_cmp);
         println!(
-            "| {n} | {compile_ms:.0} | {:.1} | {:.1} | {} |",
+            "| {n} | {compile_ms:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
             percentile(&times, 0.5),
             percentile(&times, 0.99),
+            percentile(&prepared_times, 0.5),
+            percentile(&prepared_times, 0.99),
             if allowed { "all" } else { "NOT ALL" }
         );
     }

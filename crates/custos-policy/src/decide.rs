@@ -135,6 +135,14 @@ fn schema() -> Result<Schema, PolicyError> {
         .clone()
 }
 
+/// A principal as Cedar sees it: its entity and organisation, built once.
+#[derive(Debug, Clone)]
+pub struct CedarPrincipal {
+    id: String,
+    uid: EntityUid,
+    entities: Entities,
+}
+
 /// The compiled policies: one set per active agreement, guards in each.
 #[derive(Debug)]
 pub struct PolicyEngine {
@@ -248,37 +256,57 @@ impl PolicyEngine {
     /// Decides a request. Denied when no agreement grant permits it or a
     /// guard forbids it; the reasons say which.
     pub fn decide(&self, req: &AccessRequest<'_>) -> Result<Decision, PolicyError> {
+        let principal = self.principal(req.principal)?;
+        self.decide_as(&principal, req)
+    }
+
+    /// The principal as Cedar sees it (entity with roles, in its org).
+    /// Build it once per principal and pass it to [`PolicyEngine::decide_as`]
+    /// for every decision about that principal.
+    pub fn principal(&self, p: &Principal) -> Result<CedarPrincipal, PolicyError> {
+        let org = uid(&self.types.org, &p.org);
+        let principal_uid = uid(&self.types.principal, &p.id);
+        // A revoked principal keeps no role, so no grant can match it.
+        let roles: Vec<RestrictedExpression> = p
+            .roles
+            .iter()
+            .filter(|_| p.revoked_at.is_none())
+            .map(|r: &Role| RestrictedExpression::new_string(r.as_str().to_owned()))
+            .collect();
+        let entity = Entity::new(
+            principal_uid.clone(),
+            HashMap::from([("roles".to_owned(), RestrictedExpression::new_set(roles))]),
+            HashSet::from([org.clone()]),
+        )
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let entities = Entities::from_entities([entity, Entity::with_uid(org)], Some(&self.schema))
+            .map_err(|e| PolicyError::Request(e.to_string()))?;
+        Ok(CedarPrincipal {
+            id: p.id.clone(),
+            uid: principal_uid,
+            entities,
+        })
+    }
+
+    /// Decides a request for a principal prepared with
+    /// [`PolicyEngine::principal`] (which must be `req.principal`).
+    pub fn decide_as(
+        &self,
+        principal: &CedarPrincipal,
+        req: &AccessRequest<'_>,
+    ) -> Result<Decision, PolicyError> {
+        if principal.id != req.principal.id {
+            return Err(PolicyError::Request(
+                "the prepared principal is not the requester".into(),
+            ));
+        }
         let Some(policies) = self.by_agreement.get(req.agreement) else {
             return Ok(Decision {
                 allowed: false,
                 reasons: vec!["no agreement in force with that id (deny by default)".into()],
             });
         };
-        let org = uid(&self.types.org, &req.principal.org);
-        let principal_uid = uid(&self.types.principal, &req.principal.id);
-        let roles: Vec<RestrictedExpression> = req
-            .principal
-            .roles
-            .iter()
-            .filter(|_| req.principal.revoked_at.is_none())
-            .map(|r: &Role| RestrictedExpression::new_string(r.as_str().to_owned()))
-            .collect();
-        let principal = Entity::new(
-            principal_uid.clone(),
-            HashMap::from([("roles".to_owned(), RestrictedExpression::new_set(roles))]),
-            HashSet::from([org.clone()]),
-        )
-        .map_err(|e| PolicyError::Request(e.to_string()))?;
         let resource = uid(&self.types.dataset, req.dataset);
-        let entities = Entities::from_entities(
-            [
-                principal,
-                Entity::with_uid(org),
-                Entity::with_uid(resource.clone()),
-            ],
-            Some(&self.schema),
-        )
-        .map_err(|e| PolicyError::Request(e.to_string()))?;
         let columns = req
             .columns
             .iter()
@@ -300,9 +328,17 @@ impl PolicyEngine {
         ])
         .map_err(|e| PolicyError::Request(e.to_string()))?;
         let action = uid(&self.types.action, req.mode.as_str());
-        let request = Request::new(principal_uid, action, resource, context, Some(&self.schema))
-            .map_err(|e| PolicyError::Request(e.to_string()))?;
-        let response = self.authorizer.is_authorized(&request, policies, &entities);
+        let request = Request::new(
+            principal.uid.clone(),
+            action,
+            resource,
+            context,
+            Some(&self.schema),
+        )
+        .map_err(|e| PolicyError::Request(e.to_string()))?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, policies, &principal.entities);
         let mut reasons: Vec<String> = response
             .diagnostics()
             .reason()
