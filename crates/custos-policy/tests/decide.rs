@@ -174,3 +174,46 @@ fn organisation_names_cannot_inject_policy_text() {
         .unwrap();
     assert!(!d.allowed);
 }
+
+#[test]
+fn a_prepared_principal_decides_alike_and_only_for_itself() {
+    let engine = engine();
+    let bob = principal("TIGTA", &[Role::Requester]);
+    let prepared = engine.principal(&bob).unwrap();
+    let columns = cols(&["tin", "refund"]);
+    for (mode, protected, d) in [
+        (Mode::Identified, false, "2026-06-01"),
+        (Mode::Identified, true, "2026-06-01"),
+        (Mode::Identified, false, "2027-06-01"),
+        (Mode::Aggregate, false, "2026-06-01"),
+    ] {
+        let request = AccessRequest {
+            principal: &bob,
+            agreement: "tigta-refund-fraud-2026",
+            dataset: "tax_returns",
+            mode,
+            columns: &columns,
+            day: day(d),
+            subject_protected: protected,
+        };
+        assert_eq!(
+            engine.decide(&request).unwrap(),
+            engine.decide_as(&prepared, &request).unwrap()
+        );
+    }
+    let mut eve = principal("TIGTA", &[Role::Requester]);
+    eve.id = "p00000000000000ee".into();
+    let request = AccessRequest {
+        principal: &eve,
+        agreement: "tigta-refund-fraud-2026",
+        dataset: "tax_returns",
+        mode: Mode::Identified,
+        columns: &columns,
+        day: day("2026-06-01"),
+        subject_protected: false,
+    };
+    assert!(matches!(
+        engine.decide_as(&prepared, &request),
+        Err(PolicyError::Request(_))
+    ));
+}
