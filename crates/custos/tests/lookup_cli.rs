@@ -646,3 +646,46 @@ fn withholding_agreements_stay_out_of_subject_reports() {
                 .and(predicate::str::contains("disclosures        1")),
         );
 }
+
+#[test]
+fn requests_per_hour_are_limited_per_requester() {
+    let env = Env::new();
+    let tight = AGREEMENT
+        .replace("tigta-cases", "tigta-tight")
+        .replace("requests_per_hour = 60", "requests_per_hour = 2");
+    let file = env.write("tight.toml", &tight);
+    env.as_("alice")
+        .args(["agreement", "apply"])
+        .arg(file)
+        .assert()
+        .success();
+    let ask = |who: &str, subject: &str| {
+        env.as_(who)
+            .args([
+                "lookup",
+                "--agreement",
+                "tigta-tight",
+                "--dataset",
+                "tax_returns",
+                "--subject",
+                subject,
+                "--justification",
+                "Case 2026-114: refund deposited",
+            ])
+            .assert()
+    };
+    ask("rita", "666-00-0001").success();
+    ask("rita", "666-00-0001").success();
+    ask("rita", "666-00-0002")
+        .failure()
+        .stderr(predicate::str::contains(
+            "limit exceeded: 2 requests per hour",
+        ));
+    let e = env.last_entry();
+    assert_eq!(
+        (e["action"].as_str(), e["decision"].as_str()),
+        (Some("lookup.request"), Some("deny"))
+    );
+    // Another requester of the same organisation has their own budget.
+    ask("sam", "666-00-0002").success();
+}
