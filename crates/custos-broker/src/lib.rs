@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod aggregates;
 mod agreements;
 mod lookups;
 mod reports;
 
+pub use aggregates::AggregateAnswer;
 pub use agreements::AgreementStatus;
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use reports::{AgreementReport, ReportLine, SubjectReport};

@@ -99,25 +99,25 @@ pub struct Released {
 }
 
 /// The grant a request runs under, after every check passed.
-struct Granted {
-    agreement: Agreement,
-    version: u32,
-    grant_number: u32,
-    columns: Vec<String>,
-    decided_by: Vec<String>,
+pub(crate) struct Granted {
+    pub(crate) agreement: Agreement,
+    pub(crate) version: u32,
+    pub(crate) grant_number: u32,
+    pub(crate) columns: Vec<String>,
+    pub(crate) decided_by: Vec<String>,
 }
 
 /// A denial: the message for the caller and the reason for the ledger,
 /// which never quotes input that names nothing known (a mistyped id could
 /// be anything, even an SSN).
-struct Denial {
-    message: String,
-    recorded: String,
+pub(crate) struct Denial {
+    pub(crate) message: String,
+    pub(crate) recorded: String,
 }
 
 impl Denial {
     /// A denial whose message is safe to record as it is.
-    fn same(message: String) -> Self {
+    pub(crate) fn same(message: String) -> Self {
         Self {
             recorded: message.clone(),
             message,
@@ -144,7 +144,7 @@ impl Custos {
     }
 
     /// Records a denial (its value-free reason) and returns its message.
-    fn refuse(&self, entry: Entry, denial: Denial) -> BrokerError {
+    pub(crate) fn refuse(&self, entry: Entry, denial: Denial) -> BrokerError {
         match self.append(&entry.with_reason(denial.recorded)) {
             Ok(_) => BrokerError::Denied(denial.message),
             Err(e) => e,
@@ -191,15 +191,16 @@ impl Custos {
         Ok(engine)
     }
 
-    /// Every check of an identified access, in the order that gives the
+    /// Every check of an access in `mode`, in the order that gives the
     /// clearest reason; Cedar makes the final decision.
-    async fn decide_identified(
+    pub(crate) async fn decide_access(
         &self,
         principal: &Principal,
         agreement_id: &str,
         dataset_name: &str,
+        mode: Mode,
         columns: Option<&[String]>,
-        subject: &SubjectCommitment,
+        subject: Option<&SubjectCommitment>,
     ) -> Result<Result<Granted, Denial>, BrokerError> {
         let meta = self.home().meta();
         let deny = |text: String| Ok(Err(Denial::same(text)));
@@ -210,7 +211,10 @@ impl Custos {
             }))
         };
         if !principal.has_role(Role::Requester) {
-            return deny("look-ups need the `requester` role".into());
+            return deny(format!(
+                "{} access needs the `requester` role",
+                mode.as_str()
+            ));
         }
         let Some(state) = meta.agreement_state(agreement_id).await? else {
             return unknown(
@@ -253,13 +257,14 @@ impl Custos {
             .grants
             .iter()
             .enumerate()
-            .find(|(_, g)| g.dataset == dataset_name && g.mode == Mode::Identified)
+            .find(|(_, g)| g.dataset == dataset_name && g.mode == mode)
         else {
             return unknown(
                 format!(
-                    "agreement `{agreement_id}` grants no identified look-ups on dataset `{dataset_name}`"
+                    "agreement `{agreement_id}` grants no {} access to dataset `{dataset_name}`",
+                    mode.as_str()
                 ),
-                "no identified grant on the dataset",
+                "no grant of the mode on the dataset",
             );
         };
         let columns: Vec<String> = match columns {
@@ -293,13 +298,16 @@ impl Custos {
             Ok(engine) => engine,
             Err(e) => return deny(format!("policies do not compile: {e} (fail closed)")),
         };
-        let protected = meta.subject_protected(&subject.0).await?;
+        let protected = match subject {
+            Some(s) => meta.subject_protected(&s.0).await?,
+            None => false,
+        };
         let decision = engine
             .decide(&AccessRequest {
                 principal,
                 agreement: agreement_id,
                 dataset: dataset_name,
-                mode: Mode::Identified,
+                mode,
                 columns: &columns,
                 day,
                 subject_protected: protected,
@@ -404,12 +412,13 @@ impl Custos {
             entry = entry.with_agreement(req.agreement, latest.version);
         }
         let granted = match self
-            .decide_identified(
+            .decide_access(
                 principal,
                 req.agreement,
                 req.dataset,
+                Mode::Identified,
                 req.columns,
-                &commitment,
+                Some(&commitment),
             )
             .await?
         {
@@ -682,12 +691,13 @@ impl Custos {
         // Decide again: the agreement may have been suspended, revoked or
         // expired, or the subject protected, since the request was made.
         let granted = match self
-            .decide_identified(
+            .decide_access(
                 principal,
                 &record.agreement_id,
                 &record.dataset,
+                Mode::Identified,
                 Some(&record.columns),
-                &commitment,
+                Some(&commitment),
             )
             .await?
         {

@@ -71,8 +71,48 @@ pub struct Limits {
     pub approvals: u32,
 }
 
+/// How an aggregate grant's privacy loss is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyMeasure {
+    /// Zero-concentrated DP: budgets in ρ, discrete Gaussian noise.
+    Zcdp,
+    /// Pure DP: budgets in ε, discrete Laplace noise.
+    Pure,
+}
+
+impl PrivacyMeasure {
+    /// The symbol budgets are written in.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::Zcdp => "ρ",
+            Self::Pure => "ε",
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The differential-privacy terms of an aggregate grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyGrant {
+    /// `zcdp` (ρ) or `pure` (ε).
+    pub measure: PrivacyMeasure,
+    /// The total the agreement may spend on this dataset.
+    pub budget: f64,
+    /// The most one query may spend (also its default spend).
+    pub per_query: f64,
+    /// Rows each subject may contribute to one query (k), chosen by the
+    /// subject's rows' content, never by input order.
+    #[serde(default = "one")]
+    pub contributions: u32,
+}
+
 /// One permission inside an agreement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     /// The dataset.
@@ -86,10 +126,12 @@ pub struct Grant {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Differential privacy (aggregate grants: required).
+    pub privacy: Option<PrivacyGrant>,
 }
 
 /// A data-sharing agreement as authored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Agreement {
     /// Stable id: `[a-z0-9][a-z0-9._-]{0,63}`; versions share it.
@@ -181,6 +223,39 @@ pub enum AgreementError {
     /// A matching agreement exceeds the Computer Matching Act's limits.
     #[error("{0}")]
     MatchingLimits(String),
+}
+
+/// The rules of an aggregate grant's privacy terms.
+fn check_privacy(privacy: Option<&PrivacyGrant>) -> Result<(), String> {
+    let Some(p) = privacy else {
+        return Err(
+            "an aggregate grant needs `[grants.privacy]` with `measure`, `budget` and `per_query`"
+                .into(),
+        );
+    };
+    let sym = p.measure.symbol();
+    if !(p.budget.is_finite() && p.budget > 0.0) {
+        return Err(format!(
+            "the privacy budget must be a positive number ({sym}), not {}",
+            p.budget
+        ));
+    }
+    if !(p.per_query.is_finite() && p.per_query > 0.0) {
+        return Err(format!(
+            "`per_query` must be a positive number ({sym}), not {}",
+            p.per_query
+        ));
+    }
+    if p.per_query > p.budget {
+        return Err(format!(
+            "`per_query` ({sym} = {}) exceeds the whole budget ({sym} = {})",
+            p.per_query, p.budget
+        ));
+    }
+    if p.contributions == 0 || p.contributions > 1000 {
+        return Err("`contributions` must be between 1 and 1000 rows per subject".into());
+    }
+    Ok(())
 }
 
 /// Reads a TOML date (`2026-01-01`) or a `"2026-01-01"` string.
@@ -305,6 +380,10 @@ impl Agreement {
                 }
             }
             match grant.mode {
+                Mode::Aggregate => check_privacy(grant.privacy.as_ref()).map_err(rule)?,
+                _ if grant.privacy.is_some() => {
+                    return Err(rule("`privacy` applies to aggregate grants only".into()));
+                }
                 Mode::Identified if grant.limits.approvals == 0 => {
                     return Err(rule(
                         "an identified grant needs `limits.approvals` of at least 1 (the two-person rule)".into(),

@@ -19,6 +19,6 @@ pub mod decide;
 pub mod scope;
 pub mod scope_filter;
 
-pub use agreement::{Agreement, AgreementError, Grant, Limits, Mode};
+pub use agreement::{Agreement, AgreementError, Grant, Limits, Mode, PrivacyGrant, PrivacyMeasure};
 pub use scope::{RowScope, ScopeError};
 pub use scope_filter::{ScopeFilter, ScopeValue};

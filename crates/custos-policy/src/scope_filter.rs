@@ -34,7 +34,8 @@ pub enum ScopeValue {
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Column(usize),
-    Value(Typed),
+    /// A typed literal and its SQL text in storage units.
+    Value(Typed, String),
     Compare(BinaryOperator, Box<Node>, Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
@@ -92,12 +93,18 @@ impl Compiler<'_> {
                 };
                 Ok(Node::Column(index))
             }
-            Expr::Value(v) => Ok(Node::Value(literal(&v.value, ty, false)?)),
+            Expr::Value(v) => {
+                let (value, sql) = literal(&v.value, ty, false)?;
+                Ok(Node::Value(value, sql))
+            }
             Expr::UnaryOp {
                 op: UnaryOperator::Minus,
                 expr,
             } => match expr.as_ref() {
-                Expr::Value(v) => Ok(Node::Value(literal(&v.value, ty, true)?)),
+                Expr::Value(v) => {
+                    let (value, sql) = literal(&v.value, ty, true)?;
+                    Ok(Node::Value(value, sql))
+                }
                 other => Err(ScopeError::NotAllowed(format!("-{other}"))),
             },
             Expr::UnaryOp {
@@ -178,7 +185,31 @@ impl Compiler<'_> {
     }
 }
 
-fn literal(value: &Value, ty: Option<ColumnType>, negative: bool) -> Result<Typed, ScopeError> {
+/// A literal typed by `ty` (the column it is compared with), and its SQL
+/// text in storage units (cents, `DATE '…'`).
+fn literal(
+    value: &Value,
+    ty: Option<ColumnType>,
+    negative: bool,
+) -> Result<(Typed, String), ScopeError> {
+    let typed = typed_literal(value, ty, negative)?;
+    let sql = match (&typed, ty) {
+        (Typed::Null, _) => "NULL".to_owned(),
+        (Typed::Bool(b), _) => if *b { "TRUE" } else { "FALSE" }.to_owned(),
+        (Typed::Int(days), Some(ColumnType::Date)) => {
+            format!("DATE '{}'", custos_store::schema::format_date_days(*days))
+        }
+        (Typed::Int(v), _) => v.to_string(),
+        (Typed::Text(t), _) => format!("'{}'", t.replace('\'', "''")),
+    };
+    Ok((typed, sql))
+}
+
+fn typed_literal(
+    value: &Value,
+    ty: Option<ColumnType>,
+    negative: bool,
+) -> Result<Typed, ScopeError> {
     let bad = |text: &str, what: &str| ScopeError::NotAllowed(format!("{text} (not {what})"));
     let signed = |text: &str| {
         if negative {
@@ -263,7 +294,7 @@ fn eval(node: &Node, row: &[ScopeValue]) -> Typed {
             Some(ScopeValue::Text(t)) => Typed::Text(t.clone()),
             Some(ScopeValue::Null) | None => Typed::Null,
         },
-        Node::Value(v) => v.clone(),
+        Node::Value(v, _) => v.clone(),
         Node::Compare(op, a, b) => compare(op, &eval(a, row), &eval(b, row)),
         Node::And(a, b) => match (truth(&eval(a, row)), truth(&eval(b, row))) {
             (Some(false), _) | (_, Some(false)) => Typed::Bool(false),
@@ -307,6 +338,39 @@ fn eval(node: &Node, row: &[ScopeValue]) -> Typed {
     }
 }
 
+fn sql(node: &Node, columns: &[String]) -> String {
+    let quoted = |i: &usize| format!("\"{}\"", columns.get(*i).map_or("", String::as_str));
+    match node {
+        Node::Column(i) => quoted(i),
+        Node::Value(_, text) => text.clone(),
+        Node::Compare(op, a, b) => format!("({} {op} {})", sql(a, columns), sql(b, columns)),
+        Node::And(a, b) => format!("({} AND {})", sql(a, columns), sql(b, columns)),
+        Node::Or(a, b) => format!("({} OR {})", sql(a, columns), sql(b, columns)),
+        Node::Not(a) => format!("(NOT {})", sql(a, columns)),
+        Node::IsNull(a, negated) => format!(
+            "({} IS {}NULL)",
+            sql(a, columns),
+            if *negated { "NOT " } else { "" }
+        ),
+        Node::InList(a, list, negated) => format!(
+            "({} {}IN ({}))",
+            sql(a, columns),
+            if *negated { "NOT " } else { "" },
+            list.iter()
+                .map(|n| sql(n, columns))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Node::Between(a, lo, hi, negated) => format!(
+            "({} {}BETWEEN {} AND {})",
+            sql(a, columns),
+            if *negated { "NOT " } else { "" },
+            sql(lo, columns),
+            sql(hi, columns)
+        ),
+    }
+}
+
 impl ScopeFilter {
     /// Compiles a row scope (already held to the allow-list and the grant's
     /// columns by [`crate::scope::parse_row_scope`]) against `schema`.
@@ -336,6 +400,12 @@ impl ScopeFilter {
     /// The columns a row must supply to [`ScopeFilter::matches`], in order.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The scope as SQL over the stored values (decimals in cents, dates as
+    /// `DATE` literals), with quoted column names, for a query engine.
+    pub fn to_sql(&self) -> String {
+        sql(&self.root, &self.columns)
     }
 
     /// Whether a row is in scope: `row` holds the values of
@@ -437,6 +507,20 @@ values = ["CA", "NY", "TX"]
                 ("refund", ScopeValue::Int(-500))
             ]
         )));
+    }
+
+    #[test]
+    fn renders_sql_in_storage_units() {
+        let f =
+            filter("refund > 1000.50 AND filed >= '2024-01-01' AND state NOT IN ('CA', 'N''Y')");
+        assert_eq!(
+            f.to_sql(),
+            "(((\"refund\" > 100050) AND (\"filed\" >= DATE '2024-01-01')) AND (\"state\" NOT IN ('CA', 'N''Y')))"
+        );
+        assert_eq!(
+            filter("tax_year BETWEEN 2022 AND 2024 OR refund IS NOT NULL").to_sql(),
+            "((\"tax_year\" BETWEEN 2022 AND 2024) OR (\"refund\" IS NOT NULL))"
+        );
     }
 
     #[test]

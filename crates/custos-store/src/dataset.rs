@@ -407,7 +407,9 @@ impl DatasetReader {
         }
     }
 
-    fn decryption(
+    /// The decryption properties of one bucket file: the footer/data key,
+    /// the identity key only if `identity`, and the file's AAD prefix.
+    pub fn decryption_properties(
         &self,
         bucket: u32,
         identity: bool,
@@ -474,7 +476,7 @@ impl DatasetReader {
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
         let options = ArrowReaderOptions::new()
-            .with_file_decryption_properties(self.decryption(bucket, true)?);
+            .with_file_decryption_properties(self.decryption_properties(bucket, true)?);
         let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
             .map_err(|e| self.file_error(bucket, e))?;
         let descr = builder.parquet_schema();
@@ -524,7 +526,7 @@ impl DatasetReader {
             let path = self.dir.join(bucket_file_name(bucket));
             let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
             let options = ArrowReaderOptions::new()
-                .with_file_decryption_properties(self.decryption(bucket, identity)?);
+                .with_file_decryption_properties(self.decryption_properties(bucket, identity)?);
             let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
                 .map_err(|e| self.file_error(bucket, e))?;
             let keep: Vec<usize> = self

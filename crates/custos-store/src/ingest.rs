@@ -184,6 +184,15 @@ pub fn bucket_file_name(i: u32) -> String {
     format!("bucket-{i:04}.parquet")
 }
 
+/// The bucket number of a bucket file's name (`bucket-0007.parquet` → 7).
+pub fn parse_bucket_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("bucket-")?.strip_suffix(".parquet")?;
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The AAD prefix that binds a bucket file to its dataset and position, so
 /// files cannot be swapped between datasets or buckets undetected.
 pub fn bucket_aad(storage_id: &str, bucket: u32) -> Vec<u8> {

@@ -7,11 +7,13 @@
 //! - [`meta`]: the metadata store interface and its SQLite backend.
 //! - [`principal`]: principals, roles and API tokens (hashed at rest).
 //! - [`requests`]: look-up requests, approvals, the accounting of disclosures.
+//! - [`budgets`]: privacy budgets per agreement and dataset, charged atomically.
 //! - [`ingest`]: CSV → bucketed, encrypted Parquet (streaming, atomic).
 //! - [`dataset`]: the catalogue, ingest orchestration and reading rows.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod budgets;
 pub mod dataset;
 pub mod home;
 pub mod ingest;

@@ -72,6 +72,16 @@ enum Command {
     /// dataset. It waits for approvals by other people (`custos approve`);
     /// then the requester fetches the rows once.
     Lookup(commands::lookup::LookupArgs),
+    /// Ask an aggregate question and get a differentially private answer.
+    ///
+    /// The SQL is checked against the agreement's aggregate grant, each
+    /// subject's contribution is bounded, values are clamped to the schema's
+    /// bounds, every group of a public column's domain is released, and
+    /// noise (discrete Gaussian under zCDP, or discrete Laplace under pure
+    /// DP) is added to integer totals. The spend is charged to the budget and
+    /// written to the ledger before anything is computed; a query that would
+    /// exceed the budget is refused and spends nothing.
+    Query(commands::query::QueryArgs),
     /// Approve a pending look-up (role `approver`; never your own request,
     /// never twice).
     Approve(commands::lookup::ApproveArgs),
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
             Command::Agreement(cmd) => commands::agreement::run(&cli.home, cmd).await,
             Command::Lookup(args) => commands::lookup::run(&cli.home, args).await,
             Command::Approve(args) => commands::lookup::approve(&cli.home, args).await,
+            Command::Query(args) => commands::query::run(&cli.home, args).await,
             Command::Report(cmd) => commands::report::run(&cli.home, cmd).await,
             Command::Subject(cmd) => commands::lookup::subject(&cli.home, cmd).await,
         }

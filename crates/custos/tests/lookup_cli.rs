@@ -408,7 +408,7 @@ fn bad_requests_are_denied_clearly_ledgered_and_release_nothing() {
     expect(
         "rita",
         &args("tigta-cases", "deaths", &tin),
-        "grants no identified look-ups on dataset `deaths`",
+        "grants no identified access to dataset `deaths`",
     );
     let mut cols = ok.clone();
     cols.extend(["--columns".to_owned(), "tin,zz_salary".to_owned()]);
@@ -416,10 +416,10 @@ fn bad_requests_are_denied_clearly_ledgered_and_release_nothing() {
     expect(
         "rita",
         &args("tigta-cases", "zz_payroll", &tin),
-        "no identified look-ups on dataset `zz_payroll`",
+        "no identified access to dataset `zz_payroll`",
     );
     expect("gus", &ok, "not with your organisation");
-    expect("adam", &ok, "need the `requester` role");
+    expect("adam", &ok, "access needs the `requester` role");
     // A subject that does not exist is accepted like any other: the request
     // never reads the dataset, so it cannot reveal existence.
     env.request("rita", "666-99-9999", &[])

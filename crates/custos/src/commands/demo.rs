@@ -135,7 +135,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     step(4, "agreements as code");
-    let (version, agreement) = custos.apply_agreement(&admin, AGGREGATE_AGREEMENT).await?;
+    let (version, agreement) = custos
+        .apply_agreement(&admin, &aggregate_agreement())
+        .await?;
     println!(
         "  Applied `{}` v{}: {} may get {} answers on {} columns of `{}`, {} to {}.",
         version.id,
@@ -147,7 +149,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         agreement.valid_from,
         agreement.valid_until
     );
-    let mut bad = AGGREGATE_AGREEMENT.replace("\"agi\"]", "\"agi\", \"tin\"]");
+    let mut bad = aggregate_agreement().replace("\"agi\"]", "\"agi\", \"tin\"]");
     bad = bad.replace("id = \"gao-refund-statistics\"", "id = \"gao-wants-tins\"");
     match custos.apply_agreement(&admin, &bad).await {
         Ok(_) => anyhow::bail!("an aggregate grant on an identifier was accepted"),
@@ -198,6 +200,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(
         9,
+        "aggregate questions: differentially private answers under a budget",
+    );
+    aggregate_demo(&custos, &admin).await?;
+
+    step(
+        10,
         "the ledger: every action written where it can't be erased",
     );
     let ledger = custos.ledger();
@@ -238,6 +246,137 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "The temporary home is removed now."
         }
     );
+    Ok(())
+}
+
+/// The aggregate example of docs/agreements.md, in force around today so
+/// the demo works on any day.
+fn aggregate_agreement() -> String {
+    let today = chrono::Utc::now().date_naive();
+    AGGREGATE_AGREEMENT
+        .replace(
+            "valid_from = 2026-03-01",
+            &format!("valid_from = {}", today - chrono::Days::new(30)),
+        )
+        .replace(
+            "valid_until = 2027-02-28",
+            &format!("valid_until = {}", today + chrono::Days::new(300)),
+        )
+}
+
+/// Step 9: a few questions with their true values beside, then a refusal
+/// for budget.
+async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
+    let (_, token) = custos
+        .add_principal(admin, "gina", "GAO", &[Role::Requester])
+        .await?;
+    let gina = Actor::Principal(custos.authenticate(token.reveal()).await?);
+    println!(
+        "  gina (GAO, requester) asks under `gao-refund-statistics` (zCDP, ρ = 1 in all, ≤ 0.1 a query,"
+    );
+    println!(
+        "  at most 3 returns per taxpayer). True values are computed by the demo to show the error;"
+    );
+    println!("  a requester never sees them.");
+    let reader = std::sync::Arc::new(DatasetReader::open(custos.home(), "tax_returns").await?);
+    let agreement = custos_policy::Agreement::from_toml(&aggregate_agreement())?;
+    let grant = &agreement.grants[0];
+    let questions = [
+        (
+            "How many taxpayers filed at all?",
+            "SELECT COUNT(DISTINCT tin) FROM tax_returns",
+            None,
+        ),
+        (
+            "Refunds of 2024 returns in five states (all 51 are released):",
+            "SELECT state, COUNT(*), SUM(refund) FROM tax_returns WHERE tax_year = 2024 GROUP BY state",
+            Some(["CA", "TX", "NY", "FL", "WY"]),
+        ),
+        (
+            "Average refund by filing status:",
+            "SELECT filing_status, AVG(refund) FROM tax_returns GROUP BY filing_status",
+            None,
+        ),
+    ];
+    for (title, sql, only) in questions {
+        println!();
+        println!("  {title}");
+        println!("    {sql}");
+        let answer = custos
+            .query_aggregate(&gina, &agreement.id, sql, None)
+            .await?;
+        let plan = custos_privacy::plan(sql, "tax_returns", reader.schema(), grant, None)?;
+        let truth = custos_privacy::execute::totals(
+            std::sync::Arc::clone(&reader),
+            &plan.query,
+            plan.filter_sql.as_deref(),
+            grant.privacy.as_ref().map_or(1, |p| p.contributions),
+        )
+        .await?;
+        for (g, row) in answer.answer.rows.iter().enumerate() {
+            let key = truth.groups[g].join(" ");
+            if let Some(only) = only
+                && !only.contains(&key.as_str())
+            {
+                continue;
+            }
+            let mut cells = Vec::new();
+            for (c, (name, out)) in plan.query.output.iter().enumerate() {
+                let custos_privacy::query::OutputColumn::Aggregate(i) = out else {
+                    continue;
+                };
+                let aggregate = &plan.query.aggregates[*i];
+                let true_value = match aggregate {
+                    custos_privacy::query::Aggregate::Avg(_) => {
+                        let avg_index = plan.query.aggregates[..*i]
+                            .iter()
+                            .filter(|a| matches!(a, custos_privacy::query::Aggregate::Avg(_)))
+                            .count();
+                        let n = truth.avg_counts[avg_index][g].max(1);
+                        custos_store::schema::format_cents(truth.values[*i][g] / n)
+                    }
+                    custos_privacy::query::Aggregate::Sum(_) => {
+                        custos_store::schema::format_cents(truth.values[*i][g])
+                    }
+                    _ => truth.values[*i][g].to_string(),
+                };
+                let cell = &row[c];
+                cells.push(format!(
+                    "{name} = {} [{} … {}] (true {true_value})",
+                    cell.value.as_deref().unwrap_or("-"),
+                    cell.low.as_deref().unwrap_or("-"),
+                    cell.high.as_deref().unwrap_or("-"),
+                ));
+            }
+            let label = if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: ")
+            };
+            println!("    {label}{}", cells.join(", "));
+        }
+        println!(
+            "    spent ρ = {}; ρ = {:.2} of {} remains",
+            answer.answer.spent, answer.budget_remaining, answer.budget
+        );
+    }
+    // A small budget runs out: the refused query spends nothing.
+    let small = aggregate_agreement()
+        .replace("gao-refund-statistics", "gao-pilot")
+        .replace("budget = 1.0", "budget = 0.2");
+    custos.apply_agreement(admin, &small).await?;
+    let sql = "SELECT tax_year, COUNT(*) FROM tax_returns GROUP BY tax_year";
+    println!();
+    println!("  Under `gao-pilot` (ρ = 0.2 in all), gina asks the same question three times:");
+    for attempt in 1..=3 {
+        match custos.query_aggregate(&gina, "gao-pilot", sql, None).await {
+            Ok(a) => println!(
+                "    {attempt}: answered; ρ = {:.2} remains",
+                a.budget_remaining
+            ),
+            Err(e) => println!("    {attempt}: refused: {e}"),
+        }
+    }
     Ok(())
 }
 

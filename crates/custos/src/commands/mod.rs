@@ -8,6 +8,7 @@ pub mod init;
 pub mod ledger;
 pub mod lookup;
 pub mod principal;
+pub mod query;
 pub mod report;
 
 use std::path::Path;

@@ -1,0 +1,241 @@
+//! Aggregate queries: decide, check the SQL and the spend, charge the
+//! budget durably (ledger entry, then budget row), only then compute and
+//! release the noisy answer.
+//!
+//! INVARIANT (fail closed, privacy filter): nothing is computed before the
+//! charge is durable, and a query that would exceed the budget is refused
+//! without spending anything. A charge is never refunded, even if the
+//! computation then fails (the ledger says so).
+
+use std::sync::Arc;
+
+use custos_ledger::{Decision, Entry};
+use custos_policy::Mode;
+use custos_privacy::{Answer, PrivacyError};
+use custos_store::budgets::Charge;
+use custos_store::{DatasetReader, DatasetSchema};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::lookups::Denial;
+use crate::{Actor, BrokerError, Custos, now_micros};
+
+/// An answer with its budget accounting.
+#[derive(Debug, Clone, Serialize)]
+pub struct AggregateAnswer {
+    /// The query's id (`q_…`).
+    pub id: String,
+    /// The agreement and its version.
+    pub agreement: String,
+    /// The agreement version.
+    pub agreement_version: u32,
+    /// The dataset.
+    pub dataset: String,
+    /// The noisy answer with 95% intervals.
+    #[serde(flatten)]
+    pub answer: Answer,
+    /// The agreement's budget on the dataset.
+    pub budget: f64,
+    /// Spent after this query.
+    pub budget_spent: f64,
+    /// Left after this query.
+    pub budget_remaining: f64,
+    /// Ledger index of the charge entry.
+    pub ledger_index: u64,
+}
+
+impl Custos {
+    /// Answers an aggregate query under `agreement`, spending `spend` (ε or
+    /// ρ; default the grant's per-query cap).
+    pub async fn query_aggregate(
+        &self,
+        actor: &Actor,
+        agreement_id: &str,
+        sql: &str,
+        spend: Option<f64>,
+    ) -> Result<AggregateAnswer, BrokerError> {
+        const ACTION: &str = "query.aggregate";
+        let query_sha = hex::encode(Sha256::digest(sql.as_bytes()));
+        let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny)
+            .with_attribute("query_sha256", query_sha.clone());
+        let Actor::Principal(principal) = actor else {
+            return Err(self.refuse(
+                entry,
+                Denial::same("queries need a principal's token".into()),
+            ));
+        };
+        let meta = self.home().meta();
+        if let Some(latest) = meta.agreement_versions(agreement_id).await?.last() {
+            entry = entry.with_agreement(agreement_id, latest.version);
+        }
+        let Some(dataset) = custos_privacy::dataset_of(sql) else {
+            return Err(self.refuse(
+                entry,
+                Denial {
+                    message: "the query needs `FROM <dataset>`".into(),
+                    recorded: "query does not name a dataset".into(),
+                },
+            ));
+        };
+        let record = meta.dataset(&dataset).await?;
+        if record.is_some() {
+            entry = entry.with_attribute("dataset", dataset.clone());
+        }
+        // Which columns the query reads is known only after checking it
+        // against the grant, so decide the agreement and grant first (all
+        // granted columns), then the exact columns below.
+        let granted = match self
+            .decide_access(
+                principal,
+                agreement_id,
+                &dataset,
+                Mode::Aggregate,
+                None,
+                None,
+            )
+            .await?
+        {
+            Ok(g) => g,
+            Err(denial) => return Err(self.refuse(entry, denial)),
+        };
+        let Some(record) = record else {
+            return Err(self.refuse(entry, Denial::same("the dataset is gone".into())));
+        };
+        let schema = DatasetSchema::from_toml(&record.schema_toml)
+            .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
+        let grant = granted
+            .agreement
+            .grants
+            .get(granted.grant_number as usize - 1)
+            .cloned()
+            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))?;
+        let plan = match custos_privacy::plan(sql, &dataset, &schema, &grant, spend) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(self.refuse(
+                    entry,
+                    Denial {
+                        message: e.to_string(),
+                        recorded: e.category().into(),
+                    },
+                ));
+            }
+        };
+        if let Some(limit) = grant.limits.requests_per_hour {
+            let made = meta
+                .count_charges_since(agreement_id, &principal.id, now_micros() - 3_600_000_000)
+                .await?;
+            if made >= u64::from(limit) {
+                return Err(self.refuse(
+                    entry,
+                    Denial::same(format!(
+                        "limit exceeded: {limit} queries per hour under agreement `{agreement_id}`"
+                    )),
+                ));
+            }
+        }
+        let measure = plan.privacy.measure;
+        let sym = measure.symbol();
+        let budget = plan.privacy.budget;
+        let spent_before = meta.budget_spent(agreement_id, &dataset).await?;
+        if spent_before + plan.spend > budget * (1.0 + 1e-9) {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "privacy budget exhausted: {sym} = {spent_before:.6} of {budget} spent; this query needs {}; nothing was spent",
+                    plan.spend
+                )),
+            ));
+        }
+        let mut raw = [0u8; 16];
+        custos_store::keys::random_bytes(&mut raw)?;
+        let id = format!("q_{}", hex::encode(raw));
+        let measure_name = match measure {
+            custos_policy::PrivacyMeasure::Zcdp => "zcdp",
+            custos_policy::PrivacyMeasure::Pure => "pure",
+        };
+        let at_micros = now_micros();
+        let mut allowed = Entry {
+            decision: Decision::Allow,
+            time_micros: at_micros,
+            ..entry.clone()
+        }
+        .with_request(&id)
+        .with_agreement(agreement_id, granted.version)
+        .with_attribute("measure", measure_name)
+        .with_attribute("spend", format!("{}", plan.spend))
+        .with_attribute("columns", plan.columns.join(","));
+        for reason in &granted.decided_by {
+            allowed = allowed.with_reason(reason.clone());
+        }
+        // INVARIANT: the charge is durable in the ledger before the budget
+        // row, and both before anything is computed.
+        let ledger_index = self.append(&allowed)?;
+        let charge = Charge {
+            id: id.clone(),
+            agreement_id: agreement_id.to_owned(),
+            agreement_version: granted.version,
+            dataset: dataset.clone(),
+            principal: principal.id.clone(),
+            measure: measure_name.to_owned(),
+            spend: plan.spend,
+            query_sha256: query_sha,
+            at: custos_store::home::now_rfc3339(),
+            at_micros,
+            ledger_index,
+        };
+        let Some(spent_after) = meta.charge_budget(&charge, budget).await? else {
+            // A concurrent query took the rest; the ledger entry above must
+            // not stand as an allowance.
+            let failed = Entry {
+                decision: Decision::Error,
+                ..allowed
+            }
+            .with_reason("the budget was exhausted concurrently; nothing was computed");
+            self.append(&failed)?;
+            return Err(BrokerError::Denied(format!(
+                "privacy budget exhausted (concurrently): {sym} = {budget} spent; nothing was computed"
+            )));
+        };
+        let reader = Arc::new(DatasetReader::open(self.home(), &dataset).await?);
+        let answer = match custos_privacy::answer(reader, &plan).await {
+            Ok(a) => a,
+            Err(e) => {
+                let failed = Entry {
+                    decision: Decision::Error,
+                    ..allowed
+                }
+                .with_reason(format!(
+                    "computing the answer failed ({}); the charge stands",
+                    e.category()
+                ));
+                self.append(&failed)?;
+                return Err(privacy_error(e));
+            }
+        };
+        Ok(AggregateAnswer {
+            id,
+            agreement: agreement_id.to_owned(),
+            agreement_version: granted.version,
+            dataset,
+            answer,
+            budget,
+            budget_spent: spent_after,
+            budget_remaining: (budget - spent_after).max(0.0),
+            ledger_index,
+        })
+    }
+
+    /// What an agreement has spent on a dataset, and its budget.
+    pub async fn budget(&self, agreement_id: &str, dataset: &str) -> Result<f64, BrokerError> {
+        Ok(self
+            .home()
+            .meta()
+            .budget_spent(agreement_id, dataset)
+            .await?)
+    }
+}
+
+fn privacy_error(e: PrivacyError) -> BrokerError {
+    BrokerError::Invalid(e.to_string())
+}

@@ -1,0 +1,393 @@
+//! Custos differential privacy: aggregate SQL checked against an agreement's
+//! grant, rewritten for privacy (clamping to schema bounds, at most `k` rows
+//! per subject, the whole public domain of every `GROUP BY` column),
+//! computed in integers with DataFusion over the encrypted Parquet, and
+//! released with OpenDP noise and 95% confidence intervals.
+//!
+//! - [`query`]: the SQL allow-list (pure).
+//! - [`mechanism`]: calibration, noise and intervals through OpenDP (pure).
+//! - [`execute`]: true bounded totals with DataFusion (reads files).
+//!
+//! Budgets and their durable charging are the broker's: [`plan`] says what
+//! a query will spend before anything is read, [`answer`] computes and
+//! noises it after the charge is durable.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod execute;
+pub mod mechanism;
+pub mod query;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use custos_policy::scope::parse_row_scope;
+use custos_policy::{Grant, PrivacyGrant, PrivacyMeasure, ScopeFilter};
+use custos_store::schema::format_cents;
+use custos_store::{ColumnType, DatasetReader, DatasetSchema};
+use serde::Serialize;
+
+use crate::mechanism::{NoisyVector, Sensitivity, release};
+use crate::query::{
+    Aggregate, AggregateQuery, GrantedColumns, OutputColumn, QueryError, parse_query,
+};
+
+/// Why a query cannot be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrivacyError {
+    /// The SQL was refused.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The `WHERE` clause was refused.
+    #[error("WHERE: {0}")]
+    Where(String),
+    /// The grant has no privacy terms (cannot happen for a validated agreement).
+    #[error("the grant has no privacy terms")]
+    NoPrivacyTerms,
+    /// The spend asked for is not allowed.
+    #[error("{0}")]
+    Spend(String),
+    /// Noise could not be calibrated or drawn.
+    #[error(transparent)]
+    Mechanism(#[from] mechanism::MechanismError),
+    /// Computing the totals failed.
+    #[error(transparent)]
+    Execute(#[from] execute::ExecuteError),
+}
+
+impl PrivacyError {
+    /// A value-free category for the public ledger (never the SQL's text).
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Query(QueryError::Syntax(_)) => "query does not parse",
+            Self::Query(QueryError::UnknownColumn { .. }) => "unknown column",
+            Self::Query(QueryError::NotGranted(_)) => "column not granted",
+            Self::Query(_) => "query construct not allowed",
+            Self::Where(_) => "WHERE clause refused",
+            Self::Spend(_) => "spend refused",
+            _ => "query failed",
+        }
+    }
+}
+
+/// A checked query and what it will spend.
+#[derive(Debug, Clone)]
+pub struct QueryPlan {
+    /// The checked query.
+    pub query: AggregateQuery,
+    /// `WHERE` in storage units for the engine.
+    pub filter_sql: Option<String>,
+    /// The grant's privacy terms.
+    pub privacy: PrivacyGrant,
+    /// What the query spends in all (ε or ρ).
+    pub spend: f64,
+    /// Columns the query reads (for the policy decision).
+    pub columns: Vec<String>,
+}
+
+impl QueryPlan {
+    /// Independent noisy releases the query makes (an `AVG` is two).
+    pub fn releases(&self) -> usize {
+        self.query
+            .aggregates
+            .iter()
+            .map(|a| if matches!(a, Aggregate::Avg(_)) { 2 } else { 1 })
+            .sum()
+    }
+}
+
+/// The table name a query reads, to find its grant (nothing else is checked).
+pub fn dataset_of(sql: &str) -> Option<String> {
+    let lower = sql.to_lowercase();
+    let after = lower
+        .split_whitespace()
+        .skip_while(|w| *w != "from")
+        .nth(1)?;
+    let name: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// Checks `sql` against an aggregate `grant` on `dataset` and fixes its
+/// spend: `spend` if given (refused above the grant's per-query cap or if
+/// not positive), else the cap.
+pub fn plan(
+    sql: &str,
+    dataset: &str,
+    schema: &DatasetSchema,
+    grant: &Grant,
+    spend: Option<f64>,
+) -> Result<QueryPlan, PrivacyError> {
+    let privacy = grant.privacy.clone().ok_or(PrivacyError::NoPrivacyTerms)?;
+    let granted: BTreeSet<String> = grant.columns.iter().cloned().collect();
+    let cols = GrantedColumns {
+        dataset,
+        schema,
+        columns: &granted,
+    };
+    let query = parse_query(sql, &cols)?;
+    let mut columns: BTreeSet<String> = query.group_by.iter().cloned().collect();
+    for a in &query.aggregates {
+        if let Aggregate::Sum(c) | Aggregate::Avg(c) = a {
+            columns.insert(c.clone());
+        }
+    }
+    let filter_sql = match &query.filter {
+        None => None,
+        Some(text) => {
+            // Name-check every column first, for a clear error about identifiers.
+            let every: BTreeSet<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+            let scope = parse_row_scope(text, &every).map_err(|e| match e {
+                custos_policy::ScopeError::UngrantedColumn(column) => {
+                    PrivacyError::Query(QueryError::UnknownColumn {
+                        dataset: dataset.to_owned(),
+                        column,
+                    })
+                }
+                other => PrivacyError::Where(other.to_string()),
+            })?;
+            for c in &scope.columns {
+                if schema.column(c).is_none() {
+                    return Err(QueryError::UnknownColumn {
+                        dataset: dataset.to_owned(),
+                        column: c.clone(),
+                    }
+                    .into());
+                }
+                let column = schema.column(c).map(|c| c.class);
+                if column.is_some_and(custos_store::ColumnClass::is_identifying) {
+                    return Err(PrivacyError::Where(format!(
+                        "column `{c}` is an identifier: aggregates never filter on identifiers"
+                    )));
+                }
+                if !granted.contains(c) {
+                    return Err(QueryError::NotGranted(c.clone()).into());
+                }
+                columns.insert(c.clone());
+            }
+            let filter = ScopeFilter::compile(text, schema)
+                .map_err(|e| PrivacyError::Where(e.to_string()))?;
+            Some(filter.to_sql())
+        }
+    };
+    let sym = privacy.measure.symbol();
+    let spend = spend.unwrap_or(privacy.per_query);
+    if !(spend.is_finite() && spend > 0.0) {
+        return Err(PrivacyError::Spend(format!(
+            "the spend must be a positive number ({sym}), not {spend}"
+        )));
+    }
+    if spend > privacy.per_query {
+        return Err(PrivacyError::Spend(format!(
+            "the spend ({sym} = {spend}) exceeds the grant's per-query cap ({sym} = {})",
+            privacy.per_query
+        )));
+    }
+    Ok(QueryPlan {
+        query,
+        filter_sql,
+        privacy,
+        spend,
+        columns: columns.into_iter().collect(),
+    })
+}
+
+/// One released value with its interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cell {
+    /// The noisy value as text (decimals in units), or null when an
+    /// average's noisy count is not positive.
+    pub value: Option<String>,
+    /// Lower end of the 95% interval.
+    pub low: Option<String>,
+    /// Upper end of the 95% interval.
+    pub high: Option<String>,
+}
+
+/// An answer: the select list's columns, one row per group of the domain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// Output column names.
+    pub columns: Vec<String>,
+    /// Rows: group keys as cells without intervals, aggregates with them.
+    pub rows: Vec<Vec<Cell>>,
+    /// The measure (`zcdp` or `pure`).
+    pub measure: PrivacyMeasure,
+    /// What the query spent (ε or ρ).
+    pub spent: f64,
+    /// Rows the query read after its filter.
+    pub rows_scanned: u64,
+    /// Rows left out by the per-subject bound.
+    pub rows_dropped: u64,
+    /// Per aggregate: the noise scale (Laplace scale or Gaussian σ), in storage units.
+    pub scales: Vec<(String, f64)>,
+}
+
+fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Sensitivity {
+    match a {
+        Aggregate::CountRows => Sensitivity { l1: k, l2: k },
+        Aggregate::CountSubjects => Sensitivity {
+            l1: k,
+            l2: k.sqrt(),
+        },
+        Aggregate::Sum(c) | Aggregate::Avg(c) => {
+            let (lo, hi) = schema.column(c).and_then(|c| c.bounds).unwrap_or((0, 0));
+            #[allow(clippy::cast_precision_loss)]
+            let bound = lo.unsigned_abs().max(hi.unsigned_abs()) as f64;
+            Sensitivity {
+                l1: k * bound,
+                l2: k * bound,
+            }
+        }
+    }
+}
+
+fn format_value(ty: Option<ColumnType>, v: i64) -> String {
+    if ty == Some(ColumnType::Decimal) {
+        format_cents(v)
+    } else {
+        v.to_string()
+    }
+}
+
+/// Computes the plan's true totals and releases them with noise. Call it
+/// only after the spend is durably charged.
+pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answer, PrivacyError> {
+    let schema = reader.schema().clone();
+    let k = plan.privacy.contributions;
+    let totals = execute::totals(reader, &plan.query, plan.filter_sql.as_deref(), k).await?;
+    let share = plan.spend / plan.releases() as f64;
+    let measure = plan.privacy.measure;
+    let mut released: Vec<(NoisyVector, Option<NoisyVector>)> = Vec::new();
+    let mut scales = Vec::new();
+    let mut spent = 0.0;
+    let mut avg_index = 0;
+    for (i, a) in plan.query.aggregates.iter().enumerate() {
+        let noisy = release(
+            &totals.values[i],
+            measure,
+            share,
+            sensitivity(a, &schema, f64::from(k)),
+        )?;
+        spent += noisy.spent;
+        scales.push((a.label(), noisy.scale));
+        let count = if matches!(a, Aggregate::Avg(_)) {
+            let c = release(
+                &totals.avg_counts[avg_index],
+                measure,
+                share,
+                sensitivity(&Aggregate::CountRows, &schema, f64::from(k)),
+            )?;
+            avg_index += 1;
+            spent += c.spent;
+            Some(c)
+        } else {
+            None
+        };
+        released.push((noisy, count));
+    }
+    let columns: Vec<String> = plan.query.output.iter().map(|(n, _)| n.clone()).collect();
+    let mut rows = Vec::with_capacity(totals.groups.len());
+    for (g, key) in totals.groups.iter().enumerate() {
+        let mut row = Vec::with_capacity(columns.len());
+        for (_, out) in &plan.query.output {
+            row.push(match out {
+                OutputColumn::Group(name) => {
+                    let pos = plan
+                        .query
+                        .group_by
+                        .iter()
+                        .position(|n| n == name)
+                        .unwrap_or(0);
+                    Cell {
+                        value: key.get(pos).cloned(),
+                        low: None,
+                        high: None,
+                    }
+                }
+                OutputColumn::Aggregate(i) => {
+                    let a = &plan.query.aggregates[*i];
+                    let (noisy, count) = &released[*i];
+                    cell(a, &schema, noisy, count.as_ref(), g)
+                }
+            });
+        }
+        rows.push(row);
+    }
+    Ok(Answer {
+        columns,
+        rows,
+        measure,
+        spent,
+        rows_scanned: totals.rows_scanned,
+        rows_dropped: totals.rows_dropped,
+        scales,
+    })
+}
+
+fn cell(
+    a: &Aggregate,
+    schema: &DatasetSchema,
+    noisy: &NoisyVector,
+    count: Option<&NoisyVector>,
+    g: usize,
+) -> Cell {
+    let v = noisy.values[g];
+    let w = noisy.half_width;
+    match (a, count) {
+        (Aggregate::Avg(c), Some(count)) => {
+            let ty = schema.column(c).map(|c| c.ty);
+            let n = count.values[g];
+            let nw = count.half_width;
+            if n <= 0 {
+                return Cell {
+                    value: None,
+                    low: None,
+                    high: None,
+                };
+            }
+            // Both intervals hold with ≥ 95% each; the ratio's interval is
+            // their corners (conservative).
+            let ratio = |s: i64, n: i64| -> Option<String> {
+                (n > 0).then(|| {
+                    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+                    let q = (s as f64 / n as f64).round() as i64;
+                    format_value(ty, q)
+                })
+            };
+            let (s_lo, s_hi) = (v.saturating_sub(w), v.saturating_add(w));
+            let (n_lo, n_hi) = (n.saturating_sub(nw), n.saturating_add(nw));
+            let low = if s_lo >= 0 {
+                ratio(s_lo, n_hi)
+            } else {
+                ratio(s_lo, n_lo.max(1))
+            };
+            let high = if s_hi >= 0 {
+                ratio(s_hi, n_lo.max(1))
+            } else {
+                ratio(s_hi, n_hi)
+            };
+            Cell {
+                value: ratio(v, n),
+                low,
+                high,
+            }
+        }
+        (Aggregate::Sum(c), _) => {
+            let ty = schema.column(c).map(|c| c.ty);
+            Cell {
+                value: Some(format_value(ty, v)),
+                low: Some(format_value(ty, v.saturating_sub(w))),
+                high: Some(format_value(ty, v.saturating_add(w))),
+            }
+        }
+        _ => Cell {
+            value: Some(v.to_string()),
+            low: Some(v.saturating_sub(w).to_string()),
+            high: Some(v.saturating_add(w).to_string()),
+        },
+    }
+}

@@ -1,0 +1,504 @@
+//! The aggregate SQL a requester may send, parsed with `sqlparser` and held
+//! to an allow-list before anything runs.
+//!
+//! Accepted: `SELECT` of `COUNT(*)`, `COUNT(DISTINCT <subject id>)`,
+//! `SUM(col)` and `AVG(col)` over granted numeric columns, and the `GROUP BY`
+//! columns themselves; `FROM` the dataset; `WHERE` as a row scope over
+//! granted non-identifying columns; `GROUP BY` granted `public` columns
+//! (whose whole declared domain is released, empty groups included).
+//! Everything else is refused with the offending part named.
+
+use std::collections::BTreeSet;
+
+use custos_store::{ColumnClass, ColumnType, DatasetSchema};
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Query, SelectItem, SetExpr,
+    Statement, TableFactor,
+};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+
+/// Longest query accepted.
+const MAX_QUERY_BYTES: usize = 8192;
+/// Largest public domain a `GROUP BY` may release.
+pub const MAX_GROUPS: usize = 100_000;
+
+/// Why a query was refused. Messages quote the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// Not SQL, or not one statement.
+    #[error("the query does not parse: {0}")]
+    Syntax(String),
+    /// A construct outside the allow-list.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A column the dataset does not have.
+    #[error("dataset `{dataset}` has no column `{column}`")]
+    UnknownColumn {
+        /// The dataset.
+        dataset: String,
+        /// The column.
+        column: String,
+    },
+    /// A column the grant does not include.
+    #[error("column `{0}` is not granted for aggregates by this agreement")]
+    NotGranted(String),
+}
+
+/// One aggregate of the select list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aggregate {
+    /// `COUNT(*)`: rows (at most `contributions` per subject).
+    CountRows,
+    /// `COUNT(DISTINCT subject)`: subjects.
+    CountSubjects,
+    /// `SUM(col)` in storage units, clamped to the column's bounds.
+    Sum(String),
+    /// `AVG(col)`: a noisy sum over a noisy count.
+    Avg(String),
+}
+
+impl Aggregate {
+    /// How the answer labels it.
+    pub fn label(&self) -> String {
+        match self {
+            Self::CountRows => "count(*)".into(),
+            Self::CountSubjects => "count(distinct subject)".into(),
+            Self::Sum(c) => format!("sum({c})"),
+            Self::Avg(c) => format!("avg({c})"),
+        }
+    }
+}
+
+/// An item of the select list, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputColumn {
+    /// A `GROUP BY` column.
+    Group(String),
+    /// An aggregate (index into [`AggregateQuery::aggregates`]).
+    Aggregate(usize),
+}
+
+/// A checked aggregate query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateQuery {
+    /// The dataset (the `FROM` table).
+    pub dataset: String,
+    /// Distinct aggregates, in first-use order.
+    pub aggregates: Vec<Aggregate>,
+    /// The select list, with each item's output name.
+    pub output: Vec<(String, OutputColumn)>,
+    /// `GROUP BY` columns.
+    pub group_by: Vec<String>,
+    /// The `WHERE` clause as written, if any (a row scope).
+    pub filter: Option<String>,
+}
+
+fn refuse<T>(message: impl Into<String>) -> Result<T, QueryError> {
+    Err(QueryError::NotAllowed(message.into()))
+}
+
+/// What the grant lets a query read.
+#[derive(Debug, Clone)]
+pub struct GrantedColumns<'a> {
+    /// The dataset's name.
+    pub dataset: &'a str,
+    /// Its schema.
+    pub schema: &'a DatasetSchema,
+    /// Columns the aggregate grant names.
+    pub columns: &'a BTreeSet<String>,
+}
+
+impl GrantedColumns<'_> {
+    fn column(&self, name: &str) -> Result<&custos_store::schema::Column, QueryError> {
+        let column = self
+            .schema
+            .column(name)
+            .ok_or_else(|| QueryError::UnknownColumn {
+                dataset: self.dataset.to_owned(),
+                column: name.to_owned(),
+            })?;
+        if column.class.is_identifying() {
+            return refuse(format!(
+                "column `{name}` is an identifier (class `{}`): aggregates never read, filter or group by identifiers",
+                column.class
+            ));
+        }
+        if !self.columns.contains(name) {
+            return Err(QueryError::NotGranted(name.to_owned()));
+        }
+        Ok(column)
+    }
+}
+
+fn column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(i) => Some(i.value.to_lowercase()),
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 => Some(parts[1].value.to_lowercase()),
+        Expr::Nested(inner) => column_name(inner),
+        _ => None,
+    }
+}
+
+/// Parses and checks `sql` against the grant. `WHERE` is returned as text
+/// for the caller to compile as a row scope over the granted columns.
+pub fn parse_query(sql: &str, granted: &GrantedColumns<'_>) -> Result<AggregateQuery, QueryError> {
+    if sql.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::Syntax(format!(
+            "longer than {MAX_QUERY_BYTES} bytes"
+        )));
+    }
+    let dialect = GenericDialect {};
+    let statements = Parser::new(&dialect)
+        .with_recursion_limit(32)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return refuse("send exactly one SELECT statement");
+    };
+    let Query {
+        with,
+        body,
+        order_by,
+        limit_clause,
+        fetch,
+        locks,
+        for_clause,
+        settings,
+        format_clause,
+        pipe_operators,
+    } = query.as_ref();
+    if with.is_some() {
+        return refuse("`WITH` (common table expressions) is not allowed");
+    }
+    if order_by.is_some() {
+        return refuse("`ORDER BY` is not allowed: groups come in domain order");
+    }
+    if limit_clause.is_some() || fetch.is_some() {
+        return refuse(
+            "`LIMIT`, `OFFSET` and `FETCH` are not allowed: every group of the domain is released",
+        );
+    }
+    if !locks.is_empty()
+        || for_clause.is_some()
+        || settings.is_some()
+        || format_clause.is_some()
+        || !pipe_operators.is_empty()
+    {
+        return refuse("only a plain SELECT is allowed");
+    }
+    let SetExpr::Select(select) = body.as_ref() else {
+        return refuse("only a plain SELECT is allowed (no UNION, INTERSECT, EXCEPT or VALUES)");
+    };
+    if select.distinct.is_some() {
+        return refuse("`SELECT DISTINCT` is not allowed: use COUNT(DISTINCT subject)");
+    }
+    if select.top.is_some() || select.into.is_some() {
+        return refuse("`TOP` and `INTO` are not allowed");
+    }
+    if select.having.is_some() || select.qualify.is_some() {
+        return refuse(
+            "`HAVING` and `QUALIFY` are not allowed: filters on results would leak small groups",
+        );
+    }
+    if !select.named_window.is_empty() || !select.lateral_views.is_empty() {
+        return refuse("windows and lateral views are not allowed");
+    }
+    // FROM: exactly the dataset, no joins.
+    let [from] = select.from.as_slice() else {
+        return refuse(if select.from.is_empty() {
+            "the query needs `FROM <dataset>`"
+        } else {
+            "joins are not allowed: query one dataset"
+        });
+    };
+    if !from.joins.is_empty() {
+        return refuse("joins are not allowed: query one dataset");
+    }
+    let TableFactor::Table { name, args, .. } = &from.relation else {
+        return refuse("subqueries and table functions are not allowed in `FROM`");
+    };
+    if args.is_some() {
+        return refuse("table functions are not allowed in `FROM`");
+    }
+    let table = name.to_string().to_lowercase();
+    if table != granted.dataset {
+        return refuse(format!(
+            "the query reads `{table}`, but this grant covers dataset `{}`",
+            granted.dataset
+        ));
+    }
+    // GROUP BY: granted public columns with a finite declared domain.
+    let mut group_by = Vec::new();
+    match &select.group_by {
+        GroupByExpr::Expressions(exprs, modifiers) => {
+            if !modifiers.is_empty() {
+                return refuse("`ROLLUP`, `CUBE` and `GROUPING SETS` are not allowed");
+            }
+            for e in exprs {
+                let Some(name) = column_name(e) else {
+                    return refuse(format!("`GROUP BY {e}`: group by plain column names only"));
+                };
+                let column = granted.column(&name)?;
+                if column.class != ColumnClass::Public {
+                    return refuse(format!(
+                        "`GROUP BY {name}`: only `public` columns (with a declared domain) can be grouped by; `{name}` is `{}`",
+                        column.class
+                    ));
+                }
+                if column.domain_summary().is_none() {
+                    return refuse(format!(
+                        "`GROUP BY {name}`: the column has no finite declared domain"
+                    ));
+                }
+                if group_by.contains(&name) {
+                    return refuse(format!("`GROUP BY {name}` is listed twice"));
+                }
+                group_by.push(name);
+            }
+        }
+        GroupByExpr::All(_) => return refuse("`GROUP BY ALL` is not allowed"),
+    }
+    let filter = select.selection.as_ref().map(ToString::to_string);
+    let mut aggregates: Vec<Aggregate> = Vec::new();
+    let mut output = Vec::new();
+    for item in &select.projection {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                return refuse(
+                    "`SELECT *` is not allowed: name aggregates such as COUNT(*) or SUM(refund)",
+                );
+            }
+            other => return refuse(format!("`{other}` is not allowed")),
+        };
+        if let Some(name) = column_name(expr) {
+            if !group_by.contains(&name) {
+                granted.column(&name)?;
+                return refuse(format!(
+                    "`{name}` is selected but is neither aggregated nor in GROUP BY: only aggregates leave Custos"
+                ));
+            }
+            output.push((
+                alias.unwrap_or_else(|| name.clone()),
+                OutputColumn::Group(name),
+            ));
+            continue;
+        }
+        let aggregate = aggregate(expr, granted)?;
+        let index = match aggregates.iter().position(|a| *a == aggregate) {
+            Some(i) => i,
+            None => {
+                aggregates.push(aggregate.clone());
+                aggregates.len() - 1
+            }
+        };
+        output.push((
+            alias.unwrap_or_else(|| aggregate.label()),
+            OutputColumn::Aggregate(index),
+        ));
+    }
+    if aggregates.is_empty() {
+        return refuse("the query selects no aggregate: only aggregates leave Custos");
+    }
+    Ok(AggregateQuery {
+        dataset: table,
+        aggregates,
+        output,
+        group_by,
+        filter,
+    })
+}
+
+fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, QueryError> {
+    let Expr::Function(f) = expr else {
+        return refuse(format!(
+            "`{expr}` is not allowed: select COUNT(*), COUNT(DISTINCT subject), SUM(col), AVG(col) or GROUP BY columns"
+        ));
+    };
+    let name = f.name.to_string().to_lowercase();
+    if f.filter.is_some()
+        || f.over.is_some()
+        || !f.within_group.is_empty()
+        || f.null_treatment.is_some()
+    {
+        return refuse(format!(
+            "`{expr}`: FILTER, OVER and WITHIN GROUP are not allowed"
+        ));
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return refuse(format!("`{expr}` is not allowed"));
+    };
+    if !list.clauses.is_empty() {
+        return refuse(format!(
+            "`{expr}`: ORDER BY or LIMIT inside an aggregate is not allowed"
+        ));
+    }
+    let [arg] = list.args.as_slice() else {
+        return refuse(format!("`{expr}` takes exactly one argument"));
+    };
+    let arg = match arg {
+        FunctionArg::Unnamed(a) => a,
+        _ => return refuse(format!("`{expr}`: named arguments are not allowed")),
+    };
+    let distinct = matches!(
+        list.duplicate_treatment,
+        Some(sqlparser::ast::DuplicateTreatment::Distinct)
+    );
+    match (name.as_str(), arg, distinct) {
+        ("count", FunctionArgExpr::Wildcard, false) => Ok(Aggregate::CountRows),
+        ("count", FunctionArgExpr::Expr(e), true) => {
+            let subject = granted.schema.subject_column();
+            match column_name(e) {
+                Some(c) if c == subject.name => Ok(Aggregate::CountSubjects),
+                _ => refuse(format!(
+                    "`{expr}`: COUNT(DISTINCT …) counts subjects only: write COUNT(DISTINCT {})",
+                    subject.name
+                )),
+            }
+        }
+        ("count", _, _) => refuse(format!(
+            "`{expr}`: use COUNT(*) for rows or COUNT(DISTINCT {}) for subjects",
+            granted.schema.subject_column().name
+        )),
+        ("sum" | "avg", FunctionArgExpr::Expr(e), false) => {
+            let Some(c) = column_name(e) else {
+                return refuse(format!(
+                    "`{expr}`: aggregate plain column names only (no expressions)"
+                ));
+            };
+            let column = granted.column(&c)?;
+            if !matches!(column.ty, ColumnType::Integer | ColumnType::Decimal) {
+                return refuse(format!(
+                    "`{expr}`: `{c}` is `{}`; SUM and AVG need an integer or decimal column",
+                    column.ty.as_str()
+                ));
+            }
+            if column.bounds.is_none() {
+                return refuse(format!("`{expr}`: `{c}` has no bounds to clamp to"));
+            }
+            Ok(if name == "sum" {
+                Aggregate::Sum(c)
+            } else {
+                Aggregate::Avg(c)
+            })
+        }
+        (
+            "median"
+            | "percentile_cont"
+            | "percentile_disc"
+            | "quantile"
+            | "approx_percentile_cont",
+            _,
+            _,
+        ) => refuse(format!("`{expr}`: quantiles are not supported yet")),
+        _ => refuse(format!(
+            "`{name}` is not an allowed aggregate: use COUNT(*), COUNT(DISTINCT subject), SUM or AVG"
+        )),
+    }
+}
+
+/// The released domain of a `public` group column, in order, as SQL
+/// literals in storage form and as labels.
+pub fn group_domain(column: &custos_store::schema::Column) -> Vec<String> {
+    match (column.ty, column.bounds) {
+        (ColumnType::Enum, _) => column.values.clone(),
+        (ColumnType::Integer, Some((lo, hi))) => (lo..=hi).map(|v| v.to_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(sql: &str) -> Result<AggregateQuery, QueryError> {
+        let schema = DatasetSchema::from_toml(custos_synth::TAX_RETURNS_SCHEMA).unwrap();
+        let columns: BTreeSet<String> = [
+            "state",
+            "filing_status",
+            "tax_year",
+            "refund",
+            "wages",
+            "agi",
+            "zip",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        parse_query(
+            sql,
+            &GrantedColumns {
+                dataset: "tax_returns",
+                schema: &schema,
+                columns: &columns,
+            },
+        )
+    }
+
+    #[test]
+    fn accepts_the_allowed_shapes() {
+        let q = check(
+            "SELECT state, COUNT(*), SUM(refund) AS refunds, AVG(refund), COUNT(DISTINCT tin) \
+             FROM tax_returns WHERE tax_year >= 2023 AND refund > 1000 GROUP BY state",
+        )
+        .unwrap();
+        assert_eq!(q.group_by, ["state"]);
+        assert_eq!(
+            q.aggregates,
+            [
+                Aggregate::CountRows,
+                Aggregate::Sum("refund".into()),
+                Aggregate::Avg("refund".into()),
+                Aggregate::CountSubjects
+            ]
+        );
+        assert_eq!(q.output[2].0, "refunds");
+        assert_eq!(
+            q.filter.as_deref(),
+            Some("tax_year >= 2023 AND refund > 1000")
+        );
+        assert!(check("select count(*) from tax_returns").is_ok());
+    }
+
+    #[test]
+    fn refuses_everything_else_naming_the_part() {
+        let e = |sql: &str| check(sql).unwrap_err().to_string();
+        assert!(e("SELECT * FROM tax_returns").contains("`SELECT *` is not allowed"));
+        assert!(e("SELECT refund FROM tax_returns").contains("neither aggregated nor in GROUP BY"));
+        assert!(e("SELECT COUNT(*) FROM tax_returns GROUP BY tin").contains("identifier"));
+        assert!(e("SELECT SUM(tin) FROM tax_returns").contains("identifier"));
+        assert!(e("SELECT name, COUNT(*) FROM tax_returns GROUP BY name").contains("identifier"));
+        assert!(
+            e("SELECT COUNT(*) FROM tax_returns a JOIN tax_returns b ON a.tin = b.tin")
+                .contains("joins")
+        );
+        assert!(e("SELECT COUNT(*) FROM (SELECT * FROM tax_returns)").contains("subqueries"));
+        assert!(e("SELECT COUNT(*) FROM tax_returns LIMIT 1").contains("LIMIT"));
+        assert!(
+            e("SELECT my_udf(refund) FROM tax_returns")
+                .contains("`my_udf` is not an allowed aggregate")
+        );
+        assert!(e("SELECT SUM(bank) FROM tax_returns").contains("no column `bank`"));
+        assert!(e("SELECT SUM(tax) FROM tax_returns").contains("`tax` is not granted"));
+        assert!(e("SELECT COUNT(*) FROM payroll").contains("`payroll`"));
+        assert!(e("SELEC COUNT(*) FROM tax_returns").contains("does not parse"));
+        assert!(
+            e("SELECT zip, COUNT(*) FROM tax_returns GROUP BY zip")
+                .contains("only `public` columns")
+        );
+        assert!(e("SELECT COUNT(*) FROM tax_returns HAVING COUNT(*) > 5").contains("HAVING"));
+        assert!(e("SELECT COUNT(refund) FROM tax_returns").contains("COUNT(*)"));
+        assert!(e("SELECT SUM(refund + 1) FROM tax_returns").contains("plain column names"));
+        assert!(e("SELECT SUM(state) FROM tax_returns").contains("integer or decimal"));
+        assert!(e("SELECT COUNT(*) FROM tax_returns; SELECT 1").contains("exactly one SELECT"));
+        assert!(
+            e("SELECT median(refund) FROM tax_returns").contains("quantiles are not supported yet")
+        );
+        assert!(e("SELECT COUNT(*) FROM tax_returns ORDER BY 1").contains("ORDER BY"));
+        assert!(e("SELECT state FROM tax_returns GROUP BY state").contains("no aggregate"));
+    }
+}

@@ -1,0 +1,201 @@
+//! Privacy budgets: the ε or ρ each agreement has spent on each dataset,
+//! charged atomically against its limit (a privacy filter).
+//!
+//! [`BudgetStore`] is a supertrait of [`crate::meta::MetadataStore`]. A
+//! charge either fits under the limit and is recorded with the new total in
+//! one transaction, or changes nothing.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use crate::meta::{MetaError, SqliteMetadata};
+
+/// Relative slack for floating-point sums of spends (a budget of 1.0 spent
+/// as ten charges of 0.1 must be exactly exhausted, not refused at the tenth).
+const SLACK: f64 = 1e-9;
+
+/// One charge against a budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    /// `q_` and 32 hex digits.
+    pub id: String,
+    /// The agreement.
+    pub agreement_id: String,
+    /// Its version when charged.
+    pub agreement_version: u32,
+    /// The dataset.
+    pub dataset: String,
+    /// Principal id of the requester.
+    pub principal: String,
+    /// `zcdp` or `pure`.
+    pub measure: String,
+    /// ε or ρ charged.
+    pub spend: f64,
+    /// SHA-256 of the query text, hex.
+    pub query_sha256: String,
+    /// RFC 3339 time.
+    pub at: String,
+    /// The same in microseconds.
+    pub at_micros: i64,
+    /// Index of the ledger entry that records it.
+    pub ledger_index: u64,
+}
+
+/// The budget catalogue every metadata backend provides.
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// What an agreement has spent on a dataset (0 if nothing).
+    async fn budget_spent(&self, agreement_id: &str, dataset: &str) -> Result<f64, MetaError>;
+    /// Records `charge` if the total stays within `limit`, returning the new
+    /// total; returns `None` (and changes nothing) if it would exceed it.
+    async fn charge_budget(&self, charge: &Charge, limit: f64) -> Result<Option<f64>, MetaError>;
+    /// Queries charged under an agreement by a principal since a time.
+    async fn count_charges_since(
+        &self,
+        agreement_id: &str,
+        principal: &str,
+        since_micros: i64,
+    ) -> Result<u64, MetaError>;
+}
+
+#[async_trait]
+impl BudgetStore for SqliteMetadata {
+    async fn budget_spent(&self, agreement_id: &str, dataset: &str) -> Result<f64, MetaError> {
+        let spent: Option<f64> = sqlx::query_scalar(
+            "SELECT spent FROM privacy_budgets WHERE agreement_id = ? AND dataset = ?",
+        )
+        .bind(agreement_id)
+        .bind(dataset)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(spent.unwrap_or(0.0))
+    }
+
+    async fn charge_budget(&self, c: &Charge, limit: f64) -> Result<Option<f64>, MetaError> {
+        // BEGIN IMMEDIATE semantics: the first write takes the lock, so two
+        // charges cannot both read the old total.
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO privacy_budgets (agreement_id, dataset, measure, spent) VALUES (?, ?, ?, 0) \
+             ON CONFLICT (agreement_id, dataset) DO NOTHING",
+        )
+        .bind(&c.agreement_id)
+        .bind(&c.dataset)
+        .bind(&c.measure)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT spent, measure FROM privacy_budgets WHERE agreement_id = ? AND dataset = ?",
+        )
+        .bind(&c.agreement_id)
+        .bind(&c.dataset)
+        .fetch_one(&mut *tx)
+        .await?;
+        let spent: f64 = row.try_get("spent")?;
+        let measure: String = row.try_get("measure")?;
+        if measure != c.measure {
+            return Err(MetaError::Database(
+                "the budget was opened under another privacy measure".into(),
+            ));
+        }
+        let total = spent + c.spend;
+        if total > limit * (1.0 + SLACK) {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE privacy_budgets SET spent = ? WHERE agreement_id = ? AND dataset = ?")
+            .bind(total)
+            .bind(&c.agreement_id)
+            .bind(&c.dataset)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO privacy_charges (id, agreement_id, agreement_version, dataset, principal, \
+             measure, spend, query_sha256, at, at_micros, ledger_index) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.id)
+        .bind(&c.agreement_id)
+        .bind(i64::from(c.agreement_version))
+        .bind(&c.dataset)
+        .bind(&c.principal)
+        .bind(&c.measure)
+        .bind(c.spend)
+        .bind(&c.query_sha256)
+        .bind(&c.at)
+        .bind(c.at_micros)
+        .bind(
+            i64::try_from(c.ledger_index)
+                .map_err(|_| MetaError::Database("index too large".into()))?,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(total))
+    }
+
+    async fn count_charges_since(
+        &self,
+        agreement_id: &str,
+        principal: &str,
+        since_micros: i64,
+    ) -> Result<u64, MetaError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM privacy_charges WHERE agreement_id = ? AND principal = ? AND at_micros >= ?",
+        )
+        .bind(agreement_id)
+        .bind(principal)
+        .bind(since_micros)
+        .fetch_one(self.pool())
+        .await?;
+        u64::try_from(n).map_err(|_| MetaError::Database("negative count".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(id: &str, spend: f64) -> Charge {
+        Charge {
+            id: id.into(),
+            agreement_id: "a".into(),
+            agreement_version: 1,
+            dataset: "d".into(),
+            principal: "p".into(),
+            measure: "zcdp".into(),
+            spend,
+            query_sha256: "00".into(),
+            at: "t".into(),
+            at_micros: 10,
+            ledger_index: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_budget_is_a_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetadata::open(&dir.path().join("m.db"), true)
+            .await
+            .unwrap();
+        assert_eq!(store.budget_spent("a", "d").await.unwrap(), 0.0);
+        for i in 0..10 {
+            let total = store
+                .charge_budget(&charge(&format!("q{i}"), 0.1), 1.0)
+                .await
+                .unwrap();
+            assert!(total.is_some(), "charge {i} refused");
+        }
+        // Exhausted: the next charge changes nothing.
+        assert_eq!(
+            store.charge_budget(&charge("q10", 0.1), 1.0).await.unwrap(),
+            None
+        );
+        let spent = store.budget_spent("a", "d").await.unwrap();
+        assert!((spent - 1.0).abs() < 1e-9);
+        assert_eq!(store.count_charges_since("a", "p", 0).await.unwrap(), 10);
+        assert_eq!(store.count_charges_since("a", "p", 11).await.unwrap(), 0);
+        let mut other = charge("q11", 0.1);
+        other.measure = "pure".into();
+        assert!(store.charge_budget(&other, 5.0).await.is_err());
+    }
+}

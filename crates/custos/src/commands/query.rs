@@ -1,0 +1,76 @@
+//! `custos query`: differentially private aggregate answers under a budget.
+
+use std::path::Path;
+
+use clap::Args;
+use custos_broker::AggregateAnswer;
+
+use super::{open_custos, token_from_env};
+
+/// `custos query --agreement A "SELECT …"`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The agreement (its grant on the dataset must be mode `aggregate`).
+    #[arg(long)]
+    agreement: String,
+    /// Privacy to spend on this query (ε or ρ, per the grant); default
+    /// and maximum: the grant's `per_query`.
+    #[arg(long, value_name = "AMOUNT")]
+    spend: Option<f64>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// The query: SELECT of COUNT(*), COUNT(DISTINCT <subject id>), SUM(col),
+    /// AVG(col) and GROUP BY columns, FROM the dataset, with an optional
+    /// WHERE over granted columns and GROUP BY over granted public columns.
+    sql: String,
+}
+
+/// Runs `custos query`.
+pub async fn run(home: &Path, args: QueryArgs) -> anyhow::Result<()> {
+    let custos = open_custos(home).await?;
+    let token = token_from_env();
+    let result = async {
+        let actor = custos.actor(token.as_deref().map(String::as_str)).await?;
+        let answer = custos
+            .query_aggregate(&actor, &args.agreement, &args.sql, args.spend)
+            .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        } else {
+            print_answer(&answer);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    custos.close()?;
+    result
+}
+
+/// Prints an answer as a table with 95% intervals and the budget left.
+pub fn print_answer(a: &AggregateAnswer) {
+    let rows: Vec<Vec<Option<String>>> = a
+        .answer
+        .rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| match (&c.value, &c.low, &c.high) {
+                    (Some(v), Some(lo), Some(hi)) => Some(format!("{v} [{lo}, {hi}]")),
+                    (Some(v), _, _) => Some(v.clone()),
+                    _ => Some("(suppressed: noisy count ≤ 0)".into()),
+                })
+                .collect()
+        })
+        .collect();
+    print!("{}", super::table(&a.answer.columns, &rows));
+    let sym = a.answer.measure.symbol();
+    println!(
+        "Each value is noisy, with its 95% confidence interval in brackets. {} rows read, {} left out by the per-subject bound.",
+        a.answer.rows_scanned, a.answer.rows_dropped
+    );
+    println!(
+        "Spent {sym} = {} of {} on `{}` under `{}`; {sym} = {:.6} remains. Query {} (ledger entry {}).",
+        a.answer.spent, a.budget, a.dataset, a.agreement, a.budget_remaining, a.id, a.ledger_index
+    );
+}

@@ -1,0 +1,327 @@
+//! Aggregate queries end to end through the CLI: noisy answers with
+//! intervals over the whole public domain, the budget charged before
+//! computing, and every bad query refused by name, ledgered, spending
+//! nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use predicates::prelude::*;
+use tempfile::TempDir;
+
+struct Env {
+    dir: TempDir,
+    admin: String,
+    gina: String,
+}
+
+fn aggregate_agreement(id: &str, budget: &str, per_query: &str) -> String {
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/agreement-aggregate.toml"),
+    )
+    .unwrap();
+    text.replace("gao-refund-statistics", id)
+        .replace("valid_from = 2026-03-01", "valid_from = 2026-01-01")
+        .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
+        .replace("budget = 1.0", &format!("budget = {budget}"))
+        .replace("per_query = 0.1", &format!("per_query = {per_query}"))
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = Self {
+            dir,
+            admin: String::new(),
+            gina: String::new(),
+        };
+        env.custos(None).arg("init").assert().success();
+        let out = env
+            .custos(None)
+            .args([
+                "principal",
+                "add",
+                "alice",
+                "--org",
+                "IRS",
+                "--role",
+                "admin",
+            ])
+            .output()
+            .unwrap();
+        env.admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let out = env
+            .custos(Some(&env.admin))
+            .args([
+                "principal",
+                "add",
+                "gina",
+                "--org",
+                "GAO",
+                "--role",
+                "requester",
+            ])
+            .output()
+            .unwrap();
+        env.gina = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let data = env.path("synthetic");
+        env.custos(None)
+            .args(["generate", "--rows", "600", "--out"])
+            .arg(&data)
+            .assert()
+            .success();
+        env.custos(Some(&env.admin))
+            .args(["dataset", "ingest", "--name", "tax_returns", "--schema"])
+            .arg(data.join("tax_returns.schema.toml"))
+            .arg(data.join("tax_returns.csv"))
+            .assert()
+            .success();
+        env.apply(&aggregate_agreement("gao-stats", "1.0", "0.1"))
+            .success();
+        env
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn custos(&self, token: Option<&str>) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
+        cmd.env("CUSTOS_HOME", self.path("home"))
+            .env_remove("CUSTOS_MASTER_KEY")
+            .env_remove("CUSTOS_TOKEN");
+        if let Some(t) = token {
+            cmd.env("CUSTOS_TOKEN", t);
+        }
+        cmd
+    }
+
+    fn apply(&self, text: &str) -> assert_cmd::assert::Assert {
+        let file = self.path("agreement.toml");
+        fs::write(&file, text).unwrap();
+        self.custos(Some(&self.admin))
+            .args(["agreement", "apply"])
+            .arg(file)
+            .assert()
+    }
+
+    fn query(&self, agreement: &str, sql: &str, extra: &[&str]) -> assert_cmd::assert::Assert {
+        self.custos(Some(&self.gina))
+            .args(["query", "--agreement", agreement])
+            .args(extra)
+            .arg(sql)
+            .assert()
+    }
+
+    fn answer(&self, agreement: &str, sql: &str) -> serde_json::Value {
+        let out = self.query(agreement, sql, &["--json"]).success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    }
+
+    fn ledger(&self) -> Vec<serde_json::Value> {
+        let out = self
+            .custos(None)
+            .args(["ledger", "show", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+#[test]
+fn answers_cover_the_whole_domain_with_intervals_and_charge_the_budget() {
+    let env = Env::new();
+    let a = env.answer(
+        "gao-stats",
+        "SELECT state, COUNT(*) AS returns, SUM(refund), AVG(refund) FROM tax_returns WHERE tax_year >= 2023 GROUP BY state",
+    );
+    assert_eq!(
+        a["columns"],
+        serde_json::json!(["state", "returns", "sum(refund)", "avg(refund)"])
+    );
+    let rows = a["rows"].as_array().unwrap();
+    // Every state of the declared domain, empty ones included.
+    assert_eq!(rows.len(), 51);
+    assert_eq!(rows[0][0]["value"], "AL");
+    for row in rows {
+        let count: i64 = row[1]["value"].as_str().unwrap().parse().unwrap();
+        let low: i64 = row[1]["low"].as_str().unwrap().parse().unwrap();
+        let high: i64 = row[1]["high"].as_str().unwrap().parse().unwrap();
+        assert!(low <= count && count <= high);
+        assert!(
+            row[2]["value"].as_str().unwrap().contains('.'),
+            "sums are money"
+        );
+    }
+    assert!((a["budget_spent"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+    assert!((a["spent"].as_f64().unwrap() - 0.1).abs() < 1e-6);
+    // The charge is in the ledger, without the query's text.
+    let ledger = env.ledger();
+    let last = ledger.last().unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["decision"].as_str()),
+        (Some("query.aggregate"), Some("allow"))
+    );
+    assert_eq!(last["request_id"], a["id"]);
+    let text = serde_json::to_string(&ledger).unwrap();
+    assert!(!text.contains("tax_year >= 2023"));
+    // A human-readable answer too.
+    env.query(
+        "gao-stats",
+        "SELECT COUNT(DISTINCT tin) FROM tax_returns",
+        &["--spend", "0.05"],
+    )
+    .success()
+    .stdout(
+        predicate::str::contains("95% confidence interval")
+            .and(predicate::str::contains("Spent ρ = 0.05")),
+    );
+}
+
+#[test]
+fn bad_queries_are_refused_by_name_ledgered_and_spend_nothing() {
+    let env = Env::new();
+    let cases = [
+        ("SELECT * FROM tax_returns", "`SELECT *` is not allowed"),
+        (
+            "SELECT refund FROM tax_returns",
+            "neither aggregated nor in GROUP BY",
+        ),
+        (
+            "SELECT name, COUNT(*) FROM tax_returns GROUP BY name",
+            "identifier",
+        ),
+        (
+            "SELECT COUNT(*) FROM tax_returns WHERE tin = '666-01-0001'",
+            "identifier",
+        ),
+        (
+            "SELECT COUNT(*) FROM tax_returns GROUP BY tin",
+            "identifier",
+        ),
+        ("SELECT SUM(tin) FROM tax_returns", "identifier"),
+        (
+            "SELECT COUNT(*) FROM tax_returns a JOIN tax_returns b ON a.tin = b.tin",
+            "joins are not allowed",
+        ),
+        (
+            "SELECT COUNT(*) FROM (SELECT refund FROM tax_returns) t",
+            "subqueries",
+        ),
+        (
+            "SELECT COUNT(*) FROM tax_returns WHERE refund IN (SELECT 1)",
+            "may not use",
+        ),
+        (
+            "SELECT evil(refund) FROM tax_returns",
+            "`evil` is not an allowed aggregate",
+        ),
+        ("SELECT COUNT(*) FROM tax_returns LIMIT 1", "`LIMIT`"),
+        ("SELECT SUM(tax) FROM tax_returns", "`tax` is not granted"),
+        ("SELECT SUM(salary) FROM tax_returns", "no column `salary`"),
+        (
+            "SELECT COUNT(*) FROM tax_returns WHERE salary > 1",
+            "no column `salary`",
+        ),
+        ("SELEC COUNT(*) FROM tax_returns", "does not parse"),
+        ("SELECT COUNT(*) FROM tax_returns WHERE refund > ", "WHERE"),
+    ];
+    for (sql, expected) in cases {
+        env.query("gao-stats", sql, &[])
+            .failure()
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains(expected));
+        let last = env.ledger().pop().unwrap();
+        assert_eq!(
+            (last["action"].as_str(), last["decision"].as_str()),
+            (Some("query.aggregate"), Some("deny")),
+            "{sql}"
+        );
+    }
+    for (spend, expected) in [
+        ("0.5", "exceeds the grant's per-query cap"),
+        ("0", "must be a positive number"),
+        ("-1", "must be a positive number"),
+    ] {
+        env.query(
+            "gao-stats",
+            "SELECT COUNT(*) FROM tax_returns",
+            &["--spend", spend],
+        )
+        .failure()
+        .stderr(predicate::str::contains(expected));
+    }
+    // Nothing was spent by any of it: a first good query leaves 0.9.
+    let a = env.answer("gao-stats", "SELECT COUNT(*) FROM tax_returns");
+    assert!((a["budget_spent"].as_f64().unwrap() - 0.1).abs() < 1e-9);
+    // The ledger never holds a query's literal.
+    let text = serde_json::to_string(&env.ledger()).unwrap();
+    assert!(!text.contains("666-01-0001"));
+}
+
+#[test]
+fn an_exhausted_budget_refuses_without_spending() {
+    let env = Env::new();
+    env.apply(&aggregate_agreement("gao-pilot", "0.25", "0.1"))
+        .success();
+    let sql = "SELECT tax_year, COUNT(*) FROM tax_returns GROUP BY tax_year";
+    env.answer("gao-pilot", sql);
+    env.answer("gao-pilot", sql);
+    env.query("gao-pilot", sql, &[]).failure().stderr(
+        predicate::str::contains("privacy budget exhausted")
+            .and(predicate::str::contains("nothing was spent")),
+    );
+    // The rest still fits a smaller query.
+    let a = env.answer_with("gao-pilot", sql, "0.05");
+    assert!((a["budget_remaining"].as_f64().unwrap()).abs() < 1e-9);
+    let ledger = env.ledger();
+    let charges = ledger
+        .iter()
+        .filter(|e| e["action"] == "query.aggregate" && e["decision"] == "allow")
+        .count();
+    assert_eq!(charges, 3);
+}
+
+#[test]
+fn aggregate_grants_need_sane_privacy_terms() {
+    let env = Env::new();
+    let base = aggregate_agreement("gao-x", "1.0", "0.1");
+    let without: String = base.split("[grants.privacy]").next().unwrap().to_owned();
+    for (text, expected) in [
+        (without, "needs `[grants.privacy]`"),
+        (
+            base.replace("budget = 1.0", "budget = 0"),
+            "budget must be a positive number",
+        ),
+        (
+            base.replace("budget = 1.0", "budget = -2"),
+            "budget must be a positive number",
+        ),
+        (
+            base.replace("per_query = 0.1", "per_query = 5"),
+            "exceeds the whole budget",
+        ),
+        (
+            base.replace("measure = \"zcdp\"", "measure = \"approximate\""),
+            "unknown variant",
+        ),
+    ] {
+        env.apply(&text)
+            .failure()
+            .stderr(predicate::str::contains(expected));
+    }
+}
+
+impl Env {
+    fn answer_with(&self, agreement: &str, sql: &str, spend: &str) -> serde_json::Value {
+        let out = self
+            .query(agreement, sql, &["--json", "--spend", spend])
+            .success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    }
+}
