@@ -34,6 +34,8 @@ pub struct AggregateAnswer {
     /// The noisy answer with 95% intervals.
     #[serde(flatten)]
     pub answer: Answer,
+    /// What this query was charged (ε or ρ).
+    pub charged: f64,
     /// The agreement's budget on the dataset.
     pub budget: f64,
     /// Spent after this query.
@@ -68,14 +70,17 @@ impl Custos {
         if let Some(latest) = meta.agreement_versions(agreement_id).await?.last() {
             entry = entry.with_agreement(agreement_id, latest.version);
         }
-        let Some(dataset) = custos_privacy::dataset_of(sql) else {
-            return Err(self.refuse(
-                entry,
-                Denial {
-                    message: "the query needs `FROM <dataset>`".into(),
-                    recorded: "query does not name a dataset".into(),
-                },
-            ));
+        let dataset = match custos_privacy::dataset_of(sql) {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(self.refuse(
+                    entry,
+                    Denial {
+                        message: e.to_string(),
+                        recorded: e.category().into(),
+                    },
+                ));
+            }
         };
         let record = meta.dataset(&dataset).await?;
         if record.is_some() {
@@ -219,6 +224,7 @@ impl Custos {
             agreement_version: granted.version,
             dataset,
             answer,
+            charged: plan.spend,
             budget,
             budget_spent: spent_after,
             budget_remaining: (budget - spent_after).max(0.0),

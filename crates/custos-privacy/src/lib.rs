@@ -97,18 +97,43 @@ impl QueryPlan {
     }
 }
 
-/// The table name a query reads, to find its grant (nothing else is checked).
-pub fn dataset_of(sql: &str) -> Option<String> {
-    let lower = sql.to_lowercase();
-    let after = lower
-        .split_whitespace()
-        .skip_while(|w| *w != "from")
-        .nth(1)?;
-    let name: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .collect();
-    (!name.is_empty()).then_some(name)
+/// The dataset a query reads (its one `FROM` table), to find its grant.
+/// Only the `FROM` clause is checked here; [`plan`] checks the rest.
+pub fn dataset_of(sql: &str) -> Result<String, PrivacyError> {
+    use sqlparser::ast::{SetExpr, Statement, TableFactor};
+    let dialect = sqlparser::dialect::GenericDialect {};
+    let statements = sqlparser::parser::Parser::new(&dialect)
+        .with_recursion_limit(32)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| QueryError::Syntax(e.to_string()))?;
+    let not_allowed = |m: &str| PrivacyError::Query(QueryError::NotAllowed(m.to_owned()));
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return Err(not_allowed("send exactly one SELECT statement"));
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(not_allowed(
+            "only a plain SELECT is allowed (no UNION, INTERSECT, EXCEPT or VALUES)",
+        ));
+    };
+    let [from] = select.from.as_slice() else {
+        return Err(not_allowed(if select.from.is_empty() {
+            "the query needs `FROM <dataset>`"
+        } else {
+            "joins are not allowed: query one dataset"
+        }));
+    };
+    if !from.joins.is_empty() {
+        return Err(not_allowed("joins are not allowed: query one dataset"));
+    }
+    match &from.relation {
+        TableFactor::Table {
+            name, args: None, ..
+        } => Ok(name.to_string().to_lowercase()),
+        _ => Err(not_allowed(
+            "subqueries and table functions are not allowed in `FROM`",
+        )),
+    }
 }
 
 /// Checks `sql` against an aggregate `grant` on `dataset` and fixes its

@@ -55,10 +55,47 @@ pub struct NoisyVector {
     pub spent: f64,
 }
 
+/// Above this σ, Gaussian intervals use the continuous quantile.
+const LARGE_SIGMA: f64 = 1.0e4;
+
+/// The upper `p` quantile of the standard normal, by the lower-tail branch
+/// of Acklam's rational approximation (meant for small `p`; at p = 0.025,
+/// the one used, it is within 1e-6 of the exact 1.959964, as tested).
+fn normal_upper_quantile(p: f64) -> f64 {
+    // Acklam's approximation of the inverse normal CDF, for the lower tail.
+    let q = p.clamp(1e-300, 0.5);
+    let c = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    let d = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let t = (-2.0 * q.ln()).sqrt();
+    let lower = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5])
+        / ((((d[0] * t + d[1]) * t + d[2]) * t + d[3]) * t + 1.0);
+    -lower
+}
+
 /// Half-width `w` with `P(|noise| ≤ w) ≥ 1 − alpha` for the distribution.
 pub fn half_width(measure: PrivacyMeasure, scale: f64, alpha: f64) -> Result<i64, MechanismError> {
     let accuracy = match measure {
         PrivacyMeasure::Pure => discrete_laplacian_scale_to_accuracy(scale, alpha),
+        // OpenDP sums the discrete Gaussian's mass point by point (O(σ),
+        // and its i32 counter overflows past σ ≈ 5·10⁷). Beyond σ = 10⁴
+        // the discrete and continuous Gaussians differ by far less than
+        // one point of mass, so the continuous quantile plus one step is
+        // a safe, slightly conservative bound.
+        PrivacyMeasure::Zcdp if scale > LARGE_SIGMA => {
+            Ok(normal_upper_quantile(alpha / 2.0) * scale + 2.0)
+        }
         PrivacyMeasure::Zcdp => discrete_gaussian_scale_to_accuracy(scale, alpha),
     }
     .map_err(opendp_error)?;
@@ -175,6 +212,10 @@ mod tests {
         // Laplace scale 1/ε = 2: P(|X| ≥ 6) ≈ 2e^{-3}/(1+e^{-1/2}) ≈ 0.062 > 5%,
         // P(|X| ≥ 7) ≈ 0.038 ≤ 5%, so the 95% half-width is 6.
         assert_eq!(half_width(PrivacyMeasure::Pure, 2.0, 0.05).unwrap(), 6);
+        // Large σ: the continuous 97.5% quantile (1.959964) times σ, plus a step.
+        let w = half_width(PrivacyMeasure::Zcdp, 1.0e9, 0.05).unwrap();
+        assert!((1_959_963_985..=1_959_963_990).contains(&w), "{w}");
+        assert!((normal_upper_quantile(0.025) - 1.959_963_985).abs() < 1e-6);
     }
 
     #[test]

@@ -229,7 +229,14 @@ fn bad_queries_are_refused_by_name_ledgered_and_spend_nothing() {
             "no column `salary`",
         ),
         ("SELEC COUNT(*) FROM tax_returns", "does not parse"),
-        ("SELECT COUNT(*) FROM tax_returns WHERE refund > ", "WHERE"),
+        (
+            "SELECT COUNT(*) FROM tax_returns WHERE refund > ",
+            "does not parse",
+        ),
+        (
+            "SELECT COUNT(*) FROM tax_returns WHERE refund > 10.505",
+            "10.505",
+        ),
     ];
     for (sql, expected) in cases {
         env.query("gao-stats", sql, &[])

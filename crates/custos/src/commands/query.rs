@@ -15,7 +15,7 @@ pub struct QueryArgs {
     agreement: String,
     /// Privacy to spend on this query (ε or ρ, per the grant); default
     /// and maximum: the grant's `per_query`.
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
     spend: Option<f64>,
     /// Print JSON for scripts.
     #[arg(long)]
@@ -71,6 +71,6 @@ pub fn print_answer(a: &AggregateAnswer) {
     );
     println!(
         "Spent {sym} = {} of {} on `{}` under `{}`; {sym} = {:.6} remains. Query {} (ledger entry {}).",
-        a.answer.spent, a.budget, a.dataset, a.agreement, a.budget_remaining, a.id, a.ledger_index
+        a.charged, a.budget, a.dataset, a.agreement, a.budget_remaining, a.id, a.ledger_index
     );
 }
