@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray, StringViewArray};
 use async_trait::async_trait;
 use custos_store::{ColumnType, DatasetReader, DatasetSchema};
 use datafusion::common::config::{EncryptionFactoryOptions, TableOptions};
@@ -87,10 +87,16 @@ impl EncryptionFactory for BucketKeys {
 /// A DataFusion session that reads the dataset's bucket files. With
 /// `identity`, the subject and identifier columns can be decrypted too.
 pub fn session(reader: Arc<DatasetReader>, identity: bool) -> SessionContext {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(2)
         // Keep each file whole in one partition (subjects never span files).
         .with_repartition_file_scans(false);
+    // Plain Utf8 arrays, as the files were written (not Utf8View).
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     let runtime = Arc::new(RuntimeEnv::default());
     runtime.register_parquet_encryption_factory(FACTORY, Arc::new(BucketKeys { reader, identity }));
     let mut table_options = TableOptions::default_from_session_config(config.options());
@@ -146,6 +152,9 @@ fn text_at(array: &dyn Array, row: usize) -> Option<String> {
         return None;
     }
     if let Some(a) = array.as_any().downcast_ref::<StringArray>() {
+        return Some(a.value(row).to_owned());
+    }
+    if let Some(a) = array.as_any().downcast_ref::<StringViewArray>() {
         return Some(a.value(row).to_owned());
     }
     if let Some(a) = array.as_any().downcast_ref::<Int64Array>() {

@@ -545,7 +545,11 @@ fn demo_runs_end_to_end_on_a_small_population() {
         ))
         .stdout(predicate::str::contains("tin          name"))
         .stdout(predicate::str::contains("disclosed  rita (TIGTA)"))
-        .stdout(predicate::str::contains("inclusion proof verified"));
+        .stdout(predicate::str::contains("inclusion proof verified"))
+        .stdout(predicate::str::contains("count(distinct subject) = "))
+        .stdout(predicate::str::contains(
+            "3: refused: denied: privacy budget exhausted",
+        ));
 }
 
 #[test]
@@ -568,6 +572,7 @@ fn help_explains_every_command() {
         &["report", "subject"],
         &["report", "agreement"],
         &["subject", "protect"],
+        &["query"],
         &["generate"],
         &["demo"],
         &["init"],

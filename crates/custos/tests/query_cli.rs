@@ -332,3 +332,47 @@ impl Env {
         serde_json::from_slice(&out.get_output().stdout).unwrap()
     }
 }
+
+#[test]
+fn a_generous_budget_gives_answers_close_to_the_truth() {
+    let env = Env::new();
+    env.apply(&aggregate_agreement("gao-exact", "200000", "50000"))
+        .success();
+    let mut reader = csv::Reader::from_path(env.path("synthetic/tax_returns.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let mut tins: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+    tins.sort_unstable();
+    tins.dedup();
+    let returns_2024 = rows.iter().filter(|r| &r[12] == "2024").count() as i64;
+    let ca_2024 = rows
+        .iter()
+        .filter(|r| &r[12] == "2024" && &r[11] == "CA")
+        .count() as i64;
+    let value = |a: &serde_json::Value, row: usize, col: usize| -> i64 {
+        a["rows"][row][col]["value"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // σ = 3 / sqrt(2 · 50000) ≈ 0.01: the noise is almost surely 0.
+    let a = env.answer(
+        "gao-exact",
+        "SELECT COUNT(DISTINCT tin), COUNT(*) FROM tax_returns WHERE tax_year = 2024",
+    );
+    assert_eq!(value(&a, 0, 1), returns_2024);
+    assert!(value(&a, 0, 0) <= tins.len() as i64);
+    let a = env.answer(
+        "gao-exact",
+        "SELECT state, COUNT(*) FROM tax_returns WHERE tax_year = 2024 GROUP BY state",
+    );
+    let ca = a["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r[0]["value"] == "CA")
+        .unwrap();
+    assert_eq!(value(&a, ca, 1), ca_2024);
+    let a = env.answer("gao-exact", "SELECT COUNT(DISTINCT tin) FROM tax_returns");
+    assert_eq!(value(&a, 0, 0), tins.len() as i64);
+}

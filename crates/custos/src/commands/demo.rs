@@ -357,9 +357,16 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
         }
         println!(
             "    spent ρ = {}; ρ = {:.2} of {} remains",
-            answer.answer.spent, answer.budget_remaining, answer.budget
+            answer.charged, answer.budget_remaining, answer.budget
         );
     }
+    println!();
+    println!(
+        "  Counts are close; sums and averages are noisy because the schema bounds a refund at"
+    );
+    println!(
+        "  $1,000,000, so one taxpayer could move a sum that much: tighter bounds, tighter answers."
+    );
     // A small budget runs out: the refused query spends nothing.
     let small = aggregate_agreement()
         .replace("gao-refund-statistics", "gao-pilot")
