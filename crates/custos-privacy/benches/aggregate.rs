@@ -1,0 +1,130 @@
+//! DP aggregates against the same non-private DataFusion query on the same
+//! encrypted Parquet, in one run.
+//!
+//! ```text
+//! cargo bench -p custos-privacy --bench aggregate                         # 10M rows
+//! CUSTOS_BENCH_ROWS=1000000 cargo bench -p custos-privacy --bench aggregate
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use custos_policy::Agreement;
+use custos_store::{DatasetReader, Home, MasterKeySource, NoProgress};
+use datafusion::prelude::ParquetReadOptions;
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rows: u64 = std::env::var("CUSTOS_BENCH_ROWS")
+        .ok()
+        .map_or(10_000_000, |r| r.parse().expect("CUSTOS_BENCH_ROWS"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(rows));
+}
+
+async fn run(rows: u64) {
+    let data = std::env::var_os("CUSTOS_BENCH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("custos-bench-data"))
+        .join(format!("tax-{rows}"));
+    if !data.join("tax_returns.csv").exists() {
+        eprintln!("generating {rows} synthetic tax returns into {} …", data.display());
+        custos_synth::generate(
+            &data,
+            custos_synth::SynthOptions {
+                tax_rows: rows,
+                seed: 1,
+            },
+            &|_| {},
+        )
+        .expect("generate");
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let home_dir = temp.path().join("home");
+    Home::init(&home_dir, MasterKeySource::GenerateFile, None)
+        .await
+        .unwrap();
+    let home = Home::open(&home_dir, None).await.unwrap();
+    let t = Instant::now();
+    custos_store::dataset::ingest(
+        &home,
+        "tax_returns",
+        &data.join("tax_returns.schema.toml"),
+        &data.join("tax_returns.csv"),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    eprintln!("ingested in {:.1}s", t.elapsed().as_secs_f64());
+    let reader = Arc::new(DatasetReader::open(&home, "tax_returns").await.unwrap());
+    let dir = reader.bucket_paths()[0].parent().unwrap().to_owned();
+    let text = include_str!("../../../docs/examples/agreement-aggregate.toml");
+    let agreement = Agreement::from_toml(text).unwrap();
+    let grant = &agreement.grants[0];
+    let cases = [
+        (
+            "COUNT(*)",
+            "SELECT COUNT(*) FROM tax_returns",
+            "SELECT COUNT(*) FROM tax_returns",
+        ),
+        (
+            "SUM(refund) GROUP BY state",
+            "SELECT state, SUM(refund) FROM tax_returns GROUP BY state",
+            "SELECT state, SUM(refund) FROM tax_returns GROUP BY state",
+        ),
+        (
+            "AVG(refund) WHERE tax_year = 2024 GROUP BY filing_status",
+            "SELECT filing_status, AVG(refund) FROM tax_returns WHERE tax_year = 2024 GROUP BY filing_status",
+            "SELECT filing_status, AVG(refund) FROM tax_returns WHERE tax_year = 2024 GROUP BY filing_status",
+        ),
+    ];
+    println!("\n{rows} rows, {} bucket files, encrypted\n", reader.bucket_paths().len());
+    println!("| query | non-private DataFusion s (median of 3) | DP s (median of 3) | DP / non-private |");
+    println!("|---|---:|---:|---:|");
+    for (name, dp_sql, plain_sql) in cases {
+        let ctx = custos_privacy::execute::session(Arc::clone(&reader), false);
+        ctx.register_parquet(
+            "tax_returns",
+            dir.to_string_lossy().as_ref(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+        let mut base = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let batches = ctx.sql(plain_sql).await.unwrap().collect().await.unwrap();
+            assert!(!batches.is_empty());
+            base.push(t.elapsed().as_secs_f64());
+        }
+        let plan = custos_privacy::plan(dp_sql, "tax_returns", reader.schema(), grant, None).unwrap();
+        let mut dp = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let answer = custos_privacy::answer(Arc::clone(&reader), &plan).await.unwrap();
+            assert!(answer.rows_scanned > 0);
+            dp.push(t.elapsed().as_secs_f64());
+        }
+        let (b, d) = (median(base), median(dp));
+        println!("| {name} | {b:.3} | {d:.3} | {:.2}× |", d / b);
+    }
+    println!("\npeak RSS {:.0} MiB", peak_rss_mib());
+}
