@@ -46,7 +46,10 @@ async fn run(rows: u64) {
         .unwrap_or_else(|| std::env::temp_dir().join("custos-bench-data"))
         .join(format!("tax-{rows}"));
     if !data.join("tax_returns.csv").exists() {
-        eprintln!("generating {rows} synthetic tax returns into {} …", data.display());
+        eprintln!(
+            "generating {rows} synthetic tax returns into {} …",
+            data.display()
+        );
         custos_synth::generate(
             &data,
             custos_synth::SynthOptions {
@@ -96,8 +99,13 @@ async fn run(rows: u64) {
             "SELECT filing_status, AVG(refund) FROM tax_returns WHERE tax_year = 2024 GROUP BY filing_status",
         ),
     ];
-    println!("\n{rows} rows, {} bucket files, encrypted\n", reader.bucket_paths().len());
-    println!("| query | non-private DataFusion s (median of 3) | DP s (median of 3) | DP / non-private |");
+    println!(
+        "\n{rows} rows, {} bucket files, encrypted\n",
+        reader.bucket_paths().len()
+    );
+    println!(
+        "| query | non-private DataFusion s (median of 3) | DP s (median of 3) | DP / non-private |"
+    );
     println!("|---|---:|---:|---:|");
     for (name, dp_sql, plain_sql) in cases {
         let ctx = custos_privacy::execute::session(Arc::clone(&reader), false);
@@ -115,11 +123,14 @@ async fn run(rows: u64) {
             assert!(!batches.is_empty());
             base.push(t.elapsed().as_secs_f64());
         }
-        let plan = custos_privacy::plan(dp_sql, "tax_returns", reader.schema(), grant, None).unwrap();
+        let plan =
+            custos_privacy::plan(dp_sql, "tax_returns", reader.schema(), grant, None).unwrap();
         let mut dp = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
-            let answer = custos_privacy::answer(Arc::clone(&reader), &plan).await.unwrap();
+            let answer = custos_privacy::answer(Arc::clone(&reader), &plan)
+                .await
+                .unwrap();
             assert!(answer.rows_scanned > 0);
             dp.push(t.elapsed().as_secs_f64());
         }
