@@ -73,13 +73,7 @@ impl Custos {
         let dataset = match custos_privacy::dataset_of(sql) {
             Ok(d) => d,
             Err(e) => {
-                return Err(self.refuse(
-                    entry,
-                    Denial {
-                        message: e.to_string(),
-                        recorded: e.category().into(),
-                    },
-                ));
+                return Err(self.refuse(entry, refusal(&e)));
             }
         };
         let record = meta.dataset(&dataset).await?;
@@ -117,13 +111,7 @@ impl Custos {
         let plan = match custos_privacy::plan(sql, &dataset, &schema, &grant, spend) {
             Ok(p) => p,
             Err(e) => {
-                return Err(self.refuse(
-                    entry,
-                    Denial {
-                        message: e.to_string(),
-                        recorded: e.category().into(),
-                    },
-                ));
+                return Err(self.refuse(entry, refusal(&e)));
             }
         };
         if let Some(limit) = grant.limits.requests_per_hour {
@@ -143,7 +131,7 @@ impl Custos {
         let sym = measure.symbol();
         let budget = plan.privacy.budget;
         let spent_before = meta.budget_spent(agreement_id, &dataset).await?;
-        if spent_before + plan.spend > budget * (1.0 + 1e-9) {
+        if !custos_store::budgets::fits(spent_before, plan.spend, budget) {
             return Err(self.refuse(
                 entry,
                 Denial::same(format!(
@@ -155,10 +143,7 @@ impl Custos {
         let mut raw = [0u8; 16];
         custos_store::keys::random_bytes(&mut raw)?;
         let id = format!("q_{}", hex::encode(raw));
-        let measure_name = match measure {
-            custos_policy::PrivacyMeasure::Zcdp => "zcdp",
-            custos_policy::PrivacyMeasure::Pure => "pure",
-        };
+        let measure_name = measure.as_str();
         let at_micros = now_micros();
         let mut allowed = Entry {
             decision: Decision::Allow,
@@ -239,6 +224,15 @@ impl Custos {
             .meta()
             .budget_spent(agreement_id, dataset)
             .await?)
+    }
+}
+
+/// A refused query: the full message for the caller, a value-free
+/// category for the ledger (never the SQL's text).
+fn refusal(e: &PrivacyError) -> Denial {
+    Denial {
+        message: e.to_string(),
+        recorded: e.category().into(),
     }
 }
 

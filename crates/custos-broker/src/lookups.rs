@@ -125,8 +125,29 @@ impl Denial {
     }
 }
 
-fn seal_purpose(request_id: &str, what: &str) -> String {
-    format!("custos/v1/request/{request_id}/{what}")
+/// The two fields of a request sealed under the master key, each bound to
+/// its request id.
+#[derive(Debug, Clone, Copy)]
+enum Sealed {
+    Subject,
+    Justification,
+}
+
+impl Sealed {
+    fn purpose(self, request_id: &str) -> String {
+        let field = match self {
+            Self::Subject => "subject",
+            Self::Justification => "justification",
+        };
+        format!("custos/v1/request/{request_id}/{field}")
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Subject => "request subject",
+            Self::Justification => "request justification",
+        }
+    }
 }
 
 fn today() -> chrono::NaiveDate {
@@ -134,6 +155,21 @@ fn today() -> chrono::NaiveDate {
 }
 
 impl Custos {
+    /// Opens a sealed request field.
+    fn unseal(
+        &self,
+        request_id: &str,
+        field: Sealed,
+        sealed: &[u8],
+    ) -> Result<String, BrokerError> {
+        let bytes = self.home().master_key().unwrap_secret(
+            &field.purpose(request_id),
+            field.label(),
+            sealed,
+        )?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn lookup_entry(&self, actor: &Actor, action: &str, decision: Decision) -> Entry {
         Entry::new(now_micros(), actor.id(), action, decision)
     }
@@ -436,9 +472,9 @@ impl Custos {
         custos_store::keys::random_bytes(&mut raw)?;
         let id = format!("req_{}", hex::encode(raw));
         let master = self.home().master_key();
-        let subject_sealed = master.wrap(&seal_purpose(&id, "subject"), subject.as_bytes())?;
+        let subject_sealed = master.wrap(&Sealed::Subject.purpose(&id), subject.as_bytes())?;
         let justification_sealed = master.wrap(
-            &seal_purpose(&id, "justification"),
+            &Sealed::Justification.purpose(&id),
             justification.as_bytes(),
         )?;
         let created_micros = now_micros();
@@ -536,15 +572,10 @@ impl Custos {
                 "only the requester, approvers, admins and overseers see a request".into(),
             ));
         }
-        let master = self.home().master_key();
-        let subject = master.unwrap_secret(
-            &seal_purpose(&record.id, "subject"),
-            "request subject",
-            &record.subject_sealed,
-        )?;
-        let justification = master.unwrap_secret(
-            &seal_purpose(&record.id, "justification"),
-            "request justification",
+        let subject = self.unseal(&record.id, Sealed::Subject, &record.subject_sealed)?;
+        let justification = self.unseal(
+            &record.id,
+            Sealed::Justification,
             &record.justification_sealed,
         )?;
         // Seeing who is looked up and why is itself recorded.
@@ -555,8 +586,8 @@ impl Custos {
         let approvers = self.home().meta().approvals(&record.id).await?;
         Ok(LookupDetails {
             ticket: ticket(&record, u32::try_from(approvers.len()).unwrap_or(u32::MAX)),
-            subject: String::from_utf8_lossy(&subject).into_owned(),
-            justification: String::from_utf8_lossy(&justification).into_owned(),
+            subject,
+            justification,
             approvers,
         })
     }
@@ -711,12 +742,7 @@ impl Custos {
         {
             return Err(self.deny_lookup(entry, "the request was fetched concurrently".into()));
         }
-        let subject = self.home().master_key().unwrap_secret(
-            &seal_purpose(&record.id, "subject"),
-            "request subject",
-            &record.subject_sealed,
-        )?;
-        let subject = String::from_utf8_lossy(&subject).into_owned();
+        let subject = self.unseal(&record.id, Sealed::Subject, &record.subject_sealed)?;
         let grant = granted
             .agreement
             .grants

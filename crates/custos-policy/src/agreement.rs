@@ -82,6 +82,14 @@ pub enum PrivacyMeasure {
 }
 
 impl PrivacyMeasure {
+    /// The name as written in agreements (`zcdp`, `pure`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zcdp => "zcdp",
+            Self::Pure => "pure",
+        }
+    }
+
     /// The symbol budgets are written in.
     pub fn symbol(self) -> &'static str {
         match self {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray, StringViewArray};
 use async_trait::async_trait;
-use custos_store::{ColumnType, DatasetReader, DatasetSchema};
+use custos_store::{DatasetReader, DatasetSchema};
 use datafusion::common::config::{EncryptionFactoryOptions, TableOptions};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
@@ -368,9 +368,4 @@ impl Accumulator {
             rows_dropped: self.dropped,
         }
     }
-}
-
-/// The column type of a value column (for formatting answers).
-pub fn value_type(schema: &DatasetSchema, column: &str) -> Option<ColumnType> {
-    schema.column(column).map(|c| c.ty)
 }

@@ -14,6 +14,12 @@ use crate::meta::{MetaError, SqliteMetadata};
 /// as ten charges of 0.1 must be exactly exhausted, not refused at the tenth).
 const SLACK: f64 = 1e-9;
 
+/// Whether spending `spend` on top of `spent` stays within `limit` (the
+/// filter's rule, for callers that check before charging too).
+pub fn fits(spent: f64, spend: f64, limit: f64) -> bool {
+    spent + spend <= limit * (1.0 + SLACK)
+}
+
 /// One charge against a budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Charge {
@@ -98,10 +104,10 @@ impl BudgetStore for SqliteMetadata {
                 "the budget was opened under another privacy measure".into(),
             ));
         }
-        let total = spent + c.spend;
-        if total > limit * (1.0 + SLACK) {
+        if !fits(spent, c.spend, limit) {
             return Ok(None);
         }
+        let total = spent + c.spend;
         sqlx::query("UPDATE privacy_budgets SET spent = ? WHERE agreement_id = ? AND dataset = ?")
             .bind(total)
             .bind(&c.agreement_id)
