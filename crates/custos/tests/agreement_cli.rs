@@ -2,6 +2,8 @@
 //! show, suspend/resume/revoke, and every refusal ledgered.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -62,14 +64,7 @@ impl Env {
     }
 
     fn custos(&self, token: Option<&str>) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
-        cmd.env("CUSTOS_HOME", self.path("home"))
-            .env_remove("CUSTOS_MASTER_KEY")
-            .env_remove("CUSTOS_TOKEN");
-        if let Some(t) = token {
-            cmd.env("CUSTOS_TOKEN", t);
-        }
-        cmd
+        common::custos(&self.path("home"), token)
     }
 
     fn admin(&self) -> assert_cmd::Command {
@@ -81,16 +76,7 @@ impl Env {
     }
 
     fn ledger(&self) -> Vec<serde_json::Value> {
-        let out = self
-            .custos(None)
-            .args(["ledger", "show", "--json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        common::ledger(&self.path("home"))
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {

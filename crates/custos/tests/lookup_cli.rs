@@ -4,6 +4,8 @@
 //! bad input refused clearly, ledgered, with nothing released.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
@@ -124,14 +126,7 @@ impl Env {
     }
 
     fn custos(&self, token: Option<&str>) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
-        cmd.env("CUSTOS_HOME", self.path("home"))
-            .env_remove("CUSTOS_MASTER_KEY")
-            .env_remove("CUSTOS_TOKEN");
-        if let Some(t) = token {
-            cmd.env("CUSTOS_TOKEN", t);
-        }
-        cmd
+        common::custos(&self.path("home"), token)
     }
 
     fn as_(&self, who: &str) -> assert_cmd::Command {
@@ -181,16 +176,7 @@ impl Env {
     }
 
     fn ledger(&self) -> Vec<serde_json::Value> {
-        let out = self
-            .custos(None)
-            .args(["ledger", "show", "--json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        common::ledger(&self.path("home"))
     }
 
     fn last_entry(&self) -> serde_json::Value {

@@ -4,6 +4,8 @@
 //! nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -87,14 +89,7 @@ impl Env {
     }
 
     fn custos(&self, token: Option<&str>) -> assert_cmd::Command {
-        let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
-        cmd.env("CUSTOS_HOME", self.path("home"))
-            .env_remove("CUSTOS_MASTER_KEY")
-            .env_remove("CUSTOS_TOKEN");
-        if let Some(t) = token {
-            cmd.env("CUSTOS_TOKEN", t);
-        }
-        cmd
+        common::custos(&self.path("home"), token)
     }
 
     fn apply(&self, text: &str) -> assert_cmd::assert::Assert {
@@ -120,16 +115,7 @@ impl Env {
     }
 
     fn ledger(&self) -> Vec<serde_json::Value> {
-        let out = self
-            .custos(None)
-            .args(["ledger", "show", "--json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        common::ledger(&self.path("home"))
     }
 }
 
