@@ -2,10 +2,13 @@
 //! DataFusion over the dataset's encrypted Parquet files.
 //!
 //! DataFusion scans, decrypts and filters; Custos bounds each subject's
-//! contribution and adds up in integers. The bounding runs one bucket file
-//! at a time: a subject's rows all live in one bucket (the keyed hash of
-//! the subject id chooses it at ingest), so per-subject state never spans
-//! files and memory stays at one bucket's worth.
+//! contribution and adds up in integers. The bounding runs per bucket file,
+//! as many at once as there are cores: a subject's rows all live in one
+//! bucket (the keyed hash of the subject id chooses it at ingest), so
+//! per-subject state never spans files and memory stays at a few buckets'
+//! worth. Subjects are told apart by the hidden subject-key column (a keyed
+//! pseudonym written at ingest), so this path never holds the identity key
+//! and never decrypts a subject id.
 //!
 //! Contribution bounding: each subject keeps at most `k` rows, the `k` with
 //! the smallest hash of the row's content — a choice made by the subject's
@@ -17,6 +20,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray, StringViewArray};
 use async_trait::async_trait;
+use custos_store::schema::SUBJECT_KEY_COLUMN;
 use custos_store::{DatasetReader, DatasetSchema};
 use datafusion::common::config::{EncryptionFactoryOptions, TableOptions};
 use datafusion::execution::SessionStateBuilder;
@@ -26,6 +30,7 @@ use datafusion::parquet::encryption::decrypt::FileDecryptionProperties;
 use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
+use crate::quantile;
 use crate::query::{Aggregate, AggregateQuery, group_domain};
 
 /// The encryption factory's id in a session.
@@ -41,6 +46,11 @@ pub enum ExecuteError {
     /// The dataset could not be read.
     #[error(transparent)]
     Dataset(#[from] custos_store::DatasetError),
+    /// The dataset's files predate the subject-key column.
+    #[error(
+        "dataset `{0}` was ingested by an older Custos without the subject-key column: ingest it again to run aggregates"
+    )]
+    OldLayout(String),
 }
 
 fn engine(e: impl std::fmt::Display) -> ExecuteError {
@@ -117,10 +127,15 @@ pub struct Totals {
     /// empty key when the query has no `GROUP BY`.
     pub groups: Vec<Vec<String>>,
     /// Per aggregate (as in the query), per group: the integer total. For
-    /// `AVG` this is the sum; its count is in `avg_counts`.
+    /// `AVG` this is the sum; its count is in `avg_counts`. Empty for
+    /// quantiles (see `histograms`).
     pub values: Vec<Vec<i64>>,
     /// For each `AVG` aggregate, per group, the count of its rows.
     pub avg_counts: Vec<Vec<i64>>,
+    /// Per aggregate, per group: for quantiles, the histogram of values
+    /// against the column's candidates ([`quantile::position`]); empty for
+    /// the others.
+    pub histograms: Vec<Vec<Vec<u64>>>,
     /// Rows read after the filter, before bounding.
     pub rows_scanned: u64,
     /// Rows dropped by contribution bounding.
@@ -146,21 +161,48 @@ pub fn group_keys(schema: &DatasetSchema, group_by: &[String]) -> Vec<Vec<String
     keys
 }
 
-/// A value of a batch column as text (group keys) or integer (values).
-fn text_at(array: &dyn Array, row: usize) -> Option<String> {
-    if array.is_null(row) {
-        return None;
+/// Maps one group column's cells to their index in the column's domain.
+#[derive(Debug, Clone)]
+struct DomainIndex {
+    by_text: HashMap<String, usize>,
+    by_int: HashMap<i64, usize>,
+    size: usize,
+}
+
+impl DomainIndex {
+    fn new(domain: &[String]) -> Self {
+        Self {
+            by_text: domain
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.clone(), i))
+                .collect(),
+            by_int: domain
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.parse::<i64>().ok().map(|n| (n, i)))
+                .collect(),
+            size: domain.len(),
+        }
     }
-    if let Some(a) = array.as_any().downcast_ref::<StringArray>() {
-        return Some(a.value(row).to_owned());
+
+    /// The domain index of a cell; `None` for nulls and values outside it.
+    fn of(&self, array: &dyn Array, row: usize) -> Option<usize> {
+        if array.is_null(row) {
+            return None;
+        }
+        let any = array.as_any();
+        if let Some(a) = any.downcast_ref::<StringArray>() {
+            return self.by_text.get(a.value(row)).copied();
+        }
+        if let Some(a) = any.downcast_ref::<StringViewArray>() {
+            return self.by_text.get(a.value(row)).copied();
+        }
+        if let Some(a) = any.downcast_ref::<Int64Array>() {
+            return self.by_int.get(&a.value(row)).copied();
+        }
+        None
     }
-    if let Some(a) = array.as_any().downcast_ref::<StringViewArray>() {
-        return Some(a.value(row).to_owned());
-    }
-    if let Some(a) = array.as_any().downcast_ref::<Int64Array>() {
-        return Some(a.value(row).to_string());
-    }
-    None
 }
 
 fn int_at(array: &dyn Array, row: usize) -> Option<i64> {
@@ -180,6 +222,25 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A column whose values the query reads: its clamping bounds, and the
+/// quantile candidates if a quantile reads it.
+#[derive(Debug, Clone)]
+struct ValueColumn {
+    name: String,
+    low: i64,
+    high: i64,
+    candidates: Option<Arc<Vec<i64>>>,
+}
+
+/// What every bucket's bounding needs to know.
+#[derive(Debug)]
+struct Layout {
+    domains: Vec<DomainIndex>,
+    groups: usize,
+    values: Vec<ValueColumn>,
+    contributions: usize,
+}
+
 /// Computes the bounded true totals of `query` (already checked), with
 /// `filter_sql` its `WHERE` in storage units, keeping at most
 /// `contributions` rows per subject.
@@ -190,182 +251,261 @@ pub async fn totals(
     contributions: u32,
 ) -> Result<Totals, ExecuteError> {
     let schema = reader.schema().clone();
-    let subject = schema.subject_column().name.clone();
     let groups = group_keys(&schema, &query.group_by);
-    let index: HashMap<Vec<String>, usize> = groups
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (k.clone(), i))
-        .collect();
-    // Value columns and their clamping bounds, each read once.
-    let mut value_columns: Vec<(String, i64, i64)> = Vec::new();
+    let mut values: Vec<ValueColumn> = Vec::new();
     for a in &query.aggregates {
-        if let Aggregate::Sum(c) | Aggregate::Avg(c) = a
-            && !value_columns.iter().any(|(n, _, _)| n == c)
-        {
-            let (lo, hi) = schema.column(c).and_then(|c| c.bounds).unwrap_or((0, 0));
-            value_columns.push((c.clone(), lo, hi));
+        let Some(c) = a.column() else { continue };
+        let (low, high) = schema.column(c).and_then(|c| c.bounds).unwrap_or((0, 0));
+        let position = match values.iter().position(|v| v.name == c) {
+            Some(p) => p,
+            None => {
+                values.push(ValueColumn {
+                    name: c.to_owned(),
+                    low,
+                    high,
+                    candidates: None,
+                });
+                values.len() - 1
+            }
+        };
+        if matches!(a, Aggregate::Quantile { .. }) && values[position].candidates.is_none() {
+            values[position].candidates = Some(Arc::new(quantile::candidates(low, high)));
         }
     }
-    let mut select: Vec<String> = vec![quote(&subject)];
+    let layout = Arc::new(Layout {
+        domains: query
+            .group_by
+            .iter()
+            .map(|g| DomainIndex::new(&schema.column(g).map(group_domain).unwrap_or_default()))
+            .collect(),
+        groups: groups.len(),
+        values,
+        contributions: contributions.max(1) as usize,
+    });
+    let mut select: Vec<String> = vec![quote(SUBJECT_KEY_COLUMN)];
     select.extend(query.group_by.iter().map(|g| quote(g)));
-    select.extend(value_columns.iter().map(|(c, _, _)| quote(c)));
+    select.extend(layout.values.iter().map(|v| quote(&v.name)));
     let sql_where = filter_sql
         .map(|f| format!(" WHERE {f}"))
         .unwrap_or_default();
-    let ctx = session(Arc::clone(&reader), true);
-    let mut acc = Accumulator::new(query, &value_columns, groups.len());
-    let k = contributions.max(1) as usize;
-    for path in reader.bucket_paths() {
-        let table = "bucket";
-        let _ = ctx.deregister_table(table);
+    let ctx = session(Arc::clone(&reader), false);
+    let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let mut running = tokio::task::JoinSet::new();
+    let mut total = BucketTotals::new(&layout);
+    for (i, path) in reader.bucket_paths().into_iter().enumerate() {
+        if running.len() >= parallel
+            && let Some(done) = running.join_next().await
+        {
+            total.merge(done.map_err(engine)??);
+        }
+        let table = format!("bucket_{i}");
         ctx.register_parquet(
-            table,
+            &table,
             path.to_string_lossy().as_ref(),
             ParquetReadOptions::default(),
         )
         .await
         .map_err(engine)?;
+        let provider = ctx.table_provider(&table).await.map_err(engine)?;
+        if provider
+            .schema()
+            .field_with_name(SUBJECT_KEY_COLUMN)
+            .is_err()
+        {
+            running.abort_all();
+            return Err(ExecuteError::OldLayout(query.dataset.clone()));
+        }
         let sql = format!("SELECT {} FROM {table}{sql_where}", select.join(", "));
-        let batches = ctx
-            .sql(&sql)
-            .await
-            .map_err(engine)?
-            .collect()
-            .await
-            .map_err(engine)?;
-        acc.add_bucket(&batches, &index, query.group_by.len(), k);
+        let (ctx, layout) = (ctx.clone(), Arc::clone(&layout));
+        running.spawn(async move {
+            let batches = ctx
+                .sql(&sql)
+                .await
+                .map_err(engine)?
+                .collect()
+                .await
+                .map_err(engine)?;
+            let _ = ctx.deregister_table(&table);
+            tokio::task::spawn_blocking(move || bound_bucket(&layout, &batches))
+                .await
+                .map_err(engine)?
+        });
     }
-    Ok(acc.finish(groups))
+    while let Some(done) = running.join_next().await {
+        total.merge(done.map_err(engine)??);
+    }
+    Ok(total.finish(query, &layout, groups))
 }
 
-/// Per-bucket bounding and integer accumulation.
-struct Accumulator {
-    aggregates: Vec<Aggregate>,
-    value_columns: Vec<(String, i64, i64)>,
+/// One bucket's (or the sum of several buckets') bounded totals.
+#[derive(Debug, Clone)]
+struct BucketTotals {
     rows: Vec<i64>,
     subjects: Vec<i64>,
+    /// Per value column, per group.
     sums: Vec<Vec<i64>>,
+    /// Per value column (empty unless a quantile reads it), per group.
+    histograms: Vec<Vec<Vec<u64>>>,
     scanned: u64,
     dropped: u64,
 }
 
-/// One candidate row of a bucket: its subject, content hash, group, values.
-struct Candidate {
-    subject: u64,
-    tag: u64,
-    group: usize,
-    values: Vec<i64>,
-}
-
-impl Accumulator {
-    fn new(query: &AggregateQuery, value_columns: &[(String, i64, i64)], groups: usize) -> Self {
+impl BucketTotals {
+    fn new(layout: &Layout) -> Self {
         Self {
-            aggregates: query.aggregates.clone(),
-            value_columns: value_columns.to_vec(),
-            rows: vec![0; groups],
-            subjects: vec![0; groups],
-            sums: vec![vec![0; groups]; value_columns.len()],
+            rows: vec![0; layout.groups],
+            subjects: vec![0; layout.groups],
+            sums: vec![vec![0; layout.groups]; layout.values.len()],
+            histograms: layout
+                .values
+                .iter()
+                .map(|v| match &v.candidates {
+                    Some(c) => vec![vec![0; 2 * c.len() + 1]; layout.groups],
+                    None => Vec::new(),
+                })
+                .collect(),
             scanned: 0,
             dropped: 0,
         }
     }
 
-    fn add_bucket(
-        &mut self,
-        batches: &[RecordBatch],
-        index: &HashMap<Vec<String>, usize>,
-        group_columns: usize,
-        k: usize,
-    ) {
-        let mut candidates: Vec<Candidate> = Vec::new();
-        for batch in batches {
-            for row in 0..batch.num_rows() {
-                self.scanned += 1;
-                let Some(subject) = text_at(batch.column(0).as_ref(), row) else {
-                    continue;
-                };
-                let key: Option<Vec<String>> = (0..group_columns)
-                    .map(|g| text_at(batch.column(1 + g).as_ref(), row))
-                    .collect();
-                // Rows outside the declared domain (or with an empty group
-                // cell) belong to no released group.
-                let Some(group) = key.and_then(|k| index.get(&k).copied()) else {
-                    continue;
-                };
-                let values: Vec<i64> = self
-                    .value_columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (_, lo, hi))| {
-                        int_at(batch.column(1 + group_columns + i).as_ref(), row)
-                            .map_or(0, |v| v.clamp(*lo, *hi))
-                    })
-                    .collect();
-                let mut h = DefaultHasher::new();
-                subject.hash(&mut h);
-                let subject_hash = h.finish();
-                group.hash(&mut h);
-                values.hash(&mut h);
-                candidates.push(Candidate {
-                    subject: subject_hash,
-                    tag: h.finish(),
-                    group,
-                    values,
-                });
+    fn merge(&mut self, other: Self) {
+        fn add(a: &mut [i64], b: &[i64]) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = x.saturating_add(*y);
             }
         }
-        candidates.sort_unstable_by_key(|c| (c.subject, c.tag));
-        let mut start = 0;
-        while start < candidates.len() {
-            let subject = candidates[start].subject;
-            let mut end = start;
-            while end < candidates.len() && candidates[end].subject == subject {
-                end += 1;
-            }
-            let kept = &candidates[start..(start + k).min(end)];
-            self.dropped += (end - start - kept.len()) as u64;
-            let mut seen_groups: Vec<usize> = Vec::with_capacity(kept.len());
-            for c in kept {
-                self.rows[c.group] += 1;
-                if !seen_groups.contains(&c.group) {
-                    seen_groups.push(c.group);
-                    self.subjects[c.group] += 1;
-                }
-                for (i, v) in c.values.iter().enumerate() {
-                    self.sums[i][c.group] = self.sums[i][c.group].saturating_add(*v);
-                }
-            }
-            start = end;
+        add(&mut self.rows, &other.rows);
+        add(&mut self.subjects, &other.subjects);
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            add(a, b);
         }
+        for (a, b) in self.histograms.iter_mut().zip(&other.histograms) {
+            for (x, y) in a.iter_mut().zip(b) {
+                for (p, q) in x.iter_mut().zip(y) {
+                    *p += q;
+                }
+            }
+        }
+        self.scanned += other.scanned;
+        self.dropped += other.dropped;
     }
 
-    fn finish(self, groups: Vec<Vec<String>>) -> Totals {
-        let column = |c: &str| {
-            self.value_columns
-                .iter()
-                .position(|(n, _, _)| n == c)
-                .unwrap_or(0)
-        };
+    fn finish(self, query: &AggregateQuery, layout: &Layout, groups: Vec<Vec<String>>) -> Totals {
+        let column = |c: &str| layout.values.iter().position(|v| v.name == c).unwrap_or(0);
         let mut values = Vec::new();
         let mut avg_counts = Vec::new();
-        for a in &self.aggregates {
-            match a {
-                Aggregate::CountRows => values.push(self.rows.clone()),
-                Aggregate::CountSubjects => values.push(self.subjects.clone()),
-                Aggregate::Sum(c) => values.push(self.sums[column(c)].clone()),
+        let mut histograms = Vec::new();
+        for a in &query.aggregates {
+            let (value, histogram) = match a {
+                Aggregate::CountRows => (self.rows.clone(), Vec::new()),
+                Aggregate::CountSubjects => (self.subjects.clone(), Vec::new()),
+                Aggregate::Sum(c) => (self.sums[column(c)].clone(), Vec::new()),
                 Aggregate::Avg(c) => {
-                    values.push(self.sums[column(c)].clone());
                     avg_counts.push(self.rows.clone());
+                    (self.sums[column(c)].clone(), Vec::new())
                 }
-            }
+                Aggregate::Quantile { column: c, .. } => {
+                    (Vec::new(), self.histograms[column(c)].clone())
+                }
+            };
+            values.push(value);
+            histograms.push(histogram);
         }
         Totals {
             groups,
             values,
             avg_counts,
+            histograms,
             rows_scanned: self.scanned,
             rows_dropped: self.dropped,
         }
     }
+}
+
+/// One candidate row of a bucket: its subject key, content hash and index.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    subject: i64,
+    tag: u64,
+    row: u32,
+}
+
+/// Bounds one bucket's rows (columns: subject key, group columns, value
+/// columns) and adds them up.
+fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals, ExecuteError> {
+    let mut out = BucketTotals::new(layout);
+    let width = layout.values.len();
+    let group_columns = layout.domains.len();
+    // Flat per-row storage: group index and clamped values.
+    let mut row_group: Vec<u32> = Vec::new();
+    let mut row_values: Vec<i64> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for batch in batches {
+        let subjects = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| engine("the subject-key column is not 64-bit integers"))?;
+        'rows: for row in 0..batch.num_rows() {
+            out.scanned += 1;
+            if subjects.is_null(row) {
+                continue;
+            }
+            // Rows outside the declared domain (or with an empty group
+            // cell) belong to no released group.
+            let mut group = 0usize;
+            for (g, domain) in layout.domains.iter().enumerate() {
+                let Some(i) = domain.of(batch.column(1 + g).as_ref(), row) else {
+                    continue 'rows;
+                };
+                group = group * domain.size + i;
+            }
+            let start = row_values.len();
+            for (i, v) in layout.values.iter().enumerate() {
+                let cell = int_at(batch.column(1 + group_columns + i).as_ref(), row);
+                row_values.push(cell.map_or(0, |x| x.clamp(v.low, v.high)));
+            }
+            let subject = subjects.value(row);
+            let mut h = DefaultHasher::new();
+            subject.hash(&mut h);
+            group.hash(&mut h);
+            row_values[start..start + width].hash(&mut h);
+            let index = u32::try_from(row_group.len()).map_err(engine)?;
+            row_group.push(u32::try_from(group).map_err(engine)?);
+            candidates.push(Candidate {
+                subject,
+                tag: h.finish(),
+                row: index,
+            });
+        }
+    }
+    candidates.sort_unstable_by_key(|c| (c.subject, c.tag));
+    let k = layout.contributions;
+    let mut seen_groups: Vec<u32> = Vec::with_capacity(k);
+    for run in candidates.chunk_by(|a, b| a.subject == b.subject) {
+        let kept = &run[..k.min(run.len())];
+        out.dropped += (run.len() - kept.len()) as u64;
+        seen_groups.clear();
+        for c in kept {
+            let row = c.row as usize;
+            let group = row_group[row];
+            let g = group as usize;
+            out.rows[g] += 1;
+            if !seen_groups.contains(&group) {
+                seen_groups.push(group);
+                out.subjects[g] += 1;
+            }
+            for (i, v) in row_values[row * width..(row + 1) * width]
+                .iter()
+                .enumerate()
+            {
+                out.sums[i][g] = out.sums[i][g].saturating_add(*v);
+                if let Some(grid) = &layout.values[i].candidates {
+                    out.histograms[i][g][quantile::position(grid, *v)] += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
 }

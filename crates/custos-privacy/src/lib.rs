@@ -6,6 +6,7 @@
 //!
 //! - [`query`]: the SQL allow-list (pure).
 //! - [`mechanism`]: calibration, noise and intervals through OpenDP (pure).
+//! - [`quantile`]: quantile scores and OpenDP's noisy max (pure).
 //! - [`execute`]: true bounded totals with DataFusion (reads files).
 //!
 //! Budgets and their durable charging are the broker's: [`plan`] says what
@@ -16,6 +17,7 @@
 
 pub mod execute;
 pub mod mechanism;
+pub mod quantile;
 pub mod query;
 
 use std::collections::BTreeSet;
@@ -155,11 +157,13 @@ pub fn plan(
     };
     let query = parse_query(sql, &cols)?;
     let mut columns: BTreeSet<String> = query.group_by.iter().cloned().collect();
-    for a in &query.aggregates {
-        if let Aggregate::Sum(c) | Aggregate::Avg(c) = a {
-            columns.insert(c.clone());
-        }
-    }
+    columns.extend(
+        query
+            .aggregates
+            .iter()
+            .filter_map(Aggregate::column)
+            .map(str::to_owned),
+    );
     let filter_sql = match &query.filter {
         None => None,
         Some(text) => {
@@ -230,6 +234,31 @@ pub struct Cell {
     pub low: Option<String>,
     /// Upper end of the 95% interval.
     pub high: Option<String>,
+    /// For quantiles (which have no value interval): with probability
+    /// ≥ 95%, the released value's rank among the group's values is within
+    /// this many rows of the asked rank.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank_error: Option<u64>,
+}
+
+impl Cell {
+    fn plain(value: Option<String>) -> Self {
+        Self {
+            value,
+            low: None,
+            high: None,
+            rank_error: None,
+        }
+    }
+
+    fn interval(value: String, low: String, high: String) -> Self {
+        Self {
+            value: Some(value),
+            low: Some(low),
+            high: Some(high),
+            rank_error: None,
+        }
+    }
 }
 
 /// An answer: the select list's columns, one row per group of the domain.
@@ -247,7 +276,8 @@ pub struct Answer {
     pub rows_scanned: u64,
     /// Rows left out by the per-subject bound.
     pub rows_dropped: u64,
-    /// Per aggregate: the noise scale (Laplace scale or Gaussian σ), in storage units.
+    /// Per aggregate: the noise scale (Laplace scale or Gaussian σ in
+    /// storage units; for quantiles, the scale on the scores).
     pub scales: Vec<(String, f64)>,
 }
 
@@ -258,7 +288,7 @@ fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Sensitivity {
             l1: k,
             l2: k.sqrt(),
         },
-        Aggregate::Sum(c) | Aggregate::Avg(c) => {
+        Aggregate::Sum(c) | Aggregate::Avg(c) | Aggregate::Quantile { column: c, .. } => {
             let (lo, hi) = schema.column(c).and_then(|c| c.bounds).unwrap_or((0, 0));
             #[allow(clippy::cast_precision_loss)]
             let bound = lo.unsigned_abs().max(hi.unsigned_abs()) as f64;
@@ -286,11 +316,35 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
     let totals = execute::totals(reader, &plan.query, plan.filter_sql.as_deref(), k).await?;
     let share = plan.spend / plan.releases() as f64;
     let measure = plan.privacy.measure;
-    let mut released: Vec<(NoisyVector, Option<NoisyVector>)> = Vec::new();
+    let mut released: Vec<Released> = Vec::new();
     let mut scales = Vec::new();
     let mut spent = 0.0;
     let mut avg_index = 0;
     for (i, a) in plan.query.aggregates.iter().enumerate() {
+        if let Aggregate::Quantile { column, per_10000 } = a {
+            let scores: Vec<Vec<u64>> = totals.histograms[i]
+                .iter()
+                .map(|h| quantile::scores(h, *per_10000))
+                .collect();
+            let choices = quantile::release_quantile(
+                &scores,
+                measure,
+                share,
+                quantile::score_sensitivity(*per_10000, k),
+            )?;
+            spent += choices.spent;
+            scales.push((a.label(), choices.scale));
+            let (lo, hi) = schema
+                .column(column)
+                .and_then(|c| c.bounds)
+                .unwrap_or((0, 0));
+            let grid = quantile::candidates(lo, hi);
+            released.push(Released::Quantile {
+                values: choices.chosen.iter().map(|c| grid[*c]).collect(),
+                rank_error: choices.rank_error,
+            });
+            continue;
+        }
         let noisy = release(
             &totals.values[i],
             measure,
@@ -312,7 +366,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
         } else {
             None
         };
-        released.push((noisy, count));
+        released.push(Released::Noisy(noisy, count));
     }
     let columns: Vec<String> = plan.query.output.iter().map(|(n, _)| n.clone()).collect();
     let mut rows = Vec::with_capacity(totals.groups.len());
@@ -327,17 +381,27 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
                         .iter()
                         .position(|n| n == name)
                         .unwrap_or(0);
-                    Cell {
-                        value: key.get(pos).cloned(),
-                        low: None,
-                        high: None,
+                    Cell::plain(key.get(pos).cloned())
+                }
+                OutputColumn::Aggregate(i) => match &released[*i] {
+                    Released::Noisy(noisy, count) => cell(
+                        &plan.query.aggregates[*i],
+                        &schema,
+                        noisy,
+                        count.as_ref(),
+                        g,
+                    ),
+                    Released::Quantile { values, rank_error } => {
+                        let ty = plan.query.aggregates[*i]
+                            .column()
+                            .and_then(|c| schema.column(c))
+                            .map(|c| c.ty);
+                        Cell {
+                            rank_error: Some(*rank_error),
+                            ..Cell::plain(Some(format_value(ty, values[g])))
+                        }
                     }
-                }
-                OutputColumn::Aggregate(i) => {
-                    let a = &plan.query.aggregates[*i];
-                    let (noisy, count) = &released[*i];
-                    cell(a, &schema, noisy, count.as_ref(), g)
-                }
+                },
             });
         }
         rows.push(row);
@@ -351,6 +415,52 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
         rows_dropped: totals.rows_dropped,
         scales,
     })
+}
+
+/// The exact (noise-free) value of aggregate `index` of `query` in group
+/// `group`, formatted as the answer formats it: what a non-private run of
+/// the same bounded query would give (for quantiles, the best candidate of
+/// the same grid). For demonstrations and tests; never released.
+pub fn exact_value(
+    totals: &execute::Totals,
+    query: &AggregateQuery,
+    schema: &DatasetSchema,
+    index: usize,
+    group: usize,
+) -> String {
+    let aggregate = &query.aggregates[index];
+    let ty = aggregate
+        .column()
+        .and_then(|c| schema.column(c))
+        .map(|c| c.ty);
+    match aggregate {
+        Aggregate::Avg(_) => {
+            let avg = query.aggregates[..index]
+                .iter()
+                .filter(|a| matches!(a, Aggregate::Avg(_)))
+                .count();
+            let n = totals.avg_counts[avg][group].max(1);
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            let mean = (totals.values[index][group] as f64 / n as f64).round() as i64;
+            format_value(ty, mean)
+        }
+        Aggregate::Quantile { column, per_10000 } => {
+            let (lo, hi) = schema.column(column).and_then(|c| c.bounds).unwrap_or((0, 0));
+            let grid = quantile::candidates(lo, hi);
+            let scores = quantile::scores(&totals.histograms[index][group], *per_10000);
+            let best = (0..scores.len()).min_by_key(|i| scores[*i]).unwrap_or(0);
+            format_value(ty, grid[best])
+        }
+        _ => format_value(ty, totals.values[index][group]),
+    }
+}
+
+/// One aggregate's released values.
+enum Released {
+    /// Noisy totals, with the noisy count of an `AVG`.
+    Noisy(NoisyVector, Option<NoisyVector>),
+    /// A quantile's chosen candidate per group, and its rank bound.
+    Quantile { values: Vec<i64>, rank_error: u64 },
 }
 
 fn cell(
@@ -368,11 +478,7 @@ fn cell(
             let n = count.values[g];
             let nw = count.half_width;
             if n <= 0 {
-                return Cell {
-                    value: None,
-                    low: None,
-                    high: None,
-                };
+                return Cell::plain(None);
             }
             // Both intervals hold with ≥ 95% each; the ratio's interval is
             // their corners (conservative).
@@ -399,20 +505,21 @@ fn cell(
                 value: ratio(v, n),
                 low,
                 high,
+                rank_error: None,
             }
         }
         (Aggregate::Sum(c), _) => {
             let ty = schema.column(c).map(|c| c.ty);
-            Cell {
-                value: Some(format_value(ty, v)),
-                low: Some(format_value(ty, v.saturating_sub(w))),
-                high: Some(format_value(ty, v.saturating_add(w))),
-            }
+            Cell::interval(
+                format_value(ty, v),
+                format_value(ty, v.saturating_sub(w)),
+                format_value(ty, v.saturating_add(w)),
+            )
         }
-        _ => Cell {
-            value: Some(v.to_string()),
-            low: Some(v.saturating_sub(w).to_string()),
-            high: Some(v.saturating_add(w).to_string()),
-        },
+        _ => Cell::interval(
+            v.to_string(),
+            v.saturating_sub(w).to_string(),
+            v.saturating_add(w).to_string(),
+        ),
     }
 }

@@ -2,7 +2,9 @@
 //! to an allow-list before anything runs.
 //!
 //! Accepted: `SELECT` of `COUNT(*)`, `COUNT(DISTINCT <subject id>)`,
-//! `SUM(col)` and `AVG(col)` over granted numeric columns, and the `GROUP BY`
+//! `SUM(col)`, `AVG(col)` and quantiles (`MEDIAN(col)`, `QUANTILE(col, p)`,
+//! `PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY col)`) over granted bounded
+//! numeric columns, and the `GROUP BY`
 //! columns themselves; `FROM` the dataset; `WHERE` as a row scope over
 //! granted non-identifying columns; `GROUP BY` granted `public` columns
 //! (whose whole declared domain is released, empty groups included).
@@ -57,6 +59,14 @@ pub enum Aggregate {
     Sum(String),
     /// `AVG(col)`: a noisy sum over a noisy count.
     Avg(String),
+    /// `MEDIAN(col)`, `QUANTILE(col, p)` or `PERCENTILE_CONT(p) WITHIN
+    /// GROUP (ORDER BY col)`: the `p`-quantile, `p` in ten-thousandths.
+    Quantile {
+        /// The column.
+        column: String,
+        /// `p` × 10,000 (5,000 is the median).
+        per_10000: u32,
+    },
 }
 
 impl Aggregate {
@@ -67,6 +77,21 @@ impl Aggregate {
             Self::CountSubjects => "count(distinct subject)".into(),
             Self::Sum(c) => format!("sum({c})"),
             Self::Avg(c) => format!("avg({c})"),
+            Self::Quantile {
+                column,
+                per_10000: 5000,
+            } => format!("median({column})"),
+            Self::Quantile { column, per_10000 } => {
+                format!("quantile({column}, {})", f64::from(*per_10000) / 10_000.0)
+            }
+        }
+    }
+
+    /// The value column it reads, if any.
+    pub fn column(&self) -> Option<&str> {
+        match self {
+            Self::CountRows | Self::CountSubjects => None,
+            Self::Sum(c) | Self::Avg(c) | Self::Quantile { column: c, .. } => Some(c),
         }
     }
 }
@@ -313,20 +338,21 @@ pub fn parse_query(sql: &str, granted: &GrantedColumns<'_>) -> Result<AggregateQ
     })
 }
 
+const ALLOWED: &str = "select COUNT(*), COUNT(DISTINCT subject), SUM(col), AVG(col), MEDIAN(col), QUANTILE(col, p) or GROUP BY columns";
+
 fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, QueryError> {
     let Expr::Function(f) = expr else {
-        return refuse(format!(
-            "`{expr}` is not allowed: select COUNT(*), COUNT(DISTINCT subject), SUM(col), AVG(col) or GROUP BY columns"
-        ));
+        return refuse(format!("`{expr}` is not allowed: {ALLOWED}"));
     };
     let name = f.name.to_string().to_lowercase();
+    let percentile = matches!(name.as_str(), "percentile_cont" | "percentile_disc");
     if f.filter.is_some()
         || f.over.is_some()
-        || !f.within_group.is_empty()
+        || (!f.within_group.is_empty() && !percentile)
         || f.null_treatment.is_some()
     {
         return refuse(format!(
-            "`{expr}`: FILTER, OVER and WITHIN GROUP are not allowed"
+            "`{expr}`: FILTER, OVER and WITHIN GROUP are not allowed (WITHIN GROUP only with PERCENTILE_CONT)"
         ));
     }
     let FunctionArguments::List(list) = &f.args else {
@@ -337,20 +363,38 @@ fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, Que
             "`{expr}`: ORDER BY or LIMIT inside an aggregate is not allowed"
         ));
     }
-    let [arg] = list.args.as_slice() else {
-        return refuse(format!("`{expr}` takes exactly one argument"));
-    };
-    let arg = match arg {
-        FunctionArg::Unnamed(a) => a,
-        _ => return refuse(format!("`{expr}`: named arguments are not allowed")),
-    };
+    let args = list
+        .args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(a) => Ok(a),
+            _ => refuse(format!("`{expr}`: named arguments are not allowed")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let distinct = matches!(
         list.duplicate_treatment,
         Some(sqlparser::ast::DuplicateTreatment::Distinct)
     );
-    match (name.as_str(), arg, distinct) {
-        ("count", FunctionArgExpr::Wildcard, false) => Ok(Aggregate::CountRows),
-        ("count", FunctionArgExpr::Expr(e), true) => {
+    if distinct && name != "count" {
+        return refuse(format!(
+            "`{expr}`: DISTINCT is allowed only in COUNT(DISTINCT subject)"
+        ));
+    }
+    if percentile {
+        // PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY col)
+        let ([FunctionArgExpr::Expr(p)], [order]) = (args.as_slice(), f.within_group.as_slice())
+        else {
+            return refuse(format!(
+                "`{expr}`: write PERCENTILE_CONT(p) WITHIN GROUP (ORDER BY col)"
+            ));
+        };
+        let per_10000 = quantile_level(p, expr)?;
+        let column = numeric_column(&order.expr, expr, granted)?;
+        return Ok(Aggregate::Quantile { column, per_10000 });
+    }
+    match (name.as_str(), args.as_slice()) {
+        ("count", [FunctionArgExpr::Wildcard]) if !distinct => Ok(Aggregate::CountRows),
+        ("count", [FunctionArgExpr::Expr(e)]) if distinct => {
             let subject = granted.schema.subject_column();
             match column_name(e) {
                 Some(c) if c == subject.name => Ok(Aggregate::CountSubjects),
@@ -360,45 +404,86 @@ fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, Que
                 )),
             }
         }
-        ("count", _, _) => refuse(format!(
+        ("count", _) => refuse(format!(
             "`{expr}`: use COUNT(*) for rows or COUNT(DISTINCT {}) for subjects",
             granted.schema.subject_column().name
         )),
-        ("sum" | "avg", FunctionArgExpr::Expr(e), false) => {
-            let Some(c) = column_name(e) else {
-                return refuse(format!(
-                    "`{expr}`: aggregate plain column names only (no expressions)"
-                ));
-            };
-            let column = granted.column(&c)?;
-            if !matches!(column.ty, ColumnType::Integer | ColumnType::Decimal) {
-                return refuse(format!(
-                    "`{expr}`: `{c}` is `{}`; SUM and AVG need an integer or decimal column",
-                    column.ty.as_str()
-                ));
-            }
-            if column.bounds.is_none() {
-                return refuse(format!("`{expr}`: `{c}` has no bounds to clamp to"));
-            }
-            Ok(if name == "sum" {
-                Aggregate::Sum(c)
-            } else {
-                Aggregate::Avg(c)
+        ("sum" | "avg" | "median", [FunctionArgExpr::Expr(e)]) => {
+            let c = numeric_column(e, expr, granted)?;
+            Ok(match name.as_str() {
+                "sum" => Aggregate::Sum(c),
+                "avg" => Aggregate::Avg(c),
+                _ => Aggregate::Quantile {
+                    column: c,
+                    per_10000: 5000,
+                },
             })
         }
         (
-            "median"
-            | "percentile_cont"
-            | "percentile_disc"
-            | "quantile"
-            | "approx_percentile_cont",
-            _,
-            _,
-        ) => refuse(format!("`{expr}`: quantiles are not supported yet")),
-        _ => refuse(format!(
-            "`{name}` is not an allowed aggregate: use COUNT(*), COUNT(DISTINCT subject), SUM or AVG"
+            "quantile" | "approx_percentile_cont",
+            [FunctionArgExpr::Expr(e), FunctionArgExpr::Expr(p)],
+        ) => {
+            let per_10000 = quantile_level(p, expr)?;
+            let column = numeric_column(e, expr, granted)?;
+            Ok(Aggregate::Quantile { column, per_10000 })
+        }
+        ("sum" | "avg" | "median", _) => refuse(format!("`{expr}` takes exactly one column")),
+        ("quantile" | "approx_percentile_cont", _) => refuse(format!(
+            "`{expr}`: write QUANTILE(col, p) with p between 0 and 1, e.g. QUANTILE(refund, 0.9)"
         )),
+        _ => refuse(format!("`{name}` is not an allowed aggregate: {ALLOWED}")),
     }
+}
+
+/// A granted, bounded integer or decimal column named by `e` (an argument of `expr`).
+fn numeric_column(
+    e: &Expr,
+    expr: &Expr,
+    granted: &GrantedColumns<'_>,
+) -> Result<String, QueryError> {
+    let Some(c) = column_name(e) else {
+        return refuse(format!(
+            "`{expr}`: aggregate plain column names only (no expressions)"
+        ));
+    };
+    let column = granted.column(&c)?;
+    if !matches!(column.ty, ColumnType::Integer | ColumnType::Decimal) {
+        return refuse(format!(
+            "`{expr}`: `{c}` is `{}`; SUM, AVG and quantiles need an integer or decimal column",
+            column.ty.as_str()
+        ));
+    }
+    if column.bounds.is_none() {
+        return refuse(format!("`{expr}`: `{c}` has no bounds to clamp to"));
+    }
+    Ok(c)
+}
+
+/// A quantile level: a number strictly between 0 and 1 with at most four
+/// decimals, as ten-thousandths.
+fn quantile_level(p: &Expr, expr: &Expr) -> Result<u32, QueryError> {
+    let bad = || {
+        refuse(format!(
+            "`{expr}`: the quantile level must be a number strictly between 0 and 1 with at most four decimals (0.5 is the median)"
+        ))
+    };
+    let Expr::Value(v) = p else { return bad() };
+    let sqlparser::ast::Value::Number(text, _) = &v.value else {
+        return bad();
+    };
+    let Ok(level) = text.parse::<f64>() else {
+        return bad();
+    };
+    let scaled = level * 10_000.0;
+    if !(scaled.is_finite() && (scaled - scaled.round()).abs() < 1e-6) {
+        return bad();
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let per_10000 = scaled.round() as u32;
+    if !(1.0..10_000.0).contains(&scaled.round()) {
+        return bad();
+    }
+    Ok(per_10000)
 }
 
 /// The released domain of a `public` group column, in order, as SQL
@@ -462,6 +547,30 @@ mod tests {
             Some("tax_year >= 2023 AND refund > 1000")
         );
         assert!(check("select count(*) from tax_returns").is_ok());
+        let q = check(
+            "SELECT MEDIAN(refund), QUANTILE(wages, 0.9), \
+             PERCENTILE_CONT(0.25) WITHIN GROUP (ORDER BY agi) FROM tax_returns",
+        )
+        .unwrap();
+        assert_eq!(
+            q.aggregates,
+            [
+                Aggregate::Quantile {
+                    column: "refund".into(),
+                    per_10000: 5000
+                },
+                Aggregate::Quantile {
+                    column: "wages".into(),
+                    per_10000: 9000
+                },
+                Aggregate::Quantile {
+                    column: "agi".into(),
+                    per_10000: 2500
+                },
+            ]
+        );
+        assert_eq!(q.output[0].0, "median(refund)");
+        assert_eq!(q.output[1].0, "quantile(wages, 0.9)");
     }
 
     #[test]
@@ -495,8 +604,21 @@ mod tests {
         assert!(e("SELECT SUM(refund + 1) FROM tax_returns").contains("plain column names"));
         assert!(e("SELECT SUM(state) FROM tax_returns").contains("integer or decimal"));
         assert!(e("SELECT COUNT(*) FROM tax_returns; SELECT 1").contains("exactly one SELECT"));
+        for bad_level in ["1.5", "0", "0.12345", "'0.5'", "-0.5"] {
+            assert!(
+                e(&format!(
+                    "SELECT quantile(refund, {bad_level}) FROM tax_returns"
+                ))
+                .contains("strictly between 0 and 1"),
+                "{bad_level}"
+            );
+        }
+        assert!(e("SELECT median(state) FROM tax_returns").contains("integer or decimal"));
+        assert!(e("SELECT median(tin) FROM tax_returns").contains("identifier"));
+        assert!(e("SELECT quantile(refund) FROM tax_returns").contains("QUANTILE(col, p)"));
+        assert!(e("SELECT median(DISTINCT refund) FROM tax_returns").contains("DISTINCT"));
         assert!(
-            e("SELECT median(refund) FROM tax_returns").contains("quantiles are not supported yet")
+            e("SELECT percentile_cont(refund) FROM tax_returns").contains("WITHIN GROUP (ORDER BY")
         );
         assert!(e("SELECT COUNT(*) FROM tax_returns ORDER BY 1").contains("ORDER BY"));
         assert!(e("SELECT state FROM tax_returns GROUP BY state").contains("no aggregate"));

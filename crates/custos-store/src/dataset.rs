@@ -23,7 +23,7 @@ use crate::ingest::{
 };
 use crate::keys::{DataKey, KeyError, random_bytes};
 use crate::meta::{DatasetRecord, MetaError};
-use crate::schema::{ColumnType, DatasetSchema, SchemaError};
+use crate::schema::{ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError};
 
 /// Prefix of staging directories of ingests in progress.
 const STAGING_PREFIX: &str = ".ingest-";
@@ -427,6 +427,7 @@ impl DatasetReader {
                 builder = builder.with_column_key(&c.name, footer.to_vec());
             }
         }
+        builder = builder.with_column_key(SUBJECT_KEY_COLUMN, footer.to_vec());
         builder.build().map_err(|e| self.file_error(bucket, e))
     }
 

@@ -32,7 +32,7 @@ use parquet::schema::types::ColumnPath;
 use crate::keys::{DataKey, KeyError, SubjectBucketer};
 use crate::meta::MetaError;
 use crate::schema::{
-    Column, ColumnType, DatasetSchema, SchemaError, parse_date_days_bytes,
+    Column, ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, parse_date_days_bytes,
     parse_decimal_cents_bytes,
 };
 
@@ -158,8 +158,9 @@ pub fn valid_dataset_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-/// The Arrow schema of a dataset's Parquet files. Column classes and types
-/// are kept as field metadata so the files describe themselves.
+/// The Arrow schema of a dataset's Parquet files: the schema's columns in
+/// order (classes and types kept as field metadata so the files describe
+/// themselves), then the hidden [`SUBJECT_KEY_COLUMN`].
 pub fn arrow_schema(schema: &DatasetSchema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .columns
@@ -175,6 +176,11 @@ pub fn arrow_schema(schema: &DatasetSchema) -> SchemaRef {
             meta.insert("custos.type".to_owned(), c.ty.as_str().to_owned());
             Field::new(&c.name, ty, c.nullable).with_metadata(meta)
         })
+        .chain(std::iter::once(Field::new(
+            SUBJECT_KEY_COLUMN,
+            DataType::Int64,
+            false,
+        )))
         .collect();
     Arc::new(Schema::new(fields))
 }
@@ -219,6 +225,8 @@ fn encryption_properties(
         };
         builder = builder.with_column_key(&c.name, column_key);
     }
+    // Columns without a key would be written in the clear.
+    builder = builder.with_column_key(SUBJECT_KEY_COLUMN, footer.to_vec());
     builder
         .build()
         .map_err(|e| IngestError::Parquet(e.to_string()))
@@ -258,7 +266,13 @@ fn writer_properties(
                 .set_column_bloom_filter_enabled(ColumnPath::from(c.name.as_str()), false);
         }
     }
-    builder.build()
+    builder
+        .set_column_dictionary_enabled(ColumnPath::from(SUBJECT_KEY_COLUMN), false)
+        .set_column_statistics_enabled(
+            ColumnPath::from(SUBJECT_KEY_COLUMN),
+            EnabledStatistics::None,
+        )
+        .build()
 }
 
 /// Chooses the bucket count from the input's size and its first lines.
@@ -409,6 +423,7 @@ fn parse_integer(raw: &[u8]) -> Option<i64> {
 
 struct BucketBuffer {
     builders: Vec<Builder>,
+    subject_keys: Int64Builder,
     rows: usize,
 }
 
@@ -420,11 +435,13 @@ impl BucketBuffer {
                 .iter()
                 .map(|c| Builder::new(c.ty, batch_rows))
                 .collect(),
+            subject_keys: Int64Builder::with_capacity(batch_rows),
             rows: 0,
         }
     }
 
-    fn append(&mut self, values: &[Value<'_>]) {
+    fn append(&mut self, values: &[Value<'_>], subject_key: i64) {
+        self.subject_keys.append_value(subject_key);
         for (builder, value) in self.builders.iter_mut().zip(values) {
             match (builder, value) {
                 (Builder::Utf8(b), Value::Text(t)) => b.append_value(t),
@@ -441,7 +458,8 @@ impl BucketBuffer {
     }
 
     fn take_batch(&mut self, schema: &SchemaRef) -> Result<RecordBatch, IngestError> {
-        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        let mut columns: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        columns.push(Arc::new(self.subject_keys.finish()));
         self.rows = 0;
         RecordBatch::try_new(schema.clone(), columns)
             .map_err(|e| IngestError::Parquet(e.to_string()))
@@ -620,17 +638,17 @@ impl ParseContext<'_> {
                 if values.len() != self.plans.len() || !part.problems.is_empty() {
                     continue;
                 }
-                let bucket = match &values[self.subject_plan] {
+                let (bucket, subject_key) = match &values[self.subject_plan] {
                     // Integers bucket on their canonical form, so `0042`
                     // and a look-up of `42` meet in the same file.
-                    Value::Int(v) => self.bucketer.bucket(v.to_string().as_bytes()),
-                    Value::Text(t) => self.bucketer.bucket(t.as_bytes()),
-                    Value::Null => 0,
+                    Value::Int(v) => self.bucketer.place(v.to_string().as_bytes()),
+                    Value::Text(t) => self.bucketer.place(t.as_bytes()),
+                    Value::Null => (0, 0),
                 };
                 let Some(buffer) = buffers.get_mut(bucket as usize) else {
                     continue;
                 };
-                buffer.append(&values);
+                buffer.append(&values, subject_key);
                 part.rows += 1;
                 if buffer.rows >= self.batch_rows {
                     // On failure `flush` sets `stop`, which ends this loop.

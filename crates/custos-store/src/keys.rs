@@ -259,13 +259,24 @@ impl std::fmt::Debug for SubjectBucketer {
 impl SubjectBucketer {
     /// The bucket (in `0..buckets`) of a subject id.
     pub fn bucket(&self, subject: &[u8]) -> u32 {
+        self.place(subject).0
+    }
+
+    /// The bucket of a subject id and its subject key: a keyed pseudonym
+    /// (another part of the same keyed hash) stored beside every row so
+    /// that aggregates can bound each subject's rows without decrypting
+    /// the subject id. Within a dataset, equal ids give equal keys.
+    pub fn place(&self, subject: &[u8]) -> (u32, i64) {
         let mut mac = self.mac.clone();
         mac.update(subject);
         let digest = mac.finalize().into_bytes();
         let mut head = [0u8; 8];
         head.copy_from_slice(&digest[..8]);
+        let mut tail = [0u8; 8];
+        tail.copy_from_slice(&digest[8..16]);
         // Truncation is intended: the remainder is below `buckets`, a u32.
-        (u64::from_be_bytes(head) % u64::from(self.buckets)) as u32
+        let bucket = (u64::from_be_bytes(head) % u64::from(self.buckets)) as u32;
+        (bucket, i64::from_be_bytes(tail))
     }
 }
 

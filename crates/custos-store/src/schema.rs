@@ -145,7 +145,7 @@ pub enum SchemaError {
     NoColumns,
     /// A column name breaks the naming rule.
     #[error(
-        "column name `{0}` is not allowed: use 1-64 characters of a-z, 0-9 and _, starting with a letter or _"
+        "column name `{0}` is not allowed: use 1-64 characters of a-z, 0-9 and _, starting with a letter or _ (names starting with `_custos` are reserved)"
     )]
     BadColumnName(String),
     /// Two columns share a name.
@@ -210,7 +210,15 @@ struct RawColumn {
 /// The longest allowed column name.
 pub const MAX_COLUMN_NAME: usize = 64;
 
+/// The hidden column that holds each row's subject key (see
+/// [`crate::keys::SubjectBucketer::place`]); names starting with `_custos`
+/// are reserved for such columns.
+pub const SUBJECT_KEY_COLUMN: &str = "_custos_subject_key";
+
 fn valid_column_name(name: &str) -> bool {
+    if name.starts_with("_custos") {
+        return false;
+    }
     let mut chars = name.chars();
     let first_ok = chars
         .next()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, StringArray};
 use custos_store::dataset::{self, DatasetReader};
+use custos_store::schema::SUBJECT_KEY_COLUMN;
 use custos_store::{Home, MasterKeySource, NoProgress};
 
 const SCHEMA: &str = r#"
@@ -118,4 +119,48 @@ async fn a_swapped_bucket_file_fails_to_decrypt() {
         err.contains("dataset `a`, file `bucket-0000.parquet`"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn every_column_of_a_bucket_file_is_encrypted_including_the_subject_key() {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("home");
+    Home::init(&root, MasterKeySource::GenerateFile, None)
+        .await
+        .unwrap();
+    let home = Home::open(&root, None).await.unwrap();
+    let schema = dir.path().join("s.toml");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let csv_path = dir.path().join("d.csv");
+    std::fs::write(&csv_path, "id,amount,label\n1,2,x\n3,4,y\n").unwrap();
+    dataset::ingest(&home, "t", &schema, &csv_path, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let reader = DatasetReader::open(&home, "t").await.unwrap();
+    for (bucket, path) in reader.bucket_paths().iter().enumerate() {
+        let file = std::fs::File::open(path).unwrap();
+        let options = ArrowReaderOptions::new().with_file_decryption_properties(
+            reader
+                .decryption_properties(u32::try_from(bucket).unwrap(), true)
+                .unwrap(),
+        );
+        let meta = ArrowReaderMetadata::load(&file, options).unwrap();
+        let names: Vec<String> = meta
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["id", "amount", "label", SUBJECT_KEY_COLUMN]);
+        for group in meta.metadata().row_groups() {
+            for column in group.columns() {
+                assert!(
+                    column.crypto_metadata().is_some(),
+                    "column `{}` is stored in the clear",
+                    column.column_path()
+                );
+            }
+        }
+    }
 }

@@ -297,6 +297,11 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
             "SELECT filing_status, AVG(refund) FROM tax_returns GROUP BY filing_status",
             None,
         ),
+        (
+            "Median wages by filing status (a quantile: its error is in ranks, not dollars):",
+            "SELECT filing_status, MEDIAN(wages) FROM tax_returns GROUP BY filing_status",
+            None,
+        ),
     ];
     for (title, sql, only) in questions {
         println!();
@@ -325,27 +330,17 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
                 let custos_privacy::query::OutputColumn::Aggregate(i) = out else {
                     continue;
                 };
-                let aggregate = &plan.query.aggregates[*i];
-                let true_value = match aggregate {
-                    custos_privacy::query::Aggregate::Avg(_) => {
-                        let avg_index = plan.query.aggregates[..*i]
-                            .iter()
-                            .filter(|a| matches!(a, custos_privacy::query::Aggregate::Avg(_)))
-                            .count();
-                        let n = truth.avg_counts[avg_index][g].max(1);
-                        custos_store::schema::format_cents(truth.values[*i][g] / n)
-                    }
-                    custos_privacy::query::Aggregate::Sum(_) => {
-                        custos_store::schema::format_cents(truth.values[*i][g])
-                    }
-                    _ => truth.values[*i][g].to_string(),
-                };
+                let true_value =
+                    custos_privacy::exact_value(&truth, &plan.query, reader.schema(), *i, g);
                 let cell = &row[c];
+                let error = match (&cell.low, &cell.high, cell.rank_error) {
+                    (Some(low), Some(high), _) => format!("[{low} … {high}]"),
+                    (_, _, Some(rank)) => format!("(rank ± {rank})"),
+                    _ => String::new(),
+                };
                 cells.push(format!(
-                    "{name} = {} [{} … {}] (true {true_value})",
+                    "{name} = {} {error} (true {true_value})",
                     cell.value.as_deref().unwrap_or("-"),
-                    cell.low.as_deref().unwrap_or("-"),
-                    cell.high.as_deref().unwrap_or("-"),
                 ));
             }
             let label = if key.is_empty() {

@@ -55,9 +55,10 @@ pub fn print_answer(a: &AggregateAnswer) {
         .iter()
         .map(|row| {
             row.iter()
-                .map(|c| match (&c.value, &c.low, &c.high) {
-                    (Some(v), Some(lo), Some(hi)) => Some(format!("{v} [{lo}, {hi}]")),
-                    (Some(v), _, _) => Some(v.clone()),
+                .map(|c| match (&c.value, &c.low, &c.high, c.rank_error) {
+                    (Some(v), Some(lo), Some(hi), _) => Some(format!("{v} [{lo}, {hi}]")),
+                    (Some(v), _, _, Some(rank)) => Some(format!("{v} (rank ± {rank})")),
+                    (Some(v), _, _, None) => Some(v.clone()),
                     _ => Some("(suppressed: noisy count ≤ 0)".into()),
                 })
                 .collect()
@@ -66,7 +67,7 @@ pub fn print_answer(a: &AggregateAnswer) {
     print!("{}", super::table(&a.answer.columns, &rows));
     let sym = a.answer.measure.symbol();
     println!(
-        "Each value is noisy, with its 95% confidence interval in brackets. {} rows read, {} left out by the per-subject bound.",
+        "Each value is noisy, with its 95% confidence interval in brackets; a quantile's error is in ranks (with 95%, the value's rank is within ± that many rows of the asked rank). {} rows read, {} left out by the per-subject bound.",
         a.answer.rows_scanned, a.answer.rows_dropped
     );
     println!(
