@@ -423,11 +423,10 @@ impl BucketTotals {
     }
 }
 
-/// One candidate row of a bucket: its subject key, content hash and index.
+/// One candidate row of a bucket: its subject key and index.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
     subject: i64,
-    tag: u64,
     row: u32,
 }
 
@@ -461,33 +460,46 @@ fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals
                 };
                 group = group * domain.size + i;
             }
-            let start = row_values.len();
             for (i, v) in layout.values.iter().enumerate() {
                 let cell = int_at(batch.column(1 + group_columns + i).as_ref(), row);
                 row_values.push(cell.map_or(0, |x| x.clamp(v.low, v.high)));
             }
-            let subject = subjects.value(row);
-            let mut h = DefaultHasher::new();
-            subject.hash(&mut h);
-            group.hash(&mut h);
-            row_values[start..start + width].hash(&mut h);
             let index = u32::try_from(row_group.len()).map_err(engine)?;
             row_group.push(u32::try_from(group).map_err(engine)?);
             candidates.push(Candidate {
-                subject,
-                tag: h.finish(),
+                subject: subjects.value(row),
                 row: index,
             });
         }
     }
-    candidates.sort_unstable_by_key(|c| (c.subject, c.tag));
+    candidates.sort_unstable_by_key(|c| c.subject);
     let k = layout.contributions;
+    // The hash of a row's own content: which rows a subject keeps when it
+    // has more than `k`, independent of the order they arrived in.
+    let content_hash = |c: &Candidate| {
+        let row = c.row as usize;
+        let mut h = DefaultHasher::new();
+        c.subject.hash(&mut h);
+        row_group[row].hash(&mut h);
+        row_values[row * width..(row + 1) * width].hash(&mut h);
+        h.finish()
+    };
     let mut seen_groups: Vec<u32> = Vec::with_capacity(k);
+    let mut over: Vec<(u64, Candidate)> = Vec::new();
+    let mut kept: Vec<Candidate> = Vec::with_capacity(k);
     for run in candidates.chunk_by(|a, b| a.subject == b.subject) {
-        let kept = &run[..k.min(run.len())];
-        out.dropped += (run.len() - kept.len()) as u64;
+        kept.clear();
+        if run.len() <= k {
+            kept.extend_from_slice(run);
+        } else {
+            over.clear();
+            over.extend(run.iter().map(|c| (content_hash(c), *c)));
+            over.sort_unstable_by_key(|(tag, c)| (*tag, c.row));
+            out.dropped += (run.len() - k) as u64;
+            kept.extend(over[..k].iter().map(|(_, c)| *c));
+        }
         seen_groups.clear();
-        for c in kept {
+        for c in &kept {
             let row = c.row as usize;
             let group = row_group[row];
             let g = group as usize;

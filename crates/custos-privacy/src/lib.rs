@@ -445,7 +445,10 @@ pub fn exact_value(
             format_value(ty, mean)
         }
         Aggregate::Quantile { column, per_10000 } => {
-            let (lo, hi) = schema.column(column).and_then(|c| c.bounds).unwrap_or((0, 0));
+            let (lo, hi) = schema
+                .column(column)
+                .and_then(|c| c.bounds)
+                .unwrap_or((0, 0));
             let grid = quantile::candidates(lo, hi);
             let scores = quantile::scores(&totals.histograms[index][group], *per_10000);
             let best = (0..scores.len()).min_by_key(|i| scores[*i]).unwrap_or(0);

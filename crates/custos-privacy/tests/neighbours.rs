@@ -122,13 +122,15 @@ async fn neighbouring_datasets_give_outputs_within_e_to_the_epsilon() {
     let epsilon: f64 = 1.0;
     // Tail events, where the ratio reaches its maximum: at or above the
     // larger count, and at or below the smaller one.
-    let events: [(&str, Box<dyn Fn(i64) -> bool>); 2] = [
-        ("output ≥ 303", Box::new(|v| v >= 303)),
-        ("output ≤ 300", Box::new(|v| v <= 300)),
+    let at_or_above = |v: i64| v >= 303;
+    let at_or_below = |v: i64| v <= 300;
+    let events: [(&str, &dyn Fn(i64) -> bool); 2] = [
+        ("output ≥ 303", &at_or_above),
+        ("output ≤ 300", &at_or_below),
     ];
-    for (name, event) in &events {
-        let (p, hits_p) = rate(&x, event.as_ref());
-        let (q, hits_q) = rate(&y, event.as_ref());
+    for (name, event) in events {
+        let (p, hits_p) = rate(&x, event);
+        let (q, hits_q) = rate(&y, event);
         assert!(hits_p > 100.0 && hits_q > 100.0, "{name}: too few hits");
         let log_ratio = (p / q).ln().abs();
         // Standard error of a log ratio of two binomial proportions.
@@ -139,6 +141,9 @@ async fn neighbouring_datasets_give_outputs_within_e_to_the_epsilon() {
             5.0 * se
         );
         // And the test has the power to see a broken bound (5 rows → 5/3 ε).
-        assert!(epsilon + 5.0 * se < 5.0 / 3.0 * epsilon, "{name}: too little power");
+        assert!(
+            epsilon + 5.0 * se < 5.0 / 3.0 * epsilon,
+            "{name}: too little power"
+        );
     }
 }

@@ -361,4 +361,36 @@ fn a_generous_budget_gives_answers_close_to_the_truth() {
     assert_eq!(value(&a, ca, 1), ca_2024);
     let a = env.answer("gao-exact", "SELECT COUNT(DISTINCT tin) FROM tax_returns");
     assert_eq!(value(&a, 0, 0), tins.len() as i64);
+
+    // A median with almost no noise is the grid point next to the true median.
+    let a = env.answer(
+        "gao-exact",
+        "SELECT MEDIAN(wages) AS m FROM tax_returns WHERE tax_year = 2024",
+    );
+    assert_eq!(a["columns"][0], "m");
+    let cell = &a["rows"][0][0];
+    assert!(cell["low"].is_null() && cell["high"].is_null());
+    assert!(cell["rank_error"].as_u64().unwrap() <= 2, "{cell}");
+    let cents = |v: &str| -> i64 {
+        let (units, frac) = v.split_once('.').unwrap_or((v, "0"));
+        units.parse::<i64>().unwrap() * 100 + format!("{frac:0<2}")[..2].parse::<i64>().unwrap()
+    };
+    let mut wages: Vec<i64> = rows
+        .iter()
+        .filter(|r| &r[12] == "2024")
+        .map(|r| cents(&r[6]))
+        .collect();
+    wages.sort_unstable();
+    let true_median = wages[wages.len() / 2];
+    let grid = custos_privacy::quantile::candidates(0, 1_000_000_000);
+    let above = grid.partition_point(|c| *c < true_median);
+    let released = cents(cell["value"].as_str().unwrap());
+    assert!(
+        [
+            grid[above.saturating_sub(1)],
+            grid[above.min(grid.len() - 1)]
+        ]
+        .contains(&released),
+        "released {released}, true median {true_median}"
+    );
 }
