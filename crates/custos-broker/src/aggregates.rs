@@ -14,14 +14,14 @@ use custos_policy::Mode;
 use custos_privacy::{Answer, PrivacyError};
 use custos_store::budgets::Charge;
 use custos_store::{DatasetReader, DatasetSchema};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::lookups::Denial;
 use crate::{Actor, BrokerError, Custos, now_micros};
 
 /// An answer with its budget accounting.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AggregateAnswer {
     /// The query's id (`q_…`).
     pub id: String,

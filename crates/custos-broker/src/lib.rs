@@ -201,7 +201,18 @@ impl Custos {
 
     /// Appends an entry durably; returns its index.
     pub fn append(&self, entry: &Entry) -> Result<u64, BrokerError> {
-        Ok(self.ledger.append(entry)?)
+        // A durable append waits for its group commit. On a multi-threaded
+        // runtime (the server, the CLI) the worker's other tasks move to
+        // another thread meanwhile, so concurrent requests keep flowing
+        // into the same group commit instead of queueing behind it.
+        let append = || self.ledger.append(entry);
+        let index = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(append)
+            }
+            _ => append(),
+        }?;
+        Ok(index)
     }
 
     /// Resolves who is acting: the principal of `token`, or — only while

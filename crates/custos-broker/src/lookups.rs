@@ -17,7 +17,7 @@ use custos_store::requests::{
 };
 use custos_store::schema::{format_cents, format_date_days};
 use custos_store::{ColumnType, DatasetReader, DatasetSchema, Principal, Role, dataset};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Actor, BrokerError, Custos, now_micros};
 
@@ -45,7 +45,7 @@ pub struct LookupRequest<'a> {
 }
 
 /// A look-up request as its participants see it (never the subject id).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LookupTicket {
     /// The request's id.
     pub id: String,
@@ -72,7 +72,7 @@ pub struct LookupTicket {
 }
 
 /// A request with the details an approver judges: subject and justification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LookupDetails {
     /// The request.
     #[serde(flatten)]
@@ -86,7 +86,7 @@ pub struct LookupDetails {
 }
 
 /// Records released by a fetch: only the granted columns, values as text.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Released {
     /// The request.
     pub request_id: String,

@@ -14,12 +14,12 @@ use custos_ledger::{
 use custos_policy::Agreement;
 use custos_store::Role;
 use custos_store::requests::{AgreementUsage, SubjectEventKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Actor, BrokerError, Custos, now_micros};
 
 /// One line of a subject's report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportLine {
     /// When (RFC 3339).
     pub at: String,
@@ -44,7 +44,7 @@ pub struct ReportLine {
 }
 
 /// A subject's accounting of disclosures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubjectReport {
     /// The subject's ledger commitment (hex): what the lines' entries carry.
     pub subject_commitment: String,
@@ -56,7 +56,7 @@ pub struct SubjectReport {
 }
 
 /// An agreement's use.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgreementReport {
     /// The agreement's id.
     pub id: String,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tlog_tiles::{Hash, HashReader, check_record, check_tree, prove_record, prove_tree, tree_hash};
 
 use crate::LedgerError;
@@ -13,7 +13,7 @@ use crate::note::{VerifiedCheckpoint, verify_checkpoint};
 use crate::tiles::{TILE_WIDTH, TileId, bundle_entries};
 
 /// A proof that entry `index` is in the tree of `size` with `root`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InclusionProof {
     /// The entry's index.
     pub index: u64,

@@ -27,7 +27,7 @@ use custos_policy::scope::parse_row_scope;
 use custos_policy::{Grant, PrivacyGrant, PrivacyMeasure, ScopeFilter};
 use custos_store::schema::format_cents;
 use custos_store::{ColumnType, DatasetReader, DatasetSchema};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::mechanism::{NoisyVector, Sensitivity, release};
 use crate::query::{
@@ -225,7 +225,7 @@ pub fn plan(
 }
 
 /// One released value with its interval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     /// The noisy value as text (decimals in units), or null when an
     /// average's noisy count is not positive.
@@ -262,7 +262,7 @@ impl Cell {
 }
 
 /// An answer: the select list's columns, one row per group of the domain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     /// Output column names.
     pub columns: Vec<String>,

@@ -13,7 +13,7 @@ use sqlx::Row;
 use crate::meta::{MetaError, SqliteMetadata};
 
 /// Where a look-up request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
     /// Waiting for approvals.
@@ -80,7 +80,7 @@ pub struct AccessRequestRecord {
 }
 
 /// One approval of a request.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApprovalRecord {
     /// The request.
     pub request_id: String,
@@ -93,7 +93,7 @@ pub struct ApprovalRecord {
 }
 
 /// What happened to a subject's records in one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectEventKind {
     /// A look-up named the subject (an inspection was asked for).
@@ -154,7 +154,7 @@ pub struct SubjectEvent {
 }
 
 /// An agreement's use, counted from the catalogue.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgreementUsage {
     /// Look-up requests made.
     pub requests: u64,

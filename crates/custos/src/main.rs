@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
     version,
     propagate_version = true,
     max_term_width = 100,
-    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n  custos ledger checkpoint > checkpoint-today.txt   # keep it; later:\n  custos ledger verify --checkpoint checkpoint-today.txt\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_TOKEN       the API token of the principal acting (from `custos principal add`)\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn)"
+    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n  custos ledger checkpoint > checkpoint-today.txt   # keep it; later:\n  custos ledger verify --checkpoint checkpoint-today.txt\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_TOKEN       the API token of the principal acting (from `custos principal add`)\n  CUSTOS_SERVER      a Custos server's URL: requester and overseer commands go there\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn,custos_server=info)"
 )]
 struct Cli {
     /// The Custos home (data directory). Holds keys, the metadata store and
@@ -34,6 +34,12 @@ struct Cli {
         value_name = "DIR"
     )]
     home: PathBuf,
+
+    /// Talk to a Custos server instead of the local home (query, lookup,
+    /// approve, report, subject). The token in CUSTOS_TOKEN is sent as a
+    /// bearer token.
+    #[arg(long, global = true, env = "CUSTOS_SERVER", value_name = "URL")]
+    server: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -95,6 +101,16 @@ enum Command {
     /// Read, prove and verify the ledger of every action.
     #[command(subcommand)]
     Ledger(commands::ledger::LedgerCommand),
+    /// Serve the HTTP API over this home (loopback by default; TLS for
+    /// anything else).
+    ///
+    /// Versioned REST under /v1 for datasets, agreements, principals,
+    /// look-ups, approvals, fetches, aggregate queries and reports, with
+    /// bearer tokens from `custos principal add`; the ledger's checkpoint and
+    /// tiles are public at /checkpoint and /tile/… for outside auditors; the
+    /// OpenAPI description is at /openapi.json. Errors are RFC 9457
+    /// problem+json. Stops cleanly on Ctrl-C or SIGTERM.
+    Serve(commands::serve::ServeArgs),
     /// Write synthetic CSV files and their schemas (never real people).
     ///
     /// Writes tax_returns.csv, benefits.csv and deaths.csv with a
@@ -108,9 +124,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,custos_server=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -122,20 +140,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = cli.server.as_deref().filter(|s| !s.trim().is_empty());
     let result = runtime.block_on(async {
+        let local_only = || -> anyhow::Result<()> {
+            anyhow::bail!(
+                "this command works on the local home only; unset --server / CUSTOS_SERVER (over HTTP, see /openapi.json)"
+            )
+        };
         match cli.command {
+            Command::Lookup(args) => commands::lookup::run(&cli.home, server, args).await,
+            Command::Approve(args) => commands::lookup::approve(&cli.home, server, args).await,
+            Command::Query(args) => commands::query::run(&cli.home, server, args).await,
+            Command::Report(cmd) => commands::report::run(&cli.home, server, cmd).await,
+            Command::Subject(cmd) => commands::lookup::subject(&cli.home, server, cmd).await,
+            Command::Generate(args) => commands::generate::run(args),
+            _ if server.is_some() => local_only(),
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Init(args) => commands::init::run(&cli.home, args).await,
             Command::Dataset(cmd) => commands::dataset::run(&cli.home, cmd).await,
-            Command::Generate(args) => commands::generate::run(args),
             Command::Ledger(cmd) => commands::ledger::run(&cli.home, cmd).await,
             Command::Principal(cmd) => commands::principal::run(&cli.home, cmd).await,
             Command::Agreement(cmd) => commands::agreement::run(&cli.home, cmd).await,
-            Command::Lookup(args) => commands::lookup::run(&cli.home, args).await,
-            Command::Approve(args) => commands::lookup::approve(&cli.home, args).await,
-            Command::Query(args) => commands::query::run(&cli.home, args).await,
-            Command::Report(cmd) => commands::report::run(&cli.home, cmd).await,
-            Command::Subject(cmd) => commands::lookup::subject(&cli.home, cmd).await,
+            Command::Serve(args) => commands::serve::run(&cli.home, args).await,
         }
     });
     match result {

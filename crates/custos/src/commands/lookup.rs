@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use custos_broker::{Custos, LookupRequest, LookupTicket, Released};
+use custos_broker::{LookupRequest, LookupTicket, Released};
 
-use super::{open_custos, token_from_env};
+use super::gateway::Gateway;
 
 /// `custos lookup`: file a request, or work with one.
 #[derive(Debug, Args)]
@@ -90,25 +90,21 @@ pub enum SubjectCommand {
     },
 }
 
-async fn with_custos<F, T>(home: &Path, f: F) -> anyhow::Result<T>
+async fn with_gateway<F, T>(home: &Path, server: Option<&str>, f: F) -> anyhow::Result<T>
 where
-    F: AsyncFnOnce(&Custos, &custos_broker::Actor) -> anyhow::Result<T>,
+    F: AsyncFnOnce(&Gateway) -> anyhow::Result<T>,
 {
-    let custos = open_custos(home).await?;
-    let token = token_from_env();
-    let result = match custos.actor(token.as_deref().map(String::as_str)).await {
-        Ok(actor) => f(&custos, &actor).await,
-        Err(e) => Err(e.into()),
-    };
-    custos.close()?;
+    let gateway = Gateway::connect(home, server).await?;
+    let result = f(&gateway).await;
+    gateway.close()?;
     result
 }
 
 /// Runs `custos lookup …`.
-pub async fn run(home: &Path, args: LookupArgs) -> anyhow::Result<()> {
-    with_custos(home, async |custos, actor| match args.command {
+pub async fn run(home: &Path, server: Option<&str>, args: LookupArgs) -> anyhow::Result<()> {
+    with_gateway(home, server, async |gateway| match args.command {
         Some(LookupCommand::Show { id, json }) => {
-            let d = custos.lookup_details(actor, &id).await?;
+            let d = gateway.lookup_details(&id).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -125,7 +121,7 @@ pub async fn run(home: &Path, args: LookupArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some(LookupCommand::Fetch { id, json }) => {
-            let released = custos.fetch_lookup(actor, &id).await?;
+            let released = gateway.fetch_lookup(&id).await?;
             print_released(&released, json)
         }
         None => {
@@ -135,17 +131,14 @@ pub async fn run(home: &Path, args: LookupArgs) -> anyhow::Result<()> {
             else {
                 anyhow::bail!("give --agreement, --dataset, --subject and --justification");
             };
-            let ticket = custos
-                .request_lookup(
-                    actor,
-                    LookupRequest {
+            let ticket = gateway
+                .request_lookup(LookupRequest {
                         agreement: &agreement,
                         dataset: &dataset,
                         subject: &subject,
                         justification: &justification,
                         columns: r.columns.as_deref(),
-                    },
-                )
+                })
                 .await?;
             if r.json {
                 println!("{}", serde_json::to_string_pretty(&ticket)?);
@@ -163,9 +156,9 @@ pub async fn run(home: &Path, args: LookupArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `custos approve REQ`.
-pub async fn approve(home: &Path, args: ApproveArgs) -> anyhow::Result<()> {
-    with_custos(home, async |custos, actor| {
-        let ticket = custos.approve_lookup(actor, &args.id).await?;
+pub async fn approve(home: &Path, server: Option<&str>, args: ApproveArgs) -> anyhow::Result<()> {
+    with_gateway(home, server, async |gateway| {
+        let ticket = gateway.approve_lookup(&args.id).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&ticket)?);
         } else {
@@ -183,10 +176,10 @@ pub async fn approve(home: &Path, args: ApproveArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `custos subject …`.
-pub async fn subject(home: &Path, cmd: SubjectCommand) -> anyhow::Result<()> {
-    with_custos(home, async |custos, actor| match cmd {
+pub async fn subject(home: &Path, server: Option<&str>, cmd: SubjectCommand) -> anyhow::Result<()> {
+    with_gateway(home, server, async |gateway| match cmd {
         SubjectCommand::Protect { id } => {
-            custos.protect_subject(actor, &id).await?;
+            gateway.protect_subject(&id).await?;
             println!("the subject is now protected (recorded in the ledger)");
             Ok(())
         }

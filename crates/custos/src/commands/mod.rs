@@ -3,6 +3,7 @@
 pub mod agreement;
 pub mod dataset;
 pub mod demo;
+pub mod gateway;
 pub mod generate;
 pub mod init;
 pub mod ledger;
@@ -10,6 +11,7 @@ pub mod lookup;
 pub mod principal;
 pub mod query;
 pub mod report;
+pub mod serve;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use clap::Args;
 use custos_broker::AggregateAnswer;
 
-use super::{open_custos, token_from_env};
+use super::gateway::Gateway;
 
 /// `custos query --agreement A "SELECT …"`.
 #[derive(Debug, Args)]
@@ -21,19 +21,18 @@ pub struct QueryArgs {
     #[arg(long)]
     json: bool,
     /// The query: SELECT of COUNT(*), COUNT(DISTINCT <subject id>), SUM(col),
-    /// AVG(col) and GROUP BY columns, FROM the dataset, with an optional
-    /// WHERE over granted columns and GROUP BY over granted public columns.
+    /// AVG(col), MEDIAN(col), QUANTILE(col, p) and GROUP BY columns, FROM
+    /// the dataset, with an optional WHERE over granted columns and GROUP BY
+    /// over granted public or quasi columns with a declared domain.
     sql: String,
 }
 
-/// Runs `custos query`.
-pub async fn run(home: &Path, args: QueryArgs) -> anyhow::Result<()> {
-    let custos = open_custos(home).await?;
-    let token = token_from_env();
+/// Runs `custos query` on the home, or through `server` if given.
+pub async fn run(home: &Path, server: Option<&str>, args: QueryArgs) -> anyhow::Result<()> {
+    let gateway = Gateway::connect(home, server).await?;
     let result = async {
-        let actor = custos.actor(token.as_deref().map(String::as_str)).await?;
-        let answer = custos
-            .query_aggregate(&actor, &args.agreement, &args.sql, args.spend)
+        let answer = gateway
+            .query_aggregate(&args.agreement, &args.sql, args.spend)
             .await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -43,7 +42,7 @@ pub async fn run(home: &Path, args: QueryArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    custos.close()?;
+    gateway.close()?;
     result
 }
 

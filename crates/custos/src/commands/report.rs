@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Subcommand;
 
-use super::{open_custos, token_from_env};
+use super::gateway::Gateway;
 
 /// Reports (role `overseer` or `admin`; producing one is ledgered).
 #[derive(Debug, Subcommand)]
@@ -36,14 +36,12 @@ pub enum ReportCommand {
 }
 
 /// Runs a report command.
-pub async fn run(home: &Path, cmd: ReportCommand) -> anyhow::Result<()> {
-    let custos = open_custos(home).await?;
-    let token = token_from_env();
+pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyhow::Result<()> {
+    let gateway = Gateway::connect(home, server).await?;
     let result = async {
-        let actor = custos.actor(token.as_deref().map(String::as_str)).await?;
         match cmd {
             ReportCommand::Subject { id, json } => {
-                let report = custos.subject_report(&actor, &id).await?;
+                let report = gateway.subject_report(&id).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     return Ok(());
@@ -88,7 +86,7 @@ pub async fn run(home: &Path, cmd: ReportCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             ReportCommand::Agreement { id, json } => {
-                let r = custos.agreement_report(&actor, &id).await?;
+                let r = gateway.agreement_report(&id).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r)?);
                     return Ok(());
@@ -120,6 +118,6 @@ pub async fn run(home: &Path, cmd: ReportCommand) -> anyhow::Result<()> {
         }
     }
     .await;
-    custos.close()?;
+    gateway.close()?;
     result
 }

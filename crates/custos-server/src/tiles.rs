@@ -1,0 +1,70 @@
+//! The ledger's public read paths (C2SP tlog-tiles): `/checkpoint`,
+//! `/tile/<L>/<N>[.p/<W>]` and `/tile/entries/<N>[.p/<W>]`. Public, so that
+//! outside auditors verify the log without an account; paths are parsed
+//! by the ledger's strict tile-path parser, so nothing else can be read.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use custos_ledger::LedgerReader;
+use custos_ledger::tiles::TileId;
+
+use crate::AppState;
+use crate::problem::{Problem, ProblemKind};
+
+fn bytes(content_type: &'static str, body: Vec<u8>, cache: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+/// The latest signed checkpoint (a C2SP signed note).
+#[utoipa::path(get, path = "/checkpoint", tag = "public",
+    responses((status = 200, description = "The signed checkpoint", content_type = "text/plain")))]
+pub async fn checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let dir = state.custos.home().ledger_dir();
+    let note = tokio::task::spawn_blocking(move || LedgerReader::new(&dir).checkpoint_note())
+        .await
+        .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "checkpoint unreadable");
+            Problem::new(ProblemKind::Internal, "the checkpoint could not be read")
+        })?;
+    Ok(bytes("text/plain; charset=utf-8", note, "no-store"))
+}
+
+/// A hash tile or entry bundle.
+#[utoipa::path(get, path = "/tile/{path}", tag = "public",
+    params(("path" = String, Path, description = "`<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`")),
+    responses((status = 200, description = "The tile's bytes", content_type = "application/octet-stream"),
+        (status = 404, body = Problem)))]
+pub async fn tile(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::new(ProblemKind::NotFound, "no such tile");
+    let id = TileId::from_path(&format!("tile/{path}")).ok_or_else(not_found)?;
+    let dir = state.custos.home().ledger_dir();
+    let full = id.is_full();
+    let read = tokio::task::spawn_blocking(move || {
+        if id.level.is_none() {
+            custos_ledger::log::read_bundle(&dir, id).ok()
+        } else {
+            std::fs::read(dir.join(id.path())).ok()
+        }
+    })
+    .await
+    .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?;
+    let body = read.ok_or_else(not_found)?;
+    // Full tiles never change; partial ones are superseded.
+    let cache = if full {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-store"
+    };
+    Ok(bytes("application/octet-stream", body, cache))
+}

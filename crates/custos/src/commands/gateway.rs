@@ -1,0 +1,249 @@
+//! Where requester and overseer commands run: on the local home (opening
+//! its ledger) or, with `--server URL`, through a Custos server's HTTP API.
+//! Both give the same typed answers, so each command prints one way.
+
+use std::path::Path;
+use std::time::Duration;
+
+use custos_broker::{
+    Actor, AggregateAnswer, AgreementReport, Custos, LookupDetails, LookupRequest, LookupTicket,
+    Released, SubjectReport,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::{open_custos, token_from_env};
+
+/// A local home with its acting principal, or a server.
+#[derive(Debug)]
+pub enum Gateway {
+    /// The home in `--home`, acting as `CUSTOS_TOKEN`'s principal.
+    Local {
+        /// The open home and ledger.
+        custos: Box<Custos>,
+        /// Who acts.
+        actor: Actor,
+    },
+    /// A server at a URL, sent `CUSTOS_TOKEN` as a bearer token.
+    Remote(Client),
+}
+
+impl Gateway {
+    /// Opens the home, or prepares requests to `server` if given.
+    pub async fn connect(home: &Path, server: Option<&str>) -> anyhow::Result<Self> {
+        let token = token_from_env();
+        if let Some(url) = server {
+            return Ok(Self::Remote(Client::new(url, token)?));
+        }
+        let custos = open_custos(home).await?;
+        match custos.actor(token.as_deref().map(String::as_str)).await {
+            Ok(actor) => Ok(Self::Local {
+                custos: Box::new(custos),
+                actor,
+            }),
+            Err(e) => {
+                custos.close()?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Closes the local ledger (nothing to do for a server).
+    pub fn close(self) -> anyhow::Result<()> {
+        if let Self::Local { custos, .. } = self {
+            (*custos).close()?;
+        }
+        Ok(())
+    }
+
+    /// `custos query`.
+    pub async fn query_aggregate(
+        &self,
+        agreement: &str,
+        sql: &str,
+        spend: Option<f64>,
+    ) -> anyhow::Result<AggregateAnswer> {
+        match self {
+            Self::Local { custos, actor } => {
+                Ok(custos.query_aggregate(actor, agreement, sql, spend).await?)
+            }
+            Self::Remote(c) => {
+                c.post(
+                    "/v1/queries",
+                    &json!({ "agreement": agreement, "sql": sql, "spend": spend }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos lookup`.
+    pub async fn request_lookup(&self, req: LookupRequest<'_>) -> anyhow::Result<LookupTicket> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.request_lookup(actor, req).await?),
+            Self::Remote(c) => {
+                c.post(
+                    "/v1/lookups",
+                    &json!({
+                        "agreement": req.agreement,
+                        "dataset": req.dataset,
+                        "subject": req.subject,
+                        "justification": req.justification,
+                        "columns": req.columns,
+                    }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos lookup show`.
+    pub async fn lookup_details(&self, id: &str) -> anyhow::Result<LookupDetails> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.lookup_details(actor, id).await?),
+            Self::Remote(c) => c.get(&format!("/v1/lookups/{}", segment(id)?)).await,
+        }
+    }
+
+    /// `custos approve`.
+    pub async fn approve_lookup(&self, id: &str) -> anyhow::Result<LookupTicket> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.approve_lookup(actor, id).await?),
+            Self::Remote(c) => {
+                c.post(
+                    &format!("/v1/lookups/{}/approvals", segment(id)?),
+                    &json!({}),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos lookup fetch`.
+    pub async fn fetch_lookup(&self, id: &str) -> anyhow::Result<Released> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.fetch_lookup(actor, id).await?),
+            Self::Remote(c) => {
+                c.post(&format!("/v1/lookups/{}/fetch", segment(id)?), &json!({}))
+                    .await
+            }
+        }
+    }
+
+    /// `custos subject protect`.
+    pub async fn protect_subject(&self, subject: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.protect_subject(actor, subject).await?),
+            Self::Remote(c) => {
+                let _: Value = c
+                    .post("/v1/subjects/protect", &json!({ "subject": subject }))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// `custos report subject`.
+    pub async fn subject_report(&self, subject: &str) -> anyhow::Result<SubjectReport> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.subject_report(actor, subject).await?),
+            Self::Remote(c) => {
+                c.post("/v1/reports/subject", &json!({ "subject": subject }))
+                    .await
+            }
+        }
+    }
+
+    /// `custos report agreement`.
+    pub async fn agreement_report(&self, id: &str) -> anyhow::Result<AgreementReport> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.agreement_report(actor, id).await?),
+            Self::Remote(c) => {
+                c.get(&format!("/v1/reports/agreements/{}", segment(id)?))
+                    .await
+            }
+        }
+    }
+}
+
+/// An id as one URL path segment: ids are plain (letters, digits, `-`,
+/// `_`, `.`), so anything else is refused rather than escaped.
+fn segment(id: &str) -> anyhow::Result<&str> {
+    if !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && id != "."
+        && id != ".."
+    {
+        Ok(id)
+    } else {
+        anyhow::bail!("`{id}` is not a valid id")
+    }
+}
+
+/// An HTTP client of a Custos server.
+pub struct Client {
+    base: String,
+    token: Option<Zeroizing<String>>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({})", self.base)
+    }
+}
+
+impl Client {
+    fn new(url: &str, token: Option<Zeroizing<String>>) -> anyhow::Result<Self> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("--server must be an http:// or https:// URL, not `{base}`");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        Ok(Self { base, token, http })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t.as_str()),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!("the server's answer is not what this client expects: {e}")
+            });
+        }
+        // problem+json: the detail is the same message the local command gives.
+        let problem: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        match problem["detail"].as_str() {
+            Some(detail) => anyhow::bail!("{detail}"),
+            None => anyhow::bail!("the server answered {status}"),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `custos serve`: the HTTP API over this home.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use custos_server::{RateLimit, Server, ServerConfig, TlsFiles};
+
+use super::open_custos;
+
+/// `custos serve [--listen ADDR] [--tls-cert F --tls-key F]`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on. Anything but a loopback address
+    /// needs --tls-cert and --tls-key.
+    #[arg(long, env = "CUSTOS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    body_limit: usize,
+    /// Longest a request may run, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    request_timeout: u64,
+    /// Longest a client may take to send its request headers, in seconds
+    /// (slow clients are cut off).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    header_timeout: u64,
+    /// Requests handled at once; beyond it clients get 503 and retry.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_in_flight: usize,
+    /// Requests per second allowed per token (sustained).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    rate: u32,
+    /// Requests a token may send at once after a quiet spell.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    burst: u32,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then drains and closes the ledger.
+pub async fn run(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
+    let positive = |n: u32, what: &str| {
+        std::num::NonZeroU32::new(n).ok_or_else(|| anyhow::anyhow!("--{what} must be at least 1"))
+    };
+    let mut config = ServerConfig::new(args.listen);
+    config.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| TlsFiles { cert, key });
+    config.body_limit = args.body_limit;
+    config.request_timeout = Duration::from_secs(args.request_timeout.max(1));
+    config.header_timeout = Duration::from_secs(args.header_timeout.max(1));
+    config.max_in_flight = args.max_in_flight.max(1);
+    config.rate_limit = RateLimit {
+        per_second: positive(args.rate, "rate")?,
+        burst: positive(args.burst, "burst")?,
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let custos = open_custos(home).await?;
+    let server = Server::bind(custos, config).await?;
+    let addr = server.local_addr()?;
+    // The address on stdout (for scripts), the rest on stderr.
+    println!("{scheme}://{addr}");
+    eprintln!(
+        "Custos is serving {} on {scheme}://{addr} (API at /v1, description at /openapi.json). Ctrl-C or SIGTERM stops it after in-flight requests finish.",
+        home.display()
+    );
+    server.run(shutdown_signal()).await?;
+    eprintln!("stopped; the ledger is closed");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,698 @@
+//! The real server (`custos serve` on a loopback port) driven through raw
+//! HTTP: the flows, every bad input of the API with its status and
+//! problem+json body, and a clean shutdown on SIGTERM that loses nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A home with an admin, a requester, an approver, an overseer, the
+/// synthetic tax returns and two agreements (aggregate and identified).
+struct Home {
+    dir: TempDir,
+    admin: String,
+    gina: String,
+    tom: String,
+    ann: String,
+    olga: String,
+    subject: String,
+}
+
+fn add_principal(home: &Path, admin: Option<&str>, name: &str, org: &str, role: &str) -> String {
+    let out = common::custos(home, admin)
+        .args(["principal", "add", name, "--org", org, "--role", role])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn agreement_text(file: &str, id_from: &str, id_to: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../docs/examples/{file}")),
+    )
+    .unwrap()
+    .replace(id_from, id_to)
+    .replace("valid_from = 2026-03-01", "valid_from = 2026-01-01")
+    .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
+}
+
+impl Home {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        common::custos(&home, None).arg("init").assert().success();
+        let admin = add_principal(&home, None, "alice", "IRS", "admin");
+        let gina = add_principal(&home, Some(&admin), "gina", "GAO", "requester");
+        let tom = add_principal(&home, Some(&admin), "tom", "TIGTA", "requester");
+        let ann = add_principal(&home, Some(&admin), "ann", "IRS", "approver");
+        let olga = add_principal(&home, Some(&admin), "olga", "IRS", "overseer");
+        let data = dir.path().join("synthetic");
+        common::custos(&home, None)
+            .args(["generate", "--rows", "600", "--out"])
+            .arg(&data)
+            .assert()
+            .success();
+        common::custos(&home, Some(&admin))
+            .args(["dataset", "ingest", "--name", "tax_returns", "--schema"])
+            .arg(data.join("tax_returns.schema.toml"))
+            .arg(data.join("tax_returns.csv"))
+            .assert()
+            .success();
+        let identified = r#"
+id = "tigta-cases"
+title = "TIGTA case look-ups"
+purpose = "Investigate refunds deposited to accounts shared by many filers"
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+[parties]
+custodian = "IRS"
+requester = "TIGTA"
+[legal_authority]
+citation = "26 U.S.C. 6103(h)(1)"
+[[grants]]
+dataset = "tax_returns"
+mode = "identified"
+columns = ["tin", "name", "tax_year", "refund", "state"]
+row_scope = "tax_year >= 2023"
+[grants.limits]
+subjects_per_day = 5
+requests_per_hour = 60
+approvals = 1
+"#;
+        let aggregate = agreement_text(
+            "agreement-aggregate.toml",
+            "gao-refund-statistics",
+            "gao-stats",
+        );
+        for (name, text) in [("a.toml", aggregate.as_str()), ("i.toml", identified)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            common::custos(&home, Some(&admin))
+                .args(["agreement", "apply"])
+                .arg(&path)
+                .assert()
+                .success();
+        }
+        // A taxpayer with a return inside the row scope.
+        let mut reader = csv::Reader::from_path(data.join("tax_returns.csv")).unwrap();
+        let subject = reader
+            .records()
+            .map(Result::unwrap)
+            .find(|r| r[12].parse::<i32>().unwrap() >= 2023)
+            .unwrap()[0]
+            .to_owned();
+        Self {
+            dir,
+            admin,
+            gina,
+            tom,
+            ann,
+            olga,
+            subject,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+}
+
+/// A running `custos serve`, killed if a test fails.
+struct Server {
+    child: Child,
+    url: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(home: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env("CUSTOS_HOME", home)
+            .env_remove("CUSTOS_MASTER_KEY")
+            .env_remove("CUSTOS_TOKEN")
+            .env("CUSTOS_LOG", "info")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        assert!(line.starts_with("http://127.0.0.1:"), "{line}");
+        Self {
+            child,
+            url: line.trim().to_owned(),
+            stderr,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let log = self.stderr.lock().unwrap().clone();
+                return (status, log);
+            }
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut request = client.request(method, url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        request = request.json(&b);
+    }
+    let response = request.send().await.unwrap();
+    reply(response).await
+}
+
+async fn reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let content_type = header("content-type").unwrap_or_default();
+    let retry_after = header("retry-after");
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply {
+        status,
+        content_type,
+        retry_after,
+        body,
+    }
+}
+
+/// Asserts a problem+json reply of `status` and stable `kind`.
+fn problem(reply: &Reply, status: u16, kind: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.content_type, "application/problem+json");
+    assert_eq!(reply.body["type"], format!("urn:custos:problem:{kind}"));
+    assert_eq!(reply.body["status"], status);
+    assert!(reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_every_flow_and_stops_cleanly() {
+    let home = Home::new();
+    let server = Server::start(&home.path(), &[]);
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", server.url);
+    use reqwest::Method;
+
+    // Public: health, the API description, the ledger's checkpoint.
+    let r = send(&client, Method::GET, url("/healthz"), None, None).await;
+    assert_eq!(r.status, 200);
+    let r = send(&client, Method::GET, url("/openapi.json"), None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(r.body["paths"]["/v1/queries"]["post"].is_object());
+    let r = send(&client, Method::GET, url("/checkpoint"), None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.as_str().unwrap().contains('\u{2014}'),
+        "a signed note"
+    );
+
+    // Datasets and agreements with a token.
+    let r = send(
+        &client,
+        Method::GET,
+        url("/v1/datasets"),
+        Some(&home.gina),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body[0]["name"], "tax_returns");
+
+    // An aggregate query.
+    let r = send(
+        &client,
+        Method::POST,
+        url("/v1/queries"),
+        Some(&home.gina),
+        Some(json!({
+            "agreement": "gao-stats",
+            "sql": "SELECT state, COUNT(*) FROM tax_returns GROUP BY state"
+        })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["rows"].as_array().unwrap().len(), 51);
+    assert!(r.body["budget_remaining"].as_f64().unwrap() < 1.0);
+
+    // A look-up: request, approve (another person), fetch once.
+    let r = send(
+        &client,
+        Method::POST,
+        url("/v1/lookups"),
+        Some(&home.tom),
+        Some(json!({
+            "agreement": "tigta-cases",
+            "dataset": "tax_returns",
+            "subject": home.subject,
+            "justification": "Case 2026-114: refund deposited to a shared account"
+        })),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert!(!r.body.to_string().contains(&home.subject));
+    let r = send(
+        &client,
+        Method::POST,
+        url(&format!("/v1/lookups/{id}/fetch")),
+        Some(&home.tom),
+        None,
+    )
+    .await;
+    problem(&r, 403, "denied");
+    let r = send(
+        &client,
+        Method::POST,
+        url(&format!("/v1/lookups/{id}/approvals")),
+        Some(&home.ann),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(
+        &client,
+        Method::POST,
+        url(&format!("/v1/lookups/{id}/fetch")),
+        Some(&home.tom),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body["rows"].as_array().unwrap().is_empty());
+
+    // The subject's accounting, for an overseer; the subject goes in the body.
+    let r = send(
+        &client,
+        Method::POST,
+        url("/v1/reports/subject"),
+        Some(&home.olga),
+        Some(json!({ "subject": home.subject })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body["lines"].as_array().unwrap().is_empty());
+
+    // The CLI as a client of the server: the same commands, same output.
+    let cli = |token: &str, args: &[&str]| {
+        common::custos(&home.path(), Some(token))
+            .args(["--server", server.url.as_str()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(
+        &home.gina,
+        &[
+            "query",
+            "--agreement",
+            "gao-stats",
+            "--json",
+            "SELECT COUNT(*) FROM tax_returns",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["rows"][0][0]["value"].is_string());
+    let out = cli(&home.olga, &["report", "agreement", "tigta-cases"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("disclosures        1"));
+    let out = cli(
+        &home.gina,
+        &[
+            "query",
+            "--agreement",
+            "tigta-cases",
+            "SELECT COUNT(*) FROM tax_returns",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&home.gina, &["dataset", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("local home only"));
+
+    let (status, log) = server.stop();
+    assert!(status.success(), "{status}: {log}");
+    // The access log names routes, never subjects or tokens.
+    assert!(log.contains("route=/v1/lookups/{id}/fetch"), "{log}");
+    for secret in [&home.subject, &home.tom, &home.gina, &home.admin] {
+        assert!(!log.contains(secret.as_str()), "the log leaks a secret");
+    }
+    // Everything acknowledged is in a ledger that verifies.
+    common::custos(&home.path(), None)
+        .args(["ledger", "verify"])
+        .assert()
+        .success();
+    let ledger = common::ledger(&home.path());
+    let actions: Vec<&str> = ledger
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "query.aggregate",
+        "lookup.request",
+        "lookup.approve",
+        "lookup.fetch",
+        "report.subject",
+    ] {
+        assert!(actions.contains(&action), "{action} missing: {actions:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_problem_and_break_nothing() {
+    let home = Home::new();
+    let server = Server::start(
+        &home.path(),
+        &["--body-limit", "1024", "--rate", "1", "--burst", "20"],
+    );
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", server.url);
+    use reqwest::Method;
+
+    // Tokens: none, malformed, unknown, wrong role, revoked.
+    let r = send(&client, Method::GET, url("/v1/datasets"), None, None).await;
+    problem(&r, 401, "unauthorized");
+    let r = send(
+        &client,
+        Method::GET,
+        url("/v1/datasets"),
+        Some("not a token"),
+        None,
+    )
+    .await;
+    problem(&r, 401, "unauthorized");
+    let forged = format!("{}x", &home.olga[..home.olga.len() - 1]);
+    let r = send(
+        &client,
+        Method::GET,
+        url("/v1/datasets"),
+        Some(&forged),
+        None,
+    )
+    .await;
+    problem(&r, 401, "unauthorized");
+    let r = send(
+        &client,
+        Method::POST,
+        url("/v1/principals"),
+        Some(&home.gina),
+        Some(json!({ "name": "mallory", "org": "GAO", "roles": ["admin"] })),
+    )
+    .await;
+    problem(&r, 403, "denied");
+
+    // Bodies: malformed JSON, wrong shape, wrong content type, too large.
+    let raw = |body: &'static str, content_type: &'static str| {
+        client
+            .post(url("/v1/queries"))
+            .bearer_auth(&home.gina)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    problem(
+        &reply(raw("{\"agreement\":", "application/json").await.unwrap()).await,
+        400,
+        "malformed-body",
+    );
+    problem(
+        &reply(
+            raw(
+                "{\"agreement\":\"gao-stats\",\"sql\":1}",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+        )
+        .await,
+        400,
+        "malformed-body",
+    );
+    problem(
+        &reply(
+            raw(
+                "{\"agreement\":\"gao-stats\",\"sql\":\"x\",\"extra\":1}",
+                "application/json",
+            )
+            .await
+            .unwrap(),
+        )
+        .await,
+        400,
+        "malformed-body",
+    );
+    problem(
+        &reply(
+            raw("agreement=gao-stats", "application/x-www-form-urlencoded")
+                .await
+                .unwrap(),
+        )
+        .await,
+        415,
+        "unsupported-media-type",
+    );
+    let big = json!({ "agreement": "gao-stats", "sql": "x".repeat(4096) });
+    let r = send(
+        &client,
+        Method::POST,
+        url("/v1/queries"),
+        Some(&home.gina),
+        Some(big),
+    )
+    .await;
+    problem(&r, 413, "body-too-large");
+
+    // Routes and methods.
+    let r = send(
+        &client,
+        Method::GET,
+        url("/v2/anything"),
+        Some(&home.gina),
+        None,
+    )
+    .await;
+    problem(&r, 404, "not-found");
+    let r = send(
+        &client,
+        Method::DELETE,
+        url("/v1/queries"),
+        Some(&home.gina),
+        None,
+    )
+    .await;
+    problem(&r, 405, "method-not-allowed");
+
+    // Tiles: traversal and malformed paths never read outside the ledger.
+    for path in [
+        "/tile/../../master.key",
+        "/tile/..%2F..%2Fmaster.key",
+        "/tile/0/..%2F..%2F..%2Fmaster.key",
+        "/tile/entries/000.p/0",
+        "/tile/64/000",
+        "/tile/0/x001/..",
+    ] {
+        let r = send(&client, Method::GET, url(path), None, None).await;
+        assert!(
+            r.status == 404 || r.status == 400,
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+        assert!(!r.body.to_string().contains("BEGIN"), "{path}");
+    }
+    let r = send(
+        &client,
+        Method::GET,
+        url("/tile/entries/000.p/1"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "the first entry bundle is public");
+
+    // A slow client (slowloris): its half-sent headers time out, and others
+    // are served meanwhile.
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        // The server closes the connection (with or without a 408).
+        let _ = stream.read_to_end(&mut buf);
+        started.elapsed()
+    });
+    let r = send(&client, Method::GET, url("/healthz"), None, None).await;
+    assert_eq!(r.status, 200);
+    let waited = slow.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(25),
+        "slow client held on {waited:?}"
+    );
+
+    // A burst over the rate limit (20 at once, then 1/s).
+    let mut limited = None;
+    for _ in 0..40 {
+        let r = send(
+            &client,
+            Method::GET,
+            url("/v1/datasets"),
+            Some(&home.olga),
+            None,
+        )
+        .await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200);
+    }
+    let r = limited.expect("the burst was never limited");
+    problem(&r, 429, "rate-limited");
+    assert!(r.retry_after.is_some());
+    // Another token is not affected.
+    let r = send(
+        &client,
+        Method::GET,
+        url("/v1/datasets"),
+        Some(&home.ann),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // A revoked token stops working at once.
+    let r = send(
+        &client,
+        Method::POST,
+        url("/v1/principals/gina/revoke"),
+        Some(&home.admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(
+        &client,
+        Method::GET,
+        url("/v1/datasets"),
+        Some(&home.gina),
+        None,
+    )
+    .await;
+    problem(&r, 401, "unauthorized");
+
+    // Still healthy; stops cleanly; nothing leaked to the log.
+    let r = send(&client, Method::GET, url("/healthz"), None, None).await;
+    assert_eq!(r.status, 200);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains(&home.subject));
+    assert!(!log.contains(&home.admin) && !log.contains(&forged));
+    common::custos(&home.path(), None)
+        .args(["ledger", "verify"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_non_loopback_address_needs_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    common::custos(&home, None).arg("init").assert().success();
+    common::custos(&home, None)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("without TLS"));
+}
