@@ -102,11 +102,7 @@ impl Load {
 }
 
 /// Runs `total` requests from `CLIENTS` concurrent clients; `make(i)` builds request `i`.
-async fn drive(
-    name: &'static str,
-    total: usize,
-    make: MakeRequest,
-) -> Load {
+async fn drive(name: &'static str, total: usize, make: MakeRequest) -> Load {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()

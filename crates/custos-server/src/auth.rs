@@ -2,10 +2,15 @@
 //!
 //! The token is checked by the broker (hashed, constant-time, revoked
 //! tokens refused, failures ledgered); the rate limit is per principal, so
-//! one busy caller cannot starve the others.
+//! one busy caller cannot starve the others. An address that fails
+//! authentication more than 5 times a second (burst 20) is refused before
+//! the broker is asked, so bad tokens cannot flood the ledger.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -29,9 +34,21 @@ pub struct RateLimit {
     pub burst: NonZeroU32,
 }
 
-/// The per-principal limiter.
+/// Failed authentications allowed per client address (sustained per
+/// second, and at once); beyond them the address is refused for a while
+/// without reaching the broker, so a flood of bad tokens cannot flood the
+/// ledger with denials.
+const FAILED_AUTH_PER_SECOND: u32 = 5;
+const FAILED_AUTH_BURST: u32 = 20;
+/// Most addresses remembered as blocked (older entries are dropped first).
+const MAX_BLOCKED: usize = 10_000;
+
+/// The per-principal limiter, and the per-address limiter of failed
+/// authentications.
 pub(crate) struct Limiter {
     limiter: DefaultKeyedRateLimiter<String>,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -42,10 +59,64 @@ impl std::fmt::Debug for Limiter {
 
 impl Limiter {
     pub(crate) fn new(limit: RateLimit) -> Self {
+        let failures =
+            Quota::per_second(NonZeroU32::new(FAILED_AUTH_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(FAILED_AUTH_BURST).unwrap_or(NonZeroU32::MIN));
         Self {
             limiter: RateLimiter::keyed(
                 Quota::per_second(limit.per_second).allow_burst(limit.burst),
             ),
+            failures: RateLimiter::keyed(failures),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refuses an address that failed authentication too often lately.
+    fn check_address(&self, address: Option<IpAddr>) -> Result<(), Problem> {
+        let Some(address) = address else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut blocked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match blocked.get(&address) {
+            Some(until) if *until > now => {
+                let wait = until.saturating_duration_since(now);
+                Err(Problem::new(
+                    ProblemKind::RateLimited,
+                    "too many failed authentications from this address",
+                )
+                .retry_after(wait.as_secs().max(1)))
+            }
+            Some(_) => {
+                blocked.remove(&address);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication; past the limit, blocks the address.
+    fn note_failure(&self, address: Option<IpAddr>) {
+        let Some(address) = address else { return };
+        if let Err(not_until) = self.failures.check_key(&address) {
+            let wait = not_until
+                .wait_time_from(DefaultClock::default().now())
+                .max(Duration::from_secs(1));
+            let mut blocked = self
+                .blocked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if blocked.len() >= MAX_BLOCKED {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+                if blocked.len() >= MAX_BLOCKED {
+                    blocked.clear();
+                }
+            }
+            blocked.insert(address, Instant::now() + wait);
         }
     }
 
@@ -95,7 +166,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(missing)?;
-        let principal = state.custos.authenticate(token).await?;
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        state.limiter.check_address(address)?;
+        let principal = match state.custos.authenticate(token).await {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e, custos_broker::BrokerError::Auth(_)) {
+                    state.limiter.note_failure(address);
+                }
+                return Err(e.into());
+            }
+        };
         state.limiter.admit(&principal.id)?;
         Ok(Self(Actor::Principal(principal)))
     }

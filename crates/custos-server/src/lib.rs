@@ -340,7 +340,7 @@ impl Server {
                     Err(_) => break,
                 },
             };
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -356,7 +356,12 @@ impl Server {
             let app = app.clone();
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
-                    app.clone().oneshot(request.map(axum::body::Body::new))
+                    let mut request = request.map(axum::body::Body::new);
+                    // The peer's address, for limits on failed authentication.
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(request)
                 },
             );
             let mut http = hyper::server::conn::http1::Builder::new();

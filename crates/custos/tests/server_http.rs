@@ -672,6 +672,32 @@ async fn bad_requests_get_the_right_problem_and_break_nothing() {
     .await;
     problem(&r, 401, "unauthorized");
 
+    // A flood of bad tokens from one address: after a burst the address is
+    // refused before the broker is asked, so the ledger does not grow.
+    let (mut ledgered, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let r = send(
+            &client,
+            Method::GET,
+            url("/v1/datasets"),
+            Some(&forged),
+            None,
+        )
+        .await;
+        match r.status {
+            401 => ledgered += 1,
+            429 => {
+                problem(&r, 429, "rate-limited");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        refused > 0 && ledgered >= 15,
+        "{ledgered} ledgered, {refused} refused"
+    );
+
     // Still healthy; stops cleanly; nothing leaked to the log.
     let r = send(&client, Method::GET, url("/healthz"), None, None).await;
     assert_eq!(r.status, 200);
@@ -683,6 +709,12 @@ async fn bad_requests_get_the_right_problem_and_break_nothing() {
         .args(["ledger", "verify"])
         .assert()
         .success();
+    // Every 401 is a ledgered denial (3 before the flood), no 429 is.
+    let denials = common::ledger(&home.path())
+        .iter()
+        .filter(|e| e["action"] == "auth.token")
+        .count();
+    assert_eq!(denials, 3 + ledgered);
 }
 
 #[test]
@@ -695,4 +727,126 @@ fn a_non_loopback_address_needs_tls() {
         .assert()
         .failure()
         .stderr(predicates::str::contains("without TLS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    common::custos(&home, None).arg("init").assert().success();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // A test CA and a certificate for 127.0.0.1 signed by it (openssl is on
+    // every machine that builds Custos).
+    let ca = dir.path().join("ca.pem");
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=custos-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.path().join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        "cert.pem",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("custos"))
+        .env("CUSTOS_HOME", &home)
+        .env_remove("CUSTOS_MASTER_KEY")
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().to_owned();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let r = client.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!("{url}/v1/datasets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = url.replace("https://", "http://");
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err());
+    // A client that does not trust the certificate is refused.
+    assert!(reqwest::get(format!("{url}/healthz")).await.is_err());
+    let _ = child.kill();
+    let _ = child.wait();
 }
