@@ -300,6 +300,13 @@ fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Sensitivity {
     }
 }
 
+/// `sum / n` rounded to the nearest storage unit (how averages are shown).
+fn rounded_mean(sum: i64, n: i64) -> i64 {
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    let mean = (sum as f64 / n as f64).round() as i64;
+    mean
+}
+
 fn format_value(ty: Option<ColumnType>, v: i64) -> String {
     if ty == Some(ColumnType::Decimal) {
         format_cents(v)
@@ -440,9 +447,7 @@ pub fn exact_value(
                 .filter(|a| matches!(a, Aggregate::Avg(_)))
                 .count();
             let n = totals.avg_counts[avg][group].max(1);
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-            let mean = (totals.values[index][group] as f64 / n as f64).round() as i64;
-            format_value(ty, mean)
+            format_value(ty, rounded_mean(totals.values[index][group], n))
         }
         Aggregate::Quantile { column, per_10000 } => {
             let (lo, hi) = schema
@@ -486,11 +491,7 @@ fn cell(
             // Both intervals hold with ≥ 95% each; the ratio's interval is
             // their corners (conservative).
             let ratio = |s: i64, n: i64| -> Option<String> {
-                (n > 0).then(|| {
-                    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-                    let q = (s as f64 / n as f64).round() as i64;
-                    format_value(ty, q)
-                })
+                (n > 0).then(|| format_value(ty, rounded_mean(s, n)))
             };
             let (s_lo, s_hi) = (v.saturating_sub(w), v.saturating_add(w));
             let (n_lo, n_hi) = (n.saturating_sub(nw), n.saturating_add(nw));

@@ -25,8 +25,8 @@ class = "identifier"
 type = "string"
 "#;
 
-#[tokio::test]
-async fn subject_rows_match_a_full_scan() {
+/// A new home in a temporary directory, and `SCHEMA` written beside it.
+async fn home_with_schema() -> (tempfile::TempDir, Home, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("home");
     Home::init(&root, MasterKeySource::GenerateFile, None)
@@ -35,6 +35,12 @@ async fn subject_rows_match_a_full_scan() {
     let home = Home::open(&root, None).await.unwrap();
     let schema = dir.path().join("s.toml");
     std::fs::write(&schema, SCHEMA).unwrap();
+    (dir, home, schema)
+}
+
+#[tokio::test]
+async fn subject_rows_match_a_full_scan() {
+    let (dir, home, schema) = home_with_schema().await;
     // 60,000 rows over 2,000 subjects; big enough for several buckets' batches.
     let mut csv = String::from("amount,id,label\n");
     let mut expected: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
@@ -84,14 +90,7 @@ async fn subject_rows_match_a_full_scan() {
 
 #[tokio::test]
 async fn a_swapped_bucket_file_fails_to_decrypt() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("home");
-    Home::init(&root, MasterKeySource::GenerateFile, None)
-        .await
-        .unwrap();
-    let home = Home::open(&root, None).await.unwrap();
-    let schema = dir.path().join("s.toml");
-    std::fs::write(&schema, SCHEMA).unwrap();
+    let (dir, home, schema) = home_with_schema().await;
     let csv_path = dir.path().join("d.csv");
     std::fs::write(&csv_path, "id,amount,label\n1,2,x\n").unwrap();
     for name in ["a", "b"] {
@@ -124,14 +123,7 @@ async fn a_swapped_bucket_file_fails_to_decrypt() {
 #[tokio::test]
 async fn every_column_of_a_bucket_file_is_encrypted_including_the_subject_key() {
     use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("home");
-    Home::init(&root, MasterKeySource::GenerateFile, None)
-        .await
-        .unwrap();
-    let home = Home::open(&root, None).await.unwrap();
-    let schema = dir.path().join("s.toml");
-    std::fs::write(&schema, SCHEMA).unwrap();
+    let (dir, home, schema) = home_with_schema().await;
     let csv_path = dir.path().join("d.csv");
     std::fs::write(&csv_path, "id,amount,label\n1,2,x\n3,4,y\n").unwrap();
     dataset::ingest(&home, "t", &schema, &csv_path, Arc::new(NoProgress))

@@ -28,34 +28,15 @@ impl Env {
             admin: String::new(),
         };
         env.custos(None).arg("init").assert().success();
-        let out = env
-            .custos(None)
-            .args([
-                "principal",
-                "add",
-                "alice",
-                "--org",
-                "IRS",
-                "--role",
-                "admin",
-            ])
-            .output()
-            .unwrap();
-        env.admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let data = env.path("synthetic");
-        env.custos(None)
-            .args(["generate", "--rows", "300", "--out"])
-            .arg(&data)
-            .assert()
-            .success();
-        for name in ["tax_returns", "deaths"] {
-            env.custos(Some(&env.admin))
-                .args(["dataset", "ingest", "--name", name, "--schema"])
-                .arg(data.join(format!("{name}.schema.toml")))
-                .arg(data.join(format!("{name}.csv")))
-                .assert()
-                .success();
-        }
+        let home = env.path("home");
+        env.admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+        common::ingest_synthetic(
+            &home,
+            &env.admin,
+            &env.path("synthetic"),
+            300,
+            &["tax_returns", "deaths"],
+        );
         env
     }
 

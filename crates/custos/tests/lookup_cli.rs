@@ -13,31 +13,7 @@ use std::path::PathBuf;
 use predicates::prelude::*;
 use tempfile::TempDir;
 
-const AGREEMENT: &str = r#"
-id = "tigta-cases"
-title = "TIGTA case look-ups"
-purpose = "Investigate refunds deposited to accounts shared by many filers"
-valid_from = 2026-01-01
-valid_until = 2099-12-31
-
-[parties]
-custodian = "IRS"
-requester = "TIGTA"
-
-[legal_authority]
-citation = "26 U.S.C. 6103(h)(1)"
-
-[[grants]]
-dataset = "tax_returns"
-mode = "identified"
-columns = ["tin", "name", "tax_year", "refund", "bank_account", "state"]
-row_scope = "tax_year >= 2023"
-
-[grants.limits]
-subjects_per_day = 3
-requests_per_hour = 60
-approvals = 1
-"#;
+use common::IDENTIFIED_AGREEMENT as AGREEMENT;
 
 struct Env {
     dir: TempDir,
@@ -64,40 +40,14 @@ impl Env {
             ("gus", "GAO", "requester"),
             ("rex", "TIGTA", "requester"),
         ];
+        let home = env.path("home");
         for (name, org, roles) in people {
-            let token = if name == "alice" {
-                None
-            } else {
-                Some(env.tokens["alice"].clone())
-            };
-            let mut cmd = env.custos(token.as_deref());
-            cmd.args(["principal", "add", name, "--org", org]);
-            for role in roles.split(',') {
-                cmd.args(["--role", role]);
-            }
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            env.tokens.insert(
-                name,
-                String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-            );
+            let admin = (name != "alice").then(|| env.tokens["alice"].clone());
+            let token = common::add_principal(&home, admin.as_deref(), name, org, roles);
+            env.tokens.insert(name, token);
         }
         let data = env.path("synthetic");
-        env.custos(None)
-            .args(["generate", "--rows", "300", "--out"])
-            .arg(&data)
-            .assert()
-            .success();
-        env.as_("alice")
-            .args(["dataset", "ingest", "--name", "tax_returns", "--schema"])
-            .arg(data.join("tax_returns.schema.toml"))
-            .arg(data.join("tax_returns.csv"))
-            .assert()
-            .success();
+        common::ingest_synthetic(&home, &env.tokens["alice"], &data, 300, &["tax_returns"]);
         let mut reader = csv::Reader::from_path(data.join("tax_returns.csv")).unwrap();
         env.returns = reader
             .records()

@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use predicates::prelude::*;
 use tempfile::TempDir;
@@ -16,18 +16,6 @@ struct Env {
     dir: TempDir,
     admin: String,
     gina: String,
-}
-
-fn aggregate_agreement(id: &str, budget: &str, per_query: &str) -> String {
-    let text = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/agreement-aggregate.toml"),
-    )
-    .unwrap();
-    text.replace("gao-refund-statistics", id)
-        .replace("valid_from = 2026-03-01", "valid_from = 2026-01-01")
-        .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
-        .replace("budget = 1.0", &format!("budget = {budget}"))
-        .replace("per_query = 0.1", &format!("per_query = {per_query}"))
 }
 
 impl Env {
@@ -39,47 +27,17 @@ impl Env {
             gina: String::new(),
         };
         env.custos(None).arg("init").assert().success();
-        let out = env
-            .custos(None)
-            .args([
-                "principal",
-                "add",
-                "alice",
-                "--org",
-                "IRS",
-                "--role",
-                "admin",
-            ])
-            .output()
-            .unwrap();
-        env.admin = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let out = env
-            .custos(Some(&env.admin))
-            .args([
-                "principal",
-                "add",
-                "gina",
-                "--org",
-                "GAO",
-                "--role",
-                "requester",
-            ])
-            .output()
-            .unwrap();
-        env.gina = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let data = env.path("synthetic");
-        env.custos(None)
-            .args(["generate", "--rows", "600", "--out"])
-            .arg(&data)
-            .assert()
-            .success();
-        env.custos(Some(&env.admin))
-            .args(["dataset", "ingest", "--name", "tax_returns", "--schema"])
-            .arg(data.join("tax_returns.schema.toml"))
-            .arg(data.join("tax_returns.csv"))
-            .assert()
-            .success();
-        env.apply(&aggregate_agreement("gao-stats", "1.0", "0.1"))
+        let home = env.path("home");
+        env.admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+        env.gina = common::add_principal(&home, Some(&env.admin), "gina", "GAO", "requester");
+        common::ingest_synthetic(
+            &home,
+            &env.admin,
+            &env.path("synthetic"),
+            600,
+            &["tax_returns"],
+        );
+        env.apply(&common::aggregate_agreement("gao-stats", "1.0", "0.1"))
             .success();
         env
     }
@@ -260,7 +218,7 @@ fn bad_queries_are_refused_by_name_ledgered_and_spend_nothing() {
 #[test]
 fn an_exhausted_budget_refuses_without_spending() {
     let env = Env::new();
-    env.apply(&aggregate_agreement("gao-pilot", "0.25", "0.1"))
+    env.apply(&common::aggregate_agreement("gao-pilot", "0.25", "0.1"))
         .success();
     let sql = "SELECT tax_year, COUNT(*) FROM tax_returns GROUP BY tax_year";
     env.answer("gao-pilot", sql);
@@ -283,7 +241,7 @@ fn an_exhausted_budget_refuses_without_spending() {
 #[test]
 fn aggregate_grants_need_sane_privacy_terms() {
     let env = Env::new();
-    let base = aggregate_agreement("gao-x", "1.0", "0.1");
+    let base = common::aggregate_agreement("gao-x", "1.0", "0.1");
     let without: String = base.split("[grants.privacy]").next().unwrap().to_owned();
     for (text, expected) in [
         (without, "needs `[grants.privacy]`"),
@@ -322,7 +280,7 @@ impl Env {
 #[test]
 fn a_generous_budget_gives_answers_close_to_the_truth() {
     let env = Env::new();
-    env.apply(&aggregate_agreement("gao-exact", "200000", "50000"))
+    env.apply(&common::aggregate_agreement("gao-exact", "200000", "50000"))
         .success();
     let mut reader = csv::Reader::from_path(env.path("synthetic/tax_returns.csv")).unwrap();
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();

@@ -25,78 +25,23 @@ struct Home {
     subject: String,
 }
 
-fn add_principal(home: &Path, admin: Option<&str>, name: &str, org: &str, role: &str) -> String {
-    let out = common::custos(home, admin)
-        .args(["principal", "add", name, "--org", org, "--role", role])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn agreement_text(file: &str, id_from: &str, id_to: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../docs/examples/{file}")),
-    )
-    .unwrap()
-    .replace(id_from, id_to)
-    .replace("valid_from = 2026-03-01", "valid_from = 2026-01-01")
-    .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
-}
-
 impl Home {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
         common::custos(&home, None).arg("init").assert().success();
-        let admin = add_principal(&home, None, "alice", "IRS", "admin");
-        let gina = add_principal(&home, Some(&admin), "gina", "GAO", "requester");
-        let tom = add_principal(&home, Some(&admin), "tom", "TIGTA", "requester");
-        let ann = add_principal(&home, Some(&admin), "ann", "IRS", "approver");
-        let olga = add_principal(&home, Some(&admin), "olga", "IRS", "overseer");
+        let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+        let gina = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
+        let tom = common::add_principal(&home, Some(&admin), "tom", "TIGTA", "requester");
+        let ann = common::add_principal(&home, Some(&admin), "ann", "IRS", "approver");
+        let olga = common::add_principal(&home, Some(&admin), "olga", "IRS", "overseer");
         let data = dir.path().join("synthetic");
-        common::custos(&home, None)
-            .args(["generate", "--rows", "600", "--out"])
-            .arg(&data)
-            .assert()
-            .success();
-        common::custos(&home, Some(&admin))
-            .args(["dataset", "ingest", "--name", "tax_returns", "--schema"])
-            .arg(data.join("tax_returns.schema.toml"))
-            .arg(data.join("tax_returns.csv"))
-            .assert()
-            .success();
-        let identified = r#"
-id = "tigta-cases"
-title = "TIGTA case look-ups"
-purpose = "Investigate refunds deposited to accounts shared by many filers"
-valid_from = 2026-01-01
-valid_until = 2099-12-31
-[parties]
-custodian = "IRS"
-requester = "TIGTA"
-[legal_authority]
-citation = "26 U.S.C. 6103(h)(1)"
-[[grants]]
-dataset = "tax_returns"
-mode = "identified"
-columns = ["tin", "name", "tax_year", "refund", "state"]
-row_scope = "tax_year >= 2023"
-[grants.limits]
-subjects_per_day = 5
-requests_per_hour = 60
-approvals = 1
-"#;
-        let aggregate = agreement_text(
-            "agreement-aggregate.toml",
-            "gao-refund-statistics",
-            "gao-stats",
-        );
-        for (name, text) in [("a.toml", aggregate.as_str()), ("i.toml", identified)] {
+        common::ingest_synthetic(&home, &admin, &data, 600, &["tax_returns"]);
+        let aggregate = common::aggregate_agreement("gao-stats", "1.0", "0.1");
+        for (name, text) in [
+            ("a.toml", aggregate.as_str()),
+            ("i.toml", common::IDENTIFIED_AGREEMENT),
+        ] {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
             common::custos(&home, Some(&admin))
@@ -496,47 +441,30 @@ async fn bad_requests_get_the_right_problem_and_break_nothing() {
             .body(body)
             .send()
     };
-    problem(
-        &reply(raw("{\"agreement\":", "application/json").await.unwrap()).await,
-        400,
-        "malformed-body",
-    );
-    problem(
-        &reply(
-            raw(
-                "{\"agreement\":\"gao-stats\",\"sql\":1}",
-                "application/json",
-            )
-            .await
-            .unwrap(),
-        )
-        .await,
-        400,
-        "malformed-body",
-    );
-    problem(
-        &reply(
-            raw(
-                "{\"agreement\":\"gao-stats\",\"sql\":\"x\",\"extra\":1}",
-                "application/json",
-            )
-            .await
-            .unwrap(),
-        )
-        .await,
-        400,
-        "malformed-body",
-    );
-    problem(
-        &reply(
-            raw("agreement=gao-stats", "application/x-www-form-urlencoded")
-                .await
-                .unwrap(),
-        )
-        .await,
-        415,
-        "unsupported-media-type",
-    );
+    for (body, content_type, status, kind) in [
+        ("{\"agreement\":", "application/json", 400, "malformed-body"),
+        (
+            "{\"agreement\":\"gao-stats\",\"sql\":1}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            "{\"agreement\":\"gao-stats\",\"sql\":\"x\",\"extra\":1}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
+        (
+            "agreement=gao-stats",
+            "application/x-www-form-urlencoded",
+            415,
+            "unsupported-media-type",
+        ),
+    ] {
+        let r = reply(raw(body, content_type).await.unwrap()).await;
+        problem(&r, status, kind);
+    }
     let big = json!({ "agreement": "gao-stats", "sql": "x".repeat(4096) });
     let r = send(
         &client,

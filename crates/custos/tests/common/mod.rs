@@ -29,3 +29,86 @@ pub fn ledger(home: &Path) -> Vec<serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+/// Adds principal `name` of `org` with `roles` (comma-separated), acting
+/// as `admin` (none at bootstrap); returns its token.
+pub fn add_principal(
+    home: &Path,
+    admin: Option<&str>,
+    name: &str,
+    org: &str,
+    roles: &str,
+) -> String {
+    let mut cmd = custos(home, admin);
+    cmd.args(["principal", "add", name, "--org", org]);
+    for role in roles.split(',') {
+        cmd.args(["--role", role]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Generates `rows` synthetic tax returns into `data` and ingests the
+/// named datasets of them as `admin`.
+pub fn ingest_synthetic(home: &Path, admin: &str, data: &Path, rows: u32, datasets: &[&str]) {
+    custos(home, None)
+        .args(["generate", "--rows", &rows.to_string(), "--out"])
+        .arg(data)
+        .assert()
+        .success();
+    for name in datasets {
+        custos(home, Some(admin))
+            .args(["dataset", "ingest", "--name", name, "--schema"])
+            .arg(data.join(format!("{name}.schema.toml")))
+            .arg(data.join(format!("{name}.csv")))
+            .assert()
+            .success();
+    }
+}
+
+/// An identified-mode agreement on `tax_returns`, in force until 2099:
+/// one approval, at most 3 subjects a day, returns from 2023 on.
+pub const IDENTIFIED_AGREEMENT: &str = r#"
+id = "tigta-cases"
+title = "TIGTA case look-ups"
+purpose = "Investigate refunds deposited to accounts shared by many filers"
+valid_from = 2026-01-01
+valid_until = 2099-12-31
+
+[parties]
+custodian = "IRS"
+requester = "TIGTA"
+
+[legal_authority]
+citation = "26 U.S.C. 6103(h)(1)"
+
+[[grants]]
+dataset = "tax_returns"
+mode = "identified"
+columns = ["tin", "name", "tax_year", "refund", "bank_account", "state"]
+row_scope = "tax_year >= 2023"
+
+[grants.limits]
+subjects_per_day = 3
+requests_per_hour = 60
+approvals = 1
+"#;
+
+/// docs/examples/agreement-aggregate.toml as agreement `id`, in force
+/// until 2099, with the given budget and per-query cap.
+pub fn aggregate_agreement(id: &str, budget: &str, per_query: &str) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/agreement-aggregate.toml"),
+    )
+    .unwrap();
+    text.replace("gao-refund-statistics", id)
+        .replace("valid_from = 2026-03-01", "valid_from = 2026-01-01")
+        .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
+        .replace("budget = 1.0", &format!("budget = {budget}"))
+        .replace("per_query = 0.1", &format!("per_query = {per_query}"))
+}
