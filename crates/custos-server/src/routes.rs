@@ -95,8 +95,11 @@ pub async fn apply_agreement(
     Caller(actor): Caller,
     ApiJson(body): ApiJson<ApplyAgreement>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let (version, _) = state.custos.apply_agreement(&actor, &body.toml).await?;
-    Ok((StatusCode::CREATED, to_json(&version)?))
+    let (version, agreement) = state.custos.apply_agreement(&actor, &body.toml).await?;
+    Ok((
+        StatusCode::CREATED,
+        to_json(&json!({ "version": version, "agreement": agreement }))?,
+    ))
 }
 
 /// Why an agreement's state changes.

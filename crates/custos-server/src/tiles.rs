@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use custos_ledger::LedgerReader;
+use custos_ledger::merkle::TileFiles;
 use custos_ledger::tiles::TileId;
 
 use crate::AppState;
@@ -51,10 +52,14 @@ pub async fn tile(
     let dir = state.custos.home().ledger_dir();
     let full = id.is_full();
     let read = tokio::task::spawn_blocking(move || {
-        if id.level.is_none() {
-            custos_ledger::log::read_bundle(&dir, id).ok()
-        } else {
-            std::fs::read(dir.join(id.path())).ok()
+        // A superseded partial is served as the prefix of the tile that
+        // replaced it (the same bytes), as C2SP clients expect.
+        match id.level {
+            None => custos_ledger::log::read_bundle(&dir, id).ok(),
+            Some(level) => TileFiles::new(&dir)
+                .read(level, id.index, id.width)
+                .ok()
+                .map(|bytes| bytes.to_vec()),
         }
     })
     .await

@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
 };
 use parquet::encryption::decrypt::FileDecryptionProperties;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::home::{Home, now_rfc3339, sync_dir};
@@ -75,7 +75,7 @@ pub enum DatasetError {
 }
 
 /// What a dataset looks like from outside: never values.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetSummary {
     /// Name.
     pub name: String,

@@ -67,7 +67,7 @@ pub struct DatasetRecord {
 }
 
 /// One stored version of an agreement.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgreementVersion {
     /// The agreement's id.
     pub id: String,
@@ -84,7 +84,7 @@ pub struct AgreementVersion {
 }
 
 /// The state of an agreement as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgreementState {
     /// `active`, `suspended` or `revoked`.
     pub state: String,

@@ -90,7 +90,7 @@ impl fmt::Display for ColumnType {
 }
 
 /// One validated column of a dataset schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     /// Column name, `[a-z_][a-z0-9_]*`, at most 64 characters.
     pub name: String,
@@ -125,7 +125,7 @@ impl Column {
 }
 
 /// A validated dataset schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetSchema {
     /// What the dataset holds, for people.
     pub description: Option<String>,

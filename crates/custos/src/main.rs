@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
     version,
     propagate_version = true,
     max_term_width = 100,
-    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n  custos ledger checkpoint > checkpoint-today.txt   # keep it; later:\n  custos ledger verify --checkpoint checkpoint-today.txt\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_TOKEN       the API token of the principal acting (from `custos principal add`)\n  CUSTOS_SERVER      a Custos server's URL: requester and overseer commands go there\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn,custos_server=info)"
+    after_long_help = "Examples:\n  custos demo --rows 100000                 # the whole story in a temporary home\n  custos init --origin tax.example.gov/custos\n  custos generate --rows 1000000 --out synthetic\n  custos dataset ingest --schema synthetic/tax_returns.schema.toml --name tax_returns synthetic/tax_returns.csv\n  custos dataset describe tax_returns\n  custos ledger checkpoint > checkpoint-today.txt   # keep it; later:\n  custos ledger verify --checkpoint checkpoint-today.txt\n  custos --server https://custos.example.gov ledger verify --key \"$VKEY\"   # an auditor, from anywhere\n\nEnvironment:\n  CUSTOS_HOME        the home directory (default ./custos-data)\n  CUSTOS_MASTER_KEY  64 hex characters; keeps the master key outside the home\n  CUSTOS_TOKEN       the API token of the principal acting (from `custos principal add`)\n  CUSTOS_SERVER      a Custos server's URL: every command but init, demo, serve, generate goes there\n  CUSTOS_LOG         log filter for stderr, e.g. info or custos_store=debug (default warn,custos_server=info)"
 )]
 struct Cli {
     /// The Custos home (data directory). Holds keys, the metadata store and
@@ -35,9 +35,11 @@ struct Cli {
     )]
     home: PathBuf,
 
-    /// Talk to a Custos server instead of the local home (query, lookup,
-    /// approve, report, subject). The token in CUSTOS_TOKEN is sent as a
-    /// bearer token.
+    /// Talk to a Custos server instead of the local home: every requester,
+    /// overseer and admin command (query, lookup, approve, report, subject,
+    /// dataset list/describe, agreement, principal, ledger). The token in
+    /// CUSTOS_TOKEN is sent as a bearer token; ledger commands read the
+    /// public tile paths and need no token, only the verifier key (--key).
     #[arg(long, global = true, env = "CUSTOS_SERVER", value_name = "URL")]
     server: Option<String>,
 
@@ -144,7 +146,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let local_only = || -> anyhow::Result<()> {
             anyhow::bail!(
-                "this command works on the local home only; unset --server / CUSTOS_SERVER (over HTTP, see /openapi.json)"
+                "this command works on the local home only (init, demo, serve, generate); unset --server / CUSTOS_SERVER"
             )
         };
         match cli.command {
@@ -153,14 +155,17 @@ fn main() -> ExitCode {
             Command::Query(args) => commands::query::run(&cli.home, server, args).await,
             Command::Report(cmd) => commands::report::run(&cli.home, server, cmd).await,
             Command::Subject(cmd) => commands::lookup::subject(&cli.home, server, cmd).await,
+            Command::Dataset(cmd) => commands::dataset::run(&cli.home, server, cmd).await,
+            Command::Principal(cmd) => commands::principal::run(&cli.home, server, cmd).await,
+            Command::Agreement(cmd) => commands::agreement::run(&cli.home, server, cmd).await,
+            Command::Ledger(cmd) => commands::ledger::run(&cli.home, server, cmd).await,
             Command::Generate(args) => commands::generate::run(args),
             _ if server.is_some() => local_only(),
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Init(args) => commands::init::run(&cli.home, args).await,
-            Command::Dataset(cmd) => commands::dataset::run(&cli.home, cmd).await,
-            Command::Ledger(cmd) => commands::ledger::run(&cli.home, cmd).await,
-            Command::Principal(cmd) => commands::principal::run(&cli.home, cmd).await,
-            Command::Agreement(cmd) => commands::agreement::run(&cli.home, cmd).await,
+
+
+
             Command::Serve(args) => commands::serve::run(&cli.home, args).await,
         }
     });

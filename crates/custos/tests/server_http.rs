@@ -357,7 +357,7 @@ async fn the_api_serves_every_flow_and_stops_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = cli(&home.gina, &["dataset", "list"]);
+    let out = cli(&home.gina, &["init"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("local home only"));
 
@@ -387,6 +387,303 @@ async fn the_api_serves_every_flow_and_stops_cleanly() {
     ] {
         assert!(actions.contains(&action), "{action} missing: {actions:?}");
     }
+}
+
+/// Runs `custos --server URL ARGS` as `token`'s holder: (success, stdout, stderr).
+fn remote(
+    home: &Home,
+    server: &Server,
+    token: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = common::custos(&home.path(), token)
+        .args(["--server", server.url.as_str()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The same command on the local home (read-only ones: the server holds the ledger).
+fn local(home: &Home, args: &[&str]) -> String {
+    let out = common::custos(&home.path(), None)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cli_command_but_the_local_ones_works_through_the_server() {
+    let home = Home::new();
+    let server = Server::start(&home.path(), &[]);
+
+    // Datasets: the same answers as on the home; ingest stays local.
+    for args in [
+        &["dataset", "list"][..],
+        &["dataset", "describe", "tax_returns", "--json"],
+    ] {
+        let (ok, out, err) = remote(&home, &server, Some(&home.gina), args);
+        assert!(ok, "{err}");
+        assert_eq!(out, local(&home, args), "{args:?}");
+    }
+    let (ok, _, err) = remote(&home, &server, None, &["dataset", "list"]);
+    assert!(!ok && err.contains("token"), "{err}");
+    let (ok, _, err) = remote(
+        &home,
+        &server,
+        Some(&home.admin),
+        &[
+            "dataset", "ingest", "--schema", "s.toml", "--name", "x", "x.csv",
+        ],
+    );
+    assert!(!ok && err.contains("custodian's machine"), "{err}");
+
+    // Agreements: list, show, apply (admin only), suspend and resume.
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        Some(&home.olga),
+        &["agreement", "list", "--json"],
+    );
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        Some(&home.olga),
+        &["agreement", "show", "tigta-cases"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("version 1 of 1 (active)") && out.contains("title = \"TIGTA case look-ups\""),
+        "{out}"
+    );
+    let text = common::aggregate_agreement("gao-extra", "0.5", "0.1");
+    let file = home.dir.path().join("extra.toml");
+    std::fs::write(&file, text).unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, _, err) = remote(
+        &home,
+        &server,
+        Some(&home.gina),
+        &["agreement", "apply", file],
+    );
+    assert!(!ok && err.contains("only an admin"), "{err}");
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        Some(&home.admin),
+        &["agreement", "apply", file],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("Applied agreement `gao-extra` version 1 (1 grants"),
+        "{out}"
+    );
+    let (ok, _, err) = remote(
+        &home,
+        &server,
+        Some(&home.admin),
+        &["agreement", "suspend", "gao-stats", "--reason", "audit"],
+    );
+    assert!(ok, "{err}");
+    let query = [
+        "query",
+        "--agreement",
+        "gao-stats",
+        "SELECT COUNT(*) FROM tax_returns",
+    ];
+    let (ok, _, err) = remote(&home, &server, Some(&home.gina), &query);
+    assert!(!ok && err.contains("suspended"), "{err}");
+    let (ok, _, err) = remote(
+        &home,
+        &server,
+        Some(&home.admin),
+        &["agreement", "resume", "gao-stats"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = remote(&home, &server, Some(&home.gina), &query);
+    assert!(ok, "{err}");
+
+    // Principals: add (the token is printed once), use, list, revoke.
+    let (ok, _, err) = remote(
+        &home,
+        &server,
+        Some(&home.gina),
+        &[
+            "principal",
+            "add",
+            "zed",
+            "--org",
+            "GAO",
+            "--role",
+            "requester",
+        ],
+    );
+    assert!(!ok && err.contains("only an admin"), "{err}");
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        Some(&home.admin),
+        &[
+            "principal",
+            "add",
+            "zed",
+            "--org",
+            "GAO",
+            "--role",
+            "requester",
+        ],
+    );
+    assert!(ok, "{err}");
+    let zed = out.trim().to_owned();
+    assert!(err.contains("Created principal `zed`"), "{err}");
+    let (ok, _, err) = remote(&home, &server, Some(&zed), &["dataset", "list"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        Some(&home.olga),
+        &["principal", "list", "--json"],
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains(&zed), "a token is listed");
+    let names: Vec<String> = serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"zed".to_owned()), "{names:?}");
+    let (ok, _, err) = remote(
+        &home,
+        &server,
+        Some(&home.admin),
+        &["principal", "revoke", "zed"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = remote(&home, &server, Some(&zed), &["dataset", "list"]);
+    assert!(!ok && err.contains("revoked"), "{err}");
+
+    // The ledger, read by an auditor through the public tile paths with the
+    // custodian's verifier key: no token, the same entries and proofs.
+    let key = local(&home, &["ledger", "public-key"]).trim().to_owned();
+    // The server publishes a checkpoint at most a second after an entry.
+    let published_size = || {
+        serde_json::from_str::<Value>(&local(&home, &["ledger", "verify", "--json"])).unwrap()
+            ["size"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while published_size() < 18 {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint published: {} {}",
+            published_size(),
+            local(&home, &["ledger", "show"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        None,
+        &["ledger", "verify", "--key", &key, "--json"],
+    );
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let size = report["size"].as_u64().unwrap();
+    assert_eq!(size, published_size(), "{report}");
+    let published: Value =
+        serde_json::from_str(&local(&home, &["ledger", "verify", "--json"])).unwrap();
+    assert_eq!(report["root"], published["root"]);
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        None,
+        &["ledger", "show", "--from", "3", "--key", &key, "--json"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        local(&home, &["ledger", "show", "--from", "3", "--json"])
+    );
+    let size_text = size.to_string();
+    let prove = [
+        "ledger", "prove", "--index", "7", "--size", &size_text, "--json",
+    ];
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        None,
+        &[&prove[..], &["--key", &key]].concat(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, local(&home, &prove));
+    let (ok, out, err) = remote(
+        &home,
+        &server,
+        None,
+        &["ledger", "consistency", "--old", "5", "--key", &key],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("is a prefix of the ledger"), "{out}");
+    let (ok, out, err) = remote(&home, &server, None, &["ledger", "checkpoint"]);
+    assert!(ok, "{err}");
+    assert!(out.contains('\u{2014}'), "a signed note: {out}");
+    // Without the key, with a wrong key, or asking the server for its key: refused.
+    let (ok, _, err) = remote(&home, &server, None, &["ledger", "verify"]);
+    assert!(!ok && err.contains("--key"), "{err}");
+    let other = tempfile::tempdir().unwrap();
+    common::custos(other.path(), None)
+        .arg("init")
+        .assert()
+        .success();
+    let wrong = common::custos(other.path(), None)
+        .args(["ledger", "public-key"])
+        .output()
+        .unwrap();
+    let wrong = String::from_utf8_lossy(&wrong.stdout).trim().to_owned();
+    let (ok, _, err) = remote(&home, &server, None, &["ledger", "verify", "--key", &wrong]);
+    assert!(
+        !ok && err.contains("does not verify with the key given"),
+        "{err}"
+    );
+    let (ok, _, err) = remote(&home, &server, None, &["ledger", "public-key"]);
+    assert!(!ok && err.contains("from the custodian"), "{err}");
+
+    // A published entry changed on the server's disk: the auditor's copy fails.
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    let server = Server::start(&home.path(), &[]);
+    let size = published_size();
+    let first_bundle = if size >= 256 {
+        "tile/entries/000".to_owned()
+    } else {
+        format!("tile/entries/000.p/{size}")
+    };
+    let bundle = home.path().join("ledger").join(first_bundle);
+    let mut bytes = std::fs::read(&bundle).unwrap_or_else(|e| panic!("{}: {e}", bundle.display()));
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&bundle, bytes).unwrap();
+    let (ok, _, err) = remote(&home, &server, None, &["ledger", "verify", "--key", &key]);
+    assert!(!ok, "a changed entry was not noticed");
+    assert!(err.contains("entry") || err.contains("hash"), "{err}");
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use custos_broker::{AgreementStatus, Custos};
+use custos_broker::AgreementStatus;
 
-use super::{open_custos, token_from_env};
+use super::gateway::Gateway;
 
 /// Agreement commands (see docs/agreements.md). Changes need an admin.
 #[derive(Debug, Subcommand)]
@@ -61,22 +61,20 @@ pub enum AgreementCommand {
 }
 
 /// Runs an agreement command.
-pub async fn run(home: &Path, cmd: AgreementCommand) -> anyhow::Result<()> {
-    let custos = open_custos(home).await?;
-    let result = run_with(&custos, cmd).await;
-    custos.close()?;
+pub async fn run(home: &Path, server: Option<&str>, cmd: AgreementCommand) -> anyhow::Result<()> {
+    let gateway = Gateway::connect(home, server).await?;
+    let result = run_with(&gateway, cmd).await;
+    gateway.close()?;
     result
 }
 
-async fn run_with(custos: &Custos, cmd: AgreementCommand) -> anyhow::Result<()> {
-    let token = token_from_env();
-    let actor = custos.actor(token.as_deref().map(String::as_str)).await?;
+async fn run_with(gateway: &Gateway, cmd: AgreementCommand) -> anyhow::Result<()> {
     match cmd {
         AgreementCommand::Apply { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading `{}`", file.display()))?;
-            let (version, agreement) = custos
-                .apply_agreement(&actor, &text)
+            let (version, agreement) = gateway
+                .apply_agreement(&text)
                 .await
                 .with_context(|| format!("`{}`", file.display()))?;
             println!(
@@ -90,7 +88,7 @@ async fn run_with(custos: &Custos, cmd: AgreementCommand) -> anyhow::Result<()> 
             );
         }
         AgreementCommand::List { json } => {
-            let all = custos.agreements(&actor).await?;
+            let all = gateway.agreements().await?;
             if json {
                 let list: Vec<serde_json::Value> = all
                     .iter()
@@ -112,7 +110,7 @@ async fn run_with(custos: &Custos, cmd: AgreementCommand) -> anyhow::Result<()> 
             }
         }
         AgreementCommand::Show { id, at, json } => {
-            let (versions, state) = custos.agreement(&actor, &id).await?;
+            let (versions, state) = gateway.agreement(&id).await?;
             let chosen = match at {
                 Some(n) => versions
                     .iter()
@@ -145,20 +143,20 @@ async fn run_with(custos: &Custos, cmd: AgreementCommand) -> anyhow::Result<()> 
             }
         }
         AgreementCommand::Suspend { id, reason } => {
-            custos
-                .set_agreement_status(&actor, &id, AgreementStatus::Suspended, Some(&reason))
+            gateway
+                .set_agreement_status(&id, AgreementStatus::Suspended, Some(&reason))
                 .await?;
             println!("Suspended `{id}`: it grants nothing until resumed.");
         }
         AgreementCommand::Resume { id } => {
-            custos
-                .set_agreement_status(&actor, &id, AgreementStatus::Active, None)
+            gateway
+                .set_agreement_status(&id, AgreementStatus::Active, None)
                 .await?;
             println!("Resumed `{id}`.");
         }
         AgreementCommand::Revoke { id, reason } => {
-            custos
-                .set_agreement_status(&actor, &id, AgreementStatus::Revoked, Some(&reason))
+            gateway
+                .set_agreement_status(&id, AgreementStatus::Revoked, Some(&reason))
                 .await?;
             println!("Revoked `{id}` for good.");
         }

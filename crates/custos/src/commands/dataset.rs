@@ -8,6 +8,7 @@ use custos_broker::{Actor, Custos};
 use custos_store::IngestReport;
 use custos_store::dataset::{self, DatasetSummary};
 
+use super::gateway::{Client, segment};
 use super::{human_bytes, human_count, open_custos, open_home, token_from_env};
 use crate::progress::IngestBar;
 
@@ -47,8 +48,16 @@ pub enum DatasetCommand {
 }
 
 /// Runs a dataset command.
-pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
+pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyhow::Result<()> {
+    // Listing and describing read only the catalogue: locally they need no
+    // token; a server asks for one (any principal).
+    let remote = server
+        .map(|url| Client::new(url, token_from_env()))
+        .transpose()?;
     match cmd {
+        DatasetCommand::Ingest { .. } if remote.is_some() => anyhow::bail!(
+            "`dataset ingest` reads a local CSV file into the local home; run it on the custodian's machine, without --server"
+        ),
         DatasetCommand::Ingest { schema, name, file } => {
             let custos = open_custos(home).await?;
             let token = token_from_env();
@@ -60,7 +69,10 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
             print_ingest(&result?);
         }
         DatasetCommand::List { json } => {
-            let all = dataset::list(&open_home(home).await?).await?;
+            let all: Vec<DatasetSummary> = match &remote {
+                Some(c) => c.get("/v1/datasets").await?,
+                None => dataset::list(&open_home(home).await?).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
@@ -83,7 +95,10 @@ pub async fn run(home: &Path, cmd: DatasetCommand) -> anyhow::Result<()> {
             }
         }
         DatasetCommand::Describe { name, json } => {
-            let d = dataset::describe(&open_home(home).await?, &name).await?;
+            let d = match &remote {
+                Some(c) => c.get(&format!("/v1/datasets/{}", segment(&name)?)).await?,
+                None => dataset::describe(&open_home(home).await?, &name).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {

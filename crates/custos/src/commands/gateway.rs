@@ -6,9 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use custos_broker::{
-    Actor, AggregateAnswer, AgreementReport, Custos, LookupDetails, LookupRequest, LookupTicket,
-    Released, SubjectReport,
+    Actor, AggregateAnswer, AgreementReport, AgreementStatus, Custos, LookupDetails, LookupRequest,
+    LookupTicket, Released, SubjectReport,
 };
+use custos_policy::Agreement;
+use custos_store::meta::{AgreementState, AgreementVersion};
+use custos_store::{Principal, Role};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
@@ -167,9 +171,142 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// `custos agreement apply`: the stored version and the parsed agreement.
+    pub async fn apply_agreement(
+        &self,
+        text: &str,
+    ) -> anyhow::Result<(AgreementVersion, Agreement)> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.apply_agreement(actor, text).await?),
+            Self::Remote(c) => {
+                #[derive(Deserialize)]
+                struct Applied {
+                    version: AgreementVersion,
+                    agreement: Agreement,
+                }
+                let a: Applied = c.post("/v1/agreements", &json!({ "toml": text })).await?;
+                Ok((a.version, a.agreement))
+            }
+        }
+    }
+
+    /// `custos agreement list`: each agreement's latest version and state.
+    pub async fn agreements(&self) -> anyhow::Result<Vec<(AgreementVersion, AgreementState)>> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.agreements(actor).await?),
+            Self::Remote(c) => {
+                #[derive(Deserialize)]
+                struct Listed {
+                    agreement: AgreementVersion,
+                    status: AgreementState,
+                }
+                let list: Vec<Listed> = c.get("/v1/agreements").await?;
+                Ok(list.into_iter().map(|l| (l.agreement, l.status)).collect())
+            }
+        }
+    }
+
+    /// `custos agreement show`: every version of one agreement and its state.
+    pub async fn agreement(
+        &self,
+        id: &str,
+    ) -> anyhow::Result<(Vec<AgreementVersion>, AgreementState)> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.agreement(actor, id).await?),
+            Self::Remote(c) => {
+                #[derive(Deserialize)]
+                struct Shown {
+                    versions: Vec<AgreementVersion>,
+                    status: AgreementState,
+                }
+                let s: Shown = c.get(&format!("/v1/agreements/{}", segment(id)?)).await?;
+                Ok((s.versions, s.status))
+            }
+        }
+    }
+
+    /// `custos agreement suspend|resume|revoke`.
+    pub async fn set_agreement_status(
+        &self,
+        id: &str,
+        to: AgreementStatus,
+        reason: Option<&str>,
+    ) -> anyhow::Result<AgreementState> {
+        match self {
+            Self::Local { custos, actor } => {
+                Ok(custos.set_agreement_status(actor, id, to, reason).await?)
+            }
+            Self::Remote(c) => {
+                let verb = match to {
+                    AgreementStatus::Active => "resume",
+                    AgreementStatus::Suspended => "suspend",
+                    AgreementStatus::Revoked => "revoke",
+                };
+                c.post(
+                    &format!("/v1/agreements/{}/{verb}", segment(id)?),
+                    &json!({ "reason": reason }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos principal list`.
+    pub async fn principals(&self) -> anyhow::Result<Vec<Principal>> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.principals(actor).await?),
+            Self::Remote(c) => c.get("/v1/principals").await,
+        }
+    }
+
+    /// `custos principal add`: the new principal and its token (shown once).
+    pub async fn add_principal(
+        &self,
+        name: &str,
+        org: &str,
+        roles: &[Role],
+    ) -> anyhow::Result<(Principal, Zeroizing<String>)> {
+        match self {
+            Self::Local { custos, actor } => {
+                let (p, token) = custos.add_principal(actor, name, org, roles).await?;
+                Ok((p, Zeroizing::new(token.reveal().to_owned())))
+            }
+            Self::Remote(c) => {
+                #[derive(Deserialize)]
+                struct Added {
+                    principal: Principal,
+                    token: String,
+                }
+                let a: Added = c
+                    .post(
+                        "/v1/principals",
+                        &json!({ "name": name, "org": org, "roles": roles }),
+                    )
+                    .await?;
+                Ok((a.principal, Zeroizing::new(a.token)))
+            }
+        }
+    }
+
+    /// `custos principal revoke`.
+    pub async fn revoke_principal(&self, name: &str) -> anyhow::Result<Principal> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.revoke_principal(actor, name).await?),
+            Self::Remote(c) => {
+                c.post(
+                    &format!("/v1/principals/{}/revoke", segment(name)?),
+                    &json!({}),
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// An id as one URL path segment: ids are plain (letters, digits, `-`,
 /// `_`, `.`), so anything else is refused rather than escaped.
-fn segment(id: &str) -> anyhow::Result<&str> {
+pub fn segment(id: &str) -> anyhow::Result<&str> {
     if !id.is_empty()
         && id.len() <= 128
         && id
@@ -185,6 +322,7 @@ fn segment(id: &str) -> anyhow::Result<&str> {
 }
 
 /// An HTTP client of a Custos server.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<Zeroizing<String>>,
@@ -198,7 +336,8 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    fn new(url: &str, token: Option<Zeroizing<String>>) -> anyhow::Result<Self> {
+    /// A client of the server at `url` (http:// or https://), sending `token`.
+    pub fn new(url: &str, token: Option<Zeroizing<String>>) -> anyhow::Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--server must be an http:// or https:// URL, not `{base}`");
@@ -210,9 +349,38 @@ impl Client {
         Ok(Self { base, token, http })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    /// GETs `path` and decodes its JSON answer (a problem's detail is the error).
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// GETs one of the public ledger paths (`/checkpoint`, `/tile/…`)
+    /// without the token; `None` if the server has no such file. Answers
+    /// larger than any tile or bundle can be are refused.
+    pub async fn get_public(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        /// A full entry bundle: 256 entries of at most 64 KiB each.
+        const LARGEST: usize = 256 * (2 + 65_535);
+        let mut response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            anyhow::bail!("the server answered {} for {path}", response.status());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > LARGEST {
+                anyhow::bail!("the server's answer for {path} is larger than any ledger file");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {

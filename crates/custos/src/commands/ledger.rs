@@ -10,6 +10,8 @@ use custos_ledger::{
 };
 use serde::Serialize;
 
+use super::gateway::Client;
+use super::mirror::{Mirror, Wanted, mirror};
 use super::{open_custos, open_home};
 
 /// Ledger commands.
@@ -19,7 +21,8 @@ pub enum LedgerCommand {
     ///
     /// Keep printed checkpoints outside Custos (or give them to a witness):
     /// `custos ledger verify --checkpoint FILE` later proves that nothing
-    /// they cover was changed, removed or reordered.
+    /// they cover was changed, removed or reordered. With --server, prints
+    /// the server's latest published checkpoint.
     Checkpoint,
     /// Print the checkpoint verifier key (`name+hash+base64`, as Go's
     /// sumdb/note reads it).
@@ -29,6 +32,9 @@ pub enum LedgerCommand {
         /// First entry index to show.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// The verifier key (`name+hash+base64`); needed with --server.
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -41,6 +47,9 @@ pub enum LedgerCommand {
         /// Tree size to prove against (default: the latest checkpoint's).
         #[arg(long)]
         size: Option<u64>,
+        /// The verifier key (`name+hash+base64`); needed with --server.
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
         /// Print JSON for scripts (includes the entry, base64).
         #[arg(long)]
         json: bool,
@@ -53,6 +62,9 @@ pub enum LedgerCommand {
         /// The newer size (default: the latest checkpoint's).
         #[arg(long)]
         new: Option<u64>,
+        /// The verifier key (`name+hash+base64`); needed with --server.
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -71,7 +83,8 @@ pub struct VerifyArgs {
     /// Verify a copy of a ledger directory instead of this home's (needs --key).
     #[arg(long, value_name = "DIR", requires = "key")]
     dir: Option<PathBuf>,
-    /// The verifier key (`name+hash+base64`) when verifying a copy.
+    /// The verifier key (`name+hash+base64`) when verifying a copy or a
+    /// server's ledger (get it from the custodian, not from the server).
     #[arg(long, value_name = "VKEY")]
     key: Option<String>,
     /// Print JSON for scripts.
@@ -93,25 +106,90 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Runs a ledger command.
-pub async fn run(home_dir: &Path, cmd: LedgerCommand) -> anyhow::Result<()> {
+/// Where a ledger command reads: the home's ledger, or a verified copy of
+/// a server's published one (kept until the command ends).
+struct Source {
+    reader: LedgerReader,
+    key: String,
+    /// What `verify` names in its report.
+    label: String,
+    _copy: Option<Mirror>,
+}
+
+impl Source {
+    async fn open(
+        home_dir: &Path,
+        server: Option<&str>,
+        key: Option<String>,
+        wanted: Wanted,
+    ) -> anyhow::Result<Self> {
+        let Some(url) = server else {
+            let (reader, home_key) = reader_and_key(home_dir).await?;
+            let label = reader.dir().display().to_string();
+            return Ok(Self {
+                reader,
+                key: key.unwrap_or(home_key),
+                label,
+                _copy: None,
+            });
+        };
+        let key = key.ok_or_else(|| {
+            anyhow::anyhow!(
+                "with --server, give --key VKEY: the verifier key you got from the custodian (a key read from the server itself would prove nothing)"
+            )
+        })?;
+        let copy = mirror(&Client::new(url, None)?, &key, &wanted).await?;
+        Ok(Self {
+            reader: LedgerReader::new(copy.dir.path()),
+            key,
+            label: url.to_owned(),
+            _copy: Some(copy),
+        })
+    }
+}
+
+/// Runs a ledger command on the home, or with `server` on the ledger that
+/// server publishes (read through its public tile paths).
+pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> anyhow::Result<()> {
+    let hashes = |entries| Wanted {
+        entries,
+        hashes: true,
+    };
     match cmd {
         LedgerCommand::Checkpoint => {
-            let custos = open_custos(home_dir).await?;
-            let cp = custos.ledger().checkpoint()?;
-            custos.close()?;
-            print!("{}", String::from_utf8_lossy(&cp.note));
+            let note = match server {
+                Some(url) => Client::new(url, None)?
+                    .get_public("/checkpoint")
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the server publishes no /checkpoint"))?,
+                None => {
+                    let custos = open_custos(home_dir).await?;
+                    let cp = custos.ledger().checkpoint()?;
+                    custos.close()?;
+                    cp.note
+                }
+            };
+            print!("{}", String::from_utf8_lossy(&note));
         }
         LedgerCommand::PublicKey => {
+            if server.is_some() {
+                anyhow::bail!(
+                    "the verifier key must come from the custodian, not from the server it verifies; run `custos ledger public-key` on the custodian's machine"
+                );
+            }
             let home = open_home(home_dir).await?;
             let signer = NoteSigner::new(&home.origin().await?, home.signing_key().await?);
             println!("{}", signer.verifier_key());
         }
-        LedgerCommand::Show { from, json } => {
-            let (reader, key) = reader_and_key(home_dir).await?;
-            let size = reader.latest(&key)?.size;
+        LedgerCommand::Show { from, key, json } => {
+            let wanted = Wanted {
+                entries: from..u64::MAX,
+                hashes: false,
+            };
+            let source = Source::open(home_dir, server, key, wanted).await?;
+            let size = source.reader.latest(&source.key)?.size;
             let mut rows = Vec::new();
-            for (index, bytes) in reader.entries(from.min(size), size)? {
+            for (index, bytes) in source.reader.entries(from.min(size), size)? {
                 rows.push((
                     index,
                     Entry::decode(&bytes).with_context(|| format!("entry {index}"))?,
@@ -134,11 +212,17 @@ pub async fn run(home_dir: &Path, cmd: LedgerCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        LedgerCommand::Prove { index, size, json } => {
-            let (reader, key) = reader_and_key(home_dir).await?;
-            let published = reader.latest(&key)?.size;
+        LedgerCommand::Prove {
+            index,
+            size,
+            key,
+            json,
+        } => {
+            let source = Source::open(home_dir, server, key, hashes(index..index + 1)).await?;
+            let reader = &source.reader;
+            let published = reader.latest(&source.key)?.size;
             let proof = reader.inclusion_proof(index, size.unwrap_or(published), published)?;
-            verify_inclusion(&proof).context("the proof Custos produced does not verify")?;
+            verify_inclusion(&proof).context("the proof does not verify")?;
             if json {
                 let entry = reader.entries(index, index + 1)?;
                 let bytes = entry.first().map(|(_, e)| e.clone()).unwrap_or_default();
@@ -151,11 +235,19 @@ pub async fn run(home_dir: &Path, cmd: LedgerCommand) -> anyhow::Result<()> {
                 print_inclusion(&proof);
             }
         }
-        LedgerCommand::Consistency { old, new, json } => {
-            let (reader, key) = reader_and_key(home_dir).await?;
-            let published = reader.latest(&key)?.size;
-            let proof = reader.consistency_proof(old, new.unwrap_or(published), published)?;
-            verify_consistency(&proof).context("the proof Custos produced does not verify")?;
+        LedgerCommand::Consistency {
+            old,
+            new,
+            key,
+            json,
+        } => {
+            let source = Source::open(home_dir, server, key, hashes(0..0)).await?;
+            let published = source.reader.latest(&source.key)?.size;
+            let proof =
+                source
+                    .reader
+                    .consistency_proof(old, new.unwrap_or(published), published)?;
+            verify_consistency(&proof).context("the proof does not verify")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&proof)?);
             } else {
@@ -163,28 +255,35 @@ pub async fn run(home_dir: &Path, cmd: LedgerCommand) -> anyhow::Result<()> {
             }
         }
         LedgerCommand::Verify(args) => {
-            let (dir, key) = match (args.dir, args.key) {
-                (Some(dir), Some(key)) => (dir, key),
-                (None, key) => {
-                    let (reader, home_key) = reader_and_key(home_dir).await?;
-                    (reader.dir().to_owned(), key.unwrap_or(home_key))
+            let (source, key) = match (args.dir, server) {
+                (Some(_), Some(_)) => anyhow::bail!("give --dir or --server, not both"),
+                (Some(dir), None) => {
+                    let key = args
+                        .key
+                        .ok_or_else(|| anyhow::anyhow!("--dir needs --key"))?;
+                    let label = dir.display().to_string();
+                    ((dir, label, None), key)
                 }
-                (Some(_), None) => anyhow::bail!("--dir needs --key"),
+                (None, _) => {
+                    let s = Source::open(home_dir, server, args.key, hashes(0..u64::MAX)).await?;
+                    let dir = s.reader.dir().to_owned();
+                    ((dir, s.label, s._copy), s.key)
+                }
             };
+            let (dir, label, _copy) = source;
             let older = match &args.checkpoint {
                 Some(path) => Some(
                     std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
                 ),
                 None => None,
             };
-            let dir2 = dir.clone();
             let report =
-                tokio::task::spawn_blocking(move || verify_ledger(&dir2, &key, older.as_deref()))
+                tokio::task::spawn_blocking(move || verify_ledger(&dir, &key, older.as_deref()))
                     .await??;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("Ledger `{}` verified:", dir.display());
+                println!("Ledger `{label}` verified:");
                 println!(
                     "  {} entries re-hashed, {} hash tiles recomputed, root {}",
                     report.size, report.tiles_checked, report.root

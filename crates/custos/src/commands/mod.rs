@@ -8,6 +8,7 @@ pub mod generate;
 pub mod init;
 pub mod ledger;
 pub mod lookup;
+pub mod mirror;
 pub mod principal;
 pub mod query;
 pub mod report;

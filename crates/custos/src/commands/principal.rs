@@ -5,7 +5,7 @@ use std::path::Path;
 use clap::Subcommand;
 use custos_store::Role;
 
-use super::{open_custos, token_from_env};
+use super::gateway::Gateway;
 
 /// Principal commands. They act as the principal in CUSTOS_TOKEN (an admin;
 /// overseers may list). On a home without principals, `add` creates the
@@ -41,20 +41,17 @@ fn parse_role(text: &str) -> Result<Role, String> {
 }
 
 /// Runs a principal command.
-pub async fn run(home: &Path, cmd: PrincipalCommand) -> anyhow::Result<()> {
-    let custos = open_custos(home).await?;
-    let result = run_with(&custos, cmd).await;
-    custos.close()?;
+pub async fn run(home: &Path, server: Option<&str>, cmd: PrincipalCommand) -> anyhow::Result<()> {
+    let gateway = Gateway::connect(home, server).await?;
+    let result = run_with(&gateway, cmd).await;
+    gateway.close()?;
     result
 }
 
-async fn run_with(custos: &custos_broker::Custos, cmd: PrincipalCommand) -> anyhow::Result<()> {
-    let actor = custos
-        .actor(token_from_env().as_deref().map(|t| t.as_str()))
-        .await?;
+async fn run_with(gateway: &Gateway, cmd: PrincipalCommand) -> anyhow::Result<()> {
     match cmd {
         PrincipalCommand::Add { name, org, roles } => {
-            let (p, token) = custos.add_principal(&actor, &name, &org, &roles).await?;
+            let (p, token) = gateway.add_principal(&name, &org, &roles).await?;
             let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
             eprintln!(
                 "Created principal `{}` ({}) of {} with roles {}.",
@@ -65,10 +62,10 @@ async fn run_with(custos: &custos_broker::Custos, cmd: PrincipalCommand) -> anyh
             );
             eprintln!("Its API token follows; it is shown only now. Hand it over securely;");
             eprintln!("the holder sets CUSTOS_TOKEN to it.");
-            println!("{}", token.reveal());
+            println!("{}", token.as_str());
         }
         PrincipalCommand::List { json } => {
-            let all = custos.principals(&actor).await?;
+            let all = gateway.principals().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
@@ -93,7 +90,7 @@ async fn run_with(custos: &custos_broker::Custos, cmd: PrincipalCommand) -> anyh
             }
         }
         PrincipalCommand::Revoke { name } => {
-            let p = custos.revoke_principal(&actor, &name).await?;
+            let p = gateway.revoke_principal(&name).await?;
             println!(
                 "Revoked `{}` ({}): its token no longer works.",
                 p.name, p.id
