@@ -10,9 +10,12 @@ use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::kernels::cmp::eq;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter,
+    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
+    RowSelector,
 };
 use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -357,6 +360,54 @@ pub async fn describe(home: &Home, name: &str) -> Result<DatasetSummary, Dataset
     summary(&record)
 }
 
+/// The rows of a bucket file whose pages may hold `subject_key`, from the
+/// page index of the hidden subject-key column (rows are sorted by it
+/// within each row group). `None` when the file has no such index (written
+/// before it existed): then every row is read, and the subject filter alone
+/// decides, as it always does.
+fn pages_with_key(metadata: &ParquetMetaData, subject_key: i64) -> Option<RowSelection> {
+    let key_column = metadata
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == SUBJECT_KEY_COLUMN)?;
+    let column_index = metadata.column_index()?;
+    let offset_index = metadata.offset_index()?;
+    let mut selectors = Vec::new();
+    for (group, row_group) in metadata.row_groups().iter().enumerate() {
+        let rows = usize::try_from(row_group.num_rows()).ok()?;
+        let ColumnIndexMetaData::INT64(index) = column_index.get(group)?.get(key_column)? else {
+            return None;
+        };
+        let pages = offset_index.get(group)?.get(key_column)?.page_locations();
+        let mut at = 0usize;
+        for (page, location) in pages.iter().enumerate() {
+            let start = usize::try_from(location.first_row_index).ok()?;
+            let end = match pages.get(page + 1) {
+                Some(next) => usize::try_from(next.first_row_index).ok()?,
+                None => rows,
+            };
+            let holds = match (index.min_value(page), index.max_value(page)) {
+                (Some(lo), Some(hi)) => *lo <= subject_key && subject_key <= *hi,
+                // A page without statistics may hold it.
+                _ => true,
+            };
+            if holds {
+                if start > at {
+                    selectors.push(RowSelector::skip(start - at));
+                }
+                selectors.push(RowSelector::select(end - start));
+                at = end;
+            }
+        }
+        if rows > at {
+            selectors.push(RowSelector::skip(rows - at));
+        }
+    }
+    Some(RowSelection::from(selectors))
+}
+
 /// An opened dataset: its schema and the keys to read its files.
 #[derive(Debug)]
 pub struct DatasetReader {
@@ -470,16 +521,22 @@ impl DatasetReader {
                 subject.to_owned(),
             ),
         };
-        let bucket = self
+        let (bucket, subject_key) = self
             .key
             .bucketer(self.record.bucket_count)
-            .bucket(canonical.as_bytes());
+            .place(canonical.as_bytes());
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
         let options = ArrowReaderOptions::new()
+            .with_page_index_policy(PageIndexPolicy::Optional)
             .with_file_decryption_properties(self.decryption_properties(bucket, true)?);
         let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
             .map_err(|e| self.file_error(bucket, e))?;
+        let selection = pages_with_key(builder.metadata(), subject_key);
+        let builder = match selection {
+            Some(selection) => builder.with_row_selection(selection),
+            None => builder,
+        };
         let descr = builder.parquet_schema();
         let predicate_mask = ProjectionMask::roots(descr, [subject_index]);
         let output_mask = ProjectionMask::roots(descr, wanted.iter().copied());

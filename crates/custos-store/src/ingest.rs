@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use arrow::array::{ArrayRef, Date32Builder, Int64Builder, StringBuilder};
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -45,6 +46,8 @@ const BATCH_ROWS: usize = 8192;
 const ROW_GROUP_ROWS: usize = 65_536;
 /// Bytes of open data pages shared by all bucket writers.
 const WRITER_PAGE_BUDGET: usize = 64 << 20;
+/// Most rows per data page (see `writer_properties`).
+const PAGE_ROWS: usize = 4096;
 /// Target rows per bucket file when choosing the bucket count.
 const TARGET_ROWS_PER_BUCKET: u64 = 250_000;
 /// Most bucket files per dataset (bounds memory: one open writer per bucket).
@@ -232,6 +235,12 @@ fn encryption_properties(
         .map_err(|e| IngestError::Parquet(e.to_string()))
 }
 
+/// Rows per row group: fewer as buckets grow, so that the row groups
+/// buffered by all bucket writers stay near one budget (≈ 1M rows).
+fn row_group_rows(buckets: u32) -> usize {
+    (1_048_576 / buckets.max(1) as usize).clamp(8192, ROW_GROUP_ROWS)
+}
+
 fn writer_properties(
     schema: &DatasetSchema,
     encryption: Option<Arc<FileEncryptionProperties>>,
@@ -239,13 +248,15 @@ fn writer_properties(
 ) -> WriterProperties {
     // Every open writer buffers a row group and one page per column: both
     // shrink as buckets grow, so the whole stays near a fixed budget.
-    let row_group_rows = (1_048_576 / buckets as usize).clamp(8192, ROW_GROUP_ROWS);
+    let row_group_rows = row_group_rows(buckets);
     let page_bytes = (WRITER_PAGE_BUDGET / (buckets as usize * schema.columns.len().max(1)))
         .clamp(32 << 10, 1 << 20);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(row_group_rows))
-        .set_data_page_size_limit(page_bytes);
+        .set_data_page_size_limit(page_bytes)
+        // Small pages: a look-up decodes one page per column and row group.
+        .set_data_page_row_count_limit(PAGE_ROWS);
     if let Some(encryption) = encryption {
         builder = builder.with_file_encryption_properties(encryption);
     }
@@ -266,11 +277,15 @@ fn writer_properties(
                 .set_column_bloom_filter_enabled(ColumnPath::from(c.name.as_str()), false);
         }
     }
+    // Rows are sorted by the subject key within each row group, so page
+    // min/max of the key (the column index, encrypted under the footer key
+    // like the column; a keyed hash says nothing without the key) lets a
+    // look-up read one page per row group instead of the whole column.
     builder
         .set_column_dictionary_enabled(ColumnPath::from(SUBJECT_KEY_COLUMN), false)
         .set_column_statistics_enabled(
             ColumnPath::from(SUBJECT_KEY_COLUMN),
-            EnabledStatistics::None,
+            EnabledStatistics::Page,
         )
         .build()
 }
@@ -806,7 +821,9 @@ pub fn write_buckets(
         .collect::<Result<_, IngestError>>()?;
     let (tx, rx) = mpsc::sync_channel::<(u32, RecordBatch)>(2 * PARSERS);
     let (writer_dir, writer_schema) = (dir.to_owned(), context.arrow.clone());
-    let writer = std::thread::spawn(move || write_thread(&writer_dir, writer_schema, props, rx));
+    let group_rows = row_group_rows(buckets);
+    let writer =
+        std::thread::spawn(move || write_thread(&writer_dir, writer_schema, props, group_rows, rx));
 
     let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(PARSERS);
     let work_rx = std::sync::Mutex::new(work_rx);
@@ -952,11 +969,44 @@ fn plan_columns<'s>(
         .collect())
 }
 
-/// Owns one Parquet writer per bucket; returns the bytes written.
+/// One bucket's Parquet writer and the rows of its next row group.
+struct BucketWriter {
+    path: PathBuf,
+    writer: ArrowWriter<BufWriter<fs::File>>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+}
+
+impl BucketWriter {
+    /// Writes the pending rows as one row group sorted by the subject key
+    /// (the last column), so the key's page index finds a subject's page.
+    fn flush_sorted(&mut self) -> Result<(), IngestError> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let arrow_err = |e: arrow::error::ArrowError| IngestError::Parquet(e.to_string());
+        let schema = self.pending[0].schema();
+        let batch = concat_batches(&schema, &self.pending).map_err(arrow_err)?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        let key = batch.num_columns() - 1;
+        let order = sort_to_indices(batch.column(key), None, None).map_err(arrow_err)?;
+        let sorted = take_record_batch(&batch, &order).map_err(arrow_err)?;
+        drop(batch);
+        self.writer
+            .write(&sorted)
+            .and_then(|()| self.writer.flush())
+            .map_err(|e| IngestError::Parquet(e.to_string()))
+    }
+}
+
+/// Owns one Parquet writer per bucket; returns the bytes written. Rows are
+/// gathered per bucket up to `group_rows` and written as one sorted row group.
 fn write_thread(
     dir: &Path,
     schema: SchemaRef,
     props: Vec<WriterProperties>,
+    group_rows: usize,
     rx: mpsc::Receiver<(u32, RecordBatch)>,
 ) -> Result<u64, IngestError> {
     let parquet_err = |e: parquet::errors::ParquetError| IngestError::Parquet(e.to_string());
@@ -975,16 +1025,28 @@ fn write_thread(
             Some(p),
         )
         .map_err(parquet_err)?;
-        writers.push((path, writer));
+        writers.push(BucketWriter {
+            path,
+            writer,
+            pending: Vec::new(),
+            pending_rows: 0,
+        });
     }
     for (bucket, batch) in rx {
-        if let Some((_, writer)) = writers.get_mut(bucket as usize) {
-            writer.write(&batch).map_err(parquet_err)?;
+        if let Some(w) = writers.get_mut(bucket as usize) {
+            w.pending_rows += batch.num_rows();
+            w.pending.push(batch);
+            if w.pending_rows >= group_rows {
+                w.flush_sorted()?;
+            }
         }
     }
     let mut bytes = 0;
-    for (path, writer) in writers {
-        let file = writer
+    for mut w in writers {
+        w.flush_sorted()?;
+        let path = w.path;
+        let file = w
+            .writer
             .into_inner()
             .map_err(parquet_err)?
             .into_inner()

@@ -156,3 +156,78 @@ async fn every_column_of_a_bucket_file_is_encrypted_including_the_subject_key() 
         }
     }
 }
+
+#[tokio::test]
+async fn rows_are_sorted_by_subject_key_with_a_page_index_that_finds_one_page() {
+    use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+    use parquet::file::metadata::PageIndexPolicy;
+    use parquet::file::page_index::column_index::ColumnIndexMetaData;
+    let (dir, home, schema) = home_with_schema().await;
+    let mut csv = String::from("id,amount,label\n");
+    for row in 0..50_000i64 {
+        let id = (row * 7919) % 5000;
+        csv.push_str(&format!("{id},{row},label-{id}\n"));
+    }
+    let csv_path = dir.path().join("d.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    dataset::ingest(&home, "t", &schema, &csv_path, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let reader = DatasetReader::open(&home, "t").await.unwrap();
+    for (bucket, path) in reader.bucket_paths().iter().enumerate() {
+        let options = ArrowReaderOptions::new()
+            .with_page_index_policy(PageIndexPolicy::Required)
+            .with_file_decryption_properties(
+                reader
+                    .decryption_properties(u32::try_from(bucket).unwrap(), true)
+                    .unwrap(),
+            );
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+            std::fs::File::open(path).unwrap(),
+            options,
+        )
+        .unwrap();
+        let meta = builder.metadata().clone();
+        let key_column = meta.row_group(0).columns().len() - 1;
+        // Pages of the key column: several per row group, each covering a
+        // key range that starts at or after the previous page's end.
+        let index = &meta.column_index().unwrap()[0][key_column];
+        let ColumnIndexMetaData::INT64(index) = index else {
+            panic!("no min/max for the subject key");
+        };
+        assert!(index.num_pages() >= 10, "{} pages", index.num_pages());
+        for page in 1..index.num_pages() as usize {
+            assert!(index.min_value(page).unwrap() >= index.max_value(page - 1).unwrap());
+        }
+        // And the rows themselves are in key order within each row group.
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [key_column]);
+        let mut keys = Vec::new();
+        for batch in builder.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            keys.extend(column.values().iter().copied());
+        }
+        assert_eq!(keys.len() as i64, meta.row_group(0).num_rows());
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not sorted");
+    }
+    // Look-ups through that index give exactly each subject's rows.
+    for id in (0..5000i64).step_by(97) {
+        let batches = reader
+            .subject_rows(&id.to_string(), Some(&["amount"]))
+            .unwrap();
+        let mut amounts: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                a.values().to_vec()
+            })
+            .collect();
+        amounts.sort_unstable();
+        let expected: Vec<i64> = (0..50_000i64).filter(|r| (r * 7919) % 5000 == id).collect();
+        assert_eq!(amounts, expected, "subject {id}");
+    }
+}
