@@ -43,11 +43,11 @@ pub const MAX_PROBLEMS: usize = 10;
 /// (fewer when there are many buckets, to bound memory).
 const BATCH_ROWS: usize = 8192;
 /// Most rows per Parquet row group (fewer when there are many buckets).
-const ROW_GROUP_ROWS: usize = 65_536;
+const ROW_GROUP_ROWS: usize = 262_144;
 /// Bytes of open data pages shared by all bucket writers.
 const WRITER_PAGE_BUDGET: usize = 64 << 20;
 /// Most rows per data page (see `writer_properties`).
-const PAGE_ROWS: usize = 4096;
+const PAGE_ROWS: usize = 1024;
 /// Target rows per bucket file when choosing the bucket count.
 const TARGET_ROWS_PER_BUCKET: u64 = 250_000;
 /// Most bucket files per dataset (bounds memory: one open writer per bucket).

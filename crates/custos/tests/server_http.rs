@@ -687,6 +687,91 @@ async fn every_cli_command_but_the_local_ones_works_through_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_under_load_loses_no_acknowledged_request() {
+    let home = Home::new();
+    // The same grant without the test agreement's hourly request limit.
+    let file = home.dir.path().join("crash.toml");
+    let text = common::IDENTIFIED_AGREEMENT
+        .replace("tigta-cases", "crash-cases")
+        .replace("requests_per_hour = 60", "requests_per_hour = 1000000");
+    std::fs::write(&file, text).unwrap();
+    common::custos(&home.path(), Some(&home.admin))
+        .args(["agreement", "apply"])
+        .arg(&file)
+        .assert()
+        .success();
+    let mut server = Server::start(&home.path(), &["--rate", "100000", "--burst", "100000"]);
+    let body = json!({
+        "agreement": "crash-cases",
+        "dataset": "tax_returns",
+        "subject": home.subject,
+        "justification": "Case 2026-115: crash test of acknowledged requests"
+    });
+    // Eight clients file look-up requests as fast as the server answers.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (url, token, body) = (server.url.clone(), home.tom.clone(), body.clone());
+        let acknowledged = acknowledged.clone();
+        clients.spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let sent = client
+                    .post(format!("{url}/v1/lookups"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                if response.status() != 201 {
+                    continue;
+                }
+                let Ok(ticket) = response.json::<Value>().await else {
+                    break;
+                };
+                acknowledged.lock().unwrap().push((
+                    ticket["id"].as_str().unwrap().to_owned(),
+                    ticket["ledger_index"].as_u64().unwrap(),
+                ));
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "too few requests answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // kill -9 in the middle of the load: no drain, no final checkpoint.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    while clients.join_next().await.is_some() {}
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    drop(server);
+
+    // The next start recovers the ledger from its journal; stop it cleanly.
+    let server = Server::start(&home.path(), &[]);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    common::custos(&home.path(), None)
+        .args(["ledger", "verify"])
+        .assert()
+        .success();
+    let ledger = common::ledger(&home.path());
+    for (id, index) in &acknowledged {
+        let entry = &ledger[usize::try_from(*index).unwrap()];
+        assert_eq!(entry["action"], "lookup.request", "entry {index}");
+        assert_eq!(entry["request_id"], id.as_str(), "entry {index}");
+    }
+    // And the catalogue kept every acknowledged request.
+    for (id, _) in acknowledged.iter().step_by(10) {
+        common::custos(&home.path(), Some(&home.tom))
+            .args(["lookup", "show", id])
+            .assert()
+            .success();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_problem_and_break_nothing() {
     let home = Home::new();
     let server = Server::start(
