@@ -11,6 +11,7 @@ use chrono::{Months, NaiveDate};
 use custos_store::{ColumnClass, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::pseudonymous::PseudonymousGrant;
 use crate::scope::{RowScope, ScopeError, parse_row_scope};
 use crate::scope_filter::ScopeFilter;
 
@@ -136,6 +137,8 @@ pub struct Grant {
     pub limits: Limits,
     /// Differential privacy (aggregate grants: required).
     pub privacy: Option<PrivacyGrant>,
+    /// Extract terms (pseudonymous grants: required).
+    pub pseudonymous: Option<PseudonymousGrant>,
 }
 
 /// A data-sharing agreement as authored.
@@ -386,6 +389,23 @@ impl Agreement {
                         column.class
                     )));
                 }
+            }
+            match (grant.mode, &grant.pseudonymous) {
+                (Mode::Pseudonymous, None) => {
+                    return Err(rule(
+                        "a pseudonymous grant needs `[grants.pseudonymous]` with `k` and `max_rows`"
+                            .into(),
+                    ));
+                }
+                (Mode::Pseudonymous, Some(terms)) => {
+                    terms.validate(&grant.columns, schema).map_err(rule)?;
+                }
+                (_, Some(_)) => {
+                    return Err(rule(
+                        "`pseudonymous` applies to pseudonymous grants only".into(),
+                    ));
+                }
+                (_, None) => {}
             }
             match grant.mode {
                 Mode::Aggregate => check_privacy(grant.privacy.as_ref()).map_err(rule)?,

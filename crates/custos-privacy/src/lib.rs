@@ -8,6 +8,7 @@
 //! - [`mechanism`]: calibration, noise and intervals through OpenDP (pure).
 //! - [`quantile`]: quantile scores and OpenDP's noisy max (pure).
 //! - [`execute`]: true bounded totals with DataFusion (reads files).
+//! - [`extract`]: pseudonymous extracts: tokens, generalisation, k-anonymity.
 //!
 //! Budgets and their durable charging are the broker's: [`plan`] says what
 //! a query will spend before anything is read, [`answer`] computes and
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod execute;
+pub mod extract;
 pub mod mechanism;
 pub mod quantile;
 pub mod query;

@@ -576,6 +576,59 @@ impl DatasetReader {
         Ok(batches)
     }
 
+    /// Number of bucket files.
+    pub fn bucket_count(&self) -> u32 {
+        self.record.bucket_count
+    }
+
+    /// The rows of one bucket file, only `columns` if given (file order).
+    /// Identity columns are decrypted only if `identity`; asking for one
+    /// without it is an error.
+    pub fn bucket_batches(
+        &self,
+        bucket: u32,
+        identity: bool,
+        columns: Option<&[&str]>,
+    ) -> Result<Vec<RecordBatch>, DatasetError> {
+        let keep: Vec<usize> = match columns {
+            Some(names) => {
+                let mut keep = Vec::with_capacity(names.len());
+                for name in names {
+                    let i = self
+                        .schema
+                        .columns
+                        .iter()
+                        .position(|c| c.name == *name)
+                        .ok_or_else(|| DatasetError::NoSuchColumn {
+                            dataset: self.record.name.clone(),
+                            column: (*name).to_owned(),
+                        })?;
+                    if !keep.contains(&i) {
+                        keep.push(i);
+                    }
+                }
+                keep
+            }
+            None => (0..self.schema.columns.len()).collect(),
+        };
+        if !identity && keep.iter().any(|i| self.schema.columns[*i].class.is_identifying()) {
+            return Err(self.file_error(bucket, "an identity column was asked for without the identity key"));
+        }
+        let path = self.dir.join(bucket_file_name(bucket));
+        let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
+        let options = ArrowReaderOptions::new()
+            .with_file_decryption_properties(self.decryption_properties(bucket, identity)?);
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+            .map_err(|e| self.file_error(bucket, e))?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
+        builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| self.file_error(bucket, e))?
+            .map(|batch| batch.map_err(|e| self.file_error(bucket, e)))
+            .collect()
+    }
+
     /// Reads every row of every bucket (for tests, verification and the
     /// demo's true values). Identity columns are decrypted only if `identity`.
     pub fn scan(&self, identity: bool) -> Result<Vec<RecordBatch>, DatasetError> {
