@@ -16,11 +16,13 @@
 
 mod aggregates;
 mod agreements;
+mod extracts;
 mod lookups;
 mod reports;
 
 pub use aggregates::AggregateAnswer;
 pub use agreements::AgreementStatus;
+pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
 
@@ -213,6 +215,23 @@ impl Custos {
             _ => append(),
         }?;
         Ok(index)
+    }
+
+    /// Appends entries as one durable commit; returns their indexes.
+    pub fn append_all(&self, entries: &[Entry]) -> Result<std::ops::Range<u64>, BrokerError> {
+        let encoded = entries
+            .iter()
+            .map(Entry::encode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BrokerError::Invalid(format!("an entry could not be encoded: {e}")))?;
+        let append = || self.ledger.append_encoded(encoded);
+        let range = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(append)
+            }
+            _ => append(),
+        }?;
+        Ok(range)
     }
 
     /// Resolves who is acting: the principal of `token`, or — only while

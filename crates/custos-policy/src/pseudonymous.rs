@@ -61,9 +61,12 @@ impl Generalisation {
             (None, _) if text == "suppress" => Self::Suppress,
             (None, ColumnType::Date) if text == "year" => Self::Year,
             (None, ColumnType::Date) if text == "month" => Self::Month,
-            (Some(("prefix", n)), ColumnType::String) => {
-                Self::Prefix(n.parse::<usize>().ok().filter(|n| *n <= 64).ok_or_else(bad)?)
-            }
+            (Some(("prefix", n)), ColumnType::String) => Self::Prefix(
+                n.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= 64)
+                    .ok_or_else(bad)?,
+            ),
             (Some(("band", w)), ColumnType::Integer) => {
                 Self::Band(w.parse::<i64>().ok().filter(|w| *w >= 2).ok_or_else(bad)?)
             }

@@ -266,12 +266,7 @@ impl ExtractSpec {
         })
     }
 
-    fn class_of(
-        &self,
-        quasi: &[(&str, ColumnType)],
-        batch: &RecordBatch,
-        row: usize,
-    ) -> ClassKey {
+    fn class_of(&self, quasi: &[(&str, ColumnType)], batch: &RecordBatch, row: usize) -> ClassKey {
         quasi
             .iter()
             .map(|(name, ty)| {
@@ -307,7 +302,9 @@ impl ExtractSpec {
                 for row in 0..batch.num_rows() {
                     if self.in_scope(&batch, row) {
                         rows_in_scope += 1;
-                        *classes.entry(self.class_of(&quasi, &batch, row)).or_default() += 1;
+                        *classes
+                            .entry(self.class_of(&quasi, &batch, row))
+                            .or_default() += 1;
                     }
                 }
             }
@@ -426,7 +423,10 @@ mod tests {
         assert_ne!(t, b.format_preserving("tin", "123-45-6789").unwrap());
         // A bijection: distinct values keep distinct tokens.
         let tokens: HashSet<String> = (0..1000)
-            .map(|i| a.format_preserving("tin", &format!("123-45-{i:04}")).unwrap())
+            .map(|i| {
+                a.format_preserving("tin", &format!("123-45-{i:04}"))
+                    .unwrap()
+            })
             .collect();
         assert_eq!(tokens.len(), 1000);
         assert!(matches!(
@@ -442,7 +442,10 @@ mod tests {
         assert_eq!(generalise(Generalisation::Year, &day).unwrap(), "1984");
         assert_eq!(generalise(Generalisation::Month, &day).unwrap(), "1984-07");
         let zip = StoredValue::Text("02139");
-        assert_eq!(generalise(Generalisation::Prefix(3), &zip).unwrap(), "021**");
+        assert_eq!(
+            generalise(Generalisation::Prefix(3), &zip).unwrap(),
+            "021**"
+        );
         assert_eq!(
             generalise(Generalisation::Band(5), &StoredValue::Int(33)).unwrap(),
             "30-34"

@@ -611,8 +611,15 @@ impl DatasetReader {
             }
             None => (0..self.schema.columns.len()).collect(),
         };
-        if !identity && keep.iter().any(|i| self.schema.columns[*i].class.is_identifying()) {
-            return Err(self.file_error(bucket, "an identity column was asked for without the identity key"));
+        if !identity
+            && keep
+                .iter()
+                .any(|i| self.schema.columns[*i].class.is_identifying())
+        {
+            return Err(self.file_error(
+                bucket,
+                "an identity column was asked for without the identity key",
+            ));
         }
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;

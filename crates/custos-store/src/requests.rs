@@ -102,6 +102,8 @@ pub enum SubjectEventKind {
     Disclosed,
     /// A fetch ran and found no records in scope.
     NoRecords,
+    /// The subject's rows were in a pseudonymous extract (tokenised).
+    Extracted,
 }
 
 impl SubjectEventKind {
@@ -111,6 +113,7 @@ impl SubjectEventKind {
             Self::Requested => "requested",
             Self::Disclosed => "disclosed",
             Self::NoRecords => "no_records",
+            Self::Extracted => "extracted",
         }
     }
 
@@ -119,6 +122,7 @@ impl SubjectEventKind {
             "requested" => Ok(Self::Requested),
             "disclosed" => Ok(Self::Disclosed),
             "no_records" => Ok(Self::NoRecords),
+            "extracted" => Ok(Self::Extracted),
             _ => Err(MetaError::Database("unknown subject event kind".into())),
         }
     }
@@ -228,6 +232,8 @@ pub trait RequestStore: Send + Sync {
     ) -> Result<bool, MetaError>;
     /// Records a line of a subject's accounting.
     async fn insert_subject_event(&self, event: &SubjectEvent) -> Result<(), MetaError>;
+    /// Records many accounting lines in one transaction (an extract's subjects).
+    async fn insert_subject_events(&self, events: &[SubjectEvent]) -> Result<(), MetaError>;
     /// A subject's accounting, oldest first (withheld lines included; the
     /// caller decides what to show).
     async fn subject_events(&self, subject: &[u8; 32]) -> Result<Vec<SubjectEvent>, MetaError>;
@@ -489,6 +495,15 @@ impl RequestStore for SqliteMetadata {
     async fn insert_subject_event(&self, e: &SubjectEvent) -> Result<(), MetaError> {
         let mut tx = self.pool().begin().await?;
         insert_event(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_subject_events(&self, events: &[SubjectEvent]) -> Result<(), MetaError> {
+        let mut tx = self.pool().begin().await?;
+        for e in events {
+            insert_event(&mut tx, e).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

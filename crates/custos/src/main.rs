@@ -90,6 +90,16 @@ enum Command {
     /// written to the ledger before anything is computed; a query that would
     /// exceed the budget is refused and spends nothing.
     Query(commands::query::QueryArgs),
+    /// Write pseudonymous rows to a file under a `pseudonymous` grant.
+    ///
+    /// `subject_id` and `identifier` columns become tokens of the agreement
+    /// (the same person gets the same token within the agreement, an
+    /// unlinkable one under any other); quasi-identifiers are generalised as
+    /// the grant says; rows whose quasi-identifier class has fewer than k
+    /// rows are suppressed and counted; an extract over the grant's row cap
+    /// is refused whole. The file appears only after the ledger records the
+    /// extract with a commitment to every subject in it.
+    Extract(commands::extract::ExtractArgs),
     /// Approve a pending look-up (role `approver`; never your own request,
     /// never twice).
     Approve(commands::lookup::ApproveArgs),
@@ -153,6 +163,7 @@ fn main() -> ExitCode {
             Command::Lookup(args) => commands::lookup::run(&cli.home, server, args).await,
             Command::Approve(args) => commands::lookup::approve(&cli.home, server, args).await,
             Command::Query(args) => commands::query::run(&cli.home, server, args).await,
+            Command::Extract(args) => commands::extract::run(&cli.home, server, args).await,
             Command::Report(cmd) => commands::report::run(&cli.home, server, cmd).await,
             Command::Subject(cmd) => commands::lookup::subject(&cli.home, server, cmd).await,
             Command::Dataset(cmd) => commands::dataset::run(&cli.home, server, cmd).await,

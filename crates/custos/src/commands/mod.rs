@@ -3,6 +3,7 @@
 pub mod agreement;
 pub mod dataset;
 pub mod demo;
+pub mod extract;
 pub mod gateway;
 pub mod generate;
 pub mod init;

@@ -1,0 +1,488 @@
+//! Pseudonymous extracts: decided under a `pseudonymous` grant, computed by
+//! `custos_privacy::extract` into a hidden file beside the destination,
+//! and released (renamed into place) only after the ledger holds the
+//! extract and a commitment to every subject it contains, and each of them
+//! has a line in their accounting.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use custos_ledger::{Decision, Entry};
+use custos_policy::{Mode, ScopeFilter};
+use custos_privacy::extract::{ExtractError, ExtractSpec, RowSink, Tokeniser};
+use custos_store::requests::{SubjectEvent, SubjectEventKind};
+use custos_store::{DatasetReader, DatasetSchema};
+use parquet::arrow::ArrowWriter;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::lookups::Denial;
+use crate::{Actor, BrokerError, Custos, now_micros};
+
+/// Subject commitments per ledger entry (32 bytes each, well under the
+/// entry size limit); a large extract is recorded in several entries of
+/// one durable commit.
+const SUBJECTS_PER_ENTRY: usize = 1000;
+
+/// Rows per Parquet batch of an extract.
+const PARQUET_BATCH_ROWS: usize = 8192;
+
+/// The file format of an extract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractFormat {
+    /// CSV with a header line; empty fields are empty cells.
+    Csv,
+    /// Parquet, every column as UTF-8 text (tokens and generalised values are text).
+    Parquet,
+}
+
+impl ExtractFormat {
+    /// The format a file name asks for: `.parquet` or else CSV.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("parquet") => Self::Parquet,
+            _ => Self::Csv,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Csv => "csv",
+            Self::Parquet => "parquet",
+        }
+    }
+}
+
+/// An extract to make.
+#[derive(Debug, Clone)]
+pub struct ExtractRequest<'a> {
+    /// The agreement it runs under.
+    pub agreement: &'a str,
+    /// The dataset.
+    pub dataset: &'a str,
+    /// Rows wanted, in the row-scope language; may not name identifiers.
+    pub filter: Option<&'a str>,
+    /// Where the file goes (it appears only once the release is ledgered).
+    pub out: &'a Path,
+    /// CSV or Parquet.
+    pub format: ExtractFormat,
+}
+
+/// What an extract released.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtractReport {
+    /// The extract's id (in the ledger and subject reports).
+    pub id: String,
+    /// The agreement and version it ran under.
+    pub agreement: String,
+    /// The agreement version.
+    pub agreement_version: u32,
+    /// The dataset.
+    pub dataset: String,
+    /// The columns written, in order.
+    pub columns: Vec<String>,
+    /// Rows in scope before suppression.
+    pub rows_in_scope: u64,
+    /// Rows written.
+    pub rows_released: u64,
+    /// Rows left out because their quasi-identifier class had fewer than k rows.
+    pub rows_suppressed: u64,
+    /// k of k-anonymity.
+    pub k: u32,
+    /// Quasi-identifier classes in the extract.
+    pub classes: u64,
+    /// Distinct subjects in the extract.
+    pub subjects: u64,
+    /// Ledger index of the entry that records the extract.
+    pub ledger_index: u64,
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// Writes released rows to CSV or Parquet.
+enum FileSink {
+    Csv(csv::Writer<BufWriter<fs::File>>),
+    Parquet {
+        writer: ArrowWriter<BufWriter<fs::File>>,
+        schema: Arc<Schema>,
+        builders: Vec<StringBuilder>,
+        rows: usize,
+    },
+}
+
+impl FileSink {
+    fn create(path: &Path, format: ExtractFormat, columns: &[String]) -> Result<Self, String> {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        let out = BufWriter::with_capacity(1 << 16, file);
+        match format {
+            ExtractFormat::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record(columns).map_err(|e| e.to_string())?;
+                Ok(Self::Csv(w))
+            }
+            ExtractFormat::Parquet => {
+                let schema = Arc::new(Schema::new(
+                    columns
+                        .iter()
+                        .map(|c| Field::new(c, DataType::Utf8, true))
+                        .collect::<Vec<_>>(),
+                ));
+                let writer =
+                    ArrowWriter::try_new(out, schema.clone(), None).map_err(|e| e.to_string())?;
+                Ok(Self::Parquet {
+                    writer,
+                    schema,
+                    builders: columns.iter().map(|_| StringBuilder::new()).collect(),
+                    rows: 0,
+                })
+            }
+        }
+    }
+
+    fn flush_batch(&mut self) -> Result<(), String> {
+        if let Self::Parquet {
+            writer,
+            schema,
+            builders,
+            rows,
+        } = self
+        {
+            if *rows == 0 {
+                return Ok(());
+            }
+            let arrays: Vec<ArrayRef> = builders
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef)
+                .collect();
+            let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| e.to_string())?;
+            writer.write(&batch).map_err(|e| e.to_string())?;
+            *rows = 0;
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the file.
+    fn finish(mut self) -> Result<(), String> {
+        self.flush_batch()?;
+        let file = match self {
+            Self::Csv(w) => w
+                .into_inner()
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .map_err(|e| e.to_string())?,
+            Self::Parquet { writer, .. } => writer
+                .into_inner()
+                .map_err(|e| e.to_string())?
+                .into_inner()
+                .map_err(|e| e.to_string())?,
+        };
+        file.sync_all().map_err(|e| e.to_string())
+    }
+}
+
+impl RowSink for FileSink {
+    fn row(&mut self, values: &[Option<String>]) -> Result<(), String> {
+        match self {
+            Self::Csv(w) => w
+                .write_record(values.iter().map(|v| v.as_deref().unwrap_or("")))
+                .map_err(|e| e.to_string()),
+            Self::Parquet { builders, rows, .. } => {
+                for (b, v) in builders.iter_mut().zip(values) {
+                    b.append_option(v.as_deref());
+                }
+                *rows += 1;
+                if *rows >= PARQUET_BATCH_ROWS {
+                    self.flush_batch()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The hidden file an extract is written to before its release.
+fn staging_path(out: &Path, id: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.{id}.partial"))
+}
+
+impl Custos {
+    /// Makes a pseudonymous extract (see the module comment).
+    pub async fn extract(
+        &self,
+        actor: &Actor,
+        req: ExtractRequest<'_>,
+    ) -> Result<ExtractReport, BrokerError> {
+        const ACTION: &str = "extract";
+        let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny);
+        let Actor::Principal(principal) = actor else {
+            return Err(self.refuse(
+                entry,
+                Denial::same("extracts need a principal's token".into()),
+            ));
+        };
+        let meta = self.home().meta();
+        if let Some(latest) = meta.agreement_versions(req.agreement).await?.last() {
+            entry = entry.with_agreement(req.agreement, latest.version);
+        }
+        let record = meta.dataset(req.dataset).await?;
+        if record.is_some() {
+            entry = entry.with_attribute("dataset", req.dataset);
+        }
+        if let Some(filter) = req.filter {
+            entry = entry.with_attribute(
+                "where_sha256",
+                hex::encode(Sha256::digest(filter.as_bytes())),
+            );
+        }
+        let granted = match self
+            .decide_access(
+                principal,
+                req.agreement,
+                req.dataset,
+                Mode::Pseudonymous,
+                None,
+                None,
+            )
+            .await?
+        {
+            Ok(g) => g,
+            Err(denial) => return Err(self.refuse(entry, denial)),
+        };
+        entry = entry.with_agreement(req.agreement, granted.version);
+        let Some(record) = record else {
+            return Err(self.refuse(entry, Denial::same("the dataset is gone".into())));
+        };
+        let schema = DatasetSchema::from_toml(&record.schema_toml)
+            .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
+        let grant = granted
+            .agreement
+            .grants
+            .get(granted.grant_number as usize - 1)
+            .cloned()
+            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))?;
+        let Some(terms) = grant.pseudonymous.clone() else {
+            return Err(self.refuse(entry, Denial::same("the grant has no extract terms".into())));
+        };
+        let generalise = terms
+            .validate(&grant.columns, &schema)
+            .map_err(BrokerError::Invalid)?;
+        let mut filters = Vec::new();
+        if let Some(scope) = &grant.row_scope {
+            filters.push(
+                ScopeFilter::compile(scope, &schema)
+                    .map_err(|e| BrokerError::Invalid(e.to_string()))?,
+            );
+        }
+        if let Some(text) = req.filter {
+            match where_filter(text, &grant.columns, &schema) {
+                Ok(f) => filters.push(f),
+                Err(message) => {
+                    return Err(self.refuse(
+                        entry,
+                        Denial {
+                            message,
+                            recorded: "the --where expression was refused".into(),
+                        },
+                    ));
+                }
+            }
+        }
+        let spec = ExtractSpec {
+            columns: grant.columns.clone(),
+            keep_format: terms.keep_format.iter().cloned().collect::<BTreeSet<_>>(),
+            generalise,
+            k: terms.k,
+            max_rows: terms.max_rows,
+            filters,
+        };
+        let mut raw = [0u8; 16];
+        custos_store::keys::random_bytes(&mut raw)?;
+        let id = format!("x_{}", hex::encode(raw));
+        entry = entry
+            .with_request(&id)
+            .with_attribute("format", req.format.as_str());
+        if req.out.exists() {
+            return Err(BrokerError::Invalid(format!(
+                "`{}` exists already; choose a new file",
+                req.out.display()
+            )));
+        }
+        let staging = staging_path(req.out, &id);
+        let tokens = Tokeniser::new(
+            &self
+                .home()
+                .master_key()
+                .derive(&format!("pseudonym-tokens/{}", req.agreement)),
+        )
+        .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let reader = DatasetReader::open(self.home(), req.dataset).await?;
+        let (columns, format, staged) = (spec.columns.clone(), req.format, staging.clone());
+        let run = tokio::task::spawn_blocking(move || {
+            let mut sink =
+                FileSink::create(&staged, format, &columns).map_err(ExtractError::Sink)?;
+            let summary = spec.run(&reader, &tokens, &mut sink)?;
+            sink.finish().map_err(ExtractError::Sink)?;
+            Ok::<_, ExtractError>(summary)
+        })
+        .await
+        .map_err(|_| BrokerError::Invalid("the extract was interrupted".into()));
+        let summary = match run {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let _ = fs::remove_file(&staging);
+                let recorded = match &e {
+                    ExtractError::OverCap { .. } => "over the grant's row cap".to_owned(),
+                    ExtractError::TooFewDigits(_) => "a format-keeping token was impossible".into(),
+                    _ => "the extract could not be made; nothing was released".into(),
+                };
+                let message = e.to_string();
+                return Err(self.refuse(entry, Denial { message, recorded }));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&staging);
+                return Err(e);
+            }
+        };
+        let entry = entry
+            .with_count("rows_in_scope", summary.rows_in_scope)
+            .with_count("rows_suppressed", summary.rows_suppressed);
+        if summary.rows_released == 0 {
+            let _ = fs::remove_file(&staging);
+            let message = if summary.rows_in_scope == 0 {
+                "no rows are in scope; nothing was released".to_owned()
+            } else {
+                format!(
+                    "every one of the {} rows in scope is in a quasi-identifier class smaller than k = {}: all were suppressed and nothing was released; generalise the quasi-identifiers further or widen --where",
+                    summary.rows_in_scope, terms.k
+                )
+            };
+            return Err(self.refuse(
+                entry,
+                Denial {
+                    recorded: "no row could be released".into(),
+                    message,
+                },
+            ));
+        }
+        // INVARIANT: the file is released (renamed into place) only after
+        // the entries naming every subject in it are durable.
+        let commitments: Vec<_> = summary
+            .subjects
+            .iter()
+            .map(|s| self.subjects().commit(s))
+            .collect();
+        let mut chunks = commitments.chunks(SUBJECTS_PER_ENTRY);
+        let first = Entry {
+            decision: Decision::Allow,
+            ..entry.clone()
+        }
+        .with_count("rows", summary.rows_released)
+        .with_count("subjects", commitments.len() as u64)
+        .with_count("classes", summary.classes_released)
+        .with_count("k", u64::from(terms.k))
+        .with_subjects(chunks.next().unwrap_or_default().iter().copied());
+        let mut entries = vec![first];
+        for chunk in chunks {
+            entries.push(
+                Entry::new(
+                    entry.time_micros,
+                    actor.id(),
+                    "extract.subjects",
+                    Decision::Allow,
+                )
+                .with_request(&id)
+                .with_agreement(req.agreement, granted.version)
+                .with_subjects(chunk.iter().copied()),
+            );
+        }
+        let indexes = match self.append_all(&entries) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fs::remove_file(&staging);
+                return Err(e);
+            }
+        };
+        let at = custos_store::home::now_rfc3339();
+        let events: Vec<SubjectEvent> = commitments
+            .iter()
+            .enumerate()
+            .map(|(i, c)| SubjectEvent {
+                subject_commitment: c.0,
+                ledger_index: indexes.start + (i / SUBJECTS_PER_ENTRY) as u64,
+                kind: SubjectEventKind::Extracted,
+                request_id: id.clone(),
+                agreement_id: req.agreement.to_owned(),
+                agreement_version: granted.version,
+                principal: principal.id.clone(),
+                org: principal.org.clone(),
+                purpose: granted.agreement.purpose.clone(),
+                at: at.clone(),
+                rows_released: 0,
+                withheld: granted.agreement.withhold_from_subject_reports.is_some(),
+            })
+            .collect();
+        meta.insert_subject_events(&events).await?;
+        fs::rename(&staging, req.out).map_err(|e| {
+            BrokerError::Invalid(format!(
+                "the extract is recorded but could not be moved to `{}`: {e}",
+                req.out.display()
+            ))
+        })?;
+        Ok(ExtractReport {
+            id,
+            agreement: req.agreement.to_owned(),
+            agreement_version: granted.version,
+            dataset: req.dataset.to_owned(),
+            columns: grant.columns,
+            rows_in_scope: summary.rows_in_scope,
+            rows_released: summary.rows_released,
+            rows_suppressed: summary.rows_suppressed,
+            k: terms.k,
+            classes: summary.classes_released,
+            subjects: commitments.len() as u64,
+            ledger_index: indexes.start,
+            path: req.out.to_owned(),
+        })
+    }
+}
+
+/// The requester's `--where`: the row-scope language, over granted columns
+/// only, never over `subject_id` or `identifier` columns.
+fn where_filter(
+    text: &str,
+    granted: &[String],
+    schema: &DatasetSchema,
+) -> Result<ScopeFilter, String> {
+    let filter = ScopeFilter::compile(text, schema).map_err(|e| format!("--where: {e}"))?;
+    for name in filter.columns() {
+        let Some(column) = schema.column(name) else {
+            return Err(format!("--where: no column `{name}`"));
+        };
+        if column.class.is_identifying() {
+            return Err(format!(
+                "--where may not name `{name}` (class `{}`): an extract cannot select people by their identifiers",
+                column.class
+            ));
+        }
+        if !granted.iter().any(|g| g == name) {
+            return Err(format!(
+                "--where names `{name}`, which the grant does not include"
+            ));
+        }
+    }
+    Ok(filter)
+}
