@@ -91,9 +91,11 @@ impl Tokeniser {
         message.push(0);
         message.extend_from_slice(value.as_bytes());
         let mac = hmac_sha256(self.hmac_key.as_slice(), &message);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(32);
         for byte in &mac[..16] {
-            out.push_str(&format!("{byte:02x}"));
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         out
     }
@@ -326,8 +328,12 @@ impl ExtractSpec {
         let mut subjects: HashSet<String> = HashSet::new();
         let mut values: Vec<Option<String>> = Vec::with_capacity(self.columns.len());
         let mut written = 0u64;
+        // A subject's rows share a bucket: tokens are cached per bucket
+        // (FF1 costs microseconds), which bounds the cache by a bucket.
+        let mut cache: HashMap<(usize, String), String> = HashMap::new();
         if rows_released > 0 {
             for bucket in 0..reader.bucket_count() {
+                cache.clear();
                 for batch in reader.bucket_batches(bucket, true, Some(&wanted))? {
                     for row in 0..batch.num_rows() {
                         if !self.in_scope(&batch, row)
@@ -338,8 +344,14 @@ impl ExtractSpec {
                             continue;
                         }
                         values.clear();
-                        for name in &self.columns {
-                            values.push(self.release(schema, tokens, &batch, name, row)?);
+                        for (position, name) in self.columns.iter().enumerate() {
+                            values.push(self.release(
+                                schema,
+                                tokens,
+                                &mut cache,
+                                (&batch, row),
+                                (position, name),
+                            )?);
                         }
                         if let StoredValue::Text(s) = stored(&batch, &subject_column, row) {
                             subjects.insert(s.to_owned());
@@ -364,13 +376,14 @@ impl ExtractSpec {
         })
     }
 
+    /// One released cell: a token, a generalised value or the value.
     fn release(
         &self,
         schema: &DatasetSchema,
         tokens: &Tokeniser,
-        batch: &RecordBatch,
-        name: &str,
-        row: usize,
+        cache: &mut HashMap<(usize, String), String>,
+        (batch, row): (&RecordBatch, usize),
+        (position, name): (usize, &str),
     ) -> Result<Option<String>, ExtractError> {
         let Some(column) = schema.column(name) else {
             return Ok(None);
@@ -380,11 +393,17 @@ impl ExtractSpec {
             let Some(text) = display(&value, column.ty) else {
                 return Ok(None);
             };
-            return if self.keep_format.contains(name) {
-                tokens.format_preserving(name, &text).map(Some)
+            let key = (position, text);
+            if let Some(token) = cache.get(&key) {
+                return Ok(Some(token.clone()));
+            }
+            let token = if self.keep_format.contains(name) {
+                tokens.format_preserving(name, &key.1)?
             } else {
-                Ok(Some(tokens.token(name, &text)))
+                tokens.token(name, &key.1)
             };
+            cache.insert(key, token.clone());
+            return Ok(Some(token));
         }
         Ok(match self.generalise.get(name) {
             Some(rule) => generalise(*rule, &value),

@@ -9,6 +9,7 @@
 //! - [`quantile`]: quantile scores and OpenDP's noisy max (pure).
 //! - [`execute`]: true bounded totals with DataFusion (reads files).
 //! - [`extract`]: pseudonymous extracts: tokens, generalisation, k-anonymity.
+//! - [`psi`]: the private set intersection protocol core (ECDH on Ristretto255).
 //!
 //! Budgets and their durable charging are the broker's: [`plan`] says what
 //! a query will spend before anything is read, [`answer`] computes and
@@ -19,6 +20,7 @@
 pub mod execute;
 pub mod extract;
 pub mod mechanism;
+pub mod psi;
 pub mod quantile;
 pub mod query;
 

@@ -500,9 +500,45 @@ impl RequestStore for SqliteMetadata {
     }
 
     async fn insert_subject_events(&self, events: &[SubjectEvent]) -> Result<(), MetaError> {
+        /// Rows per INSERT statement: 12 parameters each, well under
+        /// SQLite's limit of 32,766 per statement.
+        const ROWS_PER_STATEMENT: usize = 1000;
+        // In key order, the primary-key index grows at few places instead
+        // of a random page per row (an extract names millions of subjects).
+        let mut sorted: Vec<&SubjectEvent> = events.iter().collect();
+        sorted.sort_unstable_by_key(|e| (e.subject_commitment, e.ledger_index));
         let mut tx = self.pool().begin().await?;
-        for e in events {
-            insert_event(&mut tx, e).await?;
+        for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO subject_events (subject_commitment, ledger_index, kind, request_id, \
+                 agreement_id, agreement_version, principal, org, purpose, at, rows_released, withheld) ",
+            );
+            let mut failed = None;
+            insert.push_values(chunk, |mut row, e| {
+                let (index, rows) = match (to_i64(e.ledger_index), to_i64(e.rows_released)) {
+                    (Ok(i), Ok(r)) => (i, r),
+                    (Err(err), _) | (_, Err(err)) => {
+                        failed = Some(err);
+                        (0, 0)
+                    }
+                };
+                row.push_bind(e.subject_commitment.to_vec())
+                    .push_bind(index)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.request_id.clone())
+                    .push_bind(e.agreement_id.clone())
+                    .push_bind(i64::from(e.agreement_version))
+                    .push_bind(e.principal.clone())
+                    .push_bind(e.org.clone())
+                    .push_bind(e.purpose.clone())
+                    .push_bind(e.at.clone())
+                    .push_bind(rows)
+                    .push_bind(i64::from(e.withheld));
+            });
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -491,13 +491,15 @@ pub fn parse_date_days_bytes(b: &[u8]) -> Option<i64> {
 
 /// Formats days since 1970-01-01 as `YYYY-MM-DD`.
 pub fn format_date_days(days: i64) -> String {
+    use chrono::Datelike;
     i32::try_from(days)
         .ok()
         .and_then(|d| d.checked_add(UNIX_EPOCH_DAYS_FROM_CE))
         .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
         .map_or_else(
             || format!("day {days}"),
-            |d| d.format("%Y-%m-%d").to_string(),
+            // Plain integer formatting: strftime parses its pattern per call.
+            |d| format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
         )
 }
 
