@@ -435,7 +435,17 @@ impl Custos {
                 withheld: granted.agreement.withhold_from_subject_reports.is_some(),
             })
             .collect();
-        meta.insert_subject_events(&events).await?;
+        if let Err(e) = meta.insert_subject_events(&events).await {
+            // The accounting is part of the release: without it, nothing leaves.
+            let _ = fs::remove_file(&staging);
+            let failed = Entry {
+                decision: Decision::Error,
+                ..entry
+            }
+            .with_reason("the subjects' accounting could not be written; nothing was released");
+            self.append(&failed)?;
+            return Err(e.into());
+        }
         fs::rename(&staging, req.out).map_err(|e| {
             BrokerError::Invalid(format!(
                 "the extract is recorded but could not be moved to `{}`: {e}",
