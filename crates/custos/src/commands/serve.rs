@@ -69,35 +69,39 @@ pub async fn run(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let custos = open_custos(home).await?;
     let server = Server::bind(custos, config).await?;
     let addr = server.local_addr()?;
+    // Handlers first: a SIGTERM right after the address is announced must
+    // drain and close the ledger, not kill the process.
+    let stop = shutdown_signal()?;
     // The address on stdout (for scripts), the rest on stderr.
     println!("{scheme}://{addr}");
     eprintln!(
         "Custos is serving {} on {scheme}://{addr} (API at /v1, description at /openapi.json). Ctrl-C or SIGTERM stops it after in-flight requests finish.",
         home.display()
     );
-    server.run(shutdown_signal()).await?;
+    server.run(stop).await?;
     eprintln!("stopped; the ledger is closed");
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that resolves on Ctrl-C or SIGTERM, with both handlers
+/// registered before it returns.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
+}
+
+/// A future that resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
