@@ -102,12 +102,7 @@ impl Custos {
         };
         let schema = DatasetSchema::from_toml(&record.schema_toml)
             .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
-        let grant = granted
-            .agreement
-            .grants
-            .get(granted.grant_number as usize - 1)
-            .cloned()
-            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))?;
+        let grant = granted.grant()?;
         let plan = match custos_privacy::plan(sql, &dataset, &schema, &grant, spend) {
             Ok(p) => p,
             Err(e) => {

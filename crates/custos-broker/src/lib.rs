@@ -122,6 +122,20 @@ pub(crate) fn now_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// Runs a durable ledger append, which waits for its group commit. On a
+/// multi-threaded runtime (the server, the CLI) the worker's other tasks
+/// move to another thread meanwhile, so concurrent requests keep flowing
+/// into the same group commit instead of queueing behind it.
+fn wait_for_commit<T>(append: impl FnOnce() -> Result<T, LedgerError>) -> Result<T, BrokerError> {
+    let result = match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(append)
+        }
+        _ => append(),
+    };
+    Ok(result?)
+}
+
 async fn open_ledger(home: &Home) -> Result<Ledger, BrokerError> {
     let config = LedgerConfig {
         dir: home.ledger_dir(),
@@ -203,18 +217,7 @@ impl Custos {
 
     /// Appends an entry durably; returns its index.
     pub fn append(&self, entry: &Entry) -> Result<u64, BrokerError> {
-        // A durable append waits for its group commit. On a multi-threaded
-        // runtime (the server, the CLI) the worker's other tasks move to
-        // another thread meanwhile, so concurrent requests keep flowing
-        // into the same group commit instead of queueing behind it.
-        let append = || self.ledger.append(entry);
-        let index = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(append)
-            }
-            _ => append(),
-        }?;
-        Ok(index)
+        wait_for_commit(|| self.ledger.append(entry))
     }
 
     /// Appends entries as one durable commit; returns their indexes.
@@ -224,14 +227,7 @@ impl Custos {
             .map(Entry::encode)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BrokerError::Invalid(format!("an entry could not be encoded: {e}")))?;
-        let append = || self.ledger.append_encoded(encoded);
-        let range = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(append)
-            }
-            _ => append(),
-        }?;
-        Ok(range)
+        wait_for_commit(|| self.ledger.append_encoded(encoded))
     }
 
     /// Resolves who is acting: the principal of `token`, or — only while

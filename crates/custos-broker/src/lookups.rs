@@ -107,6 +107,17 @@ pub(crate) struct Granted {
     pub(crate) decided_by: Vec<String>,
 }
 
+impl Granted {
+    /// The grant that allowed the access.
+    pub(crate) fn grant(&self) -> Result<Grant, BrokerError> {
+        self.agreement
+            .grants
+            .get(self.grant_number as usize - 1)
+            .cloned()
+            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))
+    }
+}
+
 /// A denial: the message for the caller and the reason for the ledger,
 /// which never quotes input that names nothing known (a mistyped id could
 /// be anything, even an SSN).
@@ -461,7 +472,7 @@ impl Custos {
             Ok(g) => g,
             Err(denial) => return Err(self.refuse(entry, denial)),
         };
-        let grant = granted.agreement.grants[granted.grant_number as usize - 1].clone();
+        let grant = granted.grant()?;
         if let Some(denial) = self
             .check_limits(principal, &granted, &grant, &commitment)
             .await?
@@ -743,12 +754,7 @@ impl Custos {
             return Err(self.deny_lookup(entry, "the request was fetched concurrently".into()));
         }
         let subject = self.unseal(&record.id, Sealed::Subject, &record.subject_sealed)?;
-        let grant = granted
-            .agreement
-            .grants
-            .get(granted.grant_number as usize - 1)
-            .cloned()
-            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))?;
+        let grant = granted.grant()?;
         let read = self
             .read_subject(
                 &record.dataset,

@@ -492,22 +492,7 @@ impl DatasetReader {
     ) -> Result<Vec<RecordBatch>, DatasetError> {
         let subject_column = self.schema.subject_column();
         let subject_index = self.schema.subject_index();
-        let wanted: Vec<usize> = match columns {
-            None => (0..self.schema.columns.len()).collect(),
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    self.schema
-                        .columns
-                        .iter()
-                        .position(|c| c.name == *n)
-                        .ok_or_else(|| DatasetError::NoSuchColumn {
-                            dataset: self.record.name.clone(),
-                            column: (*n).to_owned(),
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let wanted = self.column_indexes(columns)?;
         // The bucket is chosen from the canonical form, as at ingest.
         let (target, canonical): (Arc<dyn Array>, String) = match subject_column.ty {
             ColumnType::Integer => {
@@ -581,6 +566,27 @@ impl DatasetReader {
         self.record.bucket_count
     }
 
+    /// Schema positions of `columns` in the order given (every column if
+    /// `None`); an unknown name is an error.
+    fn column_indexes(&self, columns: Option<&[&str]>) -> Result<Vec<usize>, DatasetError> {
+        match columns {
+            None => Ok((0..self.schema.columns.len()).collect()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.schema
+                        .columns
+                        .iter()
+                        .position(|c| c.name == *n)
+                        .ok_or_else(|| DatasetError::NoSuchColumn {
+                            dataset: self.record.name.clone(),
+                            column: (*n).to_owned(),
+                        })
+                })
+                .collect(),
+        }
+    }
+
     /// The rows of one bucket file, only `columns` if given (file order).
     /// Identity columns are decrypted only if `identity`; asking for one
     /// without it is an error.
@@ -590,27 +596,7 @@ impl DatasetReader {
         identity: bool,
         columns: Option<&[&str]>,
     ) -> Result<Vec<RecordBatch>, DatasetError> {
-        let keep: Vec<usize> = match columns {
-            Some(names) => {
-                let mut keep = Vec::with_capacity(names.len());
-                for name in names {
-                    let i = self
-                        .schema
-                        .columns
-                        .iter()
-                        .position(|c| c.name == *name)
-                        .ok_or_else(|| DatasetError::NoSuchColumn {
-                            dataset: self.record.name.clone(),
-                            column: (*name).to_owned(),
-                        })?;
-                    if !keep.contains(&i) {
-                        keep.push(i);
-                    }
-                }
-                keep
-            }
-            None => (0..self.schema.columns.len()).collect(),
-        };
+        let keep = self.column_indexes(columns)?;
         if !identity
             && keep
                 .iter()
@@ -621,6 +607,17 @@ impl DatasetReader {
                 "an identity column was asked for without the identity key",
             ));
         }
+        self.read_bucket(bucket, identity, keep)
+    }
+
+    /// The rows of one bucket file, projected to the schema positions
+    /// `keep` (a set: order and repeats do not matter).
+    fn read_bucket(
+        &self,
+        bucket: u32,
+        identity: bool,
+        keep: Vec<usize>,
+    ) -> Result<Vec<RecordBatch>, DatasetError> {
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
         let options = ArrowReaderOptions::new()
@@ -639,30 +636,17 @@ impl DatasetReader {
     /// Reads every row of every bucket (for tests, verification and the
     /// demo's true values). Identity columns are decrypted only if `identity`.
     pub fn scan(&self, identity: bool) -> Result<Vec<RecordBatch>, DatasetError> {
+        let keep: Vec<usize> = self
+            .schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| identity || !c.class.is_identifying())
+            .map(|(i, _)| i)
+            .collect();
         let mut out = Vec::new();
         for bucket in 0..self.record.bucket_count {
-            let path = self.dir.join(bucket_file_name(bucket));
-            let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
-            let options = ArrowReaderOptions::new()
-                .with_file_decryption_properties(self.decryption_properties(bucket, identity)?);
-            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
-                .map_err(|e| self.file_error(bucket, e))?;
-            let keep: Vec<usize> = self
-                .schema
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| identity || !c.class.is_identifying())
-                .map(|(i, _)| i)
-                .collect();
-            let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
-            for batch in builder
-                .with_projection(mask)
-                .build()
-                .map_err(|e| self.file_error(bucket, e))?
-            {
-                out.push(batch.map_err(|e| self.file_error(bucket, e))?);
-            }
+            out.extend(self.read_bucket(bucket, identity, keep.clone())?);
         }
         Ok(out)
     }

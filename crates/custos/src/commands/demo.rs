@@ -263,17 +263,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// with ZIP codes cut to 2 digits: the synthetic population is far thinner
 /// than a real one, so 3-digit ZIP areas would leave most classes under k.
 fn pseudonymous_agreement() -> String {
-    let today = chrono::Utc::now().date_naive();
-    PSEUDONYMOUS_AGREEMENT
+    in_force_around_today(PSEUDONYMOUS_AGREEMENT, 150)
         .replace("zip = \"prefix:3\"", "zip = \"prefix:2\"")
-        .replace(
-            "valid_from = 2026-01-01",
-            &format!("valid_from = {}", today - chrono::Days::new(30)),
-        )
-        .replace(
-            "valid_until = 2026-06-30",
-            &format!("valid_until = {}", today + chrono::Days::new(150)),
-        )
+}
+
+/// An example agreement with its validity window moved to start 30 days
+/// ago and end `days` from today, so the demo works on any day.
+fn in_force_around_today(text: &str, days: u64) -> String {
+    let today = chrono::Utc::now().date_naive();
+    text.lines()
+        .map(|line| {
+            if line.starts_with("valid_from =") {
+                format!("valid_from = {}", today - chrono::Days::new(30))
+            } else if line.starts_with("valid_until =") {
+                format!("valid_until = {}", today + chrono::Days::new(days))
+            } else {
+                line.to_owned()
+            }
+        })
+        .map(|line| line + "\n")
+        .collect()
 }
 
 /// Step 10: an extract under the pseudonymous example, its first rows, and
@@ -379,16 +388,7 @@ fn first_column(csv_path: &Path, n: usize) -> anyhow::Result<Vec<String>> {
 /// The aggregate example of docs/agreements.md, in force around today so
 /// the demo works on any day.
 fn aggregate_agreement() -> String {
-    let today = chrono::Utc::now().date_naive();
-    AGGREGATE_AGREEMENT
-        .replace(
-            "valid_from = 2026-03-01",
-            &format!("valid_from = {}", today - chrono::Days::new(30)),
-        )
-        .replace(
-            "valid_until = 2027-02-28",
-            &format!("valid_until = {}", today + chrono::Days::new(300)),
-        )
+    in_force_around_today(AGGREGATE_AGREEMENT, 300)
 }
 
 /// Step 9: a few questions with their true values beside, then a refusal

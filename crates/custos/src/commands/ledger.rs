@@ -255,22 +255,23 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             }
         }
         LedgerCommand::Verify(args) => {
-            let (source, key) = match (args.dir, server) {
+            let source = match (args.dir, server) {
                 (Some(_), Some(_)) => anyhow::bail!("give --dir or --server, not both"),
-                (Some(dir), None) => {
-                    let key = args
+                (Some(dir), None) => Source {
+                    label: dir.display().to_string(),
+                    reader: LedgerReader::new(&dir),
+                    key: args
                         .key
-                        .ok_or_else(|| anyhow::anyhow!("--dir needs --key"))?;
-                    let label = dir.display().to_string();
-                    ((dir, label, None), key)
-                }
-                (None, _) => {
-                    let s = Source::open(home_dir, server, args.key, hashes(0..u64::MAX)).await?;
-                    let dir = s.reader.dir().to_owned();
-                    ((dir, s.label, s._copy), s.key)
-                }
+                        .ok_or_else(|| anyhow::anyhow!("--dir needs --key"))?,
+                    _copy: None,
+                },
+                (None, _) => Source::open(home_dir, server, args.key, hashes(0..u64::MAX)).await?,
             };
-            let (dir, label, _copy) = source;
+            let (dir, key, label) = (
+                source.reader.dir().to_owned(),
+                source.key.clone(),
+                source.label.clone(),
+            );
             let older = match &args.checkpoint {
                 Some(path) => Some(
                     std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
@@ -280,6 +281,8 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             let report =
                 tokio::task::spawn_blocking(move || verify_ledger(&dir, &key, older.as_deref()))
                     .await??;
+            // The copy of a server's ledger is removed only now.
+            drop(source);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
