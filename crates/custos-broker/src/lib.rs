@@ -18,12 +18,14 @@ mod aggregates;
 mod agreements;
 mod extracts;
 mod lookups;
+mod matches;
 mod reports;
 
 pub use aggregates::AggregateAnswer;
 pub use agreements::AgreementStatus;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
+pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
 
 use std::path::Path;
@@ -111,6 +113,8 @@ pub struct Custos {
     subjects: SubjectCommitter,
     /// Compiled policies per (agreement, version, SHA-256 of the guards).
     engines: std::sync::Mutex<EngineCache>,
+    /// Matching jobs this side is answering, between their steps.
+    pending_matches: matches::PendingMatches,
 }
 
 type EngineCache =
@@ -197,6 +201,7 @@ impl Custos {
             ledger,
             subjects,
             engines: std::sync::Mutex::new(EngineCache::new()),
+            pending_matches: matches::PendingMatches::default(),
         })
     }
 

@@ -11,6 +11,7 @@ use chrono::{Months, NaiveDate};
 use custos_store::{ColumnClass, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::matching::MatchGrant;
 use crate::pseudonymous::PseudonymousGrant;
 use crate::scope::{RowScope, ScopeError, parse_row_scope};
 use crate::scope_filter::ScopeFilter;
@@ -139,6 +140,9 @@ pub struct Grant {
     pub privacy: Option<PrivacyGrant>,
     /// Extract terms (pseudonymous grants: required).
     pub pseudonymous: Option<PseudonymousGrant>,
+    /// Matching terms (match grants: required), `[grants.match]`.
+    #[serde(rename = "match")]
+    pub matching: Option<MatchGrant>,
 }
 
 /// A data-sharing agreement as authored.
@@ -404,6 +408,19 @@ impl Agreement {
                     return Err(rule(
                         "`pseudonymous` applies to pseudonymous grants only".into(),
                     ));
+                }
+                (_, None) => {}
+            }
+            match (grant.mode, &grant.matching) {
+                (Mode::Match, None) => {
+                    return Err(rule(
+                        "a match grant needs `[grants.match]` with `reveal` (`matches` or `count`) and `pad_to`"
+                            .into(),
+                    ));
+                }
+                (Mode::Match, Some(terms)) => terms.validate().map_err(rule)?,
+                (_, Some(_)) => {
+                    return Err(rule("`match` applies to match grants only".into()));
                 }
                 (_, None) => {}
             }

@@ -16,11 +16,13 @@
 
 pub mod agreement;
 pub mod decide;
+pub mod matching;
 pub mod pseudonymous;
 pub mod scope;
 pub mod scope_filter;
 
 pub use agreement::{Agreement, AgreementError, Grant, Limits, Mode, PrivacyGrant, PrivacyMeasure};
+pub use matching::{MatchGrant, Reveal};
 pub use pseudonymous::{Generalisation, PseudonymousGrant};
 pub use scope::{RowScope, ScopeError};
 pub use scope_filter::{ScopeFilter, ScopeValue};

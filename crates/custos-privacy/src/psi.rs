@@ -54,12 +54,88 @@ pub enum PsiError {
         /// Points announced.
         announced: usize,
     },
+    /// A message longer than the points announced for it.
+    #[error("more than the {0} points announced arrived")]
+    TooLong(usize),
     /// More points than any job may carry.
     #[error("{0} points is more than the {MAX_POINTS} a job may carry")]
     TooMany(usize),
+    /// A message whose length is not a whole number of points.
+    #[error("a message of {0} bytes is not a whole number of 32-byte points")]
+    Length(usize),
     /// The operating system's randomness failed.
     #[error("no randomness available")]
     Randomness,
+}
+
+/// The wire form of a list of points: their encodings back to back.
+pub fn encode_points(points: &[Encoded]) -> Vec<u8> {
+    points.iter().flatten().copied().collect()
+}
+
+/// Reads a peer's message of exactly `announced` points. Only the form is
+/// checked here; [`Party::reblind`] and [`check_distinct`] check the points.
+pub fn decode_points(bytes: &[u8], announced: usize) -> Result<Vec<Encoded>, PsiError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(PsiError::Length(bytes.len()));
+    }
+    let got = bytes.len() / 32;
+    if got > MAX_POINTS {
+        return Err(PsiError::TooMany(got));
+    }
+    if got != announced {
+        return Err(PsiError::Count { got, announced });
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut p = [0u8; 32];
+            p.copy_from_slice(c);
+            p
+        })
+        .collect())
+}
+
+/// Refuses a list with a repeated point (a peer probing multiplicities, or
+/// padding that reveals itself). Returns the first repeat's position.
+pub fn check_distinct(points: &[Encoded]) -> Result<(), PsiError> {
+    let mut seen: HashSet<&Encoded> = HashSet::with_capacity(points.len());
+    match points.iter().position(|p| !seen.insert(p)) {
+        Some(i) => Err(PsiError::Duplicate(i)),
+        None => Ok(()),
+    }
+}
+
+/// Runs `work` over `items` in one chunk per core, keeping the order; the
+/// first error (by position) wins. `work` gets each chunk's offset.
+fn in_parallel<T: Sync, U: Send>(
+    items: &[T],
+    work: impl Fn(usize, &[T]) -> Result<Vec<U>, PsiError> + Sync,
+) -> Result<Vec<U>, PsiError> {
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let chunk = items.len().div_ceil(cores).max(1024);
+    if items.len() <= chunk {
+        return work(0, items);
+    }
+    let results: Vec<Result<Vec<U>, PsiError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .enumerate()
+            .map(|(n, part)| {
+                let work = &work;
+                scope.spawn(move || work(n * chunk, part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(PsiError::Randomness)))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for part in results {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 /// RFC 9380, section 5.3.1: `expand_message_xmd` with hash `D`.
@@ -174,16 +250,26 @@ impl Party {
         if total > MAX_POINTS {
             return Err(PsiError::TooMany(total));
         }
-        let mut entries: Vec<(Encoded, Option<usize>)> = Vec::with_capacity(total);
-        for (i, key) in keys.iter().enumerate() {
-            let point = hash_to_group(dst, key.as_bytes()) * self.secret;
-            entries.push((point.compress().to_bytes(), Some(i)));
-        }
-        for _ in keys.len()..total {
-            // A random point is indistinguishable from a blinded hash.
-            let point = RistrettoPoint::mul_base(&random_scalar()?);
-            entries.push((point.compress().to_bytes(), None));
-        }
+        let mut entries: Vec<(Encoded, Option<usize>)> = in_parallel(keys, |offset, part| {
+            Ok(part
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let point = hash_to_group(dst, key.as_bytes()) * self.secret;
+                    (point.compress().to_bytes(), Some(offset + i))
+                })
+                .collect())
+        })?;
+        // Random points are indistinguishable from blinded hashes.
+        let padding = vec![(); total - keys.len()];
+        entries.extend(in_parallel(&padding, |_, part| {
+            part.iter()
+                .map(|()| {
+                    let point = RistrettoPoint::mul_base(&random_scalar()?);
+                    Ok((point.compress().to_bytes(), None))
+                })
+                .collect()
+        })?);
         shuffle(&mut entries)?;
         let (points, origin) = entries.into_iter().unzip();
         Ok(Blinded { points, origin })
@@ -201,22 +287,22 @@ impl Party {
         if points.len() > MAX_POINTS {
             return Err(PsiError::TooMany(points.len()));
         }
-        let mut seen: HashSet<&Encoded> = HashSet::with_capacity(points.len());
+        check_distinct(points)?;
         let identity = RistrettoPoint::identity();
-        let mut out = Vec::with_capacity(points.len());
-        for (i, bytes) in points.iter().enumerate() {
-            let point = CompressedRistretto(*bytes)
-                .decompress()
-                .ok_or(PsiError::Malformed(i))?;
-            if point == identity {
-                return Err(PsiError::Identity(i));
-            }
-            if !seen.insert(bytes) {
-                return Err(PsiError::Duplicate(i));
-            }
-            out.push((point * self.secret).compress().to_bytes());
-        }
-        Ok(out)
+        in_parallel(points, |offset, part| {
+            part.iter()
+                .enumerate()
+                .map(|(i, bytes)| {
+                    let point = CompressedRistretto(*bytes)
+                        .decompress()
+                        .ok_or(PsiError::Malformed(offset + i))?;
+                    if point == identity {
+                        return Err(PsiError::Identity(offset + i));
+                    }
+                    Ok((point * self.secret).compress().to_bytes())
+                })
+                .collect()
+        })
     }
 }
 
@@ -350,6 +436,47 @@ mod tests {
                 announced: 9
             })
         );
+    }
+
+    #[test]
+    fn wire_messages_are_whole_announced_point_lists() {
+        let b = Party::new().unwrap();
+        let points = b.blind(&job_dst("j"), &keys(0..5), 8).unwrap().points;
+        let wire = encode_points(&points);
+        assert_eq!(wire.len(), 8 * 32);
+        assert_eq!(decode_points(&wire, 8).unwrap(), points);
+        assert_eq!(decode_points(&wire[..100], 8), Err(PsiError::Length(100)));
+        assert_eq!(
+            decode_points(&wire, 7),
+            Err(PsiError::Count {
+                got: 8,
+                announced: 7
+            })
+        );
+        assert!(check_distinct(&points).is_ok());
+        let mut twice = points.clone();
+        twice[6] = twice[1];
+        assert_eq!(check_distinct(&twice), Err(PsiError::Duplicate(6)));
+    }
+
+    #[test]
+    fn large_sets_are_blinded_in_parallel_in_order() {
+        // More than one chunk per core: positions stay aligned with keys.
+        let dst = job_dst("job-big");
+        let (a, b) = (Party::new().unwrap(), Party::new().unwrap());
+        let xs = keys(0..5000);
+        let ys = keys(4000..4100);
+        let blinded_a = a.blind(&dst, &xs, 6000).unwrap();
+        let blinded_b = b.blind(&dst, &ys, 100).unwrap();
+        let a_by_b = b.reblind(&blinded_a.points, 6000).unwrap();
+        let b_by_a = a.reblind(&blinded_b.points, 100).unwrap();
+        assert_eq!(
+            matches(&blinded_a, &a_by_b, &b_by_a),
+            (4000..4100).collect::<Vec<usize>>()
+        );
+        let mut bad = blinded_a.points.clone();
+        bad[4321] = [0xff; 32];
+        assert_eq!(b.reblind(&bad, 6000), Err(PsiError::Malformed(4321)));
     }
 
     #[test]

@@ -15,12 +15,15 @@
 
 mod auth;
 mod body;
+mod matching;
 pub mod openapi;
+mod peer;
 pub mod problem;
 mod routes;
 mod tiles;
 
 pub use auth::RateLimit;
+pub use peer::HttpPeer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,6 +84,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Longest a request may take once its headers are in.
     pub request_timeout: Duration,
+    /// Longest one step of a match job may take (`/v1/matches…`).
+    pub match_timeout: Duration,
     /// Longest a client may take to send its request headers.
     pub header_timeout: Duration,
     /// Requests handled at once; more get `503 overloaded`.
@@ -94,7 +99,8 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults for `listen`: 64 KiB bodies, 30 s per request, 10 s for
+    /// Defaults for `listen`: 64 KiB bodies, 30 s per request (30 min per
+    /// step of a match, whose point lists the job sizes), 10 s for
     /// headers, 256 requests in flight, 1,024 connections, 100 requests/s
     /// per principal (burst 200), 30 s to drain at shutdown.
     pub fn new(listen: SocketAddr) -> Self {
@@ -103,6 +109,7 @@ impl ServerConfig {
             tls: None,
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
+            match_timeout: Duration::from_secs(30 * 60),
             header_timeout: Duration::from_secs(10),
             max_in_flight: 256,
             max_connections: 1024,
@@ -132,6 +139,7 @@ pub struct AppState {
     limiter: auth::Limiter,
     in_flight: Arc<Semaphore>,
     request_timeout: Duration,
+    match_timeout: Duration,
 }
 
 /// The application: every route, with limits, logs and problem+json errors.
@@ -141,6 +149,7 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         limiter: auth::Limiter::new(config.rate_limit),
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         request_timeout: config.request_timeout,
+        match_timeout: config.match_timeout,
     });
     let v1 = Router::new()
         .route("/datasets", get(routes::datasets))
@@ -165,7 +174,20 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         .route("/subjects/protect", post(routes::protect_subject))
         .route("/queries", post(routes::query))
         .route("/reports/subject", post(routes::subject_report))
-        .route("/reports/agreements/{id}", get(routes::agreement_report));
+        .route("/reports/agreements/{id}", get(routes::agreement_report))
+        .route("/matches", post(matching::open))
+        .route("/match-runs", post(matching::run))
+        .route("/matches/{job}", get(matching::result))
+        .route("/matches/{job}/confirm", post(matching::confirm))
+        // Point lists are sized by their job, and read no further.
+        .route(
+            "/matches/{job}/points",
+            post(matching::exchange).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/matches/{job}/finish",
+            post(matching::finish).layer(DefaultBodyLimit::disable()),
+        );
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(openapi::document))
@@ -222,7 +244,15 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         )
         .retry_after(1)
         .into_response(),
-        Ok(_permit) => match tokio::time::timeout(state.request_timeout, next.run(request)).await
+        Ok(_permit) => match tokio::time::timeout(
+            if route.starts_with("/v1/match") {
+                state.match_timeout
+            } else {
+                state.request_timeout
+            },
+            next.run(request),
+        )
+        .await
         {
             Ok(response) => response,
             Err(_) => Problem::new(

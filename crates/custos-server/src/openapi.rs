@@ -4,6 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::matching;
 use crate::problem::Problem;
 use crate::routes;
 use crate::tiles;
@@ -38,6 +39,12 @@ use crate::tiles;
         routes::query,
         routes::subject_report,
         routes::agreement_report,
+        matching::open,
+        matching::exchange,
+        matching::finish,
+        matching::result,
+        matching::confirm,
+        matching::run,
     ),
     components(schemas(
         Problem,
@@ -47,6 +54,8 @@ use crate::tiles;
         routes::NewLookup,
         routes::SubjectBody,
         routes::NewQuery,
+        matching::NewMatch,
+        matching::NewMatchRun,
     )),
     modifiers(&BearerAuth),
 )]

@@ -18,6 +18,7 @@ pub mod dataset;
 pub mod home;
 pub mod ingest;
 pub mod keys;
+pub mod matches;
 pub mod meta;
 pub mod principal;
 pub mod requests;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::budgets::BudgetStore;
+use crate::matches::MatchStore;
 use crate::principal::{Principal, format_roles, parse_roles};
 use crate::requests::RequestStore;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -98,7 +99,9 @@ pub struct AgreementState {
 
 /// Everything Custos keeps about itself besides data files and the ledger.
 #[async_trait]
-pub trait MetadataStore: RequestStore + BudgetStore + Send + Sync + std::fmt::Debug {
+pub trait MetadataStore:
+    RequestStore + BudgetStore + MatchStore + Send + Sync + std::fmt::Debug
+{
     /// Reads an instance setting.
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Writes an instance setting once; an existing key is refused.

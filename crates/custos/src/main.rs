@@ -100,6 +100,11 @@ enum Command {
     /// is refused whole. The file appears only after the ledger records the
     /// extract with a commitment to every subject in it.
     Extract(commands::extract::ExtractArgs),
+    /// Private matching with another agency's Custos (mode `match`): learn
+    /// which of your subjects are in the peer's dataset (as tokens of the
+    /// agreement) or only how many, without either side seeing the other's
+    /// list. `match show JOB` and `match confirm JOB` follow up a job.
+    Match(commands::matching::MatchArgs),
     /// Approve a pending look-up (role `approver`; never your own request,
     /// never twice).
     Approve(commands::lookup::ApproveArgs),
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
             Command::Approve(args) => commands::lookup::approve(&cli.home, server, args).await,
             Command::Query(args) => commands::query::run(&cli.home, server, args).await,
             Command::Extract(args) => commands::extract::run(&cli.home, server, args).await,
+            Command::Match(args) => commands::matching::run(&cli.home, server, args).await,
             Command::Report(cmd) => commands::report::run(&cli.home, server, cmd).await,
             Command::Subject(cmd) => commands::lookup::subject(&cli.home, server, cmd).await,
             Command::Dataset(cmd) => commands::dataset::run(&cli.home, server, cmd).await,
@@ -174,9 +180,6 @@ fn main() -> ExitCode {
             _ if server.is_some() => local_only(),
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Init(args) => commands::init::run(&cli.home, args).await,
-
-
-
             Command::Serve(args) => commands::serve::run(&cli.home, args).await,
         }
     });

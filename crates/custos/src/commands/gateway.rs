@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use custos_broker::{
     Actor, AggregateAnswer, AgreementReport, AgreementStatus, Custos, LookupDetails, LookupRequest,
-    LookupTicket, Released, SubjectReport,
+    LookupTicket, MatchReport, MatchRequest, Released, SubjectReport,
 };
 use custos_policy::Agreement;
+use custos_server::HttpPeer;
+use custos_store::matches::MatchJob;
 use custos_store::meta::{AgreementState, AgreementVersion};
 use custos_store::{Principal, Role};
 use serde::Deserialize;
@@ -98,6 +100,71 @@ impl Gateway {
                     }),
                 )
                 .await
+            }
+        }
+    }
+
+    /// `custos match`: runs the job here (local home) or has the server run
+    /// it; either way the requesting side's Custos talks to the peer.
+    pub async fn run_match(
+        &self,
+        req: MatchRequest<'_>,
+        peer: &str,
+        peer_token: Zeroizing<String>,
+    ) -> anyhow::Result<MatchReport> {
+        match self {
+            Self::Local { custos, actor } => {
+                let peer = HttpPeer::new(peer, peer_token).map_err(anyhow::Error::msg)?;
+                Ok(custos.run_match(actor, req, &peer).await?)
+            }
+            Self::Remote(c) => {
+                c.post_long(
+                    "/v1/match-runs",
+                    &json!({
+                        "agreement": req.agreement,
+                        "dataset": req.dataset,
+                        "key": req.key,
+                        "peer": peer,
+                        "peer_token": peer_token.as_str(),
+                    }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos match show`.
+    pub async fn match_result(&self, job: &str) -> anyhow::Result<(MatchJob, Vec<String>)> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.match_result(actor, job).await?),
+            Self::Remote(c) => {
+                #[derive(Deserialize)]
+                struct Answer {
+                    job: MatchJob,
+                    tokens: Vec<String>,
+                }
+                let a: Answer = c.get(&format!("/v1/matches/{}", segment(job)?)).await?;
+                Ok((a.job, a.tokens))
+            }
+        }
+    }
+
+    /// `custos match confirm`.
+    pub async fn confirm_match(&self, job: &str) -> anyhow::Result<MatchJob> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.confirm_match(actor, job).await?),
+            Self::Remote(c) => {
+                #[derive(Deserialize)]
+                struct Answer {
+                    job: MatchJob,
+                }
+                let a: Answer = c
+                    .post(
+                        &format!("/v1/matches/{}/confirm", segment(job)?),
+                        &json!({}),
+                    )
+                    .await?;
+                Ok(a.job)
             }
         }
     }
@@ -381,6 +448,17 @@ impl Client {
             body.extend_from_slice(&chunk);
         }
         Ok(Some(body))
+    }
+
+    /// POSTs an action that may run for minutes (a match job).
+    async fn post_long<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .timeout(Duration::from_secs(60 * 60))
+                .json(body),
+        )
+        .await
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {

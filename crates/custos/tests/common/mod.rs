@@ -2,7 +2,10 @@
 //! a principal, and the ledger as JSON.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// `custos` with `CUSTOS_HOME = home`, no master key from the environment,
 /// and `CUSTOS_TOKEN` only if `token` is given.
@@ -111,4 +114,80 @@ pub fn aggregate_agreement(id: &str, budget: &str, per_query: &str) -> String {
         .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
         .replace("budget = 1.0", &format!("budget = {budget}"))
         .replace("per_query = 0.1", &format!("per_query = {per_query}"))
+}
+
+/// A running `custos serve`, killed if a test fails.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `custos serve` on a free loopback port of `home`.
+    pub fn start(home: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .env("CUSTOS_HOME", home)
+            .env_remove("CUSTOS_MASTER_KEY")
+            .env_remove("CUSTOS_TOKEN")
+            .env("CUSTOS_LOG", "info")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        assert!(line.starts_with("http://127.0.0.1:"), "{line}");
+        Self {
+            child,
+            url: line.trim().to_owned(),
+            stderr,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let log = self.stderr.lock().unwrap().clone();
+                return (status, log);
+            }
+            assert!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,992 @@
+//! Private matching between two Custos instances (mode `match`), both
+//! sides of it. The protocol core is `custos_privacy::psi`; this module
+//! decides, ledgers and sequences it.
+//!
+//! The requesting side ([`Custos::run_match`]) and the answering side
+//! ([`Custos::open_match`], [`Custos::exchange_match`],
+//! [`Custos::finish_match`]) each apply their own copy of the agreement
+//! (same id): a `match` grant on their own dataset, `[grants.match]` with
+//! `reveal` and `pad_to`. The narrower `reveal` of the two applies.
+//!
+//! 1. open: the requester announces the job id (fresh, random; a replayed
+//!    id is refused by the answering home's catalogue), the agreement, its
+//!    `reveal` and how many points it will send. The answering side
+//!    decides, ledgers `match.open`, blinds its own keys and answers with
+//!    its point count and the reveal that applies.
+//! 2. exchange: the requester sends its blinded points; the answering side
+//!    checks them (canonical, not the identity, distinct, as many as
+//!    announced), re-blinds them (and shuffles them back when only the
+//!    count may be revealed) and sends them with its own blinded points.
+//! 3. finish: the requester sends the answering side's points re-blinded by
+//!    its own scalar, shuffled; the answering side learns the count (and
+//!    only the count) and ledgers `match.finish`.
+//!
+//! INVARIANT (fail closed): neither side sends a point derived from its
+//! data before its ledger holds the entry allowing the job; the requester
+//! keeps a result only after the entry recording it (with the matched
+//! subjects as commitments) is durable. Results stay "unverified" until a
+//! custodian confirms them ([`Custos::confirm_match`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Int64Array, StringArray};
+use custos_ledger::{Decision, Entry};
+use custos_policy::{Agreement, MatchGrant, Mode, Reveal};
+use custos_privacy::extract::Tokeniser;
+use custos_privacy::psi::{self, Encoded, Party, PsiError};
+use custos_store::matches::{MatchJob, MatchSide, MatchState};
+use custos_store::{ColumnClass, DatasetReader, DatasetSchema, Principal, Role};
+use serde::{Deserialize, Serialize};
+
+use crate::lookups::Denial;
+use crate::{Actor, BrokerError, Custos, now_micros};
+
+/// Subject commitments per ledger entry of a match result.
+const SUBJECTS_PER_ENTRY: usize = 1000;
+
+/// How long an answering side keeps an unfinished job.
+const PENDING_FOR: Duration = Duration::from_secs(30 * 60);
+
+/// What the requester announces when it opens a job at the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchOffer {
+    /// `m_` and 32 lowercase hex digits, fresh for the job.
+    pub job_id: String,
+    /// The agreement (both sides hold a copy under this id).
+    pub agreement: String,
+    /// What the requester's copy lets it learn.
+    pub reveal: Reveal,
+    /// How many points it will send (its `pad_to`).
+    pub points: u64,
+}
+
+/// The answering side's reply to an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchOpened {
+    /// The job.
+    pub job_id: String,
+    /// What the requester will learn: the narrower of both copies.
+    pub reveal: Reveal,
+    /// How many points the answering side will send (its `pad_to`).
+    pub points: u64,
+}
+
+/// Why a peer did not do its part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer refused, with its reason.
+    #[error("the peer refused: {0}")]
+    Refused(String),
+    /// The peer could not be reached or answered nonsense.
+    #[error("the peer failed: {0}")]
+    Failed(String),
+}
+
+/// The other Custos, as the requesting side talks to it (over HTTP in
+/// `custos-server`'s `HttpPeer`).
+pub trait MatchPeer: Sync {
+    /// How the ledger names the peer (its address, never a secret).
+    fn name(&self) -> String;
+    /// Step 1: opens the job.
+    fn open(
+        &self,
+        offer: &MatchOffer,
+    ) -> impl Future<Output = Result<MatchOpened, PeerError>> + Send;
+    /// Step 2: sends this side's points; returns them re-blinded followed
+    /// by the peer's own points (the wire form of `psi::encode_points`),
+    /// `reply_bytes` long (a longer reply is refused unread).
+    fn exchange(
+        &self,
+        job_id: &str,
+        points: Vec<u8>,
+        reply_bytes: usize,
+    ) -> impl Future<Output = Result<Vec<u8>, PeerError>> + Send;
+    /// Step 3: sends the peer's points re-blinded here, shuffled; returns
+    /// the count the peer saw.
+    fn finish(
+        &self,
+        job_id: &str,
+        points: Vec<u8>,
+    ) -> impl Future<Output = Result<u64, PeerError>> + Send;
+}
+
+/// A match to run from this side.
+#[derive(Debug, Clone)]
+pub struct MatchRequest<'a> {
+    /// The agreement.
+    pub agreement: &'a str,
+    /// This side's dataset.
+    pub dataset: &'a str,
+    /// The key column (a granted `subject_id` or `identifier` column).
+    pub key: &'a str,
+}
+
+/// What a match found, as the requesting side keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MatchReport {
+    /// The job.
+    pub job_id: String,
+    /// The agreement.
+    pub agreement: String,
+    /// Its version here.
+    pub agreement_version: u32,
+    /// This side's dataset.
+    pub dataset: String,
+    /// The key column.
+    pub key: String,
+    /// The peer.
+    pub peer: String,
+    /// `matches` or `count`: what this side learnt.
+    pub reveal: Reveal,
+    /// `unverified` until a custodian confirms it.
+    pub state: MatchState,
+    /// Matches found.
+    pub matches: u64,
+    /// The count the peer reported seeing (equal unless a side misbehaved).
+    pub peer_count: u64,
+    /// Distinct keys this side matched with.
+    pub keys: u64,
+    /// Rows whose key had no digits (left out).
+    pub rows_without_key: u64,
+    /// Points each side sent (after padding).
+    pub points_sent: u64,
+    /// Points the peer sent.
+    pub points_received: u64,
+    /// The matched subjects' per-agreement tokens (reveal `matches` only).
+    pub tokens: Vec<String>,
+    /// Ledger index of the entry recording the result.
+    pub ledger_index: u64,
+}
+
+/// An answering side's job between its steps.
+pub(crate) struct PendingMatch {
+    principal: String,
+    agreement: String,
+    version: u32,
+    reveal: Reveal,
+    announced: usize,
+    party: Party,
+    own: Vec<Encoded>,
+    /// The requester's points re-blinded here (after step 2).
+    theirs_reblinded: Option<Vec<Encoded>>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for PendingMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PendingMatch({}, {} points)",
+            self.agreement,
+            self.own.len()
+        )
+    }
+}
+
+/// Jobs in progress on the answering side, by id.
+pub(crate) type PendingMatches = Mutex<HashMap<String, PendingMatch>>;
+
+/// A job id as the requester makes it.
+fn valid_job_id(id: &str) -> bool {
+    id.len() == 34
+        && id.starts_with("m_")
+        && id[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The distinct normalised keys of a dataset's key column, each with the
+/// subject id of its first row; and how many rows had no usable key.
+fn read_keys(
+    reader: &DatasetReader,
+    key: &str,
+) -> Result<(Vec<String>, Vec<String>, u64), BrokerError> {
+    let subject = reader.schema().subject_column().name.clone();
+    let wanted: Vec<&str> = if subject == key {
+        vec![key]
+    } else {
+        vec![key, &subject]
+    };
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let (mut keys, mut subjects) = (Vec::new(), Vec::new());
+    let mut without = 0u64;
+    for bucket in 0..reader.bucket_count() {
+        for batch in reader.bucket_batches(bucket, true, Some(&wanted))? {
+            let text = |name: &str, row: usize| -> Option<String> {
+                let array = batch.column_by_name(name)?;
+                if array.is_null(row) {
+                    return None;
+                }
+                if let Some(a) = array.as_any().downcast_ref::<StringArray>() {
+                    return Some(a.value(row).to_owned());
+                }
+                array
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| a.value(row).to_string())
+            };
+            for row in 0..batch.num_rows() {
+                let Some(normal) = text(key, row).as_deref().and_then(psi::normalise_key) else {
+                    without += 1;
+                    continue;
+                };
+                if seen.contains_key(&normal) {
+                    continue;
+                }
+                seen.insert(normal.clone(), keys.len());
+                keys.push(normal);
+                subjects.push(text(&subject, row).unwrap_or_default());
+            }
+        }
+    }
+    Ok((keys, subjects, without))
+}
+
+/// A refusal of the peer's message, for the ledger and the caller.
+fn bad_peer(e: &PsiError) -> Denial {
+    Denial::same(format!("the peer's points were refused: {e}"))
+}
+
+impl Custos {
+    /// The agreement's match grant on this side, its dataset's schema and
+    /// the decision, or the denial.
+    async fn decide_match(
+        &self,
+        principal: &Principal,
+        agreement: &str,
+        dataset: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Result<(crate::lookups::Granted, MatchGrant, DatasetSchema), Denial>, BrokerError>
+    {
+        let meta = self.home().meta();
+        // The answering side does not know the dataset: its copy names it.
+        let dataset = match dataset {
+            Some(d) => d.to_owned(),
+            None => match meta.agreement_versions(agreement).await?.last() {
+                Some(latest) => Agreement::from_toml(&latest.toml)
+                    .ok()
+                    .and_then(|a| {
+                        a.grants
+                            .iter()
+                            .find(|g| g.mode == Mode::Match)
+                            .map(|g| g.dataset.clone())
+                    })
+                    .unwrap_or_default(),
+                None => String::new(),
+            },
+        };
+        let columns = key.map(|k| vec![k.to_owned()]);
+        let granted = match self
+            .decide_access(
+                principal,
+                agreement,
+                &dataset,
+                Mode::Match,
+                columns.as_deref(),
+                None,
+            )
+            .await?
+        {
+            Ok(g) => g,
+            Err(d) => return Ok(Err(d)),
+        };
+        let grant = granted.grant()?;
+        let Some(terms) = grant.matching.clone() else {
+            return Ok(Err(Denial::same(
+                "the match grant has no `[grants.match]` terms".into(),
+            )));
+        };
+        let Some(record) = meta.dataset(&dataset).await? else {
+            return Ok(Err(Denial::same("the dataset is gone".into())));
+        };
+        let schema = DatasetSchema::from_toml(&record.schema_toml)
+            .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
+        let key = key.unwrap_or(&schema.subject_column().name);
+        match schema.column(key) {
+            Some(c) if matches!(c.class, ColumnClass::SubjectId | ColumnClass::Identifier) => {}
+            _ => {
+                return Ok(Err(Denial::same(format!(
+                    "the key `{key}` must be a `subject_id` or `identifier` column of `{dataset}`"
+                ))));
+            }
+        }
+        Ok(Ok((granted, terms, schema)))
+    }
+
+    /// Runs a match against `peer` as the requesting side (see the module
+    /// comment) and keeps the result, unverified.
+    pub async fn run_match(
+        &self,
+        actor: &Actor,
+        req: MatchRequest<'_>,
+        peer: &impl MatchPeer,
+    ) -> Result<MatchReport, BrokerError> {
+        let mut entry = Entry::new(now_micros(), actor.id(), "match", Decision::Deny)
+            .with_attribute("peer", peer.name())
+            .with_attribute("side", "requester");
+        let Actor::Principal(principal) = actor else {
+            return Err(self.refuse(
+                entry,
+                Denial::same("matches need a principal's token".into()),
+            ));
+        };
+        let meta = self.home().meta();
+        if let Some(latest) = meta.agreement_versions(req.agreement).await?.last() {
+            entry = entry.with_agreement(req.agreement, latest.version);
+        }
+        let (granted, terms, schema) = match self
+            .decide_match(principal, req.agreement, Some(req.dataset), Some(req.key))
+            .await?
+        {
+            Ok(t) => t,
+            Err(denial) => return Err(self.refuse(entry, denial)),
+        };
+        entry = entry
+            .with_agreement(req.agreement, granted.version)
+            .with_attribute("dataset", req.dataset)
+            .with_attribute("key", req.key);
+        let reader = DatasetReader::open(self.home(), req.dataset).await?;
+        let key = req.key.to_owned();
+        let (keys, subjects, rows_without_key) =
+            tokio::task::spawn_blocking(move || read_keys(&reader, &key))
+                .await
+                .map_err(|_| BrokerError::Invalid("reading the keys was interrupted".into()))??;
+        let pad_to = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
+        if keys.len() > pad_to {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "`{}` has {} distinct keys, more than the {pad_to} points the agreement lets this side show (`pad_to`)",
+                    req.dataset,
+                    keys.len()
+                )),
+            ));
+        }
+        let mut raw = [0u8; 16];
+        custos_store::keys::random_bytes(&mut raw)?;
+        let job_id = format!("m_{}", hex::encode(raw));
+        entry = entry
+            .with_request(&job_id)
+            .with_attribute("reveal", terms.reveal.as_str())
+            .with_count("points", terms.pad_to);
+        let job = MatchJob {
+            job_id: job_id.clone(),
+            side: MatchSide::Requester,
+            agreement_id: req.agreement.to_owned(),
+            agreement_version: granted.version,
+            dataset: req.dataset.to_owned(),
+            principal: principal.id.clone(),
+            peer: peer.name(),
+            reveal: terms.reveal.as_str().to_owned(),
+            state: MatchState::Running,
+            match_count: None,
+            created_at: custos_store::home::now_rfc3339(),
+            confirmed_by: None,
+            confirmed_at: None,
+        };
+        meta.claim_match_job(&job).await?;
+        // INVARIANT: nothing derived from the data leaves before this is durable.
+        self.append(&Entry {
+            decision: Decision::Allow,
+            ..entry.clone()
+        })?;
+        let outcome = self
+            .exchange_with(peer, &job_id, req.agreement, &terms, &keys)
+            .await;
+        let (reveal, found, peer_count, points_received) = match outcome {
+            Ok(o) => o,
+            Err(denial) => {
+                let _ = meta
+                    .finish_match_job(&job_id, MatchState::Failed, None, &[])
+                    .await;
+                let result = Entry {
+                    action: "match.result".into(),
+                    decision: Decision::Error,
+                    ..entry
+                };
+                return Err(self.refuse(result, denial));
+            }
+        };
+        let matches = match &found {
+            Found::Indexes(indexes) => indexes.len() as u64,
+            Found::Count(n) => *n,
+        };
+        let (tokens, commitments) = match &found {
+            Found::Count(_) => (Vec::new(), Vec::new()),
+            Found::Indexes(indexes) => {
+                let tokeniser = Tokeniser::new(
+                    &self
+                        .home()
+                        .master_key()
+                        .derive(&format!("pseudonym-tokens/{}", req.agreement)),
+                )
+                .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+                let column = &schema.subject_column().name;
+                let mut tokens: Vec<String> = indexes
+                    .iter()
+                    .map(|i| tokeniser.token(column, &subjects[*i]))
+                    .collect();
+                tokens.sort_unstable();
+                let commitments: Vec<_> = indexes
+                    .iter()
+                    .map(|i| self.subjects().commit(&subjects[*i]))
+                    .collect();
+                (tokens, commitments)
+            }
+        };
+        // The result, with every matched subject as a commitment, is durable
+        // before it is kept or shown.
+        let mut chunks = commitments.chunks(SUBJECTS_PER_ENTRY);
+        let first = Entry {
+            action: "match.result".into(),
+            decision: Decision::Allow,
+            ..entry.clone()
+        }
+        .with_attribute("reveal_applied", reveal.as_str())
+        .with_attribute("state", "unverified")
+        .with_count("keys", keys.len() as u64)
+        .with_count("matches", matches)
+        .with_count("peer_count", peer_count)
+        .with_count("points_received", points_received)
+        .with_subjects(chunks.next().unwrap_or_default().iter().copied());
+        let mut entries = vec![first];
+        for chunk in chunks {
+            entries.push(
+                Entry::new(
+                    entry.time_micros,
+                    actor.id(),
+                    "match.subjects",
+                    Decision::Allow,
+                )
+                .with_request(&job_id)
+                .with_agreement(req.agreement, granted.version)
+                .with_subjects(chunk.iter().copied()),
+            );
+        }
+        let indexes = self.append_all(&entries)?;
+        meta.finish_match_job(&job_id, MatchState::Unverified, Some(matches), &tokens)
+            .await?;
+        Ok(MatchReport {
+            job_id,
+            agreement: req.agreement.to_owned(),
+            agreement_version: granted.version,
+            dataset: req.dataset.to_owned(),
+            key: req.key.to_owned(),
+            peer: peer.name(),
+            reveal,
+            state: MatchState::Unverified,
+            matches,
+            peer_count,
+            keys: keys.len() as u64,
+            rows_without_key,
+            points_sent: terms.pad_to,
+            points_received,
+            tokens,
+            ledger_index: indexes.start,
+        })
+    }
+
+    /// The requester's three steps with the peer; a denial says why the
+    /// job ended without a result.
+    async fn exchange_with(
+        &self,
+        peer: &impl MatchPeer,
+        job_id: &str,
+        agreement: &str,
+        terms: &MatchGrant,
+        keys: &[String],
+    ) -> Result<(Reveal, Found, u64, u64), Denial> {
+        let from_peer = |e: PeerError| Denial {
+            recorded: match &e {
+                PeerError::Refused(_) => "the peer refused the job".into(),
+                PeerError::Failed(_) => "the peer failed".into(),
+            },
+            message: e.to_string(),
+        };
+        let sent = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
+        let offer = MatchOffer {
+            job_id: job_id.to_owned(),
+            agreement: agreement.to_owned(),
+            reveal: terms.reveal,
+            points: terms.pad_to,
+        };
+        let opened = peer.open(&offer).await.map_err(from_peer)?;
+        if opened.job_id != job_id {
+            return Err(Denial::same("the peer answered for another job".into()));
+        }
+        let received = usize::try_from(opened.points)
+            .ok()
+            .filter(|n| (1..=psi::MAX_POINTS).contains(n))
+            .ok_or_else(|| {
+                bad_peer(&PsiError::TooMany(
+                    usize::try_from(opened.points).unwrap_or(usize::MAX),
+                ))
+            })?;
+        // This side applies its own copy too: the narrower reveal wins.
+        let reveal = terms.reveal.narrower(opened.reveal);
+        let dst = psi::job_dst(job_id);
+        let party = Party::new().map_err(|e| bad_peer(&e))?;
+        let (party, blinded) = {
+            let keys = keys.to_vec();
+            tokio::task::spawn_blocking(move || {
+                let blinded = party.blind(&dst, &keys, sent);
+                (party, blinded)
+            })
+            .await
+            .map_err(|_| Denial::same("blinding was interrupted".into()))?
+        };
+        let blinded = blinded.map_err(|e| Denial::same(format!("blinding failed: {e}")))?;
+        let reply = peer
+            .exchange(
+                job_id,
+                psi::encode_points(&blinded.points),
+                32 * (sent + received),
+            )
+            .await
+            .map_err(from_peer)?;
+        let all = psi::decode_points(&reply, sent + received).map_err(|e| bad_peer(&e))?;
+        let (ours_by_peer, theirs) = all.split_at(sent);
+        psi::check_distinct(ours_by_peer).map_err(|e| bad_peer(&e))?;
+        let (ours_by_peer, theirs) = (ours_by_peer.to_vec(), theirs.to_vec());
+        let work = tokio::task::spawn_blocking(move || {
+            let mut theirs_reblinded = party.reblind(&theirs, received)?;
+            let found = match reveal {
+                Reveal::Matches => {
+                    Found::Indexes(psi::matches(&blinded, &ours_by_peer, &theirs_reblinded))
+                }
+                Reveal::Count => {
+                    Found::Count(psi::match_count(&ours_by_peer, &theirs_reblinded) as u64)
+                }
+            };
+            psi::shuffle(&mut theirs_reblinded)?;
+            Ok::<_, PsiError>((found, theirs_reblinded))
+        })
+        .await
+        .map_err(|_| Denial::same("matching was interrupted".into()))?;
+        let (found, theirs_reblinded) = work.map_err(|e| bad_peer(&e))?;
+        let peer_count = peer
+            .finish(job_id, psi::encode_points(&theirs_reblinded))
+            .await
+            .map_err(from_peer)?;
+        Ok((reveal, found, peer_count, opened.points))
+    }
+
+    /// Step 1 on the answering side: decides under this side's copy of the
+    /// agreement, claims the job id (a replay is refused), ledgers the job
+    /// and blinds this side's keys.
+    pub async fn open_match(
+        &self,
+        actor: &Actor,
+        offer: &MatchOffer,
+    ) -> Result<MatchOpened, BrokerError> {
+        let mut entry = Entry::new(now_micros(), actor.id(), "match.open", Decision::Deny)
+            .with_attribute("side", "responder");
+        let Actor::Principal(principal) = actor else {
+            return Err(self.refuse(
+                entry,
+                Denial::same("matches need a principal's token".into()),
+            ));
+        };
+        if !valid_job_id(&offer.job_id) {
+            return Err(self.refuse(
+                entry,
+                Denial {
+                    message: "a job id is `m_` and 32 lowercase hex digits".into(),
+                    recorded: "malformed job id".into(),
+                },
+            ));
+        }
+        entry = entry.with_request(&offer.job_id);
+        let meta = self.home().meta();
+        if let Some(latest) = meta.agreement_versions(&offer.agreement).await?.last() {
+            entry = entry.with_agreement(&offer.agreement, latest.version);
+        }
+        let (granted, terms, schema) = match self
+            .decide_match(principal, &offer.agreement, None, None)
+            .await?
+        {
+            Ok(t) => t,
+            Err(denial) => return Err(self.refuse(entry, denial)),
+        };
+        let dataset = granted.grant()?.dataset;
+        entry = entry
+            .with_agreement(&offer.agreement, granted.version)
+            .with_attribute("dataset", &dataset)
+            .with_count("points_announced", offer.points);
+        let announced = usize::try_from(offer.points).unwrap_or(usize::MAX);
+        if announced == 0 || announced > psi::MAX_POINTS {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "a job carries 1 to {} points, not {}",
+                    psi::MAX_POINTS,
+                    offer.points
+                )),
+            ));
+        }
+        let reveal = terms.reveal.narrower(offer.reveal);
+        let job = MatchJob {
+            job_id: offer.job_id.clone(),
+            side: MatchSide::Responder,
+            agreement_id: offer.agreement.clone(),
+            agreement_version: granted.version,
+            dataset: dataset.clone(),
+            principal: principal.id.clone(),
+            peer: principal.org.clone(),
+            reveal: reveal.as_str().to_owned(),
+            state: MatchState::Running,
+            match_count: None,
+            created_at: custos_store::home::now_rfc3339(),
+            confirmed_by: None,
+            confirmed_at: None,
+        };
+        if !meta.claim_match_job(&job).await? {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "job `{}` was opened before: a replayed job is refused; start a new job",
+                    offer.job_id
+                )),
+            ));
+        }
+        let reader = DatasetReader::open(self.home(), &dataset).await?;
+        let key = schema.subject_column().name.clone();
+        let (keys, _, _) = tokio::task::spawn_blocking(move || read_keys(&reader, &key))
+            .await
+            .map_err(|_| BrokerError::Invalid("reading the keys was interrupted".into()))??;
+        let pad_to = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
+        if keys.len() > pad_to {
+            let _ = meta
+                .finish_match_job(&offer.job_id, MatchState::Failed, None, &[])
+                .await;
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "this side has more distinct keys than the {pad_to} points its agreement lets it show (`pad_to`)"
+                )),
+            ));
+        }
+        // INVARIANT: the blinded keys leave only after this is durable.
+        self.append(
+            &Entry {
+                decision: Decision::Allow,
+                ..entry
+            }
+            .with_attribute("reveal", reveal.as_str())
+            .with_count("points", terms.pad_to),
+        )?;
+        let party = Party::new().map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let dst = psi::job_dst(&offer.job_id);
+        let (party, blinded) = tokio::task::spawn_blocking(move || {
+            let blinded = party.blind(&dst, &keys, pad_to);
+            (party, blinded)
+        })
+        .await
+        .map_err(|_| BrokerError::Invalid("blinding was interrupted".into()))?;
+        let blinded = blinded.map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let mut pending = self
+            .pending_matches
+            .lock()
+            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?;
+        pending.retain(|_, p| p.since.elapsed() < PENDING_FOR);
+        pending.insert(
+            offer.job_id.clone(),
+            PendingMatch {
+                principal: principal.id.clone(),
+                agreement: offer.agreement.clone(),
+                version: granted.version,
+                reveal,
+                announced,
+                party,
+                own: blinded.points,
+                theirs_reblinded: None,
+                since: Instant::now(),
+            },
+        );
+        Ok(MatchOpened {
+            job_id: offer.job_id.clone(),
+            reveal,
+            points: terms.pad_to,
+        })
+    }
+
+    /// Takes an answering side's pending job for `actor` (only the
+    /// principal who opened it may continue it).
+    fn take_pending(
+        &self,
+        actor: &Actor,
+        job_id: &str,
+        action: &str,
+    ) -> Result<(PendingMatch, Entry), BrokerError> {
+        let entry = Entry::new(now_micros(), actor.id(), action, Decision::Deny)
+            .with_attribute("side", "responder");
+        let taken = self
+            .pending_matches
+            .lock()
+            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?
+            .remove(job_id)
+            .filter(|p| p.principal == actor.id());
+        match taken {
+            Some(p) => {
+                let entry = entry
+                    .with_request(job_id)
+                    .with_agreement(&p.agreement, p.version);
+                Ok((p, entry))
+            }
+            None => Err(self.refuse(
+                entry,
+                Denial {
+                    message: "no open match job with this id for you (it finished, failed, expired, or was never opened)".into(),
+                    recorded: "no such open match job".into(),
+                },
+            )),
+        }
+    }
+
+    /// How many bytes the next message of an answering side's open job
+    /// must have (the server reads no more than that), if the job exists.
+    pub fn match_message_bytes(&self, job_id: &str) -> Option<usize> {
+        let pending = self.pending_matches.lock().ok()?;
+        let job = pending.get(job_id)?;
+        Some(
+            32 * match job.theirs_reblinded {
+                None => job.announced,
+                Some(_) => job.own.len(),
+            },
+        )
+    }
+
+    /// Ends an answering side's job whose next message was longer than
+    /// announced (the server stopped reading it).
+    pub async fn refuse_long_match_message(
+        &self,
+        actor: &Actor,
+        job_id: &str,
+        action: &str,
+    ) -> BrokerError {
+        let (pending, entry) = match self.take_pending(actor, job_id, action) {
+            Ok(taken) => taken,
+            Err(e) => return e,
+        };
+        let announced = match pending.theirs_reblinded {
+            None => pending.announced,
+            Some(_) => pending.own.len(),
+        };
+        self.fail_pending(entry, job_id, &PsiError::TooLong(announced))
+            .await
+    }
+
+    /// Ends an answering side's job that a peer's message broke.
+    async fn fail_pending(&self, entry: Entry, job_id: &str, e: &PsiError) -> BrokerError {
+        let _ = self
+            .home()
+            .meta()
+            .finish_match_job(job_id, MatchState::Failed, None, &[])
+            .await;
+        self.refuse(entry, bad_peer(e))
+    }
+
+    /// Step 2 on the answering side: checks and re-blinds the requester's
+    /// points (shuffled back in count-only jobs) and returns them followed
+    /// by this side's own blinded points.
+    pub async fn exchange_match(
+        &self,
+        actor: &Actor,
+        job_id: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, BrokerError> {
+        let (mut pending, entry) = self.take_pending(actor, job_id, "match.exchange")?;
+        if pending.theirs_reblinded.is_some() {
+            return Err(self.refuse(
+                entry,
+                Denial::same("this job's points were exchanged already".into()),
+            ));
+        }
+        let points = match psi::decode_points(body, pending.announced) {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail_pending(entry, job_id, &e).await),
+        };
+        let (party, reveal) = (pending.party, pending.reveal);
+        let (party, work) = tokio::task::spawn_blocking(move || {
+            let work = party.reblind(&points, points.len()).and_then(|mut r| {
+                if reveal == Reveal::Count {
+                    psi::shuffle(&mut r)?;
+                }
+                Ok(r)
+            });
+            (party, work)
+        })
+        .await
+        .map_err(|_| BrokerError::Invalid("re-blinding was interrupted".into()))?;
+        let reblinded = match work {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail_pending(entry, job_id, &e).await),
+        };
+        let mut reply = psi::encode_points(&reblinded);
+        reply.extend(psi::encode_points(&pending.own));
+        pending.party = party;
+        pending.theirs_reblinded = Some(reblinded);
+        self.pending_matches
+            .lock()
+            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?
+            .insert(job_id.to_owned(), pending);
+        Ok(reply)
+    }
+
+    /// Step 3 on the answering side: the requester's re-blinding of this
+    /// side's points (shuffled) gives the count, which is ledgered and
+    /// returned. The job ends here.
+    pub async fn finish_match(
+        &self,
+        actor: &Actor,
+        job_id: &str,
+        body: &[u8],
+    ) -> Result<u64, BrokerError> {
+        let (pending, entry) = self.take_pending(actor, job_id, "match.finish")?;
+        let Some(theirs) = pending.theirs_reblinded.as_ref() else {
+            return Err(self.refuse(
+                entry,
+                Denial::same("this job's points were not exchanged yet".into()),
+            ));
+        };
+        let points = match psi::decode_points(body, pending.own.len())
+            .and_then(|p| psi::check_distinct(&p).map(|()| p))
+        {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail_pending(entry, job_id, &e).await),
+        };
+        let count = psi::match_count(theirs, &points) as u64;
+        self.append(
+            &Entry {
+                decision: Decision::Allow,
+                ..entry
+            }
+            .with_count("matches", count),
+        )?;
+        self.home()
+            .meta()
+            .finish_match_job(job_id, MatchState::Unverified, Some(count), &[])
+            .await?;
+        Ok(count)
+    }
+
+    /// A custodian (role `approver`, not the one who ran it) confirms a
+    /// job's result; until then no adverse action may rest on it.
+    pub async fn confirm_match(
+        &self,
+        actor: &Actor,
+        job_id: &str,
+    ) -> Result<MatchJob, BrokerError> {
+        let entry = Entry::new(now_micros(), actor.id(), "match.confirm", Decision::Deny);
+        let Actor::Principal(principal) = actor else {
+            return Err(self.refuse(
+                entry,
+                Denial::same("confirming needs a principal's token".into()),
+            ));
+        };
+        if !principal.has_role(Role::Approver) {
+            return Err(self.refuse(
+                entry,
+                Denial::same("confirming a match needs the `approver` role".into()),
+            ));
+        }
+        let meta = self.home().meta();
+        let Some(job) = meta.match_job(job_id).await? else {
+            return Err(self.refuse(
+                entry,
+                Denial {
+                    message: format!("no match job `{job_id}`"),
+                    recorded: "unknown match job".into(),
+                },
+            ));
+        };
+        let entry = entry
+            .with_request(job_id)
+            .with_agreement(&job.agreement_id, job.agreement_version);
+        if job.principal == principal.id {
+            return Err(self.refuse(
+                entry,
+                Denial::same("the principal who ran a match may not confirm it".into()),
+            ));
+        }
+        if job.state != MatchState::Unverified {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "job `{job_id}` is {}, only an unverified result can be confirmed",
+                    match job.state {
+                        MatchState::Running => "still running",
+                        MatchState::Confirmed => "confirmed already",
+                        _ => "failed",
+                    }
+                )),
+            ));
+        }
+        self.append(&Entry {
+            decision: Decision::Allow,
+            ..entry
+        })?;
+        meta.confirm_match_job(job_id, &principal.id, &custos_store::home::now_rfc3339())
+            .await?;
+        meta.match_job(job_id)
+            .await?
+            .ok_or_else(|| BrokerError::Invalid("the job vanished".into()))
+    }
+
+    /// A job and its tokens, for the principal who ran it or anyone with
+    /// `approver`, `admin` or `overseer` (overseers see no tokens).
+    pub async fn match_result(
+        &self,
+        actor: &Actor,
+        job_id: &str,
+    ) -> Result<(MatchJob, Vec<String>), BrokerError> {
+        let meta = self.home().meta();
+        let Actor::Principal(principal) = actor else {
+            return Err(BrokerError::Denied(
+                "reading a match needs a principal's token".into(),
+            ));
+        };
+        let job = meta
+            .match_job(job_id)
+            .await?
+            .ok_or_else(|| BrokerError::Denied(format!("no match job `{job_id}`")))?;
+        let owner = job.principal == principal.id;
+        if !(owner || principal.has_role(Role::Approver) || principal.has_role(Role::Admin)) {
+            if principal.has_role(Role::Overseer) {
+                return Ok((job, Vec::new()));
+            }
+            return Err(BrokerError::Denied(
+                "only the principal who ran a match, approvers, admins and overseers may read it"
+                    .into(),
+            ));
+        }
+        let tokens = meta.match_tokens(job_id).await?;
+        Ok((job, tokens))
+    }
+}
+
+/// What the requester found.
+enum Found {
+    /// Positions of its matched keys.
+    Indexes(Vec<usize>),
+    /// Only how many.
+    Count(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_have_one_form() {
+        assert!(valid_job_id("m_0123456789abcdef0123456789abcdef"));
+        assert!(!valid_job_id("m_0123456789ABCDEF0123456789abcdef"));
+        assert!(!valid_job_id("x_0123456789abcdef0123456789abcdef"));
+        assert!(!valid_job_id("m_0123"));
+    }
+}

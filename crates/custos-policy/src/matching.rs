@@ -1,0 +1,96 @@
+//! The terms of a `match` grant: what the requesting side may learn (the
+//! matched subjects' tokens or only their count) and how large a set each
+//! side shows the other (every set is padded to `pad_to` points, so its
+//! true size stays hidden). Parsing and checking only; the broker runs
+//! the protocol (`custos_privacy::psi`).
+
+use serde::{Deserialize, Serialize};
+
+/// Largest `pad_to` an agreement may set (the protocol's per-job limit).
+pub const MAX_PAD_TO: u64 = 50_000_000;
+
+/// What the requesting side learns from a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reveal {
+    /// Which of its own subjects matched, as per-agreement tokens.
+    Matches,
+    /// Only how many matched.
+    Count,
+}
+
+impl Reveal {
+    /// The name as written in agreements.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Matches => "matches",
+            Self::Count => "count",
+        }
+    }
+
+    /// Parses `matches` or `count`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "matches" => Some(Self::Matches),
+            "count" => Some(Self::Count),
+            _ => None,
+        }
+    }
+
+    /// The less revealing of two (each side applies its own agreement).
+    #[must_use]
+    pub fn narrower(self, other: Self) -> Self {
+        if self == Self::Count || other == Self::Count {
+            Self::Count
+        } else {
+            Self::Matches
+        }
+    }
+}
+
+/// `[grants.match]` as authored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchGrant {
+    /// What the requesting side learns.
+    pub reveal: Reveal,
+    /// Every set sent is padded with random points to exactly this many;
+    /// a side with more distinct keys than this refuses the job.
+    pub pad_to: u64,
+}
+
+impl MatchGrant {
+    /// The rules: `pad_to` between 1 and [`MAX_PAD_TO`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pad_to == 0 || self.pad_to > MAX_PAD_TO {
+            return Err(format!(
+                "`[grants.match] pad_to` must be between 1 and {MAX_PAD_TO}, not {}",
+                self.pad_to
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_narrower_reveal_wins() {
+        assert_eq!(Reveal::Matches.narrower(Reveal::Matches), Reveal::Matches);
+        assert_eq!(Reveal::Matches.narrower(Reveal::Count), Reveal::Count);
+        assert_eq!(Reveal::Count.narrower(Reveal::Matches), Reveal::Count);
+    }
+
+    #[test]
+    fn pad_to_is_bounded() {
+        let terms = |pad_to| MatchGrant {
+            reveal: Reveal::Count,
+            pad_to,
+        };
+        assert!(terms(1).validate().is_ok());
+        assert!(terms(0).validate().is_err());
+        assert!(terms(MAX_PAD_TO + 1).validate().is_err());
+    }
+}
