@@ -32,6 +32,11 @@ pub struct DemoArgs {
 const AGGREGATE_AGREEMENT: &str =
     include_str!("../../../../docs/examples/agreement-aggregate.toml");
 
+/// The matching example: the registry's copy and the requester's copy.
+const MATCH_AGREEMENT: &str = include_str!("../../../../docs/examples/agreement-match.toml");
+const MATCH_AGREEMENT_REQUESTER: &str =
+    include_str!("../../../../docs/examples/agreement-match-requester.toml");
+
 /// The pseudonymous-mode example of docs/agreements.md.
 const PSEUDONYMOUS_AGREEMENT: &str =
     include_str!("../../../../docs/examples/agreement-pseudonymous.toml");
@@ -216,15 +221,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(
         11,
+        "private matching: the benefits roll against another agency's death registry",
+    );
+    match_demo(&custos, &admin, &base, &generated).await?;
+
+    step(
+        12,
         "the ledger: every action written where it can't be erased",
     );
     let ledger = custos.ledger();
     let checkpoint = ledger.checkpoint()?;
     println!(
-        "  {} entries so far (init, principals, ingests, agreements, refusals, the look-up, the extract). The signed",
+        "  {} entries so far (init, principals, ingests, agreements, refusals, the look-up, the extract, the match).",
         checkpoint.size
     );
-    println!("  checkpoint an overseer keeps:");
+    println!("  The signed checkpoint an overseer keeps:");
     for line in String::from_utf8_lossy(&checkpoint.note).lines() {
         println!("    {line}");
     }
@@ -283,6 +294,156 @@ fn in_force_around_today(text: &str, days: u64) -> String {
         })
         .map(|line| line + "\n")
         .collect()
+}
+
+/// Both copies of the matching example, in force around today, padded to
+/// a size above both synthetic sets (the example's 2,000,000 is for real
+/// rolls; padding costs as much as real points).
+fn match_agreements(pad_to: u64) -> (String, String) {
+    let pad = |text: &str| {
+        in_force_around_today(text, 365).replace("pad_to = 2000000", &format!("pad_to = {pad_to}"))
+    };
+    (pad(MATCH_AGREEMENT), pad(MATCH_AGREEMENT_REQUESTER))
+}
+
+/// Step 11: a second home (the death registry) served on a loopback port;
+/// this home (the benefits agency) matches its roll against it.
+async fn match_demo(
+    custos: &Custos,
+    admin: &Actor,
+    base: &Path,
+    generated: &custos_synth::Generated,
+) -> anyhow::Result<()> {
+    let deaths = generated
+        .datasets
+        .iter()
+        .find(|d| d.name == "deaths")
+        .ok_or_else(|| anyhow::anyhow!("no death registry was generated"))?;
+    let benefits_rows = generated
+        .datasets
+        .iter()
+        .find(|d| d.name == "benefits")
+        .map_or(0, |d| d.rows);
+    let pad_to = (benefits_rows.max(deaths.rows) * 5 / 4).next_multiple_of(1000);
+    let (registry_copy, requester_copy) = match_agreements(pad_to);
+    let (registry, _) = Custos::init(
+        &base.join("registry"),
+        MasterKeySource::GenerateFile,
+        Some("registry.custos.local".into()),
+    )
+    .await?;
+    let (_, token) = registry
+        .add_principal(
+            &Actor::LocalAdmin,
+            "registrar",
+            "Vital Statistics",
+            &[Role::Admin],
+        )
+        .await?;
+    let registrar = Actor::Principal(registry.authenticate(token.reveal()).await?);
+    let report =
+        ingest_with_progress(&registry, &registrar, "deaths", &deaths.schema, &deaths.csv).await?;
+    let (version, _) = registry.apply_agreement(&registrar, &registry_copy).await?;
+    let (_, ssa_token) = registry
+        .add_principal(&registrar, "ssa-matching", "SSA", &[Role::Requester])
+        .await?;
+    println!(
+        "  The registry (Vital Statistics) runs its own Custos in a second home: {} deaths ingested,",
+        human_count(report.dataset.rows)
+    );
+    println!(
+        "  agreement `{}` applied, and a token issued to SSA's matching account.",
+        version.id
+    );
+    let registry_key = registry.ledger().verifier_key().to_owned();
+    let server = custos_server::Server::bind(
+        registry,
+        custos_server::ServerConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await?;
+    let url = format!("http://{}", server.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    println!("  It serves the API at {url}.");
+
+    custos.apply_agreement(admin, &requester_copy).await?;
+    let mut people = Vec::new();
+    for (name, role) in [("rob", Role::Requester), ("cora", Role::Approver)] {
+        let (_, token) = custos.add_principal(admin, name, "SSA", &[role]).await?;
+        people.push(Actor::Principal(custos.authenticate(token.reveal()).await?));
+    }
+    let [rob, cora] = [&people[0], &people[1]];
+    println!(
+        "  This home applies its own copy (a match grant on `benefits`); both copies pad every set to {} points.",
+        human_count(pad_to)
+    );
+    let peer =
+        custos_server::HttpPeer::new(&url, zeroize::Zeroizing::new(ssa_token.reveal().to_owned()))
+            .map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let result = custos
+        .run_match(
+            rob,
+            custos_broker::MatchRequest {
+                agreement: &version.id,
+                dataset: "benefits",
+                key: "ssn",
+            },
+            &peer,
+        )
+        .await;
+    let _ = stop.send(());
+    serving.await??;
+    let report = result?;
+    println!(
+        "  rob (SSA, requester) runs `custos match --peer {url} --dataset benefits --key ssn` ({:.1}s):",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {} of {} beneficiaries matched (the generator planted {}), as tokens of the agreement, e.g. {}.",
+        human_count(report.matches),
+        human_count(report.keys),
+        human_count(generated.deceased_beneficiaries),
+        report.tokens.first().map_or("-", String::as_str)
+    );
+    anyhow::ensure!(
+        report.matches == generated.deceased_beneficiaries,
+        "the match found {} but {} were planted",
+        report.matches,
+        generated.deceased_beneficiaries
+    );
+    println!(
+        "  What SSA saw: {} blinded points from the registry (its true size hidden) and which of its own",
+        human_count(report.points_received)
+    );
+    println!(
+        "  points matched. What the registry saw: SSA's padded set and, at the end, only the count."
+    );
+    let registry_ledger = LedgerReader::new(&base.join("registry").join("ledger"));
+    let size = registry_ledger.latest(&registry_key)?.size;
+    let entries = registry_ledger.entries(0, size)?;
+    let finish = entries
+        .iter()
+        .filter_map(|(_, bytes)| custos_ledger::Entry::decode(bytes).ok())
+        .find(|e| e.action == "match.finish");
+    if let Some(finish) = finish {
+        println!(
+            "  The registry's ledger: `match.open` then `match.finish` with {:?}; no SSN, no token.",
+            finish.counts
+        );
+    }
+    println!(
+        "  The result is UNVERIFIED (job {}): no payment may stop on it until a custodian checks.",
+        report.job_id
+    );
+    let confirmed = custos.confirm_match(cora, &report.job_id).await?;
+    println!(
+        "  cora (SSA, approver) confirms it: {:?}. Then each case goes through an identified look-up.",
+        confirmed.state
+    );
+    Ok(())
 }
 
 /// Step 10: an extract under the pseudonymous example, its first rows, and
