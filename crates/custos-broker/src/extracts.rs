@@ -22,12 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::lookups::Denial;
-use crate::{Actor, BrokerError, Custos, now_micros};
-
-/// Subject commitments per ledger entry (32 bytes each, well under the
-/// entry size limit); a large extract is recorded in several entries of
-/// one durable commit.
-const SUBJECTS_PER_ENTRY: usize = 1000;
+use crate::{Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
 
 /// Rows per Parquet batch of an extract.
 const PARQUET_BATCH_ROWS: usize = 8192;
@@ -380,7 +375,6 @@ impl Custos {
             .iter()
             .map(|s| self.subjects().commit(s))
             .collect();
-        let mut chunks = commitments.chunks(SUBJECTS_PER_ENTRY);
         let first = Entry {
             decision: Decision::Allow,
             ..entry.clone()
@@ -388,22 +382,8 @@ impl Custos {
         .with_count("rows", summary.rows_released)
         .with_count("subjects", commitments.len() as u64)
         .with_count("classes", summary.classes_released)
-        .with_count("k", u64::from(terms.k))
-        .with_subjects(chunks.next().unwrap_or_default().iter().copied());
-        let mut entries = vec![first];
-        for chunk in chunks {
-            entries.push(
-                Entry::new(
-                    entry.time_micros,
-                    actor.id(),
-                    "extract.subjects",
-                    Decision::Allow,
-                )
-                .with_request(&id)
-                .with_agreement(req.agreement, granted.version)
-                .with_subjects(chunk.iter().copied()),
-            );
-        }
+        .with_count("k", u64::from(terms.k));
+        let entries = entries_naming(first, &commitments);
         let indexes = match self.append_all(&entries) {
             Ok(r) => r,
             Err(e) => {

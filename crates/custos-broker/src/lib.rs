@@ -32,7 +32,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_ledger::{Decision, Entry, Ledger, LedgerConfig, LedgerError, SubjectCommitter};
+use custos_ledger::{
+    Decision, Entry, Ledger, LedgerConfig, LedgerError, SubjectCommitment, SubjectCommitter,
+};
 use custos_store::dataset::{self, DatasetSummary};
 use custos_store::principal::{self, IssuedToken};
 use custos_store::{
@@ -124,6 +126,31 @@ pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Subject commitments per ledger entry (32 bytes each, well under the
+/// entry size limit).
+pub(crate) const SUBJECTS_PER_ENTRY: usize = 1000;
+
+/// A release naming many subjects, as entries for one durable commit:
+/// `first` with the first [`SUBJECTS_PER_ENTRY`] commitments, then one
+/// `<first.action>.subjects` entry (same time, actor, request, agreement,
+/// decision) per further chunk. Subject `i` is in entry `i / SUBJECTS_PER_ENTRY`.
+pub(crate) fn entries_naming(first: Entry, subjects: &[SubjectCommitment]) -> Vec<Entry> {
+    let mut chunks = subjects.chunks(SUBJECTS_PER_ENTRY);
+    let head = chunks.next().unwrap_or_default();
+    let action = format!("{}.subjects", first.action);
+    let mut rest = Vec::new();
+    for chunk in chunks {
+        let mut next = Entry::new(first.time_micros, &first.actor, &action, first.decision);
+        next.request_id.clone_from(&first.request_id);
+        next.agreement_id.clone_from(&first.agreement_id);
+        next.agreement_version = first.agreement_version;
+        rest.push(next.with_subjects(chunk.iter().copied()));
+    }
+    let mut entries = vec![first.with_subjects(head.iter().copied())];
+    entries.extend(rest);
+    entries
 }
 
 /// Runs a durable ledger append, which waits for its group commit. On a

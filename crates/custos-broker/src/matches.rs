@@ -41,10 +41,7 @@ use custos_store::{ColumnClass, DatasetReader, DatasetSchema, Principal, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::lookups::Denial;
-use crate::{Actor, BrokerError, Custos, now_micros};
-
-/// Subject commitments per ledger entry of a match result.
-const SUBJECTS_PER_ENTRY: usize = 1000;
+use crate::{Actor, BrokerError, Custos, entries_naming, now_micros};
 
 /// How long an answering side keeps an unfinished job.
 const PENDING_FOR: Duration = Duration::from_secs(30 * 60);
@@ -441,7 +438,6 @@ impl Custos {
         };
         // The result, with every matched subject as a commitment, is durable
         // before it is kept or shown.
-        let mut chunks = commitments.chunks(SUBJECTS_PER_ENTRY);
         let first = Entry {
             action: "match.result".into(),
             decision: Decision::Allow,
@@ -452,22 +448,8 @@ impl Custos {
         .with_count("keys", keys.len() as u64)
         .with_count("matches", matches)
         .with_count("peer_count", peer_count)
-        .with_count("points_received", points_received)
-        .with_subjects(chunks.next().unwrap_or_default().iter().copied());
-        let mut entries = vec![first];
-        for chunk in chunks {
-            entries.push(
-                Entry::new(
-                    entry.time_micros,
-                    actor.id(),
-                    "match.subjects",
-                    Decision::Allow,
-                )
-                .with_request(&job_id)
-                .with_agreement(req.agreement, granted.version)
-                .with_subjects(chunk.iter().copied()),
-            );
-        }
+        .with_count("points_received", points_received);
+        let entries = entries_naming(first, &commitments);
         let indexes = self.append_all(&entries)?;
         meta.finish_match_job(&job_id, MatchState::Unverified, Some(matches), &tokens)
             .await?;
@@ -725,12 +707,17 @@ impl Custos {
     ) -> Result<(PendingMatch, Entry), BrokerError> {
         let entry = Entry::new(now_micros(), actor.id(), action, Decision::Deny)
             .with_attribute("side", "responder");
-        let taken = self
-            .pending_matches
-            .lock()
-            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?
-            .remove(job_id)
-            .filter(|p| p.principal == actor.id());
+        let taken = {
+            let mut pending = self
+                .pending_matches
+                .lock()
+                .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?;
+            // Someone else's job is left alone (and looks like no job at all).
+            match pending.get(job_id) {
+                Some(p) if p.principal == actor.id() => pending.remove(job_id),
+                _ => None,
+            }
+        };
         match taken {
             Some(p) => {
                 let entry = entry

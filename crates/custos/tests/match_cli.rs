@@ -387,71 +387,51 @@ fn two_servers_count_only_and_refusals() {
         "deny"
     ));
 
-    // No peer token, a wrong one, a plain-http peer off this machine.
-    let out = rob()
-        .args([
+    // No peer token, a wrong one, a plain-http peer off this machine, and
+    // a key that is not an identifier column.
+    let refused = |peer_token: Option<&str>, peer: &str, key: &str| {
+        let mut cmd = rob();
+        if let Some(t) = peer_token {
+            cmd.env("CUSTOS_PEER_TOKEN", t);
+        }
+        let args = [
             "match",
             "--agreement",
             "count-only",
             "--peer",
-            &registry.url,
+            peer,
             "--dataset",
             "benefits",
             "--key",
-            "ssn",
-        ])
-        .output()
-        .unwrap();
-    assert!(stderr(&out).contains("set CUSTOS_PEER_TOKEN"));
-    let out = rob()
-        .env("CUSTOS_PEER_TOKEN", "custos_nobody_0000")
-        .args([
-            "match",
-            "--agreement",
-            "count-only",
-            "--peer",
+            key,
+        ];
+        stderr(&cmd.args(args).output().unwrap())
+    };
+    let cases = [
+        (None, registry.url.as_str(), "ssn", "set CUSTOS_PEER_TOKEN"),
+        (
+            Some("custos_nobody_0000"),
             &registry.url,
-            "--dataset",
-            "benefits",
-            "--key",
             "ssn",
-        ])
-        .output()
-        .unwrap();
-    assert!(stderr(&out).contains("the peer refused"));
-    let out = rob()
-        .env("CUSTOS_PEER_TOKEN", &a.ssa_at_vs)
-        .args([
-            "match",
-            "--agreement",
-            "count-only",
-            "--peer",
+            "the peer refused",
+        ),
+        (
+            Some(&a.ssa_at_vs),
             "http://registry.example.gov",
-            "--dataset",
-            "benefits",
-            "--key",
             "ssn",
-        ])
-        .output()
-        .unwrap();
-    assert!(stderr(&out).contains("use https://"));
-    // A key that is not an identifier column.
-    let out = rob()
-        .env("CUSTOS_PEER_TOKEN", &a.ssa_at_vs)
-        .args([
-            "match",
-            "--agreement",
-            "count-only",
-            "--peer",
+            "use https://",
+        ),
+        (
+            Some(&a.ssa_at_vs),
             &registry.url,
-            "--dataset",
-            "benefits",
-            "--key",
             "state",
-        ])
-        .output()
-        .unwrap();
-    assert!(stderr(&out).contains("`state` is not granted"));
+            "`state` is not granted",
+        ),
+    ];
+    for (token, peer, key, expected) in cases {
+        let message = refused(token, peer, key);
+        assert!(message.contains(expected), "{message}");
+    }
     drop(ssa_server);
     drop(registry);
 }
