@@ -214,7 +214,7 @@ const COMPRESS_BATCH: usize = 256;
 fn double_and_compress(points: &[RistrettoPoint]) -> Vec<Encoded> {
     points
         .chunks(COMPRESS_BATCH)
-        .flat_map(|batch| RistrettoPoint::double_and_compress_batch(batch))
+        .flat_map(RistrettoPoint::double_and_compress_batch)
         .map(|c| c.to_bytes())
         .collect()
 }
