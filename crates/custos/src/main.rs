@@ -36,7 +36,7 @@ struct Cli {
     home: PathBuf,
 
     /// Talk to a Custos server instead of the local home: every requester,
-    /// overseer and admin command (query, lookup, approve, report, subject,
+    /// overseer and admin command (query, lookup, approve, report, subject, match,
     /// dataset list/describe, agreement, principal, ledger). The token in
     /// CUSTOS_TOKEN is sent as a bearer token; ledger commands read the
     /// public tile paths and need no token, only the verifier key (--key).
