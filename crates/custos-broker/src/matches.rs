@@ -46,6 +46,10 @@ use crate::{Actor, BrokerError, Custos, entries_naming, now_micros};
 /// How long an answering side keeps an unfinished job.
 const PENDING_FOR: Duration = Duration::from_secs(30 * 60);
 
+/// Unfinished jobs one principal may hold open on an answering side (each
+/// holds a blinded copy of the dataset's keys).
+const OPEN_JOBS_PER_PRINCIPAL: usize = 2;
+
 /// What the requester announces when it opens a job at the peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,6 +368,9 @@ impl Custos {
                 )),
             ));
         }
+        if let Some(denial) = self.match_limit(&granted, MatchSide::Requester).await? {
+            return Err(self.refuse(entry, denial));
+        }
         let mut raw = [0u8; 16];
         custos_store::keys::random_bytes(&mut raw)?;
         let job_id = format!("m_{}", hex::encode(raw));
@@ -394,7 +401,20 @@ impl Custos {
         })?;
         let outcome = self
             .exchange_with(peer, &job_id, req.agreement, &terms, &keys)
-            .await;
+            .await
+            .and_then(|(reveal, found, peer_count, received)| {
+                let here = match &found {
+                    Found::Indexes(indexes) => indexes.len() as u64,
+                    Found::Count(n) => *n,
+                };
+                if here == peer_count {
+                    Ok((reveal, found, peer_count, received))
+                } else {
+                    Err(Denial::same(format!(
+                        "the sides disagree: {here} matches here, {peer_count} at the peer; one side did not follow the protocol, so the job is void"
+                    )))
+                }
+            });
         let (reveal, found, peer_count, points_received) = match outcome {
             Ok(o) => o,
             Err(denial) => {
@@ -601,15 +621,33 @@ impl Custos {
             .with_attribute("dataset", &dataset)
             .with_count("points_announced", offer.points);
         let announced = usize::try_from(offer.points).unwrap_or(usize::MAX);
-        if announced == 0 || announced > psi::MAX_POINTS {
+        // This side reads no larger a list than its own copy lets it send.
+        if announced == 0 || offer.points > terms.pad_to {
             return Err(self.refuse(
                 entry,
                 Denial::same(format!(
-                    "a job carries 1 to {} points, not {}",
-                    psi::MAX_POINTS,
-                    offer.points
+                    "a job here carries 1 to {} points (this side's `pad_to`), not {}",
+                    terms.pad_to, offer.points
                 )),
             ));
+        }
+        let open_jobs = self
+            .pending_matches
+            .lock()
+            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?
+            .values()
+            .filter(|p| p.principal == principal.id && p.since.elapsed() < PENDING_FOR)
+            .count();
+        if open_jobs >= OPEN_JOBS_PER_PRINCIPAL {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "you have {open_jobs} unfinished match jobs here; finish them first"
+                )),
+            ));
+        }
+        if let Some(denial) = self.match_limit(&granted, MatchSide::Responder).await? {
+            return Err(self.refuse(entry, denial));
         }
         let reveal = terms.reveal.narrower(offer.reveal);
         let job = MatchJob {
@@ -636,41 +674,18 @@ impl Custos {
                 )),
             ));
         }
-        let reader = DatasetReader::open(self.home(), &dataset).await?;
-        let key = schema.subject_column().name.clone();
-        let (keys, _, _) = tokio::task::spawn_blocking(move || read_keys(&reader, &key))
-            .await
-            .map_err(|_| BrokerError::Invalid("reading the keys was interrupted".into()))??;
-        let pad_to = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
-        if keys.len() > pad_to {
-            let _ = meta
-                .finish_match_job(&offer.job_id, MatchState::Failed, None, &[])
-                .await;
-            return Err(self.refuse(
-                entry,
-                Denial::same(format!(
-                    "this side has more distinct keys than the {pad_to} points its agreement lets it show (`pad_to`)"
-                )),
-            ));
-        }
-        // INVARIANT: the blinded keys leave only after this is durable.
-        self.append(
-            &Entry {
-                decision: Decision::Allow,
-                ..entry
+        let prepared = self
+            .prepare_answer(&offer.job_id, &dataset, &schema, &terms, entry, reveal)
+            .await;
+        let (party, blinded) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = meta
+                    .finish_match_job(&offer.job_id, MatchState::Failed, None, &[])
+                    .await;
+                return Err(e);
             }
-            .with_attribute("reveal", reveal.as_str())
-            .with_count("points", terms.pad_to),
-        )?;
-        let party = Party::new().map_err(|e| BrokerError::Invalid(e.to_string()))?;
-        let dst = psi::job_dst(&offer.job_id);
-        let (party, blinded) = tokio::task::spawn_blocking(move || {
-            let blinded = party.blind(&dst, &keys, pad_to);
-            (party, blinded)
-        })
-        .await
-        .map_err(|_| BrokerError::Invalid("blinding was interrupted".into()))?;
-        let blinded = blinded.map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        };
         let mut pending = self
             .pending_matches
             .lock()
@@ -695,6 +710,80 @@ impl Custos {
             reveal,
             points: terms.pad_to,
         })
+    }
+
+    /// The answering side's keys, read, checked against `pad_to`, ledgered
+    /// (`match.open`) and only then blinded.
+    async fn prepare_answer(
+        &self,
+        job_id: &str,
+        dataset: &str,
+        schema: &DatasetSchema,
+        terms: &MatchGrant,
+        entry: Entry,
+        reveal: Reveal,
+    ) -> Result<(Party, psi::Blinded), BrokerError> {
+        let reader = DatasetReader::open(self.home(), dataset).await?;
+        let key = schema.subject_column().name.clone();
+        let (keys, _, _) = tokio::task::spawn_blocking(move || read_keys(&reader, &key))
+            .await
+            .map_err(|_| BrokerError::Invalid("reading the keys was interrupted".into()))??;
+        let pad_to = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
+        if keys.len() > pad_to {
+            return Err(self.refuse(
+                entry,
+                Denial::same(format!(
+                    "this side has more distinct keys than the {pad_to} points its agreement lets it show (`pad_to`)"
+                )),
+            ));
+        }
+        // INVARIANT: the blinded keys leave only after this is durable.
+        self.append(
+            &Entry {
+                decision: Decision::Allow,
+                ..entry
+            }
+            .with_attribute("reveal", reveal.as_str())
+            .with_count("points", terms.pad_to),
+        )?;
+        let party = Party::new().map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let dst = psi::job_dst(job_id);
+        let (party, blinded) = tokio::task::spawn_blocking(move || {
+            let blinded = party.blind(&dst, &keys, pad_to);
+            (party, blinded)
+        })
+        .await
+        .map_err(|_| BrokerError::Invalid("blinding was interrupted".into()))?;
+        Ok((
+            party,
+            blinded.map_err(|e| BrokerError::Invalid(e.to_string()))?,
+        ))
+    }
+
+    /// The grant's `requests_per_hour`, counted in match jobs of this
+    /// side under the agreement (a requester with a guessed list needs a
+    /// job per guess, so the limit is what bounds probing).
+    async fn match_limit(
+        &self,
+        granted: &crate::lookups::Granted,
+        side: MatchSide,
+    ) -> Result<Option<Denial>, BrokerError> {
+        let Some(limit) = granted.grant()?.limits.requests_per_hour else {
+            return Ok(None);
+        };
+        let since = (chrono::Utc::now() - chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let jobs = self
+            .home()
+            .meta()
+            .count_match_jobs_since(&granted.agreement.id, side, &since)
+            .await?;
+        Ok((jobs >= u64::from(limit)).then(|| {
+            Denial::same(format!(
+                "limit exceeded: {limit} match jobs per hour under agreement `{}`",
+                granted.agreement.id
+            ))
+        }))
     }
 
     /// Takes an answering side's pending job for `actor` (only the
@@ -737,9 +826,9 @@ impl Custos {
 
     /// How many bytes the next message of an answering side's open job
     /// must have (the server reads no more than that), if the job exists.
-    pub fn match_message_bytes(&self, job_id: &str) -> Option<usize> {
+    pub fn match_message_bytes(&self, actor: &Actor, job_id: &str) -> Option<usize> {
         let pending = self.pending_matches.lock().ok()?;
-        let job = pending.get(job_id)?;
+        let job = pending.get(job_id).filter(|p| p.principal == actor.id())?;
         Some(
             32 * match job.theirs_reblinded {
                 None => job.announced,
@@ -789,9 +878,14 @@ impl Custos {
     ) -> Result<Vec<u8>, BrokerError> {
         let (mut pending, entry) = self.take_pending(actor, job_id, "match.exchange")?;
         if pending.theirs_reblinded.is_some() {
+            let _ = self
+                .home()
+                .meta()
+                .finish_match_job(job_id, MatchState::Failed, None, &[])
+                .await;
             return Err(self.refuse(
                 entry,
-                Denial::same("this job's points were exchanged already".into()),
+                Denial::same("this job's points were exchanged already; the job is over".into()),
             ));
         }
         let points = match psi::decode_points(body, pending.announced) {
@@ -836,9 +930,14 @@ impl Custos {
     ) -> Result<u64, BrokerError> {
         let (pending, entry) = self.take_pending(actor, job_id, "match.finish")?;
         let Some(theirs) = pending.theirs_reblinded.as_ref() else {
+            let _ = self
+                .home()
+                .meta()
+                .finish_match_job(job_id, MatchState::Failed, None, &[])
+                .await;
             return Err(self.refuse(
                 entry,
-                Denial::same("this job's points were not exchanged yet".into()),
+                Denial::same("this job's points were not exchanged yet; the job is over".into()),
             ));
         };
         let points = match psi::decode_points(body, pending.own.len())
@@ -901,6 +1000,15 @@ impl Custos {
                 Denial::same("the principal who ran a match may not confirm it".into()),
             ));
         }
+        if job.side != MatchSide::Requester {
+            return Err(self.refuse(
+                entry,
+                Denial::same(
+                    "only the requesting side's result is confirmed; this home answered the job"
+                        .into(),
+                ),
+            ));
+        }
         if job.state != MatchState::Unverified {
             return Err(self.refuse(
                 entry,
@@ -918,8 +1026,14 @@ impl Custos {
             decision: Decision::Allow,
             ..entry
         })?;
-        meta.confirm_match_job(job_id, &principal.id, &custos_store::home::now_rfc3339())
-            .await?;
+        if !meta
+            .confirm_match_job(job_id, &principal.id, &custos_store::home::now_rfc3339())
+            .await?
+        {
+            return Err(BrokerError::Denied(format!(
+                "job `{job_id}` was confirmed by someone else meanwhile"
+            )));
+        }
         meta.match_job(job_id)
             .await?
             .ok_or_else(|| BrokerError::Invalid("the job vanished".into()))
@@ -953,6 +1067,13 @@ impl Custos {
             ));
         }
         let tokens = meta.match_tokens(job_id).await?;
+        // Reading the matched subjects' tokens is itself an access.
+        self.append(
+            &Entry::new(now_micros(), actor.id(), "match.read", Decision::Allow)
+                .with_request(job_id)
+                .with_agreement(&job.agreement_id, job.agreement_version)
+                .with_count("tokens", tokens.len() as u64),
+        )?;
         Ok((job, tokens))
     }
 }

@@ -85,7 +85,7 @@ async fn points(
             format!("send the points as `Content-Type: {POINTS}`"),
         ));
     }
-    let Some(expected) = state.custos.match_message_bytes(job) else {
+    let Some(expected) = state.custos.match_message_bytes(actor, job) else {
         // Not open (or not this caller's): the broker says so and ledgers it.
         return Ok(Vec::new());
     };

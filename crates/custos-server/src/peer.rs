@@ -54,6 +54,8 @@ impl HttpPeer {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(STEP_TIMEOUT)
+            // A redirect would resend points elsewhere, perhaps in the clear.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Self { base, token, http })

@@ -113,6 +113,13 @@ pub trait MatchStore: Send + Sync {
     async fn match_job(&self, job_id: &str) -> Result<Option<MatchJob>, MetaError>;
     /// The matched tokens of a job, sorted.
     async fn match_tokens(&self, job_id: &str) -> Result<Vec<String>, MetaError>;
+    /// Jobs of `side` under an agreement claimed at or after `since` (RFC 3339).
+    async fn count_match_jobs_since(
+        &self,
+        agreement_id: &str,
+        side: MatchSide,
+        since: &str,
+    ) -> Result<u64, MetaError>;
     /// Marks an `unverified` job `confirmed`; `false` if it was not unverified.
     async fn confirm_match_job(&self, job_id: &str, by: &str, at: &str) -> Result<bool, MetaError>;
 }
@@ -196,6 +203,23 @@ impl MatchStore for SqliteMetadata {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn count_match_jobs_since(
+        &self,
+        agreement_id: &str,
+        side: MatchSide,
+        since: &str,
+    ) -> Result<u64, MetaError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM match_jobs WHERE agreement_id = ? AND side = ? AND created_at >= ?",
+        )
+        .bind(agreement_id)
+        .bind(side.as_str())
+        .bind(since)
+        .fetch_one(self.pool())
+        .await?;
+        u64::try_from(n).map_err(|_| MetaError::Database("negative count".into()))
     }
 
     async fn match_job(&self, job_id: &str) -> Result<Option<MatchJob>, MetaError> {

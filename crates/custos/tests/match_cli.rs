@@ -313,6 +313,7 @@ fn matches_are_the_common_keys_as_tokens_and_both_ledgers_record_the_job() {
             .unwrap(),
     );
     assert_eq!(shown["job"]["state"], "confirmed");
+    assert!(has(&common::ledger(&a.ssa()), "match.read", "allow"));
     assert_eq!(shown["tokens"].as_array().unwrap().len(), expected.len());
 
     // Another agreement, the same people: unlinkable tokens, same count.
@@ -597,6 +598,24 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
         assert_eq!(got, 403);
         assert!(detail(&body).contains("no open match job"));
     }
+    // More points than this side's `pad_to`; a third unfinished job.
+    let (status, problem) = raw.open(&job_id(30), "raw", 5001);
+    assert_eq!(status, 403);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this side's `pad_to`")
+    );
+    assert_eq!(raw.open(&job_id(31), "raw", 100).0, 200);
+    let (status, problem) = raw.open(&job_id(32), "raw", 100);
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unfinished match jobs")
+    );
     // A bad content type, a wrong token, a malformed id.
     let (status, _) = raw.call(
         raw.client
