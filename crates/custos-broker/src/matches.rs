@@ -853,18 +853,18 @@ impl Custos {
             None => pending.announced,
             Some(_) => pending.own.len(),
         };
-        self.fail_pending(entry, job_id, &PsiError::TooLong(announced))
+        self.fail_pending(entry, job_id, bad_peer(&PsiError::TooLong(announced)))
             .await
     }
 
-    /// Ends an answering side's job that a peer's message broke.
-    async fn fail_pending(&self, entry: Entry, job_id: &str, e: &PsiError) -> BrokerError {
+    /// Ends an answering side's job (catalogue `failed`) and records why.
+    async fn fail_pending(&self, entry: Entry, job_id: &str, denial: Denial) -> BrokerError {
         let _ = self
             .home()
             .meta()
             .finish_match_job(job_id, MatchState::Failed, None, &[])
             .await;
-        self.refuse(entry, bad_peer(e))
+        self.refuse(entry, denial)
     }
 
     /// Step 2 on the answering side: checks and re-blinds the requester's
@@ -878,19 +878,19 @@ impl Custos {
     ) -> Result<Vec<u8>, BrokerError> {
         let (mut pending, entry) = self.take_pending(actor, job_id, "match.exchange")?;
         if pending.theirs_reblinded.is_some() {
-            let _ = self
-                .home()
-                .meta()
-                .finish_match_job(job_id, MatchState::Failed, None, &[])
-                .await;
-            return Err(self.refuse(
-                entry,
-                Denial::same("this job's points were exchanged already; the job is over".into()),
-            ));
+            return Err(self
+                .fail_pending(
+                    entry,
+                    job_id,
+                    Denial::same(
+                        "this job's points were exchanged already; the job is over".into(),
+                    ),
+                )
+                .await);
         }
         let points = match psi::decode_points(body, pending.announced) {
             Ok(p) => p,
-            Err(e) => return Err(self.fail_pending(entry, job_id, &e).await),
+            Err(e) => return Err(self.fail_pending(entry, job_id, bad_peer(&e)).await),
         };
         let (party, reveal) = (pending.party, pending.reveal);
         let (party, work) = tokio::task::spawn_blocking(move || {
@@ -906,7 +906,7 @@ impl Custos {
         .map_err(|_| BrokerError::Invalid("re-blinding was interrupted".into()))?;
         let reblinded = match work {
             Ok(r) => r,
-            Err(e) => return Err(self.fail_pending(entry, job_id, &e).await),
+            Err(e) => return Err(self.fail_pending(entry, job_id, bad_peer(&e)).await),
         };
         let mut reply = psi::encode_points(&reblinded);
         reply.extend(psi::encode_points(&pending.own));
@@ -930,21 +930,21 @@ impl Custos {
     ) -> Result<u64, BrokerError> {
         let (pending, entry) = self.take_pending(actor, job_id, "match.finish")?;
         let Some(theirs) = pending.theirs_reblinded.as_ref() else {
-            let _ = self
-                .home()
-                .meta()
-                .finish_match_job(job_id, MatchState::Failed, None, &[])
-                .await;
-            return Err(self.refuse(
-                entry,
-                Denial::same("this job's points were not exchanged yet; the job is over".into()),
-            ));
+            return Err(self
+                .fail_pending(
+                    entry,
+                    job_id,
+                    Denial::same(
+                        "this job's points were not exchanged yet; the job is over".into(),
+                    ),
+                )
+                .await);
         };
         let points = match psi::decode_points(body, pending.own.len())
             .and_then(|p| psi::check_distinct(&p).map(|()| p))
         {
             Ok(p) => p,
-            Err(e) => return Err(self.fail_pending(entry, job_id, &e).await),
+            Err(e) => return Err(self.fail_pending(entry, job_id, bad_peer(&e)).await),
         };
         let count = psi::match_count(theirs, &points) as u64;
         self.append(
