@@ -44,6 +44,8 @@ citation = "none (benchmark)"
 dataset = "tax_returns"
 mode = "pseudonymous"
 columns = {COLUMNS:?}
+[grants.limits]
+requests_per_hour = 100
 [grants.pseudonymous]
 k = 5
 max_rows = 1000000000

@@ -59,7 +59,7 @@ impl Custos {
         const ACTION: &str = "query.aggregate";
         let query_sha = hex::encode(Sha256::digest(sql.as_bytes()));
         let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny)
-            .with_attribute("query_sha256", query_sha.clone());
+            .with_attribute("query_hmac", self.subjects().digest("query", sql));
         let Actor::Principal(principal) = actor else {
             return Err(self.refuse(
                 entry,
@@ -101,13 +101,18 @@ impl Custos {
             return Err(self.refuse(entry, Denial::same("the dataset is gone".into())));
         };
         let schema = DatasetSchema::from_toml(&record.schema_toml)
-            .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("stored schema unreadable: {e}")))?;
         let grant = granted.grant()?;
         let plan = match custos_privacy::plan(sql, &dataset, &schema, &grant, spend) {
             Ok(p) => p,
             Err(e) => {
                 return Err(self.refuse(entry, refusal(&e)));
             }
+        };
+        // INVARIANT: counted and recorded (the charge) under the lock.
+        let _limits = match grant.limits.requests_per_hour {
+            Some(_) => Some(self.limit_locks.hold(agreement_id).await),
+            None => None,
         };
         if let Some(limit) = grant.limits.requests_per_hour {
             let made = meta
@@ -231,6 +236,14 @@ fn refusal(e: &PrivacyError) -> Denial {
     }
 }
 
+/// A failure after the query was accepted: the engine's and the noise's
+/// faults are the server's (their text may name files), the rest the
+/// caller's.
 fn privacy_error(e: PrivacyError) -> BrokerError {
-    BrokerError::Invalid(e.to_string())
+    match e {
+        PrivacyError::Execute(_) | PrivacyError::Mechanism(_) | PrivacyError::MissingBounds(_) => {
+            BrokerError::Internal(e.to_string())
+        }
+        other => BrokerError::Invalid(other.to_string()),
+    }
 }

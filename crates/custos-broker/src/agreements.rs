@@ -1,15 +1,36 @@
 //! Agreement actions: apply a version, list, show, suspend, resume, revoke.
 //! Each change is ledgered before it takes effect; refusals are ledgered too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use custos_ledger::{Decision, Entry};
 use custos_policy::{Agreement, AgreementError};
-use custos_store::DatasetSchema;
 use custos_store::meta::{AgreementState, AgreementVersion};
+use custos_store::{DatasetSchema, Role};
 use sha2::{Digest, Sha256};
 
 use crate::{Actor, BrokerError, Custos, now_micros};
+
+/// Whether `actor` may see an agreement: the local administrator and
+/// admins see every one (they apply them); a principal of either party's
+/// organisation sees it; an overseer sees every one that is not withheld
+/// from subject reports (withheld ones are for their parties only). No one
+/// else learns that it exists.
+pub(crate) fn may_see(actor: &Actor, version: &AgreementVersion) -> bool {
+    let Actor::Principal(p) = actor else {
+        return true;
+    };
+    if p.has_role(Role::Admin) {
+        return true;
+    }
+    let Ok(agreement) = Agreement::from_toml(&version.toml) else {
+        return false;
+    };
+    if p.org == agreement.parties.custodian || p.org == agreement.parties.requester {
+        return true;
+    }
+    p.has_role(Role::Overseer) && agreement.withhold_from_subject_reports.is_none()
+}
 
 /// An agreement's state as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,30 +131,59 @@ impl Custos {
         let stored = versions
             .into_iter()
             .find(|v| v.version == stored)
-            .ok_or_else(|| BrokerError::Invalid("the stored version vanished".into()))?;
+            .ok_or_else(|| BrokerError::Internal("the stored version vanished".into()))?;
         Ok((stored, agreement))
     }
 
-    /// The latest version of every agreement with its state.
+    /// The latest version of every agreement `actor` may see, with its
+    /// state (see [`may_see`]).
     pub async fn agreements(
         &self,
-        _actor: &Actor,
+        actor: &Actor,
     ) -> Result<Vec<(AgreementVersion, AgreementState)>, BrokerError> {
-        Ok(self.home().meta().agreements().await?)
+        let all = self.home().meta().agreements().await?;
+        Ok(all
+            .into_iter()
+            .filter(|(version, _)| may_see(actor, version))
+            .collect())
     }
 
-    /// Every version of one agreement and its state.
+    /// Every version of one agreement and its state, if `actor` may see
+    /// it; one the caller may not see is "no agreement", like an absent one.
     pub async fn agreement(
         &self,
-        _actor: &Actor,
+        actor: &Actor,
         id: &str,
     ) -> Result<(Vec<AgreementVersion>, AgreementState), BrokerError> {
         let meta = self.home().meta();
-        let state = meta
-            .agreement_state(id)
-            .await?
-            .ok_or_else(|| BrokerError::Invalid(format!("no agreement `{id}`")))?;
-        Ok((meta.agreement_versions(id).await?, state))
+        let unknown = || BrokerError::Invalid(format!("no agreement `{id}`"));
+        let state = meta.agreement_state(id).await?.ok_or_else(unknown)?;
+        let versions = meta.agreement_versions(id).await?;
+        if !versions.last().is_some_and(|v| may_see(actor, v)) {
+            return Err(unknown());
+        }
+        Ok((versions, state))
+    }
+
+    /// The datasets `actor` may know of: all for admins and overseers;
+    /// for anyone else those named by a grant of an agreement they may see.
+    pub(crate) async fn visible_datasets(
+        &self,
+        actor: &Actor,
+    ) -> Result<Option<BTreeSet<String>>, BrokerError> {
+        if let Actor::Principal(p) = actor
+            && !p.has_role(Role::Admin)
+            && !p.has_role(Role::Overseer)
+        {
+            let mut names = BTreeSet::new();
+            for (version, _) in self.agreements(actor).await? {
+                if let Ok(a) = Agreement::from_toml(&version.toml) {
+                    names.extend(a.grants.into_iter().map(|g| g.dataset));
+                }
+            }
+            return Ok(Some(names));
+        }
+        Ok(None)
     }
 
     /// Moves an agreement to `to` (suspend, resume or revoke), ledgered first.

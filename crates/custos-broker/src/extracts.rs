@@ -16,10 +16,9 @@ use custos_ledger::{Decision, Entry};
 use custos_policy::{Mode, ScopeFilter};
 use custos_privacy::extract::{ExtractError, ExtractSpec, RowSink, Tokeniser};
 use custos_store::requests::{SubjectEvent, SubjectEventKind};
-use custos_store::{DatasetReader, DatasetSchema};
+use custos_store::{ColumnClass, DatasetReader, DatasetSchema};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::lookups::Denial;
 use crate::{Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
@@ -82,13 +81,10 @@ pub struct ExtractReport {
     pub dataset: String,
     /// The columns written, in order.
     pub columns: Vec<String>,
-    /// Rows in scope before suppression.
-    pub rows_in_scope: u64,
-    /// Rows written.
+    /// Rows written (what the file holds; how many were in scope or
+    /// suppressed is never said).
     pub rows_released: u64,
-    /// Rows left out because their quasi-identifier class had fewer than k rows.
-    pub rows_suppressed: u64,
-    /// k of k-anonymity.
+    /// k of k-anonymity: every class holds at least k people.
     pub k: u32,
     /// Quasi-identifier classes in the extract.
     pub classes: u64,
@@ -206,12 +202,37 @@ impl RowSink for FileSink {
 }
 
 /// The hidden file an extract is written to before its release.
-fn staging_path(out: &Path, id: &str) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    out.with_file_name(format!(".{name}.{id}.partial"))
+/// Where an extract is written until its release is durable: inside the
+/// home (mode 0700), never where the requester can read it early.
+fn staging_path(home: &Path, id: &str) -> Result<PathBuf, BrokerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = home.join("staging");
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(BrokerError::Internal(format!("staging directory: {e}"))),
+    }
+    Ok(dir.join(format!("{id}.partial")))
+}
+
+/// Moves a released extract from the home's staging to `out`: a rename,
+/// or across file systems a copy (never over an existing file) and then
+/// the staged file removed.
+fn move_out(staged: &Path, out: &Path) -> std::io::Result<()> {
+    match fs::rename(staged, out) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            let mut from = fs::File::open(staged)?;
+            let mut to = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)?;
+            std::io::copy(&mut from, &mut to)?;
+            to.sync_all()?;
+            fs::remove_file(staged)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl Custos {
@@ -238,10 +259,7 @@ impl Custos {
             entry = entry.with_attribute("dataset", req.dataset);
         }
         if let Some(filter) = req.filter {
-            entry = entry.with_attribute(
-                "where_sha256",
-                hex::encode(Sha256::digest(filter.as_bytes())),
-            );
+            entry = entry.with_attribute("where_hmac", self.subjects().digest("where", filter));
         }
         let granted = match self
             .decide_access(
@@ -262,7 +280,7 @@ impl Custos {
             return Err(self.refuse(entry, Denial::same("the dataset is gone".into())));
         };
         let schema = DatasetSchema::from_toml(&record.schema_toml)
-            .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("stored schema unreadable: {e}")))?;
         let grant = granted.grant()?;
         let Some(terms) = grant.pseudonymous.clone() else {
             return Err(self.refuse(entry, Denial::same("the grant has no extract terms".into())));
@@ -274,7 +292,7 @@ impl Custos {
         if let Some(scope) = &grant.row_scope {
             filters.push(
                 ScopeFilter::compile(scope, &schema)
-                    .map_err(|e| BrokerError::Invalid(e.to_string()))?,
+                    .map_err(|e| BrokerError::Internal(format!("the grant's row scope: {e}")))?,
             );
         }
         if let Some(text) = req.filter {
@@ -291,6 +309,7 @@ impl Custos {
                 }
             }
         }
+        let reader = DatasetReader::open(self.home(), req.dataset).await?;
         let spec = ExtractSpec {
             columns: grant.columns.clone(),
             keep_format: terms.keep_format.iter().cloned().collect::<BTreeSet<_>>(),
@@ -298,6 +317,7 @@ impl Custos {
             k: terms.k,
             max_rows: terms.max_rows,
             filters,
+            excluded: self.protected_keys(&reader).await?,
         };
         let mut raw = [0u8; 16];
         custos_store::keys::random_bytes(&mut raw)?;
@@ -311,15 +331,35 @@ impl Custos {
                 req.out.display()
             )));
         }
-        let staging = staging_path(req.out, &id);
+        // Extracts per hour under the agreement: every run counts, released
+        // or refused, since a refusal answers a question too.
+        // INVARIANT: counted and recorded under the agreement's lock.
+        if let Some(limit) = grant.limits.requests_per_hour {
+            let _limits = self.limit_locks.hold(req.agreement).await;
+            let now = now_micros();
+            let made = meta
+                .count_extract_runs_since(req.agreement, now - 3_600_000_000)
+                .await?;
+            if made >= u64::from(limit) {
+                return Err(self.refuse(
+                    entry,
+                    Denial::same(format!(
+                        "limit exceeded: {limit} extracts per hour under agreement `{}`",
+                        req.agreement
+                    )),
+                ));
+            }
+            meta.record_extract_run(&id, req.agreement, &principal.id, now)
+                .await?;
+        }
+        let staging = staging_path(self.home().root(), &id)?;
         let tokens = Tokeniser::new(
             &self
                 .home()
                 .master_key()
                 .derive(&format!("pseudonym-tokens/{}", req.agreement)),
         )
-        .map_err(|e| BrokerError::Invalid(e.to_string()))?;
-        let reader = DatasetReader::open(self.home(), req.dataset).await?;
+        .map_err(|e| BrokerError::Internal(e.to_string()))?;
         let (columns, format, staged) = (spec.columns.clone(), req.format, staging.clone());
         let run = tokio::task::spawn_blocking(move || {
             let mut sink =
@@ -329,7 +369,7 @@ impl Custos {
             Ok::<_, ExtractError>(summary)
         })
         .await
-        .map_err(|_| BrokerError::Invalid("the extract was interrupted".into()));
+        .map_err(|_| BrokerError::Internal("the extract was interrupted".into()));
         let summary = match run {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -347,19 +387,14 @@ impl Custos {
                 return Err(e);
             }
         };
-        let entry = entry
-            .with_count("rows_in_scope", summary.rows_in_scope)
-            .with_count("rows_suppressed", summary.rows_suppressed);
         if summary.rows_released == 0 {
             let _ = fs::remove_file(&staging);
-            let message = if summary.rows_in_scope == 0 {
-                "no rows are in scope; nothing was released".to_owned()
-            } else {
-                format!(
-                    "every one of the {} rows in scope is in a quasi-identifier class smaller than k = {}: all were suppressed and nothing was released; generalise the quasi-identifiers further or widen --where",
-                    summary.rows_in_scope, terms.k
-                )
-            };
+            // One message whether no row was in scope or every class was
+            // under k: telling them apart would be a count of private rows.
+            let message = format!(
+                "no row could be released: no quasi-identifier class in scope holds k = {} people or more; generalise the quasi-identifiers further or widen --where",
+                terms.k
+            );
             return Err(self.refuse(
                 entry,
                 Denial {
@@ -383,7 +418,7 @@ impl Custos {
         .with_count("subjects", commitments.len() as u64)
         .with_count("classes", summary.classes_released)
         .with_count("k", u64::from(terms.k));
-        let entries = entries_naming(first, &commitments);
+        let entries = entries_naming(self.subjects(), first, &commitments);
         let indexes = match self.append_all(&entries) {
             Ok(r) => r,
             Err(e) => {
@@ -421,7 +456,7 @@ impl Custos {
             self.append(&failed)?;
             return Err(e.into());
         }
-        fs::rename(&staging, req.out).map_err(|e| {
+        move_out(&staging, req.out).map_err(|e| {
             BrokerError::Invalid(format!(
                 "the extract is recorded but could not be moved to `{}`: {e}",
                 req.out.display()
@@ -433,9 +468,7 @@ impl Custos {
             agreement_version: granted.version,
             dataset: req.dataset.to_owned(),
             columns: grant.columns,
-            rows_in_scope: summary.rows_in_scope,
             rows_released: summary.rows_released,
-            rows_suppressed: summary.rows_suppressed,
             k: terms.k,
             classes: summary.classes_released,
             subjects: commitments.len() as u64,
@@ -466,6 +499,15 @@ fn where_filter(
         if !granted.iter().any(|g| g == name) {
             return Err(format!(
                 "--where names `{name}`, which the grant does not include"
+            ));
+        }
+        // Filters on quasi-identifiers or attributes let two extracts
+        // differ by one person (differencing); a public column with a
+        // declared domain splits the data only along public lines.
+        if column.class != ColumnClass::Public {
+            return Err(format!(
+                "--where may name only `public` columns (with a declared domain), not `{name}` (class `{}`): filters on other columns let two extracts single a person out",
+                column.class
             ));
         }
     }

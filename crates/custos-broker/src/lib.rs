@@ -72,6 +72,10 @@ pub enum BrokerError {
     /// A principal argument was refused.
     #[error("{0}")]
     Invalid(String),
+    /// The server failed (a fault, not the caller's doing). The text may
+    /// name files or engine internals: log it, never send it to a client.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] custos_store::meta::MetaError),
@@ -117,6 +121,35 @@ pub struct Custos {
     engines: std::sync::Mutex<EngineCache>,
     /// Matching jobs this side is answering, between their steps.
     pending_matches: matches::PendingMatches,
+    /// Serialises check-then-record of rate limits per agreement.
+    limit_locks: LimitLocks,
+}
+
+/// One lock per agreement around "count what was done, decide, ledger,
+/// record": without it, 32 concurrent requests under a limit of 10 all see
+/// 9 done and all pass. Held only by actions whose grant has a limit, so
+/// unlimited actions still share group commits.
+///
+/// INVARIANT: a limited action counts and records under its agreement's
+/// lock. One process serves a home (the catalogue is SQLite), so an
+/// in-process lock is enough; a shared catalogue would need a lock there.
+#[derive(Debug, Default)]
+pub(crate) struct LimitLocks(
+    std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+);
+
+impl LimitLocks {
+    /// Waits for and holds agreement `id`'s lock.
+    pub(crate) async fn hold(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(id.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
 }
 
 type EngineCache =
@@ -133,10 +166,24 @@ pub(crate) fn now_micros() -> i64 {
 pub(crate) const SUBJECTS_PER_ENTRY: usize = 1000;
 
 /// A release naming many subjects, as entries for one durable commit:
-/// `first` with the first [`SUBJECTS_PER_ENTRY`] commitments, then one
+/// `first` with the first [`SUBJECTS_PER_ENTRY`] subjects, then one
 /// `<first.action>.subjects` entry (same time, actor, request, agreement,
-/// decision) per further chunk. Subject `i` is in entry `i / SUBJECTS_PER_ENTRY`.
-pub(crate) fn entries_naming(first: Entry, subjects: &[SubjectCommitment]) -> Vec<Entry> {
+/// decision) per further chunk. Subject `i` is in entry `i / SUBJECTS_PER_ENTRY`,
+/// blinded for that entry ([`SubjectCommitter::for_entry`]).
+pub(crate) fn entries_naming(
+    committer: &SubjectCommitter,
+    first: Entry,
+    subjects: &[SubjectCommitment],
+) -> Vec<Entry> {
+    let request = first.request_id.clone();
+    let blinded = |entry: Entry, chunk: &[SubjectCommitment]| {
+        let action = entry.action.clone();
+        entry.with_subjects(
+            chunk
+                .iter()
+                .map(|s| committer.for_entry(s, &request, &action)),
+        )
+    };
     let mut chunks = subjects.chunks(SUBJECTS_PER_ENTRY);
     let head = chunks.next().unwrap_or_default();
     let action = format!("{}.subjects", first.action);
@@ -146,9 +193,9 @@ pub(crate) fn entries_naming(first: Entry, subjects: &[SubjectCommitment]) -> Ve
         next.request_id.clone_from(&first.request_id);
         next.agreement_id.clone_from(&first.agreement_id);
         next.agreement_version = first.agreement_version;
-        rest.push(next.with_subjects(chunk.iter().copied()));
+        rest.push(blinded(next, chunk));
     }
-    let mut entries = vec![first.with_subjects(head.iter().copied())];
+    let mut entries = vec![blinded(first, head)];
     entries.extend(rest);
     entries
 }
@@ -167,12 +214,24 @@ fn wait_for_commit<T>(append: impl FnOnce() -> Result<T, LedgerError>) -> Result
     Ok(result?)
 }
 
+/// The environment variable that makes the N-th ledger commit of this
+/// process fail (the fault-injection seam of the fail-closed tests). It
+/// can only make Custos refuse, never release.
+pub const FAULT_ENV: &str = "CUSTOS_FAULT_LEDGER_COMMIT";
+
+fn faults_from_env() -> custos_ledger::FaultPlan {
+    custos_ledger::FaultPlan {
+        fail_commit: std::env::var(FAULT_ENV).ok().and_then(|v| v.parse().ok()),
+    }
+}
+
 async fn open_ledger(home: &Home) -> Result<Ledger, BrokerError> {
     let config = LedgerConfig {
         dir: home.ledger_dir(),
         origin: home.origin().await?,
         signing_key: home.signing_key().await?,
         checkpoint_interval: CHECKPOINT_INTERVAL,
+        faults: faults_from_env(),
     };
     // Opening replays and fsyncs; keep it off the async workers.
     tokio::task::spawn_blocking(move || Ledger::open(config))
@@ -229,6 +288,7 @@ impl Custos {
             subjects,
             engines: std::sync::Mutex::new(EngineCache::new()),
             pending_matches: matches::PendingMatches::default(),
+            limit_locks: LimitLocks::default(),
         })
     }
 
@@ -258,7 +318,7 @@ impl Custos {
             .iter()
             .map(Entry::encode)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BrokerError::Invalid(format!("an entry could not be encoded: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("an entry could not be encoded: {e}")))?;
         wait_for_commit(|| self.ledger.append_encoded(encoded))
     }
 
@@ -338,6 +398,20 @@ impl Custos {
         }
         if roles.is_empty() {
             return Err(BrokerError::Invalid(PrincipalError::NoRole.to_string()));
+        }
+        if roles.contains(&Role::Admin)
+            && let Some(other) = roles
+                .iter()
+                .find(|r| matches!(r, Role::Approver | Role::Requester))
+        {
+            return Err(self.deny(
+                actor,
+                ACTION,
+                &format!(
+                    "separation of duties: an `admin` may not also hold the `{}` role; add a second principal",
+                    other.as_str()
+                ),
+            ));
         }
         let mut roles = roles.to_vec();
         roles.sort();
@@ -468,13 +542,26 @@ impl Custos {
         }
     }
 
-    /// All datasets.
-    pub async fn datasets(&self) -> Result<Vec<DatasetSummary>, BrokerError> {
-        Ok(dataset::list(&self.home).await?)
+    /// The datasets `actor` may know of.
+    pub async fn datasets(&self, actor: &Actor) -> Result<Vec<DatasetSummary>, BrokerError> {
+        let all = dataset::list(&self.home).await?;
+        Ok(match self.visible_datasets(actor).await? {
+            None => all,
+            Some(names) => all
+                .into_iter()
+                .filter(|d| names.contains(&d.name))
+                .collect(),
+        })
     }
 
-    /// One dataset's description.
-    pub async fn describe(&self, name: &str) -> Result<DatasetSummary, BrokerError> {
+    /// One dataset's description, if `actor` may know of it (else "not
+    /// found", like an absent one).
+    pub async fn describe(&self, actor: &Actor, name: &str) -> Result<DatasetSummary, BrokerError> {
+        if let Some(names) = self.visible_datasets(actor).await?
+            && !names.contains(name)
+        {
+            return Err(custos_store::DatasetError::NotFound(name.to_owned()).into());
+        }
         Ok(dataset::describe(&self.home, name).await?)
     }
 
@@ -490,9 +577,7 @@ fn ingest_failure_reason(e: &IngestError) -> String {
         IngestError::BadName(_) => "invalid dataset name".into(),
         IngestError::Exists(_) => "dataset already exists".into(),
         IngestError::Schema { .. } => "schema refused".into(),
-        IngestError::Rejected { problems, .. } => {
-            format!("input rejected: {} problems", problems.len())
-        }
+        IngestError::Rejected { .. } => "input rejected".into(),
         IngestError::Io { .. } => "file could not be read or written".into(),
         _ => "ingest failed".into(),
     }
@@ -570,14 +655,11 @@ mod tests {
             entries[1].counts,
             vec![("buckets".into(), 1), ("rows".into(), 1)]
         );
-        assert_eq!(
-            entries[2].reasons,
-            vec!["input rejected: 2 problems".to_owned()]
-        );
+        assert_eq!(entries[2].reasons, vec!["input rejected".to_owned()]);
         // Reopen: the ledger recovers, the good dataset exists, the bad one not.
         let custos = Custos::open(&root, None).await.unwrap();
         let names: Vec<String> = custos
-            .datasets()
+            .datasets(&Actor::LocalAdmin)
             .await
             .unwrap()
             .into_iter()

@@ -77,10 +77,14 @@ pub struct LookupDetails {
     /// The request.
     #[serde(flatten)]
     pub ticket: LookupTicket,
-    /// The subject id named.
-    pub subject: String,
-    /// The requester's justification.
-    pub justification: String,
+    /// The subject id named: for the requester and the custodian's
+    /// approvers only (who judge it); overseers and admins see the request
+    /// without the person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The requester's justification (same audience as `subject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
     /// Who approved, in order.
     pub approvers: Vec<ApprovalRecord>,
 }
@@ -114,7 +118,7 @@ impl Granted {
             .grants
             .get(self.grant_number as usize - 1)
             .cloned()
-            .ok_or_else(|| BrokerError::Invalid("the grant vanished".into()))
+            .ok_or_else(|| BrokerError::Internal("the grant vanished".into()))
     }
 }
 
@@ -280,7 +284,7 @@ impl Custos {
             );
         };
         let agreement = Agreement::from_toml(&latest.toml)
-            .map_err(|e| BrokerError::Invalid(format!("stored agreement unreadable: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("stored agreement unreadable: {e}")))?;
         let day = today();
         if day < agreement.valid_from {
             return deny(format!(
@@ -343,7 +347,13 @@ impl Custos {
         let version = latest.version;
         let engine = match self.engine_for(&agreement, version, guards.as_deref()) {
             Ok(engine) => engine,
-            Err(e) => return deny(format!("policies do not compile: {e} (fail closed)")),
+            Err(e) => {
+                // The detail may quote the custodian's guard file: log it.
+                tracing::error!(error = %e, "policies do not compile; refusing (fail closed)");
+                return deny(
+                    "the custodian's policies do not compile, so nothing is allowed until they are fixed (fail closed)".into(),
+                );
+            }
         };
         let protected = match subject {
             Some(s) => meta.subject_protected(&s.0).await?,
@@ -359,8 +369,14 @@ impl Custos {
                 day,
                 subject_protected: protected,
             })
-            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
         if !decision.allowed {
+            // A guard's name can say something about the person (a guard
+            // on protected subjects), and the requester can read the
+            // public ledger: neither says which guard denied.
+            if decision.reasons.iter().any(|r| r.starts_with("guard")) {
+                return deny("denied by a guard rule of the custodian".into());
+            }
             return deny(format!("denied by policy: {}", decision.reasons.join("; ")));
         }
         Ok(Ok(Granted {
@@ -446,18 +462,33 @@ impl Custos {
                 "the justification is longer than {MAX_JUSTIFICATION} bytes"
             )));
         }
-        let commitment = self.subjects().commit(subject);
-        entry = entry.with_subjects([commitment]);
         // Only a known dataset's name is recorded (input is not a name yet).
-        if dataset::valid_name(req.dataset)
-            && self.home().meta().dataset(req.dataset).await?.is_some()
-        {
+        let record = if dataset::valid_name(req.dataset) {
+            self.home().meta().dataset(req.dataset).await?
+        } else {
+            None
+        };
+        if record.is_some() {
             entry = entry.with_attribute("dataset", req.dataset);
         }
+        // One person, one commitment: the id as the dataset stores it
+        // (`012345678` and `12345678` are one integer id). The request
+        // keeps the requester's spelling, sealed, for the approver.
+        let canonical = record
+            .and_then(|r| DatasetSchema::from_toml(&r.schema_toml).ok())
+            .and_then(|schema| schema.canonical_subject_id(subject))
+            .unwrap_or_else(|| subject.to_owned());
+        // The commitment goes into no entry before the request is allowed:
+        // otherwise anyone with a token could plant a person's commitment
+        // in the public ledger and follow it.
+        let commitment = self.subjects().commit(&canonical);
         let known = self.home().meta().agreement_versions(req.agreement).await?;
         if let Some(latest) = known.last() {
             entry = entry.with_agreement(req.agreement, latest.version);
         }
+        // Guards on the person (protected subjects) are decided at fetch,
+        // after a second person approved: deciding them here would tell
+        // any requester at once, and for free, who is protected.
         let granted = match self
             .decide_access(
                 principal,
@@ -465,7 +496,7 @@ impl Custos {
                 req.dataset,
                 Mode::Identified,
                 req.columns,
-                Some(&commitment),
+                None,
             )
             .await?
         {
@@ -473,6 +504,14 @@ impl Custos {
             Err(denial) => return Err(self.refuse(entry, denial)),
         };
         let grant = granted.grant()?;
+        // INVARIANT: counted and recorded under the agreement's lock.
+        let _limits = if grant.limits.requests_per_hour.is_some()
+            || grant.limits.subjects_per_day.is_some()
+        {
+            Some(self.limit_locks.hold(&granted.agreement.id).await)
+        } else {
+            None
+        };
         if let Some(denial) = self
             .check_limits(principal, &granted, &grant, &commitment)
             .await?
@@ -496,12 +535,11 @@ impl Custos {
         }
         .with_request(&id)
         .with_agreement(&granted.agreement.id, granted.version)
+        .with_subjects([self.subjects().for_entry(&commitment, &id, ACTION)])
         .with_attribute("columns", granted.columns.join(","))
         .with_attribute(
-            "justification_sha256",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                justification.as_bytes(),
-            )),
+            "justification_hmac",
+            self.subjects().digest("justification", justification),
         )
         .with_count("approvals_required", u64::from(grant.limits.approvals));
         for reason in &granted.decided_by {
@@ -545,6 +583,23 @@ impl Custos {
         Ok(ticket(&record, 0))
     }
 
+    /// The custodian organisation of the agreement version a request was
+    /// made under.
+    async fn custodian_of(
+        &self,
+        record: &AccessRequestRecord,
+    ) -> Result<Option<String>, BrokerError> {
+        Ok(self
+            .home()
+            .meta()
+            .agreement_versions(&record.agreement_id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == record.agreement_version)
+            .and_then(|v| Agreement::from_toml(&v.toml).ok())
+            .map(|a| a.parties.custodian))
+    }
+
     /// A request by id, or a ledgered denial that does not say whether it
     /// exists (ids are guessable only by brute force, but still).
     async fn known_request(
@@ -570,11 +625,13 @@ impl Custos {
             return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
-        let entry = entry
-            .with_request(&record.id)
-            .with_subjects([SubjectCommitment(record.subject_commitment)]);
+        let entry = entry.with_request(&record.id);
+        // Approvers see the person and the justification only for the
+        // custodian they approve for.
+        let custodian_approver = principal.has_role(Role::Approver)
+            && self.custodian_of(&record).await?.as_deref() == Some(principal.org.as_str());
         let may_see = principal.id == record.requester
-            || principal.has_role(Role::Approver)
+            || custodian_approver
             || principal.has_role(Role::Admin)
             || principal.has_role(Role::Overseer);
         if !may_see {
@@ -583,12 +640,20 @@ impl Custos {
                 "only the requester, approvers, admins and overseers see a request".into(),
             ));
         }
-        let subject = self.unseal(&record.id, Sealed::Subject, &record.subject_sealed)?;
-        let justification = self.unseal(
-            &record.id,
-            Sealed::Justification,
-            &record.justification_sealed,
-        )?;
+        // Overseers verify without seeing personal data (DESIGN.md); the
+        // person and the reason are for who asks and who judges.
+        let (subject, justification) = if principal.id == record.requester || custodian_approver {
+            (
+                Some(self.unseal(&record.id, Sealed::Subject, &record.subject_sealed)?),
+                Some(self.unseal(
+                    &record.id,
+                    Sealed::Justification,
+                    &record.justification_sealed,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
         // Seeing who is looked up and why is itself recorded.
         self.append(&Entry {
             decision: Decision::Allow,
@@ -618,8 +683,7 @@ impl Custos {
         let record = self.known_request(&entry, id).await?;
         let entry = entry
             .with_request(&record.id)
-            .with_agreement(&record.agreement_id, record.agreement_version)
-            .with_subjects([SubjectCommitment(record.subject_commitment)]);
+            .with_agreement(&record.agreement_id, record.agreement_version);
         if !principal.has_role(Role::Approver) {
             return Err(self.deny_lookup(
                 entry,
@@ -632,7 +696,16 @@ impl Custos {
                 "self-approval is not allowed: a second person must approve".into(),
             ));
         }
+        if let Some(rule) = approver_conflict(principal) {
+            return Err(self.deny_lookup(entry, rule));
+        }
         let meta = self.home().meta();
+        if self.custodian_of(&record).await?.as_deref() != Some(principal.org.as_str()) {
+            return Err(self.deny_lookup(
+                entry,
+                "two-person rule: an approver must belong to the agreement's custodian organisation".into(),
+            ));
+        }
         if meta
             .approvals(&record.id)
             .await?
@@ -706,8 +779,7 @@ impl Custos {
         let commitment = SubjectCommitment(record.subject_commitment);
         let entry = entry
             .with_request(&record.id)
-            .with_agreement(&record.agreement_id, record.agreement_version)
-            .with_subjects([commitment]);
+            .with_agreement(&record.agreement_id, record.agreement_version);
         if principal.id != record.requester {
             return Err(self.deny_lookup(entry, "only the requester may fetch".into()));
         }
@@ -783,9 +855,19 @@ impl Custos {
             decision: Decision::Allow,
             ..entry
         }
+        .with_subjects([self.subjects().for_entry(&commitment, &record.id, ACTION)])
         .with_count("rows", rows.len() as u64);
-        // INVARIANT: nothing is returned before this entry is durable.
-        let ledger_index = self.append(&released)?;
+        // INVARIANT: nothing is returned before this entry is durable; if
+        // it cannot be, the approval is given back (nothing was released).
+        let ledger_index = match self.append(&released) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = meta
+                    .transition_request(&record.id, RequestState::Fetched, RequestState::Approved)
+                    .await;
+                return Err(e);
+            }
+        };
         meta.insert_subject_event(&SubjectEvent {
             subject_commitment: record.subject_commitment,
             ledger_index,
@@ -842,7 +924,7 @@ impl Custos {
             reader.subject_rows(&subject, Some(&names))
         })
         .await
-        .map_err(|_| BrokerError::Invalid("the read was interrupted".into()))?;
+        .map_err(|_| BrokerError::Internal("the read was interrupted".into()))?;
         let batches = match read {
             // A subject id that cannot exist in this dataset (e.g. letters
             // for an integer id) has no records, like any absent subject.
@@ -893,7 +975,27 @@ fn column_of<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
     batch.column_by_name(name).map(AsRef::as_ref)
 }
 
-fn scope_value(batch: &RecordBatch, name: &str, row: usize) -> ScopeValue {
+/// The sealing purpose of a protected subject's id.
+fn protected_purpose(commitment: &SubjectCommitment) -> String {
+    format!("custos/v1/protected/{}", hex::encode(commitment.0))
+}
+
+/// Why `principal` may not act as the second person of the two-person
+/// rule, if so: an approver holds no `requester` role (no one approves
+/// for a colleague what they could ask for themselves) and no `admin`
+/// role (who manages principals could make the approver they need).
+pub(crate) fn approver_conflict(principal: &Principal) -> Option<String> {
+    let conflicting = [Role::Requester, Role::Admin]
+        .into_iter()
+        .find(|r| principal.has_role(*r))?;
+    Some(format!(
+        "two-person rule: an approver may not also hold the `{}` role",
+        conflicting.as_str()
+    ))
+}
+
+/// A row's value of `name` as the row-scope evaluator takes it.
+pub(crate) fn scope_value(batch: &RecordBatch, name: &str, row: usize) -> ScopeValue {
     let Some(array) = column_of(batch, name) else {
         return ScopeValue::Null;
     };
@@ -944,25 +1046,72 @@ impl Custos {
     /// `context.subject_protected` and may forbid any access to them.
     pub async fn protect_subject(&self, actor: &Actor, subject: &str) -> Result<(), BrokerError> {
         const ACTION: &str = "subject.protect";
-        let commitment = self.subjects().commit(subject.trim());
-        let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny)
-            .with_subjects([commitment]);
+        let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny);
         if !matches!(actor, Actor::Principal(p) if p.has_role(Role::Admin)) {
             return Err(self.deny_lookup(entry, "only an admin may protect subjects".into()));
         }
+        let commitment = self.subjects().commit(subject.trim());
+        let mut raw = [0u8; 16];
+        custos_store::keys::random_bytes(&mut raw)?;
+        let id = format!("prot_{}", hex::encode(raw));
+        let sealed = self
+            .home()
+            .master_key()
+            .wrap(&protected_purpose(&commitment), subject.trim().as_bytes())?;
         // INVARIANT: the flag is set only after this entry is durable.
-        self.append(&Entry {
-            decision: Decision::Allow,
-            ..entry
-        })?;
+        self.append(
+            &Entry {
+                decision: Decision::Allow,
+                ..entry
+            }
+            .with_request(&id)
+            .with_subjects([self.subjects().for_entry(&commitment, &id, ACTION)]),
+        )?;
         self.home()
             .meta()
             .protect_subject(
                 &commitment.0,
+                &sealed,
                 &custos_store::home::now_rfc3339(),
                 actor.id(),
             )
             .await?;
         Ok(())
+    }
+
+    /// The commitments of every protected subject (matches leave them out).
+    pub(crate) async fn protected_commitments(
+        &self,
+    ) -> Result<std::collections::HashSet<[u8; 32]>, BrokerError> {
+        Ok(self
+            .home()
+            .meta()
+            .protected_subjects()
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect())
+    }
+
+    /// The subject keys, in `reader`'s dataset, of every protected subject
+    /// whose id was kept (extracts leave their rows out without reading
+    /// anyone's identity).
+    pub(crate) async fn protected_keys(
+        &self,
+        reader: &DatasetReader,
+    ) -> Result<std::collections::HashSet<i64>, BrokerError> {
+        let mut keys = std::collections::HashSet::new();
+        for (commitment, sealed) in self.home().meta().protected_subjects().await? {
+            let Some(sealed) = sealed else { continue };
+            let id = self.home().master_key().unwrap_secret(
+                &protected_purpose(&SubjectCommitment(commitment)),
+                "protected subject",
+                &sealed,
+            )?;
+            if let Some(key) = reader.subject_key(&String::from_utf8_lossy(&id)) {
+                keys.insert(key);
+            }
+        }
+        Ok(keys)
     }
 }

@@ -33,14 +33,14 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, Int64Array, StringArray};
 use custos_ledger::{Decision, Entry};
-use custos_policy::{Agreement, MatchGrant, Mode, Reveal};
+use custos_policy::{Agreement, Grant, MatchGrant, Mode, Reveal, ScopeFilter, ScopeValue};
 use custos_privacy::extract::Tokeniser;
 use custos_privacy::psi::{self, Encoded, Party, PsiError};
 use custos_store::matches::{MatchJob, MatchSide, MatchState};
 use custos_store::{ColumnClass, DatasetReader, DatasetSchema, Principal, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::lookups::Denial;
+use crate::lookups::{Denial, scope_value};
 use crate::{Actor, BrokerError, Custos, entries_naming, now_micros};
 
 /// How long an answering side keeps an unfinished job.
@@ -150,10 +150,6 @@ pub struct MatchReport {
     pub matches: u64,
     /// The count the peer reported seeing (equal unless a side misbehaved).
     pub peer_count: u64,
-    /// Distinct keys this side matched with.
-    pub keys: u64,
-    /// Rows whose key had no digits (left out).
-    pub rows_without_key: u64,
     /// Points each side sent (after padding).
     pub points_sent: u64,
     /// Points the peer sent.
@@ -201,18 +197,29 @@ fn valid_job_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The distinct normalised keys of a dataset's key column, each with the
-/// subject id of its first row; and how many rows had no usable key.
+/// The distinct normalised keys of a dataset's key column in the grant's
+/// row `scope`, each with the subject id of its first row; and how many
+/// rows in scope had no usable key. Rows outside the scope are never read
+/// into the match.
 fn read_keys(
     reader: &DatasetReader,
     key: &str,
+    scope: Option<&ScopeFilter>,
+    protected: &Protected,
 ) -> Result<(Vec<String>, Vec<String>, u64), BrokerError> {
     let subject = reader.schema().subject_column().name.clone();
-    let wanted: Vec<&str> = if subject == key {
+    let mut wanted: Vec<&str> = if subject == key {
         vec![key]
     } else {
         vec![key, &subject]
     };
+    if let Some(scope) = scope {
+        for c in scope.columns() {
+            if !wanted.contains(&c.as_str()) {
+                wanted.push(c);
+            }
+        }
+    }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let (mut keys, mut subjects) = (Vec::new(), Vec::new());
     let mut without = 0u64;
@@ -232,6 +239,16 @@ fn read_keys(
                     .map(|a| a.value(row).to_string())
             };
             for row in 0..batch.num_rows() {
+                if let Some(scope) = scope {
+                    let values: Vec<ScopeValue> = scope
+                        .columns()
+                        .iter()
+                        .map(|c| scope_value(&batch, c, row))
+                        .collect();
+                    if !scope.matches(&values) {
+                        continue;
+                    }
+                }
                 let Some(normal) = text(key, row).as_deref().and_then(psi::normalise_key) else {
                     without += 1;
                     continue;
@@ -239,13 +256,39 @@ fn read_keys(
                 if seen.contains_key(&normal) {
                     continue;
                 }
+                let subject_id = text(&subject, row).unwrap_or_default();
+                // A protected person takes no part in any match.
+                if !protected.commitments.is_empty()
+                    && protected
+                        .commitments
+                        .contains(&protected.committer.commit(&subject_id).0)
+                {
+                    seen.insert(normal, usize::MAX);
+                    continue;
+                }
                 seen.insert(normal.clone(), keys.len());
                 keys.push(normal);
-                subjects.push(text(&subject, row).unwrap_or_default());
+                subjects.push(subject_id);
             }
         }
     }
     Ok((keys, subjects, without))
+}
+
+/// Who is left out of every match: protected subjects, by commitment.
+struct Protected {
+    commitments: std::collections::HashSet<[u8; 32]>,
+    committer: custos_ledger::SubjectCommitter,
+}
+
+/// The grant's row scope compiled against its dataset, if it has one.
+fn row_scope(grant: &Grant, schema: &DatasetSchema) -> Result<Option<ScopeFilter>, BrokerError> {
+    grant
+        .row_scope
+        .as_deref()
+        .map(|text| ScopeFilter::compile(text, schema))
+        .transpose()
+        .map_err(|e| BrokerError::Internal(format!("the grant's row scope: {e}")))
 }
 
 /// A refusal of the peer's message, for the ledger and the caller.
@@ -306,7 +349,7 @@ impl Custos {
             return Ok(Err(Denial::same("the dataset is gone".into())));
         };
         let schema = DatasetSchema::from_toml(&record.schema_toml)
-            .map_err(|e| BrokerError::Invalid(format!("stored schema unreadable: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("stored schema unreadable: {e}")))?;
         let key = key.unwrap_or(&schema.subject_column().name);
         match schema.column(key) {
             Some(c) if matches!(c.class, ColumnClass::SubjectId | ColumnClass::Identifier) => {}
@@ -351,23 +394,45 @@ impl Custos {
             .with_agreement(req.agreement, granted.version)
             .with_attribute("dataset", req.dataset)
             .with_attribute("key", req.key);
+        if !terms.names_peer(&peer.name()) {
+            return Err(self.refuse(
+                entry,
+                Denial::same(match &terms.peer {
+                    Some(named) => format!(
+                        "this side's copy of agreement `{}` names the peer `{named}`; a job against any other peer is refused",
+                        req.agreement
+                    ),
+                    None => format!(
+                        "this side's copy of agreement `{}` names no peer: add `peer = \"https://…\"` to its `[grants.match]`",
+                        req.agreement
+                    ),
+                }),
+            ));
+        }
+        let scope = row_scope(&granted.grant()?, &schema)?;
+        let protected = Protected {
+            commitments: self.protected_commitments().await?,
+            committer: self.subjects().clone(),
+        };
         let reader = DatasetReader::open(self.home(), req.dataset).await?;
         let key = req.key.to_owned();
-        let (keys, subjects, rows_without_key) =
-            tokio::task::spawn_blocking(move || read_keys(&reader, &key))
-                .await
-                .map_err(|_| BrokerError::Invalid("reading the keys was interrupted".into()))??;
+        let (keys, subjects, _) = tokio::task::spawn_blocking(move || {
+            read_keys(&reader, &key, scope.as_ref(), &protected)
+        })
+        .await
+        .map_err(|_| BrokerError::Internal("reading the keys was interrupted".into()))??;
         let pad_to = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
         if keys.len() > pad_to {
             return Err(self.refuse(
                 entry,
                 Denial::same(format!(
-                    "`{}` has {} distinct keys, more than the {pad_to} points the agreement lets this side show (`pad_to`)",
-                    req.dataset,
-                    keys.len()
+                    "`{}` has more distinct keys in scope than the {pad_to} points the agreement lets this side show (`pad_to`)",
+                    req.dataset
                 )),
             ));
         }
+        // INVARIANT: jobs are counted and claimed under the agreement's lock.
+        let limits = self.limit_locks.hold(req.agreement).await;
         if let Some(denial) = self.match_limit(&granted, MatchSide::Requester).await? {
             return Err(self.refuse(entry, denial));
         }
@@ -393,12 +458,14 @@ impl Custos {
             confirmed_by: None,
             confirmed_at: None,
         };
-        meta.claim_match_job(&job).await?;
-        // INVARIANT: nothing derived from the data leaves before this is durable.
+        // INVARIANT: nothing derived from the data leaves, and no job is
+        // claimed in the catalogue, before this is durable.
         self.append(&Entry {
             decision: Decision::Allow,
             ..entry.clone()
         })?;
+        meta.claim_match_job(&job).await?;
+        drop(limits);
         let outcome = self
             .exchange_with(peer, &job_id, req.agreement, &terms, &keys)
             .await
@@ -410,9 +477,9 @@ impl Custos {
                 if here == peer_count {
                     Ok((reveal, found, peer_count, received))
                 } else {
-                    Err(Denial::same(format!(
-                        "the sides disagree: {here} matches here, {peer_count} at the peer; one side did not follow the protocol, so the job is void"
-                    )))
+                    Err(Denial::same(
+                        "the two sides counted different matches: one side did not follow the protocol, so the job is void".into(),
+                    ))
                 }
             });
         let (reveal, found, peer_count, points_received) = match outcome {
@@ -465,11 +532,10 @@ impl Custos {
         }
         .with_attribute("reveal_applied", reveal.as_str())
         .with_attribute("state", "unverified")
-        .with_count("keys", keys.len() as u64)
         .with_count("matches", matches)
         .with_count("peer_count", peer_count)
         .with_count("points_received", points_received);
-        let entries = entries_naming(first, &commitments);
+        let entries = entries_naming(self.subjects(), first, &commitments);
         let indexes = self.append_all(&entries)?;
         meta.finish_match_job(&job_id, MatchState::Unverified, Some(matches), &tokens)
             .await?;
@@ -484,8 +550,6 @@ impl Custos {
             state: MatchState::Unverified,
             matches,
             peer_count,
-            keys: keys.len() as u64,
-            rows_without_key,
             points_sent: terms.pad_to,
             points_received,
             tokens,
@@ -615,18 +679,21 @@ impl Custos {
             Ok(t) => t,
             Err(denial) => return Err(self.refuse(entry, denial)),
         };
-        let dataset = granted.grant()?.dataset;
+        let grant = granted.grant()?;
+        let dataset = grant.dataset.clone();
         entry = entry
             .with_agreement(&offer.agreement, granted.version)
             .with_attribute("dataset", &dataset)
             .with_count("points_announced", offer.points);
         let announced = usize::try_from(offer.points).unwrap_or(usize::MAX);
         // This side reads no larger a list than its own copy lets it send.
-        if announced == 0 || offer.points > terms.pad_to {
+        // Exactly the agreed size: a smaller job would let a partner probe
+        // with a handful of guessed keys at a time.
+        if offer.points != terms.pad_to {
             return Err(self.refuse(
                 entry,
                 Denial::same(format!(
-                    "a job here carries 1 to {} points (this side's `pad_to`), not {}",
+                    "a job here carries exactly {} points (the agreement's `pad_to`), not {}",
                     terms.pad_to, offer.points
                 )),
             ));
@@ -634,7 +701,7 @@ impl Custos {
         let open_jobs = self
             .pending_matches
             .lock()
-            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?
+            .map_err(|_| BrokerError::Internal("match state poisoned".into()))?
             .values()
             .filter(|p| p.principal == principal.id && p.since.elapsed() < PENDING_FOR)
             .count();
@@ -646,6 +713,8 @@ impl Custos {
                 )),
             ));
         }
+        // INVARIANT: jobs are counted and claimed under the agreement's lock.
+        let limits = self.limit_locks.hold(&offer.agreement).await;
         if let Some(denial) = self.match_limit(&granted, MatchSide::Responder).await? {
             return Err(self.refuse(entry, denial));
         }
@@ -665,7 +734,9 @@ impl Custos {
             confirmed_by: None,
             confirmed_at: None,
         };
-        if !meta.claim_match_job(&job).await? {
+        let claimed = meta.claim_match_job(&job).await?;
+        drop(limits);
+        if !claimed {
             return Err(self.refuse(
                 entry,
                 Denial::same(format!(
@@ -675,7 +746,7 @@ impl Custos {
             ));
         }
         let prepared = self
-            .prepare_answer(&offer.job_id, &dataset, &schema, &terms, entry, reveal)
+            .prepare_answer(&offer.job_id, &grant, &schema, &terms, entry, reveal)
             .await;
         let (party, blinded) = match prepared {
             Ok(p) => p,
@@ -689,7 +760,7 @@ impl Custos {
         let mut pending = self
             .pending_matches
             .lock()
-            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?;
+            .map_err(|_| BrokerError::Internal("match state poisoned".into()))?;
         pending.retain(|_, p| p.since.elapsed() < PENDING_FOR);
         pending.insert(
             offer.job_id.clone(),
@@ -717,17 +788,24 @@ impl Custos {
     async fn prepare_answer(
         &self,
         job_id: &str,
-        dataset: &str,
+        grant: &Grant,
         schema: &DatasetSchema,
         terms: &MatchGrant,
         entry: Entry,
         reveal: Reveal,
     ) -> Result<(Party, psi::Blinded), BrokerError> {
-        let reader = DatasetReader::open(self.home(), dataset).await?;
+        let scope = row_scope(grant, schema)?;
+        let reader = DatasetReader::open(self.home(), &grant.dataset).await?;
         let key = schema.subject_column().name.clone();
-        let (keys, _, _) = tokio::task::spawn_blocking(move || read_keys(&reader, &key))
-            .await
-            .map_err(|_| BrokerError::Invalid("reading the keys was interrupted".into()))??;
+        let protected = Protected {
+            commitments: self.protected_commitments().await?,
+            committer: self.subjects().clone(),
+        };
+        let (keys, _, _) = tokio::task::spawn_blocking(move || {
+            read_keys(&reader, &key, scope.as_ref(), &protected)
+        })
+        .await
+        .map_err(|_| BrokerError::Internal("reading the keys was interrupted".into()))??;
         let pad_to = usize::try_from(terms.pad_to).unwrap_or(usize::MAX);
         if keys.len() > pad_to {
             return Err(self.refuse(
@@ -746,17 +824,17 @@ impl Custos {
             .with_attribute("reveal", reveal.as_str())
             .with_count("points", terms.pad_to),
         )?;
-        let party = Party::new().map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let party = Party::new().map_err(|e| BrokerError::Internal(e.to_string()))?;
         let dst = psi::job_dst(job_id);
         let (party, blinded) = tokio::task::spawn_blocking(move || {
             let blinded = party.blind(&dst, &keys, pad_to);
             (party, blinded)
         })
         .await
-        .map_err(|_| BrokerError::Invalid("blinding was interrupted".into()))?;
+        .map_err(|_| BrokerError::Internal("blinding was interrupted".into()))?;
         Ok((
             party,
-            blinded.map_err(|e| BrokerError::Invalid(e.to_string()))?,
+            blinded.map_err(|e| BrokerError::Internal(e.to_string()))?,
         ))
     }
 
@@ -768,22 +846,36 @@ impl Custos {
         granted: &crate::lookups::Granted,
         side: MatchSide,
     ) -> Result<Option<Denial>, BrokerError> {
-        let Some(limit) = granted.grant()?.limits.requests_per_hour else {
-            return Ok(None);
+        let grant = granted.grant()?;
+        let id = &granted.agreement.id;
+        let jobs_since = |hours: i64| {
+            let since = (chrono::Utc::now() - chrono::Duration::hours(hours))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            async move {
+                self.home()
+                    .meta()
+                    .count_match_jobs_since(id, side, &since)
+                    .await
+            }
         };
-        let since = (chrono::Utc::now() - chrono::Duration::hours(1))
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let jobs = self
-            .home()
-            .meta()
-            .count_match_jobs_since(&granted.agreement.id, side, &since)
-            .await?;
-        Ok((jobs >= u64::from(limit)).then(|| {
-            Denial::same(format!(
-                "limit exceeded: {limit} match jobs per hour under agreement `{}`",
-                granted.agreement.id
-            ))
-        }))
+        if let Some(limit) = grant.limits.requests_per_hour
+            && jobs_since(1).await? >= u64::from(limit)
+        {
+            return Ok(Some(Denial::same(format!(
+                "limit exceeded: {limit} match jobs per hour under agreement `{id}`"
+            ))));
+        }
+        // Keys matched per day: every job shows exactly `pad_to` points.
+        if let (Some(cap), Some(terms)) = (grant.limits.subjects_per_day, &grant.matching) {
+            let jobs = jobs_since(24).await?;
+            if (jobs + 1).saturating_mul(terms.pad_to) > u64::from(cap) {
+                return Ok(Some(Denial::same(format!(
+                    "limit exceeded: {cap} keys matched per day under agreement `{id}` ({} per job)",
+                    terms.pad_to
+                ))));
+            }
+        }
+        Ok(None)
     }
 
     /// Takes an answering side's pending job for `actor` (only the
@@ -800,7 +892,7 @@ impl Custos {
             let mut pending = self
                 .pending_matches
                 .lock()
-                .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?;
+                .map_err(|_| BrokerError::Internal("match state poisoned".into()))?;
             // Someone else's job is left alone (and looks like no job at all).
             match pending.get(job_id) {
                 Some(p) if p.principal == actor.id() => pending.remove(job_id),
@@ -903,7 +995,7 @@ impl Custos {
             (party, work)
         })
         .await
-        .map_err(|_| BrokerError::Invalid("re-blinding was interrupted".into()))?;
+        .map_err(|_| BrokerError::Internal("re-blinding was interrupted".into()))?;
         let reblinded = match work {
             Ok(r) => r,
             Err(e) => return Err(self.fail_pending(entry, job_id, bad_peer(&e)).await),
@@ -914,7 +1006,7 @@ impl Custos {
         pending.theirs_reblinded = Some(reblinded);
         self.pending_matches
             .lock()
-            .map_err(|_| BrokerError::Invalid("match state poisoned".into()))?
+            .map_err(|_| BrokerError::Internal("match state poisoned".into()))?
             .insert(job_id.to_owned(), pending);
         Ok(reply)
     }
@@ -981,6 +1073,9 @@ impl Custos {
                 Denial::same("confirming a match needs the `approver` role".into()),
             ));
         }
+        if let Some(rule) = crate::lookups::approver_conflict(principal) {
+            return Err(self.refuse(entry, Denial::same(rule)));
+        }
         let meta = self.home().meta();
         let Some(job) = meta.match_job(job_id).await? else {
             return Err(self.refuse(
@@ -1036,7 +1131,7 @@ impl Custos {
         }
         meta.match_job(job_id)
             .await?
-            .ok_or_else(|| BrokerError::Invalid("the job vanished".into()))
+            .ok_or_else(|| BrokerError::Internal("the job vanished".into()))
     }
 
     /// A job and its tokens, for the principal who ran it or anyone with

@@ -103,10 +103,13 @@ impl Custos {
         const ACTION: &str = "report.subject";
         self.may_report(actor, ACTION)?;
         let commitment = self.subjects().commit(subject.trim());
-        self.append(
-            &Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
-                .with_subjects([commitment]),
-        )?;
+        // The entry says a report was made, not about whom.
+        self.append(&Entry::new(
+            now_micros(),
+            actor.id(),
+            ACTION,
+            Decision::Allow,
+        ))?;
         let events = self.home().meta().subject_events(&commitment.0).await?;
         let checkpoint = self.ledger().checkpoint()?;
         let reader = LedgerReader::new(&self.home().ledger_dir());
@@ -123,11 +126,12 @@ impl Custos {
                 .pop()
                 .ok_or_else(|| mismatch(event.ledger_index))?;
             let entry = Entry::decode(&bytes).map_err(|_| mismatch(event.ledger_index))?;
-            if entry.request_id != event.request_id
-                || !entry
-                    .subjects
-                    .contains(&SubjectCommitment(event.subject_commitment))
-            {
+            let blinded = self.subjects().for_entry(
+                &SubjectCommitment(event.subject_commitment),
+                &event.request_id,
+                &entry.action,
+            );
+            if entry.request_id != event.request_id || !entry.subjects.contains(&blinded) {
                 return Err(mismatch(event.ledger_index));
             }
             let recipient = match self.home().meta().principal(&event.principal).await? {
@@ -168,7 +172,7 @@ impl Custos {
             return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
         };
         let agreement = Agreement::from_toml(&latest.toml)
-            .map_err(|e| BrokerError::Invalid(format!("stored agreement unreadable: {e}")))?;
+            .map_err(|e| BrokerError::Internal(format!("stored agreement unreadable: {e}")))?;
         self.append(
             &Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
                 .with_agreement(id, latest.version),

@@ -51,6 +51,7 @@ fn open(dir: &std::path::Path) -> Ledger {
         origin: "bench.custos.local/ledger".into(),
         signing_key: SigningKey::from_bytes(&[1; 32]),
         checkpoint_interval: Duration::from_secs(1),
+        faults: custos_ledger::FaultPlan::default(),
     })
     .unwrap()
 }

@@ -22,6 +22,7 @@ fn main() {
             origin: "test.custos.local/ledger".into(),
             signing_key: SigningKey::from_bytes(&[42; 32]),
             checkpoint_interval: Duration::from_millis(20),
+            faults: custos_ledger::FaultPlan::default(),
         })
         .expect("open"),
     );

@@ -98,6 +98,40 @@ impl SubjectCommitter {
         mac.update(normalised.to_ascii_uppercase().as_bytes());
         SubjectCommitment(mac.finalize().into_bytes().into())
     }
+
+    /// What an entry carries for a subject: the stable commitment blinded
+    /// by the entry's request id and action, so that two entries about the
+    /// same person share no byte string (nothing served publicly links
+    /// them). The catalogue keeps the stable commitment with the entry's
+    /// index (a private index), so a subject's report finds the entry and
+    /// recomputes this value to check it.
+    pub fn for_entry(
+        &self,
+        stable: &SubjectCommitment,
+        request_id: &str,
+        action: &str,
+    ) -> SubjectCommitment {
+        let mut mac = self.mac.clone();
+        mac.update(b"custos/v2/entry-subject\0");
+        mac.update(request_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(action.as_bytes());
+        mac.update(b"\0");
+        mac.update(&stable.0);
+        SubjectCommitment(mac.finalize().into_bytes().into())
+    }
+
+    /// A keyed digest (hex) of a text the ledger must not carry but must
+    /// bind: a justification, SQL, a filter. A plain hash would let anyone
+    /// test a guessed text against the public entry; this needs the key.
+    pub fn digest(&self, label: &str, text: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"custos/v1/digest\0");
+        mac.update(label.as_bytes());
+        mac.update(b"\0");
+        mac.update(text.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
 }
 
 /// One ledger entry. Build with [`Entry::new`] and the `with_*` methods.

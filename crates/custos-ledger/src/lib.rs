@@ -22,7 +22,7 @@ pub mod verify;
 use std::path::PathBuf;
 
 pub use entry::{Decision, Entry, EntryError, SubjectCommitment, SubjectCommitter};
-pub use log::{Ledger, LedgerConfig};
+pub use log::{FaultPlan, Ledger, LedgerConfig};
 pub use note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
 pub use read::{
     ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,

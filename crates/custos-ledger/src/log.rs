@@ -64,6 +64,18 @@ pub struct LedgerConfig {
     pub signing_key: SigningKey,
     /// Longest time between an append and the checkpoint that covers it.
     pub checkpoint_interval: Duration,
+    /// Faults to inject (tests of failing closed); none by default.
+    pub faults: FaultPlan,
+}
+
+/// Faults a ledger injects, so that tests can show what every action does
+/// when its entry cannot be made durable. Injected faults only ever make
+/// the ledger refuse: they cannot make it acknowledge anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// The journal commit (1 = the first after opening) that fails as if
+    /// its write or fsync had failed; every later append is then refused.
+    pub fail_commit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -161,6 +173,7 @@ impl Ledger {
         let signer = NoteSigner::new(&config.origin, config.signing_key);
         let verifier_key = signer.verifier_key();
         let mut writer = Writer::recover(&dir, signer, config.checkpoint_interval)?;
+        writer.faults = config.faults;
         writer.checkpoint()?;
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
         let thread = std::thread::Builder::new()
@@ -264,6 +277,9 @@ struct Writer {
     published_partials: Vec<PathBuf>,
     checkpointed: u64,
     failed: bool,
+    /// Journal commits since opening, and the faults to inject.
+    commits: u64,
+    faults: FaultPlan,
 }
 
 impl Writer {
@@ -302,6 +318,8 @@ impl Writer {
             published_partials: Vec::new(),
             checkpointed: u64::MAX,
             failed: false,
+            commits: 0,
+            faults: FaultPlan::default(),
         };
         // Resume from the last state whose tiles check out and that agrees
         // with the signed checkpoint; else rebuild from the journal alone.
@@ -612,10 +630,16 @@ impl Writer {
             }
         }
         let path = self.dir.join(JOURNAL);
-        let written = self
-            .journal
-            .write_all(&buf)
-            .and_then(|()| self.journal.sync_data());
+        self.commits += 1;
+        let written = if self.faults.fail_commit == Some(self.commits) {
+            Err(std::io::Error::other(
+                "injected fault: the journal fsync failed",
+            ))
+        } else {
+            self.journal
+                .write_all(&buf)
+                .and_then(|()| self.journal.sync_data())
+        };
         if let Err(e) = written {
             // INVARIANT: after a failed write or fsync nothing more is
             // acknowledged; the next open recovers what is durable.

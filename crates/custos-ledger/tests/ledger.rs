@@ -22,6 +22,7 @@ fn config(dir: &Path) -> LedgerConfig {
         origin: ORIGIN.into(),
         signing_key: SigningKey::from_bytes(&[42; 32]),
         checkpoint_interval: Duration::from_millis(200),
+        faults: custos_ledger::FaultPlan::default(),
     }
 }
 

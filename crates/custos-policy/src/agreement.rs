@@ -418,7 +418,25 @@ impl Agreement {
                             .into(),
                     ));
                 }
-                (Mode::Match, Some(terms)) => terms.validate().map_err(rule)?,
+                (Mode::Match, Some(terms)) => {
+                    terms.validate().map_err(rule)?;
+                    // A partner with unlimited jobs could enumerate the
+                    // other side's registry one guessed list at a time.
+                    if grant.limits.requests_per_hour.is_none() {
+                        return Err(rule(
+                            "a match grant needs `limits.requests_per_hour` (match jobs per hour): without it a partner could run a job per guessed list".into(),
+                        ));
+                    }
+                    match grant.limits.subjects_per_day {
+                        Some(cap) if u64::from(cap) >= terms.pad_to => {}
+                        _ => {
+                            return Err(rule(format!(
+                                "a match grant needs `limits.subjects_per_day` (keys matched per day, counted as the {} points of each job) of at least `pad_to`",
+                                terms.pad_to
+                            )));
+                        }
+                    }
+                }
                 (_, Some(_)) => {
                     return Err(rule("`match` applies to match grants only".into()));
                 }
@@ -426,6 +444,11 @@ impl Agreement {
             }
             match grant.mode {
                 Mode::Aggregate => check_privacy(grant.privacy.as_ref()).map_err(rule)?,
+                Mode::Pseudonymous if grant.limits.requests_per_hour.is_none() => {
+                    return Err(rule(
+                        "a pseudonymous grant needs `limits.requests_per_hour` (extracts per hour under the agreement): unlimited extracts allow differencing".into(),
+                    ));
+                }
                 _ if grant.privacy.is_some() => {
                     return Err(rule("`privacy` applies to aggregate grants only".into()));
                 }

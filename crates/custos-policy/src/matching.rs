@@ -55,8 +55,13 @@ pub struct MatchGrant {
     /// What the requesting side learns.
     pub reveal: Reveal,
     /// Every set sent is padded with random points to exactly this many;
-    /// a side with more distinct keys than this refuses the job.
+    /// a side with more distinct keys than this refuses the job, and the
+    /// answering side refuses a job that announces any other number.
     pub pad_to: u64,
+    /// The requesting side's copy: the one Custos server (its base URL)
+    /// jobs may run against; a job against any other peer is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 impl MatchGrant {
@@ -68,7 +73,24 @@ impl MatchGrant {
                 self.pad_to
             ));
         }
+        if let Some(peer) = &self.peer {
+            let rest = peer
+                .strip_prefix("https://")
+                .or_else(|| peer.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                return Err(format!(
+                    "`[grants.match] peer` must be the peer server's base URL (https://…), not `{peer}`"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `url` is the peer this copy names (trailing slashes aside).
+    pub fn names_peer(&self, url: &str) -> bool {
+        self.peer
+            .as_deref()
+            .is_some_and(|p| p.trim_end_matches('/') == url.trim_end_matches('/'))
     }
 }
 
@@ -88,9 +110,26 @@ mod tests {
         let terms = |pad_to| MatchGrant {
             reveal: Reveal::Count,
             pad_to,
+            peer: None,
         };
         assert!(terms(1).validate().is_ok());
         assert!(terms(0).validate().is_err());
         assert!(terms(MAX_PAD_TO + 1).validate().is_err());
+    }
+
+    #[test]
+    fn the_peer_is_a_url_and_named_exactly() {
+        let terms = |peer: &str| MatchGrant {
+            reveal: Reveal::Count,
+            pad_to: 10,
+            peer: Some(peer.to_owned()),
+        };
+        assert!(terms("https://registry.example.gov").validate().is_ok());
+        assert!(terms("registry.example.gov").validate().is_err());
+        assert!(terms("https://").validate().is_err());
+        let t = terms("https://registry.example.gov/");
+        assert!(t.names_peer("https://registry.example.gov"));
+        assert!(!t.names_peer("https://registry.example.gov.evil.test"));
+        assert!(!terms("https://a.test").names_peer("http://a.test"));
     }
 }

@@ -23,7 +23,7 @@ use aes::Aes256;
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
 use custos_policy::{Generalisation, ScopeFilter, ScopeValue};
 use custos_store::keys::hmac_sha256;
-use custos_store::schema::{format_cents, format_date_days};
+use custos_store::schema::{SUBJECT_KEY_COLUMN, canonical_subject, format_cents, format_date_days};
 use custos_store::{ColumnClass, ColumnType, DatasetReader, DatasetSchema};
 use fpe::ff1::{FF1, FlexibleNumeralString};
 use zeroize::Zeroizing;
@@ -36,16 +36,18 @@ const FF1_MIN_DIGITS: usize = 6;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExtractError {
-    /// The extract would hold more rows than the grant allows.
+    /// The extract would hold more rows than the grant allows (how many
+    /// is not said: that would be an exact count of private rows).
     #[error(
-        "the extract would hold {rows} rows, over the grant's cap of {cap}: narrow it with --where"
+        "the extract would hold more rows than the grant's cap of {cap}: narrow it with --where"
     )]
     OverCap {
-        /// Rows that would be released.
-        rows: u64,
         /// The grant's `max_rows`.
         cap: u64,
     },
+    /// A bucket file has no hidden subject key (written before it existed).
+    #[error("the dataset was ingested before subject keys existed: ingest it again")]
+    NoSubjectKey,
     /// A format-keeping token was asked for a value with too few digits.
     #[error(
         "column `{0}` has a value with fewer than {FF1_MIN_DIGITS} digits, so its token cannot keep its format; drop it from `keep_format`"
@@ -219,6 +221,9 @@ pub struct ExtractSpec {
     pub max_rows: u64,
     /// The grant's row scope and the requester's `--where`, both must hold.
     pub filters: Vec<ScopeFilter>,
+    /// Subject keys of protected people: their rows are left out before
+    /// classes are counted, as if they were not in the dataset.
+    pub excluded: HashSet<i64>,
 }
 
 /// Receives released rows, in order; nothing reaches it before the row
@@ -228,15 +233,13 @@ pub trait RowSink {
     fn row(&mut self, values: &[Option<String>]) -> Result<(), String>;
 }
 
-/// What an extract released.
+/// What an extract released. Nothing here counts what was left out: how
+/// many rows or people a filter matched or k-anonymity suppressed is an
+/// exact count of private rows, which no answer releases.
 #[derive(Debug, Clone)]
 pub struct ExtractSummary {
-    /// Rows in scope (row scope and `--where`).
-    pub rows_in_scope: u64,
     /// Rows released.
     pub rows_released: u64,
-    /// Rows suppressed because their class had fewer than k rows.
-    pub rows_suppressed: u64,
     /// Quasi-identifier classes released.
     pub classes_released: u64,
     /// The distinct subject ids of the released rows (for ledger
@@ -247,14 +250,67 @@ pub struct ExtractSummary {
 /// The quasi-identifier class of a row: its generalised quasi values.
 type ClassKey = Vec<Option<String>>;
 
+/// What k-anonymity counts people in: a 128-bit digest of one class, or
+/// of the sorted set of classes of one person's rows (their profile).
+/// (128 bits: two groups merging by chance would need ~2^64 groups.)
+type GroupKey = [u8; 16];
+
+/// One bucket sorted into groups: per batch, per row, its group and class
+/// digest (`None`: out of scope or protected); each group's size here.
+struct BucketGroups {
+    rows: Vec<Vec<Option<(GroupKey, GroupKey)>>>,
+    sizes: HashMap<GroupKey, ClassSize>,
+}
+
+/// The digest of classes given in a fixed order (a `BTreeSet`'s, or one).
+fn digest_classes<'a>(classes: impl Iterator<Item = &'a ClassKey>) -> GroupKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for class in classes {
+        h.update([0xff]);
+        for value in class {
+            match value {
+                None => h.update([0]),
+                Some(v) => {
+                    h.update([1]);
+                    h.update((v.len() as u64).to_be_bytes());
+                    h.update(v.as_bytes());
+                }
+            }
+        }
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+/// How big a group is: people decide k-anonymity, rows decide the row cap.
+#[derive(Debug, Default, Clone, Copy)]
+struct ClassSize {
+    people: u64,
+    rows: u64,
+}
+
 impl ExtractSpec {
-    fn quasi_columns<'s>(&'s self, schema: &'s DatasetSchema) -> Vec<(&'s str, ColumnType)> {
+    /// The columns a row's class is made of: the granted quasi-identifiers
+    /// and the granted public columns (released as they are, so they
+    /// split people as much as any quasi-identifier).
+    fn class_columns<'s>(&'s self, schema: &'s DatasetSchema) -> Vec<(&'s str, ColumnType)> {
         self.columns
             .iter()
             .filter_map(|name| schema.column(name))
-            .filter(|c| c.class == ColumnClass::Quasi)
+            .filter(|c| matches!(c.class, ColumnClass::Quasi | ColumnClass::Public))
             .map(|c| (c.name.as_str(), c.ty))
             .collect()
+    }
+
+    /// Whether the released columns link one person's rows: any token
+    /// (of a `subject_id` or `identifier` column) is the same on each.
+    fn links_rows(&self, schema: &DatasetSchema) -> bool {
+        self.columns
+            .iter()
+            .filter_map(|name| schema.column(name))
+            .any(|c| c.class.is_identifying())
     }
 
     fn in_scope(&self, batch: &RecordBatch, row: usize) -> bool {
@@ -281,9 +337,91 @@ impl ExtractSpec {
             .collect()
     }
 
+    /// One bucket's rows sorted into groups (see [`GroupKey`]): each row's
+    /// group and class (`None` when out of scope or protected), and each
+    /// group's people and rows in this bucket. A subject's rows never
+    /// span buckets, so per-bucket counts add up to the dataset's.
+    fn bucket_groups(
+        &self,
+        class_columns: &[(&str, ColumnType)],
+        linked: bool,
+        batches: &[RecordBatch],
+    ) -> Result<BucketGroups, ExtractError> {
+        let mut rows: Vec<Vec<Option<(GroupKey, GroupKey)>>> = Vec::with_capacity(batches.len());
+        // Each in-scope person's classes and rows.
+        let mut people: HashMap<i64, (BTreeSet<ClassKey>, u64)> = HashMap::new();
+        let mut keyed_rows = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let keys = batch
+                .column_by_name(SUBJECT_KEY_COLUMN)
+                .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+                .ok_or(ExtractError::NoSubjectKey)?;
+            let mut batch_rows = Vec::with_capacity(batch.num_rows());
+            for row in 0..batch.num_rows() {
+                let key = keys.value(row);
+                if !self.in_scope(batch, row) || self.excluded.contains(&key) {
+                    batch_rows.push(None);
+                    continue;
+                }
+                let class = self.class_of(class_columns, batch, row);
+                let person = people.entry(key).or_default();
+                person.0.insert(class.clone());
+                person.1 += 1;
+                batch_rows.push(Some((key, class)));
+            }
+            keyed_rows.push(batch_rows);
+        }
+        // Unlinked rows: a group is a class, its people the distinct
+        // subjects with a row in it. Linked rows: a group is the set of
+        // classes of one person's rows (their "profile"), since the tokens
+        // show the requester that those rows are one person's.
+        let mut sizes: HashMap<GroupKey, ClassSize> = HashMap::new();
+        let mut profiles: HashMap<i64, GroupKey> = HashMap::new();
+        for (key, (classes, n)) in &people {
+            if linked {
+                let group = digest_classes(classes.iter());
+                let size = sizes.entry(group).or_default();
+                size.people += 1;
+                size.rows += n;
+                profiles.insert(*key, group);
+            } else {
+                for class in classes {
+                    sizes
+                        .entry(digest_classes(std::iter::once(class)))
+                        .or_default()
+                        .people += 1;
+                }
+            }
+        }
+        for batch_rows in keyed_rows {
+            rows.push(
+                batch_rows
+                    .into_iter()
+                    .map(|r| {
+                        r.map(|(key, class)| {
+                            let class = digest_classes(std::iter::once(&class));
+                            if !linked {
+                                sizes.entry(class).or_default().rows += 1;
+                            }
+                            (profiles.get(&key).copied().unwrap_or(class), class)
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        Ok(BucketGroups { rows, sizes })
+    }
+
     /// Runs both passes over `reader`'s buckets, handing released rows to
     /// `sink`. Refuses (before decrypting any identity) an extract over
     /// the cap.
+    ///
+    /// k-anonymity counts **people**, told apart by the hidden per-subject
+    /// key (one person's three returns are one person), in groups of the
+    /// class columns (quasi-identifiers and public columns). When the
+    /// released columns carry a token, a person's rows are linked, so the
+    /// group is the person's whole profile (the set of classes of their
+    /// rows): someone who moved is two classes that few others share.
     pub fn run(
         &self,
         reader: &DatasetReader,
@@ -291,41 +429,39 @@ impl ExtractSpec {
         sink: &mut dyn RowSink,
     ) -> Result<ExtractSummary, ExtractError> {
         let schema = reader.schema();
-        let quasi = self.quasi_columns(schema);
-        let mut pass_one: Vec<&str> = quasi.iter().map(|(n, _)| *n).collect();
+        let class_columns = self.class_columns(schema);
+        let linked = self.links_rows(schema);
+        let mut pass_one: Vec<&str> = class_columns.iter().map(|(n, _)| *n).collect();
         for f in &self.filters {
             pass_one.extend(f.columns().iter().map(String::as_str));
         }
-        // Pass 1: class sizes, without identities.
-        let mut classes: HashMap<ClassKey, u64> = HashMap::new();
-        let mut rows_in_scope = 0u64;
+        pass_one.push(SUBJECT_KEY_COLUMN);
+        // Pass 1: group sizes in people, without identities.
+        let mut groups: HashMap<GroupKey, ClassSize> = HashMap::new();
         for bucket in 0..reader.bucket_count() {
-            for batch in reader.bucket_batches(bucket, false, Some(&pass_one))? {
-                for row in 0..batch.num_rows() {
-                    if self.in_scope(&batch, row) {
-                        rows_in_scope += 1;
-                        *classes
-                            .entry(self.class_of(&quasi, &batch, row))
-                            .or_default() += 1;
-                    }
-                }
+            let batches = reader.bucket_batches(bucket, false, Some(&pass_one))?;
+            for (group, size) in self.bucket_groups(&class_columns, linked, &batches)?.sizes {
+                let total = groups.entry(group).or_default();
+                total.people += size.people;
+                total.rows += size.rows;
             }
         }
         let k = u64::from(self.k);
-        let rows_released: u64 = classes.values().filter(|n| **n >= k).sum();
+        let rows_released: u64 = groups
+            .values()
+            .filter(|c| c.people >= k)
+            .map(|c| c.rows)
+            .sum();
         if rows_released > self.max_rows {
-            return Err(ExtractError::OverCap {
-                rows: rows_released,
-                cap: self.max_rows,
-            });
+            return Err(ExtractError::OverCap { cap: self.max_rows });
         }
-        let classes_released = classes.values().filter(|n| **n >= k).count() as u64;
         // Pass 2: released rows, tokenised.
         let subject_column = schema.subject_column().name.clone();
         let mut wanted: Vec<&str> = self.columns.iter().map(String::as_str).collect();
         wanted.push(&subject_column);
         wanted.extend(pass_one.iter().copied());
         let mut subjects: HashSet<String> = HashSet::new();
+        let mut classes: HashSet<GroupKey> = HashSet::new();
         let mut values: Vec<Option<String>> = Vec::with_capacity(self.columns.len());
         let mut written = 0u64;
         // A subject's rows share a bucket: tokens are cached per bucket
@@ -334,13 +470,14 @@ impl ExtractSpec {
         if rows_released > 0 {
             for bucket in 0..reader.bucket_count() {
                 cache.clear();
-                for batch in reader.bucket_batches(bucket, true, Some(&wanted))? {
-                    for row in 0..batch.num_rows() {
-                        if !self.in_scope(&batch, row)
-                            || classes
-                                .get(&self.class_of(&quasi, &batch, row))
-                                .is_none_or(|n| *n < k)
-                        {
+                let batches = reader.bucket_batches(bucket, true, Some(&wanted))?;
+                let sorted = self.bucket_groups(&class_columns, linked, &batches)?;
+                for (batch, rows) in batches.iter().zip(sorted.rows) {
+                    for (row, group) in rows.into_iter().enumerate() {
+                        let Some((group, class)) = group else {
+                            continue;
+                        };
+                        if groups.get(&group).is_none_or(|c| c.people < k) {
                             continue;
                         }
                         values.clear();
@@ -349,15 +486,16 @@ impl ExtractSpec {
                                 schema,
                                 tokens,
                                 &mut cache,
-                                (&batch, row),
+                                (batch, row),
                                 (position, name),
                             )?);
                         }
-                        if let StoredValue::Text(s) = stored(&batch, &subject_column, row) {
+                        if let StoredValue::Text(s) = stored(batch, &subject_column, row) {
                             subjects.insert(s.to_owned());
-                        } else if let StoredValue::Int(v) = stored(&batch, &subject_column, row) {
+                        } else if let StoredValue::Int(v) = stored(batch, &subject_column, row) {
                             subjects.insert(v.to_string());
                         }
+                        classes.insert(class);
                         sink.row(&values).map_err(ExtractError::Sink)?;
                         written += 1;
                     }
@@ -368,10 +506,8 @@ impl ExtractSpec {
         let mut subjects: Vec<String> = subjects.into_iter().collect();
         subjects.sort_unstable();
         Ok(ExtractSummary {
-            rows_in_scope,
             rows_released: written,
-            rows_suppressed: rows_in_scope - written,
-            classes_released,
+            classes_released: classes.len() as u64,
             subjects,
         })
     }
@@ -390,9 +526,13 @@ impl ExtractSpec {
         };
         let value = stored(batch, name, row);
         if column.class.is_identifying() {
-            let Some(text) = display(&value, column.ty) else {
+            let Some(mut text) = display(&value, column.ty) else {
                 return Ok(None);
             };
+            if column.class == ColumnClass::SubjectId && !self.keep_format.contains(name) {
+                // One person, one token, however the source spelled the id.
+                text = canonical_subject(&text).into_owned();
+            }
             let key = (position, text);
             if let Some(token) = cache.get(&key) {
                 return Ok(Some(token.clone()));

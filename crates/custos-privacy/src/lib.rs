@@ -60,6 +60,10 @@ pub enum PrivacyError {
     /// Computing the totals failed.
     #[error(transparent)]
     Execute(#[from] execute::ExecuteError),
+    /// A column reached the noise step without declared bounds (the
+    /// allow-list refuses such columns first; this is a fault).
+    #[error("column `{0}` has no declared bounds")]
+    MissingBounds(String),
 }
 
 impl PrivacyError {
@@ -82,7 +86,8 @@ impl PrivacyError {
 pub struct QueryPlan {
     /// The checked query.
     pub query: AggregateQuery,
-    /// `WHERE` in storage units for the engine.
+    /// The grant's row scope and the query's `WHERE`, in storage units
+    /// for the engine.
     pub filter_sql: Option<String>,
     /// The grant's privacy terms.
     pub privacy: PrivacyGrant,
@@ -206,6 +211,20 @@ pub fn plan(
             Some(filter.to_sql())
         }
     };
+    // The grant's row scope bounds every query: rows outside it are never
+    // read, whatever the query's own `WHERE` says.
+    let scope_sql = match &grant.row_scope {
+        None => None,
+        Some(text) => Some(
+            ScopeFilter::compile(text, schema)
+                .map_err(|e| PrivacyError::Where(format!("the grant's row scope: {e}")))?
+                .to_sql(),
+        ),
+    };
+    let filter_sql = match (scope_sql, filter_sql) {
+        (None, f) | (f, None) => f,
+        (Some(scope), Some(filter)) => Some(format!("({scope}) AND ({filter})")),
+    };
     let sym = privacy.measure.symbol();
     let spend = spend.unwrap_or(privacy.per_query);
     if !(spend.is_finite() && spend > 0.0) {
@@ -276,24 +295,31 @@ pub struct Answer {
     pub measure: PrivacyMeasure,
     /// What the query spent (ε or ρ).
     pub spent: f64,
-    /// Rows the query read after its filter.
-    pub rows_scanned: u64,
-    /// Rows left out by the per-subject bound.
-    pub rows_dropped: u64,
     /// Per aggregate: the noise scale (Laplace scale or Gaussian σ in
     /// storage units; for quantiles, the scale on the scores).
     pub scales: Vec<(String, f64)>,
 }
 
-fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Sensitivity {
-    match a {
+/// A column's declared bounds. The query allow-list refuses a column
+/// without them, so a miss here is a fault, never a zero sensitivity.
+fn bounds_of(schema: &DatasetSchema, column: &str) -> Result<(i64, i64), PrivacyError> {
+    schema
+        .column(column)
+        .and_then(|c| c.bounds)
+        .ok_or_else(|| PrivacyError::MissingBounds(column.to_owned()))
+}
+
+/// How much one subject (at most `k` rows, each clamped to the column's
+/// bounds) can move an aggregate, in L1 and L2.
+fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Result<Sensitivity, PrivacyError> {
+    Ok(match a {
         Aggregate::CountRows => Sensitivity { l1: k, l2: k },
         Aggregate::CountSubjects => Sensitivity {
             l1: k,
             l2: k.sqrt(),
         },
         Aggregate::Sum(c) | Aggregate::Avg(c) | Aggregate::Quantile { column: c, .. } => {
-            let (lo, hi) = schema.column(c).and_then(|c| c.bounds).unwrap_or((0, 0));
+            let (lo, hi) = bounds_of(schema, c)?;
             #[allow(clippy::cast_precision_loss)]
             let bound = lo.unsigned_abs().max(hi.unsigned_abs()) as f64;
             Sensitivity {
@@ -301,7 +327,7 @@ fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Sensitivity {
                 l2: k * bound,
             }
         }
-    }
+    })
 }
 
 /// `sum / n` rounded to the nearest storage unit (how averages are shown).
@@ -345,10 +371,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
             )?;
             spent += choices.spent;
             scales.push((a.label(), choices.scale));
-            let (lo, hi) = schema
-                .column(column)
-                .and_then(|c| c.bounds)
-                .unwrap_or((0, 0));
+            let (lo, hi) = bounds_of(&schema, column)?;
             let grid = quantile::candidates(lo, hi);
             released.push(Released::Quantile {
                 values: choices.chosen.iter().map(|c| grid[*c]).collect(),
@@ -360,7 +383,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
             &totals.values[i],
             measure,
             share,
-            sensitivity(a, &schema, f64::from(k)),
+            sensitivity(a, &schema, f64::from(k))?,
         )?;
         spent += noisy.spent;
         scales.push((a.label(), noisy.scale));
@@ -369,7 +392,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
                 &totals.avg_counts[avg_index],
                 measure,
                 share,
-                sensitivity(&Aggregate::CountRows, &schema, f64::from(k)),
+                sensitivity(&Aggregate::CountRows, &schema, f64::from(k))?,
             )?;
             avg_index += 1;
             spent += c.spent;
@@ -422,8 +445,6 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
         rows,
         measure,
         spent,
-        rows_scanned: totals.rows_scanned,
-        rows_dropped: totals.rows_dropped,
         scales,
     })
 }

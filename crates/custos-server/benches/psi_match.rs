@@ -29,7 +29,7 @@ class = "subject_id"
 type = "string"
 "#;
 
-fn agreement(dataset: &str, pad_to: usize) -> String {
+fn agreement(dataset: &str, pad_to: usize, peer: &str) -> String {
     let today = chrono::Utc::now().date_naive();
     let (from, until) = (today - chrono::Days::new(1), today + chrono::Days::new(30));
     format!(
@@ -50,6 +50,10 @@ columns = ["ssn"]
 [grants.match]
 reveal = "matches"
 pad_to = {pad_to}
+peer = "{peer}"
+[grants.limits]
+requests_per_hour = 10
+subjects_per_day = {pad_to}
 "#
     )
 }
@@ -73,7 +77,7 @@ fn write_csv(path: &Path, first: usize, n: usize) {
 
 /// A home with one dataset, its copy of the agreement and a requester
 /// principal of the asking organisation; returns it and that principal's token.
-async fn home(dir: &Path, name: &str, csv: &Path, pad_to: usize) -> (Custos, String) {
+async fn home(dir: &Path, name: &str, csv: &Path, pad_to: usize, peer: &str) -> (Custos, String) {
     let (custos, _) = Custos::init(&dir.join(name), MasterKeySource::GenerateFile, None)
         .await
         .unwrap();
@@ -89,7 +93,7 @@ async fn home(dir: &Path, name: &str, csv: &Path, pad_to: usize) -> (Custos, Str
         .await
         .unwrap();
     custos
-        .apply_agreement(&admin, &agreement(name, pad_to))
+        .apply_agreement(&admin, &agreement(name, pad_to, peer))
         .await
         .unwrap();
     let (_, token) = custos
@@ -117,8 +121,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (registry, registry_token) = home(dir.path(), "registry", &registry_csv, n).await;
-        let (roll, roll_token) = home(dir.path(), "roll", &roll_csv, n).await;
+        let (registry, registry_token) =
+            home(dir.path(), "registry", &registry_csv, n, "https://roll.invalid").await;
         let server = Server::bind(
             registry,
             ServerConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -126,6 +130,7 @@ fn main() {
         .await
         .unwrap();
         let url = format!("http://{}", server.local_addr().unwrap());
+        let (roll, roll_token) = home(dir.path(), "roll", &roll_csv, n, &url).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server.run(async {
             let _ = stopped.await;

@@ -23,7 +23,7 @@ mod routes;
 mod tiles;
 
 pub use auth::RateLimit;
-pub use peer::HttpPeer;
+pub use peer::{HttpPeer, is_loopback};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -250,7 +250,10 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             } else {
                 state.request_timeout
             },
-            next.run(request),
+            tracing::Instrument::instrument(
+                next.run(request),
+                tracing::info_span!("request", request_id = %id),
+            ),
         )
         .await
         {
@@ -262,6 +265,15 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             .into_response(),
         },
     };
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+        // The detail was logged under this id (see `problem`); the client
+        // gets the id to quote, never the detail.
+        response = Problem::new(
+            ProblemKind::Internal,
+            format!("the server failed; its log has the detail under request id {id}"),
+        )
+        .into_response();
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }

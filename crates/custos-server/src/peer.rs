@@ -27,20 +27,26 @@ impl std::fmt::Debug for HttpPeer {
     }
 }
 
+/// Whether `url` names this machine (`localhost` or a loopback address),
+/// the only place plain `http://` may carry a token or PSI points.
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 impl HttpPeer {
     /// A peer at `url`: `https://`, or `http://` on a loopback address
     /// only (points and tokens never cross a network in the clear).
     pub fn new(url: &str, token: Zeroizing<String>) -> Result<Self, String> {
         let base = url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base).map_err(|e| format!("--peer `{base}`: {e}"))?;
-        let loopback = match parsed.host_str() {
-            Some("localhost") => true,
-            Some(host) => host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        };
+        let loopback = is_loopback(&parsed);
         match parsed.scheme() {
             "https" => {}
             "http" if loopback => {}
@@ -74,10 +80,12 @@ impl HttpPeer {
         request: reqwest::RequestBuilder,
         limit: usize,
     ) -> Result<Vec<u8>, PeerError> {
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| PeerError::Failed(format!("cannot reach {}: {e}", self.base)))?;
+        let mut response = request.send().await.map_err(|e| {
+            // The connection error's text (addresses, TLS detail) is
+            // for the custodian's log, not for the caller.
+            tracing::warn!(error = %e, "the match peer could not be reached");
+            PeerError::Failed(format!("cannot reach {} (see the server's log)", self.base))
+        })?;
         let status = response.status();
         let cap = if status.is_success() {
             limit

@@ -35,8 +35,8 @@ pub async fn healthz() -> Json<Value> {
 /// Datasets: names, sizes and schemas (never values).
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", security(("bearer" = [])),
     responses((status = 200, body = Value), (status = 401, body = Problem)))]
-pub async fn datasets(State(state): State<Arc<AppState>>, _caller: Caller) -> Reply {
-    to_json(&state.custos.datasets().await?)
+pub async fn datasets(State(state): State<Arc<AppState>>, Caller(actor): Caller) -> Reply {
+    to_json(&state.custos.datasets(&actor).await?)
 }
 
 /// One dataset's summary and schema.
@@ -45,10 +45,10 @@ pub async fn datasets(State(state): State<Arc<AppState>>, _caller: Caller) -> Re
     responses((status = 200, body = Value), (status = 404, body = Problem)))]
 pub async fn dataset(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    Caller(actor): Caller,
     Path(name): Path<String>,
 ) -> Reply {
-    to_json(&state.custos.describe(&name).await?)
+    to_json(&state.custos.describe(&actor, &name).await?)
 }
 
 /// Agreements with their state.

@@ -26,7 +26,9 @@ use crate::ingest::{
 };
 use crate::keys::{DataKey, KeyError, random_bytes};
 use crate::meta::{DatasetRecord, MetaError};
-use crate::schema::{ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError};
+use crate::schema::{
+    ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, canonical_subject,
+};
 
 /// Prefix of staging directories of ingests in progress.
 const STAGING_PREFIX: &str = ".ingest-";
@@ -443,6 +445,21 @@ impl DatasetReader {
         &self.schema
     }
 
+    /// The hidden subject key ([`SUBJECT_KEY_COLUMN`]) that `subject`'s
+    /// rows carry in this dataset, from its canonical spelling as at
+    /// ingest; `None` if it cannot be a subject here (letters for an
+    /// integer id). Lets a caller leave a person out without decrypting
+    /// anyone's identity.
+    pub fn subject_key(&self, subject: &str) -> Option<i64> {
+        let canonical = self.schema.canonical_subject_id(subject)?;
+        Some(
+            self.key
+                .bucketer(self.record.bucket_count)
+                .place(canonical.as_bytes())
+                .1,
+        )
+    }
+
     /// Paths of the bucket files.
     pub fn bucket_paths(&self) -> Vec<PathBuf> {
         (0..self.record.bucket_count)
@@ -501,10 +518,13 @@ impl DatasetReader {
                     .map_err(|_| DatasetError::BadSubject)?;
                 (Arc::new(Int64Array::from(vec![v])), v.to_string())
             }
-            _ => (
-                Arc::new(StringArray::from(vec![subject.to_owned()])),
-                subject.to_owned(),
-            ),
+            _ => {
+                let canonical = canonical_subject(subject).into_owned();
+                (
+                    Arc::new(StringArray::from(vec![canonical.clone()])),
+                    canonical,
+                )
+            }
         };
         let (bucket, subject_key) = self
             .key
@@ -528,6 +548,18 @@ impl DatasetReader {
         let predicate = ArrowPredicateFn::new(
             predicate_mask,
             move |batch: RecordBatch| -> Result<BooleanArray, arrow::error::ArrowError> {
+                // Text ids are compared in their canonical spelling, as
+                // they were placed at ingest.
+                if let (Some(stored), Some(wanted)) = (
+                    batch.column(0).as_any().downcast_ref::<StringArray>(),
+                    target.as_any().downcast_ref::<StringArray>(),
+                ) {
+                    let wanted = wanted.value(0);
+                    return Ok(stored
+                        .iter()
+                        .map(|v| v.map(|v| canonical_subject(v) == wanted))
+                        .collect());
+                }
                 eq(batch.column(0), &arrow::array::Scalar::new(target.clone()))
             },
         );
@@ -567,13 +599,18 @@ impl DatasetReader {
     }
 
     /// Schema positions of `columns` in the order given (every column if
-    /// `None`); an unknown name is an error.
+    /// `None`); an unknown name is an error. The hidden
+    /// [`SUBJECT_KEY_COLUMN`] (an opaque per-subject number, not an
+    /// identity) follows the schema's columns in every file.
     fn column_indexes(&self, columns: Option<&[&str]>) -> Result<Vec<usize>, DatasetError> {
         match columns {
             None => Ok((0..self.schema.columns.len()).collect()),
             Some(names) => names
                 .iter()
                 .map(|n| {
+                    if *n == SUBJECT_KEY_COLUMN {
+                        return Ok(self.schema.columns.len());
+                    }
                     self.schema
                         .columns
                         .iter()
@@ -598,9 +635,12 @@ impl DatasetReader {
     ) -> Result<Vec<RecordBatch>, DatasetError> {
         let keep = self.column_indexes(columns)?;
         if !identity
-            && keep
-                .iter()
-                .any(|i| self.schema.columns[*i].class.is_identifying())
+            && keep.iter().any(|i| {
+                self.schema
+                    .columns
+                    .get(*i)
+                    .is_some_and(|c| c.class.is_identifying())
+            })
         {
             return Err(self.file_error(
                 bucket,

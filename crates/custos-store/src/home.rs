@@ -47,6 +47,17 @@ pub enum HomeError {
     /// The home keeps its master key outside and none was given.
     #[error("this home keeps its master key outside the data directory: set CUSTOS_MASTER_KEY")]
     MasterKeyMissing,
+    /// `master.key` may be read or written by others than its owner.
+    #[error(
+        "`{}` has mode {mode:o}: a master key file must be readable by its owner only; run `chmod 600` on it (and consider the key exposed)",
+        path.display()
+    )]
+    KeyFileShared {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The home was written by an incompatible version.
     #[error("this home has format version `{0}`, this build reads version {FORMAT_VERSION}")]
     FormatVersion(String),
@@ -67,6 +78,21 @@ pub enum HomeError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+/// Refuses a master key file that anyone but its owner may read or write:
+/// a key left group- or world-readable has leaked already, and one that
+/// others may write could be swapped. (A missing file is left to the read.)
+fn refuse_shared_key_file(path: &Path) -> Result<(), HomeError> {
+    match fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(HomeError::KeyFileShared {
+            path: path.to_owned(),
+            mode: m.permissions().mode() & 0o777,
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 /// Attaches a path to an I/O error.
@@ -272,6 +298,7 @@ impl Home {
             Some(key) => key,
             None => {
                 let path = root.join(MASTER_KEY_FILE);
+                refuse_shared_key_file(&path)?;
                 match fs::read_to_string(&path) {
                     Ok(text) => MasterKey::from_hex(&Zeroizing::new(text))?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -33,8 +33,8 @@ use parquet::schema::types::ColumnPath;
 use crate::keys::{DataKey, KeyError, SubjectBucketer};
 use crate::meta::MetaError;
 use crate::schema::{
-    Column, ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, parse_date_days_bytes,
-    parse_decimal_cents_bytes,
+    Column, ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, canonical_subject,
+    parse_date_days_bytes, parse_decimal_cents_bytes,
 };
 
 /// Most problems collected before an ingest gives up on a file.
@@ -657,7 +657,7 @@ impl ParseContext<'_> {
                     // Integers bucket on their canonical form, so `0042`
                     // and a look-up of `42` meet in the same file.
                     Value::Int(v) => self.bucketer.place(v.to_string().as_bytes()),
-                    Value::Text(t) => self.bucketer.place(t.as_bytes()),
+                    Value::Text(t) => self.bucketer.place(canonical_subject(t).as_bytes()),
                     Value::Null => (0, 0),
                 };
                 let Some(buffer) = buffers.get_mut(bucket as usize) else {

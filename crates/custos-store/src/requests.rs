@@ -239,15 +239,34 @@ pub trait RequestStore: Send + Sync {
     async fn subject_events(&self, subject: &[u8; 32]) -> Result<Vec<SubjectEvent>, MetaError>;
     /// An agreement's use.
     async fn agreement_usage(&self, agreement_id: &str) -> Result<AgreementUsage, MetaError>;
-    /// Flags a subject as protected (idempotent).
+    /// Flags a subject as protected (idempotent), with its id sealed under
+    /// the master key.
     async fn protect_subject(
         &self,
         subject: &[u8; 32],
+        sealed: &[u8],
         at: &str,
         by: &str,
     ) -> Result<(), MetaError>;
     /// Whether a subject is flagged as protected.
     async fn subject_protected(&self, subject: &[u8; 32]) -> Result<bool, MetaError>;
+    /// Every protected subject: its commitment and its sealed id (absent
+    /// for subjects protected before ids were kept).
+    async fn protected_subjects(&self) -> Result<Vec<([u8; 32], Option<Vec<u8>>)>, MetaError>;
+    /// Records that extract `id` ran under `agreement_id`.
+    async fn record_extract_run(
+        &self,
+        id: &str,
+        agreement_id: &str,
+        principal: &str,
+        at_micros: i64,
+    ) -> Result<(), MetaError>;
+    /// Extracts run under `agreement_id` since `since_micros`.
+    async fn count_extract_runs_since(
+        &self,
+        agreement_id: &str,
+        since_micros: i64,
+    ) -> Result<u64, MetaError>;
 }
 
 fn to_i64(v: u64) -> Result<i64, MetaError> {
@@ -600,19 +619,71 @@ impl RequestStore for SqliteMetadata {
     async fn protect_subject(
         &self,
         subject: &[u8; 32],
+        sealed: &[u8],
         at: &str,
         by: &str,
     ) -> Result<(), MetaError> {
         sqlx::query(
-            "INSERT INTO protected_subjects (subject_commitment, protected_at, protected_by) \
-             VALUES (?, ?, ?) ON CONFLICT (subject_commitment) DO NOTHING",
+            "INSERT INTO protected_subjects (subject_commitment, protected_at, protected_by, subject_sealed) \
+             VALUES (?, ?, ?, ?) ON CONFLICT (subject_commitment) \
+             DO UPDATE SET subject_sealed = COALESCE(subject_sealed, excluded.subject_sealed)",
         )
         .bind(subject.as_slice())
         .bind(at)
         .bind(by)
+        .bind(sealed)
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    async fn record_extract_run(
+        &self,
+        id: &str,
+        agreement_id: &str,
+        principal: &str,
+        at_micros: i64,
+    ) -> Result<(), MetaError> {
+        sqlx::query(
+            "INSERT INTO extract_runs (id, agreement_id, principal, at_micros) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(agreement_id)
+        .bind(principal)
+        .bind(at_micros)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn count_extract_runs_since(
+        &self,
+        agreement_id: &str,
+        since_micros: i64,
+    ) -> Result<u64, MetaError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM extract_runs WHERE agreement_id = ? AND at_micros >= ?",
+        )
+        .bind(agreement_id)
+        .bind(since_micros)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn protected_subjects(&self) -> Result<Vec<([u8; 32], Option<Vec<u8>>)>, MetaError> {
+        let rows = sqlx::query("SELECT subject_commitment, subject_sealed FROM protected_subjects")
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let commitment: Vec<u8> = r.try_get("subject_commitment")?;
+            let Ok(commitment) = <[u8; 32]>::try_from(commitment.as_slice()) else {
+                continue;
+            };
+            out.push((commitment, r.try_get("subject_sealed")?));
+        }
+        Ok(out)
     }
 
     async fn subject_protected(&self, subject: &[u8; 32]) -> Result<bool, MetaError> {
@@ -770,9 +841,19 @@ mod tests {
         assert_eq!(store.agreement_usage("zz").await.unwrap().requests, 0);
 
         assert!(!store.subject_protected(&[1; 32]).await.unwrap());
-        store.protect_subject(&[1; 32], "t", "p").await.unwrap();
-        store.protect_subject(&[1; 32], "t", "p").await.unwrap();
+        store
+            .protect_subject(&[1; 32], b"x", "t", "p")
+            .await
+            .unwrap();
+        store
+            .protect_subject(&[1; 32], b"y", "t", "p")
+            .await
+            .unwrap();
         assert!(store.subject_protected(&[1; 32]).await.unwrap());
+        assert_eq!(
+            store.protected_subjects().await.unwrap(),
+            vec![([1; 32], Some(b"x".to_vec()))]
+        );
     }
 
     #[tokio::test]

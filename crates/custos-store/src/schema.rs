@@ -215,6 +215,27 @@ pub const MAX_COLUMN_NAME: usize = 64;
 /// are reserved for such columns.
 pub const SUBJECT_KEY_COLUMN: &str = "_custos_subject_key";
 
+/// The one spelling of a text subject id that every path uses: ASCII
+/// letters and digits only, upper case (`123-45-6789` and `123456789` are
+/// one person). Ingest places rows and derives subject keys from it,
+/// look-ups find rows by it, tokens and ledger commitments are made of it,
+/// so the per-subject bound, k-anonymity and the accounting all count one
+/// person once however the source wrote them.
+pub fn canonical_subject(text: &str) -> std::borrow::Cow<'_, str> {
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_uppercase())
+            .collect(),
+    )
+}
+
 fn valid_column_name(name: &str) -> bool {
     if name.starts_with("_custos") {
         return false;
@@ -274,6 +295,16 @@ impl DatasetSchema {
             description: raw.description,
             columns,
         })
+    }
+
+    /// `text` as this dataset's subject ids are stored and keyed: an
+    /// integer id in its decimal form (`012345678` is `12345678`), a text
+    /// id in [`canonical_subject`] form; `None` if it cannot be one.
+    pub fn canonical_subject_id(&self, text: &str) -> Option<String> {
+        match self.subject_column().ty {
+            ColumnType::Integer => text.trim().parse::<i64>().ok().map(|v| v.to_string()),
+            _ => Some(canonical_subject(text).into_owned()),
+        }
     }
 
     /// The one `subject_id` column.

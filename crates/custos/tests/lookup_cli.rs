@@ -454,12 +454,18 @@ fn expired_agreements_and_guards_deny_fetches_after_approval() {
         .assert()
         .failure()
         .stdout(predicate::str::is_empty())
-        .stderr(predicate::str::contains("guard protected-subjects"));
+        .stderr(
+            predicate::str::contains("denied by a guard rule")
+                .and(predicate::str::contains("protected").not()),
+        );
+    // The public ledger names neither the guard nor the person.
     let e = env.last_entry();
     assert_eq!(
         (e["action"].as_str(), e["decision"].as_str()),
         (Some("lookup.fetch"), Some("deny"))
     );
+    assert_eq!(e["reasons"][0], "denied by a guard rule of the custodian");
+    assert!(e["subjects"].as_array().is_none_or(Vec::is_empty), "{e}");
     // An expired agreement grants nothing.
     let expired = AGREEMENT
         .replace("tigta-cases", "tigta-old")

@@ -20,7 +20,7 @@ use common::Server;
 
 /// One side's copy of a matching agreement `id` on `dataset`, in force
 /// now (17 months, within the Computer Matching Act's 18).
-fn agreement(id: &str, dataset: &str, reveal: &str) -> String {
+fn agreement(id: &str, dataset: &str, reveal: &str, peer: &str) -> String {
     let today = chrono::Utc::now().date_naive();
     let from = today.with_day(1).unwrap() - Months::new(1);
     let until = from + Months::new(17);
@@ -47,6 +47,11 @@ columns = ["ssn"]
 [grants.match]
 reveal = "{reveal}"
 pad_to = 5000
+peer = "{peer}"
+
+[grants.limits]
+requests_per_hour = 20
+subjects_per_day = 100000
 "#
     )
 }
@@ -110,9 +115,9 @@ impl Agencies {
         self.dir.path().join("ssa")
     }
 
-    fn apply(&self, home: &Path, admin: &str, id: &str, dataset: &str, reveal: &str) {
+    fn apply(&self, home: &Path, admin: &str, id: &str, dataset: &str, reveal: &str, peer: &str) {
         let file = self.dir.path().join(format!("{id}-{dataset}.toml"));
-        std::fs::write(&file, agreement(id, dataset, reveal)).unwrap();
+        std::fs::write(&file, agreement(id, dataset, reveal, peer)).unwrap();
         common::custos(home, Some(admin))
             .args(["agreement", "apply"])
             .arg(&file)
@@ -120,10 +125,23 @@ impl Agencies {
             .success();
     }
 
-    /// Both copies of `id`.
-    fn agree(&self, id: &str, registry_reveal: &str) {
-        self.apply(&self.vs(), &self.vs_admin, id, "deaths", registry_reveal);
-        self.apply(&self.ssa(), &self.ssa_admin, id, "benefits", "matches");
+    /// The registry's copy of `id` (apply it before the registry serves:
+    /// the server holds the home's ledger).
+    fn agree_registry(&self, id: &str, reveal: &str) {
+        let ssa_url = "https://ssa.example.gov";
+        self.apply(&self.vs(), &self.vs_admin, id, "deaths", reveal, ssa_url);
+    }
+
+    /// The benefits agency's copy of `id`, naming `registry` as its peer.
+    fn agree_requester(&self, id: &str, registry: &Server) {
+        self.apply(
+            &self.ssa(),
+            &self.ssa_admin,
+            id,
+            "benefits",
+            "matches",
+            &registry.url,
+        );
     }
 
     /// `custos match … --json` from the benefits agency's home (or its server).
@@ -229,11 +247,13 @@ fn actions(home: &Path) -> Vec<(String, String)> {
 #[test]
 fn matches_are_the_common_keys_as_tokens_and_both_ledgers_record_the_job() {
     let a = Agencies::new();
-    a.agree("death-match", "matches");
-    a.agree("death-match-2", "matches");
+    a.agree_registry("death-match", "matches");
+    a.agree_registry("death-match-2", "matches");
+    let registry = Server::start(&a.vs(), &[]);
+    a.agree_requester("death-match", &registry);
+    a.agree_requester("death-match-2", &registry);
     let expected = a.common_ssns();
     assert!(expected.len() > 5, "the synthetic lists overlap");
-    let registry = Server::start(&a.vs(), &[]);
     let report = json_of(&a.run_match("death-match", &registry, None));
     assert_eq!(report["matches"], expected.len() as u64);
     assert_eq!(report["peer_count"], expected.len() as u64);
@@ -344,10 +364,18 @@ impl Agencies {
 fn two_servers_count_only_and_refusals() {
     let a = Agencies::new();
     // The registry's copy reveals only the count: it wins over SSA's.
-    a.agree("count-only", "count");
-    a.apply(&a.ssa(), &a.ssa_admin, "lonely", "benefits", "matches");
-    let expected = a.common_ssns().len() as u64;
+    a.agree_registry("count-only", "count");
     let registry = Server::start(&a.vs(), &[]);
+    a.agree_requester("count-only", &registry);
+    a.apply(
+        &a.ssa(),
+        &a.ssa_admin,
+        "lonely",
+        "benefits",
+        "matches",
+        &registry.url,
+    );
+    let expected = a.common_ssns().len() as u64;
     let ssa_server = Server::start(&a.ssa(), &[]);
     // Every command of the benefits agency now goes through its server.
     let rob = || {
@@ -490,8 +518,15 @@ fn detail(body: &[u8]) -> String {
 #[test]
 fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
     let a = Agencies::new();
-    a.agree("raw", "matches");
-    a.apply(&a.vs(), &a.vs_admin, "raw-count", "deaths", "count");
+    a.agree_registry("raw", "matches");
+    a.apply(
+        &a.vs(),
+        &a.vs_admin,
+        "raw-count",
+        "deaths",
+        "count",
+        "https://ssa.example.gov",
+    );
     let registry = Server::start(&a.vs(), &[]);
     let raw = Raw {
         rt: tokio::runtime::Runtime::new().unwrap(),
@@ -509,17 +544,17 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
     let mut keys: Vec<String> = deaths.iter().take(20).cloned().collect();
     keys.extend((0..80).map(|i| format!("{:09}", 900_000_000 + i)));
     let honest = |job: &str, agreement: &str| {
-        let (status, opened) = raw.open(job, agreement, 100);
+        let (status, opened) = raw.open(job, agreement, 5000);
         assert_eq!(status, 200, "{opened}");
         assert_eq!(opened["points"], 5000);
         let me = psi::Party::new().unwrap();
-        let blinded = me.blind(&psi::job_dst(job), &keys, 100).unwrap();
+        let blinded = me.blind(&psi::job_dst(job), &keys, 5000).unwrap();
         let (status, reply) = raw.send(job, "points", psi::encode_points(&blinded.points));
         assert_eq!(status, 200);
         // Exactly our points re-blinded and the registry's padded set.
-        assert_eq!(reply.len(), (100 + 5000) * 32);
-        let all = psi::decode_points(&reply, 5100).unwrap();
-        let (ours, theirs) = all.split_at(100);
+        assert_eq!(reply.len(), (5000 + 5000) * 32);
+        let all = psi::decode_points(&reply, 10_000).unwrap();
+        let (ours, theirs) = all.split_at(5000);
         let theirs = me.reblind(theirs, 5000).unwrap();
         (opened, blinded, ours.to_vec(), theirs, reply)
     };
@@ -554,12 +589,12 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
     );
 
     // A replayed job id.
-    let (status, problem) = raw.open(&job_id(1), "raw", 100);
+    let (status, problem) = raw.open(&job_id(1), "raw", 5000);
     assert_eq!(status, 403);
     assert!(problem["detail"].as_str().unwrap().contains("replayed job"));
     // Bad point lists, each on a fresh job.
     let me = psi::Party::new().unwrap();
-    let good = |job: &str| me.blind(&psi::job_dst(job), &keys, 100).unwrap().points;
+    let good = |job: &str| me.blind(&psi::job_dst(job), &keys, 5000).unwrap().points;
     type Spoil = fn(&mut Vec<[u8; 32]>);
     let cases: [(u8, Spoil, u16, &str); 5] = [
         (
@@ -574,7 +609,7 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
             13,
             |p| p.push([1; 32]),
             403,
-            "more than the 100 points announced",
+            "more than the 5000 points announced",
         ),
         (
             14,
@@ -582,12 +617,12 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
                 p.pop();
             },
             403,
-            "99 points arrived, 100 were announced",
+            "4999 points arrived, 5000 were announced",
         ),
     ];
     for (n, spoil, status, message) in cases {
         let job = job_id(n);
-        assert_eq!(raw.open(&job, "raw", 100).0, 200);
+        assert_eq!(raw.open(&job, "raw", 5000).0, 200);
         let mut points = good(&job);
         spoil(&mut points);
         let (got, body) = raw.send(&job, "points", psi::encode_points(&points));
@@ -598,17 +633,21 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
         assert_eq!(got, 403);
         assert!(detail(&body).contains("no open match job"));
     }
-    // More points than this side's `pad_to`; a third unfinished job.
-    let (status, problem) = raw.open(&job_id(30), "raw", 5001);
-    assert_eq!(status, 403);
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("this side's `pad_to`")
-    );
-    assert_eq!(raw.open(&job_id(31), "raw", 100).0, 200);
-    let (status, problem) = raw.open(&job_id(32), "raw", 100);
+    // More or fewer points than the agreed `pad_to` (a small job would let
+    // a partner probe a few guessed keys at a time); a third unfinished job.
+    for (n, points) in [(30, 5001), (33, 100)] {
+        let (status, problem) = raw.open(&job_id(n), "raw", points);
+        assert_eq!(status, 403);
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("exactly 5000 points (the agreement's `pad_to`)"),
+            "{problem}"
+        );
+    }
+    assert_eq!(raw.open(&job_id(31), "raw", 5000).0, 200);
+    let (status, problem) = raw.open(&job_id(32), "raw", 5000);
     assert_eq!(status, 403, "{problem}");
     assert!(
         problem["detail"]
@@ -631,7 +670,7 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
             .json(&json!({ "job_id": job_id(20), "agreement": "raw", "reveal": "matches", "points": 1 })),
     );
     assert_eq!(status, 401);
-    let (status, problem) = raw.open("m_1", "raw", 100);
+    let (status, problem) = raw.open("m_1", "raw", 5000);
     assert_eq!(status, 403);
     assert!(
         problem["detail"]
@@ -650,4 +689,131 @@ fn the_answering_side_refuses_bad_points_and_replays_and_leaks_no_identifier() {
     let denied = denials(&ledger_when(&a.vs(), |l| denials(l) >= 12));
     assert!(denied >= 2 + 5 * 2, "{denied}");
     drop(registry);
+}
+
+/// A partner that wants more than the agreed result: unlimited jobs,
+/// jobs against a server the agreement does not name, more keys a day
+/// than agreed. Each is refused with the rule's name and ledgered.
+#[test]
+fn a_partner_cannot_enumerate_the_registry() {
+    let a = Agencies::new();
+    // Grants without a job rate or a daily cap are refused at apply.
+    for (cut, rule) in [
+        ("requests_per_hour = 20\n", "limits.requests_per_hour"),
+        ("subjects_per_day = 100000\n", "limits.subjects_per_day"),
+    ] {
+        let file = a.dir.path().join("unlimited.toml");
+        let text = agreement("unlimited", "deaths", "matches", "https://ssa.example.gov");
+        std::fs::write(&file, text.replace(cut, "")).unwrap();
+        let out = common::custos(&a.vs(), Some(&a.vs_admin))
+            .args(["agreement", "apply"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(rule), "{err}");
+    }
+    a.agree_registry("elsewhere", "matches");
+    // One job's worth of keys a day at the registry.
+    let file = a.dir.path().join("daily.toml");
+    let text = agreement("daily", "deaths", "matches", "https://ssa.example.gov");
+    std::fs::write(
+        &file,
+        text.replace("subjects_per_day = 100000", "subjects_per_day = 5000"),
+    )
+    .unwrap();
+    common::custos(&a.vs(), Some(&a.vs_admin))
+        .args(["agreement", "apply"])
+        .arg(&file)
+        .assert()
+        .success();
+    let registry = Server::start(&a.vs(), &[]);
+    // A job against a peer other than the one this side's copy names:
+    // refused before any point leaves; the registry never hears of it.
+    a.apply(
+        &a.ssa(),
+        &a.ssa_admin,
+        "elsewhere",
+        "benefits",
+        "matches",
+        "https://registry.example.gov",
+    );
+    let out = a.run_match("elsewhere", &registry, None);
+    let err = stderr(&out);
+    assert!(
+        err.contains("names the peer `https://registry.example.gov`"),
+        "{err}"
+    );
+    let refused = common::ledger(&a.ssa()).pop().unwrap();
+    assert_eq!(
+        (refused["action"].as_str(), refused["decision"].as_str()),
+        (Some("match"), Some("deny"))
+    );
+    // The second job of the day is refused by the registry.
+    a.agree_requester("daily", &registry);
+    let first = a.run_match("daily", &registry, None);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = a.run_match("daily", &registry, None);
+    let err = stderr(&second);
+    assert!(err.contains("5000 keys matched per day"), "{err}");
+    drop(registry);
+    assert!(
+        !common::ledger(&a.vs())
+            .iter()
+            .any(|e| e["agreement_id"] == "elsewhere" && e["action"] != "agreement.apply"),
+        "the registry heard of a job against another peer"
+    );
+}
+
+/// Either side's ledger cannot write: the requesting side sends no point
+/// (the registry never hears of the job), and the answering side sends
+/// none back; neither keeps a result.
+#[test]
+fn a_failed_ledger_append_lets_no_point_leave() {
+    let a = Agencies::new();
+    a.agree_registry("faulty", "matches");
+    a.agree_registry("faulty-2", "matches");
+    let registry = Server::start(&a.vs(), &[]);
+    a.agree_requester("faulty", &registry);
+    // The requesting side's first commit (its `match` entry) fails.
+    let mut cmd = common::custos(&a.ssa(), Some(&a.rob));
+    let out = cmd
+        .env("CUSTOS_PEER_TOKEN", &a.ssa_at_vs)
+        .env("CUSTOS_FAULT_LEDGER_COMMIT", "1")
+        .args(["match", "--agreement", "faulty", "--peer", &registry.url])
+        .args(["--dataset", "benefits", "--key", "ssn", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("ledger"), "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !common::ledger(&a.vs())
+            .iter()
+            .any(|e| e["action"].as_str().is_some_and(|x| x.starts_with("match"))),
+        "the registry heard of a job whose entry was never written"
+    );
+    assert!(!has(&common::ledger(&a.ssa()), "match", "allow"));
+    drop(registry);
+    // The answering side's first commit (its `match.open`) fails: it
+    // sends no point, and the requesting side keeps no result.
+    let registry = Server::start_with_env(&a.vs(), &[], &[("CUSTOS_FAULT_LEDGER_COMMIT", "1")]);
+    a.agree_requester("faulty-2", &registry);
+    let out = a.run_match("faulty-2", &registry, None);
+    assert!(!out.status.success());
+    let ssa = common::ledger(&a.ssa());
+    assert!(!has(&ssa, "match.result", "allow"), "{ssa:?}");
+    drop(registry);
+    let vs = common::ledger(&a.vs());
+    assert!(
+        !vs.iter()
+            .any(|e| e["action"] == "match.open" && e["decision"] == "allow"),
+        "{vs:?}"
+    );
 }

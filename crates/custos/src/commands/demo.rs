@@ -301,7 +301,12 @@ fn in_force_around_today(text: &str, days: u64) -> String {
 /// rolls; padding costs as much as real points).
 fn match_agreements(pad_to: u64) -> (String, String) {
     let pad = |text: &str| {
-        in_force_around_today(text, 365).replace("pad_to = 2000000", &format!("pad_to = {pad_to}"))
+        in_force_around_today(text, 365)
+            .replace("pad_to = 2000000", &format!("pad_to = {pad_to}"))
+            .replace(
+                "subjects_per_day = 8000000",
+                &format!("subjects_per_day = {}", pad_to * 4),
+            )
     };
     (pad(MATCH_AGREEMENT), pad(MATCH_AGREEMENT_REQUESTER))
 }
@@ -368,6 +373,8 @@ async fn match_demo(
     }));
     println!("  It serves the API at {url}.");
 
+    // This side's copy names the one peer its jobs may run against.
+    let requester_copy = requester_copy.replace("https://registry.vitalstats.example.gov", &url);
     custos.apply_agreement(admin, &requester_copy).await?;
     let mut people = Vec::new();
     for (name, role) in [("rob", Role::Requester), ("cora", Role::Approver)] {
@@ -404,7 +411,7 @@ async fn match_demo(
     println!(
         "  {} of {} beneficiaries matched (the generator planted {}), as tokens of the agreement, e.g. {}.",
         human_count(report.matches),
-        human_count(report.keys),
+        human_count(benefits_rows),
         human_count(generated.deceased_beneficiaries),
         report.tokens.first().map_or("-", String::as_str)
     );
@@ -497,11 +504,9 @@ async fn extract_demo(
         }
     };
     println!(
-        "  {} rows in scope → {} released about {} people, {} suppressed (classes smaller than k = {}), in {:.1} s.",
-        human_count(report.rows_in_scope),
+        "  {} rows released about {} people, in classes of at least k = {} people (rows of smaller classes left out, uncounted), in {:.1} s.",
         human_count(report.rows_released),
         human_count(report.subjects),
-        human_count(report.rows_suppressed),
         report.k,
         started.elapsed().as_secs_f64()
     );

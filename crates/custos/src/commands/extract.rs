@@ -78,11 +78,9 @@ pub fn print_report(r: &ExtractReport) {
         r.agreement
     );
     println!(
-        "  {} rows in scope; {} suppressed because their quasi-identifier class had fewer than k = {} rows; {} classes released",
-        human_count(r.rows_in_scope),
-        human_count(r.rows_suppressed),
-        r.k,
-        human_count(r.classes)
+        "  {} quasi-identifier classes, each of at least k = {} people; rows of smaller classes were left out (how many is not said: that would be an exact count)",
+        human_count(r.classes),
+        r.k
     );
     println!(
         "  ledger entry #{} records extract {} and every subject in it",

@@ -409,7 +409,19 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--server must be an http:// or https:// URL, not `{base}`");
         }
+        let parsed =
+            reqwest::Url::parse(&base).map_err(|e| anyhow::anyhow!("--server `{base}`: {e}"))?;
+        // A bearer token is the principal: it never crosses a network in
+        // the clear. (Public ledger paths need no token and are verified
+        // against the overseer's key, so they may use plain http.)
+        if token.is_some() && parsed.scheme() == "http" && !custos_server::is_loopback(&parsed) {
+            anyhow::bail!(
+                "--server `{base}`: refusing to send CUSTOS_TOKEN over plain http:// to another machine; use https://"
+            );
+        }
         let http = reqwest::Client::builder()
+            // A redirect could carry the token to another host.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()?;

@@ -81,8 +81,11 @@ pub struct ApproveArgs {
 /// `custos subject …`: custodian actions on a subject.
 #[derive(Debug, Subcommand)]
 pub enum SubjectCommand {
-    /// Flag a subject as protected (admins). Guard rules in HOME/guards.cedar
-    /// see it as `context.subject_protected`, e.g.
+    /// Flag a subject as protected (admins). Extracts and matches leave the
+    /// person out from then on (their rows are dropped before k-anonymity
+    /// classes are counted; their keys take no part in a match). Look-ups
+    /// are refused only by a guard rule in HOME/guards.cedar that reads
+    /// `context.subject_protected`, e.g.
     /// `forbid (principal, action, resource) when { context.subject_protected };`
     Protect {
         /// The subject's id.
@@ -109,8 +112,12 @@ pub async fn run(home: &Path, server: Option<&str>, args: LookupArgs) -> anyhow:
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 print_ticket(&d.ticket);
-                println!("subject        {}", d.subject);
-                println!("justification  {}", d.justification);
+                let withheld = "(shown only to the requester and the custodian's approvers)";
+                println!("subject        {}", d.subject.as_deref().unwrap_or(withheld));
+                println!(
+                    "justification  {}",
+                    d.justification.as_deref().unwrap_or(withheld)
+                );
                 for a in &d.approvers {
                     println!(
                         "approved by    {} at {} (ledger entry {})",
@@ -180,7 +187,9 @@ pub async fn subject(home: &Path, server: Option<&str>, cmd: SubjectCommand) -> 
     with_gateway(home, server, async |gateway| match cmd {
         SubjectCommand::Protect { id } => {
             gateway.protect_subject(&id).await?;
-            println!("the subject is now protected (recorded in the ledger)");
+            println!(
+                "the subject is now protected (recorded in the ledger): extracts and matches leave them out from now on; look-ups of them are refused only by a guard rule in HOME/guards.cedar that reads `context.subject_protected`"
+            );
             Ok(())
         }
     })

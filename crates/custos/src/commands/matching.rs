@@ -148,12 +148,11 @@ fn write_tokens(out: &Path, tokens: &[String]) -> anyhow::Result<()> {
 /// A few lines about a finished match.
 pub fn print_report(r: &MatchReport, out: Option<&Path>) {
     println!(
-        "Match job {} with {} under `{}`: {} of this side's {} distinct `{}` keys matched. UNVERIFIED: confirm before any action (custos match confirm {}).",
+        "Match job {} with {} under `{}`: {} of this side's `{}` keys matched. UNVERIFIED: confirm before any action (custos match confirm {}).",
         r.job_id,
         r.peer,
         r.agreement,
         human_count(r.matches),
-        human_count(r.keys),
         r.key,
         r.job_id
     );
@@ -182,13 +181,6 @@ pub fn print_report(r: &MatchReport, out: Option<&Path>) {
             human_count(r.tokens.len() as u64),
             r.job_id
         ),
-    }
-    if r.rows_without_key > 0 {
-        println!(
-            "  {} rows had no digits in `{}` and were left out",
-            human_count(r.rows_without_key),
-            r.key
-        );
     }
     println!(
         "  ledger entry #{} records the result with a commitment to each matched subject",

@@ -66,8 +66,7 @@ pub fn print_answer(a: &AggregateAnswer) {
     print!("{}", super::table(&a.answer.columns, &rows));
     let sym = a.answer.measure.symbol();
     println!(
-        "Each value is noisy, with its 95% confidence interval in brackets; a quantile's error is in ranks (with 95%, the value's rank is within ± that many rows of the asked rank). {} rows read, {} left out by the per-subject bound.",
-        a.answer.rows_scanned, a.answer.rows_dropped
+        "Each value is noisy, with its 95% confidence interval in brackets; a quantile's error is in ranks (with 95%, the value's rank is within ± that many rows of the asked rank). Nothing else computed from the rows is released."
     );
     println!(
         "Spent {sym} = {} of {} on `{}` under `{}`; {sym} = {:.6} remains. Query {} (ledger entry {}).",

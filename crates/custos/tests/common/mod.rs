@@ -126,7 +126,13 @@ pub struct Server {
 impl Server {
     /// Starts `custos serve` on a free loopback port of `home`.
     pub fn start(home: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(home, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("custos"))
+            .envs(env.iter().copied())
             .env("CUSTOS_HOME", home)
             .env_remove("CUSTOS_MASTER_KEY")
             .env_remove("CUSTOS_TOKEN")
