@@ -376,9 +376,27 @@ impl Custos {
                 let _ = fs::remove_file(&staging);
                 let recorded = match &e {
                     ExtractError::OverCap { .. } => "over the grant's row cap".to_owned(),
-                    ExtractError::TooFewDigits(_) => "a format-keeping token was impossible".into(),
+                    ExtractError::TooFewDigits(_) | ExtractError::NotDigits(_) => {
+                        "a format-keeping token was impossible".into()
+                    }
                     _ => "the extract could not be made; nothing was released".into(),
                 };
+                if !matches!(
+                    e,
+                    ExtractError::OverCap { .. }
+                        | ExtractError::TooFewDigits(_)
+                        | ExtractError::NotDigits(_)
+                ) {
+                    // Reading or writing failed: a fault whose text (file
+                    // names, engine messages) is for the log only.
+                    let failed = Entry {
+                        decision: Decision::Error,
+                        ..entry
+                    }
+                    .with_reason(recorded);
+                    self.append(&failed)?;
+                    return Err(BrokerError::Internal(e.to_string()));
+                }
                 let message = e.to_string();
                 return Err(self.refuse(entry, Denial { message, recorded }));
             }

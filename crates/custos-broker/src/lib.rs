@@ -413,6 +413,13 @@ impl Custos {
                 ),
             ));
         }
+        if roles.contains(&Role::Overseer) && roles.contains(&Role::Requester) {
+            return Err(self.deny(
+                actor,
+                ACTION,
+                "separation of duties: an `overseer` may not also hold the `requester` role; add a second principal",
+            ));
+        }
         let mut roles = roles.to_vec();
         roles.sort();
         roles.dedup();

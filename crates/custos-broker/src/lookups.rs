@@ -819,6 +819,18 @@ impl Custos {
             Err(denial) => return Err(self.refuse(entry, denial)),
         };
         let meta = self.home().meta();
+        // Approvals are counted against the grant in force now: a grant
+        // tightened since the request was filed binds it too.
+        let required = granted.grant()?.limits.approvals;
+        let given = meta.approvals(&record.id).await?.len();
+        if given < usize::try_from(required).unwrap_or(usize::MAX) {
+            return Err(self.deny_lookup(
+                entry,
+                format!(
+                    "the request has {given} of the {required} approvals the agreement now requires"
+                ),
+            ));
+        }
         if !meta
             .transition_request(&record.id, RequestState::Approved, RequestState::Fetched)
             .await?

@@ -810,9 +810,14 @@ impl Custos {
         if keys.len() > pad_to {
             return Err(self.refuse(
                 entry,
-                Denial::same(format!(
-                    "this side has more distinct keys than the {pad_to} points its agreement lets it show (`pad_to`)"
-                )),
+                Denial {
+                    // The requester reads this: "more keys than pad_to" is
+                    // a bit about this side's size, which padding hides.
+                    message: "this side cannot take part in the job under its own terms; nothing was sent".into(),
+                    recorded: format!(
+                        "this side has more distinct keys than the {pad_to} points its agreement lets it show (`pad_to`)"
+                    ),
+                },
             ));
         }
         // INVARIANT: the blinded keys leave only after this is durable.
@@ -1100,6 +1105,24 @@ impl Custos {
                 entry,
                 Denial::same(
                     "only the requesting side's result is confirmed; this home answered the job"
+                        .into(),
+                ),
+            ));
+        }
+        // The result is the requesting organisation's to confirm: this
+        // side's copy names it as the requester.
+        let requester = meta
+            .agreement_versions(&job.agreement_id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == job.agreement_version)
+            .and_then(|v| Agreement::from_toml(&v.toml).ok())
+            .map(|a| a.parties.requester);
+        if requester.as_deref() != Some(principal.org.as_str()) {
+            return Err(self.refuse(
+                entry,
+                Denial::same(
+                    "a match result is confirmed by an approver of the organisation that ran it"
                         .into(),
                 ),
             ));

@@ -103,13 +103,17 @@ impl Custos {
         const ACTION: &str = "report.subject";
         self.may_report(actor, ACTION)?;
         let commitment = self.subjects().commit(subject.trim());
-        // The entry says a report was made, not about whom.
-        self.append(&Entry::new(
-            now_micros(),
-            actor.id(),
-            ACTION,
-            Decision::Allow,
-        ))?;
+        // The entry records whose report it was as a value blinded by a
+        // fresh id: unlinkable to the person's other entries, yet a
+        // custodian who suspects browsing can test it for a given person.
+        let mut raw = [0u8; 16];
+        custos_store::keys::random_bytes(&mut raw)?;
+        let id = format!("rep_{}", hex::encode(raw));
+        self.append(
+            &Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
+                .with_request(&id)
+                .with_subjects([self.subjects().for_entry(&commitment, &id, ACTION)]),
+        )?;
         let events = self.home().meta().subject_events(&commitment.0).await?;
         let checkpoint = self.ledger().checkpoint()?;
         let reader = LedgerReader::new(&self.home().ledger_dir());
@@ -171,6 +175,9 @@ impl Custos {
         let (Some(latest), Some(state)) = (versions.last(), meta.agreement_state(id).await?) else {
             return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
         };
+        if !crate::agreements::may_see(actor, latest) {
+            return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
+        }
         let agreement = Agreement::from_toml(&latest.toml)
             .map_err(|e| BrokerError::Internal(format!("stored agreement unreadable: {e}")))?;
         self.append(

@@ -45,6 +45,12 @@ pub enum ExtractError {
         /// The grant's `max_rows`.
         cap: u64,
     },
+    /// A format-keeping token was asked for a value with letters, which
+    /// FF1 over digits would leave in the clear.
+    #[error(
+        "column `{0}` holds letters, which a format-keeping token would leave in the clear; drop it from `keep_format`"
+    )]
+    NotDigits(String),
     /// A bucket file has no hidden subject key (written before it existed).
     #[error("the dataset was ingested before subject keys existed: ingest it again")]
     NoSubjectKey,
@@ -112,6 +118,11 @@ impl Tokeniser {
             .collect();
         if digits.len() < FF1_MIN_DIGITS {
             return Err(ExtractError::TooFewDigits(column.to_owned()));
+        }
+        // Only digits are enciphered; letters would pass through in the
+        // clear (a street name, a town). Such a column needs hex tokens.
+        if value.chars().any(char::is_alphabetic) {
+            return Err(ExtractError::NotDigits(column.to_owned()));
         }
         let enciphered: Vec<u16> = self
             .ff1
@@ -566,6 +577,17 @@ mod tests {
         assert_ne!(t, b.token("tin", "123-45-6789"));
         assert_ne!(t, a.token("name", "123-45-6789"));
         assert_ne!(t, a.token("tin", "123-45-6780"));
+    }
+
+    #[test]
+    fn format_preserving_tokens_refuse_values_with_letters() {
+        let t = Tokeniser::new(&[7; 32]).unwrap();
+        // FF1 enciphers digits only: a street name would stay in the clear.
+        assert!(matches!(
+            t.format_preserving("address", "1234 Elm St 02139"),
+            Err(ExtractError::NotDigits(_))
+        ));
+        assert!(t.format_preserving("tin", "123-45-6789").is_ok());
     }
 
     #[test]

@@ -625,6 +625,30 @@ fn an_approver_must_be_independent_custodian_staff() {
         // The refusal names the rule and nothing personal.
         assert!(!last.to_string().contains(&tins[1]));
     }
+    // An overseer verifies without seeing the person or the reason.
+    let olga = f.principal("olga", "IRS", "overseer");
+    let shown = custos(&home, Some(&olga))
+        .args(["lookup", "show", id, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(
+        shown.get("subject").is_none() && shown.get("justification").is_none(),
+        "{shown}"
+    );
+    assert!(!shown.to_string().contains(&tins[1]));
+    // Nor may one principal both oversee and request.
+    let out = custos(&home, Some(&f.admin))
+        .args(["principal", "add", "octavia", "--org", "IRS"])
+        .args(["--role", "overseer", "--role", "requester"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("separation of duties"));
     // Still unapproved: nothing can be fetched.
     let fetch = custos(&home, Some(&rita))
         .args(["lookup", "fetch", id])
@@ -1259,4 +1283,138 @@ max_rows = 1000000
         .args(["lookup", "fetch", &approved])
         .assert()
         .success();
+}
+
+/// A guard on protected people decided when a request is filed would
+/// answer "is this person protected?" at once, for free, to any requester.
+#[test]
+fn filing_a_request_does_not_reveal_who_is_protected() {
+    let tins = tins(6);
+    let f = Fixture::new(&population(&tins, 1));
+    let home = f.home();
+    f.apply(&agreement("cases", "TIGTA", LOOKUP_GRANT));
+    std::fs::write(
+        home.join("guards.cedar"),
+        "@id(\"protected-subjects\")\nforbid (principal, action, resource) when { context.subject_protected };\n",
+    )
+    .unwrap();
+    custos(&home, Some(&f.admin))
+        .args(["subject", "protect", &tins[1]])
+        .assert()
+        .success();
+    let rita = f.principal("rita", "TIGTA", "requester");
+    let adam = f.principal("adam", "IRS", "approver");
+    let mut ids = Vec::new();
+    for tin in [&tins[1], &tins[2]] {
+        let out = file_lookup(&home, &rita, tin);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ticket: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ticket["state"], "pending");
+        ids.push(ticket["id"].as_str().unwrap().to_owned());
+    }
+    // After a second person approved, the guard decides; neither the
+    // requester nor the public ledger reads which guard.
+    for id in &ids {
+        custos(&home, Some(&adam))
+            .args(["approve", id])
+            .assert()
+            .success();
+    }
+    let denied = custos(&home, Some(&rita))
+        .args(["lookup", "fetch", &ids[0]])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("denied by a guard rule") && !err.contains("protected"),
+        "{err}"
+    );
+    custos(&home, Some(&rita))
+        .args(["lookup", "fetch", &ids[1]])
+        .assert()
+        .success();
+    for e in common::ledger(&home) {
+        assert!(!e.to_string().contains("protected-subjects"), "{e}");
+    }
+}
+
+/// A person who moved has rows in two large classes; their token links
+/// the rows, and the pair of classes is theirs alone.
+#[test]
+fn a_token_linking_two_large_classes_does_not_single_a_person_out() {
+    let stay_ca = tins(10);
+    let stay_tx: Vec<String> = (0..10).map(|i| format!("800-00-{i:04}")).collect();
+    let mover = "700-00-0001".to_owned();
+    let mut rows = Vec::new();
+    for (group, state) in [(&stay_ca, "CA"), (&stay_tx, "TX")] {
+        for tin in group.iter() {
+            for year in 0..2 {
+                rows.push(Row {
+                    tin,
+                    state,
+                    birth_year: 1960,
+                    refund: year,
+                });
+            }
+        }
+    }
+    rows.push(Row {
+        tin: &mover,
+        state: "CA",
+        birth_year: 1960,
+        refund: 0,
+    });
+    rows.push(Row {
+        tin: &mover,
+        state: "TX",
+        birth_year: 1960,
+        refund: 1,
+    });
+    let f = Fixture::new(&rows);
+    f.apply(&agreement(
+        "study",
+        "GAO",
+        r#"mode = "pseudonymous"
+columns = ["tin", "state", "birth_year", "refund"]
+[grants.limits]
+requests_per_hour = 50
+[grants.pseudonymous]
+k = 5
+max_rows = 1000000
+"#,
+    ));
+    let out = f.dir.path().join("study.csv");
+    let run = custos(&f.home(), Some(&f.gao))
+        .args([
+            "extract",
+            "--json",
+            "--agreement",
+            "study",
+            "--dataset",
+            "returns",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut states: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').collect();
+        states
+            .entry(cells[0].to_owned())
+            .or_default()
+            .insert(cells[1].to_owned());
+    }
+    assert_eq!(states.len(), 20, "the mover was released: {states:?}");
+    assert!(states.values().all(|s| s.len() == 1));
 }

@@ -578,8 +578,9 @@ fn withholding_agreements_stay_out_of_subject_reports() {
         .collect();
     assert_eq!(ids, [open.as_str(), open.as_str()]);
     assert!(!String::from_utf8_lossy(&out.get_output().stdout).contains("tigta-sealed"));
-    // The overseer still sees the agreement's use.
-    env.as_("olga")
+    // The custodian's admin still sees the agreement's use; an overseer of
+    // an organisation that is no party to it does not learn it exists.
+    env.as_("alice")
         .args(["report", "agreement", "tigta-sealed"])
         .assert()
         .success()
@@ -587,6 +588,11 @@ fn withholding_agreements_stay_out_of_subject_reports() {
             predicate::str::contains("subject reports    withheld")
                 .and(predicate::str::contains("disclosures        1")),
         );
+    env.as_("olga")
+        .args(["report", "agreement", "tigta-sealed"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no agreement `tigta-sealed`"));
 }
 
 #[test]
