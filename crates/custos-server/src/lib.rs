@@ -15,6 +15,7 @@
 
 mod auth;
 mod body;
+mod extracts;
 mod matching;
 pub mod openapi;
 mod peer;
@@ -173,6 +174,7 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         .route("/lookups/{id}/fetch", post(routes::fetch_lookup))
         .route("/subjects/protect", post(routes::protect_subject))
         .route("/queries", post(routes::query))
+        .route("/extracts", post(extracts::extract))
         .route("/reports/subject", post(routes::subject_report))
         .route("/reports/agreements/{id}", get(routes::agreement_report))
         .route("/matches", post(matching::open))
@@ -245,7 +247,7 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .retry_after(1)
         .into_response(),
         Ok(_permit) => match tokio::time::timeout(
-            if route.starts_with("/v1/match") {
+            if route.starts_with("/v1/match") || route == "/v1/extracts" {
                 state.match_timeout
             } else {
                 state.request_timeout

@@ -4,6 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::extracts;
 use crate::matching;
 use crate::problem::Problem;
 use crate::routes;
@@ -37,6 +38,7 @@ use crate::tiles;
         routes::fetch_lookup,
         routes::protect_subject,
         routes::query,
+        extracts::extract,
         routes::subject_report,
         routes::agreement_report,
         matching::open,
@@ -54,6 +56,7 @@ use crate::tiles;
         routes::NewLookup,
         routes::SubjectBody,
         routes::NewQuery,
+        extracts::NewExtract,
         matching::NewMatch,
         matching::NewMatchRun,
     )),

@@ -95,10 +95,13 @@ enum Command {
     /// `subject_id` and `identifier` columns become tokens of the agreement
     /// (the same person gets the same token within the agreement, an
     /// unlinkable one under any other); quasi-identifiers are generalised as
-    /// the grant says; rows whose quasi-identifier class has fewer than k
-    /// rows are suppressed and counted; an extract over the grant's row cap
-    /// is refused whole. The file appears only after the ledger records the
-    /// extract with a commitment to every subject in it.
+    /// the grant says; a class (quasi-identifier and public values) must
+    /// hold at least k people, and when tokens link a person's rows, so
+    /// must the set of their rows' classes; smaller ones are left out,
+    /// uncounted. An extract over the grant's row cap is refused whole;
+    /// extracts per hour are capped. The file appears only after the ledger
+    /// records the extract with every subject in it. With --server, the
+    /// server sends the file: no home or master key is needed.
     Extract(commands::extract::ExtractArgs),
     /// Private matching with another agency's Custos (mode `match`): learn
     /// which of your subjects are in the peer's dataset (as tokens of the

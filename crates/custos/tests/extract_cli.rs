@@ -416,3 +416,70 @@ fn refused_extracts_are_ledgered_and_leave_no_file() {
         assert!(err.contains(expected), "{terms}: {err}");
     }
 }
+
+/// A requester with only a token: `custos --server URL extract` gets the
+/// same file as an extract on the custodian's machine, writes it where it
+/// is told, and never touches a home or a master key; refusals leave no
+/// file and the report names no server path.
+#[test]
+fn extracts_come_over_http_without_the_home() {
+    let home = Home::new();
+    assert!(home.apply("study", TERMS).status.success());
+    let dir = home.dir.path();
+    let local = ok(&home.extract("study", &dir.join("local.csv"), None));
+    let server = common::Server::start(&home.path(), &[]);
+    let nowhere = dir.join("no-home-here");
+    let remote = |out: &Path, filter: Option<&str>| {
+        let mut cmd = common::custos(&nowhere, Some(&home.rita));
+        cmd.env("CUSTOS_SERVER", &server.url).args([
+            "extract",
+            "--agreement",
+            "study",
+            "--dataset",
+            "tax_returns",
+            "--json",
+            "--out",
+        ]);
+        cmd.arg(out);
+        if let Some(f) = filter {
+            cmd.args(["--where", f]);
+        }
+        cmd.output().unwrap()
+    };
+    let report = ok(&remote(&dir.join("remote.csv"), None));
+    assert!(!nowhere.exists(), "the client made a home");
+    let (_, local_rows) = read_csv(&dir.join("local.csv"));
+    let (_, remote_rows) = read_csv(&dir.join("remote.csv"));
+    assert_eq!(local_rows, remote_rows);
+    assert_eq!(report["rows_released"], local["rows_released"]);
+    assert_eq!(report["path"], dir.join("remote.csv").display().to_string());
+    // Parquet too.
+    ok(&remote(&dir.join("remote.parquet"), None));
+    assert!(std::fs::metadata(dir.join("remote.parquet")).unwrap().len() > 0);
+    // A refusal: no file, the rule's message.
+    let refused = remote(&dir.join("refused.csv"), Some("refund > 100"));
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only `public` columns"));
+    assert!(!dir.join("refused.csv").exists());
+    // The raw answer: the file and a report without the server's paths;
+    // nothing left in the home's staging.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, header) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/extracts", server.url))
+            .bearer_auth(&home.rita)
+            .json(&serde_json::json!({ "agreement": "study", "dataset": "tax_returns" }))
+            .send()
+            .await
+            .unwrap();
+        let header = r.headers()["x-custos-extract"].to_str().unwrap().to_owned();
+        (r.status().as_u16(), header)
+    });
+    assert_eq!(status, 200);
+    assert!(!header.contains("path") && !header.contains(&home.path().display().to_string()));
+    let staged: Vec<_> = std::fs::read_dir(home.path().join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}

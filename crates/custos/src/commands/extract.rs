@@ -18,8 +18,9 @@ pub struct ExtractArgs {
     #[arg(long)]
     dataset: String,
     /// Only rows where this holds: the row-scope language (see
-    /// docs/agreements.md) over granted columns that are not identifiers,
-    /// e.g. "tax_year = 2024 AND refund > 1000".
+    /// docs/agreements.md) over granted `public` columns only (a filter on
+    /// other columns could single a person out), e.g.
+    /// "tax_year = 2024 AND state IN ('CA', 'NY')".
     #[arg(long = "where", value_name = "EXPR")]
     filter: Option<String>,
     /// The file to write: `.parquet` for Parquet, anything else CSV. It must
@@ -31,29 +32,19 @@ pub struct ExtractArgs {
     json: bool,
 }
 
-/// Runs `custos extract` on the home.
+/// Runs `custos extract` on the home, or through the server with `--server`
+/// (the requester then needs only a token, never the home or its key).
 pub async fn run(home: &Path, server: Option<&str>, args: ExtractArgs) -> anyhow::Result<()> {
-    if server.is_some() {
-        anyhow::bail!(
-            "`extract` writes its file on the custodian's machine; run it there, without --server"
-        );
-    }
-    let gateway = Gateway::connect(home, None).await?;
+    let gateway = Gateway::connect(home, server).await?;
     let result = async {
-        let Gateway::Local { custos, actor } = &gateway else {
-            anyhow::bail!("extracts run on the local home");
-        };
-        let report = custos
-            .extract(
-                actor,
-                ExtractRequest {
-                    agreement: &args.agreement,
-                    dataset: &args.dataset,
-                    filter: args.filter.as_deref(),
-                    out: &args.out,
-                    format: ExtractFormat::from_path(&args.out),
-                },
-            )
+        let report = gateway
+            .extract(ExtractRequest {
+                agreement: &args.agreement,
+                dataset: &args.dataset,
+                filter: args.filter.as_deref(),
+                out: &args.out,
+                format: ExtractFormat::from_path(&args.out),
+            })
             .await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

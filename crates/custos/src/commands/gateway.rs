@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use custos_broker::{
-    Actor, AggregateAnswer, AgreementReport, AgreementStatus, Custos, LookupDetails, LookupRequest,
-    LookupTicket, MatchReport, MatchRequest, Released, SubjectReport,
+    Actor, AggregateAnswer, AgreementReport, AgreementStatus, Custos, ExtractFormat, ExtractReport,
+    ExtractRequest, LookupDetails, LookupRequest, LookupTicket, MatchReport, MatchRequest,
+    Released, SubjectReport,
 };
 use custos_policy::Agreement;
 use custos_server::HttpPeer;
@@ -61,6 +62,47 @@ impl Gateway {
             (*custos).close()?;
         }
         Ok(())
+    }
+
+    /// `custos extract`: locally the broker moves the file to `out`; over
+    /// HTTP the server answers the file, written here to `out` (never over
+    /// an existing file).
+    pub async fn extract(&self, req: ExtractRequest<'_>) -> anyhow::Result<ExtractReport> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.extract(actor, req).await?),
+            Self::Remote(c) => {
+                let format = match req.format {
+                    ExtractFormat::Csv => "csv",
+                    ExtractFormat::Parquet => "parquet",
+                };
+                if req.out.exists() {
+                    anyhow::bail!("`{}` exists already; choose a new file", req.out.display());
+                }
+                let (bytes, report) = c
+                    .post_file(
+                        "/v1/extracts",
+                        &json!({
+                            "agreement": req.agreement,
+                            "dataset": req.dataset,
+                            "where": req.filter,
+                            "format": format,
+                        }),
+                        "x-custos-extract",
+                    )
+                    .await?;
+                let mut report: Value = serde_json::from_str(&report)
+                    .map_err(|e| anyhow::anyhow!("the extract's report is unreadable: {e}"))?;
+                report["path"] = json!(req.out);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(req.out)
+                    .map_err(|e| anyhow::anyhow!("`{}`: {e}", req.out.display()))?;
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()?;
+                Ok(serde_json::from_value(report)?)
+            }
+        }
     }
 
     /// `custos query`.
@@ -460,6 +502,44 @@ impl Client {
             body.extend_from_slice(&chunk);
         }
         Ok(Some(body))
+    }
+
+    /// POSTs an action that answers a file (an extract): its bytes and the
+    /// value of `report_header`. May run for minutes.
+    async fn post_file(
+        &self,
+        path: &str,
+        body: &Value,
+        report_header: &str,
+    ) -> anyhow::Result<(Vec<u8>, String)> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(60 * 60))
+            .json(body);
+        if let Some(t) = &self.token {
+            request = request.bearer_auth(t.as_str());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.base))?;
+        let status = response.status();
+        let report = response
+            .headers()
+            .get(report_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response.bytes().await?;
+        if status.is_success() {
+            let report = report.ok_or_else(|| anyhow::anyhow!("the server sent no report"))?;
+            return Ok((bytes.to_vec(), report));
+        }
+        let problem: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        match problem["detail"].as_str() {
+            Some(detail) => anyhow::bail!("{detail}"),
+            None => anyhow::bail!("the server answered {status}"),
+        }
     }
 
     /// POSTs an action that may run for minutes (a match job).
