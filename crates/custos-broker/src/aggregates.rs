@@ -110,7 +110,7 @@ impl Custos {
             }
         };
         // INVARIANT: counted and recorded (the charge) under the lock.
-        let _limits = match grant.limits.requests_per_hour {
+        let limits = match grant.limits.requests_per_hour {
             Some(_) => Some(self.limit_locks.hold(agreement_id).await),
             None => None,
         };
@@ -174,7 +174,10 @@ impl Custos {
             at_micros,
             ledger_index,
         };
-        let Some(spent_after) = meta.charge_budget(&charge, budget).await? else {
+        let charged = meta.charge_budget(&charge, budget).await?;
+        // Counted and recorded: the computation need not hold the lock.
+        drop(limits);
+        let Some(spent_after) = charged else {
             // A concurrent query took the rest; the ledger entry above must
             // not stand as an allowance.
             let failed = Entry {

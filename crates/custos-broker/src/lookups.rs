@@ -867,8 +867,9 @@ impl Custos {
             decision: Decision::Allow,
             ..entry
         }
-        .with_subjects([self.subjects().for_entry(&commitment, &record.id, ACTION)])
-        .with_count("rows", rows.len() as u64);
+        // How many rows the person has goes to the requester and the
+        // person's accounting, not into the public entry.
+        .with_subjects([self.subjects().for_entry(&commitment, &record.id, ACTION)]);
         // INVARIANT: nothing is returned before this entry is durable; if
         // it cannot be, the approval is given back (nothing was released).
         let ledger_index = match self.append(&released) {

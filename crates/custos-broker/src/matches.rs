@@ -532,8 +532,8 @@ impl Custos {
         }
         .with_attribute("reveal_applied", reveal.as_str())
         .with_attribute("state", "unverified")
-        .with_count("matches", matches)
-        .with_count("peer_count", peer_count)
+        // The count is the requester's result (kept in the catalogue),
+        // not the public's.
         .with_count("points_received", points_received);
         let entries = entries_naming(self.subjects(), first, &commitments);
         let indexes = self.append_all(&entries)?;
@@ -1044,13 +1044,12 @@ impl Custos {
             Err(e) => return Err(self.fail_pending(entry, job_id, bad_peer(&e)).await),
         };
         let count = psi::match_count(theirs, &points) as u64;
-        self.append(
-            &Entry {
-                decision: Decision::Allow,
-                ..entry
-            }
-            .with_count("matches", count),
-        )?;
+        // The count is the requester's answer; this side keeps it in its
+        // catalogue, not in the public entry.
+        self.append(&Entry {
+            decision: Decision::Allow,
+            ..entry
+        })?;
         self.home()
             .meta()
             .finish_match_job(job_id, MatchState::Unverified, Some(count), &[])
@@ -1189,8 +1188,7 @@ impl Custos {
         self.append(
             &Entry::new(now_micros(), actor.id(), "match.read", Decision::Allow)
                 .with_request(job_id)
-                .with_agreement(&job.agreement_id, job.agreement_version)
-                .with_count("tokens", tokens.len() as u64),
+                .with_agreement(&job.agreement_id, job.agreement_version),
         )?;
         Ok((job, tokens))
     }

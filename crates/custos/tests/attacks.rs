@@ -1418,3 +1418,38 @@ max_rows = 1000000
     assert_eq!(states.len(), 20, "the mover was released: {states:?}");
     assert!(states.values().all(|s| s.len() == 1));
 }
+
+/// Differencing needs many extracts: they are capped per agreement and
+/// hour, refused ones included.
+#[test]
+fn extracts_are_capped_per_hour() {
+    let tins = tins(12);
+    let f = Fixture::new(&population(&tins, 1));
+    f.apply(&agreement(
+        "study",
+        "GAO",
+        r#"mode = "pseudonymous"
+columns = ["tin", "state"]
+[grants.limits]
+requests_per_hour = 2
+[grants.pseudonymous]
+k = 2
+max_rows = 1000000
+"#,
+    ));
+    let run = |name: &str, filter: &str| {
+        custos(&f.home(), Some(&f.gao))
+            .args(["extract", "--agreement", "study", "--dataset", "returns"])
+            .args(["--where", filter, "--out"])
+            .arg(f.dir.path().join(name))
+            .output()
+            .unwrap()
+    };
+    assert!(run("ca.csv", "state = 'CA'").status.success());
+    assert!(run("tx.csv", "state = 'TX'").status.success());
+    let third = run("all.csv", "state IN ('CA', 'TX')");
+    assert!(!third.status.success());
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(err.contains("limit exceeded: 2 extracts per hour"), "{err}");
+    assert!(!f.dir.path().join("all.csv").exists());
+}

@@ -200,7 +200,11 @@ fn request_approve_fetch_and_report() {
     }
     let fetch = env.last_entry();
     assert_eq!(fetch["action"], "lookup.fetch");
-    assert_eq!(fetch["counts"][0], serde_json::json!(["rows", rows.len()]));
+    // How many rows the person has is not in the public entry.
+    assert!(
+        fetch["counts"].as_array().is_none_or(Vec::is_empty),
+        "{fetch}"
+    );
     assert_eq!(
         released["ledger_index"].as_u64().unwrap() + 1,
         env.ledger().len() as u64
@@ -516,10 +520,11 @@ fn a_subject_without_records_gets_the_same_answer_shape() {
         .stdout(predicate::str::contains(
             "no records in scope for this subject",
         ));
-    // The fetch is recorded like any other, with zero rows.
+    // The fetch is recorded like any other: the entry cannot tell an
+    // empty release from a full one.
     let e = env.last_entry();
     assert_eq!(e["action"], "lookup.fetch");
-    assert_eq!(e["counts"][0], serde_json::json!(["rows", 0]));
+    assert!(e["counts"].as_array().is_none_or(Vec::is_empty), "{e}");
 }
 
 #[test]

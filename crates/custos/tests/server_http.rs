@@ -706,7 +706,13 @@ async fn bad_requests_get_the_right_problem_and_break_nothing() {
         &home.path(),
         &["--body-limit", "1024", "--rate", "1", "--burst", "20"],
     );
-    let client = reqwest::Client::new();
+    // A fresh connection per request: the server closes idle keep-alive
+    // connections (its header-read timeout), and a pooled one reused at
+    // that moment fails as an incomplete message, which is not under test.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let url = |p: &str| format!("{}{p}", server.url);
     use reqwest::Method;
 
