@@ -105,6 +105,14 @@ contributions = 3
     )
 }
 
+/// A pseudonymous grant on `columns` (a TOML list) with `k` and a cap
+/// of `per_hour` extracts per hour.
+fn pseudonymous_grant(columns: &str, k: u32, per_hour: u32) -> String {
+    format!(
+        "mode = \"pseudonymous\"\ncolumns = {columns}\n[grants.limits]\nrequests_per_hour = {per_hour}\n[grants.pseudonymous]\nk = {k}\nmax_rows = 1000000\n"
+    )
+}
+
 /// A home with an IRS admin and a GAO requester, and `rows` as `returns`.
 struct Fixture {
     dir: TempDir,
@@ -153,6 +161,44 @@ impl Fixture {
 
     fn principal(&self, name: &str, org: &str, roles: &str) -> String {
         common::add_principal(&self.home(), Some(&self.admin), name, org, roles)
+    }
+
+    /// `custos extract --json` under agreement `study` on `returns`, as
+    /// the GAO requester.
+    fn extract(&self, out: &Path, filter: Option<&str>) -> std::process::Output {
+        let mut cmd = custos(&self.home(), Some(&self.gao));
+        cmd.args([
+            "extract",
+            "--json",
+            "--agreement",
+            "study",
+            "--dataset",
+            "returns",
+        ]);
+        if let Some(f) = filter {
+            cmd.args(["--where", f]);
+        }
+        cmd.arg("--out").arg(out).output().unwrap()
+    }
+
+    /// A successful [`Fixture::extract`] of everything to `name`: the
+    /// report and the file's rows (cells split on commas; no cell here
+    /// holds one).
+    fn extract_rows(&self, name: &str) -> (Value, Vec<Vec<String>>) {
+        let out = self.dir.path().join(name);
+        let run = self.extract(&out, None);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        let rows = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_owned).collect())
+            .collect();
+        (serde_json::from_slice(&run.stdout).unwrap(), rows)
     }
 
     /// `custos query --json` as the GAO requester.
@@ -392,42 +438,15 @@ fn three_returns_per_person_do_not_make_a_class_of_k() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state", "birth_year"]
-[grants.limits]
-requests_per_hour = 50
-[grants.pseudonymous]
-k = 5
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state", "birth_year"]"#, 5, 50),
     ));
-    let out = f.dir.path().join("extract.csv");
-    let run = custos(&f.home(), Some(&f.gao))
-        .args([
-            "extract",
-            "--json",
-            "--agreement",
-            "study",
-            "--dataset",
-            "returns",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let text = std::fs::read_to_string(&out).unwrap();
+    let (report, rows) = f.extract_rows("extract.csv");
     let mut people: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let cells: Vec<&str> = line.split(',').collect();
+    for cells in &rows {
         people
-            .entry(cells[2].to_owned())
+            .entry(cells[2].clone())
             .or_default()
-            .insert(cells[0].to_owned());
+            .insert(cells[0].clone());
     }
     assert!(
         !people.contains_key("1999"),
@@ -435,7 +454,6 @@ max_rows = 1000000
     );
     assert!(people.values().all(|p| p.len() >= 5), "{people:?}");
     // The report counts nothing that was left out.
-    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
     assert!(report.get("rows_suppressed").is_none() && report.get("rows_in_scope").is_none());
     assert_eq!(report["rows_released"], 60);
 }
@@ -449,24 +467,12 @@ fn an_extract_refusal_tells_no_count() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state", "birth_year"]
-[grants.limits]
-requests_per_hour = 50
-[grants.pseudonymous]
-k = 50
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state", "birth_year"]"#, 50, 50),
     ));
     let mut messages = Vec::new();
     for filter in ["state = 'CA'", "state = 'TX'"] {
         let out = f.dir.path().join("never.csv");
-        let run = custos(&f.home(), Some(&f.gao))
-            .args(["extract", "--agreement", "study", "--dataset", "returns"])
-            .args(["--where", filter, "--out"])
-            .arg(&out)
-            .output()
-            .unwrap();
+        let run = f.extract(&out, Some(filter));
         assert!(!run.status.success());
         assert!(!out.exists());
         messages.push(String::from_utf8_lossy(&run.stderr).into_owned());
@@ -479,12 +485,7 @@ max_rows = 1000000
         messages[0]
     );
     // A filter on a quasi-identifier could single a person out: refused.
-    let run = custos(&f.home(), Some(&f.gao))
-        .args(["extract", "--agreement", "study", "--dataset", "returns"])
-        .args(["--where", "birth_year = 1950", "--out"])
-        .arg(f.dir.path().join("never.csv"))
-        .output()
-        .unwrap();
+    let run = f.extract(&f.dir.path().join("never.csv"), Some("birth_year = 1950"));
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("may name only `public` columns"), "{err}");
     let ledger = common::ledger(&f.home());
@@ -904,14 +905,7 @@ fn the_public_ledger_cannot_follow_a_person() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state"]
-[grants.limits]
-requests_per_hour = 50
-[grants.pseudonymous]
-k = 2
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state"]"#, 2, 50),
     ));
     let rita = f.principal("rita", "TIGTA", "requester");
     let adam = f.principal("adam", "IRS", "approver");
@@ -950,18 +944,7 @@ max_rows = 1000000
     );
     // An extract holding everyone, the target included.
     let out = f.dir.path().join("study.csv");
-    custos(&home, Some(&f.gao))
-        .args([
-            "extract",
-            "--agreement",
-            "study",
-            "--dataset",
-            "returns",
-            "--out",
-        ])
-        .arg(&out)
-        .assert()
-        .success();
+    assert!(f.extract(&out, None).status.success());
     // The overseer's report: every line still found and proved.
     let report = custos(&home, Some(&olga))
         .args(["report", "subject", target, "--json"])
@@ -1022,14 +1005,7 @@ fn a_protected_subject_is_in_no_extract() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state"]
-[grants.limits]
-requests_per_hour = 50
-[grants.pseudonymous]
-k = 2
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state"]"#, 2, 50),
     ));
     let olga = f.principal("olga", "IRS", "overseer");
     let out = custos(&home, Some(&f.admin))
@@ -1047,19 +1023,7 @@ max_rows = 1000000
         "{said}"
     );
     let file = f.dir.path().join("study.csv");
-    let run = custos(&home, Some(&f.gao))
-        .args([
-            "extract",
-            "--json",
-            "--agreement",
-            "study",
-            "--dataset",
-            "returns",
-            "--out",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let run = f.extract(&file, None);
     assert!(
         run.status.success(),
         "{}",
@@ -1137,14 +1101,7 @@ fn when_the_ledger_cannot_write_no_action_takes_effect() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state"]
-[grants.limits]
-requests_per_hour = 50
-[grants.pseudonymous]
-k = 2
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state"]"#, 2, 50),
     ));
     let rita = f.principal("rita", "TIGTA", "requester");
     let adam = f.principal("adam", "IRS", "approver");
@@ -1378,42 +1335,15 @@ fn a_token_linking_two_large_classes_does_not_single_a_person_out() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state", "birth_year", "refund"]
-[grants.limits]
-requests_per_hour = 50
-[grants.pseudonymous]
-k = 5
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state", "birth_year", "refund"]"#, 5, 50),
     ));
-    let out = f.dir.path().join("study.csv");
-    let run = custos(&f.home(), Some(&f.gao))
-        .args([
-            "extract",
-            "--json",
-            "--agreement",
-            "study",
-            "--dataset",
-            "returns",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let text = std::fs::read_to_string(&out).unwrap();
+    let (_, rows) = f.extract_rows("study.csv");
     let mut states: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in text.lines().skip(1) {
-        let cells: Vec<&str> = line.split(',').collect();
+    for cells in &rows {
         states
-            .entry(cells[0].to_owned())
+            .entry(cells[0].clone())
             .or_default()
-            .insert(cells[1].to_owned());
+            .insert(cells[1].clone());
     }
     assert_eq!(states.len(), 20, "the mover was released: {states:?}");
     assert!(states.values().all(|s| s.len() == 1));
@@ -1428,23 +1358,9 @@ fn extracts_are_capped_per_hour() {
     f.apply(&agreement(
         "study",
         "GAO",
-        r#"mode = "pseudonymous"
-columns = ["tin", "state"]
-[grants.limits]
-requests_per_hour = 2
-[grants.pseudonymous]
-k = 2
-max_rows = 1000000
-"#,
+        &pseudonymous_grant(r#"["tin", "state"]"#, 2, 2),
     ));
-    let run = |name: &str, filter: &str| {
-        custos(&f.home(), Some(&f.gao))
-            .args(["extract", "--agreement", "study", "--dataset", "returns"])
-            .args(["--where", filter, "--out"])
-            .arg(f.dir.path().join(name))
-            .output()
-            .unwrap()
-    };
+    let run = |name: &str, filter: &str| f.extract(&f.dir.path().join(name), Some(filter));
     assert!(run("ca.csv", "state = 'CA'").status.success());
     assert!(run("tx.csv", "state = 'TX'").status.success());
     let third = run("all.csv", "state IN ('CA', 'TX')");
