@@ -552,13 +552,14 @@ impl Custos {
     /// The datasets `actor` may know of.
     pub async fn datasets(&self, actor: &Actor) -> Result<Vec<DatasetSummary>, BrokerError> {
         let all = dataset::list(&self.home).await?;
-        Ok(match self.visible_datasets(actor).await? {
+        let visible: Vec<DatasetSummary> = match self.visible_datasets(actor).await? {
             None => all,
             Some(names) => all
                 .into_iter()
                 .filter(|d| names.contains(&d.name))
                 .collect(),
-        })
+        };
+        Ok(visible.into_iter().map(|d| sized_for(actor, d)).collect())
     }
 
     /// One dataset's description, if `actor` may know of it (else "not
@@ -569,13 +570,28 @@ impl Custos {
         {
             return Err(custos_store::DatasetError::NotFound(name.to_owned()).into());
         }
-        Ok(dataset::describe(&self.home, name).await?)
+        Ok(sized_for(actor, dataset::describe(&self.home, name).await?))
     }
 
     /// Publishes a final checkpoint and closes the ledger.
     pub fn close(self) -> Result<(), BrokerError> {
         Ok(self.ledger.close()?)
     }
+}
+
+/// A dataset's summary as `actor` may see it: its exact size (rows, bytes
+/// on disk) is a count of private data, shown to admins and overseers only.
+fn sized_for(actor: &Actor, mut summary: DatasetSummary) -> DatasetSummary {
+    let staff = match actor {
+        Actor::LocalAdmin => true,
+        Actor::Principal(p) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+    };
+    if !staff {
+        summary.rows = 0;
+        summary.stored_bytes = 0;
+        summary.sizes_withheld = true;
+    }
+    summary
 }
 
 /// A short, value-free reason for the ledger (never the input's values).

@@ -96,6 +96,11 @@ pub struct DatasetSummary {
     pub schema_sha256: String,
     /// The validated schema.
     pub schema: DatasetSchema,
+    /// Whether `rows` and `stored_bytes` are withheld from this caller
+    /// (shown as 0): exact sizes of private data are for admins and
+    /// overseers, not requesters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sizes_withheld: bool,
 }
 
 /// The result of a successful ingest.
@@ -125,6 +130,7 @@ fn summary(record: &DatasetRecord) -> Result<DatasetSummary, DatasetError> {
         created_at: record.created_at.clone(),
         schema_sha256: record.schema_sha256.clone(),
         schema,
+        sizes_withheld: false,
     })
 }
 
@@ -297,6 +303,7 @@ pub async fn stage(
             created_at: String::new(),
             schema_sha256: String::new(),
             schema: schema.clone(),
+            sizes_withheld: false,
         },
         started,
         committed: false,

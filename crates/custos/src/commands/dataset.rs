@@ -86,9 +86,9 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
                     println!(
                         "{:<24} {:>14} {:>8} {:>12}  {}",
                         d.name,
-                        human_count(d.rows),
+                        size(&d, human_count(d.rows)),
                         d.buckets,
-                        human_bytes(d.stored_bytes),
+                        size(&d, human_bytes(d.stored_bytes)),
                         d.created_at
                     );
                 }
@@ -123,6 +123,15 @@ pub async fn ingest_with_progress(
     Ok(result?)
 }
 
+/// A size as shown, or "withheld" when the server withheld it.
+fn size(d: &DatasetSummary, shown: String) -> String {
+    if d.sizes_withheld {
+        "withheld".into()
+    } else {
+        shown
+    }
+}
+
 /// One line about a finished ingest.
 pub fn print_ingest(report: &IngestReport) {
     let d = &report.dataset;
@@ -145,9 +154,9 @@ pub fn print_description(d: &DatasetSummary) {
     }
     println!(
         "  {} rows, {} bucket files, {} on disk, ingested {}",
-        human_count(d.rows),
+        size(d, human_count(d.rows)),
         d.buckets,
-        human_bytes(d.stored_bytes),
+        size(d, human_bytes(d.stored_bytes)),
         d.created_at
     );
     println!("  schema sha256 {}", d.schema_sha256);
