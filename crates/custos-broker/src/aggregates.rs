@@ -110,10 +110,7 @@ impl Custos {
             }
         };
         // INVARIANT: counted and recorded (the charge) under the lock.
-        let limits = match grant.limits.requests_per_hour {
-            Some(_) => Some(self.limit_locks.hold(agreement_id).await),
-            None => None,
-        };
+        let limits = self.limit_locks.hold_for(&grant, agreement_id).await;
         if let Some(limit) = grant.limits.requests_per_hour {
             let made = meta
                 .count_charges_since(agreement_id, &principal.id, now_micros() - 3_600_000_000)

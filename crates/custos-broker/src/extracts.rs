@@ -20,7 +20,7 @@ use custos_store::{ColumnClass, DatasetReader, DatasetSchema};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::lookups::Denial;
+use crate::lookups::{Denial, compile_row_scope};
 use crate::{Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
 
 /// Rows per Parquet batch of an extract.
@@ -288,13 +288,9 @@ impl Custos {
         let generalise = terms
             .validate(&grant.columns, &schema)
             .map_err(BrokerError::Invalid)?;
-        let mut filters = Vec::new();
-        if let Some(scope) = &grant.row_scope {
-            filters.push(
-                ScopeFilter::compile(scope, &schema)
-                    .map_err(|e| BrokerError::Internal(format!("the grant's row scope: {e}")))?,
-            );
-        }
+        let mut filters: Vec<ScopeFilter> = compile_row_scope(grant.row_scope.as_deref(), &schema)?
+            .into_iter()
+            .collect();
         if let Some(text) = req.filter {
             match where_filter(text, &grant.columns, &schema) {
                 Ok(f) => filters.push(f),
@@ -334,8 +330,8 @@ impl Custos {
         // Extracts per hour under the agreement: every run counts, released
         // or refused, since a refusal answers a question too.
         // INVARIANT: counted and recorded under the agreement's lock.
+        let limits = self.limit_locks.hold_for(&grant, req.agreement).await;
         if let Some(limit) = grant.limits.requests_per_hour {
-            let _limits = self.limit_locks.hold(req.agreement).await;
             let now = now_micros();
             let made = meta
                 .count_extract_runs_since(req.agreement, now - 3_600_000_000)
@@ -352,6 +348,7 @@ impl Custos {
             meta.record_extract_run(&id, req.agreement, &principal.id, now)
                 .await?;
         }
+        drop(limits);
         let staging = staging_path(self.home().root(), &id)?;
         let tokens = Tokeniser::new(
             &self
@@ -374,31 +371,28 @@ impl Custos {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let _ = fs::remove_file(&staging);
-                let recorded = match &e {
-                    ExtractError::OverCap { .. } => "over the grant's row cap".to_owned(),
+                let refused = match &e {
+                    ExtractError::OverCap { .. } => "over the grant's row cap",
                     ExtractError::TooFewDigits(_) | ExtractError::NotDigits(_) => {
-                        "a format-keeping token was impossible".into()
+                        "a format-keeping token was impossible"
                     }
-                    _ => "the extract could not be made; nothing was released".into(),
+                    _ => {
+                        // Reading or writing failed: a fault whose text
+                        // (file names, engine messages) is for the log only.
+                        let failed = Entry {
+                            decision: Decision::Error,
+                            ..entry
+                        }
+                        .with_reason("the extract could not be made; nothing was released");
+                        self.append(&failed)?;
+                        return Err(BrokerError::Internal(e.to_string()));
+                    }
                 };
-                if !matches!(
-                    e,
-                    ExtractError::OverCap { .. }
-                        | ExtractError::TooFewDigits(_)
-                        | ExtractError::NotDigits(_)
-                ) {
-                    // Reading or writing failed: a fault whose text (file
-                    // names, engine messages) is for the log only.
-                    let failed = Entry {
-                        decision: Decision::Error,
-                        ..entry
-                    }
-                    .with_reason(recorded);
-                    self.append(&failed)?;
-                    return Err(BrokerError::Internal(e.to_string()));
-                }
-                let message = e.to_string();
-                return Err(self.refuse(entry, Denial { message, recorded }));
+                let denial = Denial {
+                    message: e.to_string(),
+                    recorded: refused.into(),
+                };
+                return Err(self.refuse(entry, denial));
             }
             Err(e) => {
                 let _ = fs::remove_file(&staging);

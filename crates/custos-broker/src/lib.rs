@@ -139,8 +139,24 @@ pub(crate) struct LimitLocks(
 );
 
 impl LimitLocks {
+    /// Holds agreement `id`'s lock if `grant` has a limit to count against
+    /// (`requests_per_hour` or `subjects_per_day`); otherwise nothing.
+    pub(crate) async fn hold_for(
+        &self,
+        grant: &custos_policy::Grant,
+        id: &str,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let limited =
+            grant.limits.requests_per_hour.is_some() || grant.limits.subjects_per_day.is_some();
+        if limited {
+            Some(self.hold(id).await)
+        } else {
+            None
+        }
+    }
+
     /// Waits for and holds agreement `id`'s lock.
-    pub(crate) async fn hold(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn hold(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut map = self
                 .0

@@ -505,13 +505,10 @@ impl Custos {
         };
         let grant = granted.grant()?;
         // INVARIANT: counted and recorded under the agreement's lock.
-        let _limits = if grant.limits.requests_per_hour.is_some()
-            || grant.limits.subjects_per_day.is_some()
-        {
-            Some(self.limit_locks.hold(&granted.agreement.id).await)
-        } else {
-            None
-        };
+        let _limits = self
+            .limit_locks
+            .hold_for(&grant, &granted.agreement.id)
+            .await;
         if let Some(denial) = self
             .check_limits(principal, &granted, &grant, &commitment)
             .await?
@@ -583,6 +580,22 @@ impl Custos {
         Ok(ticket(&record, 0))
     }
 
+    /// Version `version` of agreement `id`, parsed, if it is stored.
+    pub(crate) async fn agreement_at(
+        &self,
+        id: &str,
+        version: u32,
+    ) -> Result<Option<Agreement>, BrokerError> {
+        Ok(self
+            .home()
+            .meta()
+            .agreement_versions(id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == version)
+            .and_then(|v| Agreement::from_toml(&v.toml).ok()))
+    }
+
     /// The custodian organisation of the agreement version a request was
     /// made under.
     async fn custodian_of(
@@ -590,13 +603,8 @@ impl Custos {
         record: &AccessRequestRecord,
     ) -> Result<Option<String>, BrokerError> {
         Ok(self
-            .home()
-            .meta()
-            .agreement_versions(&record.agreement_id)
+            .agreement_at(&record.agreement_id, record.agreement_version)
             .await?
-            .into_iter()
-            .find(|v| v.version == record.agreement_version)
-            .and_then(|v| Agreement::from_toml(&v.toml).ok())
             .map(|a| a.parties.custodian))
     }
 
@@ -919,10 +927,7 @@ impl Custos {
     ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BrokerError> {
         let reader = Arc::new(DatasetReader::open(self.home(), dataset_name).await?);
         let schema = reader.schema().clone();
-        let filter = row_scope
-            .map(|text| ScopeFilter::compile(text, &schema))
-            .transpose()
-            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let filter = compile_row_scope(row_scope, &schema)?;
         let mut wanted: Vec<String> = columns.to_vec();
         if let Some(f) = &filter {
             for c in f.columns() {
@@ -986,6 +991,19 @@ fn ticket(r: &AccessRequestRecord, approvals: u32) -> LookupTicket {
 
 fn column_of<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a dyn Array> {
     batch.column_by_name(name).map(AsRef::as_ref)
+}
+
+/// A grant's row scope compiled against its dataset, if it has one. The
+/// scope was validated when the agreement was applied, so a failure here
+/// is a fault (a schema that changed under it), not the caller's doing.
+pub(crate) fn compile_row_scope(
+    scope: Option<&str>,
+    schema: &DatasetSchema,
+) -> Result<Option<ScopeFilter>, BrokerError> {
+    scope
+        .map(|text| ScopeFilter::compile(text, schema))
+        .transpose()
+        .map_err(|e| BrokerError::Internal(format!("the grant's row scope: {e}")))
 }
 
 /// The sealing purpose of a protected subject's id.
@@ -1090,20 +1108,6 @@ impl Custos {
             )
             .await?;
         Ok(())
-    }
-
-    /// The commitments of every protected subject (matches leave them out).
-    pub(crate) async fn protected_commitments(
-        &self,
-    ) -> Result<std::collections::HashSet<[u8; 32]>, BrokerError> {
-        Ok(self
-            .home()
-            .meta()
-            .protected_subjects()
-            .await?
-            .into_iter()
-            .map(|(c, _)| c)
-            .collect())
     }
 
     /// The subject keys, in `reader`'s dataset, of every protected subject

@@ -40,7 +40,7 @@ use custos_store::matches::{MatchJob, MatchSide, MatchState};
 use custos_store::{ColumnClass, DatasetReader, DatasetSchema, Principal, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::lookups::{Denial, scope_value};
+use crate::lookups::{Denial, compile_row_scope, scope_value};
 use crate::{Actor, BrokerError, Custos, entries_naming, now_micros};
 
 /// How long an answering side keeps an unfinished job.
@@ -198,15 +198,15 @@ fn valid_job_id(id: &str) -> bool {
 }
 
 /// The distinct normalised keys of a dataset's key column in the grant's
-/// row `scope`, each with the subject id of its first row; and how many
-/// rows in scope had no usable key. Rows outside the scope are never read
-/// into the match.
+/// row `scope`, each with the subject id of its first row (rows without a
+/// usable key take no part). Rows outside the scope are never read into
+/// the match.
 fn read_keys(
     reader: &DatasetReader,
     key: &str,
     scope: Option<&ScopeFilter>,
     protected: &Protected,
-) -> Result<(Vec<String>, Vec<String>, u64), BrokerError> {
+) -> Result<(Vec<String>, Vec<String>), BrokerError> {
     let subject = reader.schema().subject_column().name.clone();
     let mut wanted: Vec<&str> = if subject == key {
         vec![key]
@@ -222,7 +222,6 @@ fn read_keys(
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let (mut keys, mut subjects) = (Vec::new(), Vec::new());
-    let mut without = 0u64;
     for bucket in 0..reader.bucket_count() {
         for batch in reader.bucket_batches(bucket, true, Some(&wanted))? {
             let text = |name: &str, row: usize| -> Option<String> {
@@ -250,7 +249,6 @@ fn read_keys(
                     }
                 }
                 let Some(normal) = text(key, row).as_deref().and_then(psi::normalise_key) else {
-                    without += 1;
                     continue;
                 };
                 if seen.contains_key(&normal) {
@@ -272,7 +270,7 @@ fn read_keys(
             }
         }
     }
-    Ok((keys, subjects, without))
+    Ok((keys, subjects))
 }
 
 /// Who is left out of every match: protected subjects, by commitment.
@@ -281,14 +279,21 @@ struct Protected {
     committer: custos_ledger::SubjectCommitter,
 }
 
-/// The grant's row scope compiled against its dataset, if it has one.
-fn row_scope(grant: &Grant, schema: &DatasetSchema) -> Result<Option<ScopeFilter>, BrokerError> {
-    grant
-        .row_scope
-        .as_deref()
-        .map(|text| ScopeFilter::compile(text, schema))
-        .transpose()
-        .map_err(|e| BrokerError::Internal(format!("the grant's row scope: {e}")))
+impl Custos {
+    /// Every protected subject, to leave out of a match's keys.
+    async fn protected(&self) -> Result<Protected, BrokerError> {
+        Ok(Protected {
+            commitments: self
+                .home()
+                .meta()
+                .protected_subjects()
+                .await?
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect(),
+            committer: self.subjects().clone(),
+        })
+    }
 }
 
 /// A refusal of the peer's message, for the ledger and the caller.
@@ -409,14 +414,11 @@ impl Custos {
                 }),
             ));
         }
-        let scope = row_scope(&granted.grant()?, &schema)?;
-        let protected = Protected {
-            commitments: self.protected_commitments().await?,
-            committer: self.subjects().clone(),
-        };
+        let scope = compile_row_scope(granted.grant()?.row_scope.as_deref(), &schema)?;
+        let protected = self.protected().await?;
         let reader = DatasetReader::open(self.home(), req.dataset).await?;
         let key = req.key.to_owned();
-        let (keys, subjects, _) = tokio::task::spawn_blocking(move || {
+        let (keys, subjects) = tokio::task::spawn_blocking(move || {
             read_keys(&reader, &key, scope.as_ref(), &protected)
         })
         .await
@@ -432,7 +434,10 @@ impl Custos {
             ));
         }
         // INVARIANT: jobs are counted and claimed under the agreement's lock.
-        let limits = self.limit_locks.hold(req.agreement).await;
+        let limits = self
+            .limit_locks
+            .hold_for(&granted.grant()?, req.agreement)
+            .await;
         if let Some(denial) = self.match_limit(&granted, MatchSide::Requester).await? {
             return Err(self.refuse(entry, denial));
         }
@@ -714,7 +719,7 @@ impl Custos {
             ));
         }
         // INVARIANT: jobs are counted and claimed under the agreement's lock.
-        let limits = self.limit_locks.hold(&offer.agreement).await;
+        let limits = self.limit_locks.hold_for(&grant, &offer.agreement).await;
         if let Some(denial) = self.match_limit(&granted, MatchSide::Responder).await? {
             return Err(self.refuse(entry, denial));
         }
@@ -794,14 +799,11 @@ impl Custos {
         entry: Entry,
         reveal: Reveal,
     ) -> Result<(Party, psi::Blinded), BrokerError> {
-        let scope = row_scope(grant, schema)?;
+        let scope = compile_row_scope(grant.row_scope.as_deref(), schema)?;
         let reader = DatasetReader::open(self.home(), &grant.dataset).await?;
         let key = schema.subject_column().name.clone();
-        let protected = Protected {
-            commitments: self.protected_commitments().await?,
-            committer: self.subjects().clone(),
-        };
-        let (keys, _, _) = tokio::task::spawn_blocking(move || {
+        let protected = self.protected().await?;
+        let (keys, _) = tokio::task::spawn_blocking(move || {
             read_keys(&reader, &key, scope.as_ref(), &protected)
         })
         .await
@@ -1110,12 +1112,9 @@ impl Custos {
         }
         // The result is the requesting organisation's to confirm: this
         // side's copy names it as the requester.
-        let requester = meta
-            .agreement_versions(&job.agreement_id)
+        let requester = self
+            .agreement_at(&job.agreement_id, job.agreement_version)
             .await?
-            .into_iter()
-            .find(|v| v.version == job.agreement_version)
-            .and_then(|v| Agreement::from_toml(&v.toml).ok())
             .map(|a| a.parties.requester);
         if requester.as_deref() != Some(principal.org.as_str()) {
             return Err(self.refuse(

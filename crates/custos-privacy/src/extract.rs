@@ -273,25 +273,37 @@ struct BucketGroups {
     sizes: HashMap<GroupKey, ClassSize>,
 }
 
-/// The digest of classes given in a fixed order (a `BTreeSet`'s, or one).
-fn digest_classes<'a>(classes: impl Iterator<Item = &'a ClassKey>) -> GroupKey {
+/// The digest of one class (its values, `None` told apart from empty).
+fn digest_class(class: &ClassKey) -> GroupKey {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    for class in classes {
-        h.update([0xff]);
-        for value in class {
-            match value {
-                None => h.update([0]),
-                Some(v) => {
-                    h.update([1]);
-                    h.update((v.len() as u64).to_be_bytes());
-                    h.update(v.as_bytes());
-                }
+    for value in class {
+        match value {
+            None => h.update([0]),
+            Some(v) => {
+                h.update([1]);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(v.as_bytes());
             }
         }
     }
+    truncate(h.finalize().as_slice())
+}
+
+/// The digest of a person's profile: their class digests, in order.
+fn digest_profile(classes: &BTreeSet<GroupKey>) -> GroupKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"profile");
+    for class in classes {
+        h.update(class);
+    }
+    truncate(h.finalize().as_slice())
+}
+
+fn truncate(digest: &[u8]) -> GroupKey {
     let mut out = [0u8; 16];
-    out.copy_from_slice(&h.finalize()[..16]);
+    out.copy_from_slice(&digest[..16]);
     out
 }
 
@@ -358,10 +370,10 @@ impl ExtractSpec {
         linked: bool,
         batches: &[RecordBatch],
     ) -> Result<BucketGroups, ExtractError> {
-        let mut rows: Vec<Vec<Option<(GroupKey, GroupKey)>>> = Vec::with_capacity(batches.len());
-        // Each in-scope person's classes and rows.
-        let mut people: HashMap<i64, (BTreeSet<ClassKey>, u64)> = HashMap::new();
-        let mut keyed_rows = Vec::with_capacity(batches.len());
+        // Each in-scope person's class digests and rows; each row's person
+        // and class digest.
+        let mut people: HashMap<i64, (BTreeSet<GroupKey>, u64)> = HashMap::new();
+        let mut keyed_rows: Vec<Vec<Option<(i64, GroupKey)>>> = Vec::with_capacity(batches.len());
         for batch in batches {
             let keys = batch
                 .column_by_name(SUBJECT_KEY_COLUMN)
@@ -374,9 +386,9 @@ impl ExtractSpec {
                     batch_rows.push(None);
                     continue;
                 }
-                let class = self.class_of(class_columns, batch, row);
+                let class = digest_class(&self.class_of(class_columns, batch, row));
                 let person = people.entry(key).or_default();
-                person.0.insert(class.clone());
+                person.0.insert(class);
                 person.1 += 1;
                 batch_rows.push(Some((key, class)));
             }
@@ -390,36 +402,33 @@ impl ExtractSpec {
         let mut profiles: HashMap<i64, GroupKey> = HashMap::new();
         for (key, (classes, n)) in &people {
             if linked {
-                let group = digest_classes(classes.iter());
+                let group = digest_profile(classes);
                 let size = sizes.entry(group).or_default();
                 size.people += 1;
                 size.rows += n;
                 profiles.insert(*key, group);
             } else {
                 for class in classes {
-                    sizes
-                        .entry(digest_classes(std::iter::once(class)))
-                        .or_default()
-                        .people += 1;
+                    sizes.entry(*class).or_default().people += 1;
                 }
             }
         }
-        for batch_rows in keyed_rows {
-            rows.push(
+        let rows = keyed_rows
+            .into_iter()
+            .map(|batch_rows| {
                 batch_rows
                     .into_iter()
                     .map(|r| {
                         r.map(|(key, class)| {
-                            let class = digest_classes(std::iter::once(&class));
                             if !linked {
                                 sizes.entry(class).or_default().rows += 1;
                             }
                             (profiles.get(&key).copied().unwrap_or(class), class)
                         })
                     })
-                    .collect(),
-            );
-        }
+                    .collect()
+            })
+            .collect();
         Ok(BucketGroups { rows, sizes })
     }
 
