@@ -9,15 +9,18 @@
 
 use std::sync::Arc;
 
+use custos_engine::AnswerError;
 use custos_ledger::{Decision, Entry};
+use custos_model::DatasetSchema;
 use custos_policy::Mode;
 use custos_privacy::{Answer, PrivacyError};
+use custos_store::DatasetReader;
 use custos_store::budgets::Charge;
-use custos_store::{DatasetReader, DatasetSchema};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::lookups::Denial;
+use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, now_micros};
 
 /// An answer with its budget accounting.
@@ -43,7 +46,7 @@ pub struct AggregateAnswer {
     /// Left after this query.
     pub budget_remaining: f64,
     /// Ledger index of the charge entry.
-    pub ledger_index: u64,
+    pub ledger_index: Recorded,
 }
 
 impl Custos {
@@ -169,7 +172,7 @@ impl Custos {
             query_sha256: query_sha,
             at: custos_store::home::now_rfc3339(),
             at_micros,
-            ledger_index,
+            ledger_index: ledger_index.index(),
         };
         let charged = meta.charge_budget(&charge, budget).await?;
         // Counted and recorded: the computation need not hold the lock.
@@ -188,7 +191,7 @@ impl Custos {
             )));
         };
         let reader = Arc::new(DatasetReader::open(self.home(), &dataset).await?);
-        let answer = match custos_privacy::answer(reader, &plan).await {
+        let answer = match custos_engine::answer(reader, &plan).await {
             Ok(a) => a,
             Err(e) => {
                 let failed = Entry {
@@ -197,10 +200,10 @@ impl Custos {
                 }
                 .with_reason(format!(
                     "computing the answer failed ({}); the charge stands",
-                    e.category()
+                    answer_category(&e)
                 ));
                 self.append(&failed)?;
-                return Err(privacy_error(e));
+                return Err(answer_error(e));
             }
         };
         Ok(AggregateAnswer {
@@ -239,11 +242,20 @@ fn refusal(e: &PrivacyError) -> Denial {
 /// A failure after the query was accepted: the engine's and the noise's
 /// faults are the server's (their text may name files), the rest the
 /// caller's.
-fn privacy_error(e: PrivacyError) -> BrokerError {
+fn answer_error(e: AnswerError) -> BrokerError {
     match e {
-        PrivacyError::Execute(_) | PrivacyError::Mechanism(_) | PrivacyError::MissingBounds(_) => {
+        AnswerError::Execute(_)
+        | AnswerError::Privacy(PrivacyError::Mechanism(_) | PrivacyError::MissingBounds(_)) => {
             BrokerError::Internal(e.to_string())
         }
         other => BrokerError::Invalid(other.to_string()),
+    }
+}
+
+/// A value-free category of a failed answer, for the ledger.
+fn answer_category(e: &AnswerError) -> &'static str {
+    match e {
+        AnswerError::Privacy(p) => p.category(),
+        _ => "query failed",
     }
 }

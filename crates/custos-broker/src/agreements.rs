@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use custos_ledger::{Decision, Entry};
+use custos_model::{DatasetSchema, Role};
 use custos_policy::{Agreement, AgreementError};
 use custos_store::meta::{AgreementState, AgreementVersion};
-use custos_store::{DatasetSchema, Role};
 use sha2::{Digest, Sha256};
 
 use crate::{Actor, BrokerError, Custos, now_micros};
+use custos_model::AgreementStatus;
 
 /// Whether `actor` may see an agreement: the local administrator and
 /// admins see every one (they apply them); a principal of either party's
@@ -30,28 +31,6 @@ pub(crate) fn may_see(actor: &Actor, version: &AgreementVersion) -> bool {
         return true;
     }
     p.has_role(Role::Overseer) && agreement.withhold_from_subject_reports.is_none()
-}
-
-/// An agreement's state as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgreementStatus {
-    /// In force (within its validity window).
-    Active,
-    /// Temporarily grants nothing; can be resumed.
-    Suspended,
-    /// Permanently grants nothing.
-    Revoked,
-}
-
-impl AgreementStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Suspended => "suspended",
-            Self::Revoked => "revoked",
-        }
-    }
 }
 
 /// A value-free category of a refusal, for the public ledger (the full
@@ -110,7 +89,7 @@ impl Custos {
         }
         let meta = self.home().meta();
         if let Some(state) = meta.agreement_state(&agreement.id).await?
-            && state.state == AgreementStatus::Revoked.as_str()
+            && state.state == AgreementStatus::Revoked
         {
             return Err(self.deny(actor, ACTION, "a revoked agreement cannot get new versions"));
         }
@@ -156,7 +135,7 @@ impl Custos {
         id: &str,
     ) -> Result<(Vec<AgreementVersion>, AgreementState), BrokerError> {
         let meta = self.home().meta();
-        let unknown = || BrokerError::Invalid(format!("no agreement `{id}`"));
+        let unknown = || BrokerError::NotFound(format!("no agreement `{id}`"));
         let state = meta.agreement_state(id).await?.ok_or_else(unknown)?;
         let versions = meta.agreement_versions(id).await?;
         if !versions.last().is_some_and(|v| may_see(actor, v)) {
@@ -208,16 +187,10 @@ impl Custos {
         }
         let meta = self.home().meta();
         let Some(current) = meta.agreement_state(id).await? else {
-            return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
+            return Err(BrokerError::NotFound(format!("no agreement `{id}`")));
         };
-        let allowed = matches!(
-            (current.state.as_str(), to),
-            ("active", AgreementStatus::Suspended)
-                | ("suspended", AgreementStatus::Active)
-                | ("active" | "suspended", AgreementStatus::Revoked)
-        );
-        if !allowed {
-            return Err(BrokerError::Invalid(format!(
+        if !current.state.may_become(to) {
+            return Err(BrokerError::Conflict(format!(
                 "agreement `{id}` is {}; it cannot become {}",
                 current.state,
                 to.as_str()
@@ -229,7 +202,7 @@ impl Custos {
             .with_agreement(id, version);
         self.append(&entry)?;
         let state = AgreementState {
-            state: to.as_str().to_owned(),
+            state: to,
             changed_at: custos_store::home::now_rfc3339(),
             changed_by: actor.id().to_owned(),
             reason: reason.map(str::to_owned),

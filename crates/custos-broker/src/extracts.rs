@@ -12,15 +12,18 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
+use custos_engine::extract::{ExtractError, ExtractSpec, RowSink};
 use custos_ledger::{Decision, Entry};
+use custos_model::{ColumnClass, DatasetSchema};
 use custos_policy::{Mode, ScopeFilter};
-use custos_privacy::extract::{ExtractError, ExtractSpec, RowSink, Tokeniser};
+use custos_privacy::tokens::{TokenError, Tokeniser};
+use custos_store::DatasetReader;
 use custos_store::requests::{SubjectEvent, SubjectEventKind};
-use custos_store::{ColumnClass, DatasetReader, DatasetSchema};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::lookups::{Denial, compile_row_scope};
+use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
 
 /// Rows per Parquet batch of an extract.
@@ -91,7 +94,7 @@ pub struct ExtractReport {
     /// Distinct subjects in the extract.
     pub subjects: u64,
     /// Ledger index of the entry that records the extract.
-    pub ledger_index: u64,
+    pub ledger_index: Recorded,
     /// The file.
     pub path: PathBuf,
 }
@@ -322,7 +325,7 @@ impl Custos {
             .with_request(&id)
             .with_attribute("format", req.format.as_str());
         if req.out.exists() {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Conflict(format!(
                 "`{}` exists already; choose a new file",
                 req.out.display()
             )));
@@ -373,7 +376,7 @@ impl Custos {
                 let _ = fs::remove_file(&staging);
                 let refused = match &e {
                     ExtractError::OverCap { .. } => "over the grant's row cap",
-                    ExtractError::TooFewDigits(_) | ExtractError::NotDigits(_) => {
+                    ExtractError::Token(TokenError::TooFewDigits(_) | TokenError::NotDigits(_)) => {
                         "a format-keeping token was impossible"
                     }
                     _ => {
@@ -443,7 +446,7 @@ impl Custos {
             .enumerate()
             .map(|(i, c)| SubjectEvent {
                 subject_commitment: c.0,
-                ledger_index: indexes.start + (i / SUBJECTS_PER_ENTRY) as u64,
+                ledger_index: indexes[i / SUBJECTS_PER_ENTRY].index(),
                 kind: SubjectEventKind::Extracted,
                 request_id: id.clone(),
                 agreement_id: req.agreement.to_owned(),
@@ -483,7 +486,7 @@ impl Custos {
             k: terms.k,
             classes: summary.classes_released,
             subjects: commitments.len() as u64,
-            ledger_index: indexes.start,
+            ledger_index: indexes[0],
             path: req.out.to_owned(),
         })
     }

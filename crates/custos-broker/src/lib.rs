@@ -19,28 +19,39 @@ mod agreements;
 mod extracts;
 mod lookups;
 mod matches;
+mod recorded;
 mod reports;
 
 pub use aggregates::AggregateAnswer;
-pub use agreements::AgreementStatus;
+pub use custos_model::AgreementStatus;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
+pub use recorded::Recorded;
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
 
-use std::path::Path;
+/// The storage vocabulary of the broker's arguments and answers, re-exported
+/// so that nothing outside the broker depends on `custos-store` (which can
+/// read rows and reach the master key) to name them.
+pub use custos_store::ingest::MAX_PROBLEMS;
+pub use custos_store::matches::MatchJob;
+pub use custos_store::meta::{AgreementState, AgreementVersion};
+pub use custos_store::{
+    DatasetError, DatasetSummary, HomeError, IngestError, IngestProblem, IngestProgress,
+    IngestReport, MasterKey, MasterKeySource, NoProgress,
+};
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use custos_ledger::{
     Decision, Entry, Ledger, LedgerConfig, LedgerError, SubjectCommitment, SubjectCommitter,
 };
-use custos_store::dataset::{self, DatasetSummary};
-use custos_store::principal::{self, IssuedToken};
-use custos_store::{
-    Home, HomeError, IngestError, IngestProgress, IngestReport, InitReport, MasterKey,
-    MasterKeySource, Principal, PrincipalError, Role,
-};
+use custos_model::principal::{self, IssuedToken};
+use custos_model::{Principal, PrincipalError, Role};
+use custos_store::dataset;
+use custos_store::{Home, InitReport};
 
 /// The actor of init-time administration, before principals exist.
 pub const LOCAL_ADMIN: &str = "local-admin";
@@ -69,9 +80,16 @@ pub enum BrokerError {
     /// The actor may not do this (recorded in the ledger).
     #[error("denied: {0}")]
     Denied(String),
-    /// A principal argument was refused.
+    /// The caller's input was refused (a bad argument, agreement or query).
     #[error("{0}")]
     Invalid(String),
+    /// What the caller named does not exist (or is not theirs to see).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts the current state (already exists, already
+    /// revoked, a state change that is not allowed).
+    #[error("{0}")]
+    Conflict(String),
     /// The server failed (a fault, not the caller's doing). The text may
     /// name files or engine internals: log it, never send it to a client.
     #[error("internal error: {0}")]
@@ -241,6 +259,19 @@ fn faults_from_env() -> custos_ledger::FaultPlan {
     }
 }
 
+/// A home's published ledger, for reading without opening the ledger's
+/// writer (so it works beside a running server): its directory and the key
+/// that verifies its checkpoints. Needs the master key (the signing key is
+/// wrapped under it); nothing else of the home is reached.
+pub async fn published_ledger(
+    root: &Path,
+    external_key: Option<MasterKey>,
+) -> Result<(PathBuf, String), BrokerError> {
+    let home = Home::open(root, external_key).await?;
+    let signer = custos_ledger::NoteSigner::new(&home.origin().await?, home.signing_key().await?);
+    Ok((home.ledger_dir(), signer.verifier_key()))
+}
+
 async fn open_ledger(home: &Home) -> Result<Ledger, BrokerError> {
     let config = LedgerConfig {
         dir: home.ledger_dir(),
@@ -308,34 +339,45 @@ impl Custos {
         })
     }
 
-    /// The home.
-    pub fn home(&self) -> &Home {
+    /// The home: master key, datasets and the writable catalogue. Never
+    /// leaves the broker.
+    pub(crate) fn home(&self) -> &Home {
         &self.home
     }
 
-    /// The ledger.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
     /// The commitment scheme for subjects in ledger entries.
-    pub fn subjects(&self) -> &SubjectCommitter {
+    pub(crate) fn subjects(&self) -> &SubjectCommitter {
         &self.subjects
     }
 
-    /// Appends an entry durably; returns its index.
-    pub fn append(&self, entry: &Entry) -> Result<u64, BrokerError> {
-        wait_for_commit(|| self.ledger.append(entry))
+    /// The directory of the published ledger (tiles, entry bundles,
+    /// checkpoints): public, read-only to everyone but the broker.
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.home.ledger_dir()
     }
 
-    /// Appends entries as one durable commit; returns their indexes.
-    pub fn append_all(&self, entries: &[Entry]) -> Result<std::ops::Range<u64>, BrokerError> {
-        let encoded = entries
-            .iter()
-            .map(Entry::encode)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BrokerError::Internal(format!("an entry could not be encoded: {e}")))?;
-        wait_for_commit(|| self.ledger.append_encoded(encoded))
+    /// The public key that signs this ledger's checkpoints (a note
+    /// verifier key).
+    pub fn verifier_key(&self) -> &str {
+        self.ledger.verifier_key()
+    }
+
+    /// The latest signed checkpoint.
+    pub fn checkpoint(&self) -> Result<custos_ledger::VerifiedCheckpoint, BrokerError> {
+        Ok(self.ledger.checkpoint()?)
+    }
+
+    /// A new file name in the home's staging directory, for a server that
+    /// must hold a released extract until it is sent (then removes it).
+    pub fn staging_file(&self, extension: &str) -> Result<PathBuf, BrokerError> {
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw)
+            .map_err(|_| BrokerError::Internal("no randomness for a file name".into()))?;
+        Ok(self
+            .home
+            .root()
+            .join("staging")
+            .join(format!("http-{}.{extension}", hex::encode(raw))))
     }
 
     /// Resolves who is acting: the principal of `token`, or — only while
@@ -439,7 +481,7 @@ impl Custos {
         let mut roles = roles.to_vec();
         roles.sort();
         roles.dedup();
-        let (id, token, hash) = principal::issue()?;
+        let (id, token, hash) = custos_store::principal::issue()?;
         let p = Principal {
             id,
             name: name.to_owned(),
@@ -450,7 +492,7 @@ impl Custos {
             revoked_at: None,
         };
         if self.home.meta().principal_by_name(name).await?.is_some() {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Conflict(format!(
                 "principal `{name}` already exists"
             )));
         }
@@ -475,10 +517,10 @@ impl Custos {
             return Err(self.deny(actor, ACTION, "only an admin may revoke principals"));
         }
         let Some(p) = self.home.meta().principal_by_name(name).await? else {
-            return Err(BrokerError::Invalid(format!("no principal `{name}`")));
+            return Err(BrokerError::NotFound(format!("no principal `{name}`")));
         };
         if p.revoked_at.is_some() {
-            return Err(BrokerError::Invalid(format!(
+            return Err(BrokerError::Conflict(format!(
                 "principal `{name}` is already revoked"
             )));
         }
@@ -667,7 +709,7 @@ mod tests {
                 .await
                 .is_err()
         );
-        let key = custos.ledger().verifier_key().to_owned();
+        let key = custos.verifier_key().to_owned();
         custos.close().unwrap();
 
         let reader = LedgerReader::new(&root.join("ledger"));

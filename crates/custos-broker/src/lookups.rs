@@ -10,15 +10,18 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
 use custos_ledger::{Decision, Entry, SubjectCommitment};
+use custos_model::AgreementStatus;
+use custos_model::schema::{format_cents, format_date_days};
+use custos_model::{ColumnType, DatasetSchema, Principal, Role};
 use custos_policy::decide::{AccessRequest, ActiveAgreement, PolicyEngine};
 use custos_policy::{Agreement, Grant, Mode, ScopeFilter, ScopeValue};
 use custos_store::requests::{
     AccessRequestRecord, ApprovalRecord, RequestState, SubjectEvent, SubjectEventKind,
 };
-use custos_store::schema::{format_cents, format_date_days};
-use custos_store::{ColumnType, DatasetReader, DatasetSchema, Principal, Role, dataset};
+use custos_store::{DatasetReader, dataset};
 use serde::{Deserialize, Serialize};
 
+use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, now_micros};
 
 /// File in the home that holds the custodian's Cedar guard rules.
@@ -99,7 +102,7 @@ pub struct Released {
     /// Rows (None = empty cell).
     pub rows: Vec<Vec<Option<String>>>,
     /// Ledger index of the entry that recorded the release.
-    pub ledger_index: u64,
+    pub ledger_index: Recorded,
 }
 
 /// The grant a request runs under, after every check passed.
@@ -273,7 +276,7 @@ impl Custos {
                 "unknown agreement (deny by default)",
             );
         };
-        if state.state != "active" {
+        if state.state != AgreementStatus::Active {
             return deny(format!("agreement `{agreement_id}` is {}", state.state));
         }
         let versions = meta.agreement_versions(agreement_id).await?;
@@ -559,12 +562,12 @@ impl Custos {
             state: RequestState::Pending,
             created_at: custos_store::home::now_rfc3339(),
             created_micros,
-            ledger_index,
+            ledger_index: ledger_index.index(),
         };
         let meta = self.home().meta();
         let requested = SubjectEvent {
             subject_commitment: commitment.0,
-            ledger_index,
+            ledger_index: ledger_index.index(),
             kind: SubjectEventKind::Requested,
             request_id: id,
             agreement_id: granted.agreement.id.clone(),
@@ -732,7 +735,7 @@ impl Custos {
             ));
         }
         match meta.agreement_state(&record.agreement_id).await? {
-            Some(s) if s.state == "active" => {}
+            Some(s) if s.state == AgreementStatus::Active => {}
             Some(s) => {
                 return Err(self.deny_lookup(
                     entry,
@@ -751,7 +754,7 @@ impl Custos {
                 request_id: record.id.clone(),
                 approver: principal.id.clone(),
                 approved_at: custos_store::home::now_rfc3339(),
-                ledger_index,
+                ledger_index: ledger_index.index(),
             })
             .await;
         match outcome {
@@ -891,7 +894,7 @@ impl Custos {
         };
         meta.insert_subject_event(&SubjectEvent {
             subject_commitment: record.subject_commitment,
-            ledger_index,
+            ledger_index: ledger_index.index(),
             kind: if rows.is_empty() {
                 SubjectEventKind::NoRecords
             } else {

@@ -33,14 +33,16 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, Int64Array, StringArray};
 use custos_ledger::{Decision, Entry};
+use custos_model::{ColumnClass, DatasetSchema, Principal, Role};
 use custos_policy::{Agreement, Grant, MatchGrant, Mode, Reveal, ScopeFilter, ScopeValue};
-use custos_privacy::extract::Tokeniser;
 use custos_privacy::psi::{self, Encoded, Party, PsiError};
+use custos_privacy::tokens::Tokeniser;
+use custos_store::DatasetReader;
 use custos_store::matches::{MatchJob, MatchSide, MatchState};
-use custos_store::{ColumnClass, DatasetReader, DatasetSchema, Principal, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::lookups::{Denial, compile_row_scope, scope_value};
+use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, entries_naming, now_micros};
 
 /// How long an answering side keeps an unfinished job.
@@ -157,11 +159,14 @@ pub struct MatchReport {
     /// The matched subjects' per-agreement tokens (reveal `matches` only).
     pub tokens: Vec<String>,
     /// Ledger index of the entry recording the result.
-    pub ledger_index: u64,
+    pub ledger_index: Recorded,
 }
 
 /// An answering side's job between its steps.
 pub(crate) struct PendingMatch {
+    /// The `match.open` entry's receipt: a job (and so every point this
+    /// side sends in it) exists only once that entry is durable.
+    opened: Recorded,
     principal: String,
     agreement: String,
     version: u32,
@@ -178,9 +183,10 @@ impl std::fmt::Debug for PendingMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PendingMatch({}, {} points)",
+            "PendingMatch({}, {} points, opened at entry {})",
             self.agreement,
-            self.own.len()
+            self.own.len(),
+            self.opened
         )
     }
 }
@@ -465,14 +471,14 @@ impl Custos {
         };
         // INVARIANT: nothing derived from the data leaves, and no job is
         // claimed in the catalogue, before this is durable.
-        self.append(&Entry {
+        let allowed = self.append(&Entry {
             decision: Decision::Allow,
             ..entry.clone()
         })?;
         meta.claim_match_job(&job).await?;
         drop(limits);
         let outcome = self
-            .exchange_with(peer, &job_id, req.agreement, &terms, &keys)
+            .exchange_with(allowed, peer, &job_id, req.agreement, &terms, &keys)
             .await
             .and_then(|(reveal, found, peer_count, received)| {
                 let here = match &found {
@@ -558,14 +564,16 @@ impl Custos {
             points_sent: terms.pad_to,
             points_received,
             tokens,
-            ledger_index: indexes.start,
+            ledger_index: indexes[0],
         })
     }
 
     /// The requester's three steps with the peer; a denial says why the
-    /// job ended without a result.
+    /// job ended without a result. Takes the `match` entry's receipt: no
+    /// point is sent before it is durable.
     async fn exchange_with(
         &self,
+        _allowed: Recorded,
         peer: &impl MatchPeer,
         job_id: &str,
         agreement: &str,
@@ -753,7 +761,7 @@ impl Custos {
         let prepared = self
             .prepare_answer(&offer.job_id, &grant, &schema, &terms, entry, reveal)
             .await;
-        let (party, blinded) = match prepared {
+        let (opened, party, blinded) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = meta
@@ -775,6 +783,7 @@ impl Custos {
                 version: granted.version,
                 reveal,
                 announced,
+                opened,
                 party,
                 own: blinded.points,
                 theirs_reblinded: None,
@@ -798,7 +807,7 @@ impl Custos {
         terms: &MatchGrant,
         entry: Entry,
         reveal: Reveal,
-    ) -> Result<(Party, psi::Blinded), BrokerError> {
+    ) -> Result<(Recorded, Party, psi::Blinded), BrokerError> {
         let scope = compile_row_scope(grant.row_scope.as_deref(), schema)?;
         let reader = DatasetReader::open(self.home(), &grant.dataset).await?;
         let key = schema.subject_column().name.clone();
@@ -823,7 +832,7 @@ impl Custos {
             ));
         }
         // INVARIANT: the blinded keys leave only after this is durable.
-        self.append(
+        let opened = self.append(
             &Entry {
                 decision: Decision::Allow,
                 ..entry
@@ -840,6 +849,7 @@ impl Custos {
         .await
         .map_err(|_| BrokerError::Internal("blinding was interrupted".into()))?;
         Ok((
+            opened,
             party,
             blinded.map_err(|e| BrokerError::Internal(e.to_string()))?,
         ))

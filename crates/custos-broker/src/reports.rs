@@ -11,12 +11,13 @@
 use custos_ledger::{
     Decision, Entry, InclusionProof, LedgerReader, SubjectCommitment, verify_inclusion,
 };
+use custos_model::Role;
 use custos_policy::Agreement;
-use custos_store::Role;
 use custos_store::requests::{AgreementUsage, SubjectEventKind};
 use serde::{Deserialize, Serialize};
 
 use crate::{Actor, BrokerError, Custos, now_micros};
+use custos_model::AgreementStatus;
 
 /// One line of a subject's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,8 +65,8 @@ pub struct AgreementReport {
     pub title: String,
     /// The latest version.
     pub version: u32,
-    /// `active`, `suspended` or `revoked`.
-    pub state: String,
+    /// Active, suspended or revoked.
+    pub state: AgreementStatus,
     /// The requesting organisation.
     pub requester: String,
     /// Its purpose.
@@ -115,7 +116,7 @@ impl Custos {
                 .with_subjects([self.subjects().for_entry(&commitment, &id, ACTION)]),
         )?;
         let events = self.home().meta().subject_events(&commitment.0).await?;
-        let checkpoint = self.ledger().checkpoint()?;
+        let checkpoint = self.ledger.checkpoint()?;
         let reader = LedgerReader::new(&self.home().ledger_dir());
         let mut lines = Vec::new();
         for event in events.into_iter().filter(|e| !e.withheld) {
@@ -173,10 +174,10 @@ impl Custos {
         let meta = self.home().meta();
         let versions = meta.agreement_versions(id).await?;
         let (Some(latest), Some(state)) = (versions.last(), meta.agreement_state(id).await?) else {
-            return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
+            return Err(BrokerError::NotFound(format!("no agreement `{id}`")));
         };
         if !crate::agreements::may_see(actor, latest) {
-            return Err(BrokerError::Invalid(format!("no agreement `{id}`")));
+            return Err(BrokerError::NotFound(format!("no agreement `{id}`")));
         }
         let agreement = Agreement::from_toml(&latest.toml)
             .map_err(|e| BrokerError::Internal(format!("stored agreement unreadable: {e}")))?;

@@ -37,15 +37,17 @@ pub const HASH_SIZE: usize = 32;
 #[non_exhaustive]
 pub enum LedgerError {
     /// A file could not be read or written.
-    #[error("ledger file `{path}`: {source}")]
+    #[error("ledger file `{path}`: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Another process has the ledger open for writing.
-    #[error("the ledger in `{0}` is in use by another Custos process")]
+    #[error(
+        "the ledger in `{0}` is in use by another Custos process (a running `custos serve`? send the command to it with --server URL)"
+    )]
     Busy(PathBuf),
     /// Recovery found the ledger inconsistent; it refuses to open.
     #[error("the ledger is damaged and was not opened: {0}")]
@@ -58,7 +60,7 @@ pub enum LedgerError {
     Closed,
     /// An entry could not be encoded.
     #[error("ledger entry: {0}")]
-    Entry(#[from] EntryError),
+    Entry(EntryError),
     /// A checkpoint failed to verify.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -68,4 +70,12 @@ pub enum LedgerError {
     /// Verification found tampering or damage; the message says where.
     #[error("ledger verification failed: {0}")]
     Verify(String),
+}
+
+// By hand, not `#[from]`: that would make the entry error the `source()`
+// too, and `{:#}` would print it twice.
+impl From<EntryError> for LedgerError {
+    fn from(e: EntryError) -> Self {
+        Self::Entry(e)
+    }
 }

@@ -126,9 +126,9 @@ pub struct Ledger {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
-    move |source| LedgerError::Io {
+    move |cause| LedgerError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 

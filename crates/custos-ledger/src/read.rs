@@ -105,7 +105,7 @@ impl LedgerReader {
     /// The latest checkpoint note as published.
     pub fn checkpoint_note(&self) -> Result<Vec<u8>, LedgerError> {
         let path = self.dir.join(CHECKPOINT);
-        std::fs::read(&path).map_err(|source| LedgerError::Io { path, source })
+        std::fs::read(&path).map_err(|cause| LedgerError::Io { path, cause })
     }
 
     /// The latest checkpoint, verified with `verifier_key`.

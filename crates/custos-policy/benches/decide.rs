@@ -8,9 +8,9 @@
 use std::time::Instant;
 
 use chrono::NaiveDate;
+use custos_model::{Principal, Role};
 use custos_policy::decide::{AccessRequest, ActiveAgreement, PolicyEngine};
 use custos_policy::{Agreement, Mode};
-use custos_store::{Principal, Role};
 
 const TEMPLATE: &str = include_str!("../../../docs/examples/agreement-identified.toml");
 const GUARD: &str =

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{Months, NaiveDate};
-use custos_store::{ColumnClass, DatasetSchema};
+use custos_model::{ColumnClass, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::matching::MatchGrant;
@@ -228,12 +228,12 @@ pub enum AgreementError {
         message: String,
     },
     /// A row scope was refused.
-    #[error("grant {grant}: {source}")]
+    #[error("grant {grant}: {cause}")]
     Scope {
         /// Grant number (1-based).
         grant: usize,
         /// Why.
-        source: ScopeError,
+        cause: ScopeError,
     },
     /// A matching agreement exceeds the Computer Matching Act's limits.
     #[error("{0}")]
@@ -471,10 +471,10 @@ impl Agreement {
             let scope = match &grant.row_scope {
                 Some(text) => {
                     let scope = parse_row_scope(text, &granted)
-                        .map_err(|source| AgreementError::Scope { grant: n, source })?;
+                        .map_err(|cause| AgreementError::Scope { grant: n, cause })?;
                     // Literals must fit their columns' types (caught here, not at use).
                     ScopeFilter::compile(text, schema)
-                        .map_err(|source| AgreementError::Scope { grant: n, source })?;
+                        .map_err(|cause| AgreementError::Scope { grant: n, cause })?;
                     Some(scope)
                 }
                 None => None,

@@ -19,7 +19,7 @@ use cedar_policy::{
     Validator,
 };
 use chrono::{Datelike, NaiveDate};
-use custos_store::{Principal, Role};
+use custos_model::{Principal, Role};
 
 use crate::agreement::{Agreement, Mode};
 

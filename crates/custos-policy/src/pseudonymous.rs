@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use custos_store::{ColumnClass, ColumnType, DatasetSchema};
+use custos_model::{ColumnClass, ColumnType, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
 /// `[grants.pseudonymous]` as authored.

@@ -11,8 +11,8 @@
 
 use std::cmp::Ordering;
 
-use custos_store::schema::{parse_date_days, parse_decimal_cents};
-use custos_store::{ColumnType, DatasetSchema};
+use custos_model::schema::{parse_date_days, parse_decimal_cents};
+use custos_model::{ColumnType, DatasetSchema};
 use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator, Value};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -197,7 +197,7 @@ fn literal(
         (Typed::Null, _) => "NULL".to_owned(),
         (Typed::Bool(b), _) => if *b { "TRUE" } else { "FALSE" }.to_owned(),
         (Typed::Int(days), Some(ColumnType::Date)) => {
-            format!("DATE '{}'", custos_store::schema::format_date_days(*days))
+            format!("DATE '{}'", custos_model::schema::format_date_days(*days))
         }
         (Typed::Int(v), _) => v.to_string(),
         (Typed::Text(t), _) => format!("'{}'", t.replace('\'', "''")),

@@ -2,8 +2,8 @@
 //! every rule has a refusal with a clear message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use custos_model::DatasetSchema;
 use custos_policy::{Agreement, Mode};
-use custos_store::DatasetSchema;
 
 fn schemas() -> Vec<(&'static str, DatasetSchema)> {
     vec![

@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use chrono::NaiveDate;
+use custos_model::{Principal, Role};
 use custos_policy::decide::{AccessRequest, ActiveAgreement, PolicyEngine, PolicyError};
 use custos_policy::{Agreement, Mode};
-use custos_store::{Principal, Role};
 
 fn example(name: &str) -> Agreement {
     let text = std::fs::read_to_string(format!(

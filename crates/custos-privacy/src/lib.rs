@@ -1,39 +1,38 @@
-//! Custos differential privacy: aggregate SQL checked against an agreement's
-//! grant, rewritten for privacy (clamping to schema bounds, at most `k` rows
-//! per subject, the whole public domain of every `GROUP BY` column),
-//! computed in integers with DataFusion over the encrypted Parquet, and
-//! released with OpenDP noise and 95% confidence intervals.
+//! Custos privacy mechanisms, pure (no I/O, no Arrow, no DataFusion):
+//! aggregate SQL checked against an agreement's grant and planned for
+//! privacy (clamping to schema bounds, at most `k` rows per subject, the
+//! whole public domain of every `GROUP BY` column), true totals released
+//! with OpenDP noise and 95% confidence intervals, per-agreement tokens,
+//! and the private set intersection protocol.
 //!
-//! - [`query`]: the SQL allow-list (pure).
-//! - [`mechanism`]: calibration, noise and intervals through OpenDP (pure).
-//! - [`quantile`]: quantile scores and OpenDP's noisy max (pure).
-//! - [`execute`]: true bounded totals with DataFusion (reads files).
-//! - [`extract`]: pseudonymous extracts: tokens, generalisation, k-anonymity.
+//! - [`query`]: the SQL allow-list.
+//! - [`mechanism`]: calibration, noise and intervals through OpenDP.
+//! - [`quantile`]: quantile scores and OpenDP's noisy max.
+//! - [`tokens`]: per-agreement tokens and generalisation (extracts, matches).
 //! - [`psi`]: the private set intersection protocol core (ECDH on Ristretto255).
 //!
-//! Budgets and their durable charging are the broker's: [`plan`] says what
-//! a query will spend before anything is read, [`answer`] computes and
-//! noises it after the charge is durable.
+//! `custos-engine` computes a plan's [`Totals`] over the encrypted files;
+//! budgets and their durable charging are the broker's: [`plan`] says what
+//! a query will spend before anything is read, [`release`] noises the
+//! totals after the charge is durable.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod execute;
-pub mod extract;
 pub mod mechanism;
 pub mod psi;
 pub mod quantile;
 pub mod query;
+pub mod tokens;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
+use custos_model::schema::format_cents;
+use custos_model::{ColumnType, DatasetSchema};
 use custos_policy::scope::parse_row_scope;
 use custos_policy::{Grant, PrivacyGrant, PrivacyMeasure, ScopeFilter};
-use custos_store::schema::format_cents;
-use custos_store::{ColumnType, DatasetReader, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::mechanism::{NoisyVector, Sensitivity, release};
+use crate::mechanism::{NoisyVector, Sensitivity};
 use crate::query::{
     Aggregate, AggregateQuery, GrantedColumns, OutputColumn, QueryError, parse_query,
 };
@@ -57,9 +56,6 @@ pub enum PrivacyError {
     /// Noise could not be calibrated or drawn.
     #[error(transparent)]
     Mechanism(#[from] mechanism::MechanismError),
-    /// Computing the totals failed.
-    #[error(transparent)]
-    Execute(#[from] execute::ExecuteError),
     /// A column reached the noise step without declared bounds (the
     /// allow-list refuses such columns first; this is a fault).
     #[error("column `{0}` has no declared bounds")]
@@ -196,7 +192,7 @@ pub fn plan(
                     .into());
                 }
                 let column = schema.column(c).map(|c| c.class);
-                if column.is_some_and(custos_store::ColumnClass::is_identifying) {
+                if column.is_some_and(custos_model::ColumnClass::is_identifying) {
                     return Err(PrivacyError::Where(format!(
                         "column `{c}` is an identifier: aggregates never filter on identifiers"
                     )));
@@ -284,6 +280,28 @@ impl Cell {
     }
 }
 
+/// The true totals per group, before noise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totals {
+    /// Group keys in domain order (one label per `GROUP BY` column); one
+    /// empty key when the query has no `GROUP BY`.
+    pub groups: Vec<Vec<String>>,
+    /// Per aggregate (as in the query), per group: the integer total. For
+    /// `AVG` this is the sum; its count is in `avg_counts`. Empty for
+    /// quantiles (see `histograms`).
+    pub values: Vec<Vec<i64>>,
+    /// For each `AVG` aggregate, per group, the count of its rows.
+    pub avg_counts: Vec<Vec<i64>>,
+    /// Per aggregate, per group: for quantiles, the histogram of values
+    /// against the column's candidates ([`quantile::position`]); empty for
+    /// the others.
+    pub histograms: Vec<Vec<Vec<u64>>>,
+    /// Rows read after the filter, before bounding.
+    pub rows_scanned: u64,
+    /// Rows dropped by contribution bounding.
+    pub rows_dropped: u64,
+}
+
 /// An answer: the select list's columns, one row per group of the domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
@@ -345,12 +363,16 @@ fn format_value(ty: Option<ColumnType>, v: i64) -> String {
     }
 }
 
-/// Computes the plan's true totals and releases them with noise. Call it
-/// only after the spend is durably charged.
-pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answer, PrivacyError> {
-    let schema = reader.schema().clone();
+/// Releases the plan's true `totals` (computed by the engine over
+/// `schema`'s dataset) with noise. Call it only after the spend is durably
+/// charged.
+pub fn release(
+    plan: &QueryPlan,
+    schema: &DatasetSchema,
+    totals: &Totals,
+) -> Result<Answer, PrivacyError> {
+    let schema = schema.clone();
     let k = plan.privacy.contributions;
-    let totals = execute::totals(reader, &plan.query, plan.filter_sql.as_deref(), k).await?;
     let share = plan.spend / plan.releases() as f64;
     let measure = plan.privacy.measure;
     let mut released: Vec<Released> = Vec::new();
@@ -379,7 +401,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
             });
             continue;
         }
-        let noisy = release(
+        let noisy = mechanism::release(
             &totals.values[i],
             measure,
             share,
@@ -388,7 +410,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
         spent += noisy.spent;
         scales.push((a.label(), noisy.scale));
         let count = if matches!(a, Aggregate::Avg(_)) {
-            let c = release(
+            let c = mechanism::release(
                 &totals.avg_counts[avg_index],
                 measure,
                 share,
@@ -454,7 +476,7 @@ pub async fn answer(reader: Arc<DatasetReader>, plan: &QueryPlan) -> Result<Answ
 /// the same bounded query would give (for quantiles, the best candidate of
 /// the same grid). For demonstrations and tests; never released.
 pub fn exact_value(
-    totals: &execute::Totals,
+    totals: &Totals,
     query: &AggregateQuery,
     schema: &DatasetSchema,
     index: usize,

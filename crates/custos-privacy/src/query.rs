@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use custos_store::{ColumnClass, ColumnType, DatasetSchema};
+use custos_model::{ColumnClass, ColumnType, DatasetSchema};
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Query, SelectItem, SetExpr,
     Statement, TableFactor,
@@ -136,7 +136,7 @@ pub struct GrantedColumns<'a> {
 }
 
 impl GrantedColumns<'_> {
-    fn column(&self, name: &str) -> Result<&custos_store::schema::Column, QueryError> {
+    fn column(&self, name: &str) -> Result<&custos_model::schema::Column, QueryError> {
         let column = self
             .schema
             .column(name)
@@ -497,7 +497,7 @@ fn quantile_level(p: &Expr, expr: &Expr) -> Result<u32, QueryError> {
 
 /// How many keys a group column's declared domain has, without listing
 /// them; `None` if it has no finite declared domain.
-fn domain_size(column: &custos_store::schema::Column) -> Option<u128> {
+fn domain_size(column: &custos_model::schema::Column) -> Option<u128> {
     match (column.ty, column.bounds) {
         (ColumnType::Enum, _) if !column.values.is_empty() => Some(column.values.len() as u128),
         (ColumnType::Integer, Some((lo, hi))) => Some(hi.abs_diff(lo) as u128 + 1),
@@ -507,7 +507,7 @@ fn domain_size(column: &custos_store::schema::Column) -> Option<u128> {
 
 /// The released domain of a group column, in order, as SQL
 /// literals in storage form and as labels.
-pub fn group_domain(column: &custos_store::schema::Column) -> Vec<String> {
+pub fn group_domain(column: &custos_model::schema::Column) -> Vec<String> {
     match (column.ty, column.bounds) {
         (ColumnType::Enum, _) => column.values.clone(),
         (ColumnType::Integer, Some((lo, hi))) => (lo..=hi).map(|v| v.to_string()).collect(),

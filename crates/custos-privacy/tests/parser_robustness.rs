@@ -4,9 +4,9 @@
 //! panic, and whatever is accepted must still satisfy the allow-list.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use custos_model::DatasetSchema;
 use custos_policy::Agreement;
 use custos_privacy::query::Aggregate;
-use custos_store::DatasetSchema;
 
 const SEEDS: [&str; 6] = [
     "SELECT state, COUNT(*), SUM(refund) FROM tax_returns WHERE tax_year >= 2023 GROUP BY state",

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use custos_broker::{Actor, Custos, LookupRequest};
+use custos_broker::{MasterKeySource, NoProgress};
+use custos_model::Role;
 use custos_server::{Server, ServerConfig};
-use custos_store::{MasterKeySource, NoProgress, Role};
 
 const CLIENTS: usize = 64;
 

@@ -16,8 +16,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use custos_broker::{Actor, Custos, MatchRequest};
+use custos_broker::{MasterKeySource, NoProgress};
+use custos_model::Role;
 use custos_server::{HttpPeer, Server, ServerConfig};
-use custos_store::{MasterKeySource, NoProgress, Role};
 
 /// The 1M × 1M target (seconds, DESIGN.md / issue 7).
 const TARGET_SECONDS: f64 = 150.0;

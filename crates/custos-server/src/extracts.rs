@@ -63,15 +63,7 @@ pub async fn extract(
             ));
         }
     };
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw)
-        .map_err(|_| Problem::new(ProblemKind::Internal, "no randomness for a file name"))?;
-    let out = state
-        .custos
-        .home()
-        .root()
-        .join("staging")
-        .join(format!("http-{}.{extension}", hex::encode(raw)));
+    let out = state.custos.staging_file(extension)?;
     let report = state
         .custos
         .extract(

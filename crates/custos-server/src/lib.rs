@@ -10,6 +10,53 @@
 //! Connections are served by hyper directly (not `axum::serve`) so that a
 //! slow client's headers time out, TLS (rustls) and plain TCP share one
 //! path, and shutdown drains in-flight requests before the ledger closes.
+//!
+//! # One door
+//!
+//! This crate (like the CLI) sees data only through `custos_broker::Custos`,
+//! and the compiler holds it to that. It does not depend on `custos-store`
+//! or `custos-engine`, so it cannot name a dataset reader:
+//!
+//! ```compile_fail,E0432
+//! use custos_store::DatasetReader;
+//! ```
+//!
+//! and the broker keeps its home (master key, dataset files, catalogue),
+//! its subject commitments and its ledger appends to itself:
+//!
+//! ```compile_fail,E0624
+//! fn peek(custos: &custos_broker::Custos) {
+//!     let _home = custos.home();
+//! }
+//! ```
+//!
+//! ```compile_fail,E0624
+//! fn forge(custos: &custos_broker::Custos, entry: &custos_ledger::Entry) {
+//!     let _ = custos.append(entry);
+//! }
+//! ```
+//!
+//! ```compile_fail,E0624
+//! fn commit(custos: &custos_broker::Custos) {
+//!     let _ = custos.subjects();
+//! }
+//! ```
+//!
+//! A receipt of a durable append cannot be made up either (its field is
+//! private), so no answer that carries one can be built outside the broker:
+//!
+//! ```compile_fail,E0423
+//! let _ = custos_broker::Recorded(7);
+//! ```
+//!
+//! The control: what the broker does publish compiles.
+//!
+//! ```
+//! fn public(custos: &custos_broker::Custos) -> std::path::PathBuf {
+//!     let _ = custos.verifier_key();
+//!     custos.ledger_dir()
+//! }
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -53,12 +100,12 @@ pub enum ServerError {
     #[error("{0}")]
     Config(String),
     /// Binding or accepting failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// Why it failed.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Closing the broker (its ledger) failed.
     #[error(transparent)]
@@ -339,13 +386,12 @@ impl Server {
     pub async fn bind(custos: Custos, config: ServerConfig) -> Result<Self, ServerError> {
         config.check()?;
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Io {
-                    context: format!("cannot listen on {}", config.listen),
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|cause| ServerError::Io {
+                context: format!("cannot listen on {}", config.listen),
+                cause,
+            })?;
         Ok(Self {
             listener,
             custos: Arc::new(custos),
@@ -356,12 +402,10 @@ impl Server {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
-        self.listener
-            .local_addr()
-            .map_err(|source| ServerError::Io {
-                context: "no local address".into(),
-                source,
-            })
+        self.listener.local_addr().map_err(|cause| ServerError::Io {
+            context: "no local address".into(),
+            cause,
+        })
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets

@@ -28,6 +28,8 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// No such route or resource.
     NotFound,
+    /// The request contradicts the resource's current state.
+    Conflict,
     /// The route exists, not with this method.
     MethodNotAllowed,
     /// Too many requests for this token; retry later.
@@ -53,6 +55,7 @@ impl ProblemKind {
             Self::BodyTooLarge => "body-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::NotFound => "not-found",
+            Self::Conflict => "conflict",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::RateLimited => "rate-limited",
             Self::Overloaded => "overloaded",
@@ -71,6 +74,7 @@ impl ProblemKind {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded | Self::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +92,7 @@ impl ProblemKind {
             Self::BodyTooLarge => "Request body too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::NotFound => "Not found",
+            Self::Conflict => "Conflict",
             Self::MethodNotAllowed => "Method not allowed",
             Self::RateLimited => "Too many requests",
             Self::Overloaded => "Server busy",
@@ -159,7 +164,9 @@ impl From<BrokerError> for Problem {
             BrokerError::Auth(_) => Self::new(ProblemKind::Unauthorized, e.to_string()),
             BrokerError::Denied(_) => Self::new(ProblemKind::Denied, e.to_string()),
             BrokerError::Invalid(_) => Self::new(ProblemKind::Invalid, e.to_string()),
-            BrokerError::Dataset(custos_store::DatasetError::NotFound(_)) => {
+            BrokerError::Conflict(_) => Self::new(ProblemKind::Conflict, e.to_string()),
+            BrokerError::NotFound(_)
+            | BrokerError::Dataset(custos_broker::DatasetError::NotFound(_)) => {
                 Self::new(ProblemKind::NotFound, e.to_string())
             }
             BrokerError::Ledger(_) => {

@@ -217,7 +217,7 @@ pub async fn add_principal(
         .roles
         .iter()
         .map(|r| r.parse())
-        .collect::<Result<Vec<custos_store::Role>, String>>()
+        .collect::<Result<Vec<custos_model::Role>, String>>()
         .map_err(|e| Problem::new(ProblemKind::Invalid, e))?;
     let (principal, token) = state
         .custos

@@ -27,7 +27,7 @@ fn bytes(content_type: &'static str, body: Vec<u8>, cache: &'static str) -> Resp
 #[utoipa::path(get, path = "/checkpoint", tag = "public",
     responses((status = 200, description = "The signed checkpoint", content_type = "text/plain")))]
 pub async fn checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
-    let dir = state.custos.home().ledger_dir();
+    let dir = state.custos.ledger_dir();
     let note = tokio::task::spawn_blocking(move || LedgerReader::new(&dir).checkpoint_note())
         .await
         .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?
@@ -49,7 +49,7 @@ pub async fn tile(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::new(ProblemKind::NotFound, "no such tile");
     let id = TileId::from_path(&format!("tile/{path}")).ok_or_else(not_found)?;
-    let dir = state.custos.home().ledger_dir();
+    let dir = state.custos.ledger_dir();
     let full = id.is_full();
     let read = tokio::task::spawn_blocking(move || {
         // A superseded partial is served as the prefix of the tile that

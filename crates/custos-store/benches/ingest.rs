@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use custos_store::DatasetSchema;
+use custos_model::DatasetSchema;
 use custos_store::ingest::{FileEncryption, NoProgress, choose_bucket_count, write_buckets};
 use custos_store::keys::DataKey;
 

@@ -26,7 +26,7 @@ use crate::ingest::{
 };
 use crate::keys::{DataKey, KeyError, random_bytes};
 use crate::meta::{DatasetRecord, MetaError};
-use crate::schema::{
+use custos_model::schema::{
     ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, canonical_subject,
 };
 
@@ -54,12 +54,12 @@ pub enum DatasetError {
     #[error("the subject id is not a valid value of the dataset's subject column")]
     BadSubject,
     /// The stored schema no longer parses (corrupted catalogue).
-    #[error("stored schema of `{dataset}` is invalid: {source}")]
+    #[error("stored schema of `{dataset}` is invalid: {cause}")]
     Schema {
         /// The dataset.
         dataset: String,
         /// Why.
-        source: SchemaError,
+        cause: SchemaError,
     },
     /// A data file failed to open, decrypt or decode.
     #[error("dataset `{dataset}`, file `{file}`: {message}")]
@@ -118,9 +118,9 @@ fn storage_dir(home: &Home, storage_id: &str) -> PathBuf {
 
 fn summary(record: &DatasetRecord) -> Result<DatasetSummary, DatasetError> {
     let schema =
-        DatasetSchema::from_toml(&record.schema_toml).map_err(|source| DatasetError::Schema {
+        DatasetSchema::from_toml(&record.schema_toml).map_err(|cause| DatasetError::Schema {
             dataset: record.name.clone(),
-            source,
+            cause,
         })?;
     Ok(DatasetSummary {
         name: record.name.clone(),
@@ -261,9 +261,9 @@ pub async fn stage(
         return Err(IngestError::BadName(name.to_owned()));
     }
     let schema_toml = fs::read_to_string(schema_path).map_err(io_err(schema_path))?;
-    let schema = DatasetSchema::from_toml(&schema_toml).map_err(|source| IngestError::Schema {
+    let schema = DatasetSchema::from_toml(&schema_toml).map_err(|cause| IngestError::Schema {
         path: schema_path.to_owned(),
-        source,
+        cause,
     })?;
     if home.meta().dataset(name).await?.is_some() {
         return Err(IngestError::Exists(name.to_owned()));

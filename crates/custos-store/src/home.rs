@@ -71,12 +71,12 @@ pub enum HomeError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     /// A file system problem.
-    #[error("`{path}`: {source}")]
+    #[error("`{path}`: {cause}")]
     Io {
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -97,9 +97,9 @@ fn refuse_shared_key_file(path: &Path) -> Result<(), HomeError> {
 
 /// Attaches a path to an I/O error.
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
-    move |source| HomeError::Io {
+    move |cause| HomeError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 

@@ -32,7 +32,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::keys::{DataKey, KeyError, SubjectBucketer};
 use crate::meta::MetaError;
-use crate::schema::{
+use custos_model::schema::{
     Column, ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, canonical_subject,
     parse_date_days_bytes, parse_decimal_cents_bytes,
 };
@@ -84,12 +84,12 @@ pub enum IngestError {
     #[error("dataset `{0}` already exists")]
     Exists(String),
     /// The schema file was refused.
-    #[error("schema `{path}`: {source}")]
+    #[error("schema `{path}`: {cause}")]
     Schema {
         /// The schema file.
         path: PathBuf,
         /// Why.
-        source: SchemaError,
+        cause: SchemaError,
     },
     /// The CSV file broke the schema; nothing was stored.
     #[error(
@@ -103,12 +103,12 @@ pub enum IngestError {
         problems: Vec<IngestProblem>,
     },
     /// A file could not be read or written.
-    #[error("`{path}`: {source}")]
+    #[error("`{path}`: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The Parquet writer failed.
     #[error("writing Parquet failed: {0}")]
@@ -130,9 +130,9 @@ fn format_problems(problems: &[IngestProblem]) -> String {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
-    move |source| IngestError::Io {
+    move |cause| IngestError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 
@@ -264,7 +264,7 @@ fn writer_properties(
         // Dictionary pages pay only for low-cardinality columns; on unique
         // values (ids, names, amounts) they cost time and then fall back.
         let low_cardinality =
-            c.ty == ColumnType::Enum || c.class == crate::schema::ColumnClass::Public;
+            c.ty == ColumnType::Enum || c.class == custos_model::schema::ColumnClass::Public;
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), low_cardinality);
         if c.class.is_identifying() {
@@ -893,9 +893,9 @@ pub fn write_buckets(
 fn csv_error(path: &Path, e: csv::Error) -> IngestError {
     let line = e.position().map_or(0, csv::Position::line);
     match e.into_kind() {
-        csv::ErrorKind::Io(source) => IngestError::Io {
+        csv::ErrorKind::Io(cause) => IngestError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         },
         _ => IngestError::Rejected {
             file: path.to_owned(),

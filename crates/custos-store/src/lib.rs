@@ -1,11 +1,11 @@
-//! Custos storage: dataset schemas, encrypted Parquet datasets, keys, and the
-//! metadata store of a Custos home.
+//! Custos storage: encrypted Parquet datasets, keys, and the metadata store of
+//! a Custos home. The schemas and principals it stores are
+//! [`custos_model`]'s.
 //!
-//! - [`schema`]: the TOML schema that classes every column (pure).
 //! - [`keys`]: master key, wrapped per-dataset data keys, derived file keys.
 //! - [`home`]: the data directory: `init`, `open`, layout.
 //! - [`meta`]: the metadata store interface and its SQLite backend.
-//! - [`principal`]: principals, roles and API tokens (hashed at rest).
+//! - [`principal`]: issuing API tokens (only their hash is kept).
 //! - [`requests`]: look-up requests, approvals, the accounting of disclosures.
 //! - [`budgets`]: privacy budgets per agreement and dataset, charged atomically.
 //! - [`ingest`]: CSV → bucketed, encrypted Parquet (streaming, atomic).
@@ -22,11 +22,8 @@ pub mod matches;
 pub mod meta;
 pub mod principal;
 pub mod requests;
-pub mod schema;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
 pub use home::{Home, HomeError, InitReport, MasterKeySource};
 pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
 pub use keys::{KeyError, MasterKey};
-pub use principal::{Principal, PrincipalError, Role};
-pub use schema::{ColumnClass, ColumnType, DatasetSchema, SchemaError};

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 
 use crate::budgets::BudgetStore;
 use crate::matches::MatchStore;
-use crate::principal::{Principal, format_roles, parse_roles};
 use crate::requests::RequestStore;
+use custos_model::AgreementStatus;
+use custos_model::principal::{Principal, format_roles, parse_roles};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -87,8 +88,8 @@ pub struct AgreementVersion {
 /// The state of an agreement as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgreementState {
-    /// `active`, `suspended` or `revoked`.
-    pub state: String,
+    /// Active, suspended or revoked.
+    pub state: AgreementStatus,
     /// RFC 3339 time of the last change.
     pub changed_at: String,
     /// Principal id who changed it.
@@ -218,7 +219,10 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementVersion, M
 
 fn state_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementState, MetaError> {
     Ok(AgreementState {
-        state: row.try_get("state")?,
+        state: row
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(MetaError::Database)?,
         changed_at: row.try_get("changed_at")?,
         changed_by: row.try_get("changed_by")?,
         reason: row.try_get("reason")?,
@@ -419,7 +423,7 @@ impl MetadataStore for SqliteMetadata {
 
     async fn set_agreement_state(&self, id: &str, state: &AgreementState) -> Result<(), MetaError> {
         sqlx::query("UPDATE agreement_states SET state = ?, changed_at = ?, changed_by = ?, reason = ? WHERE id = ?")
-            .bind(&state.state)
+            .bind(state.state.as_str())
             .bind(&state.changed_at)
             .bind(&state.changed_by)
             .bind(&state.reason)
@@ -488,10 +492,7 @@ mod tests {
             id: "p0000000000000001".into(),
             name: "alice".into(),
             org: "IRS".into(),
-            roles: vec![
-                crate::principal::Role::Admin,
-                crate::principal::Role::Approver,
-            ],
+            roles: vec![custos_model::Role::Admin, custos_model::Role::Approver],
             created_at: "t".into(),
             created_by: "local-admin".into(),
             revoked_at: None,
@@ -546,7 +547,7 @@ mod tests {
             (1, 2, "active")
         );
         let suspended = AgreementState {
-            state: "suspended".into(),
+            state: AgreementStatus::Suspended,
             changed_at: "t3".into(),
             changed_by: "p".into(),
             reason: Some("audit".into()),
@@ -560,7 +561,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store.agreement_state("a1").await.unwrap().unwrap().state,
-            "suspended"
+            AgreementStatus::Suspended
         );
     }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, StringArray};
+use custos_model::schema::SUBJECT_KEY_COLUMN;
 use custos_store::dataset::{self, DatasetReader};
-use custos_store::schema::SUBJECT_KEY_COLUMN;
 use custos_store::{Home, MasterKeySource, NoProgress};
 
 const SCHEMA: &str = r#"

@@ -26,12 +26,12 @@ pub use schemas::{BENEFITS_SCHEMA, DEATHS_SCHEMA, TAX_RETURNS_SCHEMA};
 #[non_exhaustive]
 pub enum SynthError {
     /// A file could not be written.
-    #[error("`{path}`: {source}")]
+    #[error("`{path}`: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Zero rows were asked for.
     #[error("--rows must be at least 1")]
@@ -84,9 +84,9 @@ struct Sink {
 
 impl Sink {
     fn create(path: PathBuf, header: &[&str]) -> Result<Self, SynthError> {
-        let file = fs::File::create(&path).map_err(|source| SynthError::Io {
+        let file = fs::File::create(&path).map_err(|cause| SynthError::Io {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
         writer.write_record(header).map_err(|e| csv_io(&path, e))?;
@@ -108,14 +108,14 @@ impl Sink {
         let path = self.path;
         let inner = self.writer.into_inner().map_err(|e| SynthError::Io {
             path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            cause: std::io::Error::other(e.to_string()),
         })?;
         let file = inner.into_inner().map_err(|e| SynthError::Io {
             path: path.clone(),
-            source: e.into_error(),
+            cause: e.into_error(),
         })?;
         file.sync_all()
-            .map_err(|source| SynthError::Io { path, source })?;
+            .map_err(|cause| SynthError::Io { path, cause })?;
         Ok(self.rows)
     }
 }
@@ -123,19 +123,19 @@ impl Sink {
 fn csv_io(path: &Path, e: csv::Error) -> SynthError {
     SynthError::Io {
         path: path.to_owned(),
-        source: std::io::Error::other(e.to_string()),
+        cause: std::io::Error::other(e.to_string()),
     }
 }
 
 fn write_text(path: PathBuf, text: &str) -> Result<PathBuf, SynthError> {
-    let mut file = fs::File::create(&path).map_err(|source| SynthError::Io {
+    let mut file = fs::File::create(&path).map_err(|cause| SynthError::Io {
         path: path.clone(),
-        source,
+        cause,
     })?;
     file.write_all(text.as_bytes())
-        .map_err(|source| SynthError::Io {
+        .map_err(|cause| SynthError::Io {
             path: path.clone(),
-            source,
+            cause,
         })?;
     Ok(path)
 }
@@ -151,9 +151,9 @@ pub fn generate(
     if options.tax_rows == 0 {
         return Err(SynthError::NoRows);
     }
-    fs::create_dir_all(out).map_err(|source| SynthError::Io {
+    fs::create_dir_all(out).map_err(|cause| SynthError::Io {
         path: out.to_owned(),
-        source,
+        cause,
     })?;
     let population = options.tax_rows.div_ceil(3).clamp(1, subject_space());
     let years = options.tax_rows.div_ceil(population);

@@ -1,6 +1,6 @@
 //! Progress bars on a terminal (hidden automatically when stderr is not one).
 
-use custos_store::IngestProgress;
+use custos_broker::IngestProgress;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// An ingest progress bar over the input's bytes.

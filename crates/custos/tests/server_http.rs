@@ -338,7 +338,12 @@ fn remote(
 
 /// The same command on the local home (read-only ones: the server holds the ledger).
 fn local(home: &Home, args: &[&str]) -> String {
-    let out = common::custos(&home.path(), None)
+    local_as(home, None, args)
+}
+
+/// A command on the local home as the principal of `token`.
+fn local_as(home: &Home, token: Option<&str>, args: &[&str]) -> String {
+    let out = common::custos(&home.path(), token)
         .args(args)
         .output()
         .unwrap();
@@ -353,17 +358,23 @@ fn local(home: &Home, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cli_command_but_the_local_ones_works_through_the_server() {
     let home = Home::new();
-    let server = Server::start(&home.path(), &[]);
-
-    // Datasets: the same answers as on the home for an overseer; a
-    // requester gets the schema without the dataset's exact size.
-    for args in [
+    // Datasets: the same answers as on the home for an overseer (asked
+    // locally first: the server will hold the ledger, and listing acts as
+    // a principal like every other command); a requester gets the schema
+    // without the dataset's exact size.
+    let dataset_commands = [
         &["dataset", "list"][..],
         &["dataset", "describe", "tax_returns", "--json"],
-    ] {
+    ];
+    let local_answers: Vec<String> = dataset_commands
+        .iter()
+        .map(|args| local_as(&home, Some(&home.olga), args))
+        .collect();
+    let server = Server::start(&home.path(), &[]);
+    for (args, local) in dataset_commands.iter().zip(&local_answers) {
         let (ok, out, err) = remote(&home, &server, Some(&home.olga), args);
         assert!(ok, "{err}");
-        assert_eq!(out, local(&home, args), "{args:?}");
+        assert_eq!(&out, local, "{args:?}");
     }
     let (ok, out, err) = remote(
         &home,

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Subcommand;
+use custos_broker::DatasetSummary;
+use custos_broker::IngestReport;
 use custos_broker::{Actor, Custos};
-use custos_store::IngestReport;
-use custos_store::dataset::{self, DatasetSummary};
 
-use super::gateway::{Client, segment};
-use super::{human_bytes, human_count, open_custos, open_home, token_from_env};
+use super::gateway::Gateway;
+use super::{human_bytes, human_count, open_custos, token_from_env};
 use crate::progress::IngestBar;
 
 /// Dataset commands.
@@ -49,13 +49,10 @@ pub enum DatasetCommand {
 
 /// Runs a dataset command.
 pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyhow::Result<()> {
-    // Listing and describing read only the catalogue: locally they need no
-    // token; a server asks for one (any principal).
-    let remote = server
-        .map(|url| Client::new(url, token_from_env()))
-        .transpose()?;
+    // Listing and describing act as `CUSTOS_TOKEN`'s principal, locally as
+    // over a server: each sees the datasets of the agreements it may see.
     match cmd {
-        DatasetCommand::Ingest { .. } if remote.is_some() => anyhow::bail!(
+        DatasetCommand::Ingest { .. } if server.is_some() => anyhow::bail!(
             "`dataset ingest` reads a local CSV file into the local home; run it on the custodian's machine, without --server"
         ),
         DatasetCommand::Ingest { schema, name, file } => {
@@ -69,10 +66,10 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
             print_ingest(&result?);
         }
         DatasetCommand::List { json } => {
-            let all: Vec<DatasetSummary> = match &remote {
-                Some(c) => c.get("/v1/datasets").await?,
-                None => dataset::list(&open_home(home).await?).await?,
-            };
+            let gateway = Gateway::connect(home, server).await?;
+            let all = gateway.datasets().await;
+            gateway.close()?;
+            let all = all?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
@@ -95,10 +92,10 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
             }
         }
         DatasetCommand::Describe { name, json } => {
-            let d = match &remote {
-                Some(c) => c.get(&format!("/v1/datasets/{}", segment(&name)?)).await?,
-                None => dataset::describe(&open_home(home).await?, &name).await?,
-            };
+            let gateway = Gateway::connect(home, server).await?;
+            let d = gateway.describe(&name).await;
+            gateway.close()?;
+            let d = d?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
@@ -167,16 +164,16 @@ pub fn print_description(d: &DatasetSummary) {
     );
     for c in &d.schema.columns {
         let extra = match (c.ty, c.bounds) {
-            (custos_store::ColumnType::Enum, _) => format!("{} values", c.values.len()),
-            (custos_store::ColumnType::Decimal, Some((lo, hi))) => format!(
+            (custos_model::ColumnType::Enum, _) => format!("{} values", c.values.len()),
+            (custos_model::ColumnType::Decimal, Some((lo, hi))) => format!(
                 "[{}, {}]",
-                custos_store::schema::format_cents(lo),
-                custos_store::schema::format_cents(hi)
+                custos_model::schema::format_cents(lo),
+                custos_model::schema::format_cents(hi)
             ),
-            (custos_store::ColumnType::Date, Some((lo, hi))) => format!(
+            (custos_model::ColumnType::Date, Some((lo, hi))) => format!(
                 "[{}, {}]",
-                custos_store::schema::format_date_days(lo),
-                custos_store::schema::format_date_days(hi)
+                custos_model::schema::format_date_days(lo),
+                custos_model::schema::format_date_days(hi)
             ),
             (_, Some((lo, hi))) => format!("[{lo}, {hi}]"),
             _ => String::new(),

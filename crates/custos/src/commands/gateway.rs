@@ -5,16 +5,17 @@
 use std::path::Path;
 use std::time::Duration;
 
+use custos_broker::DatasetSummary;
+use custos_broker::MatchJob;
 use custos_broker::{
     Actor, AggregateAnswer, AgreementReport, AgreementStatus, Custos, ExtractFormat, ExtractReport,
     ExtractRequest, LookupDetails, LookupRequest, LookupTicket, MatchReport, MatchRequest,
     Released, SubjectReport,
 };
+use custos_broker::{AgreementState, AgreementVersion};
+use custos_model::{Principal, Role};
 use custos_policy::Agreement;
 use custos_server::HttpPeer;
-use custos_store::matches::MatchJob;
-use custos_store::meta::{AgreementState, AgreementVersion};
-use custos_store::{Principal, Role};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -297,6 +298,23 @@ impl Gateway {
                 let a: Applied = c.post("/v1/agreements", &json!({ "toml": text })).await?;
                 Ok((a.version, a.agreement))
             }
+        }
+    }
+
+    /// `custos dataset list`: the datasets this principal may see.
+    pub async fn datasets(&self) -> anyhow::Result<Vec<DatasetSummary>> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.datasets(actor).await?),
+            Self::Remote(c) => c.get("/v1/datasets").await,
+        }
+    }
+
+    /// `custos dataset describe`: one dataset's schema (and, for admins and
+    /// overseers, its size).
+    pub async fn describe(&self, name: &str) -> anyhow::Result<DatasetSummary> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.describe(actor, name).await?),
+            Self::Remote(c) => c.get(&format!("/v1/datasets/{}", segment(name)?)).await,
         }
     }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Args;
 use custos_broker::Custos;
-use custos_store::MasterKeySource;
+use custos_broker::MasterKeySource;
 
 use super::master_key_from_env;
 

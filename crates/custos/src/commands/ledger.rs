@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use custos_ledger::{
-    ConsistencyProof, Entry, InclusionProof, LedgerReader, NoteSigner, verify_consistency,
-    verify_inclusion, verify_ledger,
+    ConsistencyProof, Entry, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,
+    verify_ledger,
 };
 use serde::Serialize;
 
 use super::gateway::Client;
 use super::mirror::{Mirror, Wanted, mirror};
-use super::{open_custos, open_home};
+use super::{open_custos, published_ledger};
 
 /// Ledger commands.
 #[derive(Debug, Subcommand)]
@@ -164,7 +164,7 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                     .ok_or_else(|| anyhow::anyhow!("the server publishes no /checkpoint"))?,
                 None => {
                     let custos = open_custos(home_dir).await?;
-                    let cp = custos.ledger().checkpoint()?;
+                    let cp = custos.checkpoint()?;
                     custos.close()?;
                     cp.note
                 }
@@ -177,9 +177,8 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                     "the verifier key must come from the custodian, not from the server it verifies; run `custos ledger public-key` on the custodian's machine"
                 );
             }
-            let home = open_home(home_dir).await?;
-            let signer = NoteSigner::new(&home.origin().await?, home.signing_key().await?);
-            println!("{}", signer.verifier_key());
+            let (_, key) = published_ledger(home_dir).await?;
+            println!("{key}");
         }
         LedgerCommand::Show { from, key, json } => {
             let wanted = Wanted {
@@ -311,9 +310,8 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
 
 /// A reader over the home's ledger and its verifier key (from the home).
 async fn reader_and_key(home_dir: &Path) -> anyhow::Result<(LedgerReader, String)> {
-    let home = open_home(home_dir).await?;
-    let signer = NoteSigner::new(&home.origin().await?, home.signing_key().await?);
-    Ok((LedgerReader::new(&home.ledger_dir()), signer.verifier_key()))
+    let (dir, key) = published_ledger(home_dir).await?;
+    Ok((LedgerReader::new(&dir), key))
 }
 
 fn print_entry(index: u64, e: &Entry) {

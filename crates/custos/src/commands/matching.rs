@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use custos_broker::MatchJob;
 use custos_broker::{MatchReport, MatchRequest};
-use custos_store::matches::MatchJob;
 use serde_json::Value;
 use zeroize::Zeroizing;
 

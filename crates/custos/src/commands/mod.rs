@@ -18,7 +18,7 @@ pub mod serve;
 
 use std::path::Path;
 
-use custos_store::{Home, HomeError, IngestError, MasterKey};
+use custos_broker::{HomeError, IngestError, MasterKey};
 
 /// Reads `CUSTOS_MASTER_KEY`, if set. The value is never printed.
 pub fn master_key_from_env() -> anyhow::Result<Option<MasterKey>> {
@@ -38,10 +38,10 @@ pub fn token_from_env() -> Option<zeroize::Zeroizing<String>> {
         .map(zeroize::Zeroizing::new)
 }
 
-/// Opens the home, taking the master key from the environment if set.
-/// For reading metadata; actions go through [`open_custos`].
-pub async fn open_home(home: &Path) -> anyhow::Result<Home> {
-    Ok(Home::open(home, master_key_from_env()?).await?)
+/// The home's published ledger directory and its checkpoints' verifier
+/// key, without opening the ledger's writer (works beside a server).
+pub async fn published_ledger(home: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+    Ok(custos_broker::published_ledger(home, master_key_from_env()?).await?)
 }
 
 /// Opens the home with its ledger, for actions that must be ledgered.
@@ -60,7 +60,7 @@ pub fn report_error(e: &anyhow::Error) {
         for p in problems {
             eprintln!("  {}:{p}", file.display());
         }
-        if problems.len() >= custos_store::ingest::MAX_PROBLEMS {
+        if problems.len() >= custos_broker::MAX_PROBLEMS {
             eprintln!("  (stopped after the first {} problems)", problems.len());
         }
         return;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use clap::Subcommand;
-use custos_store::Role;
+use custos_model::Role;
 
 use super::gateway::Gateway;
 

@@ -82,7 +82,7 @@ async fn run(rows: u64) {
     // The same rows in the same bucket layout, unencrypted.
     let plain_dir = temp.path().join("plain");
     std::fs::create_dir_all(&plain_dir).unwrap();
-    let schema = custos_store::DatasetSchema::from_toml(
+    let schema = custos_model::DatasetSchema::from_toml(
         &std::fs::read_to_string(data.join("tax_returns.schema.toml")).unwrap(),
     )
     .unwrap();
@@ -142,7 +142,7 @@ async fn run(rows: u64) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, dp_sql, plain_sql) in cases {
-        let ctx = custos_privacy::execute::session(Arc::clone(&reader), false);
+        let ctx = custos_engine::execute::session(Arc::clone(&reader), false);
         ctx.register_parquet(
             "tax_returns",
             dir.to_string_lossy().as_ref(),
@@ -169,7 +169,7 @@ async fn run(rows: u64) {
         let mut dp = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();
-            let answer = custos_privacy::answer(Arc::clone(&reader), &plan)
+            let answer = custos_engine::answer(Arc::clone(&reader), &plan)
                 .await
                 .unwrap();
             assert!(!answer.rows.is_empty());

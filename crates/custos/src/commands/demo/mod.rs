@@ -1,13 +1,17 @@
 //! `custos demo`: the whole story on synthetic data in a temporary home.
+//! Every step acts as a principal through the broker, like any other
+//! command; true values come from the demo's own synthetic files.
+
+mod truth;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use custos_broker::MasterKeySource;
 use custos_broker::{Actor, Custos};
 use custos_ledger::{LedgerReader, verify_inclusion, verify_ledger};
-use custos_store::dataset::{self, DatasetReader};
-use custos_store::{MasterKeySource, Role};
+use custos_model::Role;
 
 use super::dataset::{ingest_with_progress, print_description, print_ingest};
 use super::generate::{GenerateArgs, generate_with_progress};
@@ -30,16 +34,20 @@ pub struct DemoArgs {
 
 /// The aggregate-mode example of docs/agreements.md.
 const AGGREGATE_AGREEMENT: &str =
-    include_str!("../../../../docs/examples/agreement-aggregate.toml");
+    include_str!("../../../../../docs/examples/agreement-aggregate.toml");
 
 /// The matching example: the registry's copy and the requester's copy.
-const MATCH_AGREEMENT: &str = include_str!("../../../../docs/examples/agreement-match.toml");
+const MATCH_AGREEMENT: &str = include_str!("../../../../../docs/examples/agreement-match.toml");
 const MATCH_AGREEMENT_REQUESTER: &str =
-    include_str!("../../../../docs/examples/agreement-match-requester.toml");
+    include_str!("../../../../../docs/examples/agreement-match-requester.toml");
+
+/// The identified-mode example of docs/agreements.md.
+const IDENTIFIED_AGREEMENT: &str =
+    include_str!("../../../../../docs/examples/agreement-identified.toml");
 
 /// The pseudonymous-mode example of docs/agreements.md.
 const PSEUDONYMOUS_AGREEMENT: &str =
-    include_str!("../../../../docs/examples/agreement-pseudonymous.toml");
+    include_str!("../../../../../docs/examples/agreement-pseudonymous.toml");
 
 fn step(n: u32, title: &str) {
     println!();
@@ -112,16 +120,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     step(3, "ingest: CSV → Parquet, encrypted at rest");
-    let home = custos.home();
     // The bootstrap exception: with no principal yet, the console may create
     // the first admin. From then on every action runs as a principal.
     let (_, token) = custos
-        .add_principal(
-            &Actor::LocalAdmin,
-            "custodian",
-            "Data Office",
-            &[Role::Admin],
-        )
+        .add_principal(&Actor::LocalAdmin, "custodian", "IRS", &[Role::Admin])
         .await?;
     let admin = custos.authenticate(token.reveal()).await?;
     println!(
@@ -166,7 +168,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     step(5, "what a custodian sees: the schema, never the values");
-    let tax = dataset::describe(home, "tax_returns").await?;
+    let tax = custos.describe(&admin, "tax_returns").await?;
     print_description(&tax);
 
     step(
@@ -188,49 +190,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "a plaintext identifier was found in the data directory"
     );
 
-    step(7, "finding one person's rows without scanning the dataset");
-    let reader = DatasetReader::open(home, "tax_returns").await?;
-    let started = Instant::now();
-    let batches = reader.subject_rows(&sample_tin, Some(&["tax_year", "refund"]))?;
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    println!(
-        "  Read 1 of {} bucket files (chosen by a keyed hash of the TIN) and found {rows} returns in {:.1} ms.",
-        tax.buckets,
-        started.elapsed().as_secs_f64() * 1000.0
+    step(
+        7,
+        "an identified look-up: justified, approved by a second person, accounted for",
     );
-    println!("  (Values are not shown: releasing a named person's record needs an agreement, a");
-    println!("  justification and a second person's approval.)");
+    lookup_demo(&custos, &admin, &sample_tin, tax.buckets).await?;
 
     step(
         8,
-        "an identified look-up: justified, approved by a second person, accounted for",
+        "aggregate questions: differentially private answers under a budget",
     );
-    lookup_demo(&custos, &admin, &sample_tin).await?;
+    aggregate_demo(&custos, &admin, &data_dir).await?;
 
     step(
         9,
-        "aggregate questions: differentially private answers under a budget",
-    );
-    aggregate_demo(&custos, &admin).await?;
-
-    step(
-        10,
         "a pseudonymous extract: rows for researchers, without identities",
     );
     extract_demo(&custos, &admin, &base, &data_dir, &sample_tin).await?;
 
     step(
-        11,
+        10,
         "private matching: the benefits roll against another agency's death registry",
     );
     match_demo(&custos, &admin, &base, &generated).await?;
 
     step(
-        12,
+        11,
         "the ledger: every action written where it can't be erased",
     );
-    let ledger = custos.ledger();
-    let checkpoint = ledger.checkpoint()?;
+    let checkpoint = custos.checkpoint()?;
     println!(
         "  {} entries so far (init, principals, ingests, agreements, refusals, the look-up, the extract, the match).",
         checkpoint.size
@@ -239,14 +227,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for line in String::from_utf8_lossy(&checkpoint.note).lines() {
         println!("    {line}");
     }
-    let reader = LedgerReader::new(ledger.dir());
+    let reader = LedgerReader::new(&custos.ledger_dir());
     let proof = reader.inclusion_proof(2, checkpoint.size, checkpoint.size)?;
     verify_inclusion(&proof)?;
     println!(
         "  Entry 2 (the tax-return ingest) is provably in it: an inclusion proof of {} hashes verifies.",
         proof.proof.len()
     );
-    let key = ledger.verifier_key().to_owned();
+    let key = custos.verifier_key().to_owned();
     custos.close()?;
     let report = verify_ledger(&home_dir.join("ledger"), &key, Some(&checkpoint.note))?;
     println!(
@@ -311,7 +299,7 @@ fn match_agreements(pad_to: u64) -> (String, String) {
     (pad(MATCH_AGREEMENT), pad(MATCH_AGREEMENT_REQUESTER))
 }
 
-/// Step 11: a second home (the death registry) served on a loopback port;
+/// Step 10: a second home (the death registry) served on a loopback port;
 /// this home (the benefits agency) matches its roll against it.
 async fn match_demo(
     custos: &Custos,
@@ -360,7 +348,7 @@ async fn match_demo(
         "  agreement `{}` applied, and a token issued to SSA's matching account.",
         version.id
     );
-    let registry_key = registry.ledger().verifier_key().to_owned();
+    let registry_key = registry.verifier_key().to_owned();
     let server = custos_server::Server::bind(
         registry,
         custos_server::ServerConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -453,7 +441,7 @@ async fn match_demo(
     Ok(())
 }
 
-/// Step 10: an extract under the pseudonymous example, its first rows, and
+/// Step 9: an extract under the pseudonymous example, its first rows, and
 /// a check that no TIN of the source is in it.
 async fn extract_demo(
     custos: &Custos,
@@ -557,9 +545,10 @@ fn aggregate_agreement() -> String {
     in_force_around_today(AGGREGATE_AGREEMENT, 300)
 }
 
-/// Step 9: a few questions with their true values beside, then a refusal
+/// Step 8: a few questions with their true values beside, then a refusal
 /// for budget.
-async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
+async fn aggregate_demo(custos: &Custos, admin: &Actor, data_dir: &Path) -> anyhow::Result<()> {
+    let mut truth = truth::TaxTruth::from_csv(&data_dir.join("tax_returns.csv"))?;
     let (_, token) = custos
         .add_principal(admin, "gina", "GAO", &[Role::Requester])
         .await?;
@@ -568,12 +557,9 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
         "  gina (GAO, requester) asks under `gao-refund-statistics` (zCDP, ρ = 1 in all, ≤ 0.1 a query,"
     );
     println!(
-        "  at most 3 returns per taxpayer). True values are computed by the demo to show the error;"
+        "  at most 3 returns per taxpayer). True values come from the demo's own synthetic CSV, to"
     );
-    println!("  a requester never sees them.");
-    let reader = std::sync::Arc::new(DatasetReader::open(custos.home(), "tax_returns").await?);
-    let agreement = custos_policy::Agreement::from_toml(&aggregate_agreement())?;
-    let grant = &agreement.grants[0];
+    println!("  show the error; a requester never sees them.");
     let questions = [
         (
             "How many taxpayers filed at all?",
@@ -601,31 +587,23 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
         println!("  {title}");
         println!("    {sql}");
         let answer = custos
-            .query_aggregate(&gina, &agreement.id, sql, None)
+            .query_aggregate(&gina, "gao-refund-statistics", sql, None)
             .await?;
-        let plan = custos_privacy::plan(sql, "tax_returns", reader.schema(), grant, None)?;
-        let truth = custos_privacy::execute::totals(
-            std::sync::Arc::clone(&reader),
-            &plan.query,
-            plan.filter_sql.as_deref(),
-            grant.privacy.as_ref().map_or(1, |p| p.contributions),
-        )
-        .await?;
-        for (g, row) in answer.answer.rows.iter().enumerate() {
-            let key = truth.groups[g].join(" ");
+        let grouped = usize::from(sql.contains("GROUP BY"));
+        for row in &answer.answer.rows {
+            let key = if grouped == 1 {
+                row[0].value.clone().unwrap_or_default()
+            } else {
+                String::new()
+            };
             if let Some(only) = only
                 && !only.contains(&key.as_str())
             {
                 continue;
             }
             let mut cells = Vec::new();
-            for (c, (name, out)) in plan.query.output.iter().enumerate() {
-                let custos_privacy::query::OutputColumn::Aggregate(i) = out else {
-                    continue;
-                };
-                let true_value =
-                    custos_privacy::exact_value(&truth, &plan.query, reader.schema(), *i, g);
-                let cell = &row[c];
+            for (name, cell) in answer.answer.columns.iter().zip(row).skip(grouped) {
+                let true_value = truth.value(name, &key).unwrap_or_else(|| "?".into());
                 let error = match (&cell.low, &cell.high, cell.rank_error) {
                     (Some(low), Some(high), _) => format!("[{low} … {high}]"),
                     (_, _, Some(rank)) => format!("(rank ± {rank})"),
@@ -675,42 +653,22 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An identified-mode agreement valid from a month ago for a year, so the
-/// demo works on any day.
+/// The identified-mode example of docs/agreements.md, in force around
+/// today. The demo's look-up is not a law-enforcement one, so it is not
+/// withheld from the subject's report (the example's exemption is left out).
 fn identified_agreement() -> String {
-    let today = chrono::Utc::now().date_naive();
-    let from = today - chrono::Days::new(30);
-    let until = today + chrono::Days::new(335);
-    format!(
-        r#"id = "tigta-refund-cases"
-title = "TIGTA look-ups in refund fraud cases"
-purpose = "Investigate refunds deposited to accounts shared by many filers"
-valid_from = {from}
-valid_until = {until}
-
-[parties]
-custodian = "Data Office"
-requester = "TIGTA"
-
-[legal_authority]
-citation = "26 U.S.C. 6103(h)(1)"
-
-[[grants]]
-dataset = "tax_returns"
-mode = "identified"
-columns = ["tin", "name", "tax_year", "refund", "bank_account", "state"]
-row_scope = "tax_year >= 2023"
-
-[grants.limits]
-subjects_per_day = 20
-requests_per_hour = 60
-approvals = 1
-"#
-    )
+    in_force_around_today(IDENTIFIED_AGREEMENT, 335)
+        .replace("[withhold_from_subject_reports]\n", "")
+        .replace("citation = \"5 U.S.C. 552a(k)(2)\"\n", "")
 }
 
-/// Step 8: request → refused early fetch → approval → fetch → report.
-async fn lookup_demo(custos: &Custos, admin: &Actor, tin: &str) -> anyhow::Result<()> {
+/// Step 7: request → refused early fetch → approval → fetch → report.
+async fn lookup_demo(
+    custos: &Custos,
+    admin: &Actor,
+    tin: &str,
+    buckets: u32,
+) -> anyhow::Result<()> {
     let (version, _) = custos
         .apply_agreement(admin, &identified_agreement())
         .await?;
@@ -722,7 +680,7 @@ async fn lookup_demo(custos: &Custos, admin: &Actor, tin: &str) -> anyhow::Resul
     let mut people = Vec::new();
     for (name, org, role) in [
         ("rita", "TIGTA", Role::Requester),
-        ("adam", "Data Office", Role::Approver),
+        ("adam", "IRS", Role::Approver),
         ("olga", "GAO", Role::Overseer),
     ] {
         let (_, token) = custos.add_principal(admin, name, org, &[role]).await?;
@@ -759,14 +717,19 @@ async fn lookup_demo(custos: &Custos, admin: &Actor, tin: &str) -> anyhow::Resul
     }
     let approved = custos.approve_lookup(adam, &ticket.id).await?;
     println!(
-        "  adam (Data Office, approver) reads the justification and approves: {} of {}, {}.",
+        "  adam (IRS, approver) reads the justification and approves: {} of {}, {}.",
         approved.approvals,
         approved.approvals_required,
         approved.state.as_str()
     );
+    let started = Instant::now();
     let released = custos.fetch_lookup(rita, &ticket.id).await?;
     println!(
-        "  rita fetches. Ledger entry {} recording the release was durable before these rows left:",
+        "  rita fetches ({:.1} ms: Custos read 1 of {buckets} bucket files, chosen by a keyed hash of the TIN).",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    println!(
+        "  Ledger entry {} recording the release was durable before these rows left:",
         released.ledger_index
     );
     for line in super::table(&released.columns, &released.rows).lines() {

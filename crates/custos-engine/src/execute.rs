@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray, StringViewArray};
 use async_trait::async_trait;
-use custos_store::schema::SUBJECT_KEY_COLUMN;
-use custos_store::{DatasetReader, DatasetSchema};
+use custos_model::DatasetSchema;
+use custos_model::schema::SUBJECT_KEY_COLUMN;
+use custos_store::DatasetReader;
 use datafusion::common::config::{EncryptionFactoryOptions, TableOptions};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::parquet_encryption::EncryptionFactory;
@@ -30,8 +31,9 @@ use datafusion::parquet::encryption::decrypt::FileDecryptionProperties;
 use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
-use crate::quantile;
-use crate::query::{Aggregate, AggregateQuery, group_domain};
+use custos_privacy::Totals;
+use custos_privacy::quantile;
+use custos_privacy::query::{Aggregate, AggregateQuery, group_domain};
 
 /// The encryption factory's id in a session.
 const FACTORY: &str = "custos-buckets";
@@ -118,28 +120,6 @@ pub fn session(reader: Arc<DatasetReader>, identity: bool) -> SessionContext {
         .with_table_options(table_options)
         .build();
     SessionContext::new_with_state(state)
-}
-
-/// The true totals per group, before noise.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Totals {
-    /// Group keys in domain order (one label per `GROUP BY` column); one
-    /// empty key when the query has no `GROUP BY`.
-    pub groups: Vec<Vec<String>>,
-    /// Per aggregate (as in the query), per group: the integer total. For
-    /// `AVG` this is the sum; its count is in `avg_counts`. Empty for
-    /// quantiles (see `histograms`).
-    pub values: Vec<Vec<i64>>,
-    /// For each `AVG` aggregate, per group, the count of its rows.
-    pub avg_counts: Vec<Vec<i64>>,
-    /// Per aggregate, per group: for quantiles, the histogram of values
-    /// against the column's candidates ([`quantile::position`]); empty for
-    /// the others.
-    pub histograms: Vec<Vec<Vec<u64>>>,
-    /// Rows read after the filter, before bounding.
-    pub rows_scanned: u64,
-    /// Rows dropped by contribution bounding.
-    pub rows_dropped: u64,
 }
 
 /// The cartesian product of the group columns' domains, in order.

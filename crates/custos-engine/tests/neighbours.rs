@@ -90,12 +90,12 @@ async fn draws(reader: &Arc<DatasetReader>) -> (i64, Vec<i64>) {
     let grant = &agreement.grants[0];
     let sql = "SELECT COUNT(*) FROM returns";
     let plan = custos_privacy::plan(sql, "returns", reader.schema(), grant, None).unwrap();
-    let truth = custos_privacy::execute::totals(Arc::clone(reader), &plan.query, None, 3)
+    let truth = custos_engine::execute::totals(Arc::clone(reader), &plan.query, None, 3)
         .await
         .unwrap();
     let mut out = Vec::with_capacity(DRAWS);
     for _ in 0..DRAWS {
-        let answer = custos_privacy::answer(Arc::clone(reader), &plan)
+        let answer = custos_engine::answer(Arc::clone(reader), &plan)
             .await
             .unwrap();
         assert!(answer.spent <= 1.0);
