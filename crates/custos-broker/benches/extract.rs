@@ -13,9 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use custos_broker::{Actor, Custos, ExtractFormat, ExtractRequest};
+use custos_broker::MasterKeySource;
+use custos_broker::{Custos, ExtractFormat, ExtractRequest};
 use custos_model::Role;
-use custos_store::{DatasetReader, MasterKeySource, NoProgress};
+use custos_store::{DatasetReader, NoProgress};
 
 const COLUMNS: [&str; 8] = [
     "tin",
@@ -101,15 +102,20 @@ async fn run(rows: u64) {
     .await
     .unwrap();
     let (_, token) = custos
-        .add_principal(&Actor::LocalAdmin, "admin", "IRS", &[Role::Admin])
+        .add_principal(
+            &custos.actor(None).await.unwrap(),
+            "admin",
+            "IRS",
+            &[Role::Admin],
+        )
         .await
         .unwrap();
-    let admin = Actor::Principal(custos.authenticate(token.reveal()).await.unwrap());
+    let admin = custos.authenticate(token.reveal()).await.unwrap();
     let (_, token) = custos
         .add_principal(&admin, "tomas", "Treasury", &[Role::Requester])
         .await
         .unwrap();
-    let tomas = Actor::Principal(custos.authenticate(token.reveal()).await.unwrap());
+    let tomas = custos.authenticate(token.reveal()).await.unwrap();
     custos
         .ingest(
             &admin,

@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use custos_broker::{Actor, Custos, LookupRequest};
+use custos_broker::MasterKeySource;
+use custos_broker::{Custos, LookupRequest};
 use custos_model::Role;
-use custos_store::{DatasetReader, MasterKeySource, NoProgress};
+use custos_store::{DatasetReader, NoProgress};
 
 const SAMPLES: usize = 300;
 
@@ -101,10 +102,15 @@ async fn run(rows: u64) {
         .await
         .unwrap();
     let (_, token) = custos
-        .add_principal(&Actor::LocalAdmin, "admin", "IRS", &[Role::Admin])
+        .add_principal(
+            &custos.actor(None).await.unwrap(),
+            "admin",
+            "IRS",
+            &[Role::Admin],
+        )
         .await
         .unwrap();
-    let admin = Actor::Principal(custos.authenticate(token.reveal()).await.unwrap());
+    let admin = custos.authenticate(token.reveal()).await.unwrap();
     let mut actors = Vec::new();
     for (name, org, role) in [
         ("rita", "TIGTA", Role::Requester),
@@ -121,9 +127,7 @@ async fn run(rows: u64) {
             )
             .unwrap();
         }
-        actors.push(Actor::Principal(
-            custos.authenticate(token.reveal()).await.unwrap(),
-        ));
+        actors.push(custos.authenticate(token.reveal()).await.unwrap());
     }
     let started = Instant::now();
     let report = custos

@@ -19,7 +19,7 @@ use custos_store::budgets::Charge;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::lookups::Denial;
+use crate::decide::{Access, Denial};
 use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, now_micros};
 
@@ -63,7 +63,7 @@ impl Custos {
         let query_sha = hex::encode(Sha256::digest(sql.as_bytes()));
         let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny)
             .with_attribute("query_hmac", self.subjects().digest("query", sql));
-        let Actor::Principal(principal) = actor else {
+        let Actor::Principal(principal, _) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("queries need a principal's token".into()),
@@ -86,20 +86,19 @@ impl Custos {
         // Which columns the query reads is known only after checking it
         // against the grant, so decide the agreement and grant first (all
         // granted columns), then the exact columns below.
-        let granted = match self
-            .decide_access(
-                principal,
-                agreement_id,
-                &dataset,
-                Mode::Aggregate,
-                None,
-                None,
+        let granted = self
+            .decide(
+                Access {
+                    principal,
+                    agreement: agreement_id,
+                    dataset: &dataset,
+                    mode: Mode::Aggregate,
+                    columns: None,
+                    subject: None,
+                },
+                &entry,
             )
-            .await?
-        {
-            Ok(g) => g,
-            Err(denial) => return Err(self.refuse(entry, denial)),
-        };
+            .await?;
         let Some(record) = record else {
             return Err(self.refuse(entry, Denial::same("the dataset is gone".into())));
         };
@@ -218,15 +217,6 @@ impl Custos {
             budget_remaining: (budget - spent_after).max(0.0),
             ledger_index,
         })
-    }
-
-    /// What an agreement has spent on a dataset, and its budget.
-    pub async fn budget(&self, agreement_id: &str, dataset: &str) -> Result<f64, BrokerError> {
-        Ok(self
-            .home()
-            .meta()
-            .budget_spent(agreement_id, dataset)
-            .await?)
     }
 }
 

@@ -18,7 +18,7 @@ use custos_model::AgreementStatus;
 /// from subject reports (withheld ones are for their parties only). No one
 /// else learns that it exists.
 pub(crate) fn may_see(actor: &Actor, version: &AgreementVersion) -> bool {
-    let Actor::Principal(p) = actor else {
+    let Actor::Principal(p, _) = actor else {
         return true;
     };
     if p.has_role(Role::Admin) {
@@ -150,7 +150,7 @@ impl Custos {
         &self,
         actor: &Actor,
     ) -> Result<Option<BTreeSet<String>>, BrokerError> {
-        if let Actor::Principal(p) = actor
+        if let Actor::Principal(p, _) = actor
             && !p.has_role(Role::Admin)
             && !p.has_role(Role::Overseer)
         {

@@ -22,7 +22,8 @@ use custos_store::requests::{SubjectEvent, SubjectEventKind};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::lookups::{Denial, compile_row_scope};
+use crate::decide::{Access, Denial};
+use crate::lookups::compile_row_scope;
 use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
 
@@ -247,7 +248,7 @@ impl Custos {
     ) -> Result<ExtractReport, BrokerError> {
         const ACTION: &str = "extract";
         let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny);
-        let Actor::Principal(principal) = actor else {
+        let Actor::Principal(principal, _) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("extracts need a principal's token".into()),
@@ -264,20 +265,19 @@ impl Custos {
         if let Some(filter) = req.filter {
             entry = entry.with_attribute("where_hmac", self.subjects().digest("where", filter));
         }
-        let granted = match self
-            .decide_access(
-                principal,
-                req.agreement,
-                req.dataset,
-                Mode::Pseudonymous,
-                None,
-                None,
+        let granted = self
+            .decide(
+                Access {
+                    principal,
+                    agreement: req.agreement,
+                    dataset: req.dataset,
+                    mode: Mode::Pseudonymous,
+                    columns: None,
+                    subject: None,
+                },
+                &entry,
             )
-            .await?
-        {
-            Ok(g) => g,
-            Err(denial) => return Err(self.refuse(entry, denial)),
-        };
+            .await?;
         entry = entry.with_agreement(req.agreement, granted.version);
         let Some(record) = record else {
             return Err(self.refuse(entry, Denial::same("the dataset is gone".into())));

@@ -16,6 +16,7 @@
 
 mod aggregates;
 mod agreements;
+mod decide;
 mod extracts;
 mod lookups;
 mod matches;
@@ -38,7 +39,7 @@ pub use custos_store::matches::MatchJob;
 pub use custos_store::meta::{AgreementState, AgreementVersion};
 pub use custos_store::{
     DatasetError, DatasetSummary, HomeError, IngestError, IngestProblem, IngestProgress,
-    IngestReport, MasterKey, MasterKeySource, NoProgress,
+    IngestReport, NoProgress,
 };
 
 use std::path::{Path, PathBuf};
@@ -51,7 +52,35 @@ use custos_ledger::{
 use custos_model::principal::{self, IssuedToken};
 use custos_model::{Principal, PrincipalError, Role};
 use custos_store::dataset;
-use custos_store::{Home, InitReport};
+use custos_store::{Home, InitReport, MasterKey};
+
+/// A master key given from outside the home (`CUSTOS_MASTER_KEY`). Opaque:
+/// it can only be handed to [`Custos::init`], [`Custos::open`] or
+/// [`published_ledger`]; nothing outside the broker derives or unwraps with
+/// it.
+pub struct ExternalKey(MasterKey);
+
+impl ExternalKey {
+    /// Parses 64 hex characters.
+    pub fn from_hex(text: &str) -> Result<Self, BrokerError> {
+        Ok(Self(MasterKey::from_hex(text)?))
+    }
+}
+
+impl std::fmt::Debug for ExternalKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExternalKey(<redacted>)")
+    }
+}
+
+/// Where a new home's master key comes from.
+#[derive(Debug)]
+pub enum MasterKeySource {
+    /// Generate one and keep it in `HOME/master.key` (mode 0600).
+    GenerateFile,
+    /// Use this key (from `CUSTOS_MASTER_KEY`) and write it nowhere.
+    External(ExternalKey),
+}
 
 /// The actor of init-time administration, before principals exist.
 pub const LOCAL_ADMIN: &str = "local-admin";
@@ -102,29 +131,38 @@ pub enum BrokerError {
     Key(#[from] custos_store::KeyError),
 }
 
-/// Who is acting.
+/// Who is acting, as the broker established it. Only [`Custos::actor`] and
+/// [`Custos::authenticate`] make one (the [`Vouched`] field cannot be made
+/// elsewhere), so a caller cannot claim to be a principal it has no token
+/// for, nor the bootstrap console once a principal exists. Match on it
+/// freely: `Actor::Principal(p, _)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     /// The custodian at the console of a home with no principal yet (the
     /// bootstrap exception: it can only create the first admin and ingest).
-    LocalAdmin,
+    LocalAdmin(Vouched),
     /// An authenticated principal.
-    Principal(Principal),
+    Principal(Principal, Vouched),
 }
+
+/// The broker's word that an [`Actor`] was authenticated (or is the
+/// bootstrap console of a home without principals). Its field is private.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouched(());
 
 impl Actor {
     /// The id the ledger records.
     pub fn id(&self) -> &str {
         match self {
-            Self::LocalAdmin => LOCAL_ADMIN,
-            Self::Principal(p) => &p.id,
+            Self::LocalAdmin(_) => LOCAL_ADMIN,
+            Self::Principal(p, _) => &p.id,
         }
     }
 
     pub(crate) fn is_admin(&self) -> bool {
         match self {
-            Self::LocalAdmin => true,
-            Self::Principal(p) => p.has_role(Role::Admin),
+            Self::LocalAdmin(_) => true,
+            Self::Principal(p, _) => p.has_role(Role::Admin),
         }
     }
 }
@@ -265,9 +303,9 @@ fn faults_from_env() -> custos_ledger::FaultPlan {
 /// wrapped under it); nothing else of the home is reached.
 pub async fn published_ledger(
     root: &Path,
-    external_key: Option<MasterKey>,
+    external_key: Option<ExternalKey>,
 ) -> Result<(PathBuf, String), BrokerError> {
-    let home = Home::open(root, external_key).await?;
+    let home = Home::open(root, external_key.map(|k| k.0)).await?;
     let signer = custos_ledger::NoteSigner::new(&home.origin().await?, home.signing_key().await?);
     Ok((home.ledger_dir(), signer.verifier_key()))
 }
@@ -295,11 +333,14 @@ impl Custos {
         key: MasterKeySource,
         origin: Option<String>,
     ) -> Result<(Self, InitReport), BrokerError> {
-        let reopen_key = match &key {
-            MasterKeySource::External(k) => Some(k.duplicate()),
-            MasterKeySource::GenerateFile => None,
+        let (store_key, reopen_key) = match key {
+            MasterKeySource::External(ExternalKey(k)) => {
+                let again = ExternalKey(k.duplicate());
+                (custos_store::MasterKeySource::External(k), Some(again))
+            }
+            MasterKeySource::GenerateFile => (custos_store::MasterKeySource::GenerateFile, None),
         };
-        let report = Home::init(root, key, origin).await?;
+        let report = Home::init(root, store_key, origin).await?;
         let opened = Self::open(root, reopen_key).await;
         let custos = match opened {
             Ok(c) => c,
@@ -325,8 +366,8 @@ impl Custos {
     }
 
     /// Opens an existing home and recovers its ledger.
-    pub async fn open(root: &Path, external_key: Option<MasterKey>) -> Result<Self, BrokerError> {
-        let home = Home::open(root, external_key).await?;
+    pub async fn open(root: &Path, external_key: Option<ExternalKey>) -> Result<Self, BrokerError> {
+        let home = Home::open(root, external_key.map(|k| k.0)).await?;
         let ledger = open_ledger(&home).await?;
         let subjects = SubjectCommitter::new(&home.ledger_subject_key());
         Ok(Self {
@@ -362,7 +403,8 @@ impl Custos {
         self.ledger.verifier_key()
     }
 
-    /// The latest signed checkpoint.
+    /// The latest signed checkpoint (signing and publishing a new one if
+    /// entries arrived since the last).
     pub fn checkpoint(&self) -> Result<custos_ledger::VerifiedCheckpoint, BrokerError> {
         Ok(self.ledger.checkpoint()?)
     }
@@ -385,8 +427,10 @@ impl Custos {
     /// authentication is recorded in the ledger.
     pub async fn actor(&self, token: Option<&str>) -> Result<Actor, BrokerError> {
         match token {
-            Some(token) => Ok(Actor::Principal(self.authenticate(token).await?)),
-            None if self.home.meta().principals().await?.is_empty() => Ok(Actor::LocalAdmin),
+            Some(token) => self.authenticate(token).await,
+            None if self.home.meta().principals().await?.is_empty() => {
+                Ok(Actor::LocalAdmin(Vouched(())))
+            }
             None => Err(BrokerError::Denied(
                 "this home has principals: act as one by setting CUSTOS_TOKEN".into(),
             )),
@@ -395,7 +439,7 @@ impl Custos {
 
     /// The principal a token belongs to. Unknown, wrong, malformed and
     /// revoked tokens fail alike (and are ledgered as denials).
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, BrokerError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Actor, BrokerError> {
         let found = match principal::parse_token(token) {
             Ok((id, presented)) => self
                 .home
@@ -409,7 +453,7 @@ impl Custos {
             Err(_) => None,
         };
         match found {
-            Some(p) => Ok(p),
+            Some(p) => Ok(Actor::Principal(p, Vouched(()))),
             None => {
                 let entry = Entry::new(now_micros(), "anonymous", "auth.token", Decision::Deny)
                     .with_reason("invalid, unknown or revoked token");
@@ -443,7 +487,7 @@ impl Custos {
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may add principals"));
         }
-        if *actor == Actor::LocalAdmin && !roles.contains(&Role::Admin) {
+        if matches!(actor, Actor::LocalAdmin(_)) && !roles.contains(&Role::Admin) {
             return Err(self.deny(actor, ACTION, "the first principal must be an admin"));
         }
         if !principal::valid_principal_name(name) {
@@ -537,8 +581,8 @@ impl Custos {
     /// All principals (admins and overseers only), never with tokens.
     pub async fn principals(&self, actor: &Actor) -> Result<Vec<Principal>, BrokerError> {
         let allowed = match actor {
-            Actor::LocalAdmin => true,
-            Actor::Principal(p) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+            Actor::LocalAdmin(_) => true,
+            Actor::Principal(p, _) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
         };
         if !allowed {
             return Err(self.deny(
@@ -641,8 +685,8 @@ impl Custos {
 /// on disk) is a count of private data, shown to admins and overseers only.
 fn sized_for(actor: &Actor, mut summary: DatasetSummary) -> DatasetSummary {
     let staff = match actor {
-        Actor::LocalAdmin => true,
-        Actor::Principal(p) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+        Actor::LocalAdmin(_) => true,
+        Actor::Principal(p, _) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
     };
     if !staff {
         summary.rows = 0;
@@ -689,7 +733,7 @@ mod tests {
         let s = dir.path().join("s.toml");
         custos
             .ingest(
-                &Actor::LocalAdmin,
+                &Actor::LocalAdmin(Vouched(())),
                 "good",
                 &s,
                 &dir.path().join("ok.csv"),
@@ -700,7 +744,7 @@ mod tests {
         assert!(
             custos
                 .ingest(
-                    &Actor::LocalAdmin,
+                    &Actor::LocalAdmin(Vouched(())),
                     "bad",
                     &s,
                     &dir.path().join("bad.csv"),
@@ -737,7 +781,7 @@ mod tests {
         // Reopen: the ledger recovers, the good dataset exists, the bad one not.
         let custos = Custos::open(&root, None).await.unwrap();
         let names: Vec<String> = custos
-            .datasets(&Actor::LocalAdmin)
+            .datasets(&Actor::LocalAdmin(Vouched(())))
             .await
             .unwrap()
             .into_iter()

@@ -5,7 +5,6 @@
 //! A request never touches the dataset, so its answer (allowed or denied)
 //! cannot reveal whether a subject exists; only an approved fetch reads.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
@@ -13,7 +12,6 @@ use custos_ledger::{Decision, Entry, SubjectCommitment};
 use custos_model::AgreementStatus;
 use custos_model::schema::{format_cents, format_date_days};
 use custos_model::{ColumnType, DatasetSchema, Principal, Role};
-use custos_policy::decide::{AccessRequest, ActiveAgreement, PolicyEngine};
 use custos_policy::{Agreement, Grant, Mode, ScopeFilter, ScopeValue};
 use custos_store::requests::{
     AccessRequestRecord, ApprovalRecord, RequestState, SubjectEvent, SubjectEventKind,
@@ -21,6 +19,7 @@ use custos_store::requests::{
 use custos_store::{DatasetReader, dataset};
 use serde::{Deserialize, Serialize};
 
+use crate::decide::{Access, Denial, Granted};
 use crate::recorded::Recorded;
 use crate::{Actor, BrokerError, Custos, now_micros};
 
@@ -105,44 +104,6 @@ pub struct Released {
     pub ledger_index: Recorded,
 }
 
-/// The grant a request runs under, after every check passed.
-pub(crate) struct Granted {
-    pub(crate) agreement: Agreement,
-    pub(crate) version: u32,
-    pub(crate) grant_number: u32,
-    pub(crate) columns: Vec<String>,
-    pub(crate) decided_by: Vec<String>,
-}
-
-impl Granted {
-    /// The grant that allowed the access.
-    pub(crate) fn grant(&self) -> Result<Grant, BrokerError> {
-        self.agreement
-            .grants
-            .get(self.grant_number as usize - 1)
-            .cloned()
-            .ok_or_else(|| BrokerError::Internal("the grant vanished".into()))
-    }
-}
-
-/// A denial: the message for the caller and the reason for the ledger,
-/// which never quotes input that names nothing known (a mistyped id could
-/// be anything, even an SSN).
-pub(crate) struct Denial {
-    pub(crate) message: String,
-    pub(crate) recorded: String,
-}
-
-impl Denial {
-    /// A denial whose message is safe to record as it is.
-    pub(crate) fn same(message: String) -> Self {
-        Self {
-            recorded: message.clone(),
-            message,
-        }
-    }
-}
-
 /// The two fields of a request sealed under the master key, each bound to
 /// its request id.
 #[derive(Debug, Clone, Copy)]
@@ -168,10 +129,6 @@ impl Sealed {
     }
 }
 
-fn today() -> chrono::NaiveDate {
-    chrono::Utc::now().date_naive()
-}
-
 impl Custos {
     /// Opens a sealed request field.
     fn unseal(
@@ -195,200 +152,6 @@ impl Custos {
     /// Records a denied look-up action and returns the error for the caller.
     fn deny_lookup(&self, entry: Entry, reason: String) -> BrokerError {
         self.refuse(entry, Denial::same(reason))
-    }
-
-    /// Records a denial (its value-free reason) and returns its message.
-    pub(crate) fn refuse(&self, entry: Entry, denial: Denial) -> BrokerError {
-        match self.append(&entry.with_reason(denial.recorded)) {
-            Ok(_) => BrokerError::Denied(denial.message),
-            Err(e) => e,
-        }
-    }
-
-    /// The guard rules, if the custodian wrote any.
-    fn guards(&self) -> Result<Option<String>, Denial> {
-        let path = self.home().root().join(GUARDS_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(_) => Err(Denial::same(format!(
-                "the guard rules ({GUARDS_FILE}) cannot be read: refusing (fail closed)"
-            ))),
-        }
-    }
-
-    /// The compiled policies of one agreement version with the guards,
-    /// from the cache when neither changed since they were compiled.
-    fn engine_for(
-        &self,
-        agreement: &Agreement,
-        version: u32,
-        guards: Option<&str>,
-    ) -> Result<Arc<PolicyEngine>, custos_policy::decide::PolicyError> {
-        let guards_sha: [u8; 32] =
-            <sha2::Sha256 as sha2::Digest>::digest(guards.unwrap_or("").as_bytes()).into();
-        let key = (agreement.id.clone(), version, guards_sha);
-        if let Ok(cache) = self.engines.lock()
-            && let Some(engine) = cache.get(&key)
-        {
-            return Ok(Arc::clone(engine));
-        }
-        let engine = Arc::new(PolicyEngine::compile(
-            &[ActiveAgreement { agreement, version }],
-            guards,
-        )?);
-        if let Ok(mut cache) = self.engines.lock() {
-            // Old versions and guard texts are never asked for again.
-            cache.retain(|(id, _, _), _| *id != agreement.id);
-            cache.insert(key, Arc::clone(&engine));
-        }
-        Ok(engine)
-    }
-
-    /// Every check of an access in `mode`, in the order that gives the
-    /// clearest reason; Cedar makes the final decision.
-    pub(crate) async fn decide_access(
-        &self,
-        principal: &Principal,
-        agreement_id: &str,
-        dataset_name: &str,
-        mode: Mode,
-        columns: Option<&[String]>,
-        subject: Option<&SubjectCommitment>,
-    ) -> Result<Result<Granted, Denial>, BrokerError> {
-        let meta = self.home().meta();
-        let deny = |text: String| Ok(Err(Denial::same(text)));
-        let unknown = |message: String, recorded: &str| {
-            Ok(Err(Denial {
-                message,
-                recorded: recorded.to_owned(),
-            }))
-        };
-        if !principal.has_role(Role::Requester) {
-            return deny(format!(
-                "{} access needs the `requester` role",
-                mode.as_str()
-            ));
-        }
-        let Some(state) = meta.agreement_state(agreement_id).await? else {
-            return unknown(
-                format!("no agreement `{agreement_id}` (deny by default)"),
-                "unknown agreement (deny by default)",
-            );
-        };
-        if state.state != AgreementStatus::Active {
-            return deny(format!("agreement `{agreement_id}` is {}", state.state));
-        }
-        let versions = meta.agreement_versions(agreement_id).await?;
-        let Some(latest) = versions.last() else {
-            return unknown(
-                format!("no agreement `{agreement_id}` (deny by default)"),
-                "unknown agreement (deny by default)",
-            );
-        };
-        let agreement = Agreement::from_toml(&latest.toml)
-            .map_err(|e| BrokerError::Internal(format!("stored agreement unreadable: {e}")))?;
-        let day = today();
-        if day < agreement.valid_from {
-            return deny(format!(
-                "agreement `{agreement_id}` is not in force until {}",
-                agreement.valid_from
-            ));
-        }
-        if day > agreement.valid_until {
-            return deny(format!(
-                "agreement `{agreement_id}` expired on {}",
-                agreement.valid_until
-            ));
-        }
-        if principal.org != agreement.parties.requester {
-            return deny(format!(
-                "agreement `{agreement_id}` is with `{}`, not with your organisation",
-                agreement.parties.requester
-            ));
-        }
-        let Some((index, grant)) = agreement
-            .grants
-            .iter()
-            .enumerate()
-            .find(|(_, g)| g.dataset == dataset_name && g.mode == mode)
-        else {
-            return unknown(
-                format!(
-                    "agreement `{agreement_id}` grants no {} access to dataset `{dataset_name}`",
-                    mode.as_str()
-                ),
-                "no grant of the mode on the dataset",
-            );
-        };
-        let columns: Vec<String> = match columns {
-            None => grant.columns.clone(),
-            Some(wanted) => {
-                if wanted.is_empty() {
-                    return deny("ask for at least one column".into());
-                }
-                if let Some(c) = wanted.iter().find(|c| !grant.columns.contains(c)) {
-                    return unknown(
-                        format!(
-                            "column `{c}` is not granted by agreement `{agreement_id}` on `{dataset_name}`"
-                        ),
-                        "a requested column is not granted",
-                    );
-                }
-                let mut seen = BTreeSet::new();
-                wanted
-                    .iter()
-                    .filter(|c| seen.insert((*c).clone()))
-                    .cloned()
-                    .collect()
-            }
-        };
-        let guards = match self.guards() {
-            Ok(g) => g,
-            Err(d) => return Ok(Err(d)),
-        };
-        let version = latest.version;
-        let engine = match self.engine_for(&agreement, version, guards.as_deref()) {
-            Ok(engine) => engine,
-            Err(e) => {
-                // The detail may quote the custodian's guard file: log it.
-                tracing::error!(error = %e, "policies do not compile; refusing (fail closed)");
-                return deny(
-                    "the custodian's policies do not compile, so nothing is allowed until they are fixed (fail closed)".into(),
-                );
-            }
-        };
-        let protected = match subject {
-            Some(s) => meta.subject_protected(&s.0).await?,
-            None => false,
-        };
-        let decision = engine
-            .decide(&AccessRequest {
-                principal,
-                agreement: agreement_id,
-                dataset: dataset_name,
-                mode,
-                columns: &columns,
-                day,
-                subject_protected: protected,
-            })
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
-        if !decision.allowed {
-            // A guard's name can say something about the person (a guard
-            // on protected subjects), and the requester can read the
-            // public ledger: neither says which guard denied.
-            if decision.reasons.iter().any(|r| r.starts_with("guard")) {
-                return deny("denied by a guard rule of the custodian".into());
-            }
-            return deny(format!("denied by policy: {}", decision.reasons.join("; ")));
-        }
-        Ok(Ok(Granted {
-            grant_number: u32::try_from(index + 1).unwrap_or(u32::MAX),
-            agreement,
-            version,
-            columns,
-            decided_by: decision.reasons,
-        }))
     }
 
     /// Checks the grant's limits for a new request.
@@ -440,7 +203,7 @@ impl Custos {
     ) -> Result<LookupTicket, BrokerError> {
         const ACTION: &str = "lookup.request";
         let mut entry = self.lookup_entry(actor, ACTION, Decision::Deny);
-        let Actor::Principal(principal) = actor else {
+        let Actor::Principal(principal, _) = actor else {
             return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
         };
         // Check the inputs' form first; nothing of them reaches the ledger
@@ -492,20 +255,19 @@ impl Custos {
         // Guards on the person (protected subjects) are decided at fetch,
         // after a second person approved: deciding them here would tell
         // any requester at once, and for free, who is protected.
-        let granted = match self
-            .decide_access(
-                principal,
-                req.agreement,
-                req.dataset,
-                Mode::Identified,
-                req.columns,
-                None,
+        let granted = self
+            .decide(
+                Access {
+                    principal,
+                    agreement: req.agreement,
+                    dataset: req.dataset,
+                    mode: Mode::Identified,
+                    columns: req.columns,
+                    subject: None,
+                },
+                &entry,
             )
-            .await?
-        {
-            Ok(g) => g,
-            Err(denial) => return Err(self.refuse(entry, denial)),
-        };
+            .await?;
         let grant = granted.grant()?;
         // INVARIANT: counted and recorded under the agreement's lock.
         let _limits = self
@@ -632,7 +394,7 @@ impl Custos {
         id: &str,
     ) -> Result<LookupDetails, BrokerError> {
         let entry = self.lookup_entry(actor, "lookup.show", Decision::Deny);
-        let Actor::Principal(principal) = actor else {
+        let Actor::Principal(principal, _) = actor else {
             return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
@@ -688,7 +450,7 @@ impl Custos {
     ) -> Result<LookupTicket, BrokerError> {
         const ACTION: &str = "lookup.approve";
         let entry = self.lookup_entry(actor, ACTION, Decision::Deny);
-        let Actor::Principal(principal) = actor else {
+        let Actor::Principal(principal, _) = actor else {
             return Err(self.deny_lookup(entry, "approvals need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
@@ -783,7 +545,7 @@ impl Custos {
     pub async fn fetch_lookup(&self, actor: &Actor, id: &str) -> Result<Released, BrokerError> {
         const ACTION: &str = "lookup.fetch";
         let entry = self.lookup_entry(actor, ACTION, Decision::Deny);
-        let Actor::Principal(principal) = actor else {
+        let Actor::Principal(principal, _) = actor else {
             return Err(self.deny_lookup(entry, "fetches need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
@@ -815,20 +577,19 @@ impl Custos {
         }
         // Decide again: the agreement may have been suspended, revoked or
         // expired, or the subject protected, since the request was made.
-        let granted = match self
-            .decide_access(
-                principal,
-                &record.agreement_id,
-                &record.dataset,
-                Mode::Identified,
-                Some(&record.columns),
-                Some(&commitment),
+        let granted = self
+            .decide(
+                Access {
+                    principal,
+                    agreement: &record.agreement_id,
+                    dataset: &record.dataset,
+                    mode: Mode::Identified,
+                    columns: Some(&record.columns),
+                    subject: Some(&commitment),
+                },
+                &entry,
             )
-            .await?
-        {
-            Ok(g) => g,
-            Err(denial) => return Err(self.refuse(entry, denial)),
-        };
+            .await?;
         let meta = self.home().meta();
         // Approvals are counted against the grant in force now: a grant
         // tightened since the request was filed binds it too.
@@ -1081,7 +842,7 @@ impl Custos {
     pub async fn protect_subject(&self, actor: &Actor, subject: &str) -> Result<(), BrokerError> {
         const ACTION: &str = "subject.protect";
         let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny);
-        if !matches!(actor, Actor::Principal(p) if p.has_role(Role::Admin)) {
+        if !matches!(actor, Actor::Principal(p, _) if p.has_role(Role::Admin)) {
             return Err(self.deny_lookup(entry, "only an admin may protect subjects".into()));
         }
         let commitment = self.subjects().commit(subject.trim());

@@ -84,8 +84,8 @@ pub struct AgreementReport {
 impl Custos {
     fn may_report(&self, actor: &Actor, action: &str) -> Result<(), BrokerError> {
         let allowed = match actor {
-            Actor::LocalAdmin => false,
-            Actor::Principal(p) => p.has_role(Role::Overseer) || p.has_role(Role::Admin),
+            Actor::LocalAdmin(_) => false,
+            Actor::Principal(p, _) => p.has_role(Role::Overseer) || p.has_role(Role::Admin),
         };
         if allowed {
             Ok(())

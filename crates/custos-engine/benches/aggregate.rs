@@ -2,8 +2,8 @@
 //! Parquet, encrypted and plain, in one run.
 //!
 //! ```text
-//! cargo bench -p custos-privacy --bench aggregate                         # 10M rows
-//! CUSTOS_BENCH_ROWS=1000000 cargo bench -p custos-privacy --bench aggregate
+//! cargo bench -p custos-engine --bench aggregate                         # 10M rows
+//! CUSTOS_BENCH_ROWS=1000000 cargo bench -p custos-engine --bench aggregate
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

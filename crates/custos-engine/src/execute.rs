@@ -87,7 +87,7 @@ impl EncryptionFactory for BucketKeys {
     ) -> datafusion::error::Result<Option<Arc<FileDecryptionProperties>>> {
         let bucket = file_path
             .filename()
-            .and_then(custos_store::ingest::parse_bucket_file_name)
+            .and_then(custos_store::layout::parse_bucket_file_name)
             .ok_or_else(|| datafusion::error::DataFusionError::Plan("not a bucket file".into()))?;
         self.reader
             .decryption_properties(bucket, self.identity)

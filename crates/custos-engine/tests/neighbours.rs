@@ -104,8 +104,22 @@ async fn draws(reader: &Arc<DatasetReader>) -> (i64, Vec<i64>) {
     (truth.values[0][0], out)
 }
 
+/// Slow tests run only with `CUSTOS_SLOW_TESTS=1` (as `scripts/test` sets).
+fn slow_tests(name: &str) -> bool {
+    let on = std::env::var("CUSTOS_SLOW_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!(
+            "{name}: skipped (slow; set CUSTOS_SLOW_TESTS=1 to run it, as scripts/test does)"
+        );
+    }
+    on
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbouring_datasets_give_outputs_within_e_to_the_epsilon() {
+    if !slow_tests("neighbouring_datasets_give_outputs_within_e_to_the_epsilon") {
+        return;
+    }
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let without = dataset(a.path(), false).await;
     let with = dataset(b.path(), true).await;

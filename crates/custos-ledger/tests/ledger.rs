@@ -344,8 +344,22 @@ fn a_checkpoint_from_another_key_is_refused() {
     assert!(err.contains("checkpoint"), "{err}");
 }
 
+/// Slow tests run only with `CUSTOS_SLOW_TESTS=1` (as `scripts/test` sets).
+fn slow_tests(name: &str) -> bool {
+    let on = std::env::var("CUSTOS_SLOW_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!(
+            "{name}: skipped (slow; set CUSTOS_SLOW_TESTS=1 to run it, as scripts/test does)"
+        );
+    }
+    on
+}
+
 #[test]
 fn every_acknowledged_entry_survives_kill_9() {
+    if !slow_tests("every_acknowledged_entry_survives_kill_9") {
+        return;
+    }
     use std::io::Read;
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().unwrap();

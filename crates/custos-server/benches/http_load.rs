@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use custos_broker::{Actor, Custos, LookupRequest};
+use custos_broker::{Custos, LookupRequest};
 use custos_broker::{MasterKeySource, NoProgress};
 use custos_model::Role;
 use custos_server::{Server, ServerConfig};
@@ -275,10 +275,15 @@ async fn prepare(
         .await
         .unwrap();
     let (_, token) = custos
-        .add_principal(&Actor::LocalAdmin, "admin", "IRS", &[Role::Admin])
+        .add_principal(
+            &custos.actor(None).await.unwrap(),
+            "admin",
+            "IRS",
+            &[Role::Admin],
+        )
         .await
         .unwrap();
-    let admin = Actor::Principal(custos.authenticate(token.reveal()).await.unwrap());
+    let admin = custos.authenticate(token.reveal()).await.unwrap();
     let mut tokens = Vec::new();
     let mut actors = Vec::new();
     for (name, org, role) in [
@@ -290,9 +295,7 @@ async fn prepare(
             .add_principal(&admin, name, org, &[role])
             .await
             .unwrap();
-        actors.push(Actor::Principal(
-            custos.authenticate(token.reveal()).await.unwrap(),
-        ));
+        actors.push(custos.authenticate(token.reveal()).await.unwrap());
         tokens.push(token.reveal().to_owned());
     }
     custos

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use custos_broker::{Actor, Custos, MatchRequest};
+use custos_broker::{Custos, MatchRequest};
 use custos_broker::{MasterKeySource, NoProgress};
 use custos_model::Role;
 use custos_server::{HttpPeer, Server, ServerConfig};
@@ -83,10 +83,15 @@ async fn home(dir: &Path, name: &str, csv: &Path, pad_to: usize, peer: &str) -> 
         .await
         .unwrap();
     let (_, token) = custos
-        .add_principal(&Actor::LocalAdmin, "admin", "Office", &[Role::Admin])
+        .add_principal(
+            &custos.actor(None).await.unwrap(),
+            "admin",
+            "Office",
+            &[Role::Admin],
+        )
         .await
         .unwrap();
-    let admin = Actor::Principal(custos.authenticate(token.reveal()).await.unwrap());
+    let admin = custos.authenticate(token.reveal()).await.unwrap();
     let schema = dir.join("schema.toml");
     std::fs::write(&schema, SCHEMA).unwrap();
     custos
@@ -136,7 +141,7 @@ fn main() {
         let serving = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        let analyst = Actor::Principal(roll.authenticate(&roll_token).await.unwrap());
+        let analyst = roll.authenticate(&roll_token).await.unwrap();
         let peer = HttpPeer::new(&url, zeroize::Zeroizing::new(registry_token)).unwrap();
         let started = Instant::now();
         let report = roll

@@ -171,8 +171,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
         state.limiter.check_address(address)?;
-        let principal = match state.custos.authenticate(token).await {
-            Ok(p) => p,
+        let actor = match state.custos.authenticate(token).await {
+            Ok(a) => a,
             Err(e) => {
                 if matches!(e, custos_broker::BrokerError::Auth(_)) {
                     state.limiter.note_failure(address);
@@ -180,7 +180,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 return Err(e.into());
             }
         };
-        state.limiter.admit(&principal.id)?;
-        Ok(Self(Actor::Principal(principal)))
+        state.limiter.admit(actor.id())?;
+        Ok(Self(actor))
     }
 }

@@ -42,8 +42,27 @@
 //! }
 //! ```
 //!
-//! A receipt of a durable append cannot be made up either (its field is
-//! private), so no answer that carries one can be built outside the broker:
+//! Nor can it claim to be someone: an [`Actor`](custos_broker::Actor) comes
+//! only from a token (`Custos::authenticate`) or, on a home without
+//! principals, the bootstrap console (`Custos::actor(None)`):
+//!
+//! ```compile_fail,E0423
+//! let _ = custos_broker::Actor::LocalAdmin(custos_broker::Vouched(()));
+//! ```
+//!
+//! A master key from the environment is opaque (no derivation, no
+//! unwrapping outside the broker):
+//!
+//! ```compile_fail,E0599
+//! fn derive(key: &custos_broker::ExternalKey) {
+//!     let _ = key.derive("pseudonym-tokens/x");
+//! }
+//! ```
+//!
+//! A receipt of a durable append cannot be made up with its constructor
+//! (its field is private), so no answer that carries one is built by
+//! accident outside the broker (it is `Deserialize`, for clients reading
+//! answers; that is the one deliberate way to make one):
 //!
 //! ```compile_fail,E0423
 //! let _ = custos_broker::Recorded(7);

@@ -14,8 +14,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use custos_model::DatasetSchema;
-use custos_store::ingest::{FileEncryption, NoProgress, choose_bucket_count, write_buckets};
+use custos_store::ingest::{FileEncryption, NoProgress, write_buckets};
 use custos_store::keys::DataKey;
+use custos_store::layout::choose_bucket_count;
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

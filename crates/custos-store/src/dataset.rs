@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 
 use crate::home::{Home, now_rfc3339, sync_dir};
 use crate::ingest::{
-    FileEncryption, IngestError, IngestProgress, WrittenDataset, bucket_aad, bucket_file_name,
-    choose_bucket_count, io_err, valid_dataset_name, write_buckets,
+    FileEncryption, IngestError, IngestProgress, WrittenDataset, io_err, write_buckets,
 };
 use crate::keys::{DataKey, KeyError, random_bytes};
+use crate::layout::{bucket_aad, bucket_file_name, choose_bucket_count, valid_dataset_name};
 use crate::meta::{DatasetRecord, MetaError};
 use custos_model::schema::{
     ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, canonical_subject,

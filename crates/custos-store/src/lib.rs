@@ -8,7 +8,9 @@
 //! - [`principal`]: issuing API tokens (only their hash is kept).
 //! - [`requests`]: look-up requests, approvals, the accounting of disclosures.
 //! - [`budgets`]: privacy budgets per agreement and dataset, charged atomically.
-//! - [`ingest`]: CSV → bucketed, encrypted Parquet (streaming, atomic).
+//! - [`layout`]: the on-disk layout readers and the writer share.
+//! - `parse`: CSV chunks → validated Arrow batches, located problems.
+//! - [`ingest`]: validated batches → bucketed, encrypted Parquet (streaming, atomic).
 //! - [`dataset`]: the catalogue, ingest orchestration and reading rows.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -18,8 +20,10 @@ pub mod dataset;
 pub mod home;
 pub mod ingest;
 pub mod keys;
+pub mod layout;
 pub mod matches;
 pub mod meta;
+mod parse;
 pub mod principal;
 pub mod requests;
 

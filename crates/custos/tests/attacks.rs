@@ -339,6 +339,9 @@ async fn post_query(client: &reqwest::Client, server: &str, token: &str, sql: &s
 /// about ±14% (one standard error ≈ 4.5%), so the test allows e^1.4 ≈ 4.06.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbouring_datasets_change_nothing_but_noisy_values() {
+    if !common::slow_tests("neighbouring_datasets_change_nothing_but_noisy_values") {
+        return;
+    }
     const DRAWS: usize = 1500;
     let tins = tins(60);
     let mut with = population(&tins, 3);

@@ -2,6 +2,8 @@
 //! describe, and every bad input the foundation promises to refuse cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -238,6 +240,9 @@ fn ingest_list_describe_round_trip() {
 
 #[test]
 fn no_plaintext_identifier_anywhere_in_the_home() {
+    if !common::slow_tests("no_plaintext_identifier_anywhere_in_the_home") {
+        return;
+    }
     let env = Env::new();
     env.init();
     let data = env.path("synthetic");
@@ -477,6 +482,9 @@ fn refuses_bad_dataset_names() {
 
 #[test]
 fn killed_ingest_leaves_no_dataset_and_a_rerun_works() {
+    if !common::slow_tests("killed_ingest_leaves_no_dataset_and_a_rerun_works") {
+        return;
+    }
     let env = Env::new();
     env.init();
     let data = env.path("synthetic");

@@ -641,6 +641,9 @@ async fn every_cli_command_but_the_local_ones_works_through_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_under_load_loses_no_acknowledged_request() {
+    if !common::slow_tests("a_server_killed_under_load_loses_no_acknowledged_request") {
+        return;
+    }
     let home = Home::new();
     // The same grant without the test agreement's hourly request limit.
     let file = home.dir.path().join("crash.toml");

@@ -18,13 +18,13 @@ pub mod serve;
 
 use std::path::Path;
 
-use custos_broker::{HomeError, IngestError, MasterKey};
+use custos_broker::{ExternalKey, HomeError, IngestError};
 
 /// Reads `CUSTOS_MASTER_KEY`, if set. The value is never printed.
-pub fn master_key_from_env() -> anyhow::Result<Option<MasterKey>> {
+pub fn master_key_from_env() -> anyhow::Result<Option<ExternalKey>> {
     match std::env::var("CUSTOS_MASTER_KEY") {
         Ok(text) if !text.trim().is_empty() => Ok(Some(
-            MasterKey::from_hex(&text).map_err(|e| anyhow::anyhow!("CUSTOS_MASTER_KEY: {e}"))?,
+            ExternalKey::from_hex(&text).map_err(|e| anyhow::anyhow!("CUSTOS_MASTER_KEY: {e}"))?,
         )),
         _ => Ok(None),
     }

@@ -7,6 +7,20 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The environment switch for slow tests (large ingests, statistical
+/// runs, kills under load): `scripts/test` sets it to 1 (CI runs them
+/// all); a developer may leave it unset or set it to 0 to skip them.
+pub const SLOW_TESTS: &str = "CUSTOS_SLOW_TESTS";
+
+/// Whether slow tests run; says so on stderr when one is skipped.
+pub fn slow_tests(name: &str) -> bool {
+    let on = std::env::var(SLOW_TESTS).is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{name}: skipped (slow; set {SLOW_TESTS}=1 to run it, as scripts/test does)");
+    }
+    on
+}
+
 /// `custos` with `CUSTOS_HOME = home`, no master key from the environment,
 /// and `CUSTOS_TOKEN` only if `token` is given.
 pub fn custos(home: &Path, token: Option<&str>) -> assert_cmd::Command {

@@ -123,14 +123,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // The bootstrap exception: with no principal yet, the console may create
     // the first admin. From then on every action runs as a principal.
     let (_, token) = custos
-        .add_principal(&Actor::LocalAdmin, "custodian", "IRS", &[Role::Admin])
+        .add_principal(
+            &custos.actor(None).await?,
+            "custodian",
+            "IRS",
+            &[Role::Admin],
+        )
         .await?;
     let admin = custos.authenticate(token.reveal()).await?;
     println!(
-        "  The custodian registers as principal `{}` ({}); its API token is stored only as a hash.",
-        admin.name, admin.id
+        "  The custodian registers as principal `custodian` ({}); its API token is stored only as a hash.",
+        admin.id()
     );
-    let admin = Actor::Principal(admin);
     let started = Instant::now();
     for d in &generated.datasets {
         let report = ingest_with_progress(&custos, &admin, d.name, &d.schema, &d.csv).await?;
@@ -327,13 +331,13 @@ async fn match_demo(
     .await?;
     let (_, token) = registry
         .add_principal(
-            &Actor::LocalAdmin,
+            &registry.actor(None).await?,
             "registrar",
             "Vital Statistics",
             &[Role::Admin],
         )
         .await?;
-    let registrar = Actor::Principal(registry.authenticate(token.reveal()).await?);
+    let registrar = registry.authenticate(token.reveal()).await?;
     let report =
         ingest_with_progress(&registry, &registrar, "deaths", &deaths.schema, &deaths.csv).await?;
     let (version, _) = registry.apply_agreement(&registrar, &registry_copy).await?;
@@ -367,7 +371,7 @@ async fn match_demo(
     let mut people = Vec::new();
     for (name, role) in [("rob", Role::Requester), ("cora", Role::Approver)] {
         let (_, token) = custos.add_principal(admin, name, "SSA", &[role]).await?;
-        people.push(Actor::Principal(custos.authenticate(token.reveal()).await?));
+        people.push(custos.authenticate(token.reveal()).await?);
     }
     let [rob, cora] = [&people[0], &people[1]];
     println!(
@@ -460,7 +464,7 @@ async fn extract_demo(
             &[Role::Requester],
         )
         .await?;
-    let tomas = Actor::Principal(custos.authenticate(token.reveal()).await?);
+    let tomas = custos.authenticate(token.reveal()).await?;
     println!("  tomas (Treasury, requester) extracts 2024 returns of CA, NY and TX under");
     println!(
         "  `treasury-research-2026`: TINs become format-keeping tokens of that agreement, birth"
@@ -552,7 +556,7 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor, data_dir: &Path) -> anyh
     let (_, token) = custos
         .add_principal(admin, "gina", "GAO", &[Role::Requester])
         .await?;
-    let gina = Actor::Principal(custos.authenticate(token.reveal()).await?);
+    let gina = custos.authenticate(token.reveal()).await?;
     println!(
         "  gina (GAO, requester) asks under `gao-refund-statistics` (zCDP, ρ = 1 in all, ≤ 0.1 a query,"
     );
@@ -684,7 +688,7 @@ async fn lookup_demo(
         ("olga", "GAO", Role::Overseer),
     ] {
         let (_, token) = custos.add_principal(admin, name, org, &[role]).await?;
-        people.push(Actor::Principal(custos.authenticate(token.reveal()).await?));
+        people.push(custos.authenticate(token.reveal()).await?);
     }
     let [rita, adam, olga] = [&people[0], &people[1], &people[2]];
     let ticket = custos
