@@ -18,7 +18,7 @@ use custos_model::{ColumnClass, DatasetSchema};
 use custos_policy::{Mode, ScopeFilter};
 use custos_privacy::tokens::{TokenError, Tokeniser};
 use custos_store::DatasetReader;
-use custos_store::requests::{SubjectEvent, SubjectEventKind};
+use custos_store::lookups::{SubjectEvent, SubjectEventKind};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
@@ -221,8 +221,9 @@ fn staging_path(home: &Path, id: &str) -> Result<PathBuf, BrokerError> {
 
 /// Moves a released extract from the home's staging to `out`: a rename,
 /// or across file systems a copy (never over an existing file) and then
-/// the staged file removed.
-fn move_out(staged: &Path, out: &Path) -> std::io::Result<()> {
+/// the staged file removed. Takes the `extract` entry's receipt: the file
+/// cannot leave before that entry is durable.
+fn move_out(_recorded: Recorded, staged: &Path, out: &Path) -> std::io::Result<()> {
     match fs::rename(staged, out) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
@@ -470,7 +471,7 @@ impl Custos {
             self.append(&failed)?;
             return Err(e.into());
         }
-        move_out(&staging, req.out).map_err(|e| {
+        move_out(indexes[0], &staging, req.out).map_err(|e| {
             BrokerError::Invalid(format!(
                 "the extract is recorded but could not be moved to `{}`: {e}",
                 req.out.display()

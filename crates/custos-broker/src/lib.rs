@@ -14,20 +14,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod aggregates;
 mod agreements;
 mod decide;
 mod extracts;
 mod lookups;
 mod matches;
+mod queries;
 mod recorded;
 mod reports;
 
-pub use aggregates::AggregateAnswer;
 pub use custos_model::AgreementStatus;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
+pub use queries::AggregateAnswer;
 pub use recorded::Recorded;
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
 

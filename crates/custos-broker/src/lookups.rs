@@ -13,7 +13,7 @@ use custos_model::AgreementStatus;
 use custos_model::schema::{format_cents, format_date_days};
 use custos_model::{ColumnType, DatasetSchema, Principal, Role};
 use custos_policy::{Agreement, Grant, Mode, ScopeFilter, ScopeValue};
-use custos_store::requests::{
+use custos_store::lookups::{
     AccessRequestRecord, ApprovalRecord, RequestState, SubjectEvent, SubjectEventKind,
 };
 use custos_store::{DatasetReader, dataset};

@@ -13,7 +13,7 @@ use custos_ledger::{
 };
 use custos_model::Role;
 use custos_policy::Agreement;
-use custos_store::requests::{AgreementUsage, SubjectEventKind};
+use custos_store::lookups::{AgreementUsage, SubjectEventKind};
 use serde::{Deserialize, Serialize};
 
 use crate::{Actor, BrokerError, Custos, now_micros};

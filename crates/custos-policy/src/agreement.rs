@@ -11,8 +11,8 @@ use chrono::{Months, NaiveDate};
 use custos_model::{ColumnClass, DatasetSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::matching::MatchGrant;
-use crate::pseudonymous::PseudonymousGrant;
+use crate::extracts::PseudonymousGrant;
+use crate::matches::MatchGrant;
 use crate::scope::{RowScope, ScopeError, parse_row_scope};
 use crate::scope_filter::ScopeFilter;
 

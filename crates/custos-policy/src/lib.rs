@@ -16,13 +16,13 @@
 
 pub mod agreement;
 pub mod decide;
-pub mod matching;
-pub mod pseudonymous;
+pub mod extracts;
+pub mod matches;
 pub mod scope;
 pub mod scope_filter;
 
 pub use agreement::{Agreement, AgreementError, Grant, Limits, Mode, PrivacyGrant, PrivacyMeasure};
-pub use matching::{MatchGrant, Reveal};
-pub use pseudonymous::{Generalisation, PseudonymousGrant};
+pub use extracts::{Generalisation, PseudonymousGrant};
+pub use matches::{MatchGrant, Reveal};
 pub use scope::{RowScope, ScopeError};
 pub use scope_filter::{ScopeFilter, ScopeValue};

@@ -82,7 +82,7 @@
 mod auth;
 mod body;
 mod extracts;
-mod matching;
+mod matches;
 pub mod openapi;
 mod peer;
 pub mod problem;
@@ -243,18 +243,18 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         .route("/extracts", post(extracts::extract))
         .route("/reports/subject", post(routes::subject_report))
         .route("/reports/agreements/{id}", get(routes::agreement_report))
-        .route("/matches", post(matching::open))
-        .route("/match-runs", post(matching::run))
-        .route("/matches/{job}", get(matching::result))
-        .route("/matches/{job}/confirm", post(matching::confirm))
+        .route("/matches", post(matches::open))
+        .route("/match-runs", post(matches::run))
+        .route("/matches/{job}", get(matches::result))
+        .route("/matches/{job}/confirm", post(matches::confirm))
         // Point lists are sized by their job, and read no further.
         .route(
             "/matches/{job}/points",
-            post(matching::exchange).layer(DefaultBodyLimit::disable()),
+            post(matches::exchange).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/matches/{job}/finish",
-            post(matching::finish).layer(DefaultBodyLimit::disable()),
+            post(matches::finish).layer(DefaultBodyLimit::disable()),
         );
     Router::new()
         .route("/healthz", get(routes::healthz))

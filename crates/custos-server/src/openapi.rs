@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::extracts;
-use crate::matching;
+use crate::matches;
 use crate::problem::Problem;
 use crate::routes;
 use crate::tiles;
@@ -41,12 +41,12 @@ use crate::tiles;
         extracts::extract,
         routes::subject_report,
         routes::agreement_report,
-        matching::open,
-        matching::exchange,
-        matching::finish,
-        matching::result,
-        matching::confirm,
-        matching::run,
+        matches::open,
+        matches::exchange,
+        matches::finish,
+        matches::result,
+        matches::confirm,
+        matches::run,
     ),
     components(schemas(
         Problem,
@@ -57,8 +57,8 @@ use crate::tiles;
         routes::SubjectBody,
         routes::NewQuery,
         extracts::NewExtract,
-        matching::NewMatch,
-        matching::NewMatchRun,
+        matches::NewMatch,
+        matches::NewMatchRun,
     )),
     modifiers(&BearerAuth),
 )]

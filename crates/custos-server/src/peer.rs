@@ -9,7 +9,7 @@ use custos_broker::{MatchOffer, MatchOpened, MatchPeer, PeerError};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::matching::POINTS;
+use crate::matches::POINTS;
 
 /// Longest one step of a match may take (1M points take tens of seconds).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);

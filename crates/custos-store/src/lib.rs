@@ -6,7 +6,7 @@
 //! - [`home`]: the data directory: `init`, `open`, layout.
 //! - [`meta`]: the metadata store interface and its SQLite backend.
 //! - [`principal`]: issuing API tokens (only their hash is kept).
-//! - [`requests`]: look-up requests, approvals, the accounting of disclosures.
+//! - [`lookups`]: look-up requests, approvals, the accounting of disclosures.
 //! - [`budgets`]: privacy budgets per agreement and dataset, charged atomically.
 //! - [`layout`]: the on-disk layout readers and the writer share.
 //! - `parse`: CSV chunks → validated Arrow batches, located problems.
@@ -21,11 +21,11 @@ pub mod home;
 pub mod ingest;
 pub mod keys;
 pub mod layout;
+pub mod lookups;
 pub mod matches;
 pub mod meta;
 mod parse;
 pub mod principal;
-pub mod requests;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
 pub use home::{Home, HomeError, InitReport, MasterKeySource};

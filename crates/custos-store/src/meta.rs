@@ -1,5 +1,5 @@
 //! The metadata store: instance settings, the dataset catalogue,
-//! principals and agreements (the request catalogue is [`crate::requests`]).
+//! principals and agreements (the request catalogue is [`crate::lookups`]).
 //!
 //! [`MetadataStore`] is the interface every backend implements; SQLite
 //! ([`SqliteMetadata`]) is the embedded default. A PostgreSQL backend goes
@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::budgets::BudgetStore;
+use crate::lookups::RequestStore;
 use crate::matches::MatchStore;
-use crate::requests::RequestStore;
 use custos_model::AgreementStatus;
 use custos_model::principal::{Principal, format_roles, parse_roles};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -107,7 +107,7 @@ enum Command {
     /// which of your subjects are in the peer's dataset (as tokens of the
     /// agreement) or only how many, without either side seeing the other's
     /// list. `match show JOB` and `match confirm JOB` follow up a job.
-    Match(commands::matching::MatchArgs),
+    Match(commands::matches::MatchArgs),
     /// Approve a pending look-up (role `approver`; never your own request,
     /// never twice).
     Approve(commands::lookup::ApproveArgs),
@@ -172,7 +172,7 @@ fn main() -> ExitCode {
             Command::Approve(args) => commands::lookup::approve(&cli.home, server, args).await,
             Command::Query(args) => commands::query::run(&cli.home, server, args).await,
             Command::Extract(args) => commands::extract::run(&cli.home, server, args).await,
-            Command::Match(args) => commands::matching::run(&cli.home, server, args).await,
+            Command::Match(args) => commands::matches::run(&cli.home, server, args).await,
             Command::Report(cmd) => commands::report::run(&cli.home, server, cmd).await,
             Command::Subject(cmd) => commands::lookup::subject(&cli.home, server, cmd).await,
             Command::Dataset(cmd) => commands::dataset::run(&cli.home, server, cmd).await,

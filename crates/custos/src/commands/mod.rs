@@ -9,7 +9,7 @@ pub mod generate;
 pub mod init;
 pub mod ledger;
 pub mod lookup;
-pub mod matching;
+pub mod matches;
 pub mod mirror;
 pub mod principal;
 pub mod query;
