@@ -74,6 +74,7 @@ pub struct ExtractRequest<'a> {
 
 /// What an extract released.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExtractReport {
     /// The extract's id (in the ledger and subject reports).
     pub id: String,
@@ -97,6 +98,7 @@ pub struct ExtractReport {
     /// Ledger index of the entry that records the extract.
     pub ledger_index: Recorded,
     /// The file.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub path: PathBuf,
 }
 

@@ -48,6 +48,7 @@ pub struct LookupRequest<'a> {
 
 /// A look-up request as its participants see it (never the subject id).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LookupTicket {
     /// The request's id.
     pub id: String,
@@ -75,6 +76,7 @@ pub struct LookupTicket {
 
 /// A request with the details an approver judges: subject and justification.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LookupDetails {
     /// The request.
     #[serde(flatten)]
@@ -93,6 +95,7 @@ pub struct LookupDetails {
 
 /// Records released by a fetch: only the granted columns, values as text.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Released {
     /// The request.
     pub request_id: String,

@@ -25,6 +25,7 @@ use crate::{Actor, BrokerError, Custos, now_micros};
 
 /// An answer with its budget accounting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AggregateAnswer {
     /// The query's id (`q_…`).
     pub id: String,

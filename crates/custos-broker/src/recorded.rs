@@ -18,6 +18,7 @@ use crate::{BrokerError, Custos, wait_for_commit};
 /// Receipt of a durable ledger append: the entry's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Recorded(u64);
 
 impl Recorded {

@@ -21,6 +21,7 @@ use custos_model::AgreementStatus;
 
 /// One line of a subject's report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportLine {
     /// When (RFC 3339).
     pub at: String,
@@ -41,11 +42,13 @@ pub struct ReportLine {
     /// Rows released.
     pub rows: u64,
     /// The ledger entry's index and its proof of inclusion.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub proof: InclusionProof,
 }
 
 /// A subject's accounting of disclosures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubjectReport {
     /// The subject's ledger commitment (hex): what the lines' entries carry.
     pub subject_commitment: String,
@@ -58,6 +61,7 @@ pub struct SubjectReport {
 
 /// An agreement's use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgreementReport {
     /// The agreement's id.
     pub id: String,

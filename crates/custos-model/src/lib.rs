@@ -26,6 +26,7 @@ pub use schema::{ColumnClass, ColumnType, DatasetSchema, SchemaError};
 /// An agreement's state as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AgreementStatus {
     /// In force (within its validity window).
     Active,

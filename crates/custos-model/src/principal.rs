@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Manages principals, datasets and agreements.
     Admin,
@@ -64,6 +65,7 @@ impl FromStr for Role {
 
 /// A principal as stored (never with its token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Principal {
     /// Stable id, `p` + 16 hex digits; what the ledger records as the actor.
     pub id: String,

@@ -76,6 +76,7 @@ pub struct Limits {
 /// How an aggregate grant's privacy loss is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PrivacyMeasure {
     /// Zero-concentrated DP: budgets in ρ, discrete Gaussian noise.
     Zcdp,

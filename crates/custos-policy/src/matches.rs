@@ -12,6 +12,7 @@ pub const MAX_PAD_TO: u64 = 50_000_000;
 /// What the requesting side learns from a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Reveal {
     /// Which of its own subjects matched, as per-agreement tokens.
     Matches,

@@ -245,6 +245,7 @@ pub fn plan(
 
 /// One released value with its interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cell {
     /// The noisy value as text (decimals in units), or null when an
     /// average's noisy count is not positive.
@@ -304,6 +305,7 @@ pub struct Totals {
 
 /// An answer: the select list's columns, one row per group of the domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Answer {
     /// Output column names.
     pub columns: Vec<String>,

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use custos_broker::{Actor, MatchOffer, MatchRequest};
 use custos_policy::Reveal;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::answers::{Confirmed, MatchCount, MatchResult};
 use crate::auth::Caller;
 use crate::body::ApiJson;
 use crate::problem::{Problem, ProblemKind};
@@ -44,7 +45,7 @@ pub struct NewMatch {
 #[utoipa::path(post, path = "/v1/matches", tag = "matches", security(("bearer" = [])),
     request_body = NewMatch,
     responses(
-        (status = 200, description = "The job is open: the reveal that applies and this side's point count", body = Value),
+        (status = 200, description = "The job is open: the reveal that applies and this side's point count", body = custos_broker::MatchOpened),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn open(
@@ -135,7 +136,7 @@ pub async fn exchange(
     params(("job" = String, Path, description = "Job id")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
-        (status = 200, description = "The count this side saw", body = Value),
+        (status = 200, description = "The count this side saw", body = MatchCount),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn finish(
@@ -147,35 +148,38 @@ pub async fn finish(
 ) -> Result<Json<Value>, Problem> {
     let bytes = points(&state, &actor, &job, "match.finish", &headers, body).await?;
     let count = state.custos.finish_match(&actor, &job, &bytes).await?;
-    Ok(Json(json!({ "job_id": job, "matches": count })))
+    to_value(&MatchCount {
+        job_id: job,
+        matches: count,
+    })
 }
 
 /// A match job recorded on this home, either side, with the matched tokens
 /// for the principal who ran it, approvers and admins.
 #[utoipa::path(get, path = "/v1/matches/{job}", tag = "matches", security(("bearer" = [])),
     params(("job" = String, Path, description = "Job id")),
-    responses((status = 200, body = Value), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = MatchResult), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn result(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
     Path(job): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let (job, tokens) = state.custos.match_result(&actor, &job).await?;
-    Ok(Json(json!({ "job": job, "tokens": tokens })))
+    to_value(&MatchResult { job, tokens })
 }
 
 /// Confirms an unverified result (role `approver`, not the principal who
 /// ran the job). Until then no adverse action may rest on it.
 #[utoipa::path(post, path = "/v1/matches/{job}/confirm", tag = "matches", security(("bearer" = [])),
     params(("job" = String, Path, description = "Job id")),
-    responses((status = 200, body = Value), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Confirmed), (status = 401, body = Problem), (status = 403, body = Problem)))]
 pub async fn confirm(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
     Path(job): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let job = state.custos.confirm_match(&actor, &job).await?;
-    Ok(Json(json!({ "job": job })))
+    to_value(&Confirmed { job })
 }
 
 /// A match for this (requesting) side to run against a peer.
@@ -206,7 +210,7 @@ impl std::fmt::Debug for NewMatchRun {
 /// job). The answer is the unverified result.
 #[utoipa::path(post, path = "/v1/match-runs", tag = "matches", security(("bearer" = [])),
     request_body = NewMatchRun,
-    responses((status = 200, body = Value), (status = 400, body = Problem), (status = 401, body = Problem),
+    responses((status = 200, body = custos_broker::MatchReport), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
 pub async fn run(
     State(state): State<Arc<AppState>>,
@@ -228,6 +232,13 @@ pub async fn run(
         )
         .await?;
     serde_json::to_value(report)
+        .map(Json)
+        .map_err(|_| Problem::new(ProblemKind::Internal, "the answer could not be encoded"))
+}
+
+/// A typed answer as JSON.
+fn to_value(answer: &impl serde::Serialize) -> Result<Json<Value>, Problem> {
+    serde_json::to_value(answer)
         .map(Json)
         .map_err(|_| Problem::new(ProblemKind::Internal, "the answer could not be encoded"))
 }

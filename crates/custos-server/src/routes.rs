@@ -9,10 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use custos_broker::{AgreementStatus, LookupRequest};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::answers::{
+    AgreementVersions, Applied, Health, IssuedPrincipal, ListedAgreement, Protected,
+};
 use crate::auth::Caller;
 use crate::body::ApiJson;
 use crate::problem::{Problem, ProblemKind};
@@ -27,14 +30,16 @@ fn to_json(value: &impl serde::Serialize) -> Reply {
 
 /// Liveness: the server answers and its ledger is open.
 #[utoipa::path(get, path = "/healthz", tag = "public",
-    responses((status = 200, description = "The server is up", body = Value)))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    responses((status = 200, description = "The server is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Datasets: names, sizes and schemas (never values).
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", security(("bearer" = [])),
-    responses((status = 200, body = Value), (status = 401, body = Problem)))]
+    responses((status = 200, body = Vec<custos_broker::DatasetSummary>), (status = 401, body = Problem)))]
 pub async fn datasets(State(state): State<Arc<AppState>>, Caller(actor): Caller) -> Reply {
     to_json(&state.custos.datasets(&actor).await?)
 }
@@ -42,7 +47,7 @@ pub async fn datasets(State(state): State<Arc<AppState>>, Caller(actor): Caller)
 /// One dataset's summary and schema.
 #[utoipa::path(get, path = "/v1/datasets/{name}", tag = "datasets", security(("bearer" = [])),
     params(("name" = String, Path, description = "Dataset name")),
-    responses((status = 200, body = Value), (status = 404, body = Problem)))]
+    responses((status = 200, body = custos_broker::DatasetSummary), (status = 404, body = Problem)))]
 pub async fn dataset(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -53,29 +58,29 @@ pub async fn dataset(
 
 /// Agreements with their state.
 #[utoipa::path(get, path = "/v1/agreements", tag = "agreements", security(("bearer" = [])),
-    responses((status = 200, body = Value), (status = 401, body = Problem)))]
+    responses((status = 200, body = Vec<ListedAgreement>), (status = 401, body = Problem)))]
 pub async fn agreements(State(state): State<Arc<AppState>>, Caller(actor): Caller) -> Reply {
-    let list: Vec<Value> = state
+    let list: Vec<ListedAgreement> = state
         .custos
         .agreements(&actor)
         .await?
         .into_iter()
-        .map(|(version, status)| json!({ "agreement": version, "status": status }))
+        .map(|(agreement, status)| ListedAgreement { agreement, status })
         .collect();
-    Ok(Json(Value::Array(list)))
+    to_json(&list)
 }
 
 /// One agreement: every version and its state.
 #[utoipa::path(get, path = "/v1/agreements/{id}", tag = "agreements", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agreement id")),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = AgreementVersions), (status = 403, body = Problem)))]
 pub async fn agreement(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Reply {
     let (versions, status) = state.custos.agreement(&actor, &id).await?;
-    Ok(Json(json!({ "versions": versions, "status": status })))
+    to_json(&AgreementVersions { versions, status })
 }
 
 /// An agreement to apply, as its TOML text (see docs/agreements.md).
@@ -89,7 +94,7 @@ pub struct ApplyAgreement {
 /// Applies (creates or versions) an agreement. Needs `admin`.
 #[utoipa::path(post, path = "/v1/agreements", tag = "agreements", security(("bearer" = [])),
     request_body = ApplyAgreement,
-    responses((status = 201, body = Value), (status = 400, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 201, body = Applied), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn apply_agreement(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -98,7 +103,7 @@ pub async fn apply_agreement(
     let (version, agreement) = state.custos.apply_agreement(&actor, &body.toml).await?;
     Ok((
         StatusCode::CREATED,
-        to_json(&json!({ "version": version, "agreement": agreement }))?,
+        to_json(&Applied { version, agreement })?,
     ))
 }
 
@@ -128,7 +133,7 @@ async fn set_status(
 /// Suspends an agreement (it grants nothing until resumed). Needs `admin`.
 #[utoipa::path(post, path = "/v1/agreements/{id}/suspend", tag = "agreements", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agreement id")), request_body = StatusChange,
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::AgreementState), (status = 403, body = Problem)))]
 pub async fn suspend_agreement(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -148,7 +153,7 @@ pub async fn suspend_agreement(
 /// Resumes a suspended agreement. Needs `admin`.
 #[utoipa::path(post, path = "/v1/agreements/{id}/resume", tag = "agreements", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agreement id")), request_body = StatusChange,
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::AgreementState), (status = 403, body = Problem)))]
 pub async fn resume_agreement(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -168,7 +173,7 @@ pub async fn resume_agreement(
 /// Revokes an agreement for good. Needs `admin`.
 #[utoipa::path(post, path = "/v1/agreements/{id}/revoke", tag = "agreements", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agreement id")), request_body = StatusChange,
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::AgreementState), (status = 403, body = Problem)))]
 pub async fn revoke_agreement(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -187,7 +192,7 @@ pub async fn revoke_agreement(
 
 /// Principals (never their tokens). Needs `admin`.
 #[utoipa::path(get, path = "/v1/principals", tag = "principals", security(("bearer" = [])),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = Vec<custos_model::Principal>), (status = 403, body = Problem)))]
 pub async fn principals(State(state): State<Arc<AppState>>, Caller(actor): Caller) -> Reply {
     to_json(&state.custos.principals(&actor).await?)
 }
@@ -207,7 +212,7 @@ pub struct NewPrincipal {
 /// Creates a principal; its token is in the response, once. Needs `admin`.
 #[utoipa::path(post, path = "/v1/principals", tag = "principals", security(("bearer" = [])),
     request_body = NewPrincipal,
-    responses((status = 201, body = Value), (status = 400, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 201, body = IssuedPrincipal), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn add_principal(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -225,14 +230,17 @@ pub async fn add_principal(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "principal": principal, "token": token.reveal() })),
+        to_json(&IssuedPrincipal {
+            principal,
+            token: token.reveal().to_owned(),
+        })?,
     ))
 }
 
 /// Revokes a principal's token. Needs `admin`.
 #[utoipa::path(post, path = "/v1/principals/{name}/revoke", tag = "principals", security(("bearer" = [])),
     params(("name" = String, Path, description = "Principal name")),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_model::Principal), (status = 403, body = Problem)))]
 pub async fn revoke_principal(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -261,7 +269,7 @@ pub struct NewLookup {
 /// it waits for approvals.
 #[utoipa::path(post, path = "/v1/lookups", tag = "lookups", security(("bearer" = [])),
     request_body = NewLookup,
-    responses((status = 201, body = Value), (status = 403, body = Problem)))]
+    responses((status = 201, body = custos_broker::LookupTicket), (status = 403, body = Problem)))]
 pub async fn request_lookup(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -287,7 +295,7 @@ pub async fn request_lookup(
 /// participants.
 #[utoipa::path(get, path = "/v1/lookups/{id}", tag = "lookups", security(("bearer" = [])),
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::LookupDetails), (status = 403, body = Problem)))]
 pub async fn lookup(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -299,7 +307,7 @@ pub async fn lookup(
 /// Approves a look-up (role `approver`, not the requester, once).
 #[utoipa::path(post, path = "/v1/lookups/{id}/approvals", tag = "lookups", security(("bearer" = [])),
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::LookupTicket), (status = 403, body = Problem)))]
 pub async fn approve_lookup(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -312,7 +320,7 @@ pub async fn approve_lookup(
 /// ledgered.
 #[utoipa::path(post, path = "/v1/lookups/{id}/fetch", tag = "lookups", security(("bearer" = [])),
     params(("id" = String, Path, description = "Request id")),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::Released), (status = 403, body = Problem)))]
 pub async fn fetch_lookup(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -332,14 +340,14 @@ pub struct SubjectBody {
 /// Protects a subject: look-ups of them are refused. Needs `admin`.
 #[utoipa::path(post, path = "/v1/subjects/protect", tag = "subjects", security(("bearer" = [])),
     request_body = SubjectBody,
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = Protected), (status = 403, body = Problem)))]
 pub async fn protect_subject(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
     ApiJson(body): ApiJson<SubjectBody>,
 ) -> Reply {
     state.custos.protect_subject(&actor, &body.subject).await?;
-    Ok(Json(json!({ "protected": true })))
+    to_json(&Protected { protected: true })
 }
 
 /// An aggregate question.
@@ -358,7 +366,7 @@ pub struct NewQuery {
 /// charged and ledgered before anything is computed.
 #[utoipa::path(post, path = "/v1/queries", tag = "queries", security(("bearer" = [])),
     request_body = NewQuery,
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::AggregateAnswer), (status = 403, body = Problem)))]
 pub async fn query(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -376,7 +384,7 @@ pub async fn query(
 /// Needs `admin` or `overseer`.
 #[utoipa::path(post, path = "/v1/reports/subject", tag = "reports", security(("bearer" = [])),
     request_body = SubjectBody,
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::SubjectReport), (status = 403, body = Problem)))]
 pub async fn subject_report(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -388,7 +396,7 @@ pub async fn subject_report(
 /// An agreement's use. Needs `admin` or `overseer`.
 #[utoipa::path(get, path = "/v1/reports/agreements/{id}", tag = "reports", security(("bearer" = [])),
     params(("id" = String, Path, description = "Agreement id")),
-    responses((status = 200, body = Value), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::AgreementReport), (status = 403, body = Problem)))]
 pub async fn agreement_report(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,

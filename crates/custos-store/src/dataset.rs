@@ -81,6 +81,7 @@ pub enum DatasetError {
 
 /// What a dataset looks like from outside: never values.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetSummary {
     /// Name.
     pub name: String,
@@ -95,6 +96,7 @@ pub struct DatasetSummary {
     /// SHA-256 of the schema text.
     pub schema_sha256: String,
     /// The validated schema.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub schema: DatasetSchema,
     /// Whether `rows` and `stored_bytes` are withheld from this caller
     /// (shown as 0): exact sizes of private data are for admins and

@@ -15,6 +15,7 @@ use crate::meta::{MetaError, SqliteMetadata};
 /// Where a look-up request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RequestState {
     /// Waiting for approvals.
     Pending,
@@ -81,6 +82,7 @@ pub struct AccessRequestRecord {
 
 /// One approval of a request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovalRecord {
     /// The request.
     pub request_id: String,
@@ -95,6 +97,7 @@ pub struct ApprovalRecord {
 /// What happened to a subject's records in one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SubjectEventKind {
     /// A look-up named the subject (an inspection was asked for).
     Requested,
@@ -159,6 +162,7 @@ pub struct SubjectEvent {
 
 /// An agreement's use, counted from the catalogue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgreementUsage {
     /// Look-up requests made.
     pub requests: u64,

@@ -12,6 +12,7 @@ use crate::meta::{MetaError, SqliteMetadata};
 /// Which side of a match a home was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MatchSide {
     /// It asked and learns the result.
     Requester,
@@ -31,6 +32,7 @@ impl MatchSide {
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MatchState {
     /// Claimed, not finished.
     Running,
@@ -65,6 +67,7 @@ impl MatchState {
 
 /// One job as the catalogue holds it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatchJob {
     /// `m_` and 32 hex digits, chosen by the requesting side.
     pub job_id: String,

@@ -70,6 +70,7 @@ pub struct DatasetRecord {
 
 /// One stored version of an agreement.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgreementVersion {
     /// The agreement's id.
     pub id: String,
@@ -87,6 +88,7 @@ pub struct AgreementVersion {
 
 /// The state of an agreement as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgreementState {
     /// Active, suspended or revoked.
     pub state: AgreementStatus,

@@ -65,6 +65,7 @@ pub struct MatchOffer {
 /// The answering side's reply to an offer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatchOpened {
     /// The job.
     pub job_id: String,
@@ -127,6 +128,7 @@ pub struct MatchRequest<'a> {
 
 /// What a match found, as the requesting side keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatchReport {
     /// The job.
     pub job_id: String,
