@@ -364,3 +364,56 @@ async fn errors_have_their_documented_status_and_shape() {
     let (status, _) = api.call("GET", "/v1/datasets", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// The problem+json bodies of the common refusals, as a client sees them
+/// (a snapshot: a changed type, title, status or wording shows in review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_bodies_are_stable() {
+    let api = Api::new().await;
+    let (admin, gina) = (api.admin.clone(), api.gina.clone());
+    let mut bodies = Vec::new();
+    for (method, path, token, body) in [
+        ("GET", "/v1/datasets", None, None),
+        (
+            "GET",
+            "/v1/datasets",
+            Some(&"custos_nonsense".to_owned()),
+            None,
+        ),
+        ("GET", "/v1/datasets/nope", Some(&gina), None),
+        ("GET", "/v1/principals", Some(&gina), None),
+        (
+            "POST",
+            "/v1/principals",
+            Some(&admin),
+            Some(json!({ "name": "gina", "org": "GAO", "roles": ["requester"] })),
+        ),
+        (
+            "POST",
+            "/v1/agreements/gao-refund-statistics/resume",
+            Some(&admin),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/v1/queries",
+            Some(&gina),
+            Some(
+                json!({ "agreement": "gao-refund-statistics", "sql": "SELECT name FROM tax_returns" }),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/queries",
+            Some(&gina),
+            Some(json!({ "agreement": "gao-refund-statistics", "sql": 7 })),
+        ),
+        ("GET", "/v1/no-such-route", Some(&gina), None),
+    ] {
+        let (status, problem) = api
+            .call(method, path, token.map(String::as_str), body)
+            .await;
+        bodies.push(json!({ "request": format!("{method} {path}"), "status": status.as_u16(), "problem": problem }));
+    }
+    insta::assert_json_snapshot!(bodies);
+}

@@ -603,3 +603,13 @@ fn help_explains_every_command() {
         .success()
         .stdout(predicate::str::contains("lists them with line and column"));
 }
+
+/// The top-level help is the user's first manual page: a snapshot, so a
+/// change to it is seen in review.
+#[test]
+fn the_top_level_help_is_stable() {
+    let env = Env::new();
+    let out = env.custos().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!(String::from_utf8(out.stdout).unwrap());
+}
