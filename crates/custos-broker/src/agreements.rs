@@ -9,7 +9,7 @@ use custos_policy::{Agreement, AgreementError};
 use custos_store::meta::{AgreementState, AgreementVersion};
 use sha2::{Digest, Sha256};
 
-use crate::{Actor, BrokerError, Custos, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, now_micros};
 use custos_model::AgreementStatus;
 
 /// Whether `actor` may see an agreement: the local administrator and
@@ -18,7 +18,7 @@ use custos_model::AgreementStatus;
 /// from subject reports (withheld ones are for their parties only). No one
 /// else learns that it exists.
 pub(crate) fn may_see(actor: &Actor, version: &AgreementVersion) -> bool {
-    let Actor::Principal(p, _) = actor else {
+    let Actor(Acting::Principal(p)) = actor else {
         return true;
     };
     if p.has_role(Role::Admin) {
@@ -150,7 +150,7 @@ impl Custos {
         &self,
         actor: &Actor,
     ) -> Result<Option<BTreeSet<String>>, BrokerError> {
-        if let Actor::Principal(p, _) = actor
+        if let Actor(Acting::Principal(p)) = actor
             && !p.has_role(Role::Admin)
             && !p.has_role(Role::Overseer)
         {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::decide::{Access, Denial};
 use crate::lookups::compile_row_scope;
 use crate::recorded::Recorded;
-use crate::{Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, SUBJECTS_PER_ENTRY, entries_naming, now_micros};
 
 /// Rows per Parquet batch of an extract.
 const PARQUET_BATCH_ROWS: usize = 8192;
@@ -251,7 +251,7 @@ impl Custos {
     ) -> Result<ExtractReport, BrokerError> {
         const ACTION: &str = "extract";
         let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny);
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("extracts need a principal's token".into()),

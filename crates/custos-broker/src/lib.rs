@@ -131,38 +131,45 @@ pub enum BrokerError {
     Key(#[from] custos_store::KeyError),
 }
 
-/// Who is acting, as the broker established it. Only [`Custos::actor`] and
-/// [`Custos::authenticate`] make one (the [`Vouched`] field cannot be made
-/// elsewhere), so a caller cannot claim to be a principal it has no token
-/// for, nor the bootstrap console once a principal exists. Match on it
-/// freely: `Actor::Principal(p, _)`.
+/// Who is acting, as the broker established it. Opaque: only
+/// [`Custos::actor`] and [`Custos::authenticate`] make one, and nothing
+/// outside the broker can build, take apart or change one, so a caller
+/// cannot claim to be a principal it has no token for, nor the bootstrap
+/// console once a principal exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Actor {
+pub struct Actor(Acting);
+
+/// What an [`Actor`] is (crate-private).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Acting {
     /// The custodian at the console of a home with no principal yet (the
     /// bootstrap exception: it can only create the first admin and ingest).
-    LocalAdmin(Vouched),
+    LocalAdmin,
     /// An authenticated principal.
-    Principal(Principal, Vouched),
+    Principal(Principal),
 }
 
-/// The broker's word that an [`Actor`] was authenticated (or is the
-/// bootstrap console of a home without principals). Its field is private.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vouched(());
-
 impl Actor {
+    /// The principal acting, if it is one (not the bootstrap console).
+    pub fn principal(&self) -> Option<&Principal> {
+        match &self.0 {
+            Acting::Principal(p) => Some(p),
+            Acting::LocalAdmin => None,
+        }
+    }
+
     /// The id the ledger records.
     pub fn id(&self) -> &str {
-        match self {
-            Self::LocalAdmin(_) => LOCAL_ADMIN,
-            Self::Principal(p, _) => &p.id,
+        match &self.0 {
+            Acting::LocalAdmin => LOCAL_ADMIN,
+            Acting::Principal(p) => &p.id,
         }
     }
 
     pub(crate) fn is_admin(&self) -> bool {
-        match self {
-            Self::LocalAdmin(_) => true,
-            Self::Principal(p, _) => p.has_role(Role::Admin),
+        match &self.0 {
+            Acting::LocalAdmin => true,
+            Acting::Principal(p) => p.has_role(Role::Admin),
         }
     }
 }
@@ -429,7 +436,7 @@ impl Custos {
         match token {
             Some(token) => self.authenticate(token).await,
             None if self.home.meta().principals().await?.is_empty() => {
-                Ok(Actor::LocalAdmin(Vouched(())))
+                Ok(Actor(Acting::LocalAdmin))
             }
             None => Err(BrokerError::Denied(
                 "this home has principals: act as one by setting CUSTOS_TOKEN".into(),
@@ -453,7 +460,7 @@ impl Custos {
             Err(_) => None,
         };
         match found {
-            Some(p) => Ok(Actor::Principal(p, Vouched(()))),
+            Some(p) => Ok(Actor(Acting::Principal(p))),
             None => {
                 let entry = Entry::new(now_micros(), "anonymous", "auth.token", Decision::Deny)
                     .with_reason("invalid, unknown or revoked token");
@@ -487,7 +494,7 @@ impl Custos {
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may add principals"));
         }
-        if matches!(actor, Actor::LocalAdmin(_)) && !roles.contains(&Role::Admin) {
+        if matches!(actor, Actor(Acting::LocalAdmin)) && !roles.contains(&Role::Admin) {
             return Err(self.deny(actor, ACTION, "the first principal must be an admin"));
         }
         if !principal::valid_principal_name(name) {
@@ -581,8 +588,8 @@ impl Custos {
     /// All principals (admins and overseers only), never with tokens.
     pub async fn principals(&self, actor: &Actor) -> Result<Vec<Principal>, BrokerError> {
         let allowed = match actor {
-            Actor::LocalAdmin(_) => true,
-            Actor::Principal(p, _) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+            Actor(Acting::LocalAdmin) => true,
+            Actor(Acting::Principal(p)) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
         };
         if !allowed {
             return Err(self.deny(
@@ -685,8 +692,8 @@ impl Custos {
 /// on disk) is a count of private data, shown to admins and overseers only.
 fn sized_for(actor: &Actor, mut summary: DatasetSummary) -> DatasetSummary {
     let staff = match actor {
-        Actor::LocalAdmin(_) => true,
-        Actor::Principal(p, _) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+        Actor(Acting::LocalAdmin) => true,
+        Actor(Acting::Principal(p)) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
     };
     if !staff {
         summary.rows = 0;
@@ -733,7 +740,7 @@ mod tests {
         let s = dir.path().join("s.toml");
         custos
             .ingest(
-                &Actor::LocalAdmin(Vouched(())),
+                &Actor(Acting::LocalAdmin),
                 "good",
                 &s,
                 &dir.path().join("ok.csv"),
@@ -744,7 +751,7 @@ mod tests {
         assert!(
             custos
                 .ingest(
-                    &Actor::LocalAdmin(Vouched(())),
+                    &Actor(Acting::LocalAdmin),
                     "bad",
                     &s,
                     &dir.path().join("bad.csv"),
@@ -781,7 +788,7 @@ mod tests {
         // Reopen: the ledger recovers, the good dataset exists, the bad one not.
         let custos = Custos::open(&root, None).await.unwrap();
         let names: Vec<String> = custos
-            .datasets(&Actor::LocalAdmin(Vouched(())))
+            .datasets(&Actor(Acting::LocalAdmin))
             .await
             .unwrap()
             .into_iter()

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::{Access, Denial, Granted};
 use crate::recorded::Recorded;
-use crate::{Actor, BrokerError, Custos, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, now_micros};
 
 /// File in the home that holds the custodian's Cedar guard rules.
 pub const GUARDS_FILE: &str = "guards.cedar";
@@ -206,7 +206,7 @@ impl Custos {
     ) -> Result<LookupTicket, BrokerError> {
         const ACTION: &str = "lookup.request";
         let mut entry = self.lookup_entry(actor, ACTION, Decision::Deny);
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
         };
         // Check the inputs' form first; nothing of them reaches the ledger
@@ -397,7 +397,7 @@ impl Custos {
         id: &str,
     ) -> Result<LookupDetails, BrokerError> {
         let entry = self.lookup_entry(actor, "lookup.show", Decision::Deny);
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.deny_lookup(entry, "look-ups need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
@@ -453,7 +453,7 @@ impl Custos {
     ) -> Result<LookupTicket, BrokerError> {
         const ACTION: &str = "lookup.approve";
         let entry = self.lookup_entry(actor, ACTION, Decision::Deny);
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.deny_lookup(entry, "approvals need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
@@ -548,7 +548,7 @@ impl Custos {
     pub async fn fetch_lookup(&self, actor: &Actor, id: &str) -> Result<Released, BrokerError> {
         const ACTION: &str = "lookup.fetch";
         let entry = self.lookup_entry(actor, ACTION, Decision::Deny);
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.deny_lookup(entry, "fetches need a principal's token".into()));
         };
         let record = self.known_request(&entry, id).await?;
@@ -845,7 +845,7 @@ impl Custos {
     pub async fn protect_subject(&self, actor: &Actor, subject: &str) -> Result<(), BrokerError> {
         const ACTION: &str = "subject.protect";
         let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny);
-        if !matches!(actor, Actor::Principal(p, _) if p.has_role(Role::Admin)) {
+        if !matches!(actor, Actor(Acting::Principal(p)) if p.has_role(Role::Admin)) {
             return Err(self.deny_lookup(entry, "only an admin may protect subjects".into()));
         }
         let commitment = self.subjects().commit(subject.trim());

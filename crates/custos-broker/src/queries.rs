@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decide::{Access, Denial};
 use crate::recorded::Recorded;
-use crate::{Actor, BrokerError, Custos, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, now_micros};
 
 /// An answer with its budget accounting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ impl Custos {
         let query_sha = hex::encode(Sha256::digest(sql.as_bytes()));
         let mut entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Deny)
             .with_attribute("query_hmac", self.subjects().digest("query", sql));
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("queries need a principal's token".into()),

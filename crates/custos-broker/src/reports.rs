@@ -16,7 +16,7 @@ use custos_policy::Agreement;
 use custos_store::lookups::{AgreementUsage, SubjectEventKind};
 use serde::{Deserialize, Serialize};
 
-use crate::{Actor, BrokerError, Custos, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, now_micros};
 use custos_model::AgreementStatus;
 
 /// One line of a subject's report.
@@ -88,8 +88,8 @@ pub struct AgreementReport {
 impl Custos {
     fn may_report(&self, actor: &Actor, action: &str) -> Result<(), BrokerError> {
         let allowed = match actor {
-            Actor::LocalAdmin(_) => false,
-            Actor::Principal(p, _) => p.has_role(Role::Overseer) || p.has_role(Role::Admin),
+            Actor(Acting::LocalAdmin) => false,
+            Actor(Acting::Principal(p)) => p.has_role(Role::Overseer) || p.has_role(Role::Admin),
         };
         if allowed {
             Ok(())

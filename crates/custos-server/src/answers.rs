@@ -41,8 +41,8 @@ pub struct Applied {
     pub agreement: custos_policy::Agreement,
 }
 
-/// A new principal and its token (shown once).
-#[derive(Debug, Serialize, ToSchema)]
+/// A new principal and its token (shown once). No `Debug`: it holds a token.
+#[derive(Serialize, ToSchema)]
 pub struct IssuedPrincipal {
     /// The principal.
     pub principal: Principal,
@@ -66,8 +66,9 @@ pub struct MatchCount {
     pub matches: u64,
 }
 
-/// A kept match result: the job and the matched subjects' tokens.
-#[derive(Debug, Serialize, ToSchema)]
+/// A kept match result: the job and the matched subjects' tokens. No
+/// `Debug`: it holds pseudonyms.
+#[derive(Serialize, ToSchema)]
 pub struct MatchResult {
     /// The job.
     pub job: MatchJob,

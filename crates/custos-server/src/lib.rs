@@ -46,8 +46,19 @@
 //! only from a token (`Custos::authenticate`) or, on a home without
 //! principals, the bootstrap console (`Custos::actor(None)`):
 //!
-//! ```compile_fail,E0423
-//! let _ = custos_broker::Actor::LocalAdmin(custos_broker::Vouched(()));
+//! ```compile_fail,E0599
+//! let _ = custos_broker::Actor::LocalAdmin;
+//! ```
+//!
+//! nor copy out of, take apart or change one it was given:
+//!
+//! ```compile_fail,E0603
+//! fn promote(actor: custos_broker::Actor) {
+//!     let custos_broker::Actor(custos_broker::Acting::Principal(mut p)) = actor else {
+//!         return;
+//!     };
+//!     p.roles.push(custos_model::Role::Admin);
+//! }
 //! ```
 //!
 //! A master key from the environment is opaque (no derivation, no

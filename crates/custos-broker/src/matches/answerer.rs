@@ -17,7 +17,7 @@ use custos_store::matches::{MatchJob, MatchSide, MatchState};
 use crate::decide::Denial;
 use crate::lookups::compile_row_scope;
 use crate::recorded::Recorded;
-use crate::{Actor, BrokerError, Custos, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, now_micros};
 
 use super::*;
 
@@ -71,7 +71,7 @@ impl Custos {
     ) -> Result<MatchOpened, BrokerError> {
         let mut entry = Entry::new(now_micros(), actor.id(), "match.open", Decision::Deny)
             .with_attribute("side", "responder");
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("matches need a principal's token".into()),

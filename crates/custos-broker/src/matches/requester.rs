@@ -14,7 +14,7 @@ use custos_store::matches::{MatchJob, MatchSide, MatchState};
 use crate::decide::Denial;
 use crate::lookups::compile_row_scope;
 use crate::recorded::Recorded;
-use crate::{Actor, BrokerError, Custos, entries_naming, now_micros};
+use crate::{Acting, Actor, BrokerError, Custos, entries_naming, now_micros};
 
 use super::*;
 
@@ -30,7 +30,7 @@ impl Custos {
         let mut entry = Entry::new(now_micros(), actor.id(), "match", Decision::Deny)
             .with_attribute("peer", peer.name())
             .with_attribute("side", "requester");
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("matches need a principal's token".into()),
@@ -311,7 +311,7 @@ impl Custos {
         job_id: &str,
     ) -> Result<MatchJob, BrokerError> {
         let entry = Entry::new(now_micros(), actor.id(), "match.confirm", Decision::Deny);
-        let Actor::Principal(principal, _) = actor else {
+        let Actor(Acting::Principal(principal)) = actor else {
             return Err(self.refuse(
                 entry,
                 Denial::same("confirming needs a principal's token".into()),
@@ -407,23 +407,34 @@ impl Custos {
         job_id: &str,
     ) -> Result<(MatchJob, Vec<String>), BrokerError> {
         let meta = self.home().meta();
-        let Actor::Principal(principal, _) = actor else {
-            return Err(BrokerError::Denied(
-                "reading a match needs a principal's token".into(),
+        // Every refusal to read a result is ledgered, like every denial.
+        let refused = Entry::new(now_micros(), actor.id(), "match.read", Decision::Deny);
+        let Actor(Acting::Principal(principal)) = actor else {
+            return Err(self.refuse(
+                refused,
+                Denial::same("reading a match needs a principal's token".into()),
             ));
         };
-        let job = meta
-            .match_job(job_id)
-            .await?
-            .ok_or_else(|| BrokerError::Denied(format!("no match job `{job_id}`")))?;
+        let Some(job) = meta.match_job(job_id).await? else {
+            return Err(self.refuse(
+                refused,
+                Denial {
+                    message: format!("no match job `{job_id}`"),
+                    recorded: "no such match job".into(),
+                },
+            ));
+        };
         let owner = job.principal == principal.id;
         if !(owner || principal.has_role(Role::Approver) || principal.has_role(Role::Admin)) {
             if principal.has_role(Role::Overseer) {
                 return Ok((job, Vec::new()));
             }
-            return Err(BrokerError::Denied(
-                "only the principal who ran a match, approvers, admins and overseers may read it"
-                    .into(),
+            return Err(self.refuse(
+                refused.with_request(job_id),
+                Denial::same(
+                    "only the principal who ran a match, approvers, admins and overseers may read it"
+                        .into(),
+                ),
             ));
         }
         let tokens = meta.match_tokens(job_id).await?;
