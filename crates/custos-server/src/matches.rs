@@ -21,6 +21,7 @@ use crate::answers::{Confirmed, MatchCount, MatchResult};
 use crate::auth::Caller;
 use crate::body::ApiJson;
 use crate::problem::{Problem, ProblemKind};
+use crate::routes::to_json;
 
 /// The media type of point lists.
 pub const POINTS: &str = "application/octet-stream";
@@ -62,9 +63,7 @@ pub async fn open(
         points: body.points,
     };
     let opened = state.custos.open_match(&actor, &offer).await?;
-    serde_json::to_value(opened)
-        .map(Json)
-        .map_err(|_| Problem::new(ProblemKind::Internal, "the answer could not be encoded"))
+    to_json(&opened)
 }
 
 /// Reads a point list of exactly the size the job expects.
@@ -148,7 +147,7 @@ pub async fn finish(
 ) -> Result<Json<Value>, Problem> {
     let bytes = points(&state, &actor, &job, "match.finish", &headers, body).await?;
     let count = state.custos.finish_match(&actor, &job, &bytes).await?;
-    to_value(&MatchCount {
+    to_json(&MatchCount {
         job_id: job,
         matches: count,
     })
@@ -165,7 +164,7 @@ pub async fn result(
     Path(job): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let (job, tokens) = state.custos.match_result(&actor, &job).await?;
-    to_value(&MatchResult { job, tokens })
+    to_json(&MatchResult { job, tokens })
 }
 
 /// Confirms an unverified result (role `approver`, not the principal who
@@ -179,7 +178,7 @@ pub async fn confirm(
     Path(job): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     let job = state.custos.confirm_match(&actor, &job).await?;
-    to_value(&Confirmed { job })
+    to_json(&Confirmed { job })
 }
 
 /// A match for this (requesting) side to run against a peer.
@@ -231,14 +230,5 @@ pub async fn run(
             &peer,
         )
         .await?;
-    serde_json::to_value(report)
-        .map(Json)
-        .map_err(|_| Problem::new(ProblemKind::Internal, "the answer could not be encoded"))
-}
-
-/// A typed answer as JSON.
-fn to_value(answer: &impl serde::Serialize) -> Result<Json<Value>, Problem> {
-    serde_json::to_value(answer)
-        .map(Json)
-        .map_err(|_| Problem::new(ProblemKind::Internal, "the answer could not be encoded"))
+    to_json(&report)
 }

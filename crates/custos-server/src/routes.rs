@@ -22,7 +22,7 @@ use crate::problem::{Problem, ProblemKind};
 
 type Reply = Result<Json<Value>, Problem>;
 
-fn to_json(value: &impl serde::Serialize) -> Reply {
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Reply {
     serde_json::to_value(value)
         .map(Json)
         .map_err(|_| Problem::new(ProblemKind::Internal, "the answer could not be encoded"))
