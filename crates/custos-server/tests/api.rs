@@ -417,3 +417,42 @@ async fn problem_bodies_are_stable() {
     }
     insta::assert_json_snapshot!(bodies);
 }
+
+/// The public checkpoint's size (line 2 of the signed note).
+async fn ledger_size(api: &Api) -> u64 {
+    let request = Request::builder()
+        .uri("/checkpoint")
+        .body(Body::empty())
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A refused read of a match result is a denial like any other: it is in
+/// the public ledger (a requester probing job ids leaves a trace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_match_read_is_ledgered() {
+    let api = Api::new().await;
+    // Checkpoints are published at least once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let before = ledger_size(&api).await;
+    let (status, _) = api
+        .call(
+            "GET",
+            "/v1/matches/m_0123456789abcdef0123456789abcdef",
+            Some(&api.gina),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(ledger_size(&api).await, before + 1);
+}
