@@ -32,8 +32,9 @@ use datafusion::parquet::encryption::encrypt::FileEncryptionProperties;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 use custos_privacy::Totals;
+use custos_privacy::bounds::{self, Binned};
 use custos_privacy::quantile;
-use custos_privacy::query::{Aggregate, AggregateQuery, group_domain};
+use custos_privacy::query::{Aggregate, AggregateQuery, Operand, group_domain};
 
 /// The encryption factory's id in a session.
 const FACTORY: &str = "custos-buckets";
@@ -202,19 +203,44 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A column whose values the query reads: its clamping bounds, and the
-/// quantile candidates if a quantile reads it.
+/// A column whose values the query reads, clamped to one range (the
+/// analyst's clamp or the schema's bounds): the quantile candidates if a
+/// quantile reads it, the bound grid if an unclamped sum or average does.
 #[derive(Debug, Clone)]
 struct ValueColumn {
     name: String,
     low: i64,
     high: i64,
     candidates: Option<Arc<Vec<i64>>>,
+    bins: Option<Arc<Vec<i64>>>,
+    /// Its column's index among the value columns read.
+    source: usize,
+}
+
+impl ValueColumn {
+    fn is(&self, name: &str, (low, high): (i64, i64)) -> bool {
+        self.name == name && self.low == low && self.high == high
+    }
+}
+
+/// The range an aggregate's operand is clamped to.
+fn range(schema: &DatasetSchema, operand: &Operand) -> (i64, i64) {
+    operand.clamp.map_or_else(
+        || {
+            schema
+                .column(&operand.column)
+                .and_then(|c| c.bounds)
+                .unwrap_or((0, 0))
+        },
+        |c| (c.low, c.high),
+    )
 }
 
 /// What every bucket's bounding needs to know.
 #[derive(Debug)]
 struct Layout {
+    /// The value columns read, each once.
+    read: Vec<String>,
     domains: Vec<DomainIndex>,
     groups: usize,
     values: Vec<ValueColumn>,
@@ -234,25 +260,46 @@ pub async fn totals(
     let groups = group_keys(&schema, &query.group_by);
     let mut values: Vec<ValueColumn> = Vec::new();
     for a in &query.aggregates {
-        let Some(c) = a.column() else { continue };
-        let (low, high) = schema.column(c).and_then(|c| c.bounds).unwrap_or((0, 0));
-        let position = match values.iter().position(|v| v.name == c) {
+        let Some(operand) = a.operand() else { continue };
+        let (low, high) = range(&schema, operand);
+        let position = match values.iter().position(|v| v.is(&operand.column, (low, high))) {
             Some(p) => p,
             None => {
                 values.push(ValueColumn {
-                    name: c.to_owned(),
+                    name: operand.column.clone(),
                     low,
                     high,
                     candidates: None,
+                    bins: None,
+                    source: 0,
                 });
                 values.len() - 1
             }
         };
-        if matches!(a, Aggregate::Quantile { .. }) && values[position].candidates.is_none() {
-            values[position].candidates = Some(Arc::new(quantile::candidates(low, high)));
+        let slot = &mut values[position];
+        if matches!(a, Aggregate::Quantile { .. }) && slot.candidates.is_none() {
+            slot.candidates = Some(Arc::new(quantile::candidates(low, high)));
+        }
+        if !matches!(a, Aggregate::Quantile { .. })
+            && operand.clamp.is_none()
+            && slot.bins.is_none()
+        {
+            slot.bins = Some(Arc::new(bounds::grid(low, high)));
         }
     }
+    // Each column is read once, however many ranges clamp it.
+    let mut read: Vec<String> = Vec::new();
+    for v in &mut values {
+        v.source = match read.iter().position(|c| *c == v.name) {
+            Some(p) => p,
+            None => {
+                read.push(v.name.clone());
+                read.len() - 1
+            }
+        };
+    }
     let layout = Arc::new(Layout {
+        read,
         domains: query
             .group_by
             .iter()
@@ -264,7 +311,7 @@ pub async fn totals(
     });
     let mut select: Vec<String> = vec![quote(SUBJECT_KEY_COLUMN)];
     select.extend(query.group_by.iter().map(|g| quote(g)));
-    select.extend(layout.values.iter().map(|v| quote(&v.name)));
+    select.extend(layout.read.iter().map(|c| quote(c)));
     let sql_where = filter_sql
         .map(|f| format!(" WHERE {f}"))
         .unwrap_or_default();
@@ -314,7 +361,7 @@ pub async fn totals(
     while let Some(done) = running.join_next().await {
         total.merge(done.map_err(engine)??);
     }
-    Ok(total.finish(query, &layout, groups))
+    Ok(total.finish(query, &schema, &layout, groups))
 }
 
 /// One bucket's (or the sum of several buckets') bounded totals.
@@ -326,6 +373,8 @@ struct BucketTotals {
     sums: Vec<Vec<i64>>,
     /// Per value column (empty unless a quantile reads it), per group.
     histograms: Vec<Vec<Vec<u64>>>,
+    /// Per value column (empty unless an unclamped sum reads it), per group.
+    binned: Vec<Vec<Binned>>,
     scanned: u64,
     dropped: u64,
 }
@@ -341,6 +390,14 @@ impl BucketTotals {
                 .iter()
                 .map(|v| match &v.candidates {
                     Some(c) => vec![vec![0; 2 * c.len() + 1]; layout.groups],
+                    None => Vec::new(),
+                })
+                .collect(),
+            binned: layout
+                .values
+                .iter()
+                .map(|v| match &v.bins {
+                    Some(grid) => vec![Binned::new(grid.len()); layout.groups],
                     None => Vec::new(),
                 })
                 .collect(),
@@ -367,36 +424,65 @@ impl BucketTotals {
                 }
             }
         }
+        for (a, b) in self.binned.iter_mut().zip(&other.binned) {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.merge(y);
+            }
+        }
         self.scanned += other.scanned;
         self.dropped += other.dropped;
     }
 
-    fn finish(self, query: &AggregateQuery, layout: &Layout, groups: Vec<Vec<String>>) -> Totals {
-        let column = |c: &str| layout.values.iter().position(|v| v.name == c).unwrap_or(0);
+    fn finish(
+        self,
+        query: &AggregateQuery,
+        schema: &DatasetSchema,
+        layout: &Layout,
+        groups: Vec<Vec<String>>,
+    ) -> Totals {
+        let slot = |o: &Operand| {
+            let r = range(schema, o);
+            layout
+                .values
+                .iter()
+                .position(|v| v.is(&o.column, r))
+                .unwrap_or(0)
+        };
         let mut values = Vec::new();
         let mut avg_counts = Vec::new();
         let mut histograms = Vec::new();
+        let mut binned = Vec::new();
         for a in &query.aggregates {
-            let (value, histogram) = match a {
-                Aggregate::CountRows => (self.rows.clone(), Vec::new()),
-                Aggregate::CountSubjects => (self.subjects.clone(), Vec::new()),
-                Aggregate::Sum(c) => (self.sums[column(c)].clone(), Vec::new()),
-                Aggregate::Avg(c) => {
-                    avg_counts.push(self.rows.clone());
-                    (self.sums[column(c)].clone(), Vec::new())
+            let (value, histogram, bins) = match a {
+                Aggregate::CountRows => (self.rows.clone(), Vec::new(), Vec::new()),
+                Aggregate::CountSubjects => (self.subjects.clone(), Vec::new(), Vec::new()),
+                Aggregate::Sum(o) | Aggregate::Avg(o) => {
+                    if matches!(a, Aggregate::Avg(_)) {
+                        avg_counts.push(self.rows.clone());
+                    }
+                    let bins = if o.clamp.is_none() {
+                        self.binned[slot(o)].clone()
+                    } else {
+                        Vec::new()
+                    };
+                    (self.sums[slot(o)].clone(), Vec::new(), bins)
                 }
-                Aggregate::Quantile { column: c, .. } => {
-                    (Vec::new(), self.histograms[column(c)].clone())
-                }
+                Aggregate::Quantile { operand, .. } => (
+                    Vec::new(),
+                    self.histograms[slot(operand)].clone(),
+                    Vec::new(),
+                ),
             };
             values.push(value);
             histograms.push(histogram);
+            binned.push(bins);
         }
         Totals {
             groups,
             values,
             avg_counts,
             histograms,
+            binned,
             rows_scanned: self.scanned,
             rows_dropped: self.dropped,
         }
@@ -440,8 +526,8 @@ fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals
                 };
                 group = group * domain.size + i;
             }
-            for (i, v) in layout.values.iter().enumerate() {
-                let cell = int_at(batch.column(1 + group_columns + i).as_ref(), row);
+            for v in &layout.values {
+                let cell = int_at(batch.column(1 + group_columns + v.source).as_ref(), row);
                 row_values.push(cell.map_or(0, |x| x.clamp(v.low, v.high)));
             }
             let index = u32::try_from(row_group.len()).map_err(engine)?;
@@ -495,6 +581,9 @@ fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals
                 out.sums[i][g] = out.sums[i][g].saturating_add(*v);
                 if let Some(grid) = &layout.values[i].candidates {
                     out.histograms[i][g][quantile::position(grid, *v)] += 1;
+                }
+                if let Some(grid) = &layout.values[i].bins {
+                    out.binned[i][g].add(grid, *v);
                 }
             }
         }

@@ -1,12 +1,14 @@
 //! Custos privacy mechanisms, pure (no I/O, no Arrow, no DataFusion):
 //! aggregate SQL checked against an agreement's grant and planned for
-//! privacy (clamping to schema bounds, at most `k` rows per subject, the
+//! privacy (clamping to the analyst's or privately chosen bounds, at most
+//! `k` rows per subject, the
 //! whole public domain of every `GROUP BY` column), true totals released
 //! with OpenDP noise and 95% confidence intervals, per-agreement tokens,
 //! and the private set intersection protocol.
 //!
 //! - [`query`]: the SQL allow-list.
 //! - [`mechanism`]: calibration, noise and intervals through OpenDP.
+//! - [`bounds`]: private clamping bounds for sums and averages without a `CLAMP`.
 //! - [`quantile`]: quantile scores and OpenDP's noisy max.
 //! - [`tokens`]: per-agreement tokens and generalisation (extracts, matches).
 //! - [`psi`]: the private set intersection protocol core (ECDH on Ristretto255).
@@ -18,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bounds;
 pub mod mechanism;
 pub mod psi;
 pub mod quantile;
@@ -34,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mechanism::{NoisyVector, Sensitivity};
 use crate::query::{
-    Aggregate, AggregateQuery, GrantedColumns, OutputColumn, QueryError, parse_query,
+    Aggregate, AggregateQuery, GrantedColumns, Operand, OutputColumn, QueryError, parse_query,
 };
 
 /// Why a query cannot be answered.
@@ -91,17 +94,6 @@ pub struct QueryPlan {
     pub spend: f64,
     /// Columns the query reads (for the policy decision).
     pub columns: Vec<String>,
-}
-
-impl QueryPlan {
-    /// Independent noisy releases the query makes (an `AVG` is two).
-    pub fn releases(&self) -> usize {
-        self.query
-            .aggregates
-            .iter()
-            .map(|a| if matches!(a, Aggregate::Avg(_)) { 2 } else { 1 })
-            .sum()
-    }
 }
 
 /// The dataset a query reads (its one `FROM` table), to find its grant.
@@ -221,6 +213,7 @@ pub fn plan(
         (None, f) | (f, None) => f,
         (Some(scope), Some(filter)) => Some(format!("({scope}) AND ({filter})")),
     };
+    check_memory(&query, schema)?;
     let sym = privacy.measure.symbol();
     let spend = spend.unwrap_or(privacy.per_query);
     if !(spend.is_finite() && spend > 0.0) {
@@ -241,6 +234,38 @@ pub fn plan(
         spend,
         columns: columns.into_iter().collect(),
     })
+}
+
+/// Most histogram counters a query may keep per copy of its totals (the
+/// engine holds a few copies at once): 2²⁴ counters are 128 MiB.
+const MAX_COUNTERS: u128 = 1 << 24;
+
+/// Refuses a query whose quantile histograms or private-bound bins, one per
+/// group, would not fit in memory.
+fn check_memory(query: &AggregateQuery, schema: &DatasetSchema) -> Result<(), PrivacyError> {
+    let groups: u128 = query
+        .group_by
+        .iter()
+        .map(|g| schema.column(g).map_or(1, |c| query::group_domain(c).len() as u128))
+        .product();
+    let mut per_group: u128 = 0;
+    for a in &query.aggregates {
+        let Some(operand) = a.operand() else { continue };
+        let (lo, hi) = range_of(schema, operand)?;
+        per_group += match a {
+            Aggregate::Quantile { .. } => 2 * quantile::candidates(lo, hi).len() as u128 + 1,
+            _ if operand.clamp.is_none() => 2 * (2 * bounds::grid(lo, hi).len() as u128 + 1),
+            _ => 0,
+        };
+    }
+    if groups.saturating_mul(per_group) > MAX_COUNTERS {
+        return Err(QueryError::NotAllowed(format!(
+            "quantiles and unclamped sums keep a histogram per group: {groups} groups need {} counters, more than the {MAX_COUNTERS} allowed; group by fewer columns, or CLAMP the sums",
+            groups.saturating_mul(per_group)
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// One released value with its interval.
@@ -294,9 +319,13 @@ pub struct Totals {
     /// For each `AVG` aggregate, per group, the count of its rows.
     pub avg_counts: Vec<Vec<i64>>,
     /// Per aggregate, per group: for quantiles, the histogram of values
-    /// against the column's candidates ([`quantile::position`]); empty for
-    /// the others.
+    /// against the candidates of [`quantile::candidates`] over the
+    /// operand's range ([`quantile::position`]); empty for the others.
     pub histograms: Vec<Vec<Vec<u64>>>,
+    /// Per aggregate, per group: for a `SUM` or `AVG` without a `CLAMP`,
+    /// its values binned against [`bounds::grid`] of the column's schema
+    /// bounds (to clamp at privately chosen bounds); empty for the others.
+    pub binned: Vec<Vec<bounds::Binned>>,
     /// Rows read after the filter, before bounding.
     pub rows_scanned: u64,
     /// Rows dropped by contribution bounding.
@@ -318,6 +347,44 @@ pub struct Answer {
     /// Per aggregate: the noise scale (Laplace scale or Gaussian σ in
     /// storage units; for quantiles, the scale on the scores).
     pub scales: Vec<(String, f64)>,
+    /// Per value aggregate: the range its values were clamped to (or, for
+    /// a quantile, searched), and where that range came from.
+    #[serde(default)]
+    pub bounds: Vec<AppliedBounds>,
+}
+
+/// The range a value aggregate's rows were clamped to, and its source.
+/// How many values were clamped is not released (it would cost budget);
+/// an analyst who wants it asks `COUNT(*) … WHERE col > high`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppliedBounds {
+    /// The aggregate's label, as in `columns`.
+    pub aggregate: String,
+    /// The lowest value counted, in the column's units.
+    pub low: String,
+    /// The highest value counted.
+    pub high: String,
+    /// Where the range came from.
+    pub source: BoundsSource,
+    /// What choosing the range spent (ε or ρ; part of the query's spend);
+    /// zero unless chosen privately.
+    pub spent: f64,
+}
+
+/// Where an aggregate's range came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BoundsSource {
+    /// The analyst's `CLAMP(col, low, high)`.
+    Analyst,
+    /// Chosen privately: noisy estimates of the column's 0.1st and 99.9th
+    /// percentiles over the rows read, one grid step outward ([`bounds`]).
+    Private,
+    /// The schema's declared bounds (a quantile without a `CLAMP`
+    /// searches them on a grid of 0.5% steps).
+    Schema,
 }
 
 /// A column's declared bounds. The query allow-list refuses a column
@@ -329,26 +396,41 @@ fn bounds_of(schema: &DatasetSchema, column: &str) -> Result<(i64, i64), Privacy
         .ok_or_else(|| PrivacyError::MissingBounds(column.to_owned()))
 }
 
-/// How much one subject (at most `k` rows, each clamped to the column's
-/// bounds) can move an aggregate, in L1 and L2.
-fn sensitivity(a: &Aggregate, schema: &DatasetSchema, k: f64) -> Result<Sensitivity, PrivacyError> {
-    Ok(match a {
-        Aggregate::CountRows => Sensitivity { l1: k, l2: k },
+/// How much one subject (at most `k` rows) can move a count, in L1 and L2.
+fn count_sensitivity(a: &Aggregate, k: f64) -> Sensitivity {
+    match a {
         Aggregate::CountSubjects => Sensitivity {
             l1: k,
             l2: k.sqrt(),
         },
-        Aggregate::Sum(c) | Aggregate::Avg(c) | Aggregate::Quantile { column: c, .. } => {
-            let (lo, hi) = bounds_of(schema, c)?;
-            #[allow(clippy::cast_precision_loss)]
-            let bound = lo.unsigned_abs().max(hi.unsigned_abs()) as f64;
-            Sensitivity {
-                l1: k * bound,
-                l2: k * bound,
-            }
-        }
-    })
+        _ => Sensitivity { l1: k, l2: k },
+    }
 }
+
+/// How much one subject (at most `k` rows, each clamped to `[low, high]`)
+/// can move a vector of per-group sums, in L1 and L2.
+fn sum_sensitivity(low: i64, high: i64, k: f64) -> Sensitivity {
+    #[allow(clippy::cast_precision_loss)]
+    let bound = low.unsigned_abs().max(high.unsigned_abs()) as f64;
+    Sensitivity {
+        l1: k * bound,
+        l2: k * bound,
+    }
+}
+
+/// The range an operand's values are clamped to: the analyst's clamp, else
+/// the schema's bounds.
+fn range_of(schema: &DatasetSchema, operand: &Operand) -> Result<(i64, i64), PrivacyError> {
+    match operand.clamp {
+        Some(c) => Ok((c.low, c.high)),
+        None => bounds_of(schema, &operand.column),
+    }
+}
+
+/// An average's share of its (remaining) spend that goes to its sum; the
+/// rest goes to its count. A sum's noise is calibrated to the clamp, which
+/// is many times the typical value, so the sum needs the larger share.
+const AVG_SUM_SHARE: f64 = 0.8;
 
 /// `sum / n` rounded to the nearest storage unit (how averages are shown).
 fn rounded_mean(sum: i64, n: i64) -> i64 {
@@ -368,63 +450,141 @@ fn format_value(ty: Option<ColumnType>, v: i64) -> String {
 /// Releases the plan's true `totals` (computed by the engine over
 /// `schema`'s dataset) with noise. Call it only after the spend is durably
 /// charged.
+///
+/// The spend is split evenly over the aggregates. A `SUM` or `AVG` without
+/// a `CLAMP` spends [`bounds::BOUND_SHARE`] of its part choosing its bounds
+/// privately; an `AVG` spends [`AVG_SUM_SHARE`] of the rest on its sum and
+/// the remainder on its count.
 pub fn release(
     plan: &QueryPlan,
     schema: &DatasetSchema,
     totals: &Totals,
 ) -> Result<Answer, PrivacyError> {
-    let schema = schema.clone();
     let k = plan.privacy.contributions;
-    let share = plan.spend / plan.releases() as f64;
+    #[allow(clippy::cast_precision_loss)]
+    let share = plan.spend / plan.query.aggregates.len().max(1) as f64;
     let measure = plan.privacy.measure;
     let mut released: Vec<Released> = Vec::new();
     let mut scales = Vec::new();
+    let mut applied = Vec::new();
     let mut spent = 0.0;
     let mut avg_index = 0;
     for (i, a) in plan.query.aggregates.iter().enumerate() {
-        if let Aggregate::Quantile { column, per_10000 } = a {
-            let scores: Vec<Vec<u64>> = totals.histograms[i]
-                .iter()
-                .map(|h| quantile::scores(h, *per_10000))
-                .collect();
-            let choices = quantile::release_quantile(
-                &scores,
+        let label = a.label();
+        let ty = a.column().and_then(|c| schema.column(c)).map(|c| c.ty);
+        let noisy = match a {
+            Aggregate::CountRows | Aggregate::CountSubjects => mechanism::release(
+                &totals.values[i],
                 measure,
                 share,
-                quantile::score_sensitivity(*per_10000, k),
-            )?;
-            spent += choices.spent;
-            scales.push((a.label(), choices.scale));
-            let (lo, hi) = bounds_of(&schema, column)?;
-            let grid = quantile::candidates(lo, hi);
-            released.push(Released::Quantile {
-                values: choices.chosen.iter().map(|c| grid[*c]).collect(),
-                rank_error: choices.rank_error,
-            });
-            continue;
-        }
-        let noisy = mechanism::release(
-            &totals.values[i],
-            measure,
-            share,
-            sensitivity(a, &schema, f64::from(k))?,
-        )?;
-        spent += noisy.spent;
-        scales.push((a.label(), noisy.scale));
-        let count = if matches!(a, Aggregate::Avg(_)) {
-            let c = mechanism::release(
-                &totals.avg_counts[avg_index],
-                measure,
-                share,
-                sensitivity(&Aggregate::CountRows, &schema, f64::from(k))?,
-            )?;
-            avg_index += 1;
-            spent += c.spent;
-            Some(c)
-        } else {
-            None
+                count_sensitivity(a, f64::from(k)),
+            )?,
+            Aggregate::Quantile { operand, per_10000 } => {
+                let scores: Vec<Vec<u64>> = totals.histograms[i]
+                    .iter()
+                    .map(|h| quantile::scores(h, *per_10000))
+                    .collect();
+                let choices = quantile::release_quantile(
+                    &scores,
+                    measure,
+                    share,
+                    quantile::score_sensitivity(*per_10000, k),
+                )?;
+                spent += choices.spent;
+                scales.push((label.clone(), choices.scale));
+                let (lo, hi) = range_of(schema, operand)?;
+                let grid = quantile::candidates(lo, hi);
+                applied.push(AppliedBounds {
+                    aggregate: label,
+                    low: format_value(ty, lo),
+                    high: format_value(ty, hi),
+                    source: if operand.clamp.is_some() {
+                        BoundsSource::Analyst
+                    } else {
+                        BoundsSource::Schema
+                    },
+                    spent: 0.0,
+                });
+                released.push(Released::Quantile {
+                    values: choices.chosen.iter().map(|c| grid[*c]).collect(),
+                    rank_error: choices.rank_error,
+                });
+                continue;
+            }
+            Aggregate::Sum(operand) | Aggregate::Avg(operand) => {
+                let (sums, (low, high), source, chose, left) = match operand.clamp {
+                    Some(c) => (
+                        totals.values[i].clone(),
+                        (c.low, c.high),
+                        BoundsSource::Analyst,
+                        0.0,
+                        share,
+                    ),
+                    None => {
+                        let (lo, hi) = bounds_of(schema, &operand.column)?;
+                        let grid = bounds::grid(lo, hi);
+                        let mut all = bounds::Binned::new(grid.len());
+                        for group in &totals.binned[i] {
+                            all.merge(group);
+                        }
+                        let chosen = bounds::choose(
+                            &all.counts,
+                            &grid,
+                            measure,
+                            share * bounds::BOUND_SHARE,
+                            k,
+                        )?;
+                        let sums = totals.binned[i]
+                            .iter()
+                            .map(|b| b.clamped_sum(&grid, chosen.low_index, chosen.high_index))
+                            .collect();
+                        (
+                            sums,
+                            (chosen.low, chosen.high),
+                            BoundsSource::Private,
+                            chosen.spent,
+                            share * (1.0 - bounds::BOUND_SHARE),
+                        )
+                    }
+                };
+                spent += chose;
+                applied.push(AppliedBounds {
+                    aggregate: label.clone(),
+                    low: format_value(ty, low),
+                    high: format_value(ty, high),
+                    source,
+                    spent: chose,
+                });
+                let (sum_share, count_share) = if matches!(a, Aggregate::Avg(_)) {
+                    (left * AVG_SUM_SHARE, left * (1.0 - AVG_SUM_SHARE))
+                } else {
+                    (left, 0.0)
+                };
+                let noisy = mechanism::release(
+                    &sums,
+                    measure,
+                    sum_share,
+                    sum_sensitivity(low, high, f64::from(k)),
+                )?;
+                if matches!(a, Aggregate::Avg(_)) {
+                    let count = mechanism::release(
+                        &totals.avg_counts[avg_index],
+                        measure,
+                        count_share,
+                        count_sensitivity(&Aggregate::CountRows, f64::from(k)),
+                    )?;
+                    avg_index += 1;
+                    spent += noisy.spent + count.spent;
+                    scales.push((label, noisy.scale));
+                    released.push(Released::Noisy(noisy, Some(count)));
+                    continue;
+                }
+                noisy
+            }
         };
-        released.push(Released::Noisy(noisy, count));
+        spent += noisy.spent;
+        scales.push((label, noisy.scale));
+        released.push(Released::Noisy(noisy, None));
     }
     let columns: Vec<String> = plan.query.output.iter().map(|(n, _)| n.clone()).collect();
     let mut rows = Vec::with_capacity(totals.groups.len());
@@ -444,7 +604,7 @@ pub fn release(
                 OutputColumn::Aggregate(i) => match &released[*i] {
                     Released::Noisy(noisy, count) => cell(
                         &plan.query.aggregates[*i],
-                        &schema,
+                        schema,
                         noisy,
                         count.as_ref(),
                         g,
@@ -470,46 +630,8 @@ pub fn release(
         measure,
         spent,
         scales,
+        bounds: applied,
     })
-}
-
-/// The exact (noise-free) value of aggregate `index` of `query` in group
-/// `group`, formatted as the answer formats it: what a non-private run of
-/// the same bounded query would give (for quantiles, the best candidate of
-/// the same grid). For demonstrations and tests; never released.
-pub fn exact_value(
-    totals: &Totals,
-    query: &AggregateQuery,
-    schema: &DatasetSchema,
-    index: usize,
-    group: usize,
-) -> String {
-    let aggregate = &query.aggregates[index];
-    let ty = aggregate
-        .column()
-        .and_then(|c| schema.column(c))
-        .map(|c| c.ty);
-    match aggregate {
-        Aggregate::Avg(_) => {
-            let avg = query.aggregates[..index]
-                .iter()
-                .filter(|a| matches!(a, Aggregate::Avg(_)))
-                .count();
-            let n = totals.avg_counts[avg][group].max(1);
-            format_value(ty, rounded_mean(totals.values[index][group], n))
-        }
-        Aggregate::Quantile { column, per_10000 } => {
-            let (lo, hi) = schema
-                .column(column)
-                .and_then(|c| c.bounds)
-                .unwrap_or((0, 0));
-            let grid = quantile::candidates(lo, hi);
-            let scores = quantile::scores(&totals.histograms[index][group], *per_10000);
-            let best = (0..scores.len()).min_by_key(|i| scores[*i]).unwrap_or(0);
-            format_value(ty, grid[best])
-        }
-        _ => format_value(ty, totals.values[index][group]),
-    }
 }
 
 /// One aggregate's released values.
@@ -530,8 +652,8 @@ fn cell(
     let v = noisy.values[g];
     let w = noisy.half_width;
     match (a, count) {
-        (Aggregate::Avg(c), Some(count)) => {
-            let ty = schema.column(c).map(|c| c.ty);
+        (Aggregate::Avg(o), Some(count)) => {
+            let ty = schema.column(&o.column).map(|c| c.ty);
             let n = count.values[g];
             let nw = count.half_width;
             if n <= 0 {
@@ -561,8 +683,8 @@ fn cell(
                 rank_error: None,
             }
         }
-        (Aggregate::Sum(c), _) => {
-            let ty = schema.column(c).map(|c| c.ty);
+        (Aggregate::Sum(o), _) => {
+            let ty = schema.column(&o.column).map(|c| c.ty);
             Cell::interval(
                 format_value(ty, v),
                 format_value(ty, v.saturating_sub(w)),

@@ -18,30 +18,80 @@ use opendp::metrics::LInfDistance;
 
 use crate::mechanism::{MechanismError, PrivacyMeasure};
 
-/// Most candidates per quantile (the grid's resolution).
-pub const MAX_CANDIDATES: usize = 1001;
+/// Most candidates per quantile: the log-spaced grid over the whole `i64`
+/// range has fewer.
+pub const MAX_CANDIDATES: usize = 16_384;
 /// Denominator of quantile levels (levels are in ten-thousandths).
 pub const LEVEL_DENOMINATOR: u64 = 10_000;
 /// The failure probability of the released rank bound.
 const RANK_BOUND_FAILURE: f64 = 0.05;
+/// Up to this span every integer is a candidate (exact quantiles of small
+/// integer columns such as a tax year).
+const EXACT_SPAN: i128 = 4096;
+/// Below this magnitude every integer is a candidate; above it, each
+/// candidate is at most [`STEP`] times the one before (relative resolution).
+const LINEAR_BELOW: i64 = 200;
+/// The grid's relative step above [`LINEAR_BELOW`]: 0.5%, so the nearest
+/// candidate is within 0.25% of any value and a candidate's neighbour within
+/// 0.5%.
+const STEP: f64 = 1.005;
 
-/// Evenly spaced candidates from `lo` to `hi` (both included), at most
-/// [`MAX_CANDIDATES`] of them. The released value is always one of these.
+/// The candidates a quantile's answer is chosen from, over `[lo, hi]` (the
+/// analyst's clamp or the schema's bounds), both included: every integer
+/// when the span is small, else a grid that is fine where values are: every
+/// integer up to ±200 storage units, then steps of 0.5% of the value
+/// (symmetric around zero). On cents, a median of wages near $14,500 is one
+/// of 2,900-ish candidates in $14,400–$14,600, not a point of a $10,000 grid.
 pub fn candidates(lo: i64, hi: i64) -> Vec<i64> {
     let (lo, hi) = (lo.min(hi), lo.max(hi));
-    let span = i128::from(hi) - i128::from(lo);
-    let gaps = (MAX_CANDIDATES - 1) as i128;
-    let step = ((span + gaps - 1) / gaps).max(1);
-    let mut out = Vec::with_capacity(MAX_CANDIDATES);
-    let mut v = i128::from(lo);
-    while v < i128::from(hi) {
-        // In range: v < hi, an i64.
-        #[allow(clippy::cast_possible_truncation)]
-        out.push(v as i64);
-        v += step;
+    if i128::from(hi) - i128::from(lo) < EXACT_SPAN {
+        return (lo..=hi).collect();
+    }
+    let magnitudes = log_magnitudes(lo.unsigned_abs().max(hi.unsigned_abs()));
+    let mut out: Vec<i64> = Vec::with_capacity(2 * magnitudes.len() + 3);
+    out.push(lo);
+    for m in magnitudes.iter().rev() {
+        if let Ok(v) = i64::try_from(*m) {
+            out.push(-v);
+        }
+    }
+    out.push(0);
+    for m in &magnitudes {
+        if let Ok(v) = i64::try_from(*m) {
+            out.push(v);
+        }
     }
     out.push(hi);
+    out.retain(|v| (lo..=hi).contains(v));
+    out.sort_unstable();
+    out.dedup();
     out
+}
+
+/// 1, 2, …, [`LINEAR_BELOW`], then × [`STEP`] (rounded up), up to the
+/// first at or above `max`.
+fn log_magnitudes(max: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut m: u64 = 1;
+    loop {
+        out.push(m);
+        if m >= max {
+            return out;
+        }
+        let next = if m < LINEAR_BELOW.unsigned_abs() {
+            m + 1
+        } else {
+            // Exact enough: rounding only makes a step slightly finer.
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss
+            )]
+            let scaled = (m as f64 * STEP).ceil() as u64;
+            scaled.max(m + 1)
+        };
+        m = next.min(max);
+    }
 }
 
 /// Where `x` falls among the (sorted) candidates: `2i + 1` if it equals
@@ -94,48 +144,40 @@ pub struct NoisyChoices {
     pub spent: f64,
 }
 
-/// Releases, for each group's scores, one candidate index by OpenDP's
-/// noisy max, spending at most `spend` over all groups (a subject's rows
-/// touch at most `contributions` groups, and the score sensitivity already
-/// counts all of them, so one calibration covers every group).
-pub fn release_quantile(
-    scores_per_group: &[Vec<u64>],
+/// The noise scale of OpenDP's noisy max over `count` candidates that
+/// spends at most `spend` at score `sensitivity`, and what it spends, as
+/// OpenDP's privacy map states it.
+pub fn calibrate(
+    count: usize,
     measure: PrivacyMeasure,
     spend: f64,
     sensitivity: u64,
-) -> Result<NoisyChoices, MechanismError> {
+) -> Result<(f64, f64), MechanismError> {
     if !(spend.is_finite() && spend > 0.0) {
         return Err(MechanismError::Calibration(format!(
             "spend must be positive, not {spend}"
         )));
     }
-    let count = scores_per_group.first().map_or(0, Vec::len).max(1);
-    let domain = VectorDomain::new(AtomDomain::<u64>::default()).with_size(count);
-    let metric = LInfDistance::<u64>::default();
     #[allow(clippy::cast_precision_loss)]
     let delta = sensitivity as f64;
-    let opendp = |e: opendp::error::Error| MechanismError::OpenDp(e.variant.to_string());
     // A first guess, then the exact answer from OpenDP's privacy map.
     let mut scale = match measure {
         PrivacyMeasure::Pure => 2.0 * delta / spend,
         PrivacyMeasure::Zcdp => 2.0 * delta / (8.0 * spend).sqrt(),
     };
     let spent_at = |scale: f64| -> Result<f64, MechanismError> {
+        let (domain, metric) = space(count);
         match measure {
             PrivacyMeasure::Pure => {
-                make_noisy_max(domain.clone(), metric.clone(), MaxDivergence, scale, true)
+                make_noisy_max(domain, metric, MaxDivergence, scale, true)
                     .and_then(|m| m.map(&sensitivity))
             }
-            PrivacyMeasure::Zcdp => make_noisy_max(
-                domain.clone(),
-                metric.clone(),
-                ZeroConcentratedDivergence,
-                scale,
-                true,
-            )
-            .and_then(|m| m.map(&sensitivity)),
+            PrivacyMeasure::Zcdp => {
+                make_noisy_max(domain, metric, ZeroConcentratedDivergence, scale, true)
+                    .and_then(|m| m.map(&sensitivity))
+            }
         }
-        .map_err(opendp)
+        .map_err(opendp_error)
     };
     // Pure ε falls as 1/scale, ρ as 1/scale²: one correction lands close.
     let first = spent_at(scale)?;
@@ -148,45 +190,73 @@ pub fn release_quantile(
     for _ in 0..64 {
         let spent = spent_at(scale)?;
         if spent <= spend {
-            let mut chosen = Vec::with_capacity(scores_per_group.len());
-            for scores in scores_per_group {
-                let index = match measure {
-                    PrivacyMeasure::Pure => {
-                        make_noisy_max(domain.clone(), metric.clone(), MaxDivergence, scale, true)
-                            .and_then(|m| m.invoke(scores))
-                    }
-                    PrivacyMeasure::Zcdp => make_noisy_max(
-                        domain.clone(),
-                        metric.clone(),
-                        ZeroConcentratedDivergence,
-                        scale,
-                        true,
-                    )
-                    .and_then(|m| m.invoke(scores)),
-                }
-                .map_err(opendp)?;
-                chosen.push(index);
-            }
-            #[allow(clippy::cast_precision_loss)]
-            let bound = scale * (count as f64 / RANK_BOUND_FAILURE).ln();
-            #[allow(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss
-            )]
-            let rank_error = (bound / LEVEL_DENOMINATOR as f64).ceil() as u64;
-            return Ok(NoisyChoices {
-                chosen,
-                scale,
-                rank_error,
-                spent,
-            });
+            return Ok((scale, spent));
         }
         scale *= 1.0 + 1e-9;
     }
     Err(MechanismError::Calibration(
         "the privacy map never fit the spend".into(),
     ))
+}
+
+/// The input space of a noisy max over `count` scores.
+fn space(count: usize) -> (VectorDomain<AtomDomain<u64>>, LInfDistance<u64>) {
+    (
+        VectorDomain::new(AtomDomain::<u64>::default()).with_size(count),
+        LInfDistance::<u64>::default(),
+    )
+}
+
+fn opendp_error(e: opendp::error::Error) -> MechanismError {
+    MechanismError::OpenDp(e.variant.to_string())
+}
+
+/// With probability ≥ 95%, a noisy max at `scale` over `count` candidates
+/// picks one whose score is within this much of the best score.
+pub fn score_error(scale: f64, count: usize) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let bound = scale * (count.max(1) as f64 / RANK_BOUND_FAILURE).ln();
+    bound
+}
+
+/// Releases, for each group's scores, one candidate index by OpenDP's
+/// noisy max, spending at most `spend` over all groups (a subject's rows
+/// touch at most `contributions` groups, and the score sensitivity already
+/// counts all of them, so one calibration covers every group).
+pub fn release_quantile(
+    scores_per_group: &[Vec<u64>],
+    measure: PrivacyMeasure,
+    spend: f64,
+    sensitivity: u64,
+) -> Result<NoisyChoices, MechanismError> {
+    let count = scores_per_group.first().map_or(0, Vec::len).max(1);
+    let (scale, spent) = calibrate(count, measure, spend, sensitivity)?;
+    let mut chosen = Vec::with_capacity(scores_per_group.len());
+    for scores in scores_per_group {
+        let (domain, metric) = space(count);
+        let index = match measure {
+            PrivacyMeasure::Pure => make_noisy_max(domain, metric, MaxDivergence, scale, true)
+                .and_then(|m| m.invoke(scores)),
+            PrivacyMeasure::Zcdp => {
+                make_noisy_max(domain, metric, ZeroConcentratedDivergence, scale, true)
+                    .and_then(|m| m.invoke(scores))
+            }
+        }
+        .map_err(opendp_error)?;
+        chosen.push(index);
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank_error = (score_error(scale, count) / LEVEL_DENOMINATOR as f64).ceil() as u64;
+    Ok(NoisyChoices {
+        chosen,
+        scale,
+        rank_error,
+        spent,
+    })
 }
 
 #[cfg(test)]
@@ -196,14 +266,26 @@ mod tests {
     use opendp::transformations::make_quantile_score_candidates;
 
     #[test]
-    fn candidates_span_the_bounds() {
+    fn candidates_span_the_bounds_finely_where_values_are() {
         assert_eq!(candidates(0, 4), [0, 1, 2, 3, 4]);
-        let c = candidates(0, 10_000_000);
+        assert_eq!(candidates(2015, 2035).len(), 21);
+        let c = candidates(0, 1_000_000_000);
         assert!(c.len() <= MAX_CANDIDATES);
-        assert_eq!((c[0], *c.last().unwrap()), (0, 10_000_000));
+        assert_eq!((c[0], *c.last().unwrap()), (0, 1_000_000_000));
         assert!(c.windows(2).all(|w| w[0] < w[1]));
+        // Every integer up to 200, then no gap wider than 0.5% of the value.
+        assert_eq!(&c[..201], (0..=200).collect::<Vec<_>>());
+        for w in c.windows(2) {
+            assert!(w[1] - w[0] <= 1 || (w[1] - w[0]) * 1000 <= 5 * w[0] + 1000, "{w:?}");
+        }
+        // Symmetric around zero, inside the bounds only.
+        let c = candidates(-1_000_000, 20_000_000);
+        assert_eq!(c[0], -1_000_000);
+        assert!(c.contains(&0) && c.contains(&-1) && c.contains(&1));
+        assert!(c.iter().all(|v| (-1_000_000..=20_000_000).contains(v)));
         let c = candidates(i64::MIN, i64::MAX);
         assert!(c.len() <= MAX_CANDIDATES && c.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!((c[0], *c.last().unwrap()), (i64::MIN, i64::MAX));
     }
 
     /// The histogram route gives OpenDP's own scores, up to OpenDP's choice

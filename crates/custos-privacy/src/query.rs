@@ -48,6 +48,43 @@ pub enum QueryError {
     NotGranted(String),
 }
 
+/// An analyst's clamp on an aggregated column, in storage units (cents for
+/// decimals): `CLAMP(refund, 0, 20000)`. Values below `low` count as `low`,
+/// above `high` as `high`, and the noise is calibrated to the clamp instead
+/// of the schema's (wide) bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Clamp {
+    /// The lowest value counted.
+    pub low: i64,
+    /// The highest value counted.
+    pub high: i64,
+}
+
+/// What a `SUM`, `AVG` or quantile reads: a granted bounded numeric column,
+/// clamped by the analyst or not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Operand {
+    /// The column.
+    pub column: String,
+    /// The analyst's clamp; `None` when the query gives none (sums and
+    /// averages then choose bounds privately, quantiles search the schema's
+    /// bounds).
+    pub clamp: Option<Clamp>,
+    /// How the operand reads in a label: `refund` or
+    /// `clamp(refund, 0, 20000)`.
+    pub text: String,
+}
+
+impl Operand {
+    fn plain(column: String) -> Self {
+        Self {
+            text: column.clone(),
+            column,
+            clamp: None,
+        }
+    }
+}
+
 /// One aggregate of the select list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Aggregate {
@@ -55,15 +92,16 @@ pub enum Aggregate {
     CountRows,
     /// `COUNT(DISTINCT subject)`: subjects.
     CountSubjects,
-    /// `SUM(col)` in storage units, clamped to the column's bounds.
-    Sum(String),
-    /// `AVG(col)`: a noisy sum over a noisy count.
-    Avg(String),
+    /// `SUM(col)` or `SUM(CLAMP(col, low, high))` in storage units.
+    Sum(Operand),
+    /// `AVG(col)` or `AVG(CLAMP(col, low, high))`: a noisy sum over a noisy count.
+    Avg(Operand),
     /// `MEDIAN(col)`, `QUANTILE(col, p)` or `PERCENTILE_CONT(p) WITHIN
-    /// GROUP (ORDER BY col)`: the `p`-quantile, `p` in ten-thousandths.
+    /// GROUP (ORDER BY col)` (each also over `CLAMP(col, low, high)`): the
+    /// `p`-quantile, `p` in ten-thousandths.
     Quantile {
-        /// The column.
-        column: String,
+        /// The column and its clamp.
+        operand: Operand,
         /// `p` × 10,000 (5,000 is the median).
         per_10000: u32,
     },
@@ -75,24 +113,33 @@ impl Aggregate {
         match self {
             Self::CountRows => "count(*)".into(),
             Self::CountSubjects => "count(distinct subject)".into(),
-            Self::Sum(c) => format!("sum({c})"),
-            Self::Avg(c) => format!("avg({c})"),
+            Self::Sum(o) => format!("sum({})", o.text),
+            Self::Avg(o) => format!("avg({})", o.text),
             Self::Quantile {
-                column,
+                operand,
                 per_10000: 5000,
-            } => format!("median({column})"),
-            Self::Quantile { column, per_10000 } => {
-                format!("quantile({column}, {})", f64::from(*per_10000) / 10_000.0)
+            } => format!("median({})", operand.text),
+            Self::Quantile { operand, per_10000 } => {
+                format!(
+                    "quantile({}, {})",
+                    operand.text,
+                    f64::from(*per_10000) / 10_000.0
+                )
             }
+        }
+    }
+
+    /// What it reads, if it reads a value column.
+    pub fn operand(&self) -> Option<&Operand> {
+        match self {
+            Self::CountRows | Self::CountSubjects => None,
+            Self::Sum(o) | Self::Avg(o) | Self::Quantile { operand: o, .. } => Some(o),
         }
     }
 
     /// The value column it reads, if any.
     pub fn column(&self) -> Option<&str> {
-        match self {
-            Self::CountRows | Self::CountSubjects => None,
-            Self::Sum(c) | Self::Avg(c) | Self::Quantile { column: c, .. } => Some(c),
-        }
+        self.operand().map(|o| o.column.as_str())
     }
 }
 
@@ -347,7 +394,7 @@ pub fn parse_query(sql: &str, granted: &GrantedColumns<'_>) -> Result<AggregateQ
     })
 }
 
-const ALLOWED: &str = "select COUNT(*), COUNT(DISTINCT subject), SUM(col), AVG(col), MEDIAN(col), QUANTILE(col, p) or GROUP BY columns";
+const ALLOWED: &str = "select COUNT(*), COUNT(DISTINCT subject), SUM(col), AVG(col), MEDIAN(col), QUANTILE(col, p) (each value aggregate also over CLAMP(col, low, high)) or GROUP BY columns";
 
 fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, QueryError> {
     let Expr::Function(f) = expr else {
@@ -398,8 +445,8 @@ fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, Que
             ));
         };
         let per_10000 = quantile_level(p, expr)?;
-        let column = numeric_column(&order.expr, expr, granted)?;
-        return Ok(Aggregate::Quantile { column, per_10000 });
+        let operand = operand(&order.expr, expr, granted)?;
+        return Ok(Aggregate::Quantile { operand, per_10000 });
     }
     match (name.as_str(), args.as_slice()) {
         ("count", [FunctionArgExpr::Wildcard]) if !distinct => Ok(Aggregate::CountRows),
@@ -418,12 +465,12 @@ fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, Que
             granted.schema.subject_column().name
         )),
         ("sum" | "avg" | "median", [FunctionArgExpr::Expr(e)]) => {
-            let c = numeric_column(e, expr, granted)?;
+            let o = operand(e, expr, granted)?;
             Ok(match name.as_str() {
-                "sum" => Aggregate::Sum(c),
-                "avg" => Aggregate::Avg(c),
+                "sum" => Aggregate::Sum(o),
+                "avg" => Aggregate::Avg(o),
                 _ => Aggregate::Quantile {
-                    column: c,
+                    operand: o,
                     per_10000: 5000,
                 },
             })
@@ -433,14 +480,118 @@ fn aggregate(expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Aggregate, Que
             [FunctionArgExpr::Expr(e), FunctionArgExpr::Expr(p)],
         ) => {
             let per_10000 = quantile_level(p, expr)?;
-            let column = numeric_column(e, expr, granted)?;
-            Ok(Aggregate::Quantile { column, per_10000 })
+            let operand = operand(e, expr, granted)?;
+            Ok(Aggregate::Quantile { operand, per_10000 })
         }
         ("sum" | "avg" | "median", _) => refuse(format!("`{expr}` takes exactly one column")),
         ("quantile" | "approx_percentile_cont", _) => refuse(format!(
             "`{expr}`: write QUANTILE(col, p) with p between 0 and 1, e.g. QUANTILE(refund, 0.9)"
         )),
         _ => refuse(format!("`{name}` is not an allowed aggregate: {ALLOWED}")),
+    }
+}
+
+/// What a value aggregate reads (`e`, an argument of `expr`): a granted,
+/// bounded integer or decimal column, or `CLAMP(col, low, high)` of one.
+fn operand(e: &Expr, expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Operand, QueryError> {
+    let Expr::Function(f) = e else {
+        return Ok(Operand::plain(numeric_column(e, expr, granted)?));
+    };
+    if f.name.to_string().to_lowercase() != "clamp" {
+        return refuse(format!(
+            "`{expr}`: aggregate plain column names or CLAMP(col, low, high) only (no other expressions)"
+        ));
+    }
+    let usage = || {
+        refuse(format!(
+            "`{e}`: write CLAMP(column, low, high) with low < high as plain numbers in the column's units, e.g. CLAMP(refund, 0, 20000)"
+        ))
+    };
+    let FunctionArguments::List(list) = &f.args else {
+        return usage();
+    };
+    if f.filter.is_some()
+        || f.over.is_some()
+        || !f.within_group.is_empty()
+        || f.null_treatment.is_some()
+        || !list.clauses.is_empty()
+        || list.duplicate_treatment.is_some()
+    {
+        return usage();
+    }
+    let [
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(c)),
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(low)),
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(high)),
+    ] = list.args.as_slice()
+    else {
+        return usage();
+    };
+    let name = numeric_column(c, expr, granted)?;
+    let column = granted.column(&name)?;
+    let (Some(low_text), Some(high_text)) = (number(low), number(high)) else {
+        return usage();
+    };
+    let value = |text: &str| match column.ty {
+        ColumnType::Decimal => custos_model::schema::parse_decimal_cents(text),
+        _ => text.parse::<i64>().ok(),
+    };
+    let (Some(lo), Some(hi)) = (value(&low_text), value(&high_text)) else {
+        return refuse(format!(
+            "`{e}`: the bounds must be {} in `{name}`'s units",
+            if column.ty == ColumnType::Decimal {
+                "numbers with at most two decimals"
+            } else {
+                "whole numbers"
+            }
+        ));
+    };
+    if lo >= hi {
+        return usage();
+    }
+    let (schema_lo, schema_hi) = column.bounds.unwrap_or((lo, hi));
+    if lo < schema_lo || hi > schema_hi {
+        let show = |v: i64| shown(column.ty, v);
+        return refuse(format!(
+            "`{e}`: the clamp must lie inside `{name}`'s declared bounds [{}, {}]",
+            show(schema_lo),
+            show(schema_hi)
+        ));
+    }
+    Ok(Operand {
+        text: format!(
+            "clamp({name}, {}, {})",
+            shown(column.ty, lo),
+            shown(column.ty, hi)
+        ),
+        column: name,
+        clamp: Some(Clamp { low: lo, high: hi }),
+    })
+}
+
+/// A storage value in the column's units, without a `.00` tail.
+fn shown(ty: ColumnType, v: i64) -> String {
+    if ty == ColumnType::Decimal {
+        let text = custos_model::schema::format_cents(v);
+        text.strip_suffix(".00").map(str::to_owned).unwrap_or(text)
+    } else {
+        v.to_string()
+    }
+}
+
+/// A numeric literal, possibly negated, as text.
+fn number(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(text, _) => Some(text.clone()),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Minus,
+            expr,
+        } => number(expr).filter(|t| !t.starts_with('-')).map(|t| format!("-{t}")),
+        Expr::Nested(inner) => number(inner),
+        _ => None,
     }
 }
 
@@ -452,7 +603,7 @@ fn numeric_column(
 ) -> Result<String, QueryError> {
     let Some(c) = column_name(e) else {
         return refuse(format!(
-            "`{expr}`: aggregate plain column names only (no expressions)"
+            "`{expr}`: aggregate plain column names or CLAMP(col, low, high) only (no other expressions)"
         ));
     };
     let column = granted.column(&c)?;
@@ -555,8 +706,8 @@ mod tests {
             q.aggregates,
             [
                 Aggregate::CountRows,
-                Aggregate::Sum("refund".into()),
-                Aggregate::Avg("refund".into()),
+                Aggregate::Sum(Operand::plain("refund".into())),
+                Aggregate::Avg(Operand::plain("refund".into())),
                 Aggregate::CountSubjects
             ]
         );
@@ -575,21 +726,99 @@ mod tests {
             q.aggregates,
             [
                 Aggregate::Quantile {
-                    column: "refund".into(),
+                    operand: Operand::plain("refund".into()),
                     per_10000: 5000
                 },
                 Aggregate::Quantile {
-                    column: "wages".into(),
+                    operand: Operand::plain("wages".into()),
                     per_10000: 9000
                 },
                 Aggregate::Quantile {
-                    column: "agi".into(),
+                    operand: Operand::plain("agi".into()),
                     per_10000: 2500
                 },
             ]
         );
         assert_eq!(q.output[0].0, "median(refund)");
         assert_eq!(q.output[1].0, "quantile(wages, 0.9)");
+    }
+
+    #[test]
+    fn clamps_are_in_the_column_units_inside_its_bounds() {
+        let q = check(
+            "SELECT SUM(CLAMP(refund, 0, 20000)), AVG(clamp(wages, 100.5, 200000)), \
+             MEDIAN(CLAMP(agi, -500, 90000)), SUM(refund), \
+             PERCENTILE_CONT(0.9) WITHIN GROUP (ORDER BY CLAMP(wages, 0, 1e3)) FROM tax_returns",
+        );
+        // `1e3` is not a plain decimal.
+        assert!(q.unwrap_err().to_string().contains("two decimals"));
+        let q = check(
+            "SELECT SUM(CLAMP(refund, 0, 20000)), AVG(clamp(wages, 100.5, 200000)), \
+             MEDIAN(CLAMP(agi, -500, 90000)), SUM(refund), \
+             QUANTILE(CLAMP(tax_year, 2020, 2030), 0.9) FROM tax_returns",
+        )
+        .unwrap();
+        let clamps: Vec<Option<Clamp>> = q
+            .aggregates
+            .iter()
+            .map(|a| a.operand().unwrap().clamp)
+            .collect();
+        assert_eq!(
+            clamps,
+            [
+                Some(Clamp {
+                    low: 0,
+                    high: 2_000_000
+                }),
+                Some(Clamp {
+                    low: 10_050,
+                    high: 20_000_000
+                }),
+                Some(Clamp {
+                    low: -50_000,
+                    high: 9_000_000
+                }),
+                None,
+                Some(Clamp {
+                    low: 2020,
+                    high: 2030
+                }),
+            ]
+        );
+        assert_eq!(
+            q.output.iter().map(|o| o.0.as_str()).collect::<Vec<_>>(),
+            [
+                "sum(clamp(refund, 0, 20000))",
+                "avg(clamp(wages, 100.50, 200000))",
+                "median(clamp(agi, -500, 90000))",
+                "sum(refund)",
+                "quantile(clamp(tax_year, 2020, 2030), 0.9)"
+            ]
+        );
+        let e = |sql: &str| check(sql).unwrap_err().to_string();
+        for bad in [
+            "SUM(CLAMP(refund, 20000, 0))",
+            "SUM(CLAMP(refund, 5, 5))",
+            "SUM(CLAMP(refund, 0))",
+            "SUM(CLAMP(refund, 0, 'x'))",
+            "SUM(CLAMP(refund, 0, wages))",
+            "SUM(CLAMP(refund, 0, -(-5)))",
+        ] {
+            assert!(
+                e(&format!("SELECT {bad} FROM tax_returns")).contains("write CLAMP(column, low, high)"),
+                "{bad}"
+            );
+        }
+        assert!(
+            e("SELECT SUM(CLAMP(refund, -1, 20000)) FROM tax_returns")
+                .contains("inside `refund`'s declared bounds [0, 1000000]")
+        );
+        assert!(e("SELECT SUM(CLAMP(tax_year, 2020.5, 2030)) FROM tax_returns").contains("whole numbers"));
+        assert!(e("SELECT SUM(CLAMP(tin, 0, 1)) FROM tax_returns").contains("identifier"));
+        assert!(e("SELECT SUM(CLAMP(tax, 0, 1)) FROM tax_returns").contains("not granted"));
+        assert!(e("SELECT SUM(CLAMP(CLAMP(refund, 0, 9), 0, 1)) FROM tax_returns").contains("plain column names"));
+        assert!(e("SELECT SUM(ABS(refund)) FROM tax_returns").contains("CLAMP(col, low, high)"));
+        assert!(e("SELECT COUNT(CLAMP(refund, 0, 1)) FROM tax_returns").contains("COUNT(*)"));
     }
 
     #[test]

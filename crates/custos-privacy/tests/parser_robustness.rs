@@ -6,18 +6,21 @@
 
 use custos_model::DatasetSchema;
 use custos_policy::Agreement;
-use custos_privacy::query::Aggregate;
 
-const SEEDS: [&str; 6] = [
+const SEEDS: [&str; 8] = [
     "SELECT state, COUNT(*), SUM(refund) FROM tax_returns WHERE tax_year >= 2023 GROUP BY state",
     "SELECT filing_status, AVG(agi) AS a FROM tax_returns WHERE refund BETWEEN 10.5 AND 99 GROUP BY filing_status",
     "SELECT COUNT(DISTINCT tin) FROM tax_returns WHERE state IN ('CA', 'NY') AND NOT (wages IS NULL)",
     "SELECT tax_year, state, COUNT(*) FROM tax_returns GROUP BY tax_year, state",
     "SELECT SUM(wages) FROM tax_returns WHERE (refund > 0 OR agi < -5) AND tax_year <> 2024",
     "SELECT COUNT(*) FROM tax_returns",
+    "SELECT state, AVG(CLAMP(refund, 0, 20000)), MEDIAN(CLAMP(wages, 0, 250000.5)) FROM tax_returns GROUP BY state",
+    "SELECT QUANTILE(CLAMP(agi, -500, 90000), 0.9), SUM(CLAMP(agi, -1000, 1000)) FROM tax_returns",
 ];
 
-const TOKENS: [&str; 24] = [
+const TOKENS: [&str; 26] = [
+    "CLAMP(wages, 0, 10)",
+    ", -1",
     "SELECT",
     "FROM",
     "WHERE",
@@ -111,8 +114,12 @@ fn mutated_queries_never_panic_and_accepted_ones_stay_in_bounds() {
                     assert!(grant.columns.contains(c), "{sql} reads ungranted {c}");
                 }
                 for a in &plan.query.aggregates {
-                    if let Aggregate::Sum(c) | Aggregate::Avg(c) = a {
-                        assert!(grant.columns.contains(c), "{sql}");
+                    if let Some(o) = a.operand() {
+                        assert!(grant.columns.contains(&o.column), "{sql}");
+                        let (lo, hi) = schema.column(&o.column).unwrap().bounds.unwrap();
+                        if let Some(c) = o.clamp {
+                            assert!(lo <= c.low && c.low < c.high && c.high <= hi, "{sql}");
+                        }
                     }
                 }
             }

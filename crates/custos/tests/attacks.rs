@@ -276,6 +276,9 @@ fn a_where_clause_gets_no_exact_row_count_back() {
         "measure",
         "spent",
         "scales",
+        // The analyst's clamp, the schema's bounds or bounds chosen by a
+        // charged DP estimate: never an exact statistic.
+        "bounds",
         "charged",
         "budget",
         "budget_spent",
