@@ -4,27 +4,44 @@
 //! and the values are clamped there instead of at the schema's
 //! (deliberately wide) bounds.
 //!
-//! Each bound is a private quantile counted from the top (or bottom): the
-//! candidate of a coarse grid of powers of √2 ([`grid`]) with about `m`
-//! of the rows read above it, picked by OpenDP's noisy max over the rank
-//! distance `|#(x > c) − m|` (the score OpenDP's quantile mechanism uses,
-//! with the rank fixed from the top instead of as a share of an unknown
-//! count). One subject moves every score by at most `contributions`. The
-//! target `m` is twice the 95% rank error of that noisy max, so the choice
-//! is neither lost among the many candidates above the largest value (whose
-//! scores tie at `m`) nor, as a fixed 99th percentile would be on a large
-//! dataset, far below the tail that carries much of a sum. It is then moved
-//! one grid step outward (post-processing, free). The clamp then cuts about
-//! `m` values in all: a bias comparable to the noise the clamp sets, which
-//! is where the two balance. A data-independent cost of one noise bound per
-//! grid step outward breaks ties toward the inner candidates.
+//! Each bound is a private rank counted from the top (or bottom): the
+//! lowest candidate of a coarse grid of powers of √2 ([`grid`]) with fewer
+//! than about `m` of the rows read above it. It is found by AboveThreshold
+//! (the sparse vector technique; Dwork & Roth, *The Algorithmic Foundations
+//! of Differential Privacy*, Algorithm 1 and Theorem 3.23): walking down
+//! from the top candidate, the first whose count above, plus Laplace noise
+//! of scale `4k/ε`, reaches `m` plus Laplace noise of scale `2k/ε` stops the
+//! walk (`k`: rows per subject, the counts' sensitivity), and the candidate
+//! just above it is the bound; ε-DP however many candidates are compared.
+//! Under zCDP the side's ρ buys ε = √(2ρ) (ε-DP implies ε²/2-zCDP: Bun &
+//! Steinke 2016, Proposition 1.4). When no candidate reaches `m` (fewer rows
+//! than that), the schema's bound stays. The noise is OpenDP's discrete
+//! Laplace sampler; the walk is Custos's own, because OpenDP has no sparse
+//! vector measurement and its noisy max picks among the many candidates
+//! above the largest value (whose rank scores all tie) at random, up to the
+//! schema's bound.
+//!
+//! The target `m` balances the clamp's bias against its noise
+//! ([`tail_target`]): raising the clamp by `d` removes about `d` per value
+//! above it from each group's bias and adds about `c·d` to each group's
+//! noise (`c`, the sum's noise per unit of clamp), so the error is least
+//! when about `c` values per group lie above it: `m = groups × c`. On a
+//! heavy-tailed column this is far above a fixed 99th percentile (whose
+//! clipped tail can hold a tenth of a sum) and far below the maximum
+//! (whose noise would swamp every group). `m` is never less than the noise
+//! of the walk itself ([`ChosenBounds::tail_rows`]), so that no candidate
+//! above the largest value stops it by chance (95%).
 //!
 //! The engine cannot clamp at bounds chosen after it has read the rows, so
 //! it keeps, per group, how many values fall at each grid position and
 //! their sum ([`Binned`]); any clamp at two grid points is then an exact
 //! sum over the bins ([`Binned::clamped_sum`]) in one pass over the data.
-//! Only this bookkeeping and the rank-distance score are Custos's own; the
-//! noisy max and its privacy map are OpenDP's.
+//! This bookkeeping and the walk are Custos's own; the noise is OpenDP's.
+
+use opendp::domains::AtomDomain;
+use opendp::measurements::make_laplace;
+use opendp::measures::MaxDivergence;
+use opendp::metrics::AbsoluteDistance;
 
 use crate::mechanism::{MechanismError, PrivacyMeasure};
 use crate::quantile;
@@ -119,80 +136,155 @@ pub struct ChosenBounds {
     pub low: i64,
     /// The upper bound (storage units).
     pub high: i64,
-    /// The rank from the top (and bottom) each estimated bound aimed at.
+    /// How many values each estimated bound aimed to leave beyond it.
     pub tail_rows: u64,
-    /// The privacy spent choosing them, as OpenDP's privacy map states it.
+    /// The privacy spent choosing them (ε, or ρ = ε²/2 per side).
     pub spent: f64,
 }
 
-/// Rank-distance scores of each candidate: `|#(x > c) − m|` from the top,
-/// `|#(x < c) − m|` from the bottom, plus `step` per grid step outward.
-///
-/// The added term depends on no data (it leaves the sensitivity alone): it
-/// breaks the tie among the candidates beyond the largest value, which all
-/// score `m`, toward the innermost, where otherwise the noise would pick
-/// any of them, up to the schema's bound.
-fn tail_scores(histogram: &[u64], m: u64, from_top: bool, step: u64) -> Vec<u64> {
-    let n: u64 = histogram.iter().sum();
-    let count = histogram.len() / 2;
-    let mut out = Vec::with_capacity(count);
-    let mut less = 0u64;
-    for i in 0..count {
-        less += histogram[2 * i];
-        let at = histogram[2 * i + 1];
-        let (tail, outward) = if from_top {
-            (n - less - at, i)
-        } else {
-            (less, count - 1 - i)
-        };
-        out.push(
-            tail.abs_diff(m)
-                .saturating_add(step.saturating_mul(outward as u64)),
-        );
-        less += at;
+/// How many values should lie beyond a bound chosen for `groups` sums (or
+/// averages' sums), each released spending `sum_spend` with `contributions`
+/// rows per subject: `groups × c`, where `c` is the sum's noise (standard
+/// deviation) per unit of clamp. See the module docs.
+pub fn tail_target(
+    measure: PrivacyMeasure,
+    sum_spend: f64,
+    contributions: u32,
+    groups: usize,
+) -> u64 {
+    let k = f64::from(contributions.max(1));
+    let c = match measure {
+        // Laplace of scale k·U/ε: standard deviation √2·k·U/ε.
+        PrivacyMeasure::Pure => std::f64::consts::SQRT_2 * k / sum_spend,
+        // Gaussian σ = k·U/√(2ρ).
+        PrivacyMeasure::Zcdp => k / (2.0 * sum_spend).sqrt(),
+    };
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let target = (c * groups.max(1) as f64).ceil() as u64;
+    target
+}
+
+/// Failure probability of the walk's own guarantees (a false stop above
+/// the largest value).
+const FAILURE: f64 = 0.05;
+
+/// One side's AboveThreshold walk: ε, the noise scales and the sampler.
+struct Walk {
+    threshold_scale: f64,
+    query_scale: f64,
+}
+
+impl Walk {
+    fn new(epsilon: f64, contributions: u32) -> Result<Self, MechanismError> {
+        if !(epsilon.is_finite() && epsilon > 0.0) {
+            return Err(MechanismError::Calibration(format!(
+                "spend must be positive, not {epsilon}"
+            )));
+        }
+        let k = f64::from(contributions.max(1));
+        Ok(Self {
+            threshold_scale: 2.0 * k / epsilon,
+            query_scale: 4.0 * k / epsilon,
+        })
     }
-    out
+
+    /// The least target for which, with 95%, no candidate beyond every
+    /// value (count 0) stops the walk among `candidates`.
+    fn least_target(&self, candidates: usize) -> u64 {
+        #[allow(clippy::cast_precision_loss)]
+        let n = candidates.max(1) as f64;
+        let m = self.query_scale * (n / FAILURE).ln()
+            + self.threshold_scale * (1.0 / FAILURE).ln();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let m = m.ceil() as u64;
+        m
+    }
+
+    /// The first of `tails` (counts beyond each candidate, in walking
+    /// order) whose noisy count reaches the noisy `target`: its position.
+    fn first_reaching(&self, tails: &[u64], target: u64) -> Result<Option<usize>, MechanismError> {
+        let threshold = i128::from(target) + i128::from(laplace(self.threshold_scale)?);
+        for (i, tail) in tails.iter().enumerate() {
+            if i128::from(*tail) + i128::from(laplace(self.query_scale)?) >= threshold {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One draw of discrete Laplace noise of `scale` (OpenDP's sampler).
+fn laplace(scale: f64) -> Result<i64, MechanismError> {
+    let opendp = |e: opendp::error::Error| MechanismError::OpenDp(e.variant.to_string());
+    make_laplace::<_, _, MaxDivergence>(
+        AtomDomain::<i64>::default(),
+        AbsoluteDistance::<i64>::default(),
+        scale,
+        None,
+    )
+    .and_then(|m| m.invoke(&0))
+    .map_err(opendp)
 }
 
 /// Chooses clamping bounds from `histogram` (every row read, against
 /// `grid`'s positions), spending at most `spend`: the upper bound when the
 /// grid reaches above zero, the lower one when it reaches below (half the
 /// spend each when both), the schema's bound on a side that needs none.
+/// Each aims at fewer than about `target` values beyond it
+/// ([`tail_target`]), and no fewer than the walk's own noise needs.
 pub fn choose(
     histogram: &[u64],
     grid: &[i64],
     measure: PrivacyMeasure,
     spend: f64,
     contributions: u32,
+    target: u64,
 ) -> Result<ChosenBounds, MechanismError> {
     let last = grid.len().saturating_sub(1);
     let need_low = grid.first().is_some_and(|v| *v < 0);
     let need_high = grid.last().is_some_and(|v| *v > 0);
     let sides = f64::from(u8::from(need_low) + u8::from(need_high)).max(1.0);
-    let sensitivity = u64::from(contributions.max(1));
-    let (scale, _) = quantile::calibrate(grid.len(), measure, spend / sides, sensitivity)?;
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let tail_rows = (2.0 * quantile::score_error(scale, grid.len())).ceil() as u64;
-    // One step outward must beat the noise's 95% bound.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let step = quantile::score_error(scale, grid.len()).ceil() as u64;
+    let side_spend = spend / sides;
+    let epsilon = match measure {
+        PrivacyMeasure::Pure => side_spend,
+        PrivacyMeasure::Zcdp => (2.0 * side_spend).sqrt(),
+    };
+    let walk = Walk::new(epsilon, contributions)?;
+    let tail_rows = walk.least_target(grid.len()).max(target);
+    // Per candidate: values strictly below and strictly above it.
+    let n: u64 = histogram.iter().sum();
+    let mut below = Vec::with_capacity(grid.len());
+    let mut above = Vec::with_capacity(grid.len());
+    let mut less = 0u64;
+    for i in 0..grid.len() {
+        less += histogram[2 * i];
+        let at = histogram[2 * i + 1];
+        below.push(less);
+        above.push(n - less - at);
+        less += at;
+    }
     let mut spent = 0.0;
-    let mut estimate = |from_top: bool| -> Result<usize, MechanismError> {
-        let scores = vec![tail_scores(histogram, tail_rows, from_top, step)];
-        let chosen = quantile::release_quantile(&scores, measure, spend / sides, sensitivity)?;
-        spent += chosen.spent;
-        Ok(chosen.chosen[0])
-    };
-    let mut high_index = if need_high {
-        (estimate(true)? + 1).min(last)
-    } else {
-        last
-    };
-    let mut low_index = if need_low {
-        estimate(false)?.saturating_sub(1)
-    } else {
-        0
-    };
+    let mut high_index = last;
+    if need_high {
+        // Walk down from the top; the bound is the candidate just above
+        // the first that has about `tail_rows` values above it.
+        above.reverse();
+        if let Some(step) = walk.first_reaching(&above, tail_rows)? {
+            high_index = (last - step + 1).min(last);
+        }
+        spent += side_spend;
+    }
+    let mut low_index = 0;
+    if need_low {
+        if let Some(step) = walk.first_reaching(&below, tail_rows)? {
+            low_index = step.saturating_sub(1);
+        }
+        spent += side_spend;
+    }
     if low_index > high_index {
         std::mem::swap(&mut low_index, &mut high_index);
     }
@@ -248,35 +340,97 @@ mod tests {
         }
     }
 
+    /// Deterministic log-normal values (cents): e^(μ + σz), z by Box–Muller.
+    fn lognormal(n: usize, mu: f64, sigma: f64) -> Vec<i64> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            #[allow(clippy::cast_precision_loss)]
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            u.max(1e-12)
+        };
+        (0..n)
+            .map(|_| {
+                let z = (-2.0 * uniform().ln()).sqrt()
+                    * (2.0 * std::f64::consts::PI * uniform()).cos();
+                #[allow(clippy::cast_possible_truncation)]
+                let v = ((mu + sigma * z).exp() * 100.0).round() as i64;
+                v.min(100_000_000_000)
+            })
+            .collect()
+    }
+
+    fn histogram(g: &[i64], values: &[i64]) -> Vec<u64> {
+        let mut h = vec![0u64; 2 * g.len() + 1];
+        for v in values {
+            h[quantile::position(g, *v)] += 1;
+        }
+        h
+    }
+
     #[test]
-    fn chosen_bounds_sit_just_outside_the_extreme_percentiles() {
-        let g = grid(0, 100_000_000);
-        let mut histogram = vec![0u64; 2 * g.len() + 1];
-        // 100,000 values from 1 to 50,000, two of each.
-        for v in 1..=100_000i64 {
-            histogram[quantile::position(&g, (v + 1) / 2)] += 1;
-        }
+    fn the_bound_leaves_about_the_target_beyond_it() {
+        let g = grid(0, 1_000_000_000);
+        let wages = lognormal(200_000, 10.6, 0.9);
+        let h = histogram(&g, &wages);
+        let above = |c: i64| wages.iter().filter(|v| **v > c).count() as u64;
         for (measure, spend) in [(PrivacyMeasure::Pure, 0.1), (PrivacyMeasure::Zcdp, 0.01)] {
-            let b = choose(&histogram, &g, measure, spend, 3).unwrap();
-            assert!(b.spent <= spend && b.spent > 0.99 * spend, "{}", b.spent);
-            assert_eq!(b.low, 0, "a non-negative column keeps its schema floor");
-            // About `tail_rows` values lie above the estimate (value
-            // 50,000 − tail_rows / 2); the bound is a grid step above it,
-            // within a factor 2 of the largest value.
-            assert!(b.tail_rows > 10 && b.tail_rows < 2_000, "{}", b.tail_rows);
-            #[allow(clippy::cast_possible_wrap)]
-            let estimate = 50_000 - b.tail_rows as i64 / 2;
-            assert!(
-                (estimate..=2 * 50_000).contains(&b.high),
-                "{measure:?}: {} (tail {})",
-                b.high,
-                b.tail_rows
-            );
+            for target in [0, 400, 3_000] {
+                let b = choose(&h, &g, measure, spend, 3, target).unwrap();
+                assert!(b.spent <= spend && b.spent > 0.99 * spend, "{}", b.spent);
+                assert_eq!(b.low, 0, "a non-negative column keeps its schema floor");
+                assert!(b.tail_rows >= target && b.tail_rows < 5_000, "{}", b.tail_rows);
+                // Fewer than about `tail_rows` values above the bound, and
+                // about that many above the candidate below it (the walk's
+                // noise is a few hundred rows).
+                let m = b.tail_rows;
+                assert!(above(b.high) < 2 * m, "{measure:?}: {} leaves {}", b.high, above(b.high));
+                assert!(
+                    above(g[b.high_index - 1]) >= m / 2,
+                    "{measure:?}: {} leaves {}",
+                    g[b.high_index - 1],
+                    above(g[b.high_index - 1])
+                );
+            }
         }
+    }
+
+    #[test]
+    fn few_rows_keep_the_schema_bound_and_many_never_collapse_it() {
+        let g = grid(0, 1_000_000_000);
+        // Fewer rows than the walk's least target: nothing to estimate,
+        // the schema's bound stays (noisy, but not biased), and the spend
+        // is charged all the same.
+        let few = lognormal(300, 10.6, 0.9);
+        let b = choose(&histogram(&g, &few), &g, PrivacyMeasure::Pure, 0.1, 3, 0).unwrap();
+        assert_eq!(b.high, 1_000_000_000);
+        assert!(b.spent > 0.099);
+        // A small state's rows: the bound stays well above the median.
+        let some = lognormal(5_000, 10.6, 0.9);
+        let mut sorted = some.clone();
+        sorted.sort_unstable();
+        for _ in 0..20 {
+            let b = choose(&histogram(&g, &some), &g, PrivacyMeasure::Pure, 0.1, 3, 0).unwrap();
+            assert!(b.high > sorted[2_500], "{} under the median {}", b.high, sorted[2_500]);
+        }
+    }
+
+    #[test]
+    fn both_sides_and_degenerate_data_still_give_a_width() {
+        // A column that can be negative: both bounds estimated, half each.
+        let g = grid(-1_000_000_000, 1_000_000_000);
+        let mut values = lognormal(100_000, 8.0, 1.0);
+        values.extend(lognormal(100_000, 8.0, 1.0).iter().map(|v| -v));
+        let b = choose(&histogram(&g, &values), &g, PrivacyMeasure::Zcdp, 0.02, 1, 0).unwrap();
+        assert!(b.low < -100_000 && b.high > 100_000, "{b:?}");
+        assert!(b.spent <= 0.02 && b.spent > 0.0199);
         // All zeros: the clamp still has a width.
+        let g = grid(0, 100_000_000);
         let mut zeros = vec![0u64; 2 * g.len() + 1];
-        zeros[quantile::position(&g, 0)] = 1_000;
-        let b = choose(&zeros, &g, PrivacyMeasure::Zcdp, 0.01, 1).unwrap();
+        zeros[quantile::position(&g, 0)] = 100_000;
+        let b = choose(&zeros, &g, PrivacyMeasure::Zcdp, 0.01, 1, 0).unwrap();
         assert!(b.low < b.high);
     }
 }

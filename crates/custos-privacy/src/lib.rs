@@ -379,8 +379,9 @@ pub struct AppliedBounds {
 pub enum BoundsSource {
     /// The analyst's `CLAMP(col, low, high)`.
     Analyst,
-    /// Chosen privately: noisy estimates of the column's 0.1st and 99.9th
-    /// percentiles over the rows read, one grid step outward ([`bounds`]).
+    /// Chosen privately: where about as many values lie beyond the bound
+    /// as balance its bias against its noise, estimated by a charged noisy
+    /// rank over the rows read ([`bounds`]).
     Private,
     /// The schema's declared bounds (a quantile without a `CLAMP`
     /// searches them on a grid of 0.5% steps).
@@ -527,12 +528,19 @@ pub fn release(
                         for group in &totals.binned[i] {
                             all.merge(group);
                         }
+                        let left = share * (1.0 - bounds::BOUND_SHARE);
+                        let sum_spend = if matches!(a, Aggregate::Avg(_)) {
+                            left * AVG_SUM_SHARE
+                        } else {
+                            left
+                        };
                         let chosen = bounds::choose(
                             &all.counts,
                             &grid,
                             measure,
                             share * bounds::BOUND_SHARE,
                             k,
+                            bounds::tail_target(measure, sum_spend, k, totals.binned[i].len()),
                         )?;
                         let sums = totals.binned[i]
                             .iter()
@@ -543,7 +551,7 @@ pub fn release(
                             (chosen.low, chosen.high),
                             BoundsSource::Private,
                             chosen.spent,
-                            share * (1.0 - bounds::BOUND_SHARE),
+                            left,
                         )
                     }
                 };
