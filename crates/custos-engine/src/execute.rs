@@ -371,6 +371,9 @@ struct BucketTotals {
     subjects: Vec<i64>,
     /// Per value column, per group.
     sums: Vec<Vec<i64>>,
+    /// Per value column, per group: kept rows with a value (the count of
+    /// an average).
+    present: Vec<Vec<i64>>,
     /// Per value column (empty unless a quantile reads it), per group.
     histograms: Vec<Vec<Vec<u64>>>,
     /// Per value column (empty unless an unclamped sum reads it), per group.
@@ -385,6 +388,7 @@ impl BucketTotals {
             rows: vec![0; layout.groups],
             subjects: vec![0; layout.groups],
             sums: vec![vec![0; layout.groups]; layout.values.len()],
+            present: vec![vec![0; layout.groups]; layout.values.len()],
             histograms: layout
                 .values
                 .iter()
@@ -415,6 +419,9 @@ impl BucketTotals {
         add(&mut self.rows, &other.rows);
         add(&mut self.subjects, &other.subjects);
         for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            add(a, b);
+        }
+        for (a, b) in self.present.iter_mut().zip(&other.present) {
             add(a, b);
         }
         for (a, b) in self.histograms.iter_mut().zip(&other.histograms) {
@@ -458,7 +465,7 @@ impl BucketTotals {
                 Aggregate::CountSubjects => (self.subjects.clone(), Vec::new(), Vec::new()),
                 Aggregate::Sum(o) | Aggregate::Avg(o) => {
                     if matches!(a, Aggregate::Avg(_)) {
-                        avg_counts.push(self.rows.clone());
+                        avg_counts.push(self.present[slot(o)].clone());
                     }
                     let bins = if o.clamp.is_none() {
                         self.binned[slot(o)].clone()
@@ -505,6 +512,8 @@ fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals
     // Flat per-row storage: group index and clamped values.
     let mut row_group: Vec<u32> = Vec::new();
     let mut row_values: Vec<i64> = Vec::new();
+    // Empty cells count in no sum, average or quantile (as in SQL).
+    let mut row_present: Vec<bool> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     for batch in batches {
         let subjects = batch
@@ -529,6 +538,7 @@ fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals
             for v in &layout.values {
                 let cell = int_at(batch.column(1 + group_columns + v.source).as_ref(), row);
                 row_values.push(cell.map_or(0, |x| x.clamp(v.low, v.high)));
+                row_present.push(cell.is_some());
             }
             let index = u32::try_from(row_group.len()).map_err(engine)?;
             row_group.push(u32::try_from(group).map_err(engine)?);
@@ -578,6 +588,10 @@ fn bound_bucket(layout: &Layout, batches: &[RecordBatch]) -> Result<BucketTotals
                 .iter()
                 .enumerate()
             {
+                if !row_present[row * width + i] {
+                    continue;
+                }
+                out.present[i][g] += 1;
                 out.sums[i][g] = out.sums[i][g].saturating_add(*v);
                 if let Some(grid) = &layout.values[i].candidates {
                     out.histograms[i][g][quantile::position(grid, *v)] += 1;

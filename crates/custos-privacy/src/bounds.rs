@@ -403,10 +403,17 @@ mod tests {
         // Fewer rows than the walk's least target: nothing to estimate,
         // the schema's bound stays (noisy, but not biased), and the spend
         // is charged all the same.
+        // (The walk may still stop by chance, more often the closer the
+        // row count is to the target: here in about 5% of draws.)
         let few = lognormal(300, 10.6, 0.9);
-        let b = choose(&histogram(&g, &few), &g, PrivacyMeasure::Pure, 0.1, 3, 0).unwrap();
-        assert_eq!(b.high, 1_000_000_000);
-        assert!(b.spent > 0.099);
+        let kept = (0..100)
+            .filter(|_| {
+                let b = choose(&histogram(&g, &few), &g, PrivacyMeasure::Pure, 0.1, 3, 0).unwrap();
+                assert!(b.spent > 0.099);
+                b.high == 1_000_000_000
+            })
+            .count();
+        assert!(kept >= 80, "{kept} of 100");
         // A small state's rows: the bound stays well above the median.
         let some = lognormal(5_000, 10.6, 0.9);
         let mut sorted = some.clone();

@@ -213,7 +213,7 @@ pub fn plan(
         (None, f) | (f, None) => f,
         (Some(scope), Some(filter)) => Some(format!("({scope}) AND ({filter})")),
     };
-    check_memory(&query, schema)?;
+    check_operands(&query, schema)?;
     let sym = privacy.measure.symbol();
     let spend = spend.unwrap_or(privacy.per_query);
     if !(spend.is_finite() && spend > 0.0) {
@@ -241,8 +241,8 @@ pub fn plan(
 const MAX_COUNTERS: u128 = 1 << 24;
 
 /// Refuses a query whose quantile histograms or private-bound bins, one per
-/// group, would not fit in memory.
-fn check_memory(query: &AggregateQuery, schema: &DatasetSchema) -> Result<(), PrivacyError> {
+/// group, would not fit in memory, or that aggregates a one-value column.
+fn check_operands(query: &AggregateQuery, schema: &DatasetSchema) -> Result<(), PrivacyError> {
     let groups: u128 = query
         .group_by
         .iter()
@@ -252,6 +252,14 @@ fn check_memory(query: &AggregateQuery, schema: &DatasetSchema) -> Result<(), Pr
     for a in &query.aggregates {
         let Some(operand) = a.operand() else { continue };
         let (lo, hi) = range_of(schema, operand)?;
+        if lo == hi {
+            return Err(QueryError::NotAllowed(format!(
+                "`{}`: `{}` can hold one value only (its declared bounds are equal); there is nothing to aggregate",
+                a.label(),
+                operand.column
+            ))
+            .into());
+        }
         per_group += match a {
             Aggregate::Quantile { .. } => 2 * quantile::candidates(lo, hi).len() as u128 + 1,
             _ if operand.clamp.is_none() => 2 * (2 * bounds::grid(lo, hi).len() as u128 + 1),
@@ -316,7 +324,8 @@ pub struct Totals {
     /// `AVG` this is the sum; its count is in `avg_counts`. Empty for
     /// quantiles (see `histograms`).
     pub values: Vec<Vec<i64>>,
-    /// For each `AVG` aggregate, per group, the count of its rows.
+    /// For each `AVG` aggregate, per group, the count of its rows with a
+    /// value in its column.
     pub avg_counts: Vec<Vec<i64>>,
     /// Per aggregate, per group: for quantiles, the histogram of values
     /// against the candidates of [`quantile::candidates`] over the
