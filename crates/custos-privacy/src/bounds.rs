@@ -7,30 +7,29 @@
 //! Each bound is a private rank counted from the top (or bottom): the
 //! lowest candidate of a coarse grid of powers of √2 ([`grid`]) with fewer
 //! than about `m` of the rows read above it. It is found by AboveThreshold
-//! (the sparse vector technique; Dwork & Roth, *The Algorithmic Foundations
-//! of Differential Privacy*, Algorithm 1 and Theorem 3.23): walking down
-//! from the top candidate, the first whose count above, plus Laplace noise
-//! of scale `4k/ε`, reaches `m` plus Laplace noise of scale `2k/ε` stops the
-//! walk (`k`: rows per subject, the counts' sensitivity), and the candidate
-//! just above it is the bound; ε-DP however many candidates are compared.
-//! Under zCDP the side's ρ buys ε = √(2ρ) (ε-DP implies ε²/2-zCDP: Bun &
-//! Steinke 2016, Proposition 1.4). When no candidate reaches `m` (fewer rows
-//! than that), the schema's bound stays. The noise is OpenDP's discrete
-//! Laplace sampler; the walk is Custos's own, because OpenDP has no sparse
-//! vector measurement and its noisy max picks among the many candidates
-//! above the largest value (whose rank scores all tie) at random, up to the
-//! schema's bound.
+//! (the sparse vector technique): walking down from the top candidate, the
+//! first whose count above, plus Laplace noise, reaches `m` plus Laplace
+//! noise stops the walk, and the candidate just above it is the bound. With
+//! `k` rows per subject (the counts' sensitivity), the threshold's noise has
+//! scale `2k/ε` and each count's `2k/ε`: the counts are monotonic (adding a
+//! subject never lowers any of them), so this walk is ε-DP however many
+//! candidates it compares (Lyu, Su & Li, *Understanding the Sparse Vector
+//! Technique for Differential Privacy*, VLDB 2017, Algorithm 1 with
+//! ε₁ = ε₂ = ε/2, c = 1, and its monotonic case; Dwork & Roth, Theorem 3.23,
+//! for the general case with `4k/ε`). Under zCDP the side's ρ buys
+//! ε = √(2ρ) (ε-DP implies ε²/2-zCDP: Bun & Steinke 2016, Proposition 1.4).
+//! When no candidate reaches `m` (fewer rows than that), the schema's bound
+//! stays. The noise is OpenDP's discrete Laplace sampler; the walk is
+//! Custos's own, because OpenDP has no sparse vector measurement, and its
+//! noisy max over rank scores picks at random among the many candidates
+//! above the largest value (whose scores all tie), up to the schema's bound.
 //!
-//! The target `m` balances the clamp's bias against its noise
-//! ([`tail_target`]): raising the clamp by `d` removes about `d` per value
-//! above it from each group's bias and adds about `c·d` to each group's
-//! noise (`c`, the sum's noise per unit of clamp), so the error is least
-//! when about `c` values per group lie above it: `m = groups × c`. On a
-//! heavy-tailed column this is far above a fixed 99th percentile (whose
-//! clipped tail can hold a tenth of a sum) and far below the maximum
-//! (whose noise would swamp every group). `m` is never less than the noise
-//! of the walk itself ([`ChosenBounds::tail_rows`]), so that no candidate
-//! above the largest value stops it by chance (95%).
+//! The target `m` is as small as the walk can find reliably (with 95%, no
+//! candidate above the largest value stops it by chance; about 270 rows at
+//! ρ = 0.025 and three rows per subject). Sums of heavy-tailed columns such
+//! as refunds lose more to a low clamp's bias than to a high clamp's noise:
+//! the clamp should leave as few values beyond it as it can. With fewer rows
+//! read than `m`, give a `CLAMP`.
 //!
 //! The engine cannot clamp at bounds chosen after it has read the rows, so
 //! it keeps, per group, how many values fall at each grid position and
@@ -47,7 +46,7 @@ use crate::mechanism::{MechanismError, PrivacyMeasure};
 use crate::quantile;
 
 /// The share of an aggregate's spend that private bound selection takes.
-pub const BOUND_SHARE: f64 = 0.1;
+pub const BOUND_SHARE: f64 = 0.25;
 
 /// The grid private bounds are chosen from, inside `[lo, hi]` (the schema's
 /// bounds): zero, ±⌈√2ᵏ⌉ and the bounds themselves. Coarse on purpose:
@@ -142,32 +141,6 @@ pub struct ChosenBounds {
     pub spent: f64,
 }
 
-/// How many values should lie beyond a bound chosen for `groups` sums (or
-/// averages' sums), each released spending `sum_spend` with `contributions`
-/// rows per subject: `groups × c`, where `c` is the sum's noise (standard
-/// deviation) per unit of clamp. See the module docs.
-pub fn tail_target(
-    measure: PrivacyMeasure,
-    sum_spend: f64,
-    contributions: u32,
-    groups: usize,
-) -> u64 {
-    let k = f64::from(contributions.max(1));
-    let c = match measure {
-        // Laplace of scale k·U/ε: standard deviation √2·k·U/ε.
-        PrivacyMeasure::Pure => std::f64::consts::SQRT_2 * k / sum_spend,
-        // Gaussian σ = k·U/√(2ρ).
-        PrivacyMeasure::Zcdp => k / (2.0 * sum_spend).sqrt(),
-    };
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let target = (c * groups.max(1) as f64).ceil() as u64;
-    target
-}
-
 /// Failure probability of the walk's own guarantees (a false stop above
 /// the largest value).
 const FAILURE: f64 = 0.05;
@@ -188,7 +161,8 @@ impl Walk {
         let k = f64::from(contributions.max(1));
         Ok(Self {
             threshold_scale: 2.0 * k / epsilon,
-            query_scale: 4.0 * k / epsilon,
+            // Monotonic counts: 2k/ε, not 4k/ε (module docs).
+            query_scale: 2.0 * k / epsilon,
         })
     }
 
@@ -234,8 +208,8 @@ fn laplace(scale: f64) -> Result<i64, MechanismError> {
 /// `grid`'s positions), spending at most `spend`: the upper bound when the
 /// grid reaches above zero, the lower one when it reaches below (half the
 /// spend each when both), the schema's bound on a side that needs none.
-/// Each aims at fewer than about `target` values beyond it
-/// ([`tail_target`]), and no fewer than the walk's own noise needs.
+/// Each aims at fewer than about `target` values beyond it, and no fewer
+/// than the walk's own noise needs (0: as few as it can).
 pub fn choose(
     histogram: &[u64],
     grid: &[i64],

@@ -388,9 +388,8 @@ pub struct AppliedBounds {
 pub enum BoundsSource {
     /// The analyst's `CLAMP(col, low, high)`.
     Analyst,
-    /// Chosen privately: where about as many values lie beyond the bound
-    /// as balance its bias against its noise, estimated by a charged noisy
-    /// rank over the rows read ([`bounds`]).
+    /// Chosen privately: where a few hundred of the rows read lie beyond
+    /// it, found by a charged noisy walk down a grid ([`bounds`]).
     Private,
     /// The schema's declared bounds (a quantile without a `CLAMP`
     /// searches them on a grid of 0.5% steps).
@@ -538,18 +537,13 @@ pub fn release(
                             all.merge(group);
                         }
                         let left = share * (1.0 - bounds::BOUND_SHARE);
-                        let sum_spend = if matches!(a, Aggregate::Avg(_)) {
-                            left * AVG_SUM_SHARE
-                        } else {
-                            left
-                        };
                         let chosen = bounds::choose(
                             &all.counts,
                             &grid,
                             measure,
                             share * bounds::BOUND_SHARE,
                             k,
-                            bounds::tail_target(measure, sum_spend, k, totals.binned[i].len()),
+                            0,
                         )?;
                         let sums = totals.binned[i]
                             .iter()

@@ -4,6 +4,8 @@ use std::path::Path;
 
 use clap::Args;
 use custos_broker::AggregateAnswer;
+use custos_policy::PrivacyMeasure;
+use custos_broker::{AppliedBounds, BoundsSource};
 
 use super::gateway::Gateway;
 
@@ -24,6 +26,13 @@ pub struct QueryArgs {
     /// AVG(col), MEDIAN(col), QUANTILE(col, p) and GROUP BY columns, FROM
     /// the dataset, with an optional WHERE over granted columns and GROUP BY
     /// over granted public or quasi columns with a declared domain.
+    ///
+    /// Write CLAMP(col, low, high) inside SUM, AVG or a quantile to count
+    /// each value within [low, high] (in the column's units): the noise is
+    /// then set by the clamp, not the schema's wide bounds, e.g.
+    /// `SELECT state, AVG(CLAMP(refund, 0, 50000)) FROM tax_returns GROUP BY state`.
+    /// Without a CLAMP, SUM and AVG spend a quarter of their share choosing
+    /// bounds privately; the answer says which bounds applied.
     sql: String,
 }
 
@@ -64,6 +73,9 @@ pub fn print_answer(a: &AggregateAnswer) {
         })
         .collect();
     print!("{}", super::table(&a.answer.columns, &rows));
+    for b in &a.answer.bounds {
+        println!("{}", describe_bounds(b, a.answer.measure));
+    }
     let sym = a.answer.measure.symbol();
     println!(
         "Each value is noisy, with its 95% confidence interval in brackets; a quantile's error is in ranks (with 95%, the value's rank is within ± that many rows of the asked rank). Nothing else computed from the rows is released."
@@ -72,4 +84,24 @@ pub fn print_answer(a: &AggregateAnswer) {
         "Spent {sym} = {} of {} on `{}` under `{}`; {sym} = {:.6} remains. Query {} (ledger entry {}).",
         a.charged, a.budget, a.dataset, a.agreement, a.budget_remaining, a.id, a.ledger_index
     );
+}
+
+/// One line saying what range an aggregate's values were clamped to (or a
+/// quantile searched), and where it came from.
+pub fn describe_bounds(b: &AppliedBounds, measure: PrivacyMeasure) -> String {
+    let source = match b.source {
+        BoundsSource::Analyst => "your CLAMP".to_owned(),
+        BoundsSource::Schema => "the schema's bounds (add CLAMP(col, low, high) to narrow it)".to_owned(),
+        BoundsSource::Private => format!(
+            "chosen privately, spending {} = {:.6} of this query (give CLAMP(col, low, high) to choose yourself)",
+            measure.symbol(),
+            b.spent
+        ),
+    };
+    let what = if b.aggregate.starts_with("median(") || b.aggregate.starts_with("quantile(") {
+        "answer searched on a grid of 0.5% steps"
+    } else {
+        "values counted"
+    };
+    format!("{}: {what} from {} to {}: {source}.", b.aggregate, b.low, b.high)
 }

@@ -571,17 +571,22 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor, data_dir: &Path) -> anyh
             None,
         ),
         (
-            "Refunds of 2024 returns in five states (all 51 are released):",
-            "SELECT state, COUNT(*), SUM(refund) FROM tax_returns WHERE tax_year = 2024 GROUP BY state",
+            "Refunds of 2024 returns in five states (all 51 are released), each refund counted up to $50,000:",
+            "SELECT state, COUNT(*), SUM(CLAMP(refund, 0, 50000)) FROM tax_returns WHERE tax_year = 2024 GROUP BY state",
             Some(["CA", "TX", "NY", "FL", "WY"]),
         ),
         (
-            "Average refund by filing status:",
+            "Average refund by filing status, up to $50,000 a refund:",
+            "SELECT filing_status, AVG(CLAMP(refund, 0, 50000)) FROM tax_returns GROUP BY filing_status",
+            None,
+        ),
+        (
+            "The same without a clamp: Custos spends a quarter of the query choosing one privately:",
             "SELECT filing_status, AVG(refund) FROM tax_returns GROUP BY filing_status",
             None,
         ),
         (
-            "Median wages by filing status (a quantile: its error is in ranks, not dollars):",
+            "Median wages by filing status (a quantile: its error is in ranks; the grid has 0.5% steps):",
             "SELECT filing_status, MEDIAN(wages) FROM tax_returns GROUP BY filing_status",
             None,
         ),
@@ -625,6 +630,9 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor, data_dir: &Path) -> anyh
             };
             println!("    {label}{}", cells.join(", "));
         }
+        for b in &answer.answer.bounds {
+            println!("    {}", super::query::describe_bounds(b, answer.answer.measure));
+        }
         println!(
             "    spent ρ = {}; ρ = {:.2} of {} remains",
             answer.charged, answer.budget_remaining, answer.budget
@@ -632,10 +640,10 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor, data_dir: &Path) -> anyh
     }
     println!();
     println!(
-        "  Counts are close; sums and averages are noisy because the schema bounds a refund at"
+        "  The noise of a sum is set by how far one taxpayer can move it: the clamp, not the schema's"
     );
     println!(
-        "  $1,000,000, so one taxpayer could move a sum that much: tighter bounds, tighter answers."
+        "  $1,000,000. \"True\" values are unclamped, so they also show what a clamp cuts off."
     );
     // A small budget runs out: the refused query spends nothing.
     let small = aggregate_agreement()

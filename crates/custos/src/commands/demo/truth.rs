@@ -66,16 +66,18 @@ impl TaxTruth {
 
     /// The true value of an answer's cell: `aggregate` is the answer's
     /// column name, `group` its group key (empty without `GROUP BY`).
+    /// Values are unclamped: what the analyst wants to know.
     pub fn value(&mut self, aggregate: &str, group: &str) -> Option<String> {
-        match aggregate {
-            "count(distinct subject)" => Some(self.taxpayers.to_string()),
-            "count(*)" => self.by_state_2024.get(group).map(|s| s.0.to_string()),
-            "sum(refund)" => self.by_state_2024.get(group).map(|s| format_cents(s.1)),
-            "avg(refund)" => self.by_status.get(group).map(|s| {
+        let kind = aggregate.split('(').next().unwrap_or_default();
+        match (kind, aggregate.contains("refund"), aggregate.contains("wages")) {
+            ("count", _, _) if aggregate.contains("distinct") => Some(self.taxpayers.to_string()),
+            ("count", _, _) => self.by_state_2024.get(group).map(|s| s.0.to_string()),
+            ("sum", true, _) => self.by_state_2024.get(group).map(|s| format_cents(s.1)),
+            ("avg", true, _) => self.by_status.get(group).map(|s| {
                 let n = i64::try_from(s.0.max(1)).unwrap_or(i64::MAX);
                 format_cents((s.1 as f64 / n as f64).round() as i64)
             }),
-            "median(wages)" => self.by_status.get_mut(group).map(|s| {
+            ("median", _, true) => self.by_status.get_mut(group).map(|s| {
                 s.2.sort_unstable();
                 format_cents(s.2.get(s.2.len() / 2).copied().unwrap_or(0))
             }),
