@@ -41,6 +41,7 @@ fn refusal_category(e: &AgreementError) -> &'static str {
         AgreementError::BadId(_) => "invalid agreement id",
         AgreementError::Empty(_) => "required text missing",
         AgreementError::Window { .. } => "invalid validity window",
+        AgreementError::Expired { .. } => "agreement already expired",
         AgreementError::NoGrants => "no grants",
         AgreementError::UnknownDataset { .. } => "unknown dataset",
         AgreementError::UnknownColumn { .. } => "unknown column",
@@ -84,7 +85,10 @@ impl Custos {
                 schemas.insert(grant.dataset.clone(), schema);
             }
         }
-        if let Err(e) = agreement.validate(|name| schemas.get(name)) {
+        if let Err(e) = agreement
+            .validate(|name| schemas.get(name))
+            .and_then(|_| agreement.check_not_expired(crate::decide::today()))
+        {
             return Err(self.refuse_agreement(actor, e));
         }
         let meta = self.home().meta();

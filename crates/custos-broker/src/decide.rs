@@ -90,7 +90,7 @@ pub(crate) struct Access<'a> {
     pub(crate) subject: Option<&'a SubjectCommitment>,
 }
 
-fn today() -> chrono::NaiveDate {
+pub(crate) fn today() -> chrono::NaiveDate {
     chrono::Utc::now().date_naive()
 }
 

@@ -183,6 +183,16 @@ pub enum AgreementError {
     /// Not valid TOML, or an unknown or missing field.
     #[error("agreement is not valid: {0}")]
     Syntax(String),
+    /// The validity window ended before the day it is applied.
+    #[error(
+        "the agreement expired on {until} (today is {today}): nothing could run under it; set a `valid_until` in the future, or suspend or revoke an agreement to end it early"
+    )]
+    Expired {
+        /// Its last day.
+        until: NaiveDate,
+        /// The day it was applied.
+        today: NaiveDate,
+    },
     /// An id that breaks the naming rule.
     #[error(
         "agreement id `{0}` is not allowed: use 1-64 characters of a-z, 0-9, ., _ and -, starting with a letter or digit"
@@ -520,6 +530,19 @@ impl Agreement {
                 self.valid_from,
                 self.valid_until
             )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an agreement whose window ended before `today` (applying it
+    /// would do nothing; a mistyped year is the usual cause). One that
+    /// starts after `today` is fine: it is refused until then.
+    pub fn check_not_expired(&self, today: NaiveDate) -> Result<(), AgreementError> {
+        if self.valid_until < today {
+            return Err(AgreementError::Expired {
+                until: self.valid_until,
+                today,
+            });
         }
         Ok(())
     }

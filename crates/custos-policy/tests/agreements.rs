@@ -75,11 +75,11 @@ fn refuses_malformed_toml_and_missing_fields() {
         "agreement id `GAO stats` is not allowed",
     );
     refused(
-        &example("aggregate").replace("valid_until = 2027-02-28", "valid_until = 2025-02-28"),
+        &example("aggregate").replace("valid_until = 2030-12-31", "valid_until = 2025-02-28"),
         "is before `valid_from`",
     );
     refused(
-        &example("aggregate").replace("valid_from = 2026-03-01", "valid_from = \"March\""),
+        &example("aggregate").replace("valid_from = 2026-01-01", "valid_from = \"March\""),
         "is not a date",
     );
 }
@@ -136,13 +136,13 @@ fn row_scopes_are_restricted() {
 
 #[test]
 fn matching_agreements_respect_the_computer_matching_act() {
-    let too_long = example("match").replace("valid_until = 2027-06-30", "valid_until = 2027-07-01");
+    let too_long = example("match").replace("valid_until = 2027-12-31", "valid_until = 2028-01-01");
     refused(&too_long, "may run at most 18 months");
     // Renewed once: 12 more months.
     let renewed = too_long.replace("renewals = 0", "renewals = 1");
     validate(&renewed).unwrap();
     refused(
-        &renewed.replace("valid_until = 2027-07-01", "valid_until = 2028-07-01"),
+        &renewed.replace("valid_until = 2028-01-01", "valid_until = 2029-01-01"),
         "may run at most 30 months",
     );
     refused(

@@ -105,7 +105,7 @@ fn a_grant_permits_exactly_its_request_and_says_which() {
         ..request.clone()
     });
     deny(AccessRequest {
-        day: day("2027-01-01"),
+        day: day("2031-01-01"),
         ..request.clone()
     });
     deny(AccessRequest {

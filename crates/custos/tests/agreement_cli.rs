@@ -157,8 +157,17 @@ fn refusals_are_clear_and_ledgered() {
             "match.toml",
             fs::read_to_string(example("match"))
                 .unwrap()
-                .replace("valid_until = 2027-06-30", "valid_until = 2028-01-01"),
+                .replace("valid_until = 2027-12-31", "valid_until = 2028-01-01"),
             "may run at most 18 months",
+        ),
+        (
+            // The first README shipped an example that had expired, and
+            // `apply` took it without a word.
+            "expired.toml",
+            identified
+                .replace("valid_from = 2026-01-01", "valid_from = 2025-01-01")
+                .replace("valid_until = 2030-12-31", "valid_until = 2025-06-30"),
+            "the agreement expired on 2025-06-30",
         ),
     ];
     for (file, text, expected) in &cases {
@@ -202,6 +211,16 @@ fn refusals_are_clear_and_ledgered() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(list.stdout).unwrap().trim(), "[]");
+    // One that starts later is taken, with a note.
+    let later = env.write(
+        "later.toml",
+        &identified
+            .replace("valid_from = 2026-01-01", "valid_from = 2099-01-01")
+            .replace("valid_until = 2030-12-31", "valid_until = 2099-12-31"),
+    );
+    env.apply(&later)
+        .success()
+        .stderr(predicate::str::contains("is not in force until 2099-01-01"));
 }
 
 #[test]

@@ -470,7 +470,8 @@ fn expired_agreements_and_guards_deny_fetches_after_approval() {
     );
     assert_eq!(e["reasons"][0], "denied by a guard rule of the custodian");
     assert!(e["subjects"].as_array().is_none_or(Vec::is_empty), "{e}");
-    // An expired agreement grants nothing.
+    // An expired agreement grants nothing: it is not even taken (that it
+    // grants nothing once its window ends is custos-policy's decide test).
     let expired = AGREEMENT
         .replace("tigta-cases", "tigta-old")
         .replace("valid_until = 2099-12-31", "valid_until = 2026-01-31");
@@ -479,7 +480,8 @@ fn expired_agreements_and_guards_deny_fetches_after_approval() {
         .args(["agreement", "apply"])
         .arg(file)
         .assert()
-        .success();
+        .failure()
+        .stderr(predicate::str::contains("the agreement expired on 2026-01-31"));
     env.as_("rita")
         .args([
             "lookup",
@@ -494,9 +496,7 @@ fn expired_agreements_and_guards_deny_fetches_after_approval() {
         ])
         .assert()
         .failure()
-        .stderr(predicate::str::contains(
-            "agreement `tigta-old` expired on 2026-01-31",
-        ));
+        .stderr(predicate::str::contains("tigta-old"));
     // A malformed guard file fails closed.
     fs::write(
         env.path("home").join("guards.cedar"),

@@ -86,6 +86,13 @@ async fn run_with(gateway: &Gateway, cmd: AgreementCommand) -> anyhow::Result<()
                 agreement.valid_until,
                 version.sha256
             );
+            let today = chrono::Utc::now().date_naive();
+            if agreement.valid_from > today {
+                eprintln!(
+                    "Note: `{}` is not in force until {}: requests under it are refused until then.",
+                    version.id, agreement.valid_from
+                );
+            }
         }
         AgreementCommand::List { json } => {
             let all = gateway.agreements().await?;

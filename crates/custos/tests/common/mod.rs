@@ -125,7 +125,7 @@ pub fn aggregate_agreement(id: &str, budget: &str, per_query: &str) -> String {
     .unwrap();
     text.replace("gao-refund-statistics", id)
         .replace("valid_from = 2026-03-01", "valid_from = 2026-01-01")
-        .replace("valid_until = 2027-02-28", "valid_until = 2099-12-31")
+        .replace("valid_until = 2030-12-31", "valid_until = 2099-12-31")
         .replace("budget = 1.0", &format!("budget = {budget}"))
         .replace("per_query = 0.1", &format!("per_query = {per_query}"))
 }
