@@ -24,10 +24,10 @@ mod recorded;
 mod reports;
 
 pub use custos_model::AgreementStatus;
+pub use custos_privacy::{AppliedBounds, BoundsSource};
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
-pub use custos_privacy::{AppliedBounds, BoundsSource};
 pub use queries::AggregateAnswer;
 pub use recorded::Recorded;
 pub use reports::{AgreementReport, ReportLine, SubjectReport};

@@ -262,7 +262,10 @@ pub async fn totals(
     for a in &query.aggregates {
         let Some(operand) = a.operand() else { continue };
         let (low, high) = range(&schema, operand);
-        let position = match values.iter().position(|v| v.is(&operand.column, (low, high))) {
+        let position = match values
+            .iter()
+            .position(|v| v.is(&operand.column, (low, high)))
+        {
             Some(p) => p,
             None => {
                 values.push(ValueColumn {

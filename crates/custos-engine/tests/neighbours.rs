@@ -237,10 +237,17 @@ async fn a_clamped_sum_moves_by_the_clamp_not_by_the_values() {
     let (t, x) = answers(&without, sql, 1.0).await;
     let (u, y) = answers(&with, sql, 1.0).await;
     let (s, s2) = (t.values[0][0], u.values[0][0]);
-    assert_eq!(s2 - s, 30_000, "the added subject moves the clamped sum by k × 100.00");
+    assert_eq!(
+        s2 - s,
+        30_000,
+        "the added subject moves the clamped sum by k × 100.00"
+    );
     for answer in x.iter().chain(&y) {
         let bounds = &answer.bounds[0];
-        assert_eq!((bounds.low.as_str(), bounds.high.as_str()), ("0.00", "100.00"));
+        assert_eq!(
+            (bounds.low.as_str(), bounds.high.as_str()),
+            ("0.00", "100.00")
+        );
         assert_eq!(bounds.source, custos_privacy::BoundsSource::Analyst);
     }
     let epsilon = 1.0;
@@ -256,7 +263,10 @@ async fn a_clamped_sum_moves_by_the_clamp_not_by_the_values() {
         let se = within(name, (count(&x, event), count(&y, event)), epsilon)
             .unwrap_or_else(|| panic!("{name}: too few hits"));
         // Power: values unclamped would move the sum by 3 × 900.00, 9 ε.
-        assert!(epsilon + 5.0 * se < 9.0 * epsilon, "{name}: too little power");
+        assert!(
+            epsilon + 5.0 * se < 9.0 * epsilon,
+            "{name}: too little power"
+        );
     }
 }
 
@@ -279,7 +289,11 @@ async fn privately_chosen_bounds_are_charged_and_within_their_share() {
     for answer in x.iter().chain(&y) {
         let bounds = &answer.bounds[0];
         assert_eq!(bounds.source, custos_privacy::BoundsSource::Private);
-        assert!(bounds.spent > 0.99 * share && bounds.spent <= share, "{}", bounds.spent);
+        assert!(
+            bounds.spent > 0.99 * share && bounds.spent <= share,
+            "{}",
+            bounds.spent
+        );
         assert_eq!(bounds.low, "0.00");
     }
     // The chosen bound's own distribution: within e^(its share) for every
@@ -291,14 +305,16 @@ async fn privately_chosen_bounds_are_charged_and_within_their_share() {
         .collect();
     let mut compared = 0;
     for high in &highs {
-        let hits = |v: &[custos_privacy::Answer]| {
-            v.iter().filter(|a| a.bounds[0].high == *high).count()
-        };
+        let hits =
+            |v: &[custos_privacy::Answer]| v.iter().filter(|a| a.bounds[0].high == *high).count();
         if within(&format!("bound = {high}"), (hits(&x), hits(&y)), share).is_some() {
             compared += 1;
         }
     }
-    assert!(compared >= 1, "no bound was chosen often enough on both sides: {highs:?}");
+    assert!(
+        compared >= 1,
+        "no bound was chosen often enough on both sides: {highs:?}"
+    );
     // And the whole answer (bound and sum) within e^ε on joint events.
     let median = {
         let mut v: Vec<i64> = x.iter().map(value).collect();
@@ -312,7 +328,11 @@ async fn privately_chosen_bounds_are_charged_and_within_their_share() {
                     .filter(|a| a.bounds[0].high == *high && (value(a) >= median) == above)
                     .count()
             };
-            within(&format!("bound = {high}, above {median}: {above}"), (hits(&x), hits(&y)), epsilon);
+            within(
+                &format!("bound = {high}, above {median}: {above}"),
+                (hits(&x), hits(&y)),
+                epsilon,
+            );
         }
     }
 }

@@ -171,8 +171,7 @@ impl Walk {
     fn least_target(&self, candidates: usize) -> u64 {
         #[allow(clippy::cast_precision_loss)]
         let n = candidates.max(1) as f64;
-        let m = self.query_scale * (n / FAILURE).ln()
-            + self.threshold_scale * (1.0 / FAILURE).ln();
+        let m = self.query_scale * (n / FAILURE).ln() + self.threshold_scale * (1.0 / FAILURE).ln();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let m = m.ceil() as u64;
         m
@@ -327,8 +326,8 @@ mod tests {
         };
         (0..n)
             .map(|_| {
-                let z = (-2.0 * uniform().ln()).sqrt()
-                    * (2.0 * std::f64::consts::PI * uniform()).cos();
+                let z =
+                    (-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
                 #[allow(clippy::cast_possible_truncation)]
                 let v = ((mu + sigma * z).exp() * 100.0).round() as i64;
                 v.min(100_000_000_000)
@@ -355,12 +354,21 @@ mod tests {
                 let b = choose(&h, &g, measure, spend, 3, target).unwrap();
                 assert!(b.spent <= spend && b.spent > 0.99 * spend, "{}", b.spent);
                 assert_eq!(b.low, 0, "a non-negative column keeps its schema floor");
-                assert!(b.tail_rows >= target && b.tail_rows < 5_000, "{}", b.tail_rows);
+                assert!(
+                    b.tail_rows >= target && b.tail_rows < 5_000,
+                    "{}",
+                    b.tail_rows
+                );
                 // Fewer than about `tail_rows` values above the bound, and
                 // about that many above the candidate below it (the walk's
                 // noise is a few hundred rows).
                 let m = b.tail_rows;
-                assert!(above(b.high) < 2 * m, "{measure:?}: {} leaves {}", b.high, above(b.high));
+                assert!(
+                    above(b.high) < 2 * m,
+                    "{measure:?}: {} leaves {}",
+                    b.high,
+                    above(b.high)
+                );
                 assert!(
                     above(g[b.high_index - 1]) >= m / 2,
                     "{measure:?}: {} leaves {}",
@@ -394,7 +402,12 @@ mod tests {
         sorted.sort_unstable();
         for _ in 0..20 {
             let b = choose(&histogram(&g, &some), &g, PrivacyMeasure::Pure, 0.1, 3, 0).unwrap();
-            assert!(b.high > sorted[2_500], "{} under the median {}", b.high, sorted[2_500]);
+            assert!(
+                b.high > sorted[2_500],
+                "{} under the median {}",
+                b.high,
+                sorted[2_500]
+            );
         }
     }
 
@@ -404,7 +417,15 @@ mod tests {
         let g = grid(-1_000_000_000, 1_000_000_000);
         let mut values = lognormal(100_000, 8.0, 1.0);
         values.extend(lognormal(100_000, 8.0, 1.0).iter().map(|v| -v));
-        let b = choose(&histogram(&g, &values), &g, PrivacyMeasure::Zcdp, 0.02, 1, 0).unwrap();
+        let b = choose(
+            &histogram(&g, &values),
+            &g,
+            PrivacyMeasure::Zcdp,
+            0.02,
+            1,
+            0,
+        )
+        .unwrap();
         assert!(b.low < -100_000 && b.high > 100_000, "{b:?}");
         assert!(b.spent <= 0.02 && b.spent > 0.0199);
         // All zeros: the clamp still has a width.

@@ -246,7 +246,11 @@ fn check_operands(query: &AggregateQuery, schema: &DatasetSchema) -> Result<(), 
     let groups: u128 = query
         .group_by
         .iter()
-        .map(|g| schema.column(g).map_or(1, |c| query::group_domain(c).len() as u128))
+        .map(|g| {
+            schema
+                .column(g)
+                .map_or(1, |c| query::group_domain(c).len() as u128)
+        })
         .product();
     let mut per_group: u128 = 0;
     for a in &query.aggregates {
@@ -613,13 +617,9 @@ pub fn release(
                     Cell::plain(key.get(pos).cloned())
                 }
                 OutputColumn::Aggregate(i) => match &released[*i] {
-                    Released::Noisy(noisy, count) => cell(
-                        &plan.query.aggregates[*i],
-                        schema,
-                        noisy,
-                        count.as_ref(),
-                        g,
-                    ),
+                    Released::Noisy(noisy, count) => {
+                        cell(&plan.query.aggregates[*i], schema, noisy, count.as_ref(), g)
+                    }
                     Released::Quantile { values, rank_error } => {
                         let ty = plan.query.aggregates[*i]
                             .column()

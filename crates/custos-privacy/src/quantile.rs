@@ -168,10 +168,8 @@ pub fn calibrate(
     let spent_at = |scale: f64| -> Result<f64, MechanismError> {
         let (domain, metric) = space(count);
         match measure {
-            PrivacyMeasure::Pure => {
-                make_noisy_max(domain, metric, MaxDivergence, scale, true)
-                    .and_then(|m| m.map(&sensitivity))
-            }
+            PrivacyMeasure::Pure => make_noisy_max(domain, metric, MaxDivergence, scale, true)
+                .and_then(|m| m.map(&sensitivity)),
             PrivacyMeasure::Zcdp => {
                 make_noisy_max(domain, metric, ZeroConcentratedDivergence, scale, true)
                     .and_then(|m| m.map(&sensitivity))
@@ -276,7 +274,10 @@ mod tests {
         // Every integer up to 200, then no gap wider than 0.5% of the value.
         assert_eq!(&c[..201], (0..=200).collect::<Vec<_>>());
         for w in c.windows(2) {
-            assert!(w[1] - w[0] <= 1 || (w[1] - w[0]) * 1000 <= 5 * w[0] + 1000, "{w:?}");
+            assert!(
+                w[1] - w[0] <= 1 || (w[1] - w[0]) * 1000 <= 5 * w[0] + 1000,
+                "{w:?}"
+            );
         }
         // Symmetric around zero, inside the bounds only.
         let c = candidates(-1_000_000, 20_000_000);

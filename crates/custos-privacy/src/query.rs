@@ -589,7 +589,9 @@ fn number(e: &Expr) -> Option<String> {
         Expr::UnaryOp {
             op: sqlparser::ast::UnaryOperator::Minus,
             expr,
-        } => number(expr).filter(|t| !t.starts_with('-')).map(|t| format!("-{t}")),
+        } => number(expr)
+            .filter(|t| !t.starts_with('-'))
+            .map(|t| format!("-{t}")),
         Expr::Nested(inner) => number(inner),
         _ => None,
     }
@@ -805,7 +807,8 @@ mod tests {
             "SUM(CLAMP(refund, 0, -(-5)))",
         ] {
             assert!(
-                e(&format!("SELECT {bad} FROM tax_returns")).contains("write CLAMP(column, low, high)"),
+                e(&format!("SELECT {bad} FROM tax_returns"))
+                    .contains("write CLAMP(column, low, high)"),
                 "{bad}"
             );
         }
@@ -813,10 +816,16 @@ mod tests {
             e("SELECT SUM(CLAMP(refund, -1, 20000)) FROM tax_returns")
                 .contains("inside `refund`'s declared bounds [0, 1000000]")
         );
-        assert!(e("SELECT SUM(CLAMP(tax_year, 2020.5, 2030)) FROM tax_returns").contains("whole numbers"));
+        assert!(
+            e("SELECT SUM(CLAMP(tax_year, 2020.5, 2030)) FROM tax_returns")
+                .contains("whole numbers")
+        );
         assert!(e("SELECT SUM(CLAMP(tin, 0, 1)) FROM tax_returns").contains("identifier"));
         assert!(e("SELECT SUM(CLAMP(tax, 0, 1)) FROM tax_returns").contains("not granted"));
-        assert!(e("SELECT SUM(CLAMP(CLAMP(refund, 0, 9), 0, 1)) FROM tax_returns").contains("plain column names"));
+        assert!(
+            e("SELECT SUM(CLAMP(CLAMP(refund, 0, 9), 0, 1)) FROM tax_returns")
+                .contains("plain column names")
+        );
         assert!(e("SELECT SUM(ABS(refund)) FROM tax_returns").contains("CLAMP(col, low, high)"));
         assert!(e("SELECT COUNT(CLAMP(refund, 0, 1)) FROM tax_returns").contains("COUNT(*)"));
     }

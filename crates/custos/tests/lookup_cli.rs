@@ -481,7 +481,9 @@ fn expired_agreements_and_guards_deny_fetches_after_approval() {
         .arg(file)
         .assert()
         .failure()
-        .stderr(predicate::str::contains("the agreement expired on 2026-01-31"));
+        .stderr(predicate::str::contains(
+            "the agreement expired on 2026-01-31",
+        ));
     env.as_("rita")
         .args([
             "lookup",

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use clap::Args;
 use custos_broker::AggregateAnswer;
-use custos_policy::PrivacyMeasure;
 use custos_broker::{AppliedBounds, BoundsSource};
+use custos_policy::PrivacyMeasure;
 
 use super::gateway::Gateway;
 
@@ -91,7 +91,9 @@ pub fn print_answer(a: &AggregateAnswer) {
 pub fn describe_bounds(b: &AppliedBounds, measure: PrivacyMeasure) -> String {
     let source = match b.source {
         BoundsSource::Analyst => "your CLAMP".to_owned(),
-        BoundsSource::Schema => "the schema's bounds (add CLAMP(col, low, high) to narrow it)".to_owned(),
+        BoundsSource::Schema => {
+            "the schema's bounds (add CLAMP(col, low, high) to narrow it)".to_owned()
+        }
         BoundsSource::Private => format!(
             "chosen privately, spending {} = {:.6} of this query (give CLAMP(col, low, high) to choose yourself)",
             measure.symbol(),
@@ -103,5 +105,8 @@ pub fn describe_bounds(b: &AppliedBounds, measure: PrivacyMeasure) -> String {
     } else {
         "values counted"
     };
-    format!("{}: {what} from {} to {}: {source}.", b.aggregate, b.low, b.high)
+    format!(
+        "{}: {what} from {} to {}: {source}.",
+        b.aggregate, b.low, b.high
+    )
 }

@@ -631,7 +631,10 @@ async fn aggregate_demo(custos: &Custos, admin: &Actor, data_dir: &Path) -> anyh
             println!("    {label}{}", cells.join(", "));
         }
         for b in &answer.answer.bounds {
-            println!("    {}", super::query::describe_bounds(b, answer.answer.measure));
+            println!(
+                "    {}",
+                super::query::describe_bounds(b, answer.answer.measure)
+            );
         }
         println!(
             "    spent ρ = {}; ρ = {:.2} of {} remains",

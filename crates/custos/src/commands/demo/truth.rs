@@ -69,7 +69,11 @@ impl TaxTruth {
     /// Values are unclamped: what the analyst wants to know.
     pub fn value(&mut self, aggregate: &str, group: &str) -> Option<String> {
         let kind = aggregate.split('(').next().unwrap_or_default();
-        match (kind, aggregate.contains("refund"), aggregate.contains("wages")) {
+        match (
+            kind,
+            aggregate.contains("refund"),
+            aggregate.contains("wages"),
+        ) {
             ("count", _, _) if aggregate.contains("distinct") => Some(self.taxpayers.to_string()),
             ("count", _, _) => self.by_state_2024.get(group).map(|s| s.0.to_string()),
             ("sum", true, _) => self.by_state_2024.get(group).map(|s| format_cents(s.1)),
