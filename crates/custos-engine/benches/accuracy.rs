@@ -83,12 +83,15 @@ struct Group {
     rows: usize,
     refund_sum: i64,
     clamped_sum: i64,
+    /// Sorted, to clamp at bounds chosen privately.
+    refunds: Vec<i64>,
     wages: Vec<i64>,
 }
 
 impl Group {
-    /// The exact answer: (unclamped, as asked).
-    fn truth(&self, question: &str) -> (f64, f64) {
+    /// The exact answer: (unclamped, as asked). `bounds`: the range a
+    /// private-bounds answer says it used.
+    fn truth(&self, question: &str, bounds: Option<(i64, i64)>) -> (f64, f64) {
         let n = self.rows.max(1) as f64;
         match question {
             "COUNT(*)" => (self.rows as f64, self.rows as f64),
@@ -97,8 +100,9 @@ impl Group {
                 (self.refund_sum as f64 / n, self.clamped_sum as f64 / n)
             }
             "AVG(refund), private bounds" => {
-                let v = self.refund_sum as f64 / n;
-                (v, v)
+                let (low, high) = bounds.unwrap_or((i64::MIN, i64::MAX));
+                let clamped: i64 = self.refunds.iter().map(|r| (*r).clamp(low, high)).sum();
+                (self.refund_sum as f64 / n, clamped as f64 / n)
             }
             _ => {
                 let m = self.wages[self.wages.len() / 2] as f64;
@@ -128,12 +132,14 @@ fn truths(csv: &Path) -> BTreeMap<&'static str, BTreeMap<String, Group>> {
             g.rows += 1;
             g.refund_sum += r;
             g.clamped_sum += r.clamp(0, CLAMP_HIGH);
+            g.refunds.push(r);
             g.wages.push(w);
         }
     }
     for groups in by.values_mut() {
         for g in groups.values_mut() {
             g.wages.sort_unstable();
+            g.refunds.sort_unstable();
         }
     }
     by
@@ -146,15 +152,23 @@ struct Released {
     low: Option<f64>,
     high: Option<f64>,
     rank_error: Option<u64>,
+    /// For an answer with private bounds: the bounds it used.
+    bounds: Option<(i64, i64)>,
 }
 
-fn cents(text: &str) -> f64 {
-    parse_decimal_cents(text).map_or_else(|| text.parse().unwrap_or(f64::NAN), |c| c as f64)
+/// A released number: cents for decimal columns, plain for counts.
+fn number(text: &str, decimal: bool) -> f64 {
+    if decimal {
+        parse_decimal_cents(text).map_or(f64::NAN, |c| c as f64)
+    } else {
+        text.parse().unwrap_or(f64::NAN)
+    }
 }
 
 /// Figures over every run and group of one question.
-#[derive(Default)]
-struct Figures {
+struct Figures<'a> {
+    /// The median's candidates (a released median is one of them).
+    candidates: &'a [i64],
     errors_large: Vec<f64>,
     errors_all: Vec<f64>,
     covered_asked: usize,
@@ -162,9 +176,20 @@ struct Figures {
     intervals: usize,
 }
 
-impl Figures {
+impl<'a> Figures<'a> {
+    fn new(candidates: &'a [i64]) -> Self {
+        Self {
+            candidates,
+            errors_large: Vec::new(),
+            errors_all: Vec::new(),
+            covered_asked: 0,
+            covered_raw: 0,
+            intervals: 0,
+        }
+    }
+
     fn add(&mut self, group: &Group, question: &str, cell: Released) {
-        let (raw, asked) = group.truth(question);
+        let (raw, asked) = group.truth(question, cell.bounds);
         let Some(value) = cell.value else {
             // A suppressed average (noisy count ≤ 0): as far off as can be.
             self.errors_all.push(1.0);
@@ -184,12 +209,19 @@ impl Figures {
             self.covered_asked += usize::from(low <= asked && asked <= high);
             self.covered_raw += usize::from(low <= raw && raw <= high);
         } else if let Some(rank_error) = cell.rank_error {
-            // The released value's rank against the middle, ± the stated error.
-            let below = group.wages.partition_point(|w| (*w as f64) < value);
-            let at_or_below = group.wages.partition_point(|w| (*w as f64) <= value);
-            let middle = group.wages.len() / 2;
+            // The promise: the released value's rank is within the stated
+            // error of the middle, plus the grid's spacing. The values at
+            // those ranks, widened to the candidates around them, must hold
+            // the released candidate.
+            let w = &group.wages;
+            let middle = w.len() / 2;
             let slack = rank_error as usize + 1;
-            let inside = below <= middle + slack && at_or_below + slack >= middle;
+            let lowest = w[middle.saturating_sub(slack)];
+            let highest = w[(middle + slack).min(w.len() - 1)];
+            let c = self.candidates;
+            let from = c[c.partition_point(|x| *x <= lowest).saturating_sub(1)];
+            let to = c[c.partition_point(|x| *x < highest).min(c.len() - 1)];
+            let inside = (from as f64) <= value && value <= to as f64;
             self.intervals += 1;
             self.covered_asked += usize::from(inside);
             self.covered_raw += usize::from(inside);
@@ -337,7 +369,8 @@ async fn run(rows: u64, runs: usize) {
                 )
                 .await
                 .unwrap();
-                let mut ours = Figures::default();
+                let mut ours = Figures::new(&candidates);
+                let decimal = q.name != "COUNT(*)";
                 for _ in 0..runs {
                     let answer = custos_privacy::release(&plan, reader.schema(), &totals).unwrap();
                     for row in &answer.rows {
@@ -346,19 +379,31 @@ async fn run(rows: u64, runs: usize) {
                             continue;
                         };
                         let cell = &row[1];
+                        let at = |v: &Option<String>| v.as_deref().map(|t| number(t, decimal));
+                        let bounds = answer
+                            .bounds
+                            .first()
+                            .filter(|b| b.source == custos_privacy::BoundsSource::Private)
+                            .map(|b| {
+                                (
+                                    parse_decimal_cents(&b.low).unwrap(),
+                                    parse_decimal_cents(&b.high).unwrap(),
+                                )
+                            });
                         ours.add(
                             group,
                             q.name,
                             Released {
-                                value: cell.value.as_deref().map(cents),
-                                low: cell.low.as_deref().map(cents),
-                                high: cell.high.as_deref().map(cents),
+                                value: at(&cell.value),
+                                low: at(&cell.low),
+                                high: at(&cell.high),
                                 rank_error: cell.rank_error,
+                                bounds,
                             },
                         );
                     }
                 }
-                let mut theirs = Figures::default();
+                let mut theirs = Figures::new(&candidates);
                 if let Some(per_run) = opendp
                     .get(format!("{}|{grouping}", q.name))
                     .and_then(|v| v.as_array())
@@ -377,6 +422,7 @@ async fn run(rows: u64, runs: usize) {
                                     low: at(1),
                                     high: at(2),
                                     rank_error: None,
+                                    bounds: None,
                                 },
                             );
                         }

@@ -56,13 +56,13 @@ pub const BOUND_SHARE: f64 = 0.25;
 pub fn grid(lo: i64, hi: i64) -> Vec<i64> {
     let (lo, hi) = (lo.min(hi), lo.max(hi));
     let mut out = vec![lo, 0, hi];
-    let mut power = 1.0_f64;
-    while power < 1.0e19 {
-        #[allow(clippy::cast_possible_truncation)]
-        let m = power.ceil() as i64;
-        out.push(m);
-        out.push(-m);
-        power *= std::f64::consts::SQRT_2;
+    for exponent in 0..63u32 {
+        // 2ᵉ exactly, and ⌈√2 · 2ᵉ⌉ (floating point only for the odd steps).
+        let power = 1i64 << exponent;
+        out.extend([power, -power]);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let between = (std::f64::consts::SQRT_2 * power as f64).ceil() as i64;
+        out.extend([between, -between]);
     }
     out.retain(|v| (lo..=hi).contains(v));
     out.sort_unstable();
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn the_grid_is_powers_of_root_two_inside_the_bounds() {
         let g = grid(0, 100_000_000);
-        assert_eq!(&g[..6], [0, 1, 2, 3, 5, 6]);
+        assert_eq!(&g[..8], [0, 1, 2, 3, 4, 6, 8, 12]);
         assert_eq!(*g.last().unwrap(), 100_000_000);
         assert!(g.len() < 60, "{}", g.len());
         for w in g.windows(2).skip(4) {

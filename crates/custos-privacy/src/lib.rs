@@ -639,7 +639,9 @@ pub fn release(
         columns,
         rows,
         measure,
-        spent,
+        // The parts add up to the spend; floating point may put their sum
+        // an ulp above it.
+        spent: spent.min(plan.spend),
         scales,
         bounds: applied,
     })
