@@ -25,14 +25,15 @@
     clippy::cast_possible_truncation
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use custos_model::schema::parse_decimal_cents;
 use custos_policy::Agreement;
-use custos_store::{DatasetReader, Home, MasterKeySource, NoProgress};
 
 /// The clamp the bounded queries use, in cents ($50,000).
 const CLAMP_HIGH: i64 = 5_000_000;
@@ -271,44 +272,13 @@ fn main() {
 }
 
 async fn run(rows: u64, runs: usize) {
-    let data = std::env::var_os("CUSTOS_BENCH_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("custos-bench-data"))
-        .join(format!("tax-{rows}"));
+    // `_home` keeps the home's directory until the run ends.
+    let common::Ingested {
+        temp: _home,
+        data,
+        reader,
+    } = common::ingested_returns(rows).await;
     let csv = data.join("tax_returns.csv");
-    if !csv.exists() {
-        eprintln!(
-            "generating {rows} synthetic tax returns into {} …",
-            data.display()
-        );
-        custos_synth::generate(
-            &data,
-            custos_synth::SynthOptions {
-                tax_rows: rows,
-                seed: 1,
-            },
-            &|_| {},
-        )
-        .expect("generate");
-    }
-    let temp = tempfile::tempdir().unwrap();
-    let home_dir = temp.path().join("home");
-    Home::init(&home_dir, MasterKeySource::GenerateFile, None)
-        .await
-        .unwrap();
-    let home = Home::open(&home_dir, None).await.unwrap();
-    let t = Instant::now();
-    custos_store::dataset::ingest(
-        &home,
-        "tax_returns",
-        &data.join("tax_returns.schema.toml"),
-        &csv,
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
-    eprintln!("ingested {rows} rows in {:.1}s", t.elapsed().as_secs_f64());
-    let reader = Arc::new(DatasetReader::open(&home, "tax_returns").await.unwrap());
     let truth = truths(&csv);
     let candidates = custos_privacy::quantile::candidates(0, 1_000_000_000);
     let example = include_str!("../../../docs/examples/agreement-aggregate.toml");

@@ -7,12 +7,13 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use custos_policy::Agreement;
-use custos_store::{DatasetReader, Home, MasterKeySource, NoProgress};
+use custos_store::NoProgress;
 use datafusion::prelude::ParquetReadOptions;
 
 fn peak_rss_mib() -> f64 {
@@ -41,43 +42,7 @@ fn main() {
 }
 
 async fn run(rows: u64) {
-    let data = std::env::var_os("CUSTOS_BENCH_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("custos-bench-data"))
-        .join(format!("tax-{rows}"));
-    if !data.join("tax_returns.csv").exists() {
-        eprintln!(
-            "generating {rows} synthetic tax returns into {} …",
-            data.display()
-        );
-        custos_synth::generate(
-            &data,
-            custos_synth::SynthOptions {
-                tax_rows: rows,
-                seed: 1,
-            },
-            &|_| {},
-        )
-        .expect("generate");
-    }
-    let temp = tempfile::tempdir().unwrap();
-    let home_dir = temp.path().join("home");
-    Home::init(&home_dir, MasterKeySource::GenerateFile, None)
-        .await
-        .unwrap();
-    let home = Home::open(&home_dir, None).await.unwrap();
-    let t = Instant::now();
-    custos_store::dataset::ingest(
-        &home,
-        "tax_returns",
-        &data.join("tax_returns.schema.toml"),
-        &data.join("tax_returns.csv"),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
-    eprintln!("ingested in {:.1}s", t.elapsed().as_secs_f64());
-    let reader = Arc::new(DatasetReader::open(&home, "tax_returns").await.unwrap());
+    let common::Ingested { temp, data, reader } = common::ingested_returns(rows).await;
     let dir = reader.bucket_paths()[0].parent().unwrap().to_owned();
     // The same rows in the same bucket layout, unencrypted.
     let plain_dir = temp.path().join("plain");
