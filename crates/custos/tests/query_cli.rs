@@ -181,6 +181,18 @@ fn bad_queries_are_refused_by_name_ledgered_and_spend_nothing() {
             "SELECT COUNT(*) FROM tax_returns WHERE refund > 10.505",
             "10.505",
         ),
+        (
+            "SELECT SUM(CLAMP(refund, 0, 2000000)) FROM tax_returns",
+            "inside `refund`'s declared bounds [0, 1000000]",
+        ),
+        (
+            "SELECT AVG(CLAMP(refund, 500, 5)) FROM tax_returns",
+            "write CLAMP(column, low, high) with low < high",
+        ),
+        (
+            "SELECT SUM(CLAMP(tin, 0, 5)) FROM tax_returns",
+            "identifier",
+        ),
     ];
     for (sql, expected) in cases {
         env.query("gao-stats", sql, &[])
@@ -280,7 +292,7 @@ impl Env {
 #[test]
 fn a_generous_budget_gives_answers_close_to_the_truth() {
     let env = Env::new();
-    env.apply(&common::aggregate_agreement("gao-exact", "200000", "50000"))
+    env.apply(&common::aggregate_agreement("gao-exact", "400000", "50000"))
         .success();
     let mut reader = csv::Reader::from_path(env.path("synthetic/tax_returns.csv")).unwrap();
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
@@ -350,5 +362,47 @@ fn a_generous_budget_gives_answers_close_to_the_truth() {
     assert!(
         below <= middle + slack && at_or_below + slack >= middle,
         "released {released}: ranks {below}..{at_or_below}, the median's {middle} ± {slack}"
+    );
+
+    // A clamped average is the exact clamped mean (the noise is tiny here),
+    // and the answer says which range applied.
+    let refunds: Vec<i64> = rows.iter().map(|r| cents(&r[9])).collect();
+    let n = refunds.len() as f64;
+    let a = env.answer(
+        "gao-exact",
+        "SELECT AVG(CLAMP(refund, 0, 500)) FROM tax_returns",
+    );
+    let exact = refunds.iter().map(|r| (*r).clamp(0, 50_000)).sum::<i64>() as f64 / n;
+    let released = cents(a["rows"][0][0]["value"].as_str().unwrap()) as f64;
+    assert!(
+        (released - exact).abs() <= 2.0,
+        "{released} against {exact}"
+    );
+    let bounds = &a["bounds"][0];
+    assert_eq!(
+        (&bounds["low"], &bounds["high"], &bounds["source"]),
+        (
+            &serde_json::json!("0.00"),
+            &serde_json::json!("500.00"),
+            &serde_json::json!("analyst")
+        )
+    );
+    // Without a clamp the bounds are chosen privately and stated, and the
+    // sum is the exact sum clamped to exactly those bounds.
+    let a = env.answer("gao-exact", "SELECT SUM(refund) FROM tax_returns");
+    let bounds = &a["bounds"][0];
+    assert_eq!(bounds["source"], "private");
+    assert!(bounds["spent"].as_f64().unwrap() > 0.0);
+    let (low, high) = (
+        cents(bounds["low"].as_str().unwrap()),
+        cents(bounds["high"].as_str().unwrap()),
+    );
+    assert!(low < high && high <= 100_000_000, "{bounds}");
+    let exact: i64 = refunds.iter().map(|r| (*r).clamp(low, high)).sum();
+    let released = cents(a["rows"][0][0]["value"].as_str().unwrap());
+    let sigma = a["scales"][0][1].as_f64().unwrap();
+    assert!(
+        ((released - exact) as f64).abs() <= 6.0 * sigma + 1.0,
+        "{released} against {exact} (σ = {sigma})"
     );
 }
