@@ -386,8 +386,9 @@ mod tests {
         // the schema's bound stays (noisy, but not biased), and the spend
         // is charged all the same.
         // (The walk may still stop by chance, more often the closer the
-        // row count is to the target: here in about 5% of draws.)
-        let few = lognormal(300, 10.6, 0.9);
+        // row count is to the target: with a quarter of it, in about 5% of
+        // draws; with half, in about 20%.)
+        let few = lognormal(150, 10.6, 0.9);
         let kept = (0..100)
             .filter(|_| {
                 let b = choose(&histogram(&g, &few), &g, PrivacyMeasure::Pure, 0.1, 3, 0).unwrap();
