@@ -1,15 +1,17 @@
-//! Differentially private quantiles: OpenDP's quantile scoring over a fixed
-//! grid of candidates, released by OpenDP's noisy max (exponential noise
-//! under pure ε-DP, Gumbel under zCDP).
+//! Differentially private quantiles: rank scores over a fixed grid of
+//! candidates, released by OpenDP's noisy max (exponential noise under pure
+//! ε-DP, Gumbel under zCDP).
 //!
 //! OpenDP's `make_private_quantile` takes every value as one vector; at
 //! 100M rows that is gigabytes. The score of a candidate depends only on
 //! how many values fall below, on and above it, so Custos keeps, per group,
 //! a histogram of values against the candidates ([`position`]) while it
-//! scans, and turns it into OpenDP's scores ([`scores`]) — the same integers
-//! `make_quantile_score_candidates` computes (a test checks it on random
-//! data). Only this counting is Custos's own; the sensitivity and the noisy
-//! max with its privacy map are OpenDP's.
+//! scans, and turns it into scores ([`scores`]): OpenDP's own
+//! (`make_quantile_score_candidates`; a test checks they agree) wherever no
+//! value equals the candidate, and, where values pile up on one, the
+//! distance from the asked rank to the ranks the pile holds (OpenDP's score
+//! misplaces such piles). The counting and that score are Custos's own;
+//! the sensitivity and the noisy max with its privacy map are OpenDP's.
 
 use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::measurements::make_noisy_max;
@@ -103,22 +105,38 @@ pub fn position(candidates: &[i64], x: i64) -> usize {
     2 * below + usize::from(candidates.get(below) == Some(&x))
 }
 
-/// OpenDP's quantile scores (lower is better) of each candidate, from the
-/// position histogram, for the level `per_10000 / 10,000`: for candidate
-/// `c`, `|(den − num)·#(x < c) − num·#(x > c)|`.
+/// Quantile scores (lower is better) of each candidate, from the position
+/// histogram, for the level `α = num / den` (`per_10000 / 10,000`): how far,
+/// in rows × `den`, the asked rank `α·n` lies from the ranks the candidate
+/// holds, `[#(x < c), #(x ≤ c)]`:
+/// `max(0, den·#(x < c) − num·n, num·n − den·#(x ≤ c))`.
+///
+/// Where no value equals the candidate this is exactly OpenDP's score,
+/// `|(den − num)·#(x < c) − num·#(x > c)|` (a test checks it). OpenDP's
+/// counts the values equal to a candidate on neither side, so a pile of
+/// equal values — the zeros of a wage column, or every value a `CLAMP` moved
+/// to its bound — loses to the empty gaps beside it, and the released value
+/// lands thousands of rows from the asked rank while the stated rank error
+/// says dozens (found by a red-team run). Each term moves by at most
+/// `max(num, den − num)` per row added or removed, so the sensitivity is
+/// OpenDP's ([`score_sensitivity`]); the noisy max is OpenDP's.
 pub fn scores(histogram: &[u64], per_10000: u32) -> Vec<u64> {
     let num = u64::from(per_10000);
     let den = LEVEL_DENOMINATOR;
     let n: u64 = histogram.iter().sum();
+    let asked = num * n;
     let count = histogram.len() / 2;
     let mut out = Vec::with_capacity(count);
     let mut less = 0u64;
     for i in 0..count {
         less += histogram[2 * i];
-        let at = histogram[2 * i + 1];
-        let greater = n - less - at;
-        out.push(((den - num) * less).abs_diff(num * greater));
-        less += at;
+        let at_or_below = less + histogram[2 * i + 1];
+        out.push(
+            (den * less)
+                .saturating_sub(asked)
+                .max(asked.saturating_sub(den * at_or_below)),
+        );
+        less = at_or_below;
     }
     out
 }
@@ -289,10 +307,11 @@ mod tests {
         assert_eq!((c[0], *c.last().unwrap()), (i64::MIN, i64::MAX));
     }
 
-    /// The histogram route gives OpenDP's own scores, up to OpenDP's choice
-    /// of denominator (a common factor that the sensitivity shares).
+    /// The histogram route gives OpenDP's own scores wherever no value
+    /// equals the candidate, up to OpenDP's choice of denominator (a common
+    /// factor that the sensitivity shares).
     #[test]
-    fn scores_match_opendp() {
+    fn scores_match_opendp_away_from_ties() {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
             state ^= state << 13;
@@ -322,7 +341,10 @@ mod tests {
                 }
                 let ours = scores(&histogram, per_10000);
                 assert_eq!(ours.len(), theirs.len());
-                for (a, b) in ours.iter().zip(&theirs) {
+                for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                    if histogram[2 * i + 1] > 0 {
+                        continue;
+                    }
                     // ours / our sensitivity == theirs / their sensitivity
                     assert_eq!(
                         u128::from(*a) * u128::from(theirs_sensitivity),
@@ -331,6 +353,34 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A pile of equal values holds every rank it covers: the median of
+    /// 7,867 zeros and 12,133 values clamped to 100 is 100, not a gap.
+    #[test]
+    fn a_pile_of_equal_values_wins_the_ranks_it_holds() {
+        let grid = candidates(0, 10_000);
+        let mut histogram = vec![0u64; 2 * grid.len() + 1];
+        histogram[position(&grid, 0)] += 7_867;
+        histogram[position(&grid, 100)] += 12_133;
+        let s = scores(&histogram, 5000);
+        let best = (0..s.len()).min_by_key(|i| s[*i]).unwrap();
+        assert_eq!(grid[best], 100);
+        assert_eq!(s[best], 0);
+        // 30% of the values are zeros: the 0.3-quantile is 0.
+        let mut histogram = vec![0u64; 2 * grid.len() + 1];
+        histogram[position(&grid, 0)] += 3_000;
+        for v in 1..=7_000 {
+            histogram[position(&grid, v)] += 1;
+        }
+        let s = scores(&histogram, 2999);
+        let best = (0..s.len()).min_by_key(|i| s[*i]).unwrap();
+        assert_eq!(grid[best], 0);
+        for measure in [PrivacyMeasure::Pure, PrivacyMeasure::Zcdp] {
+            let out = release_quantile(&[s.clone()], measure, 1.0, score_sensitivity(2999, 1))
+                .unwrap();
+            assert!(grid[out.chosen[0]] <= 1 + out.rank_error as i64, "{measure:?}");
         }
     }
 
