@@ -92,6 +92,16 @@ impl Custos {
             return Err(self.refuse_agreement(actor, e));
         }
         let meta = self.home().meta();
+        let previous = meta
+            .agreement_versions(&agreement.id)
+            .await?
+            .pop()
+            .and_then(|v| Agreement::from_toml(&v.toml).ok());
+        if let Some(previous) = previous
+            && let Err(e) = agreement.check_follows(&previous)
+        {
+            return Err(self.refuse_agreement(actor, e));
+        }
         if let Some(state) = meta.agreement_state(&agreement.id).await?
             && state.state == AgreementStatus::Revoked
         {

@@ -534,6 +534,37 @@ impl Agreement {
         Ok(())
     }
 
+    /// Refuses a new version that changes the privacy measure of a
+    /// dataset's grant: the budget is kept per agreement and dataset in one
+    /// measure, so the first query after such a change would fail (after
+    /// its ledger entry) and the agreement could not be used again.
+    pub fn check_follows(&self, previous: &Self) -> Result<(), AgreementError> {
+        for (i, grant) in self.grants.iter().enumerate() {
+            let Some(privacy) = &grant.privacy else {
+                continue;
+            };
+            let before = previous
+                .grants
+                .iter()
+                .filter(|g| g.dataset == grant.dataset)
+                .find_map(|g| g.privacy.as_ref());
+            if let Some(before) = before
+                && before.measure != privacy.measure
+            {
+                return Err(AgreementError::Rule {
+                    grant: i + 1,
+                    message: format!(
+                        "the privacy measure on `{}` cannot change between versions ({} before, {} now): its budget is kept in one measure; apply a new agreement id instead",
+                        grant.dataset,
+                        before.measure.as_str(),
+                        privacy.measure.as_str()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses an agreement whose window ended before `today` (applying it
     /// would do nothing; a mistyped year is the usual cause). One that
     /// starts after `today` is fine: it is refused until then.

@@ -216,14 +216,29 @@ pub fn plan(
     check_operands(&query, schema)?;
     let sym = privacy.measure.symbol();
     let spend = spend.unwrap_or(privacy.per_query);
+    let shown = |v: f64| {
+        if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+            format!("{v:e}")
+        } else {
+            format!("{v}")
+        }
+    };
     if !(spend.is_finite() && spend > 0.0) {
         return Err(PrivacyError::Spend(format!(
-            "the spend must be a positive number ({sym}), not {spend}"
+            "the spend must be a positive number ({sym}), not {}",
+            shown(spend)
+        )));
+    }
+    if spend < MIN_SPEND {
+        return Err(PrivacyError::Spend(format!(
+            "the spend ({sym} = {}) is below {MIN_SPEND:e}: the noise would be too wide to use (or to represent)",
+            shown(spend)
         )));
     }
     if spend > privacy.per_query {
         return Err(PrivacyError::Spend(format!(
-            "the spend ({sym} = {spend}) exceeds the grant's per-query cap ({sym} = {})",
+            "the spend ({sym} = {}) exceeds the grant's per-query cap ({sym} = {})",
+            shown(spend),
             privacy.per_query
         )));
     }
@@ -235,6 +250,11 @@ pub fn plan(
         columns: columns.into_iter().collect(),
     })
 }
+
+/// The least spend a query may ask for (ε or ρ): below it, noise scales
+/// overflow the integers intervals are computed in, and the answer would
+/// fail after its charge.
+pub const MIN_SPEND: f64 = 1e-6;
 
 /// Most histogram counters a query may keep per copy of its totals (the
 /// engine holds a few copies at once): 2²⁴ counters are 128 MiB.

@@ -540,9 +540,9 @@ fn operand(e: &Expr, expr: &Expr, granted: &GrantedColumns<'_>) -> Result<Operan
         return refuse(format!(
             "`{e}`: the bounds must be {} in `{name}`'s units",
             if column.ty == ColumnType::Decimal {
-                "numbers with at most two decimals"
+                "plain numbers (no exponent) with at most two decimals, e.g. 20000 or 199.99,"
             } else {
-                "whole numbers"
+                "whole numbers (no exponent)"
             }
         ));
     };

@@ -211,6 +211,21 @@ fn refusals_are_clear_and_ledgered() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8(list.stdout).unwrap().trim(), "[]");
+    // A new version may not change a grant's privacy measure (its budget is
+    // kept in one measure): the red-team run found the next query ledgered
+    // as allowed, then failing, and the agreement unusable.
+    let aggregate = fs::read_to_string(example("aggregate")).unwrap();
+    env.apply(&env.write("zcdp.toml", &aggregate)).success();
+    env.apply(&env.write(
+        "pure.toml",
+        &aggregate
+            .replace("measure = \"zcdp\"", "measure = \"pure\"")
+            .replace("per_query = 0.1", "per_query = 0.5"),
+    ))
+    .failure()
+    .stderr(predicate::str::contains(
+        "the privacy measure on `tax_returns` cannot change between versions (zcdp before, pure now)",
+    ));
     // One that starts later is taken, with a note.
     let later = env.write(
         "later.toml",

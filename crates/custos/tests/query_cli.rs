@@ -210,6 +210,9 @@ fn bad_queries_are_refused_by_name_ledgered_and_spend_nothing() {
         ("0.5", "exceeds the grant's per-query cap"),
         ("0", "must be a positive number"),
         ("-1", "must be a positive number"),
+        // Accepted once, then failed after the charge (red-team run).
+        ("1e-20", "is below 1e-6"),
+        ("5e-324", "is below 1e-6"),
     ] {
         env.query(
             "gao-stats",

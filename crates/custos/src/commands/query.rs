@@ -101,7 +101,7 @@ pub fn describe_bounds(b: &AppliedBounds, measure: PrivacyMeasure) -> String {
         ),
     };
     let what = if b.aggregate.starts_with("median(") || b.aggregate.starts_with("quantile(") {
-        "answer searched on a grid of 0.5% steps"
+        "answer searched"
     } else {
         "values counted"
     };
