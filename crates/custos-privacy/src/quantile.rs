@@ -378,8 +378,13 @@ mod tests {
         let best = (0..s.len()).min_by_key(|i| s[*i]).unwrap();
         assert_eq!(grid[best], 0);
         for measure in [PrivacyMeasure::Pure, PrivacyMeasure::Zcdp] {
-            let out =
-                release_quantile(&[s.clone()], measure, 1.0, score_sensitivity(2999, 1)).unwrap();
+            let out = release_quantile(
+                std::slice::from_ref(&s),
+                measure,
+                1.0,
+                score_sensitivity(2999, 1),
+            )
+            .unwrap();
             assert!(
                 grid[out.chosen[0]] <= 1 + out.rank_error as i64,
                 "{measure:?}"
