@@ -30,6 +30,14 @@ pub enum ScopeError {
         "row scope may not use `{0}`: only columns, literals, comparisons, AND/OR/NOT, IN, BETWEEN and IS NULL"
     )]
     NotAllowed(String),
+    /// A literal of the wrong kind for its column.
+    #[error("row scope literal `{literal}` is not {expected}")]
+    Literal {
+        /// The literal as written.
+        literal: String,
+        /// What the column takes.
+        expected: String,
+    },
     /// A column the grant does not name.
     #[error("row scope names column `{0}`, which the grant does not include")]
     UngrantedColumn(String),

@@ -210,7 +210,10 @@ fn typed_literal(
     ty: Option<ColumnType>,
     negative: bool,
 ) -> Result<Typed, ScopeError> {
-    let bad = |text: &str, what: &str| ScopeError::NotAllowed(format!("{text} (not {what})"));
+    let bad = |text: &str, what: &str| ScopeError::Literal {
+        literal: text.to_owned(),
+        expected: what.to_owned(),
+    };
     let signed = |text: &str| {
         if negative {
             format!("-{text}")
@@ -531,5 +534,13 @@ values = ["CA", "NY", "TX"]
         assert!(e("filed > 2024").contains("write '2024-01-31'"));
         assert!(e("filed > '2024-13-01'").contains("'2024-13-01'"));
         assert!(e("tax_year = 'x'").contains("integer"));
+        // Said as what it is: a literal of the wrong kind, not a construct
+        // outside the grammar (a red-team run found the old wording).
+        let text = e("refund = 'abc'");
+        assert!(
+            text.starts_with("row scope literal `'abc'` is not"),
+            "{text}"
+        );
+        assert!(!text.contains("may not use"), "{text}");
     }
 }
