@@ -225,15 +225,7 @@ impl ValueColumn {
 
 /// The range an aggregate's operand is clamped to.
 fn range(schema: &DatasetSchema, operand: &Operand) -> (i64, i64) {
-    operand.clamp.map_or_else(
-        || {
-            schema
-                .column(&operand.column)
-                .and_then(|c| c.bounds)
-                .unwrap_or((0, 0))
-        },
-        |c| (c.low, c.high),
-    )
+    operand.range(schema).unwrap_or((0, 0))
 }
 
 /// What every bucket's bounding needs to know.
@@ -467,15 +459,16 @@ impl BucketTotals {
                 Aggregate::CountRows => (self.rows.clone(), Vec::new(), Vec::new()),
                 Aggregate::CountSubjects => (self.subjects.clone(), Vec::new(), Vec::new()),
                 Aggregate::Sum(o) | Aggregate::Avg(o) => {
+                    let i = slot(o);
                     if matches!(a, Aggregate::Avg(_)) {
-                        avg_counts.push(self.present[slot(o)].clone());
+                        avg_counts.push(self.present[i].clone());
                     }
                     let bins = if o.clamp.is_none() {
-                        self.binned[slot(o)].clone()
+                        self.binned[i].clone()
                     } else {
                         Vec::new()
                     };
-                    (self.sums[slot(o)].clone(), Vec::new(), bins)
+                    (self.sums[i].clone(), Vec::new(), bins)
                 }
                 Aggregate::Quantile { operand, .. } => (
                     Vec::new(),

@@ -37,12 +37,13 @@
 //! sum over the bins ([`Binned::clamped_sum`]) in one pass over the data.
 //! This bookkeeping and the walk are Custos's own; the noise is OpenDP's.
 
+use opendp::core::Measurement;
 use opendp::domains::AtomDomain;
 use opendp::measurements::make_laplace;
 use opendp::measures::MaxDivergence;
 use opendp::metrics::AbsoluteDistance;
 
-use crate::mechanism::{MechanismError, PrivacyMeasure};
+use crate::mechanism::{MechanismError, PrivacyMeasure, opendp_error};
 use crate::quantile;
 
 /// The share of an aggregate's spend that private bound selection takes.
@@ -145,10 +146,12 @@ pub struct ChosenBounds {
 /// the largest value).
 const FAILURE: f64 = 0.05;
 
-/// One side's AboveThreshold walk: ε, the noise scales and the sampler.
+/// One side's AboveThreshold walk: OpenDP's discrete Laplace sampler at
+/// the scale both the threshold and each count take, `2k/ε` (the counts are
+/// monotonic: module docs), built once per walk.
 struct Walk {
-    threshold_scale: f64,
-    query_scale: f64,
+    scale: f64,
+    noise: Measurement<AtomDomain<i64>, AbsoluteDistance<i64>, MaxDivergence, i64>,
 }
 
 impl Walk {
@@ -158,49 +161,45 @@ impl Walk {
                 "spend must be positive, not {epsilon}"
             )));
         }
-        let k = f64::from(contributions.max(1));
-        Ok(Self {
-            threshold_scale: 2.0 * k / epsilon,
-            // Monotonic counts: 2k/ε, not 4k/ε (module docs).
-            query_scale: 2.0 * k / epsilon,
-        })
+        let scale = 2.0 * f64::from(contributions.max(1)) / epsilon;
+        let noise = make_laplace(
+            AtomDomain::<i64>::default(),
+            AbsoluteDistance::<i64>::default(),
+            scale,
+            None,
+        )
+        .map_err(opendp_error)?;
+        Ok(Self { scale, noise })
     }
 
     /// The least target for which, with 95%, no candidate beyond every
-    /// value (count 0) stops the walk among `candidates`.
+    /// value (count 0) stops the walk among `candidates`: the counts' noise
+    /// bound over the candidates plus the threshold's.
     fn least_target(&self, candidates: usize) -> u64 {
         #[allow(clippy::cast_precision_loss)]
         let n = candidates.max(1) as f64;
-        let m = self.query_scale * (n / FAILURE).ln() + self.threshold_scale * (1.0 / FAILURE).ln();
+        let m = self.scale * ((n / FAILURE).ln() + (1.0 / FAILURE).ln());
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let m = m.ceil() as u64;
         m
     }
 
+    /// One draw of the noise.
+    fn draw(&self) -> Result<i128, MechanismError> {
+        self.noise.invoke(&0).map(i128::from).map_err(opendp_error)
+    }
+
     /// The first of `tails` (counts beyond each candidate, in walking
     /// order) whose noisy count reaches the noisy `target`: its position.
     fn first_reaching(&self, tails: &[u64], target: u64) -> Result<Option<usize>, MechanismError> {
-        let threshold = i128::from(target) + i128::from(laplace(self.threshold_scale)?);
+        let threshold = i128::from(target) + self.draw()?;
         for (i, tail) in tails.iter().enumerate() {
-            if i128::from(*tail) + i128::from(laplace(self.query_scale)?) >= threshold {
+            if i128::from(*tail) + self.draw()? >= threshold {
                 return Ok(Some(i));
             }
         }
         Ok(None)
     }
-}
-
-/// One draw of discrete Laplace noise of `scale` (OpenDP's sampler).
-fn laplace(scale: f64) -> Result<i64, MechanismError> {
-    let opendp = |e: opendp::error::Error| MechanismError::OpenDp(e.variant.to_string());
-    make_laplace::<_, _, MaxDivergence>(
-        AtomDomain::<i64>::default(),
-        AbsoluteDistance::<i64>::default(),
-        scale,
-        None,
-    )
-    .and_then(|m| m.invoke(&0))
-    .map_err(opendp)
 }
 
 /// Chooses clamping bounds from `histogram` (every row read, against

@@ -454,10 +454,9 @@ fn sum_sensitivity(low: i64, high: i64, k: f64) -> Sensitivity {
 /// The range an operand's values are clamped to: the analyst's clamp, else
 /// the schema's bounds.
 fn range_of(schema: &DatasetSchema, operand: &Operand) -> Result<(i64, i64), PrivacyError> {
-    match operand.clamp {
-        Some(c) => Ok((c.low, c.high)),
-        None => bounds_of(schema, &operand.column),
-    }
+    operand
+        .range(schema)
+        .ok_or_else(|| PrivacyError::MissingBounds(operand.column.clone()))
 }
 
 /// An average's share of its (remaining) spend that goes to its sum; the

@@ -27,7 +27,8 @@ pub enum MechanismError {
     OpenDp(String),
 }
 
-fn opendp_error(e: opendp::error::Error) -> MechanismError {
+/// An OpenDP failure as a [`MechanismError`] (its variant, never data).
+pub(crate) fn opendp_error(e: opendp::error::Error) -> MechanismError {
     MechanismError::OpenDp(e.variant.to_string())
 }
 

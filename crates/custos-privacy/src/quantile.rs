@@ -18,7 +18,7 @@ use opendp::measurements::make_noisy_max;
 use opendp::measures::{MaxDivergence, ZeroConcentratedDivergence};
 use opendp::metrics::LInfDistance;
 
-use crate::mechanism::{MechanismError, PrivacyMeasure};
+use crate::mechanism::{MechanismError, PrivacyMeasure, opendp_error};
 
 /// Most candidates per quantile: the log-spaced grid over the whole `i64`
 /// range has fewer.
@@ -221,10 +221,6 @@ fn space(count: usize) -> (VectorDomain<AtomDomain<u64>>, LInfDistance<u64>) {
         VectorDomain::new(AtomDomain::<u64>::default()).with_size(count),
         LInfDistance::<u64>::default(),
     )
-}
-
-fn opendp_error(e: opendp::error::Error) -> MechanismError {
-    MechanismError::OpenDp(e.variant.to_string())
 }
 
 /// With probability ≥ 95%, a noisy max at `scale` over `count` candidates

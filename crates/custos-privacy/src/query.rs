@@ -76,6 +76,15 @@ pub struct Operand {
 }
 
 impl Operand {
+    /// The range its values are clamped to: the analyst's clamp, else the
+    /// column's declared bounds (`None` if it has none).
+    pub fn range(&self, schema: &DatasetSchema) -> Option<(i64, i64)> {
+        match self.clamp {
+            Some(c) => Some((c.low, c.high)),
+            None => schema.column(&self.column).and_then(|c| c.bounds),
+        }
+    }
+
     fn plain(column: String) -> Self {
         Self {
             text: column.clone(),
