@@ -347,32 +347,37 @@ mod tests {
         let g = grid(0, 1_000_000_000);
         let wages = lognormal(200_000, 10.6, 0.9);
         let h = histogram(&g, &wages);
-        let above = |c: i64| wages.iter().filter(|v| **v > c).count() as u64;
+        // Counts above each candidate, once (the walks below reuse them).
+        let above: Vec<u64> = g
+            .iter()
+            .map(|c| wages.iter().filter(|v| **v > *c).count() as u64)
+            .collect();
         for (measure, spend) in [(PrivacyMeasure::Pure, 0.1), (PrivacyMeasure::Zcdp, 0.01)] {
             for target in [0, 400, 3_000] {
-                let b = choose(&h, &g, measure, spend, 3, target).unwrap();
-                assert!(b.spent <= spend && b.spent > 0.99 * spend, "{}", b.spent);
-                assert_eq!(b.low, 0, "a non-negative column keeps its schema floor");
+                // The walk is noisy: its promise is for 95% of draws, so
+                // 100 draws, of which at least 95 must land as promised (a
+                // single draw failed about one run in a hundred).
+                let mut landed = 0;
+                for _ in 0..100 {
+                    let b = choose(&h, &g, measure, spend, 3, target).unwrap();
+                    assert!(b.spent <= spend && b.spent > 0.99 * spend, "{}", b.spent);
+                    assert_eq!(b.low, 0, "a non-negative column keeps its schema floor");
+                    assert!(
+                        b.tail_rows >= target && b.tail_rows < 5_000,
+                        "{}",
+                        b.tail_rows
+                    );
+                    // Fewer than about `tail_rows` values above the bound,
+                    // and about that many above the candidate below it (the
+                    // walk's noise is a few hundred rows).
+                    let m = b.tail_rows;
+                    if above[b.high_index] < 2 * m && above[b.high_index - 1] >= m / 2 {
+                        landed += 1;
+                    }
+                }
                 assert!(
-                    b.tail_rows >= target && b.tail_rows < 5_000,
-                    "{}",
-                    b.tail_rows
-                );
-                // Fewer than about `tail_rows` values above the bound, and
-                // about that many above the candidate below it (the walk's
-                // noise is a few hundred rows).
-                let m = b.tail_rows;
-                assert!(
-                    above(b.high) < 2 * m,
-                    "{measure:?}: {} leaves {}",
-                    b.high,
-                    above(b.high)
-                );
-                assert!(
-                    above(g[b.high_index - 1]) >= m / 2,
-                    "{measure:?}: {} leaves {}",
-                    g[b.high_index - 1],
-                    above(g[b.high_index - 1])
+                    landed >= 95,
+                    "{measure:?}, target {target}: {landed} of 100"
                 );
             }
         }
