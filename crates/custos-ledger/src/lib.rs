@@ -8,26 +8,37 @@
 //! - [`log`]: the durable, group-committed writer and its crash recovery.
 //! - [`read`]: entries and proofs from the published files, and proof checking.
 //! - [`verify`]: full verification against the checkpoint and an older one.
+//! - [`cosignature`]: witness cosignatures (C2SP `cosignature/v1`, pure).
+//! - [`policy`]: witness policies in the Sigsum format (pure).
+//! - [`witness_wire`]: the C2SP tlog-witness `add-checkpoint` bytes (pure).
+//! - [`witnessed`]: the newest witnessed checkpoint and each witness's progress, on disk.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cosignature;
 pub mod entry;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod policy;
 pub mod read;
 pub mod tiles;
 pub mod verify;
+pub mod witness_wire;
+pub mod witnessed;
 
 use std::path::PathBuf;
 
+pub use cosignature::{Cosigner, WitnessKey};
 pub use entry::{Decision, Entry, EntryError, SubjectCommitment, SubjectCommitter};
 pub use log::{FaultPlan, Ledger, LedgerConfig};
 pub use note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
+pub use policy::{PolicyError, WitnessPolicy};
 pub use read::{
     ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,
 };
 pub use verify::{VerifyReport, verify_ledger};
+pub use witnessed::{WitnessedCheckpoint, verify_witnessed};
 
 /// Size of a SHA-256 hash.
 pub const HASH_SIZE: usize = 32;
