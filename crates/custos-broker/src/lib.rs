@@ -22,6 +22,7 @@ mod matches;
 mod queries;
 mod recorded;
 mod reports;
+mod witnessing;
 
 pub use custos_model::AgreementStatus;
 pub use custos_privacy::{AppliedBounds, BoundsSource};
@@ -31,6 +32,7 @@ pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest,
 pub use queries::AggregateAnswer;
 pub use recorded::Recorded;
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
+pub use witnessing::{WITNESS_POLICY_FILE, WitnessLag, witness_lag};
 
 /// The storage vocabulary of the broker's arguments and answers, re-exported
 /// so that nothing outside the broker depends on `custos-store` (which can
@@ -130,6 +132,10 @@ pub enum BrokerError {
     /// A key operation failed.
     #[error(transparent)]
     Key(#[from] custos_store::KeyError),
+    /// Custos cannot release now (e.g. its witnesses have not cosigned the
+    /// ledger for too long); the refusal was recorded. Retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Who is acting, as the broker established it. Opaque: only
@@ -187,6 +193,8 @@ pub struct Custos {
     pending_matches: matches::PendingMatches,
     /// Serialises check-then-record of rate limits per agreement.
     limit_locks: LimitLocks,
+    /// Refuses releases while the unwitnessed tail is too old (if set).
+    witness_gate: Option<witnessing::WitnessGate>,
 }
 
 /// One lock per agreement around "count what was done, decide, ledger,
@@ -385,6 +393,7 @@ impl Custos {
             engines: std::sync::Mutex::new(EngineCache::new()),
             pending_matches: matches::PendingMatches::default(),
             limit_locks: LimitLocks::default(),
+            witness_gate: None,
         })
     }
 

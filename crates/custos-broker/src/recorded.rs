@@ -36,13 +36,23 @@ impl fmt::Display for Recorded {
 
 impl Custos {
     /// Appends an entry durably (fsynced); returns its receipt.
+    /// Refused (and the refusal recorded) while the witness gate is closed
+    /// and the entry allows something.
     pub(crate) fn append(&self, entry: &Entry) -> Result<Recorded, BrokerError> {
+        self.check_witness_gate(std::slice::from_ref(entry))?;
         wait_for_commit(|| self.ledger.append(entry)).map(Recorded)
     }
 
     /// Appends entries as one durable commit; returns their receipts, in
-    /// order.
+    /// order. Gated like [`Custos::append`].
     pub(crate) fn append_all(&self, entries: &[Entry]) -> Result<Vec<Recorded>, BrokerError> {
+        self.check_witness_gate(entries)?;
+        self.append_unchecked(entries)
+    }
+
+    /// [`Custos::append_all`] without the witness gate (for the gate's own
+    /// denials).
+    pub(crate) fn append_unchecked(&self, entries: &[Entry]) -> Result<Vec<Recorded>, BrokerError> {
         let encoded = entries
             .iter()
             .map(Entry::encode)

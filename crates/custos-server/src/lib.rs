@@ -272,6 +272,7 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(openapi::document))
         .route("/checkpoint", get(tiles::checkpoint))
+        .route("/witnessed-checkpoint", get(tiles::witnessed_checkpoint))
         .route("/tile/{*path}", get(tiles::tile))
         .nest("/v1", v1)
         .fallback(not_found)

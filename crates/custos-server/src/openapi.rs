@@ -20,6 +20,7 @@ use crate::tiles;
     paths(
         routes::healthz,
         tiles::checkpoint,
+        tiles::witnessed_checkpoint,
         tiles::tile,
         routes::datasets,
         routes::dataset,

@@ -169,6 +169,7 @@ impl From<BrokerError> for Problem {
             | BrokerError::Dataset(custos_broker::DatasetError::NotFound(_)) => {
                 Self::new(ProblemKind::NotFound, e.to_string())
             }
+            BrokerError::Unavailable(_) => Self::new(ProblemKind::LedgerUnavailable, e.to_string()),
             BrokerError::Ledger(_) => {
                 tracing::error!(error = %e, "ledger failure: request refused");
                 Self::new(

@@ -38,6 +38,33 @@ pub async fn checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, 
     Ok(bytes("text/plain; charset=utf-8", note, "no-store"))
 }
 
+/// The newest checkpoint a quorum of the home's witnesses cosigned (a
+/// C2SP signed note: the log's signature, then the witnesses'
+/// `cosignature/v1` lines). 404 while there is none.
+#[utoipa::path(get, path = "/witnessed-checkpoint", tag = "public",
+    responses((status = 200, description = "The witnessed checkpoint", content_type = "text/plain"),
+        (status = 404, body = Problem)))]
+pub async fn witnessed_checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    let dir = state.custos.ledger_dir();
+    let note = tokio::task::spawn_blocking(move || custos_ledger::witnessed::read_witnessed(&dir))
+        .await
+        .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "witnessed checkpoint unreadable");
+            Problem::new(
+                ProblemKind::Internal,
+                "the witnessed checkpoint could not be read",
+            )
+        })?
+        .ok_or_else(|| {
+            Problem::new(
+                ProblemKind::NotFound,
+                "no checkpoint of this ledger has been witnessed yet",
+            )
+        })?;
+    Ok(bytes("text/plain; charset=utf-8", note, "no-store"))
+}
+
 /// A hash tile or entry bundle.
 #[utoipa::path(get, path = "/tile/{path}", tag = "public",
     params(("path" = String, Path, description = "`<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`")),

@@ -64,7 +64,7 @@ fn setup() -> Setup {
     let log_key = NoteSigner::new(ORIGIN, SigningKey::from_bytes(&[42; 32])).verifier_key();
     let witness = tmp.path().join("witness");
     let (_, witness_key) =
-        WitnessDir::init(&witness, "witness.test/w1", &[log_key.clone()]).unwrap();
+        WitnessDir::init(&witness, "witness.test/w1", std::slice::from_ref(&log_key)).unwrap();
     Setup {
         _tmp: tmp,
         ledger,
@@ -268,8 +268,12 @@ async fn collector_reaches_a_quorum_and_records_failures() {
     let mut stops = Vec::new();
     for (i, name) in ["w1", "w2", "w3"].iter().enumerate() {
         let dir = s._tmp.path().join(format!("wit-{name}"));
-        let (_, key) =
-            WitnessDir::init(&dir, &format!("witness.test/{name}"), &[s.log_key.clone()]).unwrap();
+        let (_, key) = WitnessDir::init(
+            &dir,
+            &format!("witness.test/{name}"),
+            std::slice::from_ref(&s.log_key),
+        )
+        .unwrap();
         let url = if i < 2 {
             let server = custos_witness::serve::WitnessServer::bind(
                 Witness::load(WitnessDir::open(&dir).unwrap()).unwrap(),

@@ -118,9 +118,15 @@ enum Command {
     /// Custodian actions on a subject (protect).
     #[command(subcommand)]
     Subject(commands::lookup::SubjectCommand),
-    /// Read, prove and verify the ledger of every action.
+    /// Read, prove and verify the ledger of every action; collect its
+    /// witnesses' cosignatures.
     #[command(subcommand)]
     Ledger(commands::ledger::LedgerCommand),
+    /// Run a witness (C2SP tlog-witness) that cosigns a Custos ledger's
+    /// checkpoints only while it stays append-only: for an inspector
+    /// general, a court or another agency. Needs no Custos home.
+    #[command(subcommand)]
+    Witness(commands::witness::WitnessCommand),
     /// Serve the HTTP API over this home (loopback by default; TLS for
     /// anything else).
     ///
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
             Command::Agreement(cmd) => commands::agreement::run(&cli.home, server, cmd).await,
             Command::Ledger(cmd) => commands::ledger::run(&cli.home, server, cmd).await,
             Command::Generate(args) => commands::generate::run(args),
+            Command::Witness(cmd) => commands::witness::run(cmd).await,
             _ if server.is_some() => local_only(),
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Init(args) => commands::init::run(&cli.home, args).await,

@@ -1,6 +1,8 @@
 //! `custos ledger …`: checkpoints, entries, proofs and verification.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -70,8 +72,30 @@ pub enum LedgerCommand {
         json: bool,
     },
     /// Recompute every hash of the ledger and check it against its signed
-    /// checkpoint and, with --checkpoint, against an older one you kept.
+    /// checkpoint and, with --checkpoint, against an older one you kept;
+    /// with --witness-policy, against the checkpoint its witnesses cosigned.
     Verify(VerifyArgs),
+    /// Bring the newest checkpoint to the witnesses of HOME/witness-policy
+    /// now, and publish it as witnessed once their quorum has cosigned.
+    ///
+    /// `custos serve` does this by itself at every checkpoint; run this
+    /// when the home is used without a server (e.g. from cron). Fails if the
+    /// quorum was not reached, naming each witness's answer.
+    Witness,
+    /// Install a witness policy in the home (Sigsum policy format: `witness
+    /// NAME HEXKEY URL` lines, `group NAME K|all|any MEMBER...`, one
+    /// `quorum NAME`). Admins only; the change is ledgered.
+    WitnessPolicy {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Where the ledger stands: its size, the newest witnessed checkpoint,
+    /// how far behind witnessing is, and each witness's last answer.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Arguments of `custos ledger verify`.
@@ -87,6 +111,16 @@ pub struct VerifyArgs {
     /// server's ledger (get it from the custodian, not from the server).
     #[arg(long, value_name = "VKEY")]
     key: Option<String>,
+    /// A witness policy (Sigsum format) to hold the ledger to: a quorum of
+    /// its witnesses must have cosigned a checkpoint of this ledger, recently
+    /// (--max-age), and the ledger must extend that checkpoint unchanged.
+    #[arg(long, value_name = "FILE")]
+    witness_policy: Option<PathBuf>,
+    /// With --witness-policy: how old the quorum's cosignatures may be
+    /// (e.g. 90s, 10m, 1d). A log that rewrote its history cannot get fresh
+    /// ones, so an old witnessed checkpoint is no alibi.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    max_age: Duration,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -266,11 +300,16 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                 },
                 (None, _) => Source::open(home_dir, server, args.key, hashes(0..u64::MAX)).await?,
             };
+            let policy = match &args.witness_policy {
+                Some(path) => Some(read_policy(path)?),
+                None => None,
+            };
             let (dir, key, label) = (
                 source.reader.dir().to_owned(),
                 source.key.clone(),
                 source.label.clone(),
             );
+            let verified_dir = dir.clone();
             let older = match &args.checkpoint {
                 Some(path) => Some(
                     std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
@@ -280,10 +319,27 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             let report =
                 tokio::task::spawn_blocking(move || verify_ledger(&dir, &key, older.as_deref()))
                     .await??;
+            let witnessed = match &policy {
+                Some(policy) => Some(check_witnessed(
+                    &verified_dir,
+                    &source.key,
+                    policy,
+                    args.max_age,
+                    report.size,
+                )?),
+                None => None,
+            };
             // The copy of a server's ledger is removed only now.
             drop(source);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                if let Some(w) = &witnessed {
+                    value["witnessed"] = serde_json::json!({
+                        "size": w.checkpoint.size,
+                        "signed_by": w.signed_by,
+                    });
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 println!("Ledger `{label}` verified:");
                 println!(
@@ -302,7 +358,228 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                         report.journal_checked
                     );
                 }
+                if let Some(w) = &witnessed {
+                    let now = now_seconds();
+                    let who: Vec<String> = w
+                        .signed_by
+                        .iter()
+                        .map(|(name, t)| format!("{name} ({} ago)", ago(now, *t)))
+                        .collect();
+                    println!(
+                        "  witnessed: a quorum cosigned size {} and the ledger extends it unchanged; signed by {}",
+                        w.checkpoint.size,
+                        who.join(", ")
+                    );
+                }
             }
+        }
+        LedgerCommand::Witness => {
+            if server.is_some() {
+                anyhow::bail!(
+                    "`ledger witness` runs on the custodian's machine (a server collects cosignatures by itself)"
+                );
+            }
+            let (dir, key) = published_ledger(home_dir).await?;
+            let policy = home_policy(home_dir)?;
+            let collector = custos_witness::Collector::new(&dir, &key, policy)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let report = collector.round().await?;
+            let now = now_seconds();
+            for (name, t) in &report.cosigned {
+                println!(
+                    "  {name}: cosigned size {} ({} ago)",
+                    report.size,
+                    ago(now, *t)
+                );
+            }
+            for (name, why) in &report.failed {
+                println!("  {name}: did not cosign: {why}");
+            }
+            if !report.published {
+                anyhow::bail!(
+                    "the witness quorum did not cosign size {}; the witnessed checkpoint was not updated",
+                    report.size
+                );
+            }
+            println!(
+                "Size {} is witnessed (published as witnessed-checkpoint).",
+                report.size
+            );
+        }
+        LedgerCommand::WitnessPolicy { file } => {
+            if server.is_some() {
+                anyhow::bail!(
+                    "`ledger witness-policy` changes the home: run it on the custodian's machine"
+                );
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading `{}`", file.display()))?;
+            let custos = open_custos(home_dir).await?;
+            let actor = custos
+                .actor(super::token_from_env().as_deref().map(|t| t.as_str()))
+                .await?;
+            let recorded = custos.set_witness_policy(&actor, &text);
+            custos.close()?;
+            let recorded = recorded?;
+            let policy = read_policy(&file)?;
+            println!(
+                "Installed the witness policy ({} witnesses, quorum `{}`); ledger entry {recorded}.",
+                policy.witnesses().count(),
+                policy.quorum().unwrap_or("none")
+            );
+        }
+        LedgerCommand::Status { json } => {
+            if server.is_some() {
+                anyhow::bail!("`ledger status` reads the home; run it on the custodian's machine");
+            }
+            let (dir, key) = published_ledger(home_dir).await?;
+            status(&dir, &key, home_dir, json)?;
+        }
+    }
+    Ok(())
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// "12s", "3m", "5h" or "2d" between `then` and `now` (seconds).
+fn ago(now: u64, then: u64) -> String {
+    humantime::format_duration(Duration::from_secs(now.saturating_sub(then)))
+        .to_string()
+        .split(' ')
+        .next()
+        .unwrap_or("0s")
+        .to_owned()
+}
+
+fn read_policy(path: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
+    custos_ledger::WitnessPolicy::parse(&text).with_context(|| format!("`{}`", path.display()))
+}
+
+fn home_policy(home_dir: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
+    let path = home_dir.join(custos_broker::WITNESS_POLICY_FILE);
+    if !path.exists() {
+        anyhow::bail!(
+            "this home has no witness policy: install one with `custos ledger witness-policy FILE` (see docs/ledger.md)"
+        );
+    }
+    read_policy(&path)
+}
+
+/// Checks the witnessed checkpoint in `dir` against `policy`: the quorum
+/// cosigned it within `max_age`, and the verified ledger of `size` extends
+/// it unchanged.
+fn check_witnessed(
+    dir: &Path,
+    key: &str,
+    policy: &custos_ledger::WitnessPolicy,
+    max_age: Duration,
+    size: u64,
+) -> anyhow::Result<custos_ledger::WitnessedCheckpoint> {
+    let note = custos_ledger::witnessed::read_witnessed(dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no witnessed checkpoint is published: no quorum of the policy's witnesses has cosigned this ledger"
+        )
+    })?;
+    let w = custos_ledger::verify_witnessed(&note, key, policy)?;
+    let now = now_seconds();
+    let fresh: BTreeSet<String> = w
+        .signed_by
+        .iter()
+        .filter(|(_, t)| now.saturating_sub(**t) <= max_age.as_secs())
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !policy.satisfied_by(&fresh) {
+        anyhow::bail!(
+            "the witnesses' cosignatures of size {} are older than {}: a quorum has not vouched for this ledger recently (a log whose history was rewritten cannot get new ones)",
+            w.checkpoint.size,
+            humantime::format_duration(max_age)
+        );
+    }
+    if w.checkpoint.size > size {
+        anyhow::bail!(
+            "the witnesses cosigned size {}, but the ledger has only {size} entries: entries were removed",
+            w.checkpoint.size
+        );
+    }
+    if w.checkpoint.size > 0 {
+        let proof = LedgerReader::new(dir).consistency_proof(w.checkpoint.size, size, size)?;
+        if proof.old_root != hex::encode(w.checkpoint.root) {
+            anyhow::bail!(
+                "the ledger's first {} entries are not the ones the witnesses cosigned: its history was rewritten",
+                w.checkpoint.size
+            );
+        }
+    }
+    Ok(w)
+}
+
+/// `ledger status --json`.
+#[derive(Debug, Serialize)]
+struct Status {
+    size: u64,
+    witnessed: Option<u64>,
+    behind: Option<u64>,
+    oldest_unwitnessed_seconds: Option<u64>,
+    quorum: Option<String>,
+    witnesses: std::collections::BTreeMap<String, custos_ledger::witnessed::WitnessProgress>,
+}
+
+fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let size = LedgerReader::new(dir).latest(key)?.size;
+    let policy_path = home_dir.join(custos_broker::WITNESS_POLICY_FILE);
+    let mut out = Status {
+        size,
+        witnessed: None,
+        behind: None,
+        oldest_unwitnessed_seconds: None,
+        quorum: None,
+        witnesses: custos_ledger::witnessed::read_state(dir)?,
+    };
+    if policy_path.exists() {
+        let policy = read_policy(&policy_path)?;
+        let lag = custos_broker::witness_lag(dir, key, &policy)?;
+        out.witnessed = Some(lag.witnessed);
+        out.behind = Some(lag.size.saturating_sub(lag.witnessed));
+        out.oldest_unwitnessed_seconds = lag.oldest_unwitnessed.map(|d| d.as_secs());
+        out.quorum = Some(policy.quorum().unwrap_or("none").to_owned());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("Ledger: {size} entries in the newest checkpoint.");
+    let (Some(witnessed), Some(quorum)) = (out.witnessed, &out.quorum) else {
+        println!(
+            "No witness policy: nobody outside the custodian cosigns this ledger (see `custos ledger witness-policy`)."
+        );
+        return Ok(());
+    };
+    match out.oldest_unwitnessed_seconds {
+        None => println!("Witnessed: all {witnessed} entries (quorum `{quorum}`)."),
+        Some(age) => println!(
+            "Witnessed up to {witnessed} (quorum `{quorum}`): {} entries behind, the oldest unwitnessed one {} old.",
+            out.behind.unwrap_or(0),
+            humantime::format_duration(Duration::from_secs(age))
+        ),
+    }
+    let now = now_seconds();
+    for (name, p) in &out.witnesses {
+        let when = p.cosigned_at.map_or_else(
+            || "never cosigned".to_owned(),
+            |t| format!("cosigned {} ago", ago(now, t)),
+        );
+        match &p.last_error {
+            None => println!("  {name}: size {}, {when}", p.size),
+            Some(e) => println!(
+                "  {name}: size {}, {when}; last attempt failed: {e}",
+                p.size
+            ),
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use anyhow::{Context, anyhow, bail};
 use custos_ledger::log::CHECKPOINT;
 use custos_ledger::tiles::{TILE_WIDTH, TileId};
 use custos_ledger::verify_checkpoint;
+use custos_ledger::witnessed::WITNESSED_CHECKPOINT;
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 
@@ -58,6 +59,11 @@ pub async fn mirror(
         })?;
         let dir = tempfile::tempdir().context("creating a directory for the ledger copy")?;
         std::fs::write(dir.path().join(CHECKPOINT), &note)?;
+        // The witnessed checkpoint, if the server has one; verified (or
+        // not) by whoever reads the copy, against their own policy.
+        if let Some(witnessed) = client.get_public("/witnessed-checkpoint").await? {
+            std::fs::write(dir.path().join(WITNESSED_CHECKPOINT), witnessed)?;
+        }
         let paths = tile_paths(checkpoint.size, wanted);
         if fetch_all(client, dir.path(), paths).await? {
             return Ok(Mirror { dir });

@@ -15,6 +15,7 @@ pub mod principal;
 pub mod query;
 pub mod report;
 pub mod serve;
+pub mod witness;
 
 use std::path::Path;
 
@@ -44,9 +45,23 @@ pub async fn published_ledger(home: &Path) -> anyhow::Result<(std::path::PathBuf
     Ok(custos_broker::published_ledger(home, master_key_from_env()?).await?)
 }
 
-/// Opens the home with its ledger, for actions that must be ledgered.
+/// The environment variable that sets the witness gate (e.g. `10m`): no
+/// release while the ledger has entries no witness quorum has cosigned for
+/// longer (needs HOME/witness-policy).
+pub const MAX_UNWITNESSED_ENV: &str = "CUSTOS_MAX_UNWITNESSED";
+
+/// Opens the home with its ledger, for actions that must be ledgered,
+/// with the witness gate of `CUSTOS_MAX_UNWITNESSED` if set.
 pub async fn open_custos(home: &Path) -> anyhow::Result<custos_broker::Custos> {
-    Ok(custos_broker::Custos::open(home, master_key_from_env()?).await?)
+    let mut custos = custos_broker::Custos::open(home, master_key_from_env()?).await?;
+    if let Ok(text) = std::env::var(MAX_UNWITNESSED_ENV)
+        && !text.trim().is_empty()
+    {
+        let max = humantime::parse_duration(text.trim())
+            .map_err(|e| anyhow::anyhow!("{MAX_UNWITNESSED_ENV}=`{text}`: {e}"))?;
+        custos.require_witnessed_within(max)?;
+    }
+    Ok(custos)
 }
 
 /// Prints an error for a person: the message, then any located problems one

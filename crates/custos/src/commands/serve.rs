@@ -41,6 +41,16 @@ pub struct ServeArgs {
     /// Requests a token may send at once after a quiet spell.
     #[arg(long, default_value_t = 200, value_name = "N")]
     burst: u32,
+    /// Refuse releases while the ledger holds entries no witness quorum
+    /// has cosigned for longer than this (e.g. 5m); needs a witness policy
+    /// (`custos ledger witness-policy`). Same as CUSTOS_MAX_UNWITNESSED.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    max_unwitnessed: Option<Duration>,
+    /// With a witness policy: how often to ask the witnesses for fresh
+    /// cosignatures while the ledger does not grow (verifiers may refuse
+    /// old ones). New checkpoints are submitted within a second.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    witness_refresh: Duration,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM, then drains and closes the ledger.
@@ -66,8 +76,26 @@ pub async fn run(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     } else {
         "http"
     };
-    let custos = open_custos(home).await?;
+    let mut custos = open_custos(home).await?;
+    if let Some(max) = args.max_unwitnessed {
+        custos.require_witnessed_within(max)?;
+    }
+    let collector = match custos.witness_policy()? {
+        Some(policy) => {
+            eprintln!(
+                "Witnessing: {} witness(es), quorum `{}`; checkpoints go to them as they are signed.",
+                policy.witnesses().count(),
+                policy.quorum().unwrap_or("none")
+            );
+            Some(
+                custos_witness::Collector::new(&custos.ledger_dir(), custos.verifier_key(), policy)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )
+        }
+        None => None,
+    };
     let server = Server::bind(custos, config).await?;
+    let witnessing = collector.map(|c| tokio::spawn(collect_forever(c, args.witness_refresh)));
     let addr = server.local_addr()?;
     // Handlers first: a SIGTERM right after the address is announced must
     // drain and close the ledger, not kill the process.
@@ -78,15 +106,41 @@ pub async fn run(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
         "Custos is serving {} on {scheme}://{addr} (API at /v1, description at /openapi.json). Ctrl-C or SIGTERM stops it after in-flight requests finish.",
         home.display()
     );
-    server.run(stop).await?;
+    let served = server.run(stop).await;
+    if let Some(task) = witnessing {
+        task.abort();
+    }
+    served?;
     eprintln!("stopped; the ledger is closed");
     Ok(())
+}
+
+/// Submits each new checkpoint (and, every `refresh`, the same one again)
+/// to the witnesses; failures are logged and retried, never fatal.
+async fn collect_forever(collector: custos_witness::Collector, refresh: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !collector.due(refresh) {
+            continue;
+        }
+        match collector.round().await {
+            Ok(report) if !report.published => tracing::warn!(
+                size = report.size,
+                failed = report.failed.len(),
+                "the witness quorum has not cosigned the newest checkpoint"
+            ),
+            Ok(_) | Err(custos_ledger::LedgerError::Busy(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "collecting cosignatures failed"),
+        }
+    }
 }
 
 /// A future that resolves on Ctrl-C or SIGTERM, with both handlers
 /// registered before it returns.
 #[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -100,7 +154,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 /// A future that resolves on Ctrl-C.
 #[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
