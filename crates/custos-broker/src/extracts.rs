@@ -17,7 +17,6 @@ use custos_ledger::{Decision, Entry};
 use custos_model::{ColumnClass, DatasetSchema};
 use custos_policy::{Mode, ScopeFilter};
 use custos_privacy::tokens::{TokenError, Tokeniser};
-use custos_store::DatasetReader;
 use custos_store::lookups::{SubjectEvent, SubjectEventKind};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
@@ -311,7 +310,9 @@ impl Custos {
                 }
             }
         }
-        let reader = DatasetReader::open(self.home(), req.dataset).await?;
+        let reader = self
+            .open_dataset(req.dataset, crate::contents::Reading::All)
+            .await?;
         let spec = ExtractSpec {
             columns: grant.columns.clone(),
             keep_format: terms.keep_format.iter().cloned().collect::<BTreeSet<_>>(),

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod agreements;
+mod contents;
 mod decide;
 mod extracts;
 mod lookups;
@@ -24,6 +25,7 @@ mod recorded;
 mod reports;
 mod witnessing;
 
+pub use contents::DatasetCheck;
 pub use custos_model::AgreementStatus;
 pub use custos_privacy::{AppliedBounds, BoundsSource};
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
@@ -195,6 +197,8 @@ pub struct Custos {
     limit_locks: LimitLocks,
     /// Refuses releases while the unwitnessed tail is too old (if set).
     witness_gate: Option<witnessing::WitnessGate>,
+    /// Datasets whose catalogue digests were held to the ledger.
+    ledgered_datasets: contents::LedgeredDatasets,
 }
 
 /// One lock per agreement around "count what was done, decide, ledger,
@@ -394,6 +398,7 @@ impl Custos {
             pending_matches: matches::PendingMatches::default(),
             limit_locks: LimitLocks::default(),
             witness_gate: None,
+            ledgered_datasets: contents::LedgeredDatasets::default(),
         })
     }
 
@@ -648,14 +653,18 @@ impl Custos {
             }
         };
         let s = staged.summary();
-        let entry = base
+        let mut entry = base
             .clone()
             .with_attribute("schema_sha256", s.schema_sha256.clone())
+            .with_attribute("storage_id", staged.storage_id())
             // The dataset's exact size stays in the catalogue.
             .with_count("buckets", u64::from(s.buckets));
+        for (key, value) in contents::digest_attributes(staged.file_digests()) {
+            entry = entry.with_attribute(&key, value);
+        }
         // INVARIANT: the dataset is committed only after this entry is durable.
-        self.append(&entry)?;
-        match staged.commit(&self.home).await {
+        let recorded = self.append(&entry)?;
+        match staged.commit(&self.home, Some(recorded.index())).await {
             Ok(report) => Ok(report),
             Err(e) => {
                 // The entry above said "allow"; say that it did not happen.
@@ -695,6 +704,16 @@ impl Custos {
     /// Publishes a final checkpoint and closes the ledger.
     pub fn close(self) -> Result<(), BrokerError> {
         Ok(self.ledger.close()?)
+    }
+}
+
+impl Custos {
+    /// Whether `actor` is an admin or overseer (or the local administrator).
+    pub(crate) fn may_oversee(&self, actor: &Actor) -> bool {
+        match actor {
+            Actor(Acting::LocalAdmin) => true,
+            Actor(Acting::Principal(p)) => p.has_role(Role::Admin) || p.has_role(Role::Overseer),
+        }
     }
 }
 

@@ -5,8 +5,6 @@
 //! A request never touches the dataset, so its answer (allowed or denied)
 //! cannot reveal whether a subject exists; only an approved fetch reads.
 
-use std::sync::Arc;
-
 use arrow::array::{Array, Date32Array, Int64Array, RecordBatch, StringArray};
 use custos_ledger::{Decision, Entry, SubjectCommitment};
 use custos_model::AgreementStatus;
@@ -692,7 +690,9 @@ impl Custos {
         columns: &[String],
         row_scope: Option<&str>,
     ) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), BrokerError> {
-        let reader = Arc::new(DatasetReader::open(self.home(), dataset_name).await?);
+        let reader = self
+            .open_dataset(dataset_name, crate::contents::Reading::Subject(subject))
+            .await?;
         let schema = reader.schema().clone();
         let filter = compile_row_scope(row_scope, &schema)?;
         let mut wanted: Vec<String> = columns.to_vec();

@@ -7,14 +7,11 @@
 //! without spending anything. A charge is never refunded, even if the
 //! computation then fails (the ledger says so).
 
-use std::sync::Arc;
-
 use custos_engine::AnswerError;
 use custos_ledger::{Decision, Entry};
 use custos_model::DatasetSchema;
 use custos_policy::Mode;
 use custos_privacy::{Answer, PrivacyError};
-use custos_store::DatasetReader;
 use custos_store::budgets::Charge;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -190,7 +187,9 @@ impl Custos {
                 "privacy budget exhausted (concurrently): {sym} = {budget} spent; nothing was computed"
             )));
         };
-        let reader = Arc::new(DatasetReader::open(self.home(), &dataset).await?);
+        let reader = self
+            .open_dataset(&dataset, crate::contents::Reading::All)
+            .await?;
         let answer = match custos_engine::answer(reader, &plan).await {
             Ok(a) => a,
             Err(e) => {

@@ -43,7 +43,10 @@ fn main() {
 
 async fn run(rows: u64) {
     let common::Ingested { temp, data, reader } = common::ingested_returns(rows).await;
-    let dir = reader.bucket_paths()[0].parent().unwrap().to_owned();
+    let dir = reader.bucket_paths().unwrap()[0]
+        .parent()
+        .unwrap()
+        .to_owned();
     // The same rows in the same bucket layout, unencrypted.
     let plain_dir = temp.path().join("plain");
     std::fs::create_dir_all(&plain_dir).unwrap();
@@ -57,7 +60,7 @@ async fn run(rows: u64) {
         &schema,
         &data.join("tax_returns.csv"),
         &custos_store::keys::DataKey::generate().unwrap(),
-        u32::try_from(reader.bucket_paths().len()).unwrap(),
+        u32::try_from(reader.bucket_paths().unwrap().len()).unwrap(),
         custos_store::ingest::FileEncryption::Plain,
         &NoProgress,
     )
@@ -100,7 +103,7 @@ async fn run(rows: u64) {
     ];
     println!(
         "\n{rows} rows, {} bucket files, encrypted\n",
-        reader.bucket_paths().len()
+        reader.bucket_paths().unwrap().len()
     );
     println!(
         "| query | non-private, plain s | non-private, encrypted s | DP, encrypted s | DP / non-private encrypted | DP / non-private plain | DP peak RSS MiB |"

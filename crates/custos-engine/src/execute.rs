@@ -314,7 +314,7 @@ pub async fn totals(
     let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let mut running = tokio::task::JoinSet::new();
     let mut total = BucketTotals::new(&layout);
-    for (i, path) in reader.bucket_paths().into_iter().enumerate() {
+    for (i, path) in reader.bucket_paths()?.into_iter().enumerate() {
         if running.len() >= parallel
             && let Some(done) = running.join_next().await
         {

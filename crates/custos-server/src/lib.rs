@@ -233,6 +233,7 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
     let v1 = Router::new()
         .route("/datasets", get(routes::datasets))
         .route("/datasets/{name}", get(routes::dataset))
+        .route("/datasets/{name}/verify", post(routes::verify_dataset))
         .route(
             "/agreements",
             get(routes::agreements).post(routes::apply_agreement),

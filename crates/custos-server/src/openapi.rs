@@ -24,6 +24,7 @@ use crate::tiles;
         tiles::tile,
         routes::datasets,
         routes::dataset,
+        routes::verify_dataset,
         routes::agreements,
         routes::agreement,
         routes::apply_agreement,

@@ -56,6 +56,21 @@ pub async fn dataset(
     to_json(&state.custos.describe(&actor, &name).await?)
 }
 
+/// Checks every file of a dataset against the digests ledgered at its
+/// ingest (admins and overseers; ledgered). `problem` names the file that
+/// was altered, swapped, deleted or added; null when all are as ingested.
+#[utoipa::path(post, path = "/v1/datasets/{name}/verify", tag = "datasets", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Dataset name")),
+    responses((status = 200, body = custos_broker::DatasetCheck), (status = 403, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn verify_dataset(
+    State(state): State<Arc<AppState>>,
+    Caller(actor): Caller,
+    Path(name): Path<String>,
+) -> Reply {
+    to_json(&state.custos.verify_dataset(&actor, &name).await?)
+}
+
 /// Agreements with their state.
 #[utoipa::path(get, path = "/v1/agreements", tag = "agreements", security(("bearer" = [])),
     responses((status = 200, body = Vec<ListedAgreement>), (status = 401, body = Problem)))]

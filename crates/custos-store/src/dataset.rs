@@ -19,6 +19,7 @@ use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digests::{DigestCache, FileDigests};
 use crate::home::{Home, now_rfc3339, sync_dir};
 use crate::ingest::{
     FileEncryption, IngestError, IngestProgress, WrittenDataset, io_err, write_buckets,
@@ -70,6 +71,15 @@ pub enum DatasetError {
         file: String,
         /// What failed.
         message: String,
+    },
+    /// A file is not what was ingested (or the catalogue's record of the
+    /// files does not match the ledger's); nothing was read from it.
+    #[error("dataset `{dataset}` was tampered with: {problem}")]
+    Tampered {
+        /// The dataset.
+        dataset: String,
+        /// What was found.
+        problem: String,
     },
     /// A key problem.
     #[error(transparent)]
@@ -199,9 +209,25 @@ impl StagedDataset {
         &self.summary
     }
 
+    /// The directory name under `datasets/` the files will have.
+    pub fn storage_id(&self) -> &str {
+        &self.record.storage_id
+    }
+
+    /// The SHA-256 of each file written (to ledger before the commit).
+    pub fn file_digests(&self) -> &FileDigests {
+        &self.record.file_digests
+    }
+
     /// Makes the dataset exist: renames its files into place and records it
-    /// in the catalogue (the commit point).
-    pub async fn commit(mut self, home: &Home) -> Result<IngestReport, IngestError> {
+    /// in the catalogue (the commit point), with the ledger index of the
+    /// ingest entry that recorded its digests.
+    pub async fn commit(
+        mut self,
+        home: &Home,
+        ingest_entry: Option<u64>,
+    ) -> Result<IngestReport, IngestError> {
+        self.record.ingest_entry = ingest_entry;
         fs::rename(&self.staging, &self.final_dir).map_err(io_err(&self.final_dir))?;
         sync_dir(&home.datasets_dir()).map_err(|e| IngestError::Parquet(e.to_string()))?;
         // INVARIANT: this insert is the commit point; before it, the dataset does not exist.
@@ -245,7 +271,7 @@ pub async fn ingest(
 ) -> Result<IngestReport, IngestError> {
     stage(home, name, schema_path, csv_path, progress)
         .await?
-        .commit(home)
+        .commit(home, None)
         .await
 }
 
@@ -293,6 +319,8 @@ pub async fn stage(
             row_count: 0,
             stored_bytes: 0,
             created_at: String::new(),
+            file_digests: FileDigests::default(),
+            ingest_entry: None,
         },
         final_dir: storage_dir(home, &storage_id),
         staging,
@@ -342,6 +370,13 @@ pub async fn stage(
     .await
     .map_err(|_| IngestError::Parquet("the ingest task stopped unexpectedly".into()))??;
     sync_dir(&staged.staging).map_err(|e| IngestError::Parquet(e.to_string()))?;
+    let names: Vec<String> = (0..buckets).map(bucket_file_name).collect();
+    let dir = staged.staging.clone();
+    staged.record.file_digests =
+        tokio::task::spawn_blocking(move || FileDigests::compute(&dir, &names))
+            .await
+            .map_err(|_| IngestError::Parquet("hashing the files stopped unexpectedly".into()))?
+            .map_err(io_err(&staged.staging))?;
 
     staged.record.bucket_count = buckets;
     staged.record.row_count = written.rows;
@@ -426,6 +461,7 @@ pub struct DatasetReader {
     schema: DatasetSchema,
     key: DataKey,
     dir: PathBuf,
+    digests: Arc<DigestCache>,
 }
 
 impl DatasetReader {
@@ -446,7 +482,42 @@ impl DatasetReader {
             schema,
             key,
             dir,
+            digests: home.digest_cache(),
         })
+    }
+
+    /// The catalogue's record of the dataset (digests and ingest entry
+    /// included), for holding it to the ledger.
+    pub fn record(&self) -> &DatasetRecord {
+        &self.record
+    }
+
+    /// Checks the dataset's directory (nothing added or deleted) and the
+    /// files of `buckets` (every one if `None`) against the digests taken at
+    /// ingest. Files already verified in their current state by this
+    /// process are not hashed again.
+    pub fn verify(&self, buckets: Option<&[u32]>) -> Result<(), DatasetError> {
+        let names: Option<Vec<String>> =
+            buckets.map(|list| list.iter().map(|b| bucket_file_name(*b)).collect());
+        self.record
+            .file_digests
+            .check(&self.dir, &[LOCK_FILE], names.as_deref(), &self.digests)
+            .map_err(|problem| DatasetError::Tampered {
+                dataset: self.record.name.clone(),
+                problem: problem.to_string(),
+            })
+    }
+
+    /// The bucket that holds `subject`'s rows (`None` if it cannot be a
+    /// subject of this dataset).
+    pub fn bucket_of(&self, subject: &str) -> Option<u32> {
+        let canonical = self.schema.canonical_subject_id(subject)?;
+        Some(
+            self.key
+                .bucketer(self.record.bucket_count)
+                .place(canonical.as_bytes())
+                .0,
+        )
     }
 
     /// The dataset's schema.
@@ -469,11 +540,13 @@ impl DatasetReader {
         )
     }
 
-    /// Paths of the bucket files.
-    pub fn bucket_paths(&self) -> Vec<PathBuf> {
-        (0..self.record.bucket_count)
+    /// Paths of the bucket files, once every one is verified against its
+    /// ingest digest.
+    pub fn bucket_paths(&self) -> Result<Vec<PathBuf>, DatasetError> {
+        self.verify(None)?;
+        Ok((0..self.record.bucket_count)
             .map(|b| self.dir.join(bucket_file_name(b)))
-            .collect()
+            .collect())
     }
 
     fn file_error(&self, bucket: u32, message: impl ToString) -> DatasetError {
@@ -539,6 +612,7 @@ impl DatasetReader {
             .key
             .bucketer(self.record.bucket_count)
             .place(canonical.as_bytes());
+        self.verify(Some(&[bucket]))?;
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
         let options = ArrowReaderOptions::new()
@@ -667,6 +741,7 @@ impl DatasetReader {
         identity: bool,
         keep: Vec<usize>,
     ) -> Result<Vec<RecordBatch>, DatasetError> {
+        self.verify(Some(&[bucket]))?;
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
         let options = ArrowReaderOptions::new()

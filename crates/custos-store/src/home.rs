@@ -131,6 +131,8 @@ pub struct Home {
     root: PathBuf,
     master: MasterKey,
     meta: Arc<dyn MetadataStore>,
+    /// Dataset files this process verified against their ingest digests.
+    digests: Arc<crate::digests::DigestCache>,
 }
 
 /// Checks a checkpoint origin: a non-empty line without spaces or `+`
@@ -317,12 +319,18 @@ impl Home {
             root: root.to_owned(),
             master,
             meta: Arc::new(meta),
+            digests: Arc::default(),
         })
     }
 
     /// The home directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The digests of dataset files this process has verified.
+    pub fn digest_cache(&self) -> Arc<crate::digests::DigestCache> {
+        Arc::clone(&self.digests)
     }
 
     /// The directory that holds the datasets' directories.

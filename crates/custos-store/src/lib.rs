@@ -17,6 +17,7 @@
 
 pub mod budgets;
 pub mod dataset;
+pub mod digests;
 pub mod home;
 pub mod ingest;
 pub mod keys;

@@ -66,6 +66,11 @@ pub struct DatasetRecord {
     pub stored_bytes: u64,
     /// RFC 3339 time of the ingest.
     pub created_at: String,
+    /// SHA-256 of each file at ingest (empty for datasets ingested before
+    /// digests were recorded: those are refused).
+    pub file_digests: crate::digests::FileDigests,
+    /// Ledger index of the ingest entry (which records the same digests).
+    pub ingest_entry: Option<u64>,
 }
 
 /// One stored version of an agreement.
@@ -204,6 +209,12 @@ fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, Meta
         row_count: as_u64(row.try_get("row_count")?)?,
         stored_bytes: as_u64(row.try_get("stored_bytes")?)?,
         created_at: row.try_get("created_at")?,
+        file_digests: crate::digests::FileDigests::from_text(row.try_get("file_digests")?)
+            .ok_or_else(|| MetaError::Database("malformed file digests in catalogue".into()))?,
+        ingest_entry: row
+            .try_get::<Option<i64>, _>("ingest_entry")?
+            .map(as_u64)
+            .transpose()?,
     })
 }
 
@@ -272,7 +283,8 @@ impl MetadataStore for SqliteMetadata {
             |v: u64| i64::try_from(v).map_err(|_| MetaError::Database("count too large".into()));
         sqlx::query(
             "INSERT INTO datasets (name, storage_id, schema_toml, schema_sha256, wrapped_key, \
-             bucket_count, row_count, stored_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             bucket_count, row_count, stored_bytes, created_at, file_digests, ingest_entry) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&d.name)
         .bind(&d.storage_id)
@@ -283,6 +295,8 @@ impl MetadataStore for SqliteMetadata {
         .bind(to_i64(d.row_count)?)
         .bind(to_i64(d.stored_bytes)?)
         .bind(&d.created_at)
+        .bind(d.file_digests.to_text())
+        .bind(d.ingest_entry.map(to_i64).transpose()?)
         .execute(&self.pool)
         .await
         .map_err(|e| match MetaError::from(e) {
@@ -461,6 +475,8 @@ mod tests {
             row_count: 10,
             stored_bytes: 99,
             created_at: "2026-01-01T00:00:00Z".into(),
+            file_digests: crate::digests::FileDigests::default(),
+            ingest_entry: Some(7),
         }
     }
 

@@ -89,7 +89,7 @@ async fn subject_rows_match_a_full_scan() {
 }
 
 #[tokio::test]
-async fn a_swapped_bucket_file_fails_to_decrypt() {
+async fn a_swapped_bucket_file_is_refused_and_fails_to_decrypt() {
     let (dir, home, schema) = home_with_schema().await;
     let csv_path = dir.path().join("d.csv");
     std::fs::write(&csv_path, "id,amount,label\n1,2,x\n").unwrap();
@@ -113,11 +113,25 @@ async fn a_swapped_bucket_file_fails_to_decrypt() {
         .unwrap();
     std::fs::copy(b.join("bucket-0000.parquet"), a.join("bucket-0000.parquet")).unwrap();
     let reader = DatasetReader::open(&home, "a").await.unwrap();
+    // Refused before decryption is tried: the file's digest is not a's.
     let err = reader.scan(true).unwrap_err().to_string();
     assert!(
-        err.contains("dataset `a`, file `bucket-0000.parquet`"),
+        err.contains(
+            "dataset `a` was tampered with: `bucket-0000.parquet` was altered or replaced"
+        ),
         "{err}"
     );
+    // And without the digest check, a's keys cannot decrypt b's file.
+    let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+        .with_file_decryption_properties(reader.decryption_properties(0, true).unwrap());
+    let opened =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new_with_options(
+            std::fs::File::open(a.join("bucket-0000.parquet")).unwrap(),
+            options,
+        )
+        .and_then(|b| b.build())
+        .and_then(|r| r.collect::<Result<Vec<_>, _>>().map_err(Into::into));
+    assert!(opened.is_err());
 }
 
 #[tokio::test]
@@ -130,7 +144,7 @@ async fn every_column_of_a_bucket_file_is_encrypted_including_the_subject_key() 
         .await
         .unwrap();
     let reader = DatasetReader::open(&home, "t").await.unwrap();
-    for (bucket, path) in reader.bucket_paths().iter().enumerate() {
+    for (bucket, path) in reader.bucket_paths().unwrap().iter().enumerate() {
         let file = std::fs::File::open(path).unwrap();
         let options = ArrowReaderOptions::new().with_file_decryption_properties(
             reader
@@ -174,7 +188,7 @@ async fn rows_are_sorted_by_subject_key_with_a_page_index_that_finds_one_page() 
         .await
         .unwrap();
     let reader = DatasetReader::open(&home, "t").await.unwrap();
-    for (bucket, path) in reader.bucket_paths().iter().enumerate() {
+    for (bucket, path) in reader.bucket_paths().unwrap().iter().enumerate() {
         let options = ArrowReaderOptions::new()
             .with_page_index_policy(PageIndexPolicy::Required)
             .with_file_decryption_properties(

@@ -118,13 +118,14 @@ enum Command {
     /// Custodian actions on a subject (protect).
     #[command(subcommand)]
     Subject(commands::lookup::SubjectCommand),
-    /// Read, prove and verify the ledger of every action; collect its
-    /// witnesses' cosignatures.
+    /// Read, prove and verify the ledger of every action; witness it.
     #[command(subcommand)]
     Ledger(commands::ledger::LedgerCommand),
-    /// Run a witness (C2SP tlog-witness) that cosigns a Custos ledger's
-    /// checkpoints only while it stays append-only: for an inspector
-    /// general, a court or another agency. Needs no Custos home.
+    /// Run a witness that cosigns a ledger's checkpoints while it stays
+    /// append-only (C2SP tlog-witness).
+    ///
+    /// For an inspector general, a court or another agency: it needs no
+    /// Custos home, only the verifier key of each log it follows.
     #[command(subcommand)]
     Witness(commands::witness::WitnessCommand),
     /// Serve the HTTP API over this home (loopback by default; TLS for

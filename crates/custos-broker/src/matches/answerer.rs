@@ -11,7 +11,6 @@ use custos_ledger::{Decision, Entry};
 use custos_model::DatasetSchema;
 use custos_policy::{Grant, MatchGrant, Reveal};
 use custos_privacy::psi::{self, Encoded, Party, PsiError};
-use custos_store::DatasetReader;
 use custos_store::matches::{MatchJob, MatchSide, MatchState};
 
 use crate::decide::Denial;
@@ -211,7 +210,9 @@ impl Custos {
         reveal: Reveal,
     ) -> Result<(Recorded, Party, psi::Blinded), BrokerError> {
         let scope = compile_row_scope(grant.row_scope.as_deref(), schema)?;
-        let reader = DatasetReader::open(self.home(), &grant.dataset).await?;
+        let reader = self
+            .open_dataset(&grant.dataset, crate::contents::Reading::All)
+            .await?;
         let key = schema.subject_column().name.clone();
         let protected = self.protected().await?;
         let (keys, _) = tokio::task::spawn_blocking(move || {

@@ -8,7 +8,6 @@ use custos_model::Role;
 use custos_policy::{MatchGrant, Reveal};
 use custos_privacy::psi::{self, Party, PsiError};
 use custos_privacy::tokens::Tokeniser;
-use custos_store::DatasetReader;
 use custos_store::matches::{MatchJob, MatchSide, MatchState};
 
 use crate::decide::Denial;
@@ -70,7 +69,9 @@ impl Custos {
         }
         let scope = compile_row_scope(granted.grant()?.row_scope.as_deref(), &schema)?;
         let protected = self.protected().await?;
-        let reader = DatasetReader::open(self.home(), req.dataset).await?;
+        let reader = self
+            .open_dataset(req.dataset, crate::contents::Reading::All)
+            .await?;
         let key = req.key.to_owned();
         let (keys, subjects) = tokio::task::spawn_blocking(move || {
             read_keys(&reader, &key, scope.as_ref(), &protected)

@@ -1,4 +1,4 @@
-//! `custos dataset ingest|list|describe`.
+//! `custos dataset ingest|list|describe|verify`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +39,18 @@ pub enum DatasetCommand {
     },
     /// Show a dataset's schema, row count and column classes (never values).
     Describe {
+        /// The dataset.
+        name: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every file of a dataset against the SHA-256 digests recorded
+    /// in the ledger at its ingest, and name any file altered, swapped,
+    /// deleted or added (admins and overseers; ledgered). Reads refuse such
+    /// a dataset by themselves; this says where. Exits non-zero on a
+    /// mismatch.
+    Verify {
         /// The dataset.
         name: String,
         /// Print JSON for scripts.
@@ -100,6 +112,34 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 print_description(&d);
+            }
+        }
+        DatasetCommand::Verify { name, json } => {
+            let gateway = Gateway::connect(home, server).await?;
+            let check = gateway.verify_dataset(&name).await;
+            gateway.close()?;
+            let check = check?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&check)?);
+            }
+            match &check.problem {
+                None => {
+                    if !json {
+                        println!(
+                            "Dataset `{}`: all {} files match the digests its ingest recorded in ledger entry {} (content SHA-256 {}).",
+                            check.dataset,
+                            check.files,
+                            check
+                                .ingest_entry
+                                .map_or_else(|| "?".to_owned(), |i| i.to_string()),
+                            check.content_sha256
+                        );
+                    }
+                }
+                Some(problem) => anyhow::bail!(
+                    "dataset `{}` is not as ingested: {problem}. Reads of it are refused; restore the file from a backup (its digest is in the ledger) or ingest the dataset again.",
+                    check.dataset
+                ),
             }
         }
     }

@@ -318,6 +318,20 @@ impl Gateway {
         }
     }
 
+    /// `custos dataset verify`: every file against its ledgered digest.
+    pub async fn verify_dataset(&self, name: &str) -> anyhow::Result<custos_broker::DatasetCheck> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.verify_dataset(actor, name).await?),
+            Self::Remote(c) => {
+                c.post_long(
+                    &format!("/v1/datasets/{}/verify", segment(name)?),
+                    &serde_json::json!({}),
+                )
+                .await
+            }
+        }
+    }
+
     /// `custos agreement list`: each agreement's latest version and state.
     pub async fn agreements(&self) -> anyhow::Result<Vec<(AgreementVersion, AgreementState)>> {
         match self {

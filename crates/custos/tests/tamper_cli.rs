@@ -1,0 +1,205 @@
+//! Datasets whose contents are ledgered, attacked from where an insider
+//! with the home would attack them: a byte flipped in a bucket file, files
+//! swapped between datasets, a file deleted, one added, and a file altered
+//! together with the catalogue's digest. Each is refused by reads (nothing
+//! released), the refusal is ledgered, `dataset verify` names the file,
+//! and restoring the file restores service.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+struct Env {
+    tmp: TempDir,
+    admin: String,
+    gina: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        common::custos(&home, None).arg("init").assert().success();
+        let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+        let gina = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
+        common::ingest_synthetic(
+            &home,
+            &admin,
+            &tmp.path().join("synthetic"),
+            300,
+            &["tax_returns", "benefits"],
+        );
+        let agreement = tmp.path().join("agreement.toml");
+        std::fs::write(
+            &agreement,
+            common::aggregate_agreement("gao-stats", "100.0", "0.1"),
+        )
+        .unwrap();
+        common::custos(&home, Some(&admin))
+            .args(["agreement", "apply"])
+            .arg(&agreement)
+            .assert()
+            .success();
+        Self { tmp, admin, gina }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.tmp.path().join("home")
+    }
+
+    /// The directory of dataset `name`'s files.
+    fn files(&self, name: &str) -> PathBuf {
+        std::fs::read_dir(self.home().join("datasets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}."))
+            })
+            .unwrap()
+    }
+
+    fn query(&self) -> std::process::Output {
+        common::custos(&self.home(), Some(&self.gina))
+            .args(["query", "--agreement", "gao-stats"])
+            .arg("SELECT COUNT(*) FROM tax_returns")
+            .output()
+            .unwrap()
+    }
+
+    fn verify(&self, name: &str) -> std::process::Output {
+        common::custos(&self.home(), Some(&self.admin))
+            .args(["dataset", "verify", name])
+            .output()
+            .unwrap()
+    }
+
+    fn tampered_entries(&self) -> usize {
+        common::ledger(&self.home())
+            .iter()
+            .filter(|e| e["action"] == "dataset.tampered")
+            .count()
+    }
+
+    /// The query and `dataset verify` both refuse, naming `file` and
+    /// `what`; one more `dataset.tampered` entry per refusal.
+    fn assert_refused(&self, file: &str, what: &str) {
+        let before = self.tampered_entries();
+        let out = self.query();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "a query read a tampered dataset");
+        assert!(said.contains("tampered"), "{said}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("count"));
+        let out = self.verify("tax_returns");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success());
+        assert!(said.contains(file) && said.contains(what), "{said}");
+        assert_eq!(self.tampered_entries(), before + 2);
+    }
+
+    fn assert_served(&self) {
+        let out = self.query();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self.verify("tax_returns");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn each_kind_of_tampering_is_refused_named_and_ledgered() {
+    let env = Env::new();
+    env.assert_served();
+    let tax = env.files("tax_returns");
+    let benefits = env.files("benefits");
+    let bucket = tax.join("bucket-0000.parquet");
+    let original = std::fs::read(&bucket).unwrap();
+
+    // A byte flipped.
+    flip_byte(&bucket);
+    env.assert_refused("bucket-0000.parquet", "altered");
+    std::fs::write(&bucket, &original).unwrap();
+    env.assert_served();
+
+    // Swapped with another dataset's file (both directions).
+    let other = benefits.join("bucket-0000.parquet");
+    let parked = env.tmp.path().join("parked");
+    std::fs::rename(&bucket, &parked).unwrap();
+    std::fs::rename(&other, &bucket).unwrap();
+    std::fs::rename(&parked, &other).unwrap();
+    env.assert_refused("bucket-0000.parquet", "altered");
+    std::fs::rename(&bucket, &parked).unwrap();
+    std::fs::rename(&other, &bucket).unwrap();
+    std::fs::rename(&parked, &other).unwrap();
+    env.assert_served();
+
+    // Deleted.
+    std::fs::rename(&bucket, &parked).unwrap();
+    env.assert_refused("bucket-0000.parquet", "deleted");
+    std::fs::rename(&parked, &bucket).unwrap();
+    env.assert_served();
+
+    // Added.
+    let extra = tax.join("bucket-0001.parquet");
+    std::fs::copy(&bucket, &extra).unwrap();
+    env.assert_refused("bucket-0001.parquet", "added");
+    std::fs::remove_file(&extra).unwrap();
+    env.assert_served();
+}
+
+/// The insider who alters a file and updates the catalogue's digest to
+/// match: the catalogue no longer matches the ingest's ledger entry.
+#[test]
+fn a_file_altered_with_its_catalogue_digest_is_caught_by_the_ledger() {
+    let env = Env::new();
+    let bucket = env.files("tax_returns").join("bucket-0000.parquet");
+    flip_byte(&bucket);
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&bucket).unwrap()))
+    };
+    let db = env.home().join("custos.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let changed =
+            sqlx::query("UPDATE datasets SET file_digests = ? WHERE name = 'tax_returns'")
+                .bind(format!("bucket-0000.parquet {digest}\n"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(changed.rows_affected(), 1);
+    });
+    let out = env.query();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("does not match ledger entry"), "{said}");
+    let out = env.verify("tax_returns");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match ledger entry"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
