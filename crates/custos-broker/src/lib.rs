@@ -18,6 +18,7 @@ mod agreements;
 mod contents;
 mod decide;
 mod extracts;
+mod ledger_key;
 mod lookups;
 mod matches;
 mod queries;
@@ -28,7 +29,9 @@ mod witnessing;
 pub use contents::DatasetCheck;
 pub use custos_model::AgreementStatus;
 pub use custos_privacy::{AppliedBounds, BoundsSource};
+pub use custos_store::LedgerKeySource;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
+pub use ledger_key::{KeyRotation, LedgerKeyFrom};
 pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
 pub use queries::AggregateAnswer;
@@ -51,9 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_ledger::{
-    Decision, Entry, Ledger, LedgerConfig, LedgerError, SubjectCommitment, SubjectCommitter,
-};
+use custos_ledger::{Decision, Entry, Ledger, LedgerError, SubjectCommitment, SubjectCommitter};
 use custos_model::principal::{self, IssuedToken};
 use custos_model::{Principal, PrincipalError, Role};
 use custos_store::dataset;
@@ -188,6 +189,8 @@ impl Actor {
 pub struct Custos {
     home: Home,
     ledger: Ledger,
+    /// The file the ledger signing key came from (`None`: environment).
+    ledger_key_file: Option<PathBuf>,
     subjects: SubjectCommitter,
     /// Compiled policies per (agreement, version, SHA-256 of the guards).
     engines: std::sync::Mutex<EngineCache>,
@@ -319,40 +322,46 @@ fn faults_from_env() -> custos_ledger::FaultPlan {
 
 /// A home's published ledger, for reading without opening the ledger's
 /// writer (so it works beside a running server): its directory and the key
-/// that verifies its checkpoints. Needs the master key (the signing key is
-/// wrapped under it); nothing else of the home is reached.
+/// that verifies its checkpoints (the catalogue's public key; no secret is
+/// needed, but the home is opened, so the master key is checked).
 pub async fn published_ledger(
     root: &Path,
     external_key: Option<ExternalKey>,
 ) -> Result<(PathBuf, String), BrokerError> {
     let home = Home::open(root, external_key.map(|k| k.0)).await?;
-    let signer = custos_ledger::NoteSigner::new(&home.origin().await?, home.signing_key().await?);
-    Ok((home.ledger_dir(), signer.verifier_key()))
-}
-
-async fn open_ledger(home: &Home) -> Result<Ledger, BrokerError> {
-    let config = LedgerConfig {
-        dir: home.ledger_dir(),
-        origin: home.origin().await?,
-        signing_key: home.signing_key().await?,
-        checkpoint_interval: CHECKPOINT_INTERVAL,
-        faults: faults_from_env(),
-    };
-    // Opening replays and fsyncs; keep it off the async workers.
-    tokio::task::spawn_blocking(move || Ledger::open(config))
-        .await
-        .map_err(|_| LedgerError::Closed)?
-        .map_err(BrokerError::from)
+    let vkey = custos_ledger::note::verifier_key_for(
+        &home.origin().await?,
+        &home.ledger_public_key().await?,
+    );
+    Ok((home.ledger_dir(), vkey))
 }
 
 impl Custos {
     /// Creates a home and its ledger, whose first entry records the init.
-    /// If the ledger cannot record it, the new home is removed again.
+    /// If the ledger cannot record it, the new home is removed again. The
+    /// ledger signing key goes to `ROOT.ledger.key` beside the home.
     pub async fn init(
         root: &Path,
         key: MasterKeySource,
         origin: Option<String>,
     ) -> Result<(Self, InitReport), BrokerError> {
+        Self::init_with(root, key, origin, LedgerKeySource::beside(root)).await
+    }
+
+    /// [`Custos::init`] with the ledger signing key from `ledger_key`.
+    pub async fn init_with(
+        root: &Path,
+        key: MasterKeySource,
+        origin: Option<String>,
+        ledger_key: LedgerKeySource,
+    ) -> Result<(Self, InitReport), BrokerError> {
+        let reopen_ledger = LedgerKeyFrom {
+            seed: match &ledger_key {
+                LedgerKeySource::External(seed) => Some(seed.clone()),
+                LedgerKeySource::File(_) => None,
+            },
+            file: None,
+        };
         let (store_key, reopen_key) = match key {
             MasterKeySource::External(ExternalKey(k)) => {
                 let again = ExternalKey(k.duplicate());
@@ -360,8 +369,8 @@ impl Custos {
             }
             MasterKeySource::GenerateFile => (custos_store::MasterKeySource::GenerateFile, None),
         };
-        let report = Home::init(root, store_key, origin).await?;
-        let opened = Self::open(root, reopen_key).await;
+        let report = Home::init_with(root, store_key, origin, ledger_key).await?;
+        let opened = Self::open_with(root, reopen_key, reopen_ledger).await;
         let custos = match opened {
             Ok(c) => c,
             Err(e) => {
@@ -380,18 +389,32 @@ impl Custos {
         if let Err(e) = custos.append(&entry) {
             drop(custos);
             let _ = std::fs::remove_dir_all(root);
+            if let Some(file) = &report.ledger_key_file {
+                let _ = std::fs::remove_file(file);
+            }
             return Err(e);
         }
         Ok((custos, report))
     }
 
-    /// Opens an existing home and recovers its ledger.
+    /// Opens an existing home and recovers its ledger (the ledger key from
+    /// the file the home names).
     pub async fn open(root: &Path, external_key: Option<ExternalKey>) -> Result<Self, BrokerError> {
+        Self::open_with(root, external_key, LedgerKeyFrom::default()).await
+    }
+
+    /// [`Custos::open`] with the ledger key from `ledger_key` if given.
+    pub async fn open_with(
+        root: &Path,
+        external_key: Option<ExternalKey>,
+        ledger_key: LedgerKeyFrom,
+    ) -> Result<Self, BrokerError> {
         let home = Home::open(root, external_key.map(|k| k.0)).await?;
-        let ledger = open_ledger(&home).await?;
+        let (ledger, ledger_key_file) = ledger_key::open_ledger(&home, &ledger_key).await?;
         let subjects = SubjectCommitter::new(&home.ledger_subject_key());
         Ok(Self {
             home,
+            ledger_key_file,
             ledger,
             subjects,
             engines: std::sync::Mutex::new(EngineCache::new()),

@@ -50,6 +50,7 @@ fn open(dir: &std::path::Path) -> Ledger {
         dir: dir.to_owned(),
         origin: "bench.custos.local/ledger".into(),
         signing_key: SigningKey::from_bytes(&[1; 32]),
+        next_key: None,
         checkpoint_interval: Duration::from_secs(1),
         faults: custos_ledger::FaultPlan::default(),
     })

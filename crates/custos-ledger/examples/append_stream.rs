@@ -21,6 +21,7 @@ fn main() {
             dir: dir.into(),
             origin: "test.custos.local/ledger".into(),
             signing_key: SigningKey::from_bytes(&[42; 32]),
+            next_key: None,
             checkpoint_interval: Duration::from_millis(20),
             faults: custos_ledger::FaultPlan::default(),
         })

@@ -8,6 +8,7 @@
 //! - [`log`]: the durable, group-committed writer and its crash recovery.
 //! - [`read`]: entries and proofs from the published files, and proof checking.
 //! - [`verify`]: full verification against the checkpoint and an older one.
+//! - [`key_change`]: rotating the signing key, and following the chain (pure).
 //! - [`cosignature`]: witness cosignatures (C2SP `cosignature/v1`, pure).
 //! - [`policy`]: witness policies in the Sigsum format (pure).
 //! - [`witness_wire`]: the C2SP tlog-witness `add-checkpoint` bytes (pure).
@@ -17,6 +18,7 @@
 
 pub mod cosignature;
 pub mod entry;
+pub mod key_change;
 pub mod log;
 pub mod merkle;
 pub mod note;

@@ -62,6 +62,9 @@ pub struct LedgerConfig {
     pub origin: String,
     /// The instance's Ed25519 key.
     pub signing_key: SigningKey,
+    /// The key an interrupted rotation was moving to, if any: recovery
+    /// switches to it if the ledger already recorded the change.
+    pub next_key: Option<SigningKey>,
     /// Longest time between an append and the checkpoint that covers it.
     pub checkpoint_interval: Duration,
     /// Faults to inject (tests of failing closed); none by default.
@@ -112,6 +115,12 @@ enum Command {
     },
     Checkpoint {
         reply: Reply<VerifiedCheckpoint>,
+    },
+    RotateKey {
+        key: Box<SigningKey>,
+        time_micros: i64,
+        actor: String,
+        reply: Reply<(u64, VerifiedCheckpoint)>,
     },
 }
 
@@ -171,10 +180,11 @@ impl Ledger {
         lock.try_lock()
             .map_err(|_| LedgerError::Busy(dir.clone()))?;
         let signer = NoteSigner::new(&config.origin, config.signing_key);
-        let verifier_key = signer.verifier_key();
-        let mut writer = Writer::recover(&dir, signer, config.checkpoint_interval)?;
+        let next = config.next_key.map(|k| NoteSigner::new(&config.origin, k));
+        let mut writer = Writer::recover(&dir, signer, next, config.checkpoint_interval)?;
         writer.faults = config.faults;
         writer.checkpoint()?;
+        let verifier_key = writer.signer.verifier_key();
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
         let thread = std::thread::Builder::new()
             .name("custos-ledger".into())
@@ -236,6 +246,27 @@ impl Ledger {
         self.send(|reply| Command::Checkpoint { reply })
     }
 
+    /// Rotates the signing key: appends a `ledger.key_change` entry whose
+    /// statement the current key signs, then publishes a checkpoint signed
+    /// by both keys; later checkpoints are signed by `key` alone. Returns
+    /// the entry's index and that checkpoint.
+    pub fn rotate_key(
+        &mut self,
+        key: SigningKey,
+        time_micros: i64,
+        actor: &str,
+    ) -> Result<(u64, VerifiedCheckpoint), LedgerError> {
+        let vkey = NoteSigner::new(&self.origin, key.clone()).verifier_key();
+        let done = self.send(|reply| Command::RotateKey {
+            key: Box::new(key),
+            time_micros,
+            actor: actor.to_owned(),
+            reply,
+        })?;
+        self.verifier_key = vkey;
+        Ok(done)
+    }
+
     /// Publishes a final checkpoint and stops the writer.
     pub fn close(mut self) -> Result<(), LedgerError> {
         self.shutdown()
@@ -280,10 +311,27 @@ struct Writer {
     /// Journal commits since opening, and the faults to inject.
     commits: u64,
     faults: FaultPlan,
+    /// The key being rotated away from: it also signs the next checkpoint.
+    retiring: Option<NoteSigner>,
+    /// The key an interrupted rotation was moving to (recovery only).
+    next: Option<NoteSigner>,
 }
 
 impl Writer {
-    fn recover(dir: &Path, signer: NoteSigner, interval: Duration) -> Result<Self, LedgerError> {
+    fn recover(
+        dir: &Path,
+        signer: NoteSigner,
+        next: Option<NoteSigner>,
+        interval: Duration,
+    ) -> Result<Self, LedgerError> {
+        // A rotation that reached the published checkpoint: the new key
+        // signs from here on.
+        let (signer, next) = match (fs::read(dir.join(CHECKPOINT)), next) {
+            (Ok(note), Some(next)) if verify_checkpoint(&note, &next.verifier_key()).is_ok() => {
+                (next, None)
+            }
+            (_, next) => (signer, next),
+        };
         let journal_path = dir.join(JOURNAL);
         let mut journal = OpenOptions::new()
             .read(true)
@@ -320,6 +368,8 @@ impl Writer {
             failed: false,
             commits: 0,
             faults: FaultPlan::default(),
+            retiring: None,
+            next,
         };
         // Resume from the last state whose tiles check out and that agrees
         // with the signed checkpoint; else rebuild from the journal alone.
@@ -467,6 +517,7 @@ impl Writer {
                 )));
             }
             self.push_leaf(leaf, &entry);
+            self.resume_rotation(&entry);
             if self.completed.len() >= MAX_COMPLETED {
                 self.write_completed()?;
             }
@@ -574,6 +625,7 @@ impl Writer {
             // Group commit: everything already waiting shares this fsync.
             let mut appends: Vec<AppendGroup> = Vec::new();
             let mut checkpoints: Vec<Reply<VerifiedCheckpoint>> = Vec::new();
+            let mut rotations = Vec::new();
             let mut pending = 0usize;
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
@@ -583,6 +635,12 @@ impl Writer {
                         appends.push((entries, reply));
                     }
                     Command::Checkpoint { reply } => checkpoints.push(reply),
+                    Command::RotateKey {
+                        key,
+                        time_micros,
+                        actor,
+                        reply,
+                    } => rotations.push((key, time_micros, actor, reply)),
                 }
                 if pending < MAX_GROUP {
                     next = rx.try_recv().ok();
@@ -602,6 +660,9 @@ impl Writer {
                     tracing::error!(error = %e, "periodic checkpoint failed");
                 }
                 due = None;
+            }
+            for (key, time_micros, actor, reply) in rotations {
+                let _ = reply.send(self.rotate(*key, time_micros, &actor));
             }
             for reply in checkpoints {
                 let _ = reply.send(self.checkpoint());
@@ -671,6 +732,43 @@ impl Writer {
         results
     }
 
+    /// Appends the key-change entry (signed by the current key), switches
+    /// to `key`, and publishes a checkpoint signed by both.
+    fn rotate(
+        &mut self,
+        key: SigningKey,
+        time_micros: i64,
+        actor: &str,
+    ) -> Result<(u64, VerifiedCheckpoint), LedgerError> {
+        let new = NoteSigner::new(self.signer.origin(), key);
+        let entry = crate::key_change::entry(&self.signer, &new, time_micros, actor).encode()?;
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let index = self
+            .commit(&[(vec![entry], tx)])
+            .pop()
+            .ok_or(LedgerError::Unavailable)??
+            .start;
+        let old = std::mem::replace(&mut self.signer, new);
+        self.retiring = Some(old);
+        Ok((index, self.checkpoint()?))
+    }
+
+    /// During recovery: a replayed key-change entry to the key an
+    /// interrupted rotation was moving to completes that rotation.
+    fn resume_rotation(&mut self, encoded: &[u8]) {
+        let Some(next) = &self.next else { return };
+        let Ok(entry) = Entry::decode(encoded) else {
+            return;
+        };
+        if let Ok(Some(new)) = crate::key_change::follow(&entry, &self.signer.verifier_key())
+            && new == next.verifier_key()
+            && let Some(next) = self.next.take()
+        {
+            let old = std::mem::replace(&mut self.signer, next);
+            self.retiring = Some(old);
+        }
+    }
+
     /// Publishes partial tiles and a signed checkpoint for the current size.
     fn checkpoint(&mut self) -> Result<VerifiedCheckpoint, LedgerError> {
         if self.failed {
@@ -711,8 +809,13 @@ impl Writer {
         // covers them: far cheaper than an fsync per file.
         let dir_handle = File::open(&self.dir).map_err(io(&self.dir))?;
         rustix::fs::syncfs(&dir_handle).map_err(|e| io(&self.dir)(e.into()))?;
-        let note = self.signer.sign(size, root).map_err(damaged)?;
+        let note = match &self.retiring {
+            Some(old) => self.signer.sign_with(old, size, root),
+            None => self.signer.sign(size, root),
+        }
+        .map_err(damaged)?;
         write_atomic(&self.dir.join(CHECKPOINT), &note)?;
+        self.retiring = None;
         let state = State {
             size,
             journal_offset: self.journal_len,

@@ -97,6 +97,30 @@ impl NoteSigner {
     }
 }
 
+impl NoteSigner {
+    /// A checkpoint note signed by this key and by `also` (the key a
+    /// rotation retires), so verifiers holding either accept it.
+    pub fn sign_with(
+        &self,
+        also: &NoteSigner,
+        size: u64,
+        root: [u8; 32],
+    ) -> Result<Vec<u8>, CheckpointError> {
+        let body = Checkpoint::new(&self.origin, size, Hash(root), "")
+            .map_err(|_| CheckpointError::Body)?;
+        let mut note =
+            Note::new(&body.to_bytes(), &[]).map_err(|e| CheckpointError::Note(e.to_string()))?;
+        note.add_sigs(&[also, self])
+            .map_err(|e| CheckpointError::Note(e.to_string()))?;
+        Ok(note.to_bytes())
+    }
+}
+
+/// The checkpoint verifier key of `origin` signed with `key`.
+pub fn verifier_key_for(origin: &str, key: &VerifyingKey) -> String {
+    signed_note::new_ed25519_verifier_key(origin, key)
+}
+
 impl signed_note::Signer for NoteSigner {
     fn name(&self) -> &str {
         &self.origin

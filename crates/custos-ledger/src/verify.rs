@@ -33,6 +33,11 @@ pub struct VerifyReport {
     pub consistent_with: Option<u64>,
     /// Journal records compared with the published entries (local homes).
     pub journal_checked: u64,
+    /// The key that signs the newest checkpoint (the one given, or where
+    /// the chain of key changes from it leads).
+    pub signing_key: String,
+    /// Key changes followed from the key given.
+    pub key_changes: u64,
 }
 
 fn fail(message: String) -> LedgerError {
@@ -146,12 +151,12 @@ pub fn verify_ledger(
 ) -> Result<VerifyReport, LedgerError> {
     let note = fs::read(dir.join(crate::log::CHECKPOINT))
         .map_err(|e| fail(format!("checkpoint: cannot be read ({e})")))?;
-    let latest: VerifiedCheckpoint =
-        verify_checkpoint(&note, verifier_key).map_err(|e| fail(format!("checkpoint: {e}")))?;
+    // The signatures are checked once the entries have shown which key
+    // signs now (a key change is an entry); the sizes and roots first.
+    let latest = unverified(&note).map_err(|e| fail(format!("checkpoint: {e}")))?;
     let old = match older {
         Some(note) => {
-            let old = verify_checkpoint(note, verifier_key)
-                .map_err(|e| fail(format!("older checkpoint: {e}")))?;
+            let old = unverified(note).map_err(|e| fail(format!("older checkpoint: {e}")))?;
             if old.size > latest.size {
                 return Err(fail(format!(
                     "the older checkpoint covers {} entries but the log now has {}: entries were deleted",
@@ -176,6 +181,8 @@ pub fn verify_ledger(
         checked: 0,
     };
     let size = latest.size;
+    let mut key = verifier_key.to_owned();
+    let mut chain = vec![key.clone()];
     let mut bundle_index = 0;
     while bundle_index * TILE_WIDTH < size {
         let width = (size - bundle_index * TILE_WIDTH).min(TILE_WIDTH);
@@ -188,8 +195,14 @@ pub fn verify_ledger(
             bundle_entries(&bytes, width).map_err(|e| fail(format!("{}: {e}", id.path())))?;
         for (i, entry) in entries.iter().enumerate() {
             let index = bundle_index * TILE_WIDTH + i as u64;
-            Entry::decode(entry)
+            let decoded = Entry::decode(entry)
                 .map_err(|e| fail(format!("entry {index} in {}: {e}", id.path())))?;
+            if let Some(new) = crate::key_change::follow(&decoded, &key)
+                .map_err(|e| fail(format!("entry {index}: {e}")))?
+            {
+                key = new;
+                chain.push(key.clone());
+            }
             if let Some(recorded) = journal.next()? {
                 if recorded != *entry {
                     return Err(fail(format!(
@@ -233,11 +246,39 @@ pub fn verify_ledger(
             "the {size} entries do not hash to the root in the signed checkpoint"
         )));
     }
+    verify_checkpoint(&note, &key).map_err(|e| {
+        fail(format!(
+            "checkpoint: not signed by the ledger's current key `{key}` ({} key change(s) followed from the key given): {e}",
+            chain.len() - 1
+        ))
+    })?;
+    if let Some(older) = older
+        && !chain.iter().any(|k| verify_checkpoint(older, k).is_ok())
+    {
+        return Err(fail(
+            "older checkpoint: not signed by the key given or any key the ledger changed to".into(),
+        ));
+    }
     Ok(VerifyReport {
         size,
         root: hex::encode(latest.root),
         tiles_checked: levels.checked,
         consistent_with: old.map(|o| o.size),
         journal_checked,
+        signing_key: key,
+        key_changes: chain.len() as u64 - 1,
+    })
+}
+
+/// A checkpoint's size and root, before its signature is checked.
+fn unverified(note: &[u8]) -> Result<VerifiedCheckpoint, String> {
+    let parsed = signed_note::Note::from_bytes(note).map_err(|e| e.to_string())?;
+    let cp = tlog_tiles::Checkpoint::from_bytes(parsed.text())
+        .map_err(|_| "the body is not a checkpoint".to_owned())?;
+    Ok(VerifiedCheckpoint {
+        origin: cp.origin().to_owned(),
+        size: cp.size(),
+        root: cp.hash().0,
+        note: note.to_vec(),
     })
 }

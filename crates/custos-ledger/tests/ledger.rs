@@ -21,6 +21,7 @@ fn config(dir: &Path) -> LedgerConfig {
         dir: dir.to_owned(),
         origin: ORIGIN.into(),
         signing_key: SigningKey::from_bytes(&[42; 32]),
+        next_key: None,
         checkpoint_interval: Duration::from_millis(200),
         faults: custos_ledger::FaultPlan::default(),
     }
@@ -586,4 +587,80 @@ fn edited_tiles_with_a_forged_state_are_rebuilt_from_the_journal() {
     // Recovery distrusts the state, replays the journal and rewrites every tile.
     Ledger::open(config(&dir)).unwrap().close().unwrap();
     assert_eq!(verify_ledger(&dir, &key, None).unwrap().size, 600);
+}
+
+/// A key rotation: the change is an entry signed by the old key, the
+/// first checkpoint after it carries both signatures, later ones the new
+/// key's; verification from the old key follows the chain, from the new
+/// key passes over it, and from an unrelated key fails.
+#[test]
+fn a_rotated_key_is_followed_by_verification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let old_key = config(&dir).signing_key.verifying_key();
+    let old_vkey = custos_ledger::note::verifier_key_for(ORIGIN, &old_key);
+    let mut ledger = Ledger::open(config(&dir)).unwrap();
+    for i in 0..10 {
+        ledger.append(&entry(i)).unwrap();
+    }
+    let new = SigningKey::from_bytes(&[7; 32]);
+    let new_vkey = custos_ledger::note::verifier_key_for(ORIGIN, &new.verifying_key());
+    let (index, cp) = ledger
+        .rotate_key(new.clone(), 1_700_000_000_000_000, "admin")
+        .unwrap();
+    assert_eq!(index, 10);
+    // Both keys verify the transition checkpoint.
+    custos_ledger::verify_checkpoint(&cp.note, &old_vkey).unwrap();
+    custos_ledger::verify_checkpoint(&cp.note, &new_vkey).unwrap();
+    assert_eq!(ledger.verifier_key(), new_vkey);
+    ledger.append(&entry(11)).unwrap();
+    ledger.close().unwrap();
+    let latest = LedgerReader::new(&dir).checkpoint_note().unwrap();
+    assert!(custos_ledger::verify_checkpoint(&latest, &old_vkey).is_err());
+    let report = verify_ledger(&dir, &old_vkey, None).unwrap();
+    assert_eq!(
+        (report.key_changes, report.signing_key.as_str()),
+        (1, new_vkey.as_str())
+    );
+    let report = verify_ledger(&dir, &new_vkey, None).unwrap();
+    assert_eq!(report.key_changes, 0);
+    let stranger = custos_ledger::note::verifier_key_for(
+        ORIGIN,
+        &SigningKey::from_bytes(&[9; 32]).verifying_key(),
+    );
+    assert!(verify_ledger(&dir, &stranger, None).is_err());
+    // Reopened with the new key, the ledger goes on.
+    let mut cfg = config(&dir);
+    cfg.signing_key = new;
+    let ledger = Ledger::open(cfg).unwrap();
+    ledger.append(&entry(12)).unwrap();
+    ledger.close().unwrap();
+    verify_ledger(&dir, &old_vkey, None).unwrap();
+}
+
+/// A rotation interrupted after the ledger recorded it (the home still
+/// names the old key, the new one is offered as `next_key`): recovery
+/// switches to the new key, and the chain stays whole.
+#[test]
+fn an_interrupted_rotation_resumes_with_the_new_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ledger");
+    let old_vkey =
+        custos_ledger::note::verifier_key_for(ORIGIN, &config(&dir).signing_key.verifying_key());
+    let new = SigningKey::from_bytes(&[7; 32]);
+    let mut ledger = Ledger::open(config(&dir)).unwrap();
+    ledger.append(&entry(0)).unwrap();
+    ledger.rotate_key(new.clone(), 1, "admin").unwrap();
+    ledger.close().unwrap();
+    // Reopened with the old key (the home was not updated) and the new one
+    // offered: the new one is used, and so is never the old one again.
+    let mut cfg = config(&dir);
+    cfg.next_key = Some(new.clone());
+    let ledger = Ledger::open(cfg).unwrap();
+    ledger.append(&entry(1)).unwrap();
+    ledger.close().unwrap();
+    let report = verify_ledger(&dir, &old_vkey, None).unwrap();
+    assert_eq!(report.key_changes, 1);
+    // Without the new key offered, the old key cannot open it any more.
+    assert!(Ledger::open(config(&dir)).is_err());
 }

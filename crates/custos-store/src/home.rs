@@ -15,10 +15,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
 use crate::keys::{KEY_LEN, KeyError, MasterKey, random_bytes};
+use crate::ledger_key::LedgerKeySource;
 use crate::meta::{MetaError, MetadataStore, SqliteMetadata};
 
 /// The on-disk format version this build writes and reads.
@@ -32,7 +33,7 @@ pub const DATASETS_DIR: &str = "datasets";
 /// Name of the ledger directory inside a home.
 pub const LEDGER_DIR: &str = "ledger";
 
-const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
+pub(crate) const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
 
 /// Errors opening or creating a home.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,15 @@ pub enum HomeError {
     /// An origin that is not a valid checkpoint origin line.
     #[error("origin `{0}` is not allowed: use 1-128 printable characters without spaces or `+`")]
     BadOrigin(String),
+    /// The ledger signing key is missing, malformed or not this home's.
+    #[error("{0}")]
+    LedgerKey(String),
+    /// A ledger key file was to be written inside the home.
+    #[error(
+        "`{}` is inside the home: the ledger signing key must live apart from the data (and its backups)",
+        .0.display()
+    )]
+    LedgerKeyInside(PathBuf),
     /// A key problem.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -123,6 +133,8 @@ pub struct InitReport {
     pub origin: String,
     /// The instance's Ed25519 public key, hex.
     pub public_key_hex: String,
+    /// Where the ledger signing key was written (`None`: from the environment).
+    pub ledger_key_file: Option<PathBuf>,
 }
 
 /// An opened home: its root, master key and metadata store.
@@ -143,7 +155,7 @@ pub fn valid_origin(origin: &str) -> bool {
         && origin.chars().all(|c| c.is_ascii_graphic() && c != '+')
 }
 
-fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
+pub(crate) fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), HomeError> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -176,6 +188,16 @@ impl Home {
         key: MasterKeySource,
         origin: Option<String>,
     ) -> Result<InitReport, HomeError> {
+        Self::init_with(root, key, origin, LedgerKeySource::beside(root)).await
+    }
+
+    /// [`Home::init`] with the ledger signing key from `ledger_key`.
+    pub async fn init_with(
+        root: &Path,
+        key: MasterKeySource,
+        origin: Option<String>,
+        ledger_key: LedgerKeySource,
+    ) -> Result<InitReport, HomeError> {
         if root.exists() {
             let empty = root.is_dir() && fs::read_dir(root).map_err(io_err(root))?.next().is_none();
             if !empty {
@@ -198,11 +220,28 @@ impl Home {
             .create(&parent)
             .map_err(io_err(&parent))?;
         let staging = parent.join(format!(".custos-init-{}", hex_random(8)?));
-        let result = Self::populate(&staging, key, &origin).await;
+        // The ledger key first, outside the home; removed again on failure.
+        let (seed, key_file) = match ledger_key {
+            LedgerKeySource::File(path) => {
+                let absolute = std::path::absolute(&path).map_err(io_err(&path))?;
+                let home = std::path::absolute(root).map_err(io_err(root))?;
+                if absolute.starts_with(&home) {
+                    return Err(HomeError::LedgerKeyInside(path));
+                }
+                let seed = crate::ledger_key::generate()?;
+                crate::ledger_key::write_key_file(&absolute, &seed)?;
+                (seed, Some(absolute))
+            }
+            LedgerKeySource::External(seed) => (seed, None),
+        };
+        let result = Self::populate(&staging, key, &origin, &seed, key_file.as_deref()).await;
         let report = match result {
             Ok(report) => report,
             Err(e) => {
                 let _ = fs::remove_dir_all(&staging);
+                if let Some(file) = &key_file {
+                    let _ = fs::remove_file(file);
+                }
                 return Err(e);
             }
         };
@@ -222,6 +261,8 @@ impl Home {
         dir: &Path,
         key: MasterKeySource,
         origin: &str,
+        seed: &[u8; KEY_LEN],
+        key_file: Option<&Path>,
     ) -> Result<InitReport, HomeError> {
         fs::DirBuilder::new()
             .mode(0o700)
@@ -243,9 +284,7 @@ impl Home {
             }
             MasterKeySource::External(master) => (master, false),
         };
-        let mut seed = Zeroizing::new([0u8; KEY_LEN]);
-        random_bytes(seed.as_mut())?;
-        let signing = SigningKey::from_bytes(&seed);
+        let signing = SigningKey::from_bytes(seed);
         let public_key_hex = hex::encode(signing.verifying_key().as_bytes());
         let meta = SqliteMetadata::open(&dir.join(METADATA_DB_FILE), true).await?;
         meta.insert_instance_value("format_version", FORMAT_VERSION.as_bytes())
@@ -259,13 +298,22 @@ impl Home {
         .await?;
         meta.insert_instance_value("origin", origin.as_bytes())
             .await?;
+        // The ledger key itself is not kept here: only its public half and
+        // where it lives.
         meta.insert_instance_value(
-            "signing_key_wrapped",
-            &master.wrap(SIGNING_KEY_PURPOSE, seed.as_ref())?,
+            crate::ledger_key::SOURCE,
+            if key_file.is_some() { b"file" } else { b"env" },
         )
         .await?;
-        meta.insert_instance_value("signing_public_key", signing.verifying_key().as_bytes())
-            .await?;
+        if let Some(file) = key_file {
+            meta.insert_instance_value(crate::ledger_key::FILE, file.to_string_lossy().as_bytes())
+                .await?;
+        }
+        meta.insert_instance_value(
+            crate::ledger_key::PUBLIC,
+            signing.verifying_key().as_bytes(),
+        )
+        .await?;
         meta.insert_instance_value("created_at", now_rfc3339().as_bytes())
             .await?;
         meta.close().await;
@@ -275,6 +323,7 @@ impl Home {
             master_key_file,
             origin: origin.to_owned(),
             public_key_hex,
+            ledger_key_file: key_file.map(Path::to_owned),
         })
     }
 
@@ -367,29 +416,6 @@ impl Home {
             .unwrap_or_default();
         Ok(String::from_utf8_lossy(&raw).into_owned())
     }
-
-    /// The instance's Ed25519 signing key, unwrapped with the master key.
-    pub async fn signing_key(&self) -> Result<SigningKey, HomeError> {
-        let wrapped = self
-            .meta
-            .instance_value("signing_key_wrapped")
-            .await?
-            .unwrap_or_default();
-        let seed =
-            self.master
-                .unwrap_secret(SIGNING_KEY_PURPOSE, "instance signing key", &wrapped)?;
-        let seed: Zeroizing<[u8; KEY_LEN]> = Zeroizing::new(
-            seed.as_slice()
-                .try_into()
-                .map_err(|_| KeyError::Unwrap("instance signing key"))?,
-        );
-        Ok(SigningKey::from_bytes(&seed))
-    }
-
-    /// The instance's Ed25519 public key.
-    pub async fn verifying_key(&self) -> Result<VerifyingKey, HomeError> {
-        Ok(self.signing_key().await?.verifying_key())
-    }
 }
 
 /// The current UTC time in RFC 3339 with seconds.
@@ -424,16 +450,86 @@ mod tests {
         let home = Home::open(&root, None).await.unwrap();
         assert_eq!(home.origin().await.unwrap(), "example.org/custos");
         assert_eq!(
-            hex::encode(home.verifying_key().await.unwrap().as_bytes()),
+            hex::encode(home.ledger_public_key().await.unwrap().as_bytes()),
             report.public_key_hex
         );
         let again = Home::init(&root, MasterKeySource::GenerateFile, None)
             .await
             .unwrap_err();
         assert!(matches!(again, HomeError::AlreadyExists(_)));
-        // Nothing was left behind by the refused init.
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1);
+        // Nothing was left behind by the refused init: the home and, beside
+        // it, the ledger key.
+        let mut leftovers: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        leftovers.sort();
+        assert_eq!(leftovers, ["home", "home.ledger.key"]);
+    }
+
+    /// The ledger signing key is not in the home in any form: holding the
+    /// home and its master key is not enough to re-sign the ledger.
+    #[tokio::test]
+    async fn the_ledger_key_lives_outside_the_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("home");
+        Home::init(&root, MasterKeySource::GenerateFile, None)
+            .await
+            .unwrap();
+        let key_file = dir.path().join("home.ledger.key");
+        let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let seed_hex = fs::read_to_string(&key_file).unwrap().trim().to_owned();
+        let seed = hex::decode(&seed_hex).unwrap();
+        let mut stack = vec![root.clone()];
+        let mut files = 0;
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                files += 1;
+                let bytes = fs::read(&p).unwrap();
+                assert!(!bytes.windows(32).any(|w| w == seed.as_slice()), "{p:?}");
+                assert!(
+                    !bytes.windows(64).any(|w| w == seed_hex.as_bytes()),
+                    "{p:?}"
+                );
+            }
+        }
+        assert!(files >= 2);
+        let home = Home::open(&root, None).await.unwrap();
+        assert_eq!(
+            home.meta()
+                .instance_value(crate::ledger_key::WRAPPED)
+                .await
+                .unwrap(),
+            None
+        );
+        // Without the file, the ledger key is missing (and says where).
+        fs::rename(&key_file, dir.path().join("elsewhere")).unwrap();
+        let e = home.ledger_keys(None, None).await.unwrap_err();
+        assert!(e.to_string().contains("home.ledger.key"), "{e}");
+        // A group-readable key file is refused.
+        fs::rename(dir.path().join("elsewhere"), &key_file).unwrap();
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            home.ledger_keys(None, None).await,
+            Err(HomeError::KeyFileShared { .. })
+        ));
+        // A key file inside the home is refused at init.
+        let inside = dir.path().join("other");
+        let e = Home::init_with(
+            &inside,
+            MasterKeySource::GenerateFile,
+            None,
+            LedgerKeySource::File(inside.join("ledger.key")),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, HomeError::LedgerKeyInside(_)));
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ pub mod home;
 pub mod ingest;
 pub mod keys;
 pub mod layout;
+pub mod ledger_key;
 pub mod lookups;
 pub mod matches;
 pub mod meta;
@@ -32,3 +33,4 @@ pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, Sta
 pub use home::{Home, HomeError, InitReport, MasterKeySource};
 pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
 pub use keys::{KeyError, MasterKey};
+pub use ledger_key::{LedgerKeySource, LedgerKeys};

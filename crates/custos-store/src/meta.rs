@@ -114,6 +114,13 @@ pub trait MetadataStore:
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Writes an instance setting once; an existing key is refused.
     async fn insert_instance_value(&self, key: &str, value: &[u8]) -> Result<(), MetaError>;
+    /// Writes instance settings, replacing existing values, and removes
+    /// the settings named in `remove`, in one transaction.
+    async fn replace_instance_values(
+        &self,
+        values: &[(&str, &[u8])],
+        remove: &[&str],
+    ) -> Result<(), MetaError>;
     /// Records a dataset; a dataset with the same name is refused.
     async fn insert_dataset(&self, record: &DatasetRecord) -> Result<(), MetaError>;
     /// Looks a dataset up by name.
@@ -275,6 +282,32 @@ impl MetadataStore for SqliteMetadata {
                 MetaError::AlreadyExists(_) => MetaError::AlreadyExists(format!("setting `{key}`")),
                 other => other,
             })?;
+        Ok(())
+    }
+
+    async fn replace_instance_values(
+        &self,
+        values: &[(&str, &[u8])],
+        remove: &[&str],
+    ) -> Result<(), MetaError> {
+        let mut tx = self.pool.begin().await?;
+        for (key, value) in values {
+            sqlx::query(
+                "INSERT INTO instance (key, value) VALUES (?, ?) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(*key)
+            .bind(*value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for key in remove {
+            sqlx::query("DELETE FROM instance WHERE key = ?")
+                .bind(*key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -27,6 +27,7 @@ fn config(dir: &Path) -> LedgerConfig {
         dir: dir.to_owned(),
         origin: ORIGIN.into(),
         signing_key: SigningKey::from_bytes(&[42; 32]),
+        next_key: None,
         checkpoint_interval: Duration::from_millis(200),
         faults: custos_ledger::FaultPlan::default(),
     }

@@ -303,3 +303,96 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The ledger key has its own source: with only the home (master key and
+/// catalogue), no ledger action runs; with the key from the environment
+/// instead of the file, they do. Rotating the key is ledgered and signed
+/// by the old key; verification from the old key follows the change, a
+/// kept checkpoint from before still proves consistency, and the old key
+/// no longer opens the ledger.
+#[test]
+fn the_ledger_key_stands_apart_and_rotates_with_a_signed_change() {
+    let env = Env::new();
+    env.ingest("good", "ok.csv").success();
+    let old_key = String::from_utf8(
+        env.custos()
+            .args(["ledger", "public-key"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let before = env.checkpoint_to("before.note");
+    let key_file = env.path("home.ledger.key");
+    let parked = env.path("parked.key");
+
+    // The home alone cannot act on the ledger.
+    fs::rename(&key_file, &parked).unwrap();
+    env.custos()
+        .args(["ledger", "checkpoint"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("ledger signing key file"));
+    // The key from the environment works in its place.
+    let seed = fs::read_to_string(&parked).unwrap();
+    env.custos()
+        .env("CUSTOS_LEDGER_KEY", seed.trim())
+        .args(["ledger", "checkpoint"])
+        .assert()
+        .success();
+    fs::rename(&parked, &key_file).unwrap();
+
+    // Rotate: the new key replaces the file.
+    let out = env
+        .custos()
+        .args(["ledger", "rotate-key"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_ne!(new_key, old_key);
+    assert_ne!(fs::read_to_string(&key_file).unwrap(), seed);
+    let entries = env.json(&["ledger", "show", "--json"]);
+    let change = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "ledger.key_change")
+        .unwrap();
+    assert!(change.to_string().contains(&old_key), "{change}");
+    env.ingest("more", "ok.csv").success();
+
+    // Verify from the old key: the chain is followed, the old checkpoint
+    // still proves consistency.
+    let report = env.json(&[
+        "ledger",
+        "verify",
+        "--key",
+        &old_key,
+        "--dir",
+        env.ledger().to_str().unwrap(),
+        "--checkpoint",
+        before.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(report["key_changes"], 1);
+    assert_eq!(report["signing_key"], new_key.as_str());
+    env.custos()
+        .args(["ledger", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("changed 1 time(s)").not());
+    // The old key cannot sign for the ledger any more.
+    env.custos()
+        .env("CUSTOS_LEDGER_KEY", seed.trim())
+        .args(["ledger", "checkpoint"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not this home's"));
+}

@@ -89,6 +89,19 @@ pub enum LedgerCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Replace the ledger signing key (admins; run on the custodian's
+    /// machine with no server running).
+    ///
+    /// The ledger records the change in an entry signed by the old key; the
+    /// next checkpoint is signed by both, later ones by the new key alone.
+    /// `ledger verify --key OLD` follows the change. Give each witness the
+    /// new key (`ledger public-key`) as another [[log]] in its witness.toml.
+    RotateKey {
+        /// Where to write the new key (default: replace the current key
+        /// file); must be outside the home.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+    },
     /// Where the ledger stands: its size, the newest witnessed checkpoint,
     /// how far behind witnessing is, and each witness's last answer.
     Status {
@@ -322,7 +335,7 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             let witnessed = match &policy {
                 Some(policy) => Some(check_witnessed(
                     &verified_dir,
-                    &source.key,
+                    &report.signing_key,
                     policy,
                     args.max_age,
                     report.size,
@@ -347,6 +360,12 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                     report.size, report.tiles_checked, report.root
                 );
                 println!("  signed checkpoint: signature valid, root matches");
+                if report.key_changes > 0 {
+                    println!(
+                        "  signing key: changed {} time(s), each change signed by the key before; now {}",
+                        report.key_changes, report.signing_key
+                    );
+                }
                 if let Some(old) = report.consistent_with {
                     println!(
                         "  consistent with the older checkpoint of size {old}: nothing it covers was changed"
@@ -426,6 +445,29 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                 "Installed the witness policy ({} witnesses, quorum `{}`); ledger entry {recorded}.",
                 policy.witnesses().count(),
                 policy.quorum().unwrap_or("none")
+            );
+        }
+        LedgerCommand::RotateKey { new_key_file } => {
+            if server.is_some() {
+                anyhow::bail!(
+                    "`ledger rotate-key` changes the home: stop the server and run it on the custodian's machine"
+                );
+            }
+            let mut custos = open_custos(home_dir).await?;
+            let actor = custos
+                .actor(super::token_from_env().as_deref().map(|t| t.as_str()))
+                .await?;
+            let rotated = custos
+                .rotate_ledger_key(&actor, new_key_file.as_deref())
+                .await;
+            custos.close()?;
+            let r = rotated?;
+            println!("{}", r.new_key);
+            eprintln!(
+                "Rotated the ledger signing key (ledger entry {}): the old key `{}` signed the change.\n  new key file: {}\n  Give every witness and verifier the new key above.",
+                r.entry,
+                r.old_key,
+                r.file.display()
             );
         }
         LedgerCommand::Status { json } => {

@@ -50,10 +50,28 @@ pub async fn published_ledger(home: &Path) -> anyhow::Result<(std::path::PathBuf
 /// longer (needs HOME/witness-policy).
 pub const MAX_UNWITNESSED_ENV: &str = "CUSTOS_MAX_UNWITNESSED";
 
+/// The ledger signing key's source from `CUSTOS_LEDGER_KEY` (64 hex
+/// digits; never printed) or `CUSTOS_LEDGER_KEY_FILE`, if set.
+pub fn ledger_key_from_env() -> anyhow::Result<custos_broker::LedgerKeyFrom> {
+    let seed = match std::env::var("CUSTOS_LEDGER_KEY") {
+        Ok(text) if !text.trim().is_empty() => Some(
+            custos_broker::LedgerKeyFrom::seed_from_hex(&text)
+                .map_err(|e| anyhow::anyhow!("CUSTOS_LEDGER_KEY: {e}"))?,
+        ),
+        _ => None,
+    };
+    let file = std::env::var_os("CUSTOS_LEDGER_KEY_FILE")
+        .filter(|f| !f.is_empty())
+        .map(std::path::PathBuf::from);
+    Ok(custos_broker::LedgerKeyFrom { seed, file })
+}
+
 /// Opens the home with its ledger, for actions that must be ledgered,
 /// with the witness gate of `CUSTOS_MAX_UNWITNESSED` if set.
 pub async fn open_custos(home: &Path) -> anyhow::Result<custos_broker::Custos> {
-    let mut custos = custos_broker::Custos::open(home, master_key_from_env()?).await?;
+    let mut custos =
+        custos_broker::Custos::open_with(home, master_key_from_env()?, ledger_key_from_env()?)
+            .await?;
     if let Ok(text) = std::env::var(MAX_UNWITNESSED_ENV)
         && !text.trim().is_empty()
     {
