@@ -3,6 +3,7 @@
 //! command; true values come from the demo's own synthetic files.
 
 mod truth;
+mod witness;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -92,9 +93,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  - a 256-bit master key (master.key, mode 0600) that wraps every dataset's own key,"
     );
     println!(
-        "  - an Ed25519 signing key for the ledger's checkpoints (public {}…),",
+        "  - an Ed25519 signing key for the ledger's checkpoints (public {}…), kept apart from",
         &report.public_key_hex[..16]
     );
+    println!("    the data: in home.ledger.key beside the home, not under the master key,");
     println!("  - the metadata store (SQLite).");
 
     step(
@@ -249,6 +251,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  Now an administrator edits one byte of the ledger on disk…");
     println!("    verify says: {tampered}");
     println!("  (restored). The same check runs against any checkpoint kept outside Custos.");
+
+    step(
+        12,
+        "trust that does not rest on the custodian: witnesses and ledgered datasets",
+    );
+    witness::run(&base, &home_dir, &admin).await?;
 
     println!();
     println!(
