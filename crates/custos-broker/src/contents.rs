@@ -13,6 +13,7 @@ use custos_ledger::{Decision, Entry, LedgerReader};
 use custos_store::digests::FileDigests;
 use custos_store::{DatasetError, DatasetReader};
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::{Actor, BrokerError, Custos, now_micros};
 
@@ -150,16 +151,27 @@ impl Custos {
         reading: Reading<'_>,
     ) -> Result<(), String> {
         let record = reader.record();
+        // Keyed by everything the ledger check reads from the catalogue: a
+        // row changed while the process runs is checked again.
+        let seen = format!(
+            "{}\n{}\n{:?}\n{}\n{}\n{}",
+            record.name,
+            record.storage_id,
+            record.ingest_entry,
+            hex::encode(record.file_digests.content_digest()),
+            record.schema_sha256,
+            hex::encode(sha2::Sha256::digest(record.schema_toml.as_bytes())),
+        );
         let known = self
             .ledgered_datasets
             .0
             .lock()
-            .map(|set| set.contains(&record.storage_id))
+            .map(|set| set.contains(&seen))
             .unwrap_or(false);
         if !known {
             self.check_against_ledger(reader)?;
             if let Ok(mut set) = self.ledgered_datasets.0.lock() {
-                set.insert(record.storage_id.clone());
+                set.insert(seen);
             }
         }
         let buckets = match reading {
@@ -214,10 +226,13 @@ impl Custos {
                 "the catalogue's record of its files does not match ledger entry {index}, which recorded its ingest"
             )
         };
+        let schema_digest = hex::encode(sha2::Sha256::digest(record.schema_toml.as_bytes()));
         if entry.action != "dataset.ingest"
             || entry.decision != Decision::Allow
             || attribute("dataset") != Some(record.name.as_str())
             || attribute("storage_id") != Some(record.storage_id.as_str())
+            || attribute("schema_sha256") != Some(schema_digest.as_str())
+            || record.schema_sha256 != schema_digest
             || attribute(CONTENT_ATTRIBUTE)
                 != Some(hex::encode(record.file_digests.content_digest()).as_str())
         {

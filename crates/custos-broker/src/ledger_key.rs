@@ -49,6 +49,8 @@ pub struct KeyRotation {
     pub new_key: String,
     /// The file that holds the new key.
     pub file: PathBuf,
+    /// The file that held the old key, if it was one (no longer used).
+    pub old_file: Option<PathBuf>,
 }
 
 /// Opens the ledger of `home` with its key, finishing or undoing an
@@ -93,9 +95,11 @@ pub(crate) async fn open_ledger(
 
 impl Custos {
     /// Rotates the ledger signing key (admins only): a new key is staged
-    /// beside `new_file` (default: the current key file), the ledger
-    /// records the change signed by the old key and signs with the new one
-    /// from then on, and the new key takes the file's place. Verifiers
+    /// beside `new_file` (default: a new file beside the current key file;
+    /// never an existing one), the ledger records the change signed by the
+    /// old key and signs with the new one from then on, and the new key
+    /// takes its file. The old key file is left for the custodian to
+    /// destroy or archive. Verifiers
     /// holding the old key follow the change (`custos ledger verify`);
     /// witnesses must be given the new key.
     pub async fn rotate_ledger_key(
@@ -103,7 +107,9 @@ impl Custos {
         actor: &Actor,
         new_file: Option<&Path>,
     ) -> Result<KeyRotation, BrokerError> {
-        const ACTION: &str = "ledger.key_change";
+        // Not `ledger.key_change`: that action is the ledger writer's own
+        // record of a change, which verification follows.
+        const ACTION: &str = "ledger.rotate_key";
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may rotate the ledger key"));
         }
@@ -127,12 +133,13 @@ impl Custos {
             }
         };
         self.home.finish_ledger_key(&key, &dest).await?;
-        self.ledger_key_file = Some(dest.clone());
+        let old_file = self.ledger_key_file.replace(dest.clone());
         Ok(KeyRotation {
             entry,
             old_key,
             new_key: self.verifier_key().to_owned(),
             file: dest,
+            old_file,
         })
     }
 }

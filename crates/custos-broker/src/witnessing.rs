@@ -55,6 +55,10 @@ pub struct WitnessLag {
     pub witnessed: u64,
     /// Age of the oldest entry no witnessed checkpoint covers.
     pub oldest_unwitnessed: Option<Duration>,
+    /// The ledger does not extend the checkpoint the witnesses cosigned
+    /// (it is shorter, or its first entries hash to another root): it was
+    /// rolled back or rewritten.
+    pub diverged: bool,
 }
 
 /// How far witnessing lags behind the ledger in `dir` under `policy`.
@@ -67,9 +71,17 @@ pub fn witness_lag(
     let size = verify_checkpoint(&reader.checkpoint_note()?, log_key)
         .map_err(custos_ledger::LedgerError::from)?
         .size;
-    let witnessed = read_witnessed(dir)?
+    let cosigned = read_witnessed(dir)?
         .and_then(|note| verify_witnessed(&note, log_key, policy).ok())
-        .map_or(0, |w| w.checkpoint.size);
+        .map(|w| w.checkpoint);
+    let witnessed = cosigned.as_ref().map_or(0, |c| c.size);
+    let diverged = match &cosigned {
+        Some(c) if c.size > size => true,
+        Some(c) if c.size > 0 => {
+            reader.consistency_proof(c.size, size, size)?.old_root != hex::encode(c.root)
+        }
+        _ => false,
+    };
     let oldest_unwitnessed = if witnessed >= size {
         None
     } else {
@@ -85,6 +97,7 @@ pub fn witness_lag(
         size,
         witnessed,
         oldest_unwitnessed,
+        diverged,
     })
 }
 
@@ -169,16 +182,22 @@ impl Custos {
             return Ok(());
         }
         let lag = witness_lag(&self.ledger_dir(), self.verifier_key(), &gate.policy)?;
-        let Some(age) = lag.oldest_unwitnessed.filter(|age| *age > gate.max_age) else {
+        let reason = if lag.diverged {
+            format!(
+                "the ledger does not extend the checkpoint of size {} its witnesses cosigned (rolled back or rewritten): nothing is released",
+                lag.witnessed
+            )
+        } else if let Some(age) = lag.oldest_unwitnessed.filter(|age| *age > gate.max_age) {
+            format!(
+                "the ledger has entries no witness quorum has cosigned for {}s (limit {}s; witnessed up to {} of {}): nothing is released until the witnesses catch up",
+                age.as_secs(),
+                gate.max_age.as_secs(),
+                lag.witnessed,
+                lag.size
+            )
+        } else {
             return Ok(());
         };
-        let reason = format!(
-            "the ledger has entries no witness quorum has cosigned for {}s (limit {}s; witnessed up to {} of {}): nothing is released until the witnesses catch up",
-            age.as_secs(),
-            gate.max_age.as_secs(),
-            lag.witnessed,
-            lag.size
-        );
         let denials: Vec<Entry> = entries
             .iter()
             .filter(|e| releases(e))

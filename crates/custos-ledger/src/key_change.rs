@@ -41,7 +41,9 @@ pub fn entry(old: &NoteSigner, new: &NoteSigner, time_micros: i64, actor: &str) 
 /// `current` did not. A change away from another key is not on this
 /// chain (a verifier may start from a later key) and is passed over.
 pub fn follow(entry: &Entry, current: &str) -> Result<Option<String>, String> {
-    if entry.action != KEY_CHANGE_ACTION {
+    // Only the writer's own record of a change counts (a refused attempt,
+    // ledgered as a denial, is not one).
+    if entry.action != KEY_CHANGE_ACTION || entry.decision != Decision::Recorded {
         return Ok(None);
     }
     let attribute = |k: &str| {
@@ -102,5 +104,8 @@ mod tests {
         assert!(follow(&forged, &s0.verifier_key()).is_err());
         let other = Entry::new(1, "a", "lookup.fetch", Decision::Allow);
         assert_eq!(follow(&other, &s0.verifier_key()), Ok(None));
+        // A refused rotation recorded under the same action is not a change.
+        let refused = Entry::new(1, "gina", KEY_CHANGE_ACTION, Decision::Deny);
+        assert_eq!(follow(&refused, &s0.verifier_key()), Ok(None));
     }
 }

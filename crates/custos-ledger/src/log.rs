@@ -3,12 +3,20 @@
 //! ```text
 //! LEDGER/
 //!   lock                   flock held by the one writer process
-//!   journal                append-only: [u32 len][32-byte leaf hash][entry] per entry
+//!   journal                append-only: [u32 len][32-byte tag][entry] per entry
 //!   state.json             {size, journal_offset, root} of the last checkpoint
 //!   checkpoint             the latest signed checkpoint (C2SP)
 //!   tile/<L>/<N>[.p/<W>]   hash tiles (C2SP tlog-tiles)
 //!   tile/entries/<N>[...]  entry bundles
 //! ```
+//!
+//! A record's tag is HMAC-SHA-256 over its index and leaf hash under a key
+//! derived from the ledger signing key: whoever can write the journal file
+//! but does not hold that key (an administrator with the home) cannot add a
+//! record that the next process would replay and sign. A final record whose
+//! tag fails is cut like a torn one (and said so); one in the middle stops
+//! the ledger from opening. Records a signed checkpoint covers are checked
+//! against its root instead.
 //!
 //! An append is acknowledged once its journal record is fsynced; a single
 //! writer thread drains every waiting append into one write and one fsync
@@ -504,16 +512,25 @@ impl Writer {
             }
             reader.read_exact(&mut entry).map_err(io(path))?;
             let leaf = record_hash(&entry);
-            if leaf != record.leaf {
+            let index = self.range.size();
+            // Records under the signed checkpoint are held to its root (at
+            // the end); those beyond it only their tag vouches for.
+            let covered = checkpoint.is_some_and(|cp| index < cp.size);
+            let authentic =
+                covered || journal_tag(&self.signer.journal_key(), index, &leaf) == record.tag;
+            if !authentic {
                 // Torn only if nothing acknowledged can follow: the record is
                 // the last one, or all that follows is zeros (a preallocated
                 // tail after power loss). Anything else is damage.
                 if end == len || zeros_from(path, record_start, len)? {
+                    tracing::warn!(
+                        index,
+                        "the journal's final record is torn or was not written by this ledger's key: cut"
+                    );
                     break Some(record_start);
                 }
                 return Err(LedgerError::Damaged(format!(
-                    "journal record {} (byte {record_start}) does not match its hash",
-                    self.range.size()
+                    "journal record {index} (byte {record_start}) is not authentic: it was altered, or written without the ledger key"
                 )));
             }
             self.push_leaf(leaf, &entry);
@@ -681,13 +698,16 @@ impl Writer {
         }
         let mut buf = Vec::new();
         let mut leaves = Vec::new();
+        let key = self.signer.journal_key();
+        let mut index = self.range.size();
         for (entries, _) in groups {
             for e in entries {
                 let leaf = record_hash(e);
                 buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
-                buf.extend_from_slice(&leaf.0);
+                buf.extend_from_slice(&journal_tag(&key, index, &leaf));
                 buf.extend_from_slice(e);
                 leaves.push(leaf);
+                index += 1;
             }
         }
         let path = self.dir.join(JOURNAL);
@@ -845,8 +865,21 @@ impl Writer {
 pub(crate) struct RecordHeader {
     /// Entry length in bytes.
     pub len: usize,
-    /// The leaf hash recorded with it.
-    pub leaf: Hash,
+    /// The record's tag (HMAC of its index and leaf hash).
+    pub tag: [u8; HASH_SIZE],
+}
+
+/// A journal record's tag: HMAC-SHA-256 under the key derived from the
+/// ledger signing key, over the record's index and leaf hash.
+fn journal_tag(key: &[u8; 32], index: u64, leaf: &Hash) -> [u8; HASH_SIZE] {
+    use hmac::Mac as _;
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return [0; HASH_SIZE];
+    };
+    mac.update(b"custos journal record v1\n");
+    mac.update(&index.to_be_bytes());
+    mac.update(&leaf.0);
+    mac.finalize().into_bytes().into()
 }
 
 /// Reads one journal record header and sizes `entry` for its body (read by
@@ -862,14 +895,11 @@ pub(crate) fn read_record(
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let mut leaf = [0u8; HASH_SIZE];
-    leaf.copy_from_slice(&header[4..]);
+    let mut tag = [0u8; HASH_SIZE];
+    tag.copy_from_slice(&header[4..]);
     // Never allocate more than an entry can be, whatever the length says.
     entry.resize(len.min(MAX_ENTRY_BYTES), 0);
-    Ok(Some(RecordHeader {
-        len,
-        leaf: Hash(leaf),
-    }))
+    Ok(Some(RecordHeader { len, tag }))
 }
 
 /// Whether every byte of `path` from `from` to `len` is zero.

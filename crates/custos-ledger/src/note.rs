@@ -116,6 +116,20 @@ impl NoteSigner {
     }
 }
 
+impl NoteSigner {
+    /// The key that authenticates journal records: derived from the
+    /// signing key (HMAC-SHA-256), so only its holder can write records the
+    /// ledger will replay.
+    pub(crate) fn journal_key(&self) -> [u8; 32] {
+        use hmac::Mac as _;
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.key.as_bytes()) else {
+            return [0; 32];
+        };
+        mac.update(b"custos/v1/journal-key");
+        mac.finalize().into_bytes().into()
+    }
+}
+
 /// The checkpoint verifier key of `origin` signed with `key`.
 pub fn verifier_key_for(origin: &str, key: &VerifyingKey) -> String {
     signed_note::new_ed25519_verifier_key(origin, key)

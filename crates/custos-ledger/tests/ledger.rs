@@ -533,21 +533,22 @@ fn a_damaged_middle_record_refuses_to_open_and_keeps_the_evidence() {
     let journal = dir.join("journal");
     let mut bytes = fs::read(&journal).unwrap();
     let len = bytes.len();
-    // Flip a byte inside the third record's stored hash.
+    // Flip a byte inside the third record's entry (after its length and
+    // tag; records are equal-sized here).
     let record = bytes.len() / 10;
-    bytes[2 * record + 10] ^= 1;
+    bytes[2 * record + 4 + 32 + 5] ^= 1;
     fs::write(&journal, &bytes).unwrap();
     // Verification reads the journal too, and says which record.
     let err = verify_ledger(&dir, &key, None).unwrap_err().to_string();
     assert!(
-        err.contains("journal record 2 does not match its recorded hash"),
+        err.contains("entry 2: the published entry") && err.contains("differs from the journal"),
         "{err}"
     );
     // Recovery that has to replay through it (no state to resume from) refuses.
     fs::remove_file(dir.join("state.json")).unwrap();
     let err = Ledger::open(config(&dir)).unwrap_err().to_string();
     assert!(
-        err.contains("journal record 2") && err.contains("does not match its hash"),
+        err.contains("do not hash to the signed checkpoint's root"),
         "{err}"
     );
     assert_eq!(
@@ -663,4 +664,52 @@ fn an_interrupted_rotation_resumes_with_the_new_key() {
     assert_eq!(report.key_changes, 1);
     // Without the new key offered, the old key cannot open it any more.
     assert!(Ledger::open(config(&dir)).is_err());
+}
+
+/// An insider who can write the journal but does not hold the ledger key
+/// appends a well-formed record (length, SHA-256 leaf hash, entry): the
+/// next process to open the ledger does not replay it, so the key never
+/// signs it; the ledger and its verification stay as they were.
+#[test]
+fn a_record_appended_without_the_key_is_never_signed() {
+    use std::io::Write as _;
+    let (_tmp, dir, key) = ledger_with(5);
+    let forged = Entry::new(
+        1_700_000_000_000_000,
+        "rita",
+        "lookup.fetch",
+        Decision::Allow,
+    )
+    .encode()
+    .unwrap();
+    let leaf = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update([0u8]);
+        h.update(&forged);
+        h.finalize()
+    };
+    let mut journal = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal"))
+        .unwrap();
+    journal
+        .write_all(&(forged.len() as u32).to_be_bytes())
+        .unwrap();
+    journal.write_all(&leaf).unwrap();
+    journal.write_all(&forged).unwrap();
+    drop(journal);
+    let ledger = Ledger::open(config(&dir)).unwrap();
+    assert_eq!(
+        ledger.append(&entry(5)).unwrap(),
+        5,
+        "the forged record took a place"
+    );
+    ledger.close().unwrap();
+    let reader = LedgerReader::new(&dir);
+    let cp = reader.latest(&key).unwrap();
+    assert_eq!(cp.size, 6);
+    let all = reader.entries(0, cp.size).unwrap();
+    assert!(all.iter().all(|(_, e)| e != &forged));
+    verify_ledger(&dir, &key, None).unwrap();
 }

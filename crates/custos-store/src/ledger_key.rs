@@ -214,25 +214,56 @@ impl Home {
                 .try_into()
                 .map_err(|_| KeyError::Unwrap("instance signing key"))?,
         );
-        Ok(SigningKey::from_bytes(&seed))
+        let key = SigningKey::from_bytes(&seed);
+        if key.verifying_key() != self.ledger_public_key().await? {
+            return Err(HomeError::LedgerKey(
+                "the wrapped ledger key is not the one whose public key this home records".into(),
+            ));
+        }
+        Ok(key)
     }
 
     /// Starts a rotation: a new key staged as `DEST.next` (0600), and the
-    /// rotation recorded as pending. `dest` defaults to the current key
-    /// file; a home whose key comes from the environment must name one.
+    /// rotation recorded as pending. `dest` must not exist; by default it
+    /// is a new file beside the current one (`NAME.<unix time>.key`), so no
+    /// key file is ever overwritten (a copy of the home may share it). A
+    /// home whose key comes from the environment must name one.
     pub async fn stage_ledger_key(
         &self,
         current_file: Option<&Path>,
         dest: Option<&Path>,
     ) -> Result<(SigningKey, PathBuf), HomeError> {
-        let dest = dest.or(current_file).map(Path::to_owned).ok_or_else(|| {
-            HomeError::LedgerKey(
-                "this home's ledger key comes from the environment: name a file for the new key (--new-key-file)".into(),
-            )
-        })?;
-        if dest.starts_with(self.root()) {
+        let dest = match (dest, current_file) {
+            (Some(d), _) => d.to_owned(),
+            (None, Some(current)) => {
+                let name = current
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "ledger.key".into());
+                let stem = name.strip_suffix(".key").unwrap_or(&name);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                current.with_file_name(format!("{stem}.{now}.key"))
+            }
+            (None, None) => {
+                return Err(HomeError::LedgerKey(
+                    "this home's ledger key comes from the environment: name a file for the new key (--new-key-file)".into(),
+                ));
+            }
+        };
+        let absolute = std::path::absolute(&dest).map_err(io_err(&dest))?;
+        let home = std::path::absolute(self.root()).map_err(io_err(self.root()))?;
+        if absolute.starts_with(&home) {
             return Err(HomeError::LedgerKeyInside(dest));
         }
+        if absolute.exists() {
+            return Err(HomeError::LedgerKey(format!(
+                "`{}` exists: a rotation never overwrites a key file; name a new one",
+                absolute.display()
+            )));
+        }
+        let dest = absolute;
         let seed = generate()?;
         let staged_path = staged(&dest);
         // A leftover of an abandoned attempt is replaced.

@@ -283,10 +283,7 @@ impl Submission {
             .await
             .map_err(|e| Failure::new(format!("unreachable: {}", without_url(&e))))?;
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Failure::new(format!("the answer was cut off: {}", without_url(&e))))?;
+        let bytes = read_capped(response).await?;
         match status {
             200 => {
                 let lines = parse_cosignatures(&bytes)
@@ -314,6 +311,28 @@ impl Submission {
             }
         }
     }
+}
+
+/// Most bytes read of a witness's answer: 16 cosignature lines are far
+/// less; a witness (or anyone on a plain-HTTP path to it) that sends more
+/// is cut off rather than allowed to fill the log's memory.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Failure::new(format!("the answer was cut off: {}", without_url(&e))))?
+    {
+        if out.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::new(format!(
+                "the answer exceeds {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 enum Answer {

@@ -344,9 +344,57 @@ fn the_ledger_key_stands_apart_and_rotates_with_a_signed_change() {
         .success();
     fs::rename(&parked, &key_file).unwrap();
 
-    // Rotate: the new key replaces the file.
+    // A denied rotation (a requester) is ledgered and breaks nothing.
+    let admin = String::from_utf8(
+        env.custos()
+            .args([
+                "principal",
+                "add",
+                "alice",
+                "--org",
+                "IRS",
+                "--role",
+                "admin",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let requester = String::from_utf8(
+        env.custos()
+            .env("CUSTOS_TOKEN", &admin)
+            .args([
+                "principal",
+                "add",
+                "gina",
+                "--org",
+                "GAO",
+                "--role",
+                "requester",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let gina = (admin, requester);
+    env.custos()
+        .env("CUSTOS_TOKEN", &gina.1)
+        .args(["ledger", "rotate-key"])
+        .assert()
+        .failure();
+    env.custos().args(["ledger", "verify"]).assert().success();
+
+    // Rotate: the new key goes to a new file; the old file is left alone
+    // (a copy of the home may share it).
     let out = env
         .custos()
+        .env("CUSTOS_TOKEN", &gina.0)
         .args(["ledger", "rotate-key"])
         .output()
         .unwrap();
@@ -357,7 +405,8 @@ fn the_ledger_key_stands_apart_and_rotates_with_a_signed_change() {
     );
     let new_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_ne!(new_key, old_key);
-    assert_ne!(fs::read_to_string(&key_file).unwrap(), seed);
+    assert_eq!(fs::read_to_string(&key_file).unwrap(), seed);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("destroy it"));
     let entries = env.json(&["ledger", "show", "--json"]);
     let change = entries
         .as_array()
@@ -366,7 +415,13 @@ fn the_ledger_key_stands_apart_and_rotates_with_a_signed_change() {
         .find(|e| e["action"] == "ledger.key_change")
         .unwrap();
     assert!(change.to_string().contains(&old_key), "{change}");
-    env.ingest("more", "ok.csv").success();
+    env.custos()
+        .env("CUSTOS_TOKEN", &gina.0)
+        .args(["dataset", "ingest", "--name", "more", "--schema"])
+        .arg(env.path("s.toml"))
+        .arg(env.path("ok.csv"))
+        .assert()
+        .success();
 
     // Verify from the old key: the chain is followed, the old checkpoint
     // still proves consistency.

@@ -203,3 +203,64 @@ fn a_file_altered_with_its_catalogue_digest_is_caught_by_the_ledger() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs SQL statements against the home's catalogue (the insider's edit).
+fn edit_catalogue(home: &Path, statements: &[&'static str]) {
+    let db = home.join("custos.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        for sql in statements {
+            sqlx::query(*sql).execute(&mut conn).await.unwrap();
+        }
+    });
+}
+
+/// A running server has checked a dataset once; the insider then swaps two
+/// datasets' catalogue rows, or edits a schema. The next read checks the
+/// changed row against the ledger again and refuses.
+#[test]
+fn a_catalogue_changed_under_a_running_server_is_caught() {
+    let env = Env::new();
+    let server = common::Server::start(&env.home(), &[]);
+    let query = || {
+        common::custos(&env.home(), Some(&env.gina))
+            .args(["--server", &server.url, "query", "--agreement", "gao-stats"])
+            .arg("SELECT COUNT(*) FROM tax_returns")
+            .output()
+            .unwrap()
+    };
+    assert!(query().status.success());
+    edit_catalogue(
+        &env.home(),
+        &[
+            "UPDATE datasets SET name = 'swap' WHERE name = 'tax_returns'",
+            "UPDATE datasets SET name = 'tax_returns' WHERE name = 'benefits'",
+            "UPDATE datasets SET name = 'benefits' WHERE name = 'swap'",
+        ],
+    );
+    let out = query();
+    assert!(!out.status.success(), "a swapped catalogue row was read");
+    edit_catalogue(
+        &env.home(),
+        &[
+            "UPDATE datasets SET name = 'swap' WHERE name = 'tax_returns'",
+            "UPDATE datasets SET name = 'tax_returns' WHERE name = 'benefits'",
+            "UPDATE datasets SET name = 'benefits' WHERE name = 'swap'",
+        ],
+    );
+    assert!(query().status.success());
+    // A schema reclassified in the catalogue (its recorded digest too).
+    edit_catalogue(
+        &env.home(),
+        &[
+            "UPDATE datasets SET schema_toml = schema_toml || '# edited', \
+           schema_sha256 = 'x' WHERE name = 'tax_returns'",
+        ],
+    );
+    let out = query();
+    assert!(!out.status.success(), "an edited schema was used");
+    drop(server);
+}

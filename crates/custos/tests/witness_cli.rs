@@ -265,14 +265,9 @@ fn witnesses_refuse_a_rewritten_ledger_and_verify_fails() {
         .success();
 }
 
-/// A witness that goes down: the quorum (both of two) waits, `ledger
-/// status` shows how far behind and why, releases are refused and the
-/// refusals ledgered once the tail is older than `--max-unwitnessed`;
-/// when the witness is back, the server catches up by itself, releases
-/// resume, and every acknowledged entry is in the witnessed ledger.
-#[test]
-fn a_stalled_witness_delays_the_quorum_and_holds_releases() {
-    let env = Env::new();
+/// A home with tax returns, an aggregate agreement and a requester (whose
+/// token is returned).
+fn with_data(env: &Env) -> String {
     let gina = common::add_principal(&env.home(), Some(&env.admin), "gina", "GAO", "requester");
     common::ingest_synthetic(
         &env.home(),
@@ -292,6 +287,18 @@ fn a_stalled_witness_delays_the_quorum_and_holds_releases() {
         .arg(&agreement)
         .assert()
         .success();
+    gina
+}
+
+/// A witness that goes down: the quorum (both of two) waits, `ledger
+/// status` shows how far behind and why, releases are refused and the
+/// refusals ledgered once the tail is older than `--max-unwitnessed`;
+/// when the witness is back, the server catches up by itself, releases
+/// resume, and every acknowledged entry is in the witnessed ledger.
+#[test]
+fn a_stalled_witness_delays_the_quorum_and_holds_releases() {
+    let env = Env::new();
+    let gina = with_data(&env);
     let (d1, h1) = env.witness("w1");
     let (d2, h2) = env.witness("w2");
     let w1 = WitnessProcess::start(&d1, "127.0.0.1:0");
@@ -372,4 +379,63 @@ fn a_stalled_witness_delays_the_quorum_and_holds_releases() {
         .filter(|e| e["action"] == "query.aggregate" && e["decision"] == "allow")
         .count();
     assert_eq!(allowed, 3);
+}
+
+/// An insider who cannot sign rolls the ledger back instead: the last
+/// journal records are cut and the published files deleted, so the next
+/// process rebuilds (and signs) a shorter ledger. Its witnesses cosigned
+/// the longer one: `ledger status` says the ledger does not extend it and,
+/// under a witness gate of any length, nothing is released.
+#[test]
+fn a_rolled_back_ledger_releases_nothing_under_the_gate() {
+    let env = Env::new();
+    let gina = with_data(&env);
+    let (d1, h1) = env.witness("w1");
+    let w1 = WitnessProcess::start(&d1, "127.0.0.1:0");
+    env.policy(&[("w1", &h1, &w1.url)], "group q all witness.test/w1");
+    assert!(env.witness_round().status.success());
+    let query = || {
+        env.custos(Some(&gina))
+            .env("CUSTOS_MAX_UNWITNESSED", "1h")
+            .args(["query", "--agreement", "gao-stats"])
+            .arg("SELECT COUNT(*) FROM tax_returns")
+            .output()
+            .unwrap()
+    };
+    assert!(query().status.success());
+    assert!(env.witness_round().status.success());
+
+    // Cut the journal's last two records; remove what would contradict it.
+    let ledger = env.home().join("ledger");
+    let journal = std::fs::read(ledger.join("journal")).unwrap();
+    let mut starts = Vec::new();
+    let mut at = 0usize;
+    while at < journal.len() {
+        starts.push(at);
+        let len = u32::from_be_bytes(journal[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + 32 + len;
+    }
+    let cut = starts[starts.len() - 2];
+    std::fs::write(ledger.join("journal"), &journal[..cut]).unwrap();
+    for name in ["checkpoint", "state.json"] {
+        std::fs::remove_file(ledger.join(name)).unwrap();
+    }
+    std::fs::remove_dir_all(ledger.join("tile")).unwrap();
+
+    let out = query();
+    let said = text(&out);
+    assert!(
+        !out.status.success(),
+        "a rolled-back ledger released: {said}"
+    );
+    assert!(said.contains("does not extend"), "{said}");
+    let out = env
+        .custos(None)
+        .args(["ledger", "status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["diverged"], true, "{status}");
+    // The witness refuses the shorter history, too.
+    assert!(!env.witness_round().status.success());
 }

@@ -137,7 +137,7 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
                     }
                 }
                 Some(problem) => anyhow::bail!(
-                    "dataset `{}` is not as ingested: {problem}. Reads of it are refused; restore the file from a backup (its digest is in the ledger) or ingest the dataset again.",
+                    "dataset `{}` is not as ingested: {problem}. Reads of it are refused; restore what was changed (the ledger entry of its ingest records every file's digest and the schema's) or ingest the dataset again.",
                     check.dataset
                 ),
             }

@@ -97,8 +97,9 @@ pub enum LedgerCommand {
     /// `ledger verify --key OLD` follows the change. Give each witness the
     /// new key (`ledger public-key`) as another [[log]] in its witness.toml.
     RotateKey {
-        /// Where to write the new key (default: replace the current key
-        /// file); must be outside the home.
+        /// Where to write the new key (default: NAME.<unix time>.key beside
+        /// the current key file); must not exist and must be outside the
+        /// home.
         #[arg(long, value_name = "FILE")]
         new_key_file: Option<PathBuf>,
     },
@@ -464,11 +465,17 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             let r = rotated?;
             println!("{}", r.new_key);
             eprintln!(
-                "Rotated the ledger signing key (ledger entry {}): the old key `{}` signed the change.\n  new key file: {}\n  Give every witness and verifier the new key above.",
+                "Rotated the ledger signing key (ledger entry {}): the old key `{}` signed the change.\n  new key file: {}\n  Give every witness and verifier the new key above (witnesses: then remove the old one).",
                 r.entry,
                 r.old_key,
                 r.file.display()
             );
+            if let Some(old) = &r.old_file {
+                eprintln!(
+                    "  The old key file {} no longer signs this ledger: destroy it, or archive it offline.",
+                    old.display()
+                );
+            }
         }
         LedgerCommand::Status { json } => {
             if server.is_some() {
@@ -530,10 +537,12 @@ fn check_witnessed(
     })?;
     let w = custos_ledger::verify_witnessed(&note, key, policy)?;
     let now = now_seconds();
+    // Fresh: no older than max_age, and not from the future (a clock more
+    // than five minutes ahead could otherwise keep a cosignature young).
     let fresh: BTreeSet<String> = w
         .signed_by
         .iter()
-        .filter(|(_, t)| now.saturating_sub(**t) <= max_age.as_secs())
+        .filter(|(_, t)| now.saturating_sub(**t) <= max_age.as_secs() && **t <= now + 300)
         .map(|(name, _)| name.clone())
         .collect();
     if !policy.satisfied_by(&fresh) {
@@ -568,6 +577,8 @@ struct Status {
     witnessed: Option<u64>,
     behind: Option<u64>,
     oldest_unwitnessed_seconds: Option<u64>,
+    /// The ledger does not extend what the witnesses cosigned.
+    diverged: bool,
     quorum: Option<String>,
     witnesses: std::collections::BTreeMap<String, custos_ledger::witnessed::WitnessProgress>,
 }
@@ -580,6 +591,7 @@ fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<
         witnessed: None,
         behind: None,
         oldest_unwitnessed_seconds: None,
+        diverged: false,
         quorum: None,
         witnesses: custos_ledger::witnessed::read_state(dir)?,
     };
@@ -589,6 +601,7 @@ fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<
         out.witnessed = Some(lag.witnessed);
         out.behind = Some(lag.size.saturating_sub(lag.witnessed));
         out.oldest_unwitnessed_seconds = lag.oldest_unwitnessed.map(|d| d.as_secs());
+        out.diverged = lag.diverged;
         out.quorum = Some(policy.quorum().unwrap_or("none").to_owned());
     }
     if json {
@@ -602,7 +615,13 @@ fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<
         );
         return Ok(());
     };
+    if out.diverged {
+        println!(
+            "WARNING: this ledger does not extend the checkpoint of size {witnessed} its witnesses cosigned: it was rolled back or rewritten. Releases are refused under --max-unwitnessed."
+        );
+    }
     match out.oldest_unwitnessed_seconds {
+        None if out.diverged => {}
         None => println!("Witnessed: all {witnessed} entries (quorum `{quorum}`)."),
         Some(age) => println!(
             "Witnessed up to {witnessed} (quorum `{quorum}`): {} entries behind, the oldest unwitnessed one {} old.",
