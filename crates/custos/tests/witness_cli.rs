@@ -369,9 +369,45 @@ fn a_stalled_witness_delays_the_quorum_and_holds_releases() {
     let _w2 = WitnessProcess::start(&d2, &w2_addr);
     wait_for("the quorum catches up", &|s| s["behind"] == 0);
     query(true);
+    // Verified over the server's public paths against the policy, and a
+    // subject report held to the witnessed checkpoint, there and locally.
+    let key = env.log_key();
+    let out = env
+        .custos(None)
+        .args(["--server", &server.url, "ledger", "verify", "--key", &key])
+        .arg("--witness-policy")
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("signed by witness.test/w1"),
+        "{}",
+        text(&out)
+    );
+    let report = |remote: Option<&str>| {
+        let mut cmd = env.custos(Some(&env.admin));
+        if let Some(url) = remote {
+            cmd.args(["--server", url]);
+        }
+        let out = cmd
+            .args(["report", "subject", "123-45-6789", "--key", &key])
+            .arg("--witness-policy")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("Witnessed: the ledger's first"),
+            "{}",
+            text(&out)
+        );
+    };
+    report(Some(&server.url));
     let (stopped, _) = server.stop();
     assert!(stopped.success());
     assert!(env.witness_round().status.success());
+    report(None);
     let out = env.verify(&policy, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let allowed = common::ledger(&env.home())

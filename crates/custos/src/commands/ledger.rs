@@ -156,16 +156,16 @@ fn base64(bytes: &[u8]) -> String {
 
 /// Where a ledger command reads: the home's ledger, or a verified copy of
 /// a server's published one (kept until the command ends).
-struct Source {
-    reader: LedgerReader,
-    key: String,
+pub(crate) struct Source {
+    pub(crate) reader: LedgerReader,
+    pub(crate) key: String,
     /// What `verify` names in its report.
     label: String,
     _copy: Option<Mirror>,
 }
 
 impl Source {
-    async fn open(
+    pub(crate) async fn open(
         home_dir: &Path,
         server: Option<&str>,
         key: Option<String>,
@@ -488,14 +488,14 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
     Ok(())
 }
 
-fn now_seconds() -> u64 {
+pub(crate) fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// "12s", "3m", "5h" or "2d" between `then` and `now` (seconds).
-fn ago(now: u64, then: u64) -> String {
+pub(crate) fn ago(now: u64, then: u64) -> String {
     humantime::format_duration(Duration::from_secs(now.saturating_sub(then)))
         .to_string()
         .split(' ')
@@ -504,7 +504,7 @@ fn ago(now: u64, then: u64) -> String {
         .to_owned()
 }
 
-fn read_policy(path: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
+pub(crate) fn read_policy(path: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
     custos_ledger::WitnessPolicy::parse(&text).with_context(|| format!("`{}`", path.display()))
@@ -523,7 +523,7 @@ fn home_policy(home_dir: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> 
 /// Checks the witnessed checkpoint in `dir` against `policy`: the quorum
 /// cosigned it within `max_age`, and the verified ledger of `size` extends
 /// it unchanged.
-fn check_witnessed(
+pub(crate) fn check_witnessed(
     dir: &Path,
     key: &str,
     policy: &custos_ledger::WitnessPolicy,

@@ -23,6 +23,19 @@ pub enum ReportCommand {
         /// Print JSON (with the checkpoint and full proofs) for scripts.
         #[arg(long)]
         json: bool,
+        /// A witness policy (Sigsum format) to hold the report to: a quorum
+        /// of its witnesses must have cosigned the ledger, recently, and
+        /// the report's checkpoint must extend what they cosigned; says
+        /// which lines they vouch for and which witnesses signed.
+        #[arg(long, value_name = "FILE")]
+        witness_policy: Option<std::path::PathBuf>,
+        /// With --witness-policy: how old the quorum's cosignatures may be.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        max_age: std::time::Duration,
+        /// The ledger's verifier key; needed with --server (get it from the
+        /// custodian, not from the server).
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
     },
     /// A summary of an agreement's use: requests, approvals, subjects,
     /// disclosures and rows released.
@@ -35,15 +48,76 @@ pub enum ReportCommand {
     },
 }
 
+/// Holds a report's checkpoint to the witnessed one under `policy_path`:
+/// the quorum cosigned within `max_age`, and both checkpoints are prefixes
+/// of the one ledger (checked on the home's files or a verified copy of
+/// the server's).
+async fn witnessed_lines(
+    home: &Path,
+    server: Option<&str>,
+    key: Option<String>,
+    policy_path: &Path,
+    max_age: std::time::Duration,
+    report_checkpoint: &str,
+) -> anyhow::Result<custos_ledger::WitnessedCheckpoint> {
+    use super::ledger::{Source, check_witnessed, read_policy};
+    use super::mirror::Wanted;
+    let policy = read_policy(policy_path)?;
+    let wanted = Wanted {
+        entries: 0..0,
+        hashes: true,
+    };
+    let source = Source::open(home, server, key, wanted).await?;
+    let published = source.reader.latest(&source.key)?.size;
+    let ours = custos_ledger::verify_checkpoint(report_checkpoint.as_bytes(), &source.key)
+        .map_err(|e| anyhow::anyhow!("the report's checkpoint does not verify: {e}"))?;
+    if ours.size > published || ours.size == 0 {
+        anyhow::bail!("the report's checkpoint is not part of the published ledger");
+    }
+    let proof = source
+        .reader
+        .consistency_proof(ours.size, published, published)?;
+    if proof.old_root != hex::encode(ours.root) {
+        anyhow::bail!("the report's checkpoint is not a prefix of the published ledger");
+    }
+    check_witnessed(
+        source.reader.dir(),
+        &source.key,
+        &policy,
+        max_age,
+        published,
+    )
+}
+
 /// Runs a report command.
 pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyhow::Result<()> {
     let gateway = Gateway::connect(home, server).await?;
     let result = async {
         match cmd {
-            ReportCommand::Subject { id, json } => {
+            ReportCommand::Subject {
+                id,
+                json,
+                witness_policy,
+                max_age,
+                key,
+            } => {
                 let report = gateway.subject_report(&id).await?;
+                let witnessed = match &witness_policy {
+                    Some(path) => Some(
+                        witnessed_lines(home, server, key, path, max_age, &report.checkpoint)
+                            .await?,
+                    ),
+                    None => None,
+                };
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    let mut value = serde_json::to_value(&report)?;
+                    if let Some(w) = &witnessed {
+                        value["witnessed"] = serde_json::json!({
+                            "size": w.checkpoint.size,
+                            "signed_by": w.signed_by,
+                        });
+                    }
+                    println!("{}", serde_json::to_string_pretty(&value)?);
                     return Ok(());
                 }
                 if report.lines.is_empty() {
@@ -83,6 +157,26 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyho
                     );
                 }
                 println!("Checkpoint:\n{}", report.checkpoint.trim_end());
+                if let Some(w) = &witnessed {
+                    let now = super::ledger::now_seconds();
+                    let who: Vec<String> = w
+                        .signed_by
+                        .iter()
+                        .map(|(n, t)| format!("{n} ({} ago)", super::ledger::ago(now, *t)))
+                        .collect();
+                    let newer = report
+                        .lines
+                        .iter()
+                        .filter(|l| l.proof.index >= w.checkpoint.size)
+                        .count();
+                    println!(
+                        "Witnessed: the ledger's first {} entries were cosigned by {}, and this report's checkpoint extends them; {} of the {} lines are newer and not yet witnessed.",
+                        w.checkpoint.size,
+                        who.join(", "),
+                        newer,
+                        report.lines.len()
+                    );
+                }
                 Ok(())
             }
             ReportCommand::Agreement { id, json } => {
