@@ -154,10 +154,11 @@ impl Custos {
         // Keyed by everything the ledger check reads from the catalogue: a
         // row changed while the process runs is checked again.
         let seen = format!(
-            "{}\n{}\n{:?}\n{}\n{}\n{}",
+            "{}\n{}\n{:?}\n{}\n{}\n{}\n{}",
             record.name,
             record.storage_id,
             record.ingest_entry,
+            record.bucket_count,
             hex::encode(record.file_digests.content_digest()),
             record.schema_sha256,
             hex::encode(sha2::Sha256::digest(record.schema_toml.as_bytes())),
@@ -223,10 +224,24 @@ impl Custos {
         };
         let mismatch = || {
             format!(
-                "the catalogue's record of its files does not match ledger entry {index}, which recorded its ingest"
+                "the catalogue's record of it (name, files, bucket count, digests or schema) does not match ledger entry {index}, which recorded its ingest"
             )
         };
         let schema_digest = hex::encode(sha2::Sha256::digest(record.schema_toml.as_bytes()));
+        let buckets = entry
+            .counts
+            .iter()
+            .find(|(k, _)| k == "buckets")
+            .map(|(_, v)| *v);
+        // Every bucket file the reads will open is one the ledger names,
+        // and no other.
+        let expected: Vec<String> = (0..record.bucket_count)
+            .map(custos_store::layout::bucket_file_name)
+            .collect();
+        let named: Vec<&str> = record.file_digests.iter().map(|(n, _)| n).collect();
+        if buckets != Some(u64::from(record.bucket_count)) || named != expected {
+            return Err(mismatch());
+        }
         if entry.action != "dataset.ingest"
             || entry.decision != Decision::Allow
             || attribute("dataset") != Some(record.name.as_str())

@@ -37,7 +37,7 @@ pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest,
 pub use queries::AggregateAnswer;
 pub use recorded::Recorded;
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
-pub use witnessing::{WITNESS_POLICY_FILE, WitnessLag, witness_lag};
+pub use witnessing::{WITNESS_POLICY_FILE, WitnessLag, home_witness_policy, witness_lag};
 
 /// The storage vocabulary of the broker's arguments and answers, re-exported
 /// so that nothing outside the broker depends on `custos-store` (which can

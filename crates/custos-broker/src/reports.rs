@@ -140,7 +140,14 @@ impl Custos {
                 &event.request_id,
                 &entry.action,
             );
-            if entry.request_id != event.request_id || !entry.subjects.contains(&blinded) {
+            // The line is what its entry says: same request, subject, actor
+            // and agreement (the catalogue is not trusted to tell it).
+            if entry.request_id != event.request_id
+                || !entry.subjects.contains(&blinded)
+                || entry.actor != event.principal
+                || entry.agreement_id.as_deref() != Some(event.agreement_id.as_str())
+                || entry.agreement_version != event.agreement_version
+            {
                 return Err(mismatch(event.ledger_index));
             }
             let recipient = match self.home().meta().principal(&event.principal).await? {

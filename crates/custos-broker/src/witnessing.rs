@@ -39,6 +39,83 @@ fn releases(entry: &Entry) -> bool {
     entry.decision == Decision::Allow && RELEASES.contains(&entry.action.as_str())
 }
 
+/// Catalogue setting: the ledger index of the entry that installed the
+/// home's witness policy.
+const POLICY_ENTRY: &str = "witness_policy_entry";
+
+/// The policy in `home`'s file, if any, after checking that its SHA-256 is
+/// the one the ledger recorded when it was installed: a file edited behind
+/// `custos ledger witness-policy` (say, to name a witness of one's own, or
+/// `quorum none`) is refused.
+async fn checked_policy(
+    home: &custos_store::Home,
+    log_key: &str,
+) -> Result<Option<WitnessPolicy>, BrokerError> {
+    let path = home.root().join(WITNESS_POLICY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BrokerError::Internal(format!("`{}`: {e}", path.display()))),
+    };
+    let tampered = |why: &str| {
+        BrokerError::Invalid(format!(
+            "the witness policy `{}` is not the one the ledger recorded ({why}): install policies only with `custos ledger witness-policy`",
+            path.display()
+        ))
+    };
+    let index: u64 = home
+        .meta()
+        .instance_value(POLICY_ENTRY)
+        .await?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| tampered("no install is on record"))?;
+    let reader = LedgerReader::new(&home.ledger_dir());
+    let published = verify_checkpoint(&reader.checkpoint_note()?, log_key)
+        .map_err(custos_ledger::LedgerError::from)?
+        .size;
+    if index >= published {
+        return Err(tampered("its install entry is not in the published ledger"));
+    }
+    let entries = reader.entries(index, index + 1)?;
+    let entry = entries
+        .first()
+        .map(|(_, bytes)| Entry::decode(bytes))
+        .transpose()
+        .map_err(custos_ledger::LedgerError::from)?
+        .ok_or_else(|| tampered("its install entry is missing"))?;
+    let digest = hex::encode(Sha256::digest(text.as_bytes()));
+    let recorded = entry
+        .attributes
+        .iter()
+        .find(|(k, _)| k == "policy_sha256")
+        .map(|(_, v)| v.as_str());
+    if entry.action != "ledger.witness_policy"
+        || entry.decision != Decision::Allow
+        || recorded != Some(digest.as_str())
+    {
+        return Err(tampered("its SHA-256 differs from the install entry's"));
+    }
+    WitnessPolicy::parse(&text)
+        .map(Some)
+        .map_err(|e| BrokerError::Invalid(format!("`{}`: {e}", path.display())))
+}
+
+/// The home's witness policy, checked against the ledger, without opening
+/// the ledger's writer (for `ledger status` and `ledger witness` beside a
+/// running server).
+pub async fn home_witness_policy(
+    root: &std::path::Path,
+    external_key: Option<crate::ExternalKey>,
+) -> Result<Option<WitnessPolicy>, BrokerError> {
+    let home = custos_store::Home::open(root, external_key.map(|k| k.0)).await?;
+    let log_key = custos_ledger::note::verifier_key_for(
+        &home.origin().await?,
+        &home.ledger_public_key().await?,
+    );
+    checked_policy(&home, &log_key).await
+}
+
 /// The gate's settings.
 #[derive(Debug)]
 pub(crate) struct WitnessGate {
@@ -107,22 +184,22 @@ impl Custos {
         self.home().root().join(WITNESS_POLICY_FILE)
     }
 
-    /// The home's witness policy, if it has one.
-    pub fn witness_policy(&self) -> Result<Option<WitnessPolicy>, BrokerError> {
-        let path = self.witness_policy_path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => WitnessPolicy::parse(&text)
-                .map(Some)
-                .map_err(|e| BrokerError::Invalid(format!("`{}`: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BrokerError::Internal(format!("`{}`: {e}", path.display()))),
-        }
+    /// The home's witness policy, if it has one, checked against the
+    /// ledger entry that installed it.
+    pub async fn witness_policy(&self) -> Result<Option<WitnessPolicy>, BrokerError> {
+        // The entry that installed it may not be published yet.
+        self.checkpoint()?;
+        checked_policy(self.home(), self.verifier_key()).await
     }
 
     /// Installs `text` as the home's witness policy (admins only). The
     /// change is ledgered, with the policy's SHA-256, before the file is
     /// replaced (atomically), so every policy a home used is on the record.
-    pub fn set_witness_policy(&self, actor: &Actor, text: &str) -> Result<Recorded, BrokerError> {
+    pub async fn set_witness_policy(
+        &self,
+        actor: &Actor,
+        text: &str,
+    ) -> Result<Recorded, BrokerError> {
         const ACTION: &str = "ledger.witness_policy";
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may set the witness policy"));
@@ -136,6 +213,13 @@ impl Custos {
             .with_attribute("quorum", policy.quorum().unwrap_or("none"))
             .with_count("witnesses", policy.witnesses().count() as u64);
         let recorded = self.append(&entry)?;
+        self.home()
+            .meta()
+            .replace_instance_values(
+                &[(POLICY_ENTRY, recorded.index().to_string().as_bytes())],
+                &[],
+            )
+            .await?;
         let path = self.witness_policy_path();
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
@@ -152,8 +236,8 @@ impl Custos {
 
     /// Refuses releases while the unwitnessed tail is older than
     /// `max_age`. Needs a witness policy in the home.
-    pub fn require_witnessed_within(&mut self, max_age: Duration) -> Result<(), BrokerError> {
-        let policy = self.witness_policy()?.ok_or_else(|| {
+    pub async fn require_witnessed_within(&mut self, max_age: Duration) -> Result<(), BrokerError> {
+        let policy = self.witness_policy().await?.ok_or_else(|| {
             BrokerError::Invalid(format!(
                 "a witnessed-tail limit needs a witness policy in `{}`",
                 self.witness_policy_path().display()
@@ -164,8 +248,8 @@ impl Custos {
     }
 
     /// Where witnessing stands, under the home's policy.
-    pub fn witness_lag(&self) -> Result<Option<WitnessLag>, BrokerError> {
-        let Some(policy) = self.witness_policy()? else {
+    pub async fn witness_lag(&self) -> Result<Option<WitnessLag>, BrokerError> {
+        let Some(policy) = self.witness_policy().await? else {
             return Ok(None);
         };
         witness_lag(&self.ledger_dir(), self.verifier_key(), &policy).map(Some)

@@ -10,8 +10,9 @@
 //!   tile/entries/<N>[...]  entry bundles
 //! ```
 //!
-//! A record's tag is HMAC-SHA-256 over its index and leaf hash under a key
-//! derived from the ledger signing key: whoever can write the journal file
+//! A record's tag is HMAC-SHA-256 over its index, the root of the tree it
+//! extends and its leaf hash, under a key derived from the ledger signing
+//! key: whoever can write the journal file
 //! but does not hold that key (an administrator with the home) cannot add a
 //! record that the next process would replay and sign. A final record whose
 //! tag fails is cut like a torn one (and said so); one in the middle stops
@@ -333,9 +334,14 @@ impl Writer {
         interval: Duration,
     ) -> Result<Self, LedgerError> {
         // A rotation that reached the published checkpoint: the new key
-        // signs from here on.
+        // signs from here on — but only if the ledger's last published
+        // entry is the change to it, signed by the key in force. A key
+        // merely staged (and a checkpoint re-signed with it) is not enough.
         let (signer, next) = match (fs::read(dir.join(CHECKPOINT)), next) {
-            (Ok(note), Some(next)) if verify_checkpoint(&note, &next.verifier_key()).is_ok() => {
+            (Ok(note), Some(next))
+                if verify_checkpoint(&note, &next.verifier_key()).is_ok()
+                    && last_entry_changes_to(dir, &note, &signer, &next) =>
+            {
                 (next, None)
             }
             (_, next) => (signer, next),
@@ -516,8 +522,9 @@ impl Writer {
             // Records under the signed checkpoint are held to its root (at
             // the end); those beyond it only their tag vouches for.
             let covered = checkpoint.is_some_and(|cp| index < cp.size);
-            let authentic =
-                covered || journal_tag(&self.signer.journal_key(), index, &leaf) == record.tag;
+            let authentic = covered
+                || journal_tag(&self.signer.journal_key(), index, &self.range.root(), &leaf)
+                    == record.tag;
             if !authentic {
                 // Torn only if nothing acknowledged can follow: the record is
                 // the last one, or all that follows is zeros (a preallocated
@@ -699,15 +706,17 @@ impl Writer {
         let mut buf = Vec::new();
         let mut leaves = Vec::new();
         let key = self.signer.journal_key();
-        let mut index = self.range.size();
+        // Each tag binds the tree the record extends, so a record made in a
+        // copy of the ledger that has since diverged does not fit this one.
+        let mut tree = self.range.clone();
         for (entries, _) in groups {
             for e in entries {
                 let leaf = record_hash(e);
                 buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
-                buf.extend_from_slice(&journal_tag(&key, index, &leaf));
+                buf.extend_from_slice(&journal_tag(&key, tree.size(), &tree.root(), &leaf));
                 buf.extend_from_slice(e);
                 leaves.push(leaf);
-                index += 1;
+                tree.push(leaf);
             }
         }
         let path = self.dir.join(JOURNAL);
@@ -869,15 +878,39 @@ pub(crate) struct RecordHeader {
     pub tag: [u8; HASH_SIZE],
 }
 
+/// Whether the last entry under the published checkpoint `note` is a key
+/// change from `old` to `new` that `old` signed.
+fn last_entry_changes_to(dir: &Path, note: &[u8], old: &NoteSigner, new: &NoteSigner) -> bool {
+    let Ok(cp) = verify_checkpoint(note, &new.verifier_key()) else {
+        return false;
+    };
+    if cp.size == 0 {
+        return false;
+    }
+    let Ok(entries) = crate::read::LedgerReader::new(dir).entries(cp.size - 1, cp.size) else {
+        return false;
+    };
+    entries.first().is_some_and(|(_, bytes)| {
+        Entry::decode(bytes).is_ok_and(|e| {
+            crate::key_change::follow(&e, &old.verifier_key())
+                .ok()
+                .flatten()
+                == Some(new.verifier_key())
+        })
+    })
+}
+
 /// A journal record's tag: HMAC-SHA-256 under the key derived from the
-/// ledger signing key, over the record's index and leaf hash.
-fn journal_tag(key: &[u8; 32], index: u64, leaf: &Hash) -> [u8; HASH_SIZE] {
+/// ledger signing key, over the record's index, the root of the tree it
+/// extends, and its leaf hash.
+fn journal_tag(key: &[u8; 32], index: u64, root_before: &Hash, leaf: &Hash) -> [u8; HASH_SIZE] {
     use hmac::Mac as _;
     let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
         return [0; HASH_SIZE];
     };
     mac.update(b"custos journal record v1\n");
     mac.update(&index.to_be_bytes());
+    mac.update(&root_before.0);
     mac.update(&leaf.0);
     mac.finalize().into_bytes().into()
 }

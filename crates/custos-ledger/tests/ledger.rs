@@ -713,3 +713,27 @@ fn a_record_appended_without_the_key_is_never_signed() {
     assert!(all.iter().all(|(_, e)| e != &forged));
     verify_ledger(&dir, &key, None).unwrap();
 }
+
+/// An insider who stages a key of their own as the "next" key and re-signs
+/// the published checkpoint with it gains nothing: without a key-change
+/// entry signed by the key in force, recovery keeps that key, and the
+/// re-signed checkpoint does not verify with it, so the ledger does not open.
+#[test]
+fn a_staged_key_without_a_recorded_change_is_refused() {
+    let (_tmp, dir, _key) = ledger_with(3);
+    let evil = SigningKey::from_bytes(&[66; 32]);
+    let cp = LedgerReader::new(&dir)
+        .latest(&custos_ledger::note::verifier_key_for(
+            ORIGIN,
+            &config(&dir).signing_key.verifying_key(),
+        ))
+        .unwrap();
+    let forged = custos_ledger::NoteSigner::new(ORIGIN, evil.clone())
+        .sign(cp.size, cp.root)
+        .unwrap();
+    fs::write(dir.join("checkpoint"), forged).unwrap();
+    let mut cfg = config(&dir);
+    cfg.next_key = Some(evil);
+    let err = Ledger::open(cfg).unwrap_err().to_string();
+    assert!(err.contains("does not verify"), "{err}");
+}

@@ -252,6 +252,18 @@ fn a_catalogue_changed_under_a_running_server_is_caught() {
         ],
     );
     assert!(query().status.success());
+    // A bucket count changed in the catalogue (reads would skip or invent
+    // files): it is not the ledgered one.
+    edit_catalogue(
+        &env.home(),
+        &["UPDATE datasets SET bucket_count = 2 WHERE name = 'tax_returns'"],
+    );
+    assert!(!query().status.success(), "a changed bucket count was used");
+    edit_catalogue(
+        &env.home(),
+        &["UPDATE datasets SET bucket_count = 1 WHERE name = 'tax_returns'"],
+    );
+    assert!(query().status.success());
     // A schema reclassified in the catalogue (its recorded digest too).
     edit_catalogue(
         &env.home(),

@@ -441,7 +441,8 @@ fn a_rolled_back_ledger_releases_nothing_under_the_gate() {
     assert!(query().status.success());
     assert!(env.witness_round().status.success());
 
-    // Cut the journal's last two records; remove what would contradict it.
+    // Cut the journal's last record (the query's); remove what would
+    // contradict it.
     let ledger = env.home().join("ledger");
     let journal = std::fs::read(ledger.join("journal")).unwrap();
     let mut starts = Vec::new();
@@ -451,7 +452,7 @@ fn a_rolled_back_ledger_releases_nothing_under_the_gate() {
         let len = u32::from_be_bytes(journal[at..at + 4].try_into().unwrap()) as usize;
         at += 4 + 32 + len;
     }
-    let cut = starts[starts.len() - 2];
+    let cut = starts[starts.len() - 1];
     std::fs::write(ledger.join("journal"), &journal[..cut]).unwrap();
     for name in ["checkpoint", "state.json"] {
         std::fs::remove_file(ledger.join(name)).unwrap();
@@ -474,4 +475,27 @@ fn a_rolled_back_ledger_releases_nothing_under_the_gate() {
     assert_eq!(status["diverged"], true, "{status}");
     // The witness refuses the shorter history, too.
     assert!(!env.witness_round().status.success());
+    // Editing the policy file behind the ledger (`quorum none`, or a witness
+    // of one's own) is refused: its digest is not the one the install
+    // entry recorded.
+    let policy_file = env.home().join("witness-policy");
+    std::fs::write(&policy_file, "quorum none\n").unwrap();
+    let out = query();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("not the one the ledger recorded"),
+        "{}",
+        text(&out)
+    );
+    let out = env
+        .custos(None)
+        .args(["ledger", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not the one the ledger recorded"),
+        "{}",
+        text(&out)
+    );
 }

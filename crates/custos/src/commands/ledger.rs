@@ -400,7 +400,7 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                 );
             }
             let (dir, key) = published_ledger(home_dir).await?;
-            let policy = home_policy(home_dir)?;
+            let policy = home_policy(home_dir).await?;
             let collector = custos_witness::Collector::new(&dir, &key, policy)
                 .map_err(|e| anyhow::anyhow!(e))?;
             let report = collector.round().await?;
@@ -438,7 +438,7 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             let actor = custos
                 .actor(super::token_from_env().as_deref().map(|t| t.as_str()))
                 .await?;
-            let recorded = custos.set_witness_policy(&actor, &text);
+            let recorded = custos.set_witness_policy(&actor, &text).await;
             custos.close()?;
             let recorded = recorded?;
             let policy = read_policy(&file)?;
@@ -482,7 +482,7 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                 anyhow::bail!("`ledger status` reads the home; run it on the custodian's machine");
             }
             let (dir, key) = published_ledger(home_dir).await?;
-            status(&dir, &key, home_dir, json)?;
+            status(&dir, &key, home_dir, json).await?;
         }
     }
     Ok(())
@@ -510,14 +510,16 @@ pub(crate) fn read_policy(path: &Path) -> anyhow::Result<custos_ledger::WitnessP
     custos_ledger::WitnessPolicy::parse(&text).with_context(|| format!("`{}`", path.display()))
 }
 
-fn home_policy(home_dir: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
-    let path = home_dir.join(custos_broker::WITNESS_POLICY_FILE);
-    if !path.exists() {
-        anyhow::bail!(
-            "this home has no witness policy: install one with `custos ledger witness-policy FILE` (see docs/ledger.md)"
-        );
-    }
-    read_policy(&path)
+/// The home's witness policy, checked against the ledger entry that
+/// installed it.
+async fn home_policy(home_dir: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
+    custos_broker::home_witness_policy(home_dir, super::master_key_from_env()?)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "this home has no witness policy: install one with `custos ledger witness-policy FILE` (see docs/ledger.md)"
+            )
+        })
 }
 
 /// Checks the witnessed checkpoint in `dir` against `policy`: the quorum
@@ -583,9 +585,16 @@ struct Status {
     witnesses: std::collections::BTreeMap<String, custos_ledger::witnessed::WitnessProgress>,
 }
 
-fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<()> {
+async fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<()> {
     let size = LedgerReader::new(dir).latest(key)?.size;
     let policy_path = home_dir.join(custos_broker::WITNESS_POLICY_FILE);
+    // Checked against the ledger entry that installed it (an edited file
+    // is reported as such, not used).
+    let policy = if policy_path.exists() {
+        Some(home_policy(home_dir).await?)
+    } else {
+        None
+    };
     let mut out = Status {
         size,
         witnessed: None,
@@ -595,8 +604,7 @@ fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<
         quorum: None,
         witnesses: custos_ledger::witnessed::read_state(dir)?,
     };
-    if policy_path.exists() {
-        let policy = read_policy(&policy_path)?;
+    if let Some(policy) = policy {
         let lag = custos_broker::witness_lag(dir, key, &policy)?;
         out.witnessed = Some(lag.witnessed);
         out.behind = Some(lag.size.saturating_sub(lag.witnessed));

@@ -77,7 +77,7 @@ pub async fn open_custos(home: &Path) -> anyhow::Result<custos_broker::Custos> {
     {
         let max = humantime::parse_duration(text.trim())
             .map_err(|e| anyhow::anyhow!("{MAX_UNWITNESSED_ENV}=`{text}`: {e}"))?;
-        custos.require_witnessed_within(max)?;
+        custos.require_witnessed_within(max).await?;
     }
     Ok(custos)
 }

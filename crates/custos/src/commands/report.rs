@@ -48,6 +48,24 @@ pub enum ReportCommand {
     },
 }
 
+/// Checks that the report's checkpoint is signed by `vkey` and that every
+/// line's inclusion proof verifies against it.
+fn check_proofs(report: &custos_broker::SubjectReport, vkey: &str) -> anyhow::Result<()> {
+    let cp = custos_ledger::verify_checkpoint(report.checkpoint.as_bytes(), vkey)
+        .map_err(|e| anyhow::anyhow!("the report's checkpoint does not verify: {e}"))?;
+    for line in &report.lines {
+        custos_ledger::verify_inclusion(&line.proof)
+            .map_err(|e| anyhow::anyhow!("the proof of ledger entry {}: {e}", line.proof.index))?;
+        if line.proof.root != hex::encode(cp.root) || line.proof.size != cp.size {
+            anyhow::bail!(
+                "the proof of ledger entry {} is not against the report's checkpoint",
+                line.proof.index
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Holds a report's checkpoint to the witnessed one under `policy_path`:
 /// the quorum cosigned within `max_age`, and both checkpoints are prefixes
 /// of the one ledger (checked on the home's files or a verified copy of
@@ -102,6 +120,20 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyho
                 key,
             } => {
                 let report = gateway.subject_report(&id).await?;
+                // Check the proofs here too: over a server they are the only
+                // evidence that the lines are the ledger's.
+                let vkey = match (&key, server) {
+                    (Some(k), _) => Some(k.clone()),
+                    (None, None) => Some(super::published_ledger(home).await?.1),
+                    (None, Some(_)) => None,
+                };
+                match &vkey {
+                    Some(k) => check_proofs(&report, k)?,
+                    None if !json => eprintln!(
+                        "note: the lines' ledger proofs were not checked; give --key VKEY (from the custodian) to check them"
+                    ),
+                    None => {}
+                }
                 let witnessed = match &witness_policy {
                     Some(path) => Some(
                         witnessed_lines(home, server, key, path, max_age, &report.checkpoint)

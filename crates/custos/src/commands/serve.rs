@@ -78,9 +78,9 @@ pub async fn run(home: &Path, args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut custos = open_custos(home).await?;
     if let Some(max) = args.max_unwitnessed {
-        custos.require_witnessed_within(max)?;
+        custos.require_witnessed_within(max).await?;
     }
-    let collector = match custos.witness_policy()? {
+    let collector = match custos.witness_policy().await? {
         Some(policy) => {
             eprintln!(
                 "Witnessing: {} witness(es), quorum `{}`; checkpoints go to them as they are signed.",

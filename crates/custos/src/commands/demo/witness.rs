@@ -46,7 +46,7 @@ pub async fn run(base: &Path, home_dir: &Path, admin: &Actor) -> anyhow::Result<
         stops.push(stop);
     }
     policy += "group both all witness.ig.example.gov/custos witness.court.example.gov/custos\nquorum both\n";
-    custos.set_witness_policy(admin, &policy)?;
+    custos.set_witness_policy(admin, &policy).await?;
     println!(
         "  The custodian installs the policy (both must cosign): `custos ledger witness-policy`."
     );
