@@ -53,6 +53,59 @@ fn refusal_category(e: &AgreementError) -> &'static str {
 }
 
 impl Custos {
+    /// Holds a stored agreement version to the `agreement.apply` entry
+    /// that recorded it: its text must hash to what the ledger recorded for
+    /// that id and version. Decisions use the stored text, so a text edited
+    /// in the catalogue behind `agreement apply` (wider columns, no row
+    /// scope, a bigger budget) would otherwise take effect unrecorded. A
+    /// mismatch is ledgered as `agreement.tampered` and nothing is decided
+    /// under the agreement.
+    pub(crate) fn check_agreement_ledgered(
+        &self,
+        version: &AgreementVersion,
+    ) -> Result<(), BrokerError> {
+        let sha = hex::encode(Sha256::digest(version.toml.as_bytes()));
+        let seen = format!(
+            "agreement\n{}\n{}\n{:?}\n{sha}",
+            version.id, version.version, version.ledger_entry
+        );
+        if self.ledgered_datasets.contains(&seen) {
+            return Ok(());
+        }
+        let matches = version.ledger_entry.is_some_and(|index| {
+            self.entry_at(index).is_ok_and(|entry| {
+                entry.action == "agreement.apply"
+                    && entry.decision == Decision::Allow
+                    && entry.agreement_id.as_deref() == Some(version.id.as_str())
+                    && entry.agreement_version == version.version
+                    && entry
+                        .attributes
+                        .iter()
+                        .any(|(k, v)| k == "sha256" && *v == sha)
+            })
+        });
+        if !matches {
+            let reason = format!(
+                "the stored text of agreement `{}` v{} is not the one the ledger recorded: nothing is decided under it",
+                version.id, version.version
+            );
+            self.append(
+                &Entry::new(
+                    now_micros(),
+                    "custos",
+                    "agreement.tampered",
+                    Decision::Error,
+                )
+                .with_agreement(&version.id, version.version)
+                .with_reason(reason.clone()),
+            )?;
+            tracing::error!(agreement = %version.id, "agreement refused: its stored text is not the ledgered one");
+            return Err(BrokerError::Denied(reason));
+        }
+        self.ledgered_datasets.insert(seen);
+        Ok(())
+    }
+
     fn refuse_agreement(&self, actor: &Actor, e: AgreementError) -> BrokerError {
         let entry = Entry::new(now_micros(), actor.id(), "agreement.apply", Decision::Deny)
             .with_reason(refusal_category(&e));
@@ -115,10 +168,17 @@ impl Custos {
             .with_agreement(&agreement.id, version)
             .with_attribute("sha256", sha.clone())
             .with_count("grants", agreement.grants.len() as u64);
-        self.append(&entry)?;
+        let recorded = self.append(&entry)?;
         let now = custos_store::home::now_rfc3339();
         let stored = meta
-            .insert_agreement_version(&agreement.id, text, &sha, &now, actor.id())
+            .insert_agreement_version(
+                &agreement.id,
+                text,
+                &sha,
+                &now,
+                actor.id(),
+                recorded.index(),
+            )
             .await?;
         let versions = meta.agreement_versions(&agreement.id).await?;
         let stored = versions

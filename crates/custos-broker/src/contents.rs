@@ -47,9 +47,24 @@ pub(crate) enum Reading<'a> {
     Subject(&'a str),
 }
 
-/// Datasets whose catalogue record this process has held to the ledger.
+/// Catalogue records (datasets, agreement versions) this process has held
+/// to the ledger, by everything the check read.
 #[derive(Debug, Default)]
 pub(crate) struct LedgeredDatasets(Mutex<HashSet<String>>);
+
+impl LedgeredDatasets {
+    /// Whether `key` was checked.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.0.lock().map(|set| set.contains(key)).unwrap_or(false)
+    }
+
+    /// Notes that `key` was checked.
+    pub(crate) fn insert(&self, key: String) {
+        if let Ok(mut set) = self.0.lock() {
+            set.insert(key);
+        }
+    }
+}
 
 /// `custos dataset verify`: what was checked and what was found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,17 +178,9 @@ impl Custos {
             record.schema_sha256,
             hex::encode(sha2::Sha256::digest(record.schema_toml.as_bytes())),
         );
-        let known = self
-            .ledgered_datasets
-            .0
-            .lock()
-            .map(|set| set.contains(&seen))
-            .unwrap_or(false);
-        if !known {
+        if !self.ledgered_datasets.contains(&seen) {
             self.check_against_ledger(reader)?;
-            if let Ok(mut set) = self.ledgered_datasets.0.lock() {
-                set.insert(seen);
-            }
+            self.ledgered_datasets.insert(seen);
         }
         let buckets = match reading {
             Reading::All => None,
@@ -192,6 +199,26 @@ impl Custos {
         })
     }
 
+    /// The ledger entry at `index` (publishing a checkpoint first if the
+    /// entry is newer than the published one).
+    pub(crate) fn entry_at(&self, index: u64) -> Result<Entry, String> {
+        let dir = self.ledger_dir();
+        let published = LedgerReader::new(&dir)
+            .latest(self.verifier_key())
+            .map_err(|e| format!("the ledger could not be read: {e}"))?;
+        if index >= published.size {
+            self.checkpoint()
+                .map_err(|e| format!("the ledger could not be checkpointed: {e}"))?;
+        }
+        let entries = LedgerReader::new(&dir)
+            .entries(index, index + 1)
+            .map_err(|e| format!("ledger entry {index} could not be read: {e}"))?;
+        let (_, bytes) = entries
+            .first()
+            .ok_or_else(|| format!("ledger entry {index} is not in the ledger"))?;
+        Entry::decode(bytes).map_err(|e| format!("ledger entry {index}: {e}"))
+    }
+
     /// The ingest entry the catalogue points to must be this dataset's and
     /// record the catalogue's digests.
     fn check_against_ledger(&self, reader: &DatasetReader) -> Result<(), String> {
@@ -199,22 +226,7 @@ impl Custos {
         let index = record.ingest_entry.ok_or_else(|| {
             "the catalogue records no ingest entry for it (ingested before contents were ledgered; ingest it again)".to_owned()
         })?;
-        let dir = self.ledger_dir();
-        let published = LedgerReader::new(&dir)
-            .latest(self.verifier_key())
-            .map_err(|e| format!("the ledger could not be read: {e}"))?;
-        if index >= published.size {
-            // Ingested moments ago: publish the checkpoint that covers it.
-            self.checkpoint()
-                .map_err(|e| format!("the ledger could not be checkpointed: {e}"))?;
-        }
-        let entries = LedgerReader::new(&dir)
-            .entries(index, index + 1)
-            .map_err(|e| format!("ingest entry {index} could not be read: {e}"))?;
-        let (_, bytes) = entries
-            .first()
-            .ok_or_else(|| format!("ingest entry {index} is not in the ledger"))?;
-        let entry = Entry::decode(bytes).map_err(|e| format!("ingest entry {index}: {e}"))?;
+        let entry = self.entry_at(index)?;
         let attribute = |key: &str| {
             entry
                 .attributes

@@ -204,6 +204,7 @@ impl Custos {
                 "unknown agreement (deny by default)",
             );
         };
+        self.check_agreement_ledgered(latest)?;
         let agreement = Agreement::from_toml(&latest.toml)
             .map_err(|e| BrokerError::Internal(format!("stored agreement unreadable: {e}")))?;
         let day = today();

@@ -89,6 +89,9 @@ pub struct AgreementVersion {
     pub applied_at: String,
     /// Principal id who applied it.
     pub applied_by: String,
+    /// Ledger index of the `agreement.apply` entry that recorded its hash.
+    #[serde(default)]
+    pub ledger_entry: Option<u64>,
 }
 
 /// The state of an agreement as a whole.
@@ -150,6 +153,7 @@ pub trait MetadataStore:
         sha256: &str,
         at: &str,
         by: &str,
+        ledger_entry: u64,
     ) -> Result<u32, MetaError>;
     /// Every version of an agreement, oldest first.
     async fn agreement_versions(&self, id: &str) -> Result<Vec<AgreementVersion>, MetaError>;
@@ -234,6 +238,9 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementVersion, M
         sha256: row.try_get("sha256")?,
         applied_at: row.try_get("applied_at")?,
         applied_by: row.try_get("applied_by")?,
+        ledger_entry: row
+            .try_get::<Option<i64>, _>("ledger_entry")?
+            .and_then(|i| u64::try_from(i).ok()),
     })
 }
 
@@ -409,6 +416,7 @@ impl MetadataStore for SqliteMetadata {
         sha256: &str,
         at: &str,
         by: &str,
+        ledger_entry: u64,
     ) -> Result<u32, MetaError> {
         let mut tx = self.pool.begin().await?;
         let latest: Option<i64> =
@@ -418,7 +426,8 @@ impl MetadataStore for SqliteMetadata {
                 .await?;
         let version = latest.unwrap_or(0) + 1;
         sqlx::query(
-            "INSERT INTO agreement_versions (id, version, toml, sha256, applied_at, applied_by) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO agreement_versions (id, version, toml, sha256, applied_at, applied_by, ledger_entry) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(version)
@@ -426,6 +435,7 @@ impl MetadataStore for SqliteMetadata {
         .bind(sha256)
         .bind(at)
         .bind(by)
+        .bind(i64::try_from(ledger_entry).map_err(|_| MetaError::Database("index too large".into()))?)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -575,14 +585,14 @@ mod tests {
 
         assert_eq!(
             store
-                .insert_agreement_version("a1", "x", "h1", "t1", "p")
+                .insert_agreement_version("a1", "x", "h1", "t1", "p", 1)
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(
             store
-                .insert_agreement_version("a1", "y", "h2", "t2", "p")
+                .insert_agreement_version("a1", "y", "h2", "t2", "p", 2)
                 .await
                 .unwrap(),
             2
@@ -607,7 +617,7 @@ mod tests {
         assert_eq!(store.agreement_state("a1").await.unwrap(), Some(suspended));
         // A new version keeps the state.
         store
-            .insert_agreement_version("a1", "z", "h3", "t4", "p")
+            .insert_agreement_version("a1", "z", "h3", "t4", "p", 3)
             .await
             .unwrap();
         assert_eq!(

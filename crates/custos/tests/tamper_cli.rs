@@ -276,3 +276,32 @@ fn a_catalogue_changed_under_a_running_server_is_caught() {
     assert!(!out.status.success(), "an edited schema was used");
     drop(server);
 }
+
+/// The insider widens an agreement in the catalogue (a bigger budget)
+/// instead of applying a new version: decisions hold the stored text to
+/// the `agreement.apply` entry, so nothing is decided under it, and the
+/// refusal is ledgered.
+#[test]
+fn an_agreement_edited_in_the_catalogue_decides_nothing() {
+    let env = Env::new();
+    assert!(env.query().status.success());
+    edit_catalogue(
+        &env.home(),
+        &[
+            "UPDATE agreement_versions SET toml = replace(toml, 'budget = 100.0', 'budget = 900.0') \
+           WHERE id = 'gao-stats'",
+        ],
+    );
+    let out = env.query();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "a query ran under an edited agreement"
+    );
+    assert!(said.contains("not the one the ledger recorded"), "{said}");
+    let tampered = common::ledger(&env.home())
+        .iter()
+        .filter(|e| e["action"] == "agreement.tampered")
+        .count();
+    assert_eq!(tampered, 1);
+}
