@@ -412,7 +412,8 @@ impl Custos {
         let home = Home::open(root, external_key.map(|k| k.0)).await?;
         let (ledger, ledger_key_file) = ledger_key::open_ledger(&home, &ledger_key).await?;
         let subjects = SubjectCommitter::new(&home.ledger_subject_key());
-        Ok(Self {
+        let cut = ledger.cut_at_open();
+        let custos = Self {
             home,
             ledger_key_file,
             ledger,
@@ -422,7 +423,19 @@ impl Custos {
             limit_locks: LimitLocks::default(),
             witness_gate: None,
             ledgered_datasets: contents::LedgeredDatasets::default(),
-        })
+        };
+        if let Some(bytes) = cut {
+            // A crash, or records written without the key: either way the
+            // ledger says so, where an auditor reads it.
+            custos.append(
+                &Entry::new(now_micros(), "custos", "ledger.recovered", Decision::Recorded)
+                    .with_count("cut_bytes", bytes)
+                    .with_reason(
+                        "the journal's final record was torn by a crash or not written with the ledger key; it was cut, never signed",
+                    ),
+            )?;
+        }
+        Ok(custos)
     }
 
     /// The home: master key, datasets and the writable catalogue. Never

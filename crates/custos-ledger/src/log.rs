@@ -141,6 +141,7 @@ pub struct Ledger {
     dir: PathBuf,
     verifier_key: String,
     origin: String,
+    cut_at_open: Option<u64>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
@@ -194,6 +195,7 @@ impl Ledger {
         writer.faults = config.faults;
         writer.checkpoint()?;
         let verifier_key = writer.signer.verifier_key();
+        let cut_at_open = writer.cut;
         let (tx, rx) = mpsc::sync_channel::<Command>(1024);
         let thread = std::thread::Builder::new()
             .name("custos-ledger".into())
@@ -208,7 +210,15 @@ impl Ledger {
             dir,
             verifier_key,
             origin: config.origin,
+            cut_at_open,
         })
+    }
+
+    /// Bytes of journal tail that recovery cut when this ledger opened:
+    /// a final record that was torn by a crash, or written without the
+    /// ledger key. The broker records it in the ledger.
+    pub fn cut_at_open(&self) -> Option<u64> {
+        self.cut_at_open
     }
 
     /// The ledger directory.
@@ -324,6 +334,9 @@ struct Writer {
     retiring: Option<NoteSigner>,
     /// The key an interrupted rotation was moving to (recovery only).
     next: Option<NoteSigner>,
+    /// Bytes of journal tail cut at recovery (torn, or not written with
+    /// the ledger key), if any.
+    cut: Option<u64>,
 }
 
 impl Writer {
@@ -384,6 +397,7 @@ impl Writer {
             faults: FaultPlan::default(),
             retiring: None,
             next,
+            cut: None,
         };
         // Resume from the last state whose tiles check out and that agrees
         // with the signed checkpoint; else rebuild from the journal alone.
@@ -429,6 +443,9 @@ impl Writer {
         // Every check passed: only now cut the torn, unacknowledged tail.
         if let Some(at) = torn {
             writer.cut_torn(&journal_path, at, journal_len)?;
+            if at < journal_len {
+                writer.cut = Some(journal_len - at);
+            }
         }
         writer.journal_len = writer.journal.metadata().map_err(io(&journal_path))?.len();
         Ok(writer)

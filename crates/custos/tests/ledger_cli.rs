@@ -451,3 +451,52 @@ fn the_ledger_key_stands_apart_and_rotates_with_a_signed_change() {
         .failure()
         .stderr(predicate::str::contains("not this home's"));
 }
+
+/// An insider with the home but not the ledger key appends a well-formed
+/// journal record: the next command does not sign it, and the ledger
+/// records that a final record was cut (where an auditor reads it).
+#[test]
+fn a_record_forged_into_the_journal_is_cut_and_the_cut_is_ledgered() {
+    use std::io::Write as _;
+    let env = Env::new();
+    env.ingest("good", "ok.csv").success();
+    let forged = custos_ledger::Entry::new(
+        1_700_000_000_000_000,
+        "rita",
+        "lookup.fetch",
+        custos_ledger::Decision::Allow,
+    )
+    .encode()
+    .unwrap();
+    let leaf = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update([0u8]);
+        h.update(&forged);
+        h.finalize()
+    };
+    let mut journal = fs::OpenOptions::new()
+        .append(true)
+        .open(env.ledger().join("journal"))
+        .unwrap();
+    journal
+        .write_all(&(forged.len() as u32).to_be_bytes())
+        .unwrap();
+    journal.write_all(&leaf).unwrap();
+    journal.write_all(&forged).unwrap();
+    drop(journal);
+    env.custos()
+        .args(["ledger", "checkpoint"])
+        .assert()
+        .success();
+    let entries = env.json(&["ledger", "show", "--json"]);
+    let actions: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(!actions.contains(&"lookup.fetch"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"ledger.recovered"), "{actions:?}");
+    env.custos().args(["ledger", "verify"]).assert().success();
+}
