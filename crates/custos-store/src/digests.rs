@@ -140,7 +140,9 @@ impl FileDigests {
             Some(list) => list.iter().collect(),
             None => self.0.keys().collect(),
         };
-        for name in names {
+        // Files not yet hashed by this process are hashed one per core;
+        // the first problem in name order is reported.
+        let check_one = |name: &String| -> Result<(), Tampering> {
             let expected = self
                 .0
                 .get(name)
@@ -151,8 +153,31 @@ impl FileDigests {
             if &found != expected {
                 return Err(Tampering::Altered(name.clone()));
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let per_thread = names.len().div_ceil(cores.max(1)).max(1);
+        let results: Vec<Result<(), Tampering>> = if names.len() > 1 && cores > 1 {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = names
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        scope.spawn(move || chunk.iter().map(|n| check_one(n)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(Tampering::Altered("(a hashing thread failed)".into()))]
+                        })
+                    })
+                    .collect()
+            })
+        } else {
+            names.iter().map(|n| check_one(n)).collect()
+        };
+        results.into_iter().collect()
     }
 }
 
