@@ -42,6 +42,24 @@ pub use read::{
 pub use verify::{VerifyReport, verify_ledger};
 pub use witnessed::{WitnessedCheckpoint, verify_witnessed};
 
+/// Serde for 32-byte hashes as hex strings (`#[serde(with = "custos_ledger::hex32")]`).
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the hash as 64 hex digits.
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(hash))
+    }
+
+    /// Reads 64 hex digits.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
 /// Size of a SHA-256 hash.
 pub const HASH_SIZE: usize = 32;
 

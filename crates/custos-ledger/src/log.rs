@@ -94,23 +94,8 @@ pub struct FaultPlan {
 struct State {
     size: u64,
     journal_offset: u64,
-    #[serde(with = "hex_root")]
+    #[serde(with = "crate::hex32")]
     root: [u8; 32],
-}
-
-mod hex_root {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(root: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(root))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
-    }
 }
 
 type Reply<T> = SyncSender<Result<T, LedgerError>>;
@@ -144,7 +129,7 @@ pub struct Ledger {
     cut_at_open: Option<u64>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
     move |cause| LedgerError::Io {
         path: path.to_owned(),
         cause,
@@ -153,7 +138,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
 
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename). The
 /// directory is fsynced by the caller, once for many files.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io(parent))?;
     let tmp = path.with_extension("tmp");
@@ -173,7 +158,7 @@ fn write_renamed(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
     fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn sync_dir(path: &Path) -> Result<(), LedgerError> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), LedgerError> {
     File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io(path))

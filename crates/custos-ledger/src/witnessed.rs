@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,7 @@ use signed_note::{Note, Signature, Verifier, VerifierList};
 
 use crate::LedgerError;
 use crate::cosignature::CosignatureVerifier;
+use crate::log::{io, sync_dir, write_atomic};
 use crate::note::{VerifiedCheckpoint, verify_checkpoint};
 use crate::policy::WitnessPolicy;
 
@@ -53,26 +53,13 @@ pub struct WitnessProgress {
 /// Every witness's progress, by name.
 pub type WitnessState = BTreeMap<String, WitnessProgress>;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
-    move |cause| LedgerError::Io {
-        path: path.to_owned(),
-        cause,
-    }
-}
-
-/// Writes `bytes` to `path` atomically and durably.
+/// Writes `bytes` to `path` atomically and durably (the directory too).
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LedgerError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(parent) = path.parent() {
-        fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io(parent))?;
+    write_atomic(path, bytes)?;
+    match path.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks a note's log signature with `log_key` and its cosignatures with

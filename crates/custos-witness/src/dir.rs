@@ -105,23 +105,8 @@ pub struct LogHead {
     /// Tree size.
     pub size: u64,
     /// Root hash.
-    #[serde(with = "hex_hash")]
+    #[serde(with = "custos_ledger::hex32")]
     pub root: [u8; 32],
-}
-
-mod hex_hash {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(root: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(root))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
-    }
 }
 
 /// Heads by origin, as stored in `state.json`.

@@ -379,16 +379,10 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                     );
                 }
                 if let Some(w) = &witnessed {
-                    let now = now_seconds();
-                    let who: Vec<String> = w
-                        .signed_by
-                        .iter()
-                        .map(|(name, t)| format!("{name} ({} ago)", ago(now, *t)))
-                        .collect();
                     println!(
                         "  witnessed: a quorum cosigned size {} and the ledger extends it unchanged; signed by {}",
                         w.checkpoint.size,
-                        who.join(", ")
+                        signers(w)
                     );
                 }
             }
@@ -492,6 +486,16 @@ pub(crate) fn now_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Who cosigned `w` and how long ago, for people: `name (12s ago), …`.
+pub(crate) fn signers(w: &custos_ledger::WitnessedCheckpoint) -> String {
+    let now = now_seconds();
+    w.signed_by
+        .iter()
+        .map(|(name, t)| format!("{name} ({} ago)", ago(now, *t)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// "12s", "3m", "5h" or "2d" between `then` and `now` (seconds).

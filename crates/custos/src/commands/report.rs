@@ -190,12 +190,6 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyho
                 }
                 println!("Checkpoint:\n{}", report.checkpoint.trim_end());
                 if let Some(w) = &witnessed {
-                    let now = super::ledger::now_seconds();
-                    let who: Vec<String> = w
-                        .signed_by
-                        .iter()
-                        .map(|(n, t)| format!("{n} ({} ago)", super::ledger::ago(now, *t)))
-                        .collect();
                     let newer = report
                         .lines
                         .iter()
@@ -204,7 +198,7 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyho
                     println!(
                         "Witnessed: the ledger's first {} entries were cosigned by {}, and this report's checkpoint extends them; {} of the {} lines are newer and not yet witnessed.",
                         w.checkpoint.size,
-                        who.join(", "),
+                        super::ledger::signers(w),
                         newer,
                         report.lines.len()
                     );
