@@ -25,24 +25,28 @@ mod queries;
 mod recorded;
 mod reports;
 mod witnessing;
+mod worklists;
 
 pub use contents::DatasetCheck;
 pub use custos_model::AgreementStatus;
-pub use custos_privacy::{AppliedBounds, BoundsSource};
+pub use custos_privacy::{AppliedBounds, BoundsSource, Cell};
 pub use custos_store::LedgerKeySource;
+pub use custos_store::listings::DayActivity;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use ledger_key::{KeyRotation, LedgerKeyFrom};
-pub use lookups::{GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
+pub use lookups::{DeclineNote, GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
 pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
 pub use queries::AggregateAnswer;
 pub use recorded::Recorded;
 pub use reports::{AgreementReport, ReportLine, SubjectReport};
 pub use witnessing::{WITNESS_POLICY_FILE, WitnessLag, home_witness_policy, witness_lag};
+pub use worklists::{AgreementBudget, Decided, QueueItem};
 
 /// The storage vocabulary of the broker's arguments and answers, re-exported
 /// so that nothing outside the broker depends on `custos-store` (which can
 /// read rows and reach the master key) to name them.
 pub use custos_store::ingest::MAX_PROBLEMS;
+pub use custos_store::lookups::RequestState;
 pub use custos_store::matches::MatchJob;
 pub use custos_store::meta::{AgreementState, AgreementVersion};
 pub use custos_store::{

@@ -89,6 +89,25 @@ pub struct LookupDetails {
     pub justification: Option<String>,
     /// Who approved, in order.
     pub approvers: Vec<ApprovalRecord>,
+    /// Who declined it and why (the reason for the same audience as
+    /// `justification`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declined: Option<DeclineNote>,
+}
+
+/// An approver's decline of a request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeclineNote {
+    /// Principal id of the approver.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why (for the requester and the custodian's approvers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Ledger index of the entry that recorded it.
+    pub ledger_index: u64,
 }
 
 /// Records released by a fetch: only the granted columns, values as text.
@@ -108,16 +127,18 @@ pub struct Released {
 /// The two fields of a request sealed under the master key, each bound to
 /// its request id.
 #[derive(Debug, Clone, Copy)]
-enum Sealed {
+pub(crate) enum Sealed {
     Subject,
     Justification,
+    DeclineReason,
 }
 
 impl Sealed {
-    fn purpose(self, request_id: &str) -> String {
+    pub(crate) fn purpose(self, request_id: &str) -> String {
         let field = match self {
             Self::Subject => "subject",
             Self::Justification => "justification",
+            Self::DeclineReason => "decline-reason",
         };
         format!("custos/v1/request/{request_id}/{field}")
     }
@@ -126,13 +147,14 @@ impl Sealed {
         match self {
             Self::Subject => "request subject",
             Self::Justification => "request justification",
+            Self::DeclineReason => "decline reason",
         }
     }
 }
 
 impl Custos {
     /// Opens a sealed request field.
-    fn unseal(
+    pub(crate) fn unseal(
         &self,
         request_id: &str,
         field: Sealed,
@@ -146,12 +168,12 @@ impl Custos {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    fn lookup_entry(&self, actor: &Actor, action: &str, decision: Decision) -> Entry {
+    pub(crate) fn lookup_entry(&self, actor: &Actor, action: &str, decision: Decision) -> Entry {
         Entry::new(now_micros(), actor.id(), action, decision)
     }
 
     /// Records a denied look-up action and returns the error for the caller.
-    fn deny_lookup(&self, entry: Entry, reason: String) -> BrokerError {
+    pub(crate) fn deny_lookup(&self, entry: Entry, reason: String) -> BrokerError {
         self.refuse(entry, Denial::same(reason))
     }
 
@@ -364,7 +386,7 @@ impl Custos {
 
     /// The custodian organisation of the agreement version a request was
     /// made under.
-    async fn custodian_of(
+    pub(crate) async fn custodian_of(
         &self,
         record: &AccessRequestRecord,
     ) -> Result<Option<String>, BrokerError> {
@@ -376,7 +398,7 @@ impl Custos {
 
     /// A request by id, or a ledgered denial that does not say whether it
     /// exists (ids are guessable only by brute force, but still).
-    async fn known_request(
+    pub(crate) async fn known_request(
         &self,
         entry: &Entry,
         id: &str,
@@ -384,6 +406,54 @@ impl Custos {
         match self.home().meta().request(id).await? {
             Some(r) => Ok(r),
             None => Err(self.deny_lookup(entry.clone(), "no such request".into())),
+        }
+    }
+
+    /// The two-person rule for judging (approving or declining) a request:
+    /// the `approver` role, not the requester, no conflicting role, the
+    /// agreement's custodian organisation, a pending request and an active
+    /// agreement. A refusal is ledgered on `entry`.
+    pub(crate) async fn may_judge(
+        &self,
+        entry: &Entry,
+        principal: &Principal,
+        record: &AccessRequestRecord,
+        verb: &str,
+    ) -> Result<(), BrokerError> {
+        let refuse = |reason: String| Err(self.deny_lookup(entry.clone(), reason));
+        if !principal.has_role(Role::Approver) {
+            return refuse(format!(
+                "only a principal with the `approver` role may {verb}"
+            ));
+        }
+        if principal.id == record.requester {
+            return refuse(format!(
+                "self-approval is not allowed: a second person must {verb}"
+            ));
+        }
+        if let Some(rule) = approver_conflict(principal) {
+            return refuse(rule);
+        }
+        if self.custodian_of(record).await?.as_deref() != Some(principal.org.as_str()) {
+            return refuse(
+                "two-person rule: an approver must belong to the agreement's custodian organisation".into(),
+            );
+        }
+        if record.state != RequestState::Pending {
+            return refuse(format!("the request is already {}", record.state.as_str()));
+        }
+        match self
+            .home()
+            .meta()
+            .agreement_state(&record.agreement_id)
+            .await?
+        {
+            Some(s) if s.state == AgreementStatus::Active => Ok(()),
+            Some(s) => refuse(format!(
+                "agreement `{}` is {}",
+                record.agreement_id, s.state
+            )),
+            None => refuse("the agreement is gone".into()),
         }
     }
 
@@ -434,11 +504,25 @@ impl Custos {
             ..entry
         })?;
         let approvers = self.home().meta().approvals(&record.id).await?;
+        let declined = match self.home().meta().decline(&record.id).await? {
+            None => None,
+            Some(d) => Some(DeclineNote {
+                reason: if justification.is_some() {
+                    Some(self.unseal(&record.id, Sealed::DeclineReason, &d.reason_sealed)?)
+                } else {
+                    None
+                },
+                by: d.decliner,
+                at: d.declined_at,
+                ledger_index: d.ledger_index,
+            }),
+        };
         Ok(LookupDetails {
             ticket: ticket(&record, u32::try_from(approvers.len()).unwrap_or(u32::MAX)),
             subject,
             justification,
             approvers,
+            declined,
         })
     }
 
@@ -458,28 +542,9 @@ impl Custos {
         let entry = entry
             .with_request(&record.id)
             .with_agreement(&record.agreement_id, record.agreement_version);
-        if !principal.has_role(Role::Approver) {
-            return Err(self.deny_lookup(
-                entry,
-                "only a principal with the `approver` role may approve".into(),
-            ));
-        }
-        if principal.id == record.requester {
-            return Err(self.deny_lookup(
-                entry,
-                "self-approval is not allowed: a second person must approve".into(),
-            ));
-        }
-        if let Some(rule) = approver_conflict(principal) {
-            return Err(self.deny_lookup(entry, rule));
-        }
+        self.may_judge(&entry, principal, &record, "approve")
+            .await?;
         let meta = self.home().meta();
-        if self.custodian_of(&record).await?.as_deref() != Some(principal.org.as_str()) {
-            return Err(self.deny_lookup(
-                entry,
-                "two-person rule: an approver must belong to the agreement's custodian organisation".into(),
-            ));
-        }
         if meta
             .approvals(&record.id)
             .await?
@@ -490,22 +555,6 @@ impl Custos {
                 entry,
                 "you already approved this request: each approval must come from a different person".into(),
             ));
-        }
-        if record.state != RequestState::Pending {
-            return Err(self.deny_lookup(
-                entry,
-                format!("the request is already {}", record.state.as_str()),
-            ));
-        }
-        match meta.agreement_state(&record.agreement_id).await? {
-            Some(s) if s.state == AgreementStatus::Active => {}
-            Some(s) => {
-                return Err(self.deny_lookup(
-                    entry,
-                    format!("agreement `{}` is {}", record.agreement_id, s.state),
-                ));
-            }
-            None => return Err(self.deny_lookup(entry, "the agreement is gone".into())),
         }
         // INVARIANT: the approval counts only after this entry is durable.
         let ledger_index = self.append(&Entry {
@@ -573,6 +622,11 @@ impl Custos {
                     entry,
                     "the request was already fetched (each approved request releases once)".into(),
                 ));
+            }
+            RequestState::Declined => {
+                return Err(
+                    self.deny_lookup(entry, "the request was declined by an approver".into())
+                );
             }
             RequestState::Approved => {}
         }
@@ -740,7 +794,7 @@ impl Custos {
     }
 }
 
-fn ticket(r: &AccessRequestRecord, approvals: u32) -> LookupTicket {
+pub(crate) fn ticket(r: &AccessRequestRecord, approvals: u32) -> LookupTicket {
     LookupTicket {
         id: r.id.clone(),
         agreement: r.agreement_id.clone(),

@@ -174,6 +174,35 @@ impl LedgerReader {
         })
     }
 
+    /// Entry `index` and its inclusion proof in the tree of `checkpoint`,
+    /// checked end to end: the entry's bytes hash to the proved leaf, the
+    /// proof verifies, and its root is the checkpoint's (whose signature
+    /// the caller verified).
+    pub fn prove_entry(
+        &self,
+        index: u64,
+        checkpoint: &VerifiedCheckpoint,
+    ) -> Result<(Vec<u8>, InclusionProof), LedgerError> {
+        let bytes = self
+            .entries(index, index + 1)?
+            .pop()
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| LedgerError::Proof(format!("no entry {index}")))?;
+        let proof = self.inclusion_proof(index, checkpoint.size, checkpoint.size)?;
+        if proof.leaf_hash != hex_hash(&tlog_tiles::record_hash(&bytes)) {
+            return Err(LedgerError::Proof(format!(
+                "entry {index}'s bytes do not hash to the leaf the tree holds"
+            )));
+        }
+        verify_inclusion(&proof)?;
+        if proof.root != hex::encode(checkpoint.root) {
+            return Err(LedgerError::Proof(
+                "the proof's root is not the checkpoint's".into(),
+            ));
+        }
+        Ok((bytes, proof))
+    }
+
     /// A consistency proof from `old` to `new` (both ≤ `published`).
     pub fn consistency_proof(
         &self,

@@ -72,7 +72,7 @@ impl Limiter {
     }
 
     /// Refuses an address that failed authentication too often lately.
-    fn check_address(&self, address: Option<IpAddr>) -> Result<(), Problem> {
+    pub(crate) fn check_address(&self, address: Option<IpAddr>) -> Result<(), Problem> {
         let Some(address) = address else {
             return Ok(());
         };
@@ -99,7 +99,7 @@ impl Limiter {
     }
 
     /// Counts a failed authentication; past the limit, blocks the address.
-    fn note_failure(&self, address: Option<IpAddr>) {
+    pub(crate) fn note_failure(&self, address: Option<IpAddr>) {
         let Some(address) = address else { return };
         if let Err(not_until) = self.failures.check_key(&address) {
             let wait = not_until
@@ -121,7 +121,7 @@ impl Limiter {
     }
 
     /// Admits one request of `principal` or says how long to wait.
-    fn admit(&self, principal: &str) -> Result<(), Problem> {
+    pub(crate) fn admit(&self, principal: &str) -> Result<(), Problem> {
         self.limiter
             .check_key(&principal.to_owned())
             .map_err(|not_until| {

@@ -93,6 +93,7 @@
 mod answers;
 mod auth;
 mod body;
+mod console;
 mod extracts;
 mod matches;
 pub mod openapi;
@@ -219,6 +220,9 @@ pub struct AppState {
     in_flight: Arc<Semaphore>,
     request_timeout: Duration,
     match_timeout: Duration,
+    sessions: console::Sessions,
+    /// Whether session cookies are marked `Secure` (served over TLS).
+    secure_cookies: bool,
 }
 
 /// The application: every route, with limits, logs and problem+json errors.
@@ -229,6 +233,8 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         request_timeout: config.request_timeout,
         match_timeout: config.match_timeout,
+        sessions: console::Sessions::default(),
+        secure_cookies: config.tls.is_some(),
     });
     let v1 = Router::new()
         .route("/datasets", get(routes::datasets))
@@ -251,6 +257,8 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         .route("/lookups/{id}", get(routes::lookup))
         .route("/lookups/{id}/approvals", post(routes::approve_lookup))
         .route("/lookups/{id}/fetch", post(routes::fetch_lookup))
+        .route("/lookups/{id}/decline", post(routes::decline_lookup))
+        .route("/approvals/queue", get(routes::approval_queue))
         .route("/subjects/protect", post(routes::protect_subject))
         .route("/queries", post(routes::query))
         .route("/extracts", post(extracts::extract))
@@ -276,6 +284,11 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
         .route("/witnessed-checkpoint", get(tiles::witnessed_checkpoint))
         .route("/tile/{*path}", get(tiles::tile))
         .nest("/v1", v1)
+        .nest("/console", console::routes(Arc::clone(&state)))
+        .route(
+            "/console/",
+            get(|| async { axum::response::Redirect::permanent("/console") }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))

@@ -331,6 +331,42 @@ pub async fn approve_lookup(
     to_json(&state.custos.approve_lookup(&actor, &id).await?)
 }
 
+/// Why a look-up is declined.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeclineBody {
+    /// The reason (10 to 2,000 characters), shown to the requester; the
+    /// ledger keeps only a keyed digest of it.
+    pub reason: String,
+}
+
+/// Declines a pending look-up with a reason (same two-person rule as an
+/// approval); it can then be neither approved nor fetched.
+#[utoipa::path(post, path = "/v1/lookups/{id}/decline", tag = "lookups", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Request id")), request_body = DeclineBody,
+    responses((status = 200, body = custos_broker::LookupTicket), (status = 403, body = Problem)))]
+pub async fn decline_lookup(
+    State(state): State<Arc<AppState>>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<DeclineBody>,
+) -> Reply {
+    to_json(
+        &state
+            .custos
+            .decline_lookup(&actor, &id, &body.reason)
+            .await?,
+    )
+}
+
+/// The caller's queue: pending look-ups they may judge, oldest first, with
+/// purpose, legal authority and justification (each shown one ledgered).
+#[utoipa::path(get, path = "/v1/approvals/queue", tag = "lookups", security(("bearer" = [])),
+    responses((status = 200, body = Vec<custos_broker::QueueItem>), (status = 403, body = Problem)))]
+pub async fn approval_queue(State(state): State<Arc<AppState>>, Caller(actor): Caller) -> Reply {
+    to_json(&state.custos.approval_queue(&actor).await?)
+}
+
 /// Fetches an approved look-up's records, once, after the release is
 /// ledgered.
 #[utoipa::path(post, path = "/v1/lookups/{id}/fetch", tag = "lookups", security(("bearer" = [])),

@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod keys;
 pub mod layout;
 pub mod ledger_key;
+pub mod listings;
 pub mod lookups;
 pub mod matches;
 pub mod meta;

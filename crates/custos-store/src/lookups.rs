@@ -23,6 +23,8 @@ pub enum RequestState {
     Approved,
     /// Fetched: the records were released (or found absent).
     Fetched,
+    /// Declined by an approver, with a reason; it can no longer be approved.
+    Declined,
 }
 
 impl RequestState {
@@ -32,14 +34,16 @@ impl RequestState {
             Self::Pending => "pending",
             Self::Approved => "approved",
             Self::Fetched => "fetched",
+            Self::Declined => "declined",
         }
     }
 
-    fn parse(text: &str) -> Result<Self, MetaError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, MetaError> {
         match text {
             "pending" => Ok(Self::Pending),
             "approved" => Ok(Self::Approved),
             "fetched" => Ok(Self::Fetched),
+            "declined" => Ok(Self::Declined),
             _ => Err(MetaError::Database("unknown request state".into())),
         }
     }
@@ -90,6 +94,21 @@ pub struct ApprovalRecord {
     pub approver: String,
     /// RFC 3339 time.
     pub approved_at: String,
+    /// Index of the ledger entry that recorded it.
+    pub ledger_index: u64,
+}
+
+/// An approver's refusal of a pending request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclineRecord {
+    /// The request.
+    pub request_id: String,
+    /// Principal id of the approver who declined.
+    pub decliner: String,
+    /// RFC 3339 time.
+    pub declined_at: String,
+    /// The reason, sealed under the master key (it may name the person).
+    pub reason_sealed: Vec<u8>,
     /// Index of the ledger entry that recorded it.
     pub ledger_index: u64,
 }
@@ -224,6 +243,11 @@ pub trait RequestStore: Send + Sync {
         &self,
         approval: &ApprovalRecord,
     ) -> Result<(u32, RequestState), MetaError>;
+    /// Moves a pending request to declined and records why, in one
+    /// transaction; false if the request was no longer pending.
+    async fn decline_request(&self, decline: &DeclineRecord) -> Result<bool, MetaError>;
+    /// The decline of a request, if it was declined.
+    async fn decline(&self, request_id: &str) -> Result<Option<DeclineRecord>, MetaError>;
     /// The approvals of a request, oldest first.
     async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, MetaError>;
     /// Moves a request from `from` to `to`; false if it was not in `from`
@@ -273,11 +297,11 @@ pub trait RequestStore: Send + Sync {
     ) -> Result<u64, MetaError>;
 }
 
-fn to_i64(v: u64) -> Result<i64, MetaError> {
+pub(crate) fn to_i64(v: u64) -> Result<i64, MetaError> {
     i64::try_from(v).map_err(|_| MetaError::Database("number too large".into()))
 }
 
-fn to_u64(v: i64) -> Result<u64, MetaError> {
+pub(crate) fn to_u64(v: i64) -> Result<u64, MetaError> {
     u64::try_from(v).map_err(|_| MetaError::Database("negative number in catalogue".into()))
 }
 
@@ -292,7 +316,9 @@ fn commitment(row: &sqlx::sqlite::SqliteRow) -> Result<[u8; 32], MetaError> {
         .map_err(|_| MetaError::Database("malformed subject commitment".into()))
 }
 
-fn request_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AccessRequestRecord, MetaError> {
+pub(crate) fn request_from_row(
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<AccessRequestRecord, MetaError> {
     let columns: String = row.try_get("columns")?;
     let state: String = row.try_get("state")?;
     Ok(AccessRequestRecord {
@@ -318,7 +344,19 @@ fn request_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AccessRequestRecord
     })
 }
 
-fn approval_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRecord, MetaError> {
+pub(crate) fn decline_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeclineRecord, MetaError> {
+    Ok(DeclineRecord {
+        request_id: row.try_get("request_id")?,
+        decliner: row.try_get("decliner")?,
+        declined_at: row.try_get("declined_at")?,
+        reason_sealed: row.try_get("reason_sealed")?,
+        ledger_index: to_u64(row.try_get("ledger_index")?)?,
+    })
+}
+
+pub(crate) fn approval_from_row(
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<ApprovalRecord, MetaError> {
     Ok(ApprovalRecord {
         request_id: row.try_get("request_id")?,
         approver: row.try_get("approver")?,
@@ -458,13 +496,18 @@ impl RequestStore for SqliteMetadata {
 
     async fn add_approval(&self, a: &ApprovalRecord) -> Result<(u32, RequestState), MetaError> {
         let mut tx = self.pool().begin().await?;
+        // Only a pending request takes approvals (one declined meanwhile
+        // keeps its state and gains no approval).
         sqlx::query(
-            "INSERT INTO approvals (request_id, approver, approved_at, ledger_index) VALUES (?, ?, ?, ?)",
+            "INSERT INTO approvals (request_id, approver, approved_at, ledger_index) \
+             SELECT ?, ?, ?, ? WHERE EXISTS \
+             (SELECT 1 FROM access_requests WHERE id = ? AND state = 'pending')",
         )
         .bind(&a.request_id)
         .bind(&a.approver)
         .bind(&a.approved_at)
         .bind(to_i64(a.ledger_index)?)
+        .bind(&a.request_id)
         .execute(&mut *tx)
         .await
         .map_err(|e| match MetaError::from(e) {
@@ -489,6 +532,40 @@ impl RequestStore for SqliteMetadata {
             .await?;
         tx.commit().await?;
         Ok((to_u32(given)?, RequestState::parse(&state)?))
+    }
+
+    async fn decline_request(&self, d: &DeclineRecord) -> Result<bool, MetaError> {
+        let mut tx = self.pool().begin().await?;
+        let moved = sqlx::query(
+            "UPDATE access_requests SET state = 'declined' WHERE id = ? AND state = 'pending'",
+        )
+        .bind(&d.request_id)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO request_declines (request_id, decliner, declined_at, reason_sealed, ledger_index) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&d.request_id)
+        .bind(&d.decliner)
+        .bind(&d.declined_at)
+        .bind(&d.reason_sealed)
+        .bind(to_i64(d.ledger_index)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn decline(&self, request_id: &str) -> Result<Option<DeclineRecord>, MetaError> {
+        let row = sqlx::query("SELECT * FROM request_declines WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(decline_from_row).transpose()
     }
 
     async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, MetaError> {

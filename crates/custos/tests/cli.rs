@@ -540,10 +540,21 @@ fn killed_ingest_leaves_no_dataset_and_a_rerun_works() {
 fn demo_runs_end_to_end_on_a_small_population() {
     let env = Env::new();
     env.custos()
-        .args(["demo", "--rows", "5000", "--keep"])
+        .args([
+            "demo",
+            "--rows",
+            "5000",
+            "--listen",
+            "127.0.0.1:0",
+            "--keep",
+        ])
         .arg(env.path("demo"))
         .assert()
         .success()
+        .stdout(predicate::str::contains(
+            "The console answers at http://127.0.0.1:",
+        ))
+        .stdout(predicate::str::contains("approver  ana        custos_"))
         .stdout(predicate::str::contains("not found anywhere"))
         .stdout(predicate::str::contains(
             "Ingested `tax_returns`: 5,000 rows",

@@ -234,6 +234,28 @@ impl Gateway {
         }
     }
 
+    /// `custos lookup decline`.
+    pub async fn decline_lookup(&self, id: &str, reason: &str) -> anyhow::Result<LookupTicket> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.decline_lookup(actor, id, reason).await?),
+            Self::Remote(c) => {
+                c.post(
+                    &format!("/v1/lookups/{}/decline", segment(id)?),
+                    &json!({ "reason": reason }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos lookup queue`.
+    pub async fn approval_queue(&self) -> anyhow::Result<Vec<custos_broker::QueueItem>> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.approval_queue(actor).await?),
+            Self::Remote(c) => c.get("/v1/approvals/queue").await,
+        }
+    }
+
     /// `custos lookup fetch`.
     pub async fn fetch_lookup(&self, id: &str) -> anyhow::Result<Released> {
         match self {

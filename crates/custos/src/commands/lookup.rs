@@ -66,6 +66,27 @@ pub enum LookupCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decline a pending request with a reason (approvers of the custodian,
+    /// like an approval). The requester sees the reason; the ledger keeps a
+    /// keyed digest of it. A declined request can be neither approved nor
+    /// fetched.
+    Decline {
+        /// The request id (`req_…`).
+        id: String,
+        /// Why (10 to 2,000 characters).
+        #[arg(long)]
+        reason: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The pending requests you may judge, oldest first, with purpose,
+    /// legal authority and justification (each viewing is ledgered).
+    Queue {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `custos approve REQ`.
@@ -124,6 +145,50 @@ pub async fn run(home: &Path, server: Option<&str>, args: LookupArgs) -> anyhow:
                         a.approver, a.approved_at, a.ledger_index
                     );
                 }
+                if let Some(declined) = &d.declined {
+                    println!(
+                        "declined by    {} at {} (ledger entry {}): {}",
+                        declined.by,
+                        declined.at,
+                        declined.ledger_index,
+                        declined.reason.as_deref().unwrap_or(withheld)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(LookupCommand::Decline { id, reason, json }) => {
+            let ticket = gateway.decline_lookup(&id, &reason).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ticket)?);
+            } else {
+                println!("declined {}: it can no longer be approved or fetched", ticket.id);
+            }
+            Ok(())
+        }
+        Some(LookupCommand::Queue { json }) => {
+            let items = gateway.approval_queue().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else if items.is_empty() {
+                println!("nothing is waiting for you");
+            } else {
+                for item in &items {
+                    println!(
+                        "{}  {} v{}  by {}  {} of {} approvals{}\n  purpose        {}\n  authority      {}\n  justification  {}",
+                        item.ticket.id,
+                        item.ticket.agreement,
+                        item.ticket.agreement_version,
+                        item.ticket.requester,
+                        item.ticket.approvals,
+                        item.ticket.approvals_required,
+                        if item.approved_by_caller { " (you approved)" } else { "" },
+                        item.purpose,
+                        item.legal_authority,
+                        item.justification
+                    );
+                }
+                println!("\nApprove with `custos approve REQ`, or `custos lookup decline REQ --reason …`.");
             }
             Ok(())
         }

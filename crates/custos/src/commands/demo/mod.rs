@@ -2,6 +2,7 @@
 //! Every step acts as a principal through the broker, like any other
 //! command; true values come from the demo's own synthetic files.
 
+mod console;
 mod truth;
 mod witness;
 
@@ -31,6 +32,13 @@ pub struct DemoArgs {
     /// temporary directory that is removed at the end.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// At the end, keep the web console running (until Ctrl-C) so you can
+    /// sign in with the tokens it prints.
+    #[arg(long)]
+    serve: bool,
+    /// Where the console listens at the end (loopback; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7441")]
+    listen: std::net::SocketAddr,
 }
 
 /// The aggregate-mode example of docs/agreements.md.
@@ -257,6 +265,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "trust that does not rest on the custodian: witnesses and ledgered datasets",
     );
     witness::run(&base, &home_dir, &admin).await?;
+
+    step(
+        13,
+        "the console: approvers, overseers and requesters in a browser",
+    );
+    console::run(
+        &home_dir,
+        &admin,
+        token.reveal(),
+        &sample_tin,
+        args.listen,
+        args.serve,
+    )
+    .await?;
 
     println!();
     println!(
