@@ -656,6 +656,30 @@ impl Custos {
         Ok(self.home.meta().principals().await?)
     }
 
+    /// The staff directory: every principal's id and display name (with
+    /// organisation), for any principal, so pages can say who acted; no
+    /// roles, dates or tokens.
+    pub async fn directory(
+        &self,
+        actor: &Actor,
+    ) -> Result<std::collections::HashMap<String, String>, BrokerError> {
+        if actor.principal().is_none() {
+            return Err(self.deny(
+                actor,
+                "principal.directory",
+                "the directory is for principals",
+            ));
+        }
+        Ok(self
+            .home
+            .meta()
+            .principals()
+            .await?
+            .into_iter()
+            .map(|p| (p.id, format!("{} ({})", p.name, p.org)))
+            .collect())
+    }
+
     /// Ingests a dataset: stage the encrypted files, record the ingest in the
     /// ledger (durable), then commit. A failure is recorded too.
     pub async fn ingest(

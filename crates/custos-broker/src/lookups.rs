@@ -473,6 +473,7 @@ impl Custos {
         // Approvers see the person and the justification only for the
         // custodian they approve for.
         let custodian_approver = principal.has_role(Role::Approver)
+            && approver_conflict(principal).is_none()
             && self.custodian_of(&record).await?.as_deref() == Some(principal.org.as_str());
         let may_see = principal.id == record.requester
             || custodian_approver

@@ -14,7 +14,7 @@ use custos_store::listings::{DayActivity, RequestFilter};
 use custos_store::lookups::{DeclineRecord, RequestState};
 use serde::{Deserialize, Serialize};
 
-use crate::lookups::{LookupTicket, Sealed, ticket};
+use crate::lookups::{LookupTicket, Sealed, approver_conflict, ticket};
 use crate::{Acting, Actor, BrokerError, Custos};
 
 /// Shortest reason accepted for declining a request.
@@ -90,10 +90,30 @@ impl Custos {
                 "the approval queue is for principals with the `approver` role".into(),
             ));
         };
+        // Who may never judge sees no justification either.
+        if let Some(rule) = approver_conflict(principal) {
+            return Err(self.deny_lookup(entry, rule));
+        }
+        // Only agreements this approver's organisation is custodian of, in
+        // force: the filter is in the query, so other custodians' backlogs
+        // cannot crowd this queue out of its window.
         let meta = self.home().meta();
+        let mut judged = Vec::new();
+        for (version, state) in meta.agreements().await? {
+            if state.state != custos_model::AgreementStatus::Active {
+                continue;
+            }
+            if Agreement::from_toml(&version.toml)
+                .is_ok_and(|a| a.parties.custodian == principal.org)
+            {
+                judged.push(version.id);
+            }
+        }
         let pending = meta
             .list_requests(&RequestFilter {
                 state: Some(RequestState::Pending),
+                agreements: Some(judged),
+                not_requester: Some(principal.id.clone()),
                 oldest_first: true,
                 limit: MAX_LISTED,
                 ..RequestFilter::default()
@@ -103,9 +123,6 @@ impl Custos {
         let mut items = Vec::new();
         let mut shown = Vec::new();
         for record in pending {
-            if record.requester == principal.id {
-                continue;
-            }
             let key = (record.agreement_id.clone(), record.agreement_version);
             if !agreements.contains_key(&key) {
                 let agreement = self
@@ -216,6 +233,34 @@ impl Custos {
         let mut t = ticket(&record, u32::try_from(approvals).unwrap_or(u32::MAX));
         t.state = RequestState::Declined;
         Ok(t)
+    }
+
+    /// Match results awaiting an approver's confirmation that `actor` may
+    /// confirm: the `approver` role without a conflicting one, of the
+    /// organisation that ran the job, not the job's own runner.
+    pub async fn matches_to_confirm(
+        &self,
+        actor: &Actor,
+    ) -> Result<Vec<custos_store::matches::MatchJob>, BrokerError> {
+        let Some(principal) = principal_of(actor)
+            .filter(|p| p.has_role(Role::Approver) && approver_conflict(p).is_none())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut mine = Vec::new();
+        for job in self.home().meta().unverified_matches(MAX_LISTED).await? {
+            if job.principal == principal.id {
+                continue;
+            }
+            let requester = self
+                .agreement_at(&job.agreement_id, job.agreement_version)
+                .await?
+                .map(|a| a.parties.requester);
+            if requester.as_deref() == Some(principal.org.as_str()) {
+                mine.push(job);
+            }
+        }
+        Ok(mine)
     }
 
     /// The caller's own look-up requests, newest first.

@@ -10,6 +10,7 @@ use crate::lookups::{
     AccessRequestRecord, ApprovalRecord, DeclineRecord, RequestState, approval_from_row,
     decline_from_row, request_from_row, to_u64,
 };
+use crate::matches::{MatchJob, job_of};
 use crate::meta::{MetaError, SqliteMetadata};
 
 /// Microseconds in a day (days are UTC).
@@ -24,6 +25,8 @@ pub struct RequestFilter {
     pub requester: Option<String>,
     /// Only requests under these agreements (none: any agreement).
     pub agreements: Option<Vec<String>>,
+    /// Leave out requests by this principal.
+    pub not_requester: Option<String>,
     /// Oldest first (a queue) rather than newest first (a history).
     pub oldest_first: bool,
     /// At most this many (capped at 500).
@@ -61,6 +64,9 @@ pub trait ListingStore: Send + Sync {
         decliner: &str,
         limit: u32,
     ) -> Result<Vec<DeclineRecord>, MetaError>;
+    /// Match results of this home's requests that wait for an approver's
+    /// confirmation, oldest first.
+    async fn unverified_matches(&self, limit: u32) -> Result<Vec<MatchJob>, MetaError>;
     /// Requests and budget charges per day under `agreement_id` since
     /// `since_micros`, oldest day first (days without either are absent).
     async fn agreement_days(
@@ -87,6 +93,9 @@ impl ListingStore for SqliteMetadata {
         }
         if let Some(requester) = &filter.requester {
             sql.push(" AND requester = ").push_bind(requester.clone());
+        }
+        if let Some(requester) = &filter.not_requester {
+            sql.push(" AND requester != ").push_bind(requester.clone());
         }
         if let Some(agreements) = &filter.agreements {
             if agreements.is_empty() {
@@ -137,6 +146,17 @@ impl ListingStore for SqliteMetadata {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(decline_from_row).collect()
+    }
+
+    async fn unverified_matches(&self, limit: u32) -> Result<Vec<MatchJob>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT * FROM match_jobs WHERE state = 'unverified' AND side = 'requester' \
+             ORDER BY created_at, job_id LIMIT ?",
+        )
+        .bind(capped(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(job_of).collect()
     }
 
     async fn agreement_days(

@@ -127,7 +127,7 @@ pub trait MatchStore: Send + Sync {
     async fn confirm_match_job(&self, job_id: &str, by: &str, at: &str) -> Result<bool, MetaError>;
 }
 
-fn job_of(row: &sqlx::sqlite::SqliteRow) -> Result<MatchJob, MetaError> {
+pub(crate) fn job_of(row: &sqlx::sqlite::SqliteRow) -> Result<MatchJob, MetaError> {
     let side: String = row.try_get("side")?;
     let version: i64 = row.try_get("agreement_version")?;
     let count: Option<i64> = row.try_get("match_count")?;

@@ -440,10 +440,19 @@ async fn people_use_the_console_in_a_browser() {
         .await
         .unwrap();
     click(&olga, "form.filters button").await;
-    let filtered = wait_for(&olga, "lookup.fetch</code>").await;
+    // htmx swaps the filtered table in: wait until the other actions are gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let filtered = loop {
+        let html = olga.source().await.unwrap();
+        if !html.contains("lookup.request</code>") {
+            break html;
+        }
+        assert!(Instant::now() < deadline, "the filter never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
-        !filtered.contains("lookup.request</code>"),
-        "the filter holds"
+        filtered.contains("lookup.fetch</code>"),
+        "the fetches remain"
     );
     run.look(&olga, "14-ledger-filtered").await;
     click(&olga, "#entries tbody tr td a").await;
@@ -541,7 +550,14 @@ async fn people_use_the_console_in_a_browser() {
     click(&alice, "button[value=suspended]").await;
     wait_for(&alice, "is now suspended").await;
     run.open(&adam, "/console/queue").await;
-    wait_for(&adam, &ids[2]).await;
+    let queue = wait_for(&adam, "Approval queue").await;
+    assert!(
+        !queue.contains(&ids[2]),
+        "a suspended agreement's requests leave the queue"
+    );
+    run.open(&adam, &format!("/console/requests/{}", ids[2]))
+        .await;
+    wait_for(&adam, &tins[2]).await;
     click(
         &adam,
         &format!("form[action='/console/requests/{}/approve'] button", ids[2]),

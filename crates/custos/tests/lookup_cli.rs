@@ -644,3 +644,172 @@ fn requests_per_hour_are_limited_per_requester() {
     // Another requester of the same organisation has their own budget.
     ask("sam", "666-00-0002").success();
 }
+
+#[test]
+fn approvers_decline_with_a_reason_the_ledger_keeps_only_its_digest() {
+    let env = Env::new();
+    let tin = env.subject_with_years();
+    let id = env.request_id("rita", &tin);
+    const REASON: &str = "Case 2026-114 names a different account holder";
+    // The queue shows the justification to the custodian's approver, and
+    // that viewing is ledgered; a requester has no queue.
+    let out = env
+        .as_("adam")
+        .args(["lookup", "queue", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let queue: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(queue[0]["ticket"]["id"], id.as_str());
+    assert_eq!(
+        queue[0]["justification"],
+        "Case 2026-114: refund deposited to a shared account"
+    );
+    let shown = env.last_entry();
+    assert_eq!(shown["action"], "lookup.show");
+    assert_eq!(shown["request_id"], id.as_str());
+    env.as_("rita")
+        .args(["lookup", "queue"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("`approver` role"));
+    // Who may not decline: the requester, a requester who is also an
+    // approver, an approver of another organisation; nor without a reason.
+    for (who, says) in [
+        ("rita", "`approver` role"),
+        ("sam", "may not also hold the `requester` role"),
+    ] {
+        env.as_(who)
+            .args(["lookup", "decline", &id, "--reason", REASON])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says));
+        assert_eq!(env.last_entry()["action"], "lookup.decline");
+        assert_eq!(env.last_entry()["decision"], "deny");
+    }
+    env.as_("adam")
+        .args(["lookup", "decline", &id, "--reason", "no"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("reason of 10 to 2000 characters"));
+    env.as_("adam")
+        .args(["lookup", "decline", &id, "--reason", REASON])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("declined"));
+    let entry = env.last_entry();
+    assert_eq!(entry["action"], "lookup.decline");
+    assert_eq!(entry["decision"], "allow");
+    let text = serde_json::to_string(&env.ledger()).unwrap();
+    assert!(
+        !text.contains("different account holder"),
+        "the reason stays out of the ledger"
+    );
+    assert!(text.contains("reason_hmac"));
+    // A declined request can be neither approved, declined again, nor fetched.
+    env.as_("adam")
+        .args(["approve", &id])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already declined"));
+    env.as_("adam")
+        .args(["lookup", "decline", &id, "--reason", REASON])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already declined"));
+    env.as_("rita")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("declined by an approver"));
+    // The requester sees who declined and why; an overseer sees who, not why.
+    env.as_("rita")
+        .args(["lookup", "show", &id])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("declined by").and(predicate::str::contains(REASON)));
+    env.as_("olga")
+        .args(["lookup", "show", &id])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("declined by").and(predicate::str::contains(REASON).not()),
+        );
+    // The queue is empty again.
+    env.as_("adam")
+        .args(["lookup", "queue"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("nothing is waiting"));
+}
+
+/// Another custodian's backlog of pending requests cannot crowd an
+/// approver's own out of their queue (the queue's window is filtered by
+/// custodian in the query, not after it); requests under a suspended
+/// agreement leave the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_custodians_backlog_does_not_hide_the_queue() {
+    let env = Env::new();
+    let other = AGREEMENT
+        .replace("tigta-cases", "ssa-cases")
+        .replace("custodian = \"IRS\"", "custodian = \"SSA\"")
+        .replace("subjects_per_day = 3", "subjects_per_day = 100000")
+        .replace("requests_per_hour = 60", "requests_per_hour = 100000");
+    let file = env.write("ssa.toml", &other);
+    env.as_("alice")
+        .args(["agreement", "apply"])
+        .arg(file)
+        .assert()
+        .success();
+    let server = common::Server::start(&env.path("home"), &[]);
+    let http = reqwest::Client::new();
+    let file_lookup = |agreement: &str, subject: &str| {
+        http.post(format!("{}/v1/lookups", server.url))
+            .bearer_auth(&env.tokens["rex"])
+            .json(&serde_json::json!({
+                "agreement": agreement, "dataset": "tax_returns", "subject": subject,
+                "justification": "Case 2026-200: a refund to a shared account"}))
+            .send()
+    };
+    let tins: Vec<String> = {
+        let mut t: Vec<String> = env.returns.iter().map(|r| r.0.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    };
+    for i in 0..205 {
+        let tin = &tins[i % tins.len()];
+        assert_eq!(file_lookup("ssa-cases", tin).await.unwrap().status(), 201);
+    }
+    let mine: serde_json::Value = file_lookup("tigta-cases", &tins[0])
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let queue = || async {
+        let r = http
+            .get(format!("{}/v1/approvals/queue", server.url))
+            .bearer_auth(&env.tokens["adam"])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Vec<serde_json::Value>>().await.unwrap()
+    };
+    let items = queue().await;
+    assert_eq!(items.len(), 1, "only IRS's request: {items:?}");
+    assert_eq!(items[0]["ticket"]["id"], mine["id"]);
+    let r = http
+        .post(format!("{}/v1/agreements/tigta-cases/suspend", server.url))
+        .bearer_auth(&env.tokens["alice"])
+        .json(&serde_json::json!({"reason": "review"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        queue().await.is_empty(),
+        "a suspended agreement's requests leave the queue"
+    );
+}

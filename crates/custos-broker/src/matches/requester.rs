@@ -426,14 +426,21 @@ impl Custos {
             ));
         };
         let owner = job.principal == principal.id;
-        if !(owner || principal.has_role(Role::Approver) || principal.has_role(Role::Admin)) {
+        // Approvers read a result to confirm it: only those of the
+        // organisation that ran it (as `confirm_match` requires).
+        let approver_of_requester = principal.has_role(Role::Approver)
+            && self
+                .agreement_at(&job.agreement_id, job.agreement_version)
+                .await?
+                .is_some_and(|a| a.parties.requester == principal.org);
+        if !(owner || approver_of_requester || principal.has_role(Role::Admin)) {
             if principal.has_role(Role::Overseer) {
                 return Ok((job, Vec::new()));
             }
             return Err(self.refuse(
                 refused.with_request(job_id),
                 Denial::same(
-                    "only the principal who ran a match, approvers, admins and overseers may read it"
+                    "only the principal who ran a match, approvers of its organisation, admins and overseers may read it"
                         .into(),
                 ),
             ));

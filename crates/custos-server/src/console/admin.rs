@@ -16,7 +16,7 @@ use super::layout::{broker_error, csrf_field, error_page, page};
 use crate::AppState;
 
 /// Largest agreement file accepted from the form.
-const MAX_AGREEMENT_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_AGREEMENT_BYTES: usize = 256 * 1024;
 
 fn add_form(viewer: &Viewer) -> Markup {
     html! {

@@ -11,8 +11,8 @@ use custos_model::Role;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::Viewer;
 use super::layout::{age, broker_error, csrf_field, page};
+use super::{Names, Viewer};
 use crate::AppState;
 
 fn state_badge(t: &LookupTicket) -> Markup {
@@ -63,6 +63,11 @@ pub(crate) async fn queue(State(state): State<Arc<AppState>>, viewer: Viewer) ->
         Ok(items) => items,
         Err(e) => return broker_error(Some(&viewer), e),
     };
+    let matches = match state.custos.matches_to_confirm(&viewer.actor).await {
+        Ok(m) => m,
+        Err(e) => return broker_error(Some(&viewer), e),
+    };
+    let names = Names::load(&state, &viewer).await;
     let body = html! {
         h1 { "Approval queue" }
         p.muted { "Identified look-ups under agreements your organisation holds data for. Seeing a justification here is ledgered; the subject is shown on the request itself." }
@@ -76,7 +81,7 @@ pub(crate) async fn queue(State(state): State<Arc<AppState>>, viewer: Viewer) ->
                     dt { "Agreement" } dd { a href=(format!("/console/agreements/{}", item.ticket.agreement)) { (item.ticket.agreement) } " v" (item.ticket.agreement_version) }
                     dt { "Purpose" } dd { (item.purpose) }
                     dt { "Legal authority" } dd { (item.legal_authority) }
-                    dt { "Requester" } dd { (item.ticket.requester) }
+                    dt { "Requester" } dd { (names.of(&item.ticket.requester)) }
                     dt { "Dataset, columns" } dd { (item.ticket.dataset) ": " (item.ticket.columns.join(", ")) }
                     dt { "Justification" } dd { (item.justification) }
                     dt { "Waiting" } dd { (age(&item.ticket.created_at)) }
@@ -89,11 +94,43 @@ pub(crate) async fn queue(State(state): State<Arc<AppState>>, viewer: Viewer) ->
                 }
             }
         }
+        h2 { "Match results awaiting confirmation" }
+        section.card {
+            @if matches.is_empty() { p { "No match result waits for confirmation." } }
+            @else {
+                table {
+                    thead { tr { th { "Job" } th { "Agreement" } th.wide { "Dataset, peer" } th { "Reveals" } th.num { "Matches" } th { "Run by" } th {} } }
+                    tbody {
+                        @for job in &matches {
+                            tr {
+                                td { code { (job.job_id) } }
+                                td { (job.agreement_id) " v" (job.agreement_version) }
+                                td.wide { (job.dataset) " with " (job.peer) }
+                                td { (job.reveal) }
+                                td.num { (job.match_count.map_or_else(|| "—".to_owned(), |n| n.to_string())) }
+                                td { (names.of(&job.principal)) }
+                                td {
+                                    div id=(format!("confirm-{}", job.job_id)) {
+                                        form.inline method="post" action=(format!("/console/matches/{}/confirm", job.job_id))
+                                            hx-post=(format!("/console/matches/{}/confirm", job.job_id))
+                                            hx-target=(format!("#confirm-{}", job.job_id)) hx-swap="outerHTML" {
+                                            (csrf_field(&viewer))
+                                            button type="submit" { "Confirm" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                p.muted { "Confirming says a person checked the matches before anyone acts on them (the Computer Matching Act's verification); it is ledgered." }
+            }
+        }
     };
     page(&viewer, "Approval queue", "/console/queue", body)
 }
 
-fn details_markup(viewer: &Viewer, d: &LookupDetails) -> Markup {
+fn details_markup(viewer: &Viewer, names: &Names, d: &LookupDetails) -> Markup {
     let t = &d.ticket;
     html! {
         h1 { "Request " code { (t.id) } }
@@ -101,7 +138,7 @@ fn details_markup(viewer: &Viewer, d: &LookupDetails) -> Markup {
             dl.terms {
                 dt { "State" } dd { (state_badge(t)) }
                 dt { "Agreement" } dd { a href=(format!("/console/agreements/{}", t.agreement)) { (t.agreement) } " v" (t.agreement_version) }
-                dt { "Requester" } dd { (t.requester) }
+                dt { "Requester" } dd { (names.of(&t.requester)) }
                 dt { "Dataset, columns" } dd { (t.dataset) ": " (t.columns.join(", ")) }
                 @if let Some(subject) = &d.subject {
                     dt { "Subject" } dd.mono { (subject) }
@@ -112,11 +149,11 @@ fn details_markup(viewer: &Viewer, d: &LookupDetails) -> Markup {
                 dt { "Made" } dd { (t.created_at) " (" (age(&t.created_at)) " ago), ledger entry " a href=(format!("/console/ledger/{}", t.ledger_index)) { (t.ledger_index) } }
                 dt { "Approvals" } dd {
                     (t.approvals) " of " (t.approvals_required)
-                    @for a in &d.approvers { br; (a.approver) " at " (a.approved_at) }
+                    @for a in &d.approvers { br; (names.of(&a.approver)) " at " (a.approved_at) }
                 }
                 @if let Some(declined) = &d.declined {
                     dt { "Declined" } dd {
-                        span.deny { "by " (declined.by) } " at " (declined.at)
+                        span.deny { "by " (names.of(&declined.by)) } " at " (declined.at)
                         @if let Some(reason) = &declined.reason { br; "Reason: " (reason) }
                     }
                 }
@@ -137,7 +174,8 @@ pub(crate) async fn request(
 ) -> Response {
     match state.custos.lookup_details(&viewer.actor, &id).await {
         Ok(d) => {
-            let body = details_markup(&viewer, &d);
+            let names = Names::load(&state, &viewer).await;
+            let body = details_markup(&viewer, &names, &d);
             page(&viewer, "Request", "", body)
         }
         Err(e) => broker_error(Some(&viewer), e),
@@ -238,4 +276,28 @@ pub(crate) async fn decisions(State(state): State<Arc<AppState>>, viewer: Viewer
         }
     };
     page(&viewer, "My decisions", "/console/decisions", body)
+}
+
+/// Confirms a match result (the broker holds the two-person rule).
+pub(crate) async fn confirm_match(
+    State(state): State<Arc<AppState>>,
+    viewer: Viewer,
+    Path(job): Path<String>,
+    Form(form): Form<JudgeForm>,
+) -> Response {
+    if let Err(r) = viewer.check_csrf(&form.csrf) {
+        return r;
+    }
+    match state.custos.confirm_match(&viewer.actor, &job).await {
+        Ok(j) => {
+            let body = html! {
+                div.notice.good id=(format!("confirm-{job}")) role="status" {
+                    "Confirmed " code { (j.job_id) } "."
+                }
+                @if !viewer.partial { p { a href="/console/queue" { "Back to the queue" } } }
+            };
+            page(&viewer, "Match confirmed", "/console/queue", body)
+        }
+        Err(e) => broker_error(Some(&viewer), e),
+    }
 }

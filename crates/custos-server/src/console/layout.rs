@@ -225,7 +225,7 @@ pub(crate) fn secret<'de, D: serde::Deserializer<'de>>(
 /// A client without it (a script, an old browser) must send no `Origin`
 /// or this host's. This stops sign-in CSRF; forms of a session also carry
 /// a CSRF token.
-pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap, secure: bool) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return site.as_bytes() == b"same-origin";
     }
@@ -235,9 +235,8 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    origin
-        .split_once("://")
-        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+    let scheme = if secure { "https" } else { "http" };
+    origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
 }
 
 /// Exchanges a token for a session cookie.
@@ -247,7 +246,7 @@ pub(crate) async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, state.secure_cookies) {
         return error_page(
             None,
             StatusCode::FORBIDDEN,
@@ -265,8 +264,8 @@ pub(crate) async fn sign_in(
         let markup = sign_in_markup(Some("That is not a Custos token."));
         return (StatusCode::UNAUTHORIZED, Html(markup.into_string())).into_response();
     }
-    match state.custos.authenticate(token).await {
-        Ok(_) => {}
+    let principal = match state.custos.authenticate(token).await {
+        Ok(actor) => actor.id().to_owned(),
         Err(BrokerError::Auth(_)) => {
             state.limiter.note_failure(address);
             let markup = sign_in_markup(Some(
@@ -275,8 +274,12 @@ pub(crate) async fn sign_in(
             return (StatusCode::UNAUTHORIZED, Html(markup.into_string())).into_response();
         }
         Err(e) => return broker_error(None, e),
+    };
+    // Signing in counts against the principal's rate limit like a request.
+    if let Err(problem) = state.limiter.admit(&principal) {
+        return error_page(None, StatusCode::TOO_MANY_REQUESTS, &problem.detail);
     }
-    let Ok(id) = state.sessions.start(token) else {
+    let Ok(id) = state.sessions.start(&principal, token) else {
         return error_page(
             None,
             StatusCode::SERVICE_UNAVAILABLE,

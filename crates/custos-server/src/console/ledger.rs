@@ -20,8 +20,8 @@ use custos_model::Role;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::Viewer;
 use super::layout::{broker_error, error_page, page, when};
+use super::{Names, Viewer};
 use crate::AppState;
 
 /// Entries shown per page.
@@ -43,15 +43,19 @@ pub(crate) struct Filters {
     principal: String,
     #[serde(default)]
     outcome: String,
+    /// Show entries up to the end of this UTC day (`YYYY-MM-DD`).
+    #[serde(default)]
+    until: String,
     before: Option<u64>,
 }
 
 impl Filters {
-    fn keeps(&self, e: &Entry) -> bool {
+    /// Whether entry `e` passes; `actor` is the principal filter as an id.
+    fn keeps(&self, e: &Entry, actor: Option<&str>) -> bool {
         (self.action.is_empty() || e.action.starts_with(self.action.trim()))
             && (self.agreement.is_empty()
                 || e.agreement_id.as_deref() == Some(self.agreement.trim()))
-            && (self.principal.is_empty() || e.actor == self.principal.trim())
+            && actor.is_none_or(|id| e.actor == id)
             && (self.outcome.is_empty() || decision_name(e.decision) == self.outcome)
     }
 
@@ -105,8 +109,46 @@ struct Found {
     scanned: u64,
 }
 
-fn scan(reader: &LedgerReader, size: u64, filters: &Filters) -> Result<Found, String> {
-    let mut to = filters.before.unwrap_or(size).min(size);
+/// The first index whose entry is later than `micros`: a binary search
+/// over entry times (appends are in time order), one bundle read a step.
+fn first_after(reader: &LedgerReader, size: u64, micros: i64) -> Result<u64, String> {
+    let (mut low, mut high) = (0, size);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let bytes = reader
+            .entries(middle, middle + 1)
+            .map_err(|e| e.to_string())?
+            .pop()
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let time = Entry::decode(&bytes).map_or(i64::MIN, |e| e.time_micros);
+        if time <= micros {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(low)
+}
+
+fn scan(
+    reader: &LedgerReader,
+    size: u64,
+    filters: &Filters,
+    actor: Option<&str>,
+) -> Result<Found, String> {
+    let until = match (filters.before, filters.until.trim()) {
+        (None, day) if !day.is_empty() => {
+            let day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map_err(|_| "the date must be YYYY-MM-DD".to_owned())?;
+            let end = day
+                .and_hms_opt(23, 59, 59)
+                .map_or(i64::MAX, |t| t.and_utc().timestamp_micros() + 999_999);
+            Some(first_after(reader, size, end)?)
+        }
+        _ => None,
+    };
+    let mut to = until.or(filters.before).unwrap_or(size).min(size);
     let mut rows = Vec::new();
     let mut scanned = 0;
     while to > 0 && rows.len() < PAGE && scanned < SCAN {
@@ -120,7 +162,7 @@ fn scan(reader: &LedgerReader, size: u64, filters: &Filters) -> Result<Found, St
         scanned += to - from;
         for (index, bytes) in chunk.into_iter().rev() {
             match Entry::decode(&bytes) {
-                Ok(e) if filters.keeps(&e) => rows.push((index, Ok(e))),
+                Ok(e) if filters.keeps(&e, actor) => rows.push((index, Ok(e))),
                 Ok(_) => {}
                 Err(err) => rows.push((index, Err(err.to_string()))),
             }
@@ -145,6 +187,7 @@ fn filter_form(f: &Filters) -> Markup {
             label { "Action (prefix)" input type="text" name="action" value=(f.action) placeholder="lookup."; }
             label { "Agreement" input type="text" name="agreement" value=(f.agreement); }
             label { "Principal" input type="text" name="principal" value=(f.principal); }
+            label { "Up to (UTC day)" input type="date" name="until" value=(f.until); }
             label { "Outcome"
                 select name="outcome" {
                     @for (v, l) in [("", "any"), ("allow", "allowed"), ("deny", "denied"), ("error", "failed"), ("recorded", "recorded")] {
@@ -157,7 +200,7 @@ fn filter_form(f: &Filters) -> Markup {
     }
 }
 
-fn entries_table(found: &Found, filters: &Filters) -> Markup {
+fn entries_table(found: &Found, filters: &Filters, names: &Names) -> Markup {
     html! {
         div id="entries" {
             @if found.rows.is_empty() {
@@ -174,7 +217,7 @@ fn entries_table(found: &Found, filters: &Filters) -> Markup {
                                         td { (when(e.time_micros)) }
                                         td { code { (e.action) } }
                                         td class=(decision_class(e.decision)) { (decision_name(e.decision)) }
-                                        td { (e.actor) }
+                                        td { (names.of(&e.actor)) }
                                         td.wide { @if let Some(a) = &e.agreement_id { (a) " v" (e.agreement_version) } }
                                         td.wide { (e.reasons.first().map_or("", String::as_str)) }
                                     }
@@ -205,10 +248,27 @@ pub(crate) async fn explorer(
         Ok(c) => c,
         Err(e) => return broker_error(Some(&viewer), e),
     };
+    if !filters.until.trim().is_empty()
+        && chrono::NaiveDate::parse_from_str(filters.until.trim(), "%Y-%m-%d").is_err()
+    {
+        return error_page(
+            Some(&viewer),
+            StatusCode::BAD_REQUEST,
+            "the date must be YYYY-MM-DD",
+        );
+    }
+    let names = Names::load(&state, &viewer).await;
+    // A principal is named by name or id; an unknown one matches nothing.
+    let actor = (!filters.principal.trim().is_empty()).then(|| {
+        names
+            .id_of(filters.principal.trim())
+            .unwrap_or(filters.principal.trim())
+            .to_owned()
+    });
     let reader = LedgerReader::new(&state.custos.ledger_dir());
     let found = match tokio::task::spawn_blocking({
         let size = checkpoint.size;
-        move || scan(&reader, size, &filters).map(|f| (f, filters))
+        move || scan(&reader, size, &filters, actor.as_deref()).map(|f| (f, filters))
     })
     .await
     {
@@ -234,7 +294,7 @@ pub(crate) async fn explorer(
         p.muted { (checkpoint.size) " entries under the latest signed checkpoint (" code { (checkpoint.origin) } ")." }
         section.card {
             (filter_form(&filters))
-            (entries_table(&found, &filters))
+            (entries_table(&found, &filters, &names))
         }
     };
     page(&viewer, "Ledger", "/console/ledger", body)
@@ -287,6 +347,7 @@ pub(crate) async fn entry(
         }
     };
     let witnessed = witnessed_cover(&state, index).await;
+    let names = Names::load(&state, &viewer).await;
     let body = match Entry::decode(&bytes) {
         Err(e) => {
             html! { div.notice.bad { "Entry " (index) " is in the tree but does not decode: " (e) } }
@@ -298,7 +359,7 @@ pub(crate) async fn entry(
                     dt { "Time (UTC)" } dd { (when(e.time_micros)) }
                     dt { "Action" } dd { code { (e.action) } }
                     dt { "Outcome" } dd class=(decision_class(e.decision)) { (decision_name(e.decision)) }
-                    dt { "Principal" } dd { (e.actor) }
+                    dt { "Principal" } dd { (names.of(&e.actor)) " " span.muted.mono { (e.actor) } }
                     @if let Some(a) = &e.agreement_id { dt { "Agreement" } dd { a href=(format!("/console/agreements/{a}")) { (a) } " v" (e.agreement_version) } }
                     @if !e.request_id.is_empty() { dt { "Request" } dd { code { (e.request_id) } } }
                     @for r in &e.reasons { dt { "Reason" } dd { (r) } }

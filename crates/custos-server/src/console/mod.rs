@@ -58,6 +58,7 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/requests/{id}", get(approver::request))
         .route("/requests/{id}/approve", post(approver::approve))
         .route("/requests/{id}/decline", post(approver::decline))
+        .route("/matches/{job}/confirm", post(approver::confirm_match))
         .route("/ledger", get(ledger::explorer))
         .route("/ledger/{index}", get(ledger::entry))
         .route(
@@ -76,7 +77,12 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
             get(admin::principals).post(admin::add_principal),
         )
         .route("/principals/{name}/revoke", post(admin::revoke_principal))
-        .route("/agreements-apply", post(admin::apply_agreement))
+        .route(
+            "/agreements-apply",
+            post(admin::apply_agreement).layer(axum::extract::DefaultBodyLimit::max(
+                admin::MAX_AGREEMENT_BYTES + 16 * 1024,
+            )),
+        )
         .route("/agreements/{id}/state", post(admin::set_state))
         .fallback(layout::not_found)
         .layer(axum::middleware::from_fn_with_state(state, harden))
@@ -169,6 +175,40 @@ impl Viewer {
     }
 }
 
+/// Principal ids to display names (`rita (TIGTA)`), from the broker's
+/// directory; an unknown id (or a failed lookup) shows as itself.
+pub(crate) struct Names(std::collections::HashMap<String, String>);
+
+impl Names {
+    /// The directory as `viewer` may read it.
+    pub(crate) async fn load(state: &AppState, viewer: &Viewer) -> Self {
+        Self(
+            state
+                .custos
+                .directory(&viewer.actor)
+                .await
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The display name of principal `id`.
+    pub(crate) fn of<'a>(&'a self, id: &'a str) -> &'a str {
+        self.0.get(id).map_or(id, String::as_str)
+    }
+
+    /// The id of the principal called `name` (or with that id).
+    pub(crate) fn id_of(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(id, shown)| {
+                id.as_str() == name
+                    || shown.as_str() == name
+                    || shown.split(" (").next() == Some(name)
+            })
+            .map(|(id, _)| id.as_str())
+    }
+}
+
 /// The session id from the request's cookie, if any.
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
@@ -232,7 +272,7 @@ impl FromRequestParts<Arc<AppState>> for Viewer {
             actor,
             csrf: signed.csrf,
             partial,
-            same_origin: layout::same_origin(&parts.headers),
+            same_origin: layout::same_origin(&parts.headers, state.secure_cookies),
         })
     }
 }

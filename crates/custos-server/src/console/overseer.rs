@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout::{broker_error, csrf_field, page};
-use super::{Viewer, charts};
+use super::{Names, Viewer, charts};
 use crate::AppState;
 
 /// Days of activity charted on an agreement's page.
@@ -128,6 +128,7 @@ pub(crate) async fn agreement(
     } else {
         None
     };
+    let names = Names::load(&state, &viewer).await;
     let today = chrono::Utc::now().timestamp().div_euclid(86_400);
     let first = today - i64::from(CHART_DAYS) + 1;
     let label = |day: i64| {
@@ -153,10 +154,10 @@ pub(crate) async fn agreement(
     let body = html! {
         h1 { "Agreement " (id) " v" (latest.version) }
         section.card {
-            p { "State: " span class=(status_class(st.state)) { (st.state) } " since " (st.changed_at) " (by " (st.changed_by) ")"
+            p { "State: " span class=(status_class(st.state)) { (st.state) } " since " (st.changed_at) " (by " (names.of(&st.changed_by)) ")"
                 @if let Some(r) = &st.reason { ": " (r) } }
             @if let Some(a) = &parsed { (terms(a)) }
-            p.muted { "Version " (latest.version) " applied " (latest.applied_at) " by " (latest.applied_by) "; SHA-256 " code { (latest.sha256) }
+            p.muted { "Version " (latest.version) " applied " (latest.applied_at) " by " (names.of(&latest.applied_by)) "; SHA-256 " code { (latest.sha256) }
                 @if let Some(i) = latest.ledger_entry { ", ledger entry " a href=(format!("/console/ledger/{i}")) { (i) } } }
             @if viewer.holds_any(&[Role::Admin]) { (super::admin::state_forms(&viewer, &id, st.state)) }
         }

@@ -24,9 +24,13 @@ pub(crate) const IDLE: Duration = Duration::from_secs(30 * 60);
 pub(crate) const LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
 /// Most sessions held at once.
 pub(crate) const MAX_SESSIONS: usize = 10_000;
+/// Most sessions one principal holds at once (a new one ends their
+/// oldest), so no principal can fill the table and sign others out.
+pub(crate) const MAX_PER_PRINCIPAL: usize = 8;
 
 /// One signed-in browser.
 struct Session {
+    principal: String,
     token: Zeroizing<String>,
     csrf: Zeroizing<String>,
     created: Instant,
@@ -71,17 +75,34 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts a session for `token`; returns the session id for the cookie.
-    pub(crate) fn start(&self, token: &str) -> Result<Zeroizing<String>, getrandom::Error> {
+    /// Starts a session of `principal` for `token`; returns the session id
+    /// for the cookie.
+    pub(crate) fn start(
+        &self,
+        principal: &str,
+        token: &str,
+    ) -> Result<Zeroizing<String>, getrandom::Error> {
         let id = random_hex()?;
         let now = Instant::now();
         let session = Session {
+            principal: principal.to_owned(),
             token: Zeroizing::new(token.to_owned()),
             csrf: random_hex()?,
             created: now,
             last_seen: now,
         };
         let mut all = self.lock();
+        let mut theirs: Vec<([u8; 32], Instant)> = all
+            .iter()
+            .filter(|(_, s)| s.principal == principal)
+            .map(|(k, s)| (*k, s.last_seen))
+            .collect();
+        if theirs.len() >= MAX_PER_PRINCIPAL {
+            theirs.sort_by_key(|(_, seen)| *seen);
+            for (key, _) in &theirs[..=theirs.len() - MAX_PER_PRINCIPAL] {
+                all.remove(key);
+            }
+        }
         if all.len() >= MAX_SESSIONS {
             all.retain(|_, s| alive(s, now));
             if all.len() >= MAX_SESSIONS
@@ -140,7 +161,7 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_id_only_and_ends() {
         let sessions = Sessions::default();
-        let id = sessions.start("custos_x_secret").unwrap();
+        let id = sessions.start("p1", "custos_x_secret").unwrap();
         let signed = sessions.get(&id).unwrap();
         assert_eq!(signed.token.as_str(), "custos_x_secret");
         assert!(sessions.get("0".repeat(64).as_str()).is_none());
@@ -150,5 +171,18 @@ mod tests {
         sessions.end(&id);
         assert!(sessions.get(&id).is_none());
         assert_eq!(sessions.len(), 0);
+    }
+
+    #[test]
+    fn one_principal_cannot_crowd_out_the_others() {
+        let sessions = Sessions::default();
+        let other = sessions.start("p2", "custos_y").unwrap();
+        let first = sessions.start("p1", "custos_x").unwrap();
+        for _ in 0..MAX_SESSIONS + 5 {
+            sessions.start("p1", "custos_x").unwrap();
+        }
+        assert_eq!(sessions.len(), MAX_PER_PRINCIPAL + 1);
+        assert!(sessions.get(&other).is_some(), "p2's session survives");
+        assert!(sessions.get(&first).is_none(), "p1's oldest went first");
     }
 }

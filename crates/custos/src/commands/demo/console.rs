@@ -34,7 +34,7 @@ pub async fn run(
         .request_lookup(
             &actors[1],
             LookupRequest {
-                agreement: "tigta-cases",
+                agreement: "tigta-refund-fraud-2026",
                 dataset: "tax_returns",
                 subject: tin,
                 justification: "Case 2026-121: a second refund to the account of case 2026-114",
