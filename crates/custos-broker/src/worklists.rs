@@ -312,7 +312,7 @@ impl Custos {
                     }),
             )
             .collect();
-        decided.sort_by(|a, b| b.ledger_index.cmp(&a.ledger_index));
+        decided.sort_by_key(|d| std::cmp::Reverse(d.ledger_index));
         decided.truncate(MAX_LISTED as usize);
         Ok(decided)
     }

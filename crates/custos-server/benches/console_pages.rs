@@ -25,6 +25,9 @@ use custos_model::Role;
 use custos_server::ServerConfig;
 use tower::ServiceExt;
 
+/// Builds one request for a page.
+type MakeRequest = Box<dyn Fn() -> Request<Body>>;
+
 /// Times each page is asked for.
 const SAMPLES: usize = 200;
 /// Look-up requests filed (the rest of the ledger is refusals).
@@ -289,7 +292,7 @@ fn main() {
                 .body(Body::from(format!("csrf={overseer_csrf}&subject={subject}")))
                 .unwrap()
         };
-        let pages: Vec<(&str, Box<dyn Fn() -> Request<Body>>)> = vec![
+        let pages: Vec<(&str, MakeRequest)> = vec![
             ("home (overseer)", Box::new(get("/console".into(), overseer.clone()))),
             ("ledger explorer, newest 50", Box::new(get("/console/ledger".into(), overseer.clone()))),
             (

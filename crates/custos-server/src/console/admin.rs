@@ -39,7 +39,7 @@ fn add_form(viewer: &Viewer) -> Markup {
 }
 
 async fn principals_page(state: &AppState, viewer: &Viewer, notice: Option<Markup>) -> Response {
-    if let Err(r) = viewer.require(&[Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Admin]) {
         return r;
     }
     let all = match state.custos.principals(&viewer.actor).await {
@@ -98,7 +98,7 @@ pub(crate) async fn add_principal(
     viewer: Viewer,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Admin]) {
         return r;
     }
     // `roles` repeats, which a struct cannot hold: read the pairs.
@@ -124,7 +124,7 @@ pub(crate) async fn add_principal(
         name: field("name"),
         org: field("org"),
     };
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     let roles: Result<Vec<Role>, String> = pairs
@@ -179,10 +179,10 @@ pub(crate) async fn revoke_principal(
     Path(name): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Admin]) {
         return r;
     }
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     match state.custos.revoke_principal(&viewer.actor, &name).await {
@@ -216,7 +216,7 @@ pub(crate) async fn apply_agreement(
     viewer: Viewer,
     mut multipart: Multipart,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Admin]) {
         return r;
     }
     let mut csrf = String::new();
@@ -266,7 +266,7 @@ pub(crate) async fn apply_agreement(
             _ => {}
         }
     }
-    if let Err(r) = viewer.check_csrf(&csrf) {
+    if let Some(r) = viewer.check_csrf(&csrf) {
         return r;
     }
     let Some(toml) = toml else {
@@ -318,10 +318,10 @@ pub(crate) async fn set_state(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Admin]) {
         return r;
     }
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     let to = match form.to.as_str() {

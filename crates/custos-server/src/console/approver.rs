@@ -56,7 +56,7 @@ fn judge_forms(viewer: &Viewer, id: &str) -> Markup {
 
 /// The queue of pending look-ups the viewer may judge, oldest first.
 pub(crate) async fn queue(State(state): State<Arc<AppState>>, viewer: Viewer) -> Response {
-    if let Err(r) = viewer.require(&[Role::Approver]) {
+    if let Some(r) = viewer.require(&[Role::Approver]) {
         return r;
     }
     let items = match state.custos.approval_queue(&viewer.actor).await {
@@ -208,7 +208,7 @@ pub(crate) async fn approve(
     Path(id): Path<String>,
     Form(form): Form<JudgeForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     match state.custos.approve_lookup(&viewer.actor, &id).await {
@@ -228,7 +228,7 @@ pub(crate) async fn decline(
     Path(id): Path<String>,
     Form(form): Form<JudgeForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     match state
@@ -247,7 +247,7 @@ pub(crate) async fn decline(
 
 /// What the viewer approved and declined lately.
 pub(crate) async fn decisions(State(state): State<Arc<AppState>>, viewer: Viewer) -> Response {
-    if let Err(r) = viewer.require(&[Role::Approver]) {
+    if let Some(r) = viewer.require(&[Role::Approver]) {
         return r;
     }
     let decided = match state.custos.my_decisions(&viewer.actor).await {
@@ -285,7 +285,7 @@ pub(crate) async fn confirm_match(
     Path(job): Path<String>,
     Form(form): Form<JudgeForm>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     match state.custos.confirm_match(&viewer.actor, &job).await {

@@ -52,9 +52,12 @@ pub(crate) fn bars(title: &str, points: &[(String, f64)]) -> Markup {
     }
 }
 
+/// One value to chart: its label, the estimate and its interval, if any.
+pub(crate) type IntervalRow = (String, f64, Option<(f64, f64)>);
+
 /// One row per value: a dot at the estimate and a whisker over its
 /// interval, on a shared axis.
-pub(crate) fn intervals(title: &str, rows: &[(String, f64, Option<(f64, f64)>)]) -> Markup {
+pub(crate) fn intervals(title: &str, rows: &[IntervalRow]) -> Markup {
     let lows = rows.iter().map(|r| r.2.map_or(r.1, |i| i.0));
     let highs = rows.iter().map(|r| r.2.map_or(r.1, |i| i.1));
     let low = lows.fold(0.0_f64, f64::min);

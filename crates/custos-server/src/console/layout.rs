@@ -316,7 +316,7 @@ pub(crate) async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     if let Some(id) = super::session_cookie(&headers) {

@@ -241,7 +241,7 @@ pub(crate) async fn explorer(
     viewer: Viewer,
     Query(filters): Query<Filters>,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
         return r;
     }
     let checkpoint = match state.custos.checkpoint() {
@@ -307,7 +307,7 @@ pub(crate) async fn entry(
     viewer: Viewer,
     Path(index): Path<u64>,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
         return r;
     }
     let checkpoint = match state.custos.checkpoint() {

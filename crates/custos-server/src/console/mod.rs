@@ -144,13 +144,14 @@ impl Viewer {
         self.roles().iter().any(|r| roles.contains(r))
     }
 
-    /// Refuses (403, as a page) a viewer who holds none of `roles`.
-    pub(crate) fn require(&self, roles: &[Role]) -> Result<(), Response> {
+    /// The refusal (403, as a page) of a viewer who holds none of `roles`;
+    /// None if they hold one.
+    pub(crate) fn require(&self, roles: &[Role]) -> Option<Response> {
         if self.holds_any(roles) {
-            return Ok(());
+            return None;
         }
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        Err(layout::error_page(
+        Some(layout::error_page(
             Some(self),
             StatusCode::FORBIDDEN,
             &format!(
@@ -161,13 +162,13 @@ impl Viewer {
         ))
     }
 
-    /// Refuses (403) a form whose CSRF token is not this session's, or
-    /// that another site's page sent.
-    pub(crate) fn check_csrf(&self, submitted: &str) -> Result<(), Response> {
+    /// The refusal (403) of a form whose CSRF token is not this session's,
+    /// or that another site's page sent; None if it may act.
+    pub(crate) fn check_csrf(&self, submitted: &str) -> Option<Response> {
         if self.same_origin && session::csrf_matches(&self.csrf, submitted) {
-            return Ok(());
+            return None;
         }
-        Err(layout::error_page(
+        Some(layout::error_page(
             Some(self),
             StatusCode::FORBIDDEN,
             "the form's security token is missing or stale; reload the page and try again",

@@ -184,7 +184,7 @@ pub(crate) async fn agreement(
 
 /// The subject accounting form (the identifier is typed, never in a URL).
 pub(crate) async fn subject_form(viewer: Viewer) -> Response {
-    if let Err(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
         return r;
     }
     let body = html! {
@@ -227,10 +227,10 @@ pub(crate) async fn subject_report(
     viewer: Viewer,
     Form(form): Form<SubjectForm>,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
+    if let Some(r) = viewer.require(&[Role::Overseer, Role::Admin]) {
         return r;
     }
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     let report = match state

@@ -18,7 +18,7 @@ use crate::AppState;
 
 /// The viewer's agreements, budgets and look-up requests.
 pub(crate) async fn mine(State(state): State<Arc<AppState>>, viewer: Viewer) -> Response {
-    if let Err(r) = viewer.require(&[Role::Requester]) {
+    if let Some(r) = viewer.require(&[Role::Requester]) {
         return r;
     }
     let budgets = match state.custos.budgets(&viewer.actor).await {
@@ -131,7 +131,7 @@ pub(crate) async fn query_form_page(
 
 /// The query form (GET).
 pub(crate) async fn query_form_get(State(state): State<Arc<AppState>>, viewer: Viewer) -> Response {
-    if let Err(r) = viewer.require(&[Role::Requester]) {
+    if let Some(r) = viewer.require(&[Role::Requester]) {
         return r;
     }
     query_form_page(&state, &viewer, None, None).await
@@ -219,10 +219,10 @@ pub(crate) async fn query(
     viewer: Viewer,
     Form(form): Form<QueryForm>,
 ) -> Response {
-    if let Err(r) = viewer.require(&[Role::Requester]) {
+    if let Some(r) = viewer.require(&[Role::Requester]) {
         return r;
     }
-    if let Err(r) = viewer.check_csrf(&form.csrf) {
+    if let Some(r) = viewer.check_csrf(&form.csrf) {
         return r;
     }
     let spend = match form.spend.trim() {
