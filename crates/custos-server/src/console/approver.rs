@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use custos_broker::{LookupDetails, LookupTicket};
+use custos_broker::{LookupDetails, LookupTicket, RequestState};
 use custos_model::Role;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -15,15 +15,14 @@ use super::layout::{age, broker_error, csrf_field, page};
 use super::{Names, Viewer};
 use crate::AppState;
 
-fn state_badge(t: &LookupTicket) -> Markup {
-    let state = serde_json::to_value(t.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let class = match state.as_str() {
-        "declined" => "deny",
-        "approved" | "fetched" => "allow",
-        _ => "muted",
+/// A request's state, coloured by outcome (shared by the approver's and
+/// the requester's pages).
+pub(crate) fn state_badge(t: &LookupTicket) -> Markup {
+    let state = t.state.as_str();
+    let class = match t.state {
+        RequestState::Declined => "deny",
+        RequestState::Approved | RequestState::Fetched => "allow",
+        RequestState::Pending => "muted",
     };
     html! { span class=(class) { (state) } }
 }
@@ -158,7 +157,7 @@ fn details_markup(viewer: &Viewer, names: &Names, d: &LookupDetails) -> Markup {
                     }
                 }
             }
-            @if viewer.holds_any(&[Role::Approver]) && t.state == custos_broker::RequestState::Pending && d.subject.is_some() && t.requester != viewer.actor.id() {
+            @if viewer.holds_any(&[Role::Approver]) && t.state == RequestState::Pending && d.subject.is_some() && t.requester != viewer.actor.id() {
                 (judge_forms(viewer, &t.id))
             }
         }

@@ -60,11 +60,10 @@ pub(crate) async fn mine(State(state): State<Arc<AppState>>, viewer: Viewer) -> 
                     thead { tr { th { "Request" } th { "Agreement" } th { "State" } th.num { "Approvals" } th { "Made" } } }
                     tbody {
                         @for t in &lookups {
-                            @let s = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
                             tr {
                                 td { a href=(format!("/console/requests/{}", t.id)) { code { (t.id) } } }
                                 td { (t.agreement) }
-                                td class=(match s.as_str() { "declined" => "deny", "approved" | "fetched" => "allow", _ => "muted" }) { (s) }
+                                td { (super::approver::state_badge(t)) }
                                 td.num { (t.approvals) "/" (t.approvals_required) }
                                 td { (age(&t.created_at)) " ago" }
                             }
