@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod agreements;
+mod browsing;
 mod contents;
 mod decide;
 mod extracts;
@@ -27,6 +28,10 @@ mod reports;
 mod witnessing;
 mod worklists;
 
+pub use browsing::{
+    Alert, AlertState, DetectionRun, FactsSet, FiredRule, MAX_RELATED, MIN_RESOLUTION,
+    PrincipalFacts,
+};
 pub use contents::DatasetCheck;
 pub use custos_model::AgreementStatus;
 pub use custos_privacy::{AppliedBounds, BoundsSource, Cell};
@@ -206,6 +211,8 @@ pub struct Custos {
     witness_gate: Option<witnessing::WitnessGate>,
     /// Datasets whose catalogue digests were held to the ledger.
     ledgered_datasets: contents::LedgeredDatasets,
+    /// Unusual-browsing detection's state in this process.
+    detector: browsing::Detector,
 }
 
 /// One lock per agreement around "count what was done, decide, ledger,
@@ -254,7 +261,27 @@ impl LimitLocks {
 type EngineCache =
     std::collections::HashMap<(String, u32, [u8; 32]), Arc<custos_policy::decide::PolicyEngine>>;
 
+/// The clock a benchmark replays a trace on (feature `simulated-clock`):
+/// 0 means the system clock.
+#[cfg(feature = "simulated-clock")]
+static SIMULATED_NOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Sets the time every later ledger entry and limit uses (microseconds
+/// since the Unix epoch; 0 goes back to the system clock). Only for
+/// replaying traces in benchmarks: the feature is never on in the binary.
+#[cfg(feature = "simulated-clock")]
+pub fn set_simulated_now(micros: i64) {
+    SIMULATED_NOW.store(micros, std::sync::atomic::Ordering::SeqCst);
+}
+
 pub(crate) fn now_micros() -> i64 {
+    #[cfg(feature = "simulated-clock")]
+    {
+        let simulated = SIMULATED_NOW.load(std::sync::atomic::Ordering::SeqCst);
+        if simulated != 0 {
+            return simulated;
+        }
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -427,6 +454,7 @@ impl Custos {
             limit_locks: LimitLocks::default(),
             witness_gate: None,
             ledgered_datasets: contents::LedgeredDatasets::default(),
+            detector: browsing::Detector::default(),
         };
         if let Some(bytes) = cut {
             // A crash, or records written without the key: either way the

@@ -89,6 +89,21 @@ impl fmt::Display for ColumnType {
     }
 }
 
+/// What a column says about the person, for the unusual-browsing rules
+/// that compare a looked-up subject with the requester (docs/browsing.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Describes {
+    /// `Given Family`: the family name is the last word.
+    FullName,
+    /// The family name alone.
+    Surname,
+    /// A street address (`number street, city`).
+    Address,
+    /// A postal code.
+    Zip,
+}
+
 /// One validated column of a dataset schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
@@ -108,6 +123,10 @@ pub struct Column {
     pub values: Vec<String>,
     /// Free-text description for people reading the schema.
     pub description: Option<String>,
+    /// What the column says about the person (`describes = "zip"`), if
+    /// declared: the unusual-browsing rules compare it with the requester.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub describes: Option<Describes>,
 }
 
 impl Column {
@@ -205,6 +224,7 @@ struct RawColumn {
     bounds: Option<Vec<toml::Value>>,
     values: Option<Vec<String>>,
     description: Option<String>,
+    describes: Option<Describes>,
 }
 
 /// The longest allowed column name.
@@ -327,6 +347,11 @@ impl DatasetSchema {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// The first column that describes `what` about the person, if any.
+    pub fn describing(&self, what: Describes) -> Option<&Column> {
+        self.columns.iter().find(|c| c.describes == Some(what))
+    }
 }
 
 fn validate_column(rc: RawColumn) -> Result<Column, SchemaError> {
@@ -402,6 +427,7 @@ fn validate_column(rc: RawColumn) -> Result<Column, SchemaError> {
         bounds,
         values,
         description: rc.description,
+        describes: rc.describes,
     })
 }
 

@@ -172,6 +172,10 @@ pub struct Agreement {
     /// If present, disclosures under this agreement are left out of subject
     /// reports, under this citation (e.g. an ongoing law-enforcement matter).
     pub withhold_from_subject_reports: Option<Citation>,
+    /// Its ordinary use (usual hours, case references), for the
+    /// unusual-browsing rules; decides nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<crate::monitoring::Monitoring>,
     /// The permissions. An agreement without grants grants nothing.
     pub grants: Vec<Grant>,
 }
@@ -230,6 +234,9 @@ pub enum AgreementError {
         /// The column.
         column: String,
     },
+    /// The `[monitoring]` section is malformed.
+    #[error("{0}")]
+    Monitoring(String),
     /// A grant breaks a rule of its mode.
     #[error("grant {grant}: {message}")]
     Rule {
@@ -361,6 +368,9 @@ impl Agreement {
         }
         if agreement.grants.is_empty() {
             return Err(AgreementError::NoGrants);
+        }
+        if let Some(m) = &agreement.monitoring {
+            m.compile().map_err(AgreementError::Monitoring)?;
         }
         Ok(agreement)
     }

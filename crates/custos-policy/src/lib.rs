@@ -18,11 +18,13 @@ pub mod agreement;
 pub mod decide;
 pub mod extracts;
 pub mod matches;
+pub mod monitoring;
 pub mod scope;
 pub mod scope_filter;
 
 pub use agreement::{Agreement, AgreementError, Grant, Limits, Mode, PrivacyGrant, PrivacyMeasure};
 pub use extracts::{Generalisation, PseudonymousGrant};
 pub use matches::{MatchGrant, Reveal};
+pub use monitoring::{CompiledMonitoring, Monitoring, UsualHours};
 pub use scope::{RowScope, ScopeError};
 pub use scope_filter::{ScopeFilter, ScopeValue};

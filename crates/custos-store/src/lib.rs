@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod browsing;
 pub mod budgets;
 pub mod dataset;
 pub mod digests;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::browsing::BrowsingStore;
 use crate::budgets::BudgetStore;
 use crate::listings::ListingStore;
 use crate::lookups::RequestStore;
@@ -112,7 +113,14 @@ pub struct AgreementState {
 /// Everything Custos keeps about itself besides data files and the ledger.
 #[async_trait]
 pub trait MetadataStore:
-    RequestStore + ListingStore + BudgetStore + MatchStore + Send + Sync + std::fmt::Debug
+    RequestStore
+    + ListingStore
+    + BudgetStore
+    + MatchStore
+    + BrowsingStore
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
     /// Reads an instance setting.
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;

@@ -41,16 +41,19 @@ description = "Taxpayer identification number, AAA-GG-SSSS"
 name = "name"
 class = "identifier"
 type = "string"
+describes = "full_name"
 
 [[columns]]
 name = "address"
 class = "identifier"
 type = "string"
+describes = "address"
 
 [[columns]]
 name = "zip"
 class = "quasi"
 type = "string"
+describes = "zip"
 
 [[columns]]
 name = "birth_date"
@@ -123,6 +126,7 @@ type = "string"
 name = "name"
 class = "identifier"
 type = "string"
+describes = "full_name"
 
 [[columns]]
 name = "birth_date"
@@ -163,6 +167,7 @@ description = "SSN, nine digits without dashes"
 name = "name"
 class = "identifier"
 type = "string"
+describes = "full_name"
 
 [[columns]]
 name = "birth_date"

@@ -1,0 +1,685 @@
+//! The detector: reads the published ledger from its cursor, turns each
+//! identified access, denial and decline into an observation, runs the
+//! rules on it, and raises or updates alerts; and, periodically, compares
+//! each principal's day with its peers.
+//!
+//! Crash safety: an alert's ledger entry is appended first, then the
+//! observation, the alert and the cursor are committed in one catalogue
+//! transaction. A crash between the two re-reads the entry and raises the
+//! same alert id again (ids are derived from what the alert is about), so
+//! nothing is lost and nothing is counted twice in the catalogue.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::Array;
+use custos_ledger::{Decision, Entry, LedgerReader, SubjectCommitment};
+use custos_model::DatasetSchema;
+use custos_model::schema::Describes;
+use custos_policy::{Agreement, CompiledMonitoring};
+use custos_store::browsing::{AlertRecord, AlertState, DAY_MICROS, DECLINED, FiredRule, Observation};
+use sha2::{Digest, Sha256};
+
+use super::peers::{self, WINDOW_DAYS};
+use super::rules::{self, Rule};
+use super::{DetectionRun, PrincipalFacts};
+use crate::lookups::Sealed;
+use crate::{BrokerError, Custos, now_micros};
+
+/// How far back "lately" reaches for the same subject asked again.
+const REPEAT_WINDOW_MICROS: i64 = 30 * DAY_MICROS;
+/// The window and count of refusals that make a burst (fishing).
+const FISHING_WINDOW_MICROS: i64 = 3_600_000_000;
+/// Refusals within the window that raise a fishing alert.
+pub(crate) const FISHING_THRESHOLD: usize = 5;
+/// Entries read per batch.
+const BATCH: u64 = 512;
+/// Ledger entries a peer alert lists at most.
+const MAX_RESTS_ON: usize = 200;
+
+/// The actor of the detector's own ledger entries.
+const DETECTOR: &str = "custos";
+
+/// What the rules of one entry found.
+struct Finding {
+    /// A fixed id (one alert per principal-day), else derived from the key.
+    id: Option<String>,
+    key: String,
+    principal: String,
+    agreement: Option<(String, u32)>,
+    request: Option<String>,
+    rules: Vec<FiredRule>,
+    rests_on: Vec<u64>,
+}
+
+fn alert_id(key: &str, first_index: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(b"custos/v1/alert\0");
+    h.update(key.as_bytes());
+    h.update(first_index.to_be_bytes());
+    format!("alr_{}", hex::encode(&h.finalize()[..8]))
+}
+
+fn is_principal_id(id: &str) -> bool {
+    id.len() == 17 && id.starts_with('p') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Custos {
+    /// Runs the rules on every ledger entry published since the detector's
+    /// cursor (signing a checkpoint first so that the newest entries are
+    /// published). One pass at a time per process; a failure on one entry
+    /// raises a `detection_failed` alert and the pass goes on.
+    pub async fn detect_pending(&self) -> Result<DetectionRun, BrokerError> {
+        let _one = self.detector.running.lock().await;
+        let size = self.checkpoint()?.size;
+        let reader = LedgerReader::new(&self.ledger_dir());
+        let meta = self.home().meta();
+        let mut run = DetectionRun {
+            next_index: meta.browsing_cursor().await?,
+            ..DetectionRun::default()
+        };
+        while run.next_index < size {
+            let to = (run.next_index + BATCH).min(size);
+            let entries = reader.entries(run.next_index, to)?;
+            for (index, bytes) in entries {
+                run.entries_read += 1;
+                let outcome = match Entry::decode(&bytes) {
+                    Ok(entry) => self.detect_entry(index, &entry, &mut run).await,
+                    Err(e) => Err(BrokerError::Internal(format!("entry {index}: {e}"))),
+                };
+                if let Err(e) = outcome {
+                    run.failures += 1;
+                    // The cause goes to the log (it names no person); the
+                    // alert says that an entry went unchecked.
+                    tracing::error!(index, error = %e, "unusual-browsing rules failed on an entry");
+                    let actor = Entry::decode(&bytes)
+                        .map(|e| e.actor)
+                        .unwrap_or_else(|_| DETECTOR.to_owned());
+                    let finding = Finding {
+                        id: None,
+                        key: format!("failed:{index}"),
+                        principal: actor,
+                        agreement: None,
+                        request: None,
+                        rules: vec![Rule::DetectionFailed.fired(format!(
+                            "the rules could not be run on ledger entry {index}; look at it by hand and at the server's log"
+                        ))],
+                        rests_on: vec![index],
+                    };
+                    let alert = self.raise(finding, &mut run).await?;
+                    meta.commit_detection(None, alert.as_slice(), index + 1)
+                        .await?;
+                }
+                run.next_index = index + 1;
+            }
+        }
+        Ok(run)
+    }
+
+    /// The rules on one entry; commits its observation, alerts and the
+    /// cursor.
+    async fn detect_entry(
+        &self,
+        index: u64,
+        entry: &Entry,
+        run: &mut DetectionRun,
+    ) -> Result<(), BrokerError> {
+        let meta = self.home().meta();
+        let observed = self.observe(index, entry).await?;
+        let Some((observation, findings)) = observed else {
+            meta.commit_detection(None, &[], index + 1).await?;
+            return Ok(());
+        };
+        let mut alerts = Vec::new();
+        for finding in findings {
+            if let Some(alert) = self.raise(finding, run).await? {
+                alerts.push(alert);
+            }
+        }
+        meta.commit_detection(Some(&observation), &alerts, index + 1)
+            .await?;
+        Ok(())
+    }
+
+    /// An entry as an observation and what the rules found in it.
+    async fn observe(
+        &self,
+        index: u64,
+        entry: &Entry,
+    ) -> Result<Option<(Observation, Vec<Finding>)>, BrokerError> {
+        let allowed = entry.decision == Decision::Allow;
+        let agreement = entry
+            .agreement_id
+            .clone()
+            .map(|id| (id, entry.agreement_version));
+        let request = (!entry.request_id.is_empty()).then(|| entry.request_id.clone());
+        let monitoring = match &agreement {
+            Some((id, version)) => self.monitoring(id, *version).await?,
+            None => None,
+        };
+        let off_hours = monitoring
+            .as_ref()
+            .and_then(|m| m.hours.as_ref())
+            .is_some_and(|h| !h.contains(entry.time_micros));
+        let mut observation = Observation {
+            ledger_index: index,
+            time_micros: entry.time_micros,
+            principal_id: entry.actor.clone(),
+            agreement_id: agreement.as_ref().map(|(id, _)| id.clone()),
+            action: entry.action.clone(),
+            allowed,
+            request_id: request.clone(),
+            subject_commitment: None,
+            off_hours,
+        };
+        let finding = |key: String, principal: &str, rules: Vec<FiredRule>| Finding {
+            id: None,
+            key,
+            principal: principal.to_owned(),
+            agreement: agreement.clone(),
+            request: request.clone(),
+            rules,
+            rests_on: vec![index],
+        };
+        let off_hours_rule = || {
+            let hours = monitoring.as_ref().and_then(|m| m.hours.as_ref());
+            hours.filter(|_| off_hours).map(|h| {
+                Rule::OffHours.fired(format!(
+                    "at {} UTC, outside the agreement's usual hours ({})",
+                    super::rfc3339(entry.time_micros),
+                    h.describe()
+                ))
+            })
+        };
+        let mut findings = Vec::new();
+        match (entry.action.as_str(), entry.decision) {
+            ("lookup.request", Decision::Allow) => {
+                let Some(id) = &request else { return Ok(None) };
+                let Some(record) = self.home().meta().request(id).await? else {
+                    return Err(BrokerError::Internal(format!(
+                        "entry {index} names a request the catalogue does not hold"
+                    )));
+                };
+                observation.subject_commitment = Some(record.subject_commitment);
+                let mut fired = self
+                    .subject_rules(index, entry, &record, monitoring.as_deref())
+                    .await?;
+                let mut rests_on = vec![index];
+                rests_on.extend(fired.1);
+                fired.0.extend(off_hours_rule());
+                if !fired.0.is_empty() {
+                    let mut f = finding(format!("request:{id}"), &entry.actor, fired.0);
+                    f.rests_on = rests_on;
+                    findings.push(f);
+                }
+            }
+            ("lookup.request", Decision::Deny) if is_principal_id(&entry.actor) => {
+                observation.allowed = false;
+                findings.extend(self.fishing(index, entry, &entry.actor, &finding).await?);
+            }
+            ("lookup.decline", Decision::Allow) => {
+                let Some(id) = &request else { return Ok(None) };
+                let Some(record) = self.home().meta().request(id).await? else {
+                    return Ok(None);
+                };
+                observation.principal_id = record.requester.clone();
+                observation.action = DECLINED.to_owned();
+                observation.allowed = false;
+                observation.off_hours = false;
+                findings.extend(
+                    self.fishing(index, entry, &record.requester, &finding)
+                        .await?,
+                );
+            }
+            ("lookup.fetch", Decision::Allow) => {
+                let Some(id) = &request else { return Ok(None) };
+                // The fetch joins its request's alert; it is itself
+                // checked against the usual hours.
+                let rules: Vec<FiredRule> = off_hours_rule().into_iter().collect();
+                let joins = self
+                    .home()
+                    .meta()
+                    .open_alert(&format!("request:{id}"))
+                    .await?
+                    .is_some();
+                if joins || !rules.is_empty() {
+                    findings.push(finding(format!("request:{id}"), &entry.actor, rules));
+                }
+            }
+            ("extract" | "match.read", Decision::Allow) if is_principal_id(&entry.actor) => {
+                if let Some(rule) = off_hours_rule() {
+                    findings.push(finding(format!("access:{index}"), &entry.actor, vec![rule]));
+                }
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some((observation, findings)))
+    }
+
+    /// The burst rule, on a refusal of `principal`'s request.
+    async fn fishing(
+        &self,
+        index: u64,
+        entry: &Entry,
+        principal: &str,
+        finding: &impl Fn(String, &str, Vec<FiredRule>) -> Finding,
+    ) -> Result<Option<Finding>, BrokerError> {
+        let since = entry.time_micros - FISHING_WINDOW_MICROS;
+        let mut refusals = self
+            .home()
+            .meta()
+            .refusals_since(principal, since)
+            .await?;
+        refusals.push(index);
+        if refusals.len() < FISHING_THRESHOLD {
+            return Ok(None);
+        }
+        let mut f = finding(
+            format!("fishing:{principal}"),
+            principal,
+            vec![Rule::Fishing.fired(format!(
+                "{} denied or declined look-up requests within an hour",
+                refusals.len()
+            ))],
+        );
+        f.agreement = None;
+        f.request = None;
+        f.rests_on = refusals;
+        Ok(Some(f))
+    }
+
+    /// The rules about the person looked up: the requester's own facts,
+    /// protected subjects, the same subject asked again, the case
+    /// reference. Returns the rules and further entries they rest on.
+    async fn subject_rules(
+        &self,
+        index: u64,
+        entry: &Entry,
+        record: &custos_store::lookups::AccessRequestRecord,
+        monitoring: Option<&CompiledMonitoring>,
+    ) -> Result<(Vec<FiredRule>, Vec<u64>), BrokerError> {
+        let meta = self.home().meta();
+        let subject = SubjectCommitment(record.subject_commitment);
+        let mut fired = Vec::new();
+        let mut more = Vec::new();
+        let schema = self.schema_of(&record.dataset).await?;
+        if let Some(facts) = self.principal_facts(&record.requester).await? {
+            let commit = |id: &str| {
+                let canonical = schema
+                    .as_ref()
+                    .and_then(|s| s.canonical_subject_id(id))
+                    .unwrap_or_else(|| id.trim().to_owned());
+                self.subjects().commit(&canonical)
+            };
+            if facts.own_id.as_deref().is_some_and(|id| commit(id) == subject) {
+                fired.push(Rule::SelfAccess.fired("the subject is the requester themself"));
+            }
+            if facts.household.iter().any(|id| commit(id) == subject) {
+                fired.push(Rule::Household.fired(
+                    "the subject is a member of the requester's declared household",
+                ));
+            }
+            if facts.colleagues.iter().any(|id| commit(id) == subject) {
+                fired.push(Rule::Colleague.fired("the subject is a declared colleague of the requester"));
+            }
+            if let Some(schema) = &schema {
+                fired.extend(self.likeness_rules(record, schema, &facts).await?);
+            }
+        }
+        if meta.subject_protected(&record.subject_commitment).await? {
+            fired.push(Rule::Protected.fired("the subject is protected (high-profile)"));
+        }
+        let since = entry.time_micros - REPEAT_WINDOW_MICROS;
+        let earlier = meta
+            .subject_requests_since(&record.subject_commitment, since)
+            .await?;
+        let mut principals = BTreeSet::new();
+        let mut agreements = BTreeSet::new();
+        for (principal, agreement, at) in earlier {
+            if at == index {
+                continue;
+            }
+            let other_principal = principal != record.requester;
+            let other_agreement = agreement.as_deref() != Some(record.agreement_id.as_str());
+            if other_principal || other_agreement {
+                more.push(at);
+                if other_principal {
+                    principals.insert(principal);
+                }
+                if let Some(a) = agreement.filter(|_| other_agreement) {
+                    agreements.insert(a);
+                }
+            }
+        }
+        if !more.is_empty() {
+            fired.push(Rule::RepeatSubject.fired(format!(
+                "the same subject was requested in the last 30 days by {} other principal(s) and under {} other agreement(s)",
+                principals.len(),
+                agreements.len()
+            )));
+        }
+        if let Some(pattern) = monitoring.and_then(|m| m.case_reference.as_ref()) {
+            let justification = zeroize::Zeroizing::new(self.unseal(
+                &record.id,
+                Sealed::Justification,
+                &record.justification_sealed,
+            )?);
+            if !pattern.is_match(&justification) {
+                fired.push(Rule::NoCaseLink.fired(format!(
+                    "the justification names no case reference of the form the agreement declares (`{}`)",
+                    pattern.as_str()
+                )));
+            }
+        }
+        Ok((fired, more))
+    }
+
+    /// Surname, address, street and ZIP of the subject against the
+    /// requester's, read from the dataset's describing columns.
+    async fn likeness_rules(
+        &self,
+        record: &custos_store::lookups::AccessRequestRecord,
+        schema: &DatasetSchema,
+        facts: &PrincipalFacts,
+    ) -> Result<Vec<FiredRule>, BrokerError> {
+        let wanted = [
+            (Describes::FullName, facts.surname.is_some()),
+            (Describes::Surname, facts.surname.is_some()),
+            (Describes::Address, facts.address.is_some()),
+            (Describes::Zip, facts.zip.is_some()),
+        ];
+        let columns: Vec<(Describes, String)> = wanted
+            .iter()
+            .filter(|(_, needed)| *needed)
+            .filter_map(|(what, _)| schema.describing(*what).map(|c| (*what, c.name.clone())))
+            .collect();
+        if columns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subject = zeroize::Zeroizing::new(self.unseal(
+            &record.id,
+            Sealed::Subject,
+            &record.subject_sealed,
+        )?);
+        let reader = self
+            .open_dataset(
+                &record.dataset,
+                crate::contents::Reading::Subject(&subject),
+            )
+            .await?;
+        let names: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
+        let id = subject.to_string();
+        let batches = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            reader.subject_rows(&id, Some(&names))
+        })
+        .await
+        .map_err(|_| BrokerError::Internal("the read was interrupted".into()))?;
+        let batches = match batches {
+            Err(custos_store::DatasetError::BadSubject) => Vec::new(),
+            other => other?,
+        };
+        let mut seen = [false; 4];
+        for batch in &batches {
+            for (i, (what, _)) in columns.iter().enumerate() {
+                let array = batch.column(i);
+                for row in 0..batch.num_rows() {
+                    if array.is_null(row) {
+                        continue;
+                    }
+                    let value = arrow::util::display::array_value_to_string(array, row)
+                        .unwrap_or_default();
+                    let hit = |fact: &Option<String>, f: fn(&str) -> String| {
+                        fact.as_deref().is_some_and(|mine| {
+                            let mine = f(mine);
+                            !mine.is_empty() && mine == f(&value)
+                        })
+                    };
+                    match what {
+                        Describes::FullName => {
+                            seen[0] |= facts.surname.as_deref().is_some_and(|s| {
+                                rules::normal(s) == rules::surname_of_full_name(&value)
+                            });
+                        }
+                        Describes::Surname => seen[0] |= hit(&facts.surname, rules::normal),
+                        Describes::Address => {
+                            seen[1] |= hit(&facts.address, rules::normal);
+                            seen[2] |= hit(&facts.address, rules::street_of);
+                        }
+                        Describes::Zip => seen[3] |= hit(&facts.zip, rules::normal),
+                    }
+                }
+            }
+        }
+        let mut fired = Vec::new();
+        if seen[0] {
+            fired.push(Rule::SameSurname.fired("the subject shares the requester's family name"));
+        }
+        if seen[1] {
+            fired.push(Rule::SameAddress.fired("the subject lives at the requester's address"));
+        } else if seen[2] {
+            fired.push(Rule::SameStreet.fired(
+                "the subject lives on the requester's street (a neighbour)",
+            ));
+        }
+        if seen[3] {
+            fired.push(Rule::SameZip.fired("the subject shares the requester's ZIP code"));
+        }
+        Ok(fired)
+    }
+
+    /// Raises a new alert for `finding`, or adds it to the open alert with
+    /// the same key; its ledger entry is appended here. `None` when the
+    /// finding adds nothing to an open alert.
+    async fn raise(
+        &self,
+        finding: Finding,
+        run: &mut DetectionRun,
+    ) -> Result<Option<AlertRecord>, BrokerError> {
+        let now = now_micros();
+        let open = self.home().meta().open_alert(&finding.key).await?;
+        // A burst that ended more than an hour ago is over: a new one
+        // raises a new alert.
+        let open = open.filter(|a| {
+            !finding.key.starts_with("fishing:")
+                || a.updated_micros >= now - FISHING_WINDOW_MICROS
+        });
+        let (mut alert, action) = match open {
+            Some(mut a) => {
+                let mut changed = rules::merge(&mut a.rules, finding.rules);
+                for i in finding.rests_on {
+                    if !a.rests_on.contains(&i) {
+                        a.rests_on.push(i);
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    return Ok(None);
+                }
+                a.updated_micros = now;
+                run.updated += 1;
+                (a, "alert.update")
+            }
+            None => {
+                if finding.rules.is_empty() {
+                    return Ok(None);
+                }
+                let first = finding.rests_on.iter().copied().min().unwrap_or_default();
+                run.raised += 1;
+                (
+                    AlertRecord {
+                        id: finding.id.unwrap_or_else(|| alert_id(&finding.key, first)),
+                        dedupe_key: finding.key,
+                        raised_micros: now,
+                        updated_micros: now,
+                        principal_id: finding.principal,
+                        agreement_id: finding.agreement.as_ref().map(|(id, _)| id.clone()),
+                        request_id: finding.request,
+                        rules: finding.rules,
+                        score: 0.0,
+                        rests_on: finding.rests_on,
+                        state: AlertState::Open,
+                        ledger_index: 0,
+                        resolved_by: None,
+                        resolved_micros: None,
+                        resolution_sealed: None,
+                        resolve_ledger_index: None,
+                    },
+                    "alert.raise",
+                )
+            }
+        };
+        alert.rests_on.sort_unstable();
+        alert.score = rules::score(&alert.rules);
+        let names: Vec<&str> = alert.rules.iter().map(|r| r.rule.as_str()).collect();
+        let mut ledgered = Entry::new(now, DETECTOR, action, Decision::Recorded)
+            .with_attribute("alert", alert.id.clone())
+            .with_attribute("principal", alert.principal_id.clone())
+            .with_attribute("rules", names.join(","))
+            .with_attribute(
+                "rests_on",
+                alert
+                    .rests_on
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .with_count("score_permille", (alert.score * 1000.0).round() as u64);
+        if let Some((id, version)) = &finding.agreement {
+            ledgered = ledgered.with_agreement(id, *version);
+        }
+        if let Some(request) = &alert.request_id {
+            ledgered = ledgered.with_request(request);
+        }
+        // INVARIANT: an alert is stored only after its entry is durable.
+        alert.ledger_index = self.append(&ledgered)?.index();
+        Ok(Some(alert))
+    }
+
+    /// The agreement version's compiled `[monitoring]`, if it declares one.
+    async fn monitoring(
+        &self,
+        id: &str,
+        version: u32,
+    ) -> Result<Option<Arc<CompiledMonitoring>>, BrokerError> {
+        let key = (id.to_owned(), version);
+        if let Some(hit) = self.detector.caches().monitoring.get(&key) {
+            return Ok(hit.clone());
+        }
+        let agreement: Option<Agreement> = self.agreement_at(id, version).await?;
+        let compiled = agreement
+            .and_then(|a| a.monitoring)
+            .and_then(|m| m.compile().ok())
+            .map(Arc::new);
+        self.detector
+            .caches()
+            .monitoring
+            .insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// A dataset's schema (cached).
+    async fn schema_of(&self, dataset: &str) -> Result<Option<Arc<DatasetSchema>>, BrokerError> {
+        if let Some(hit) = self.detector.caches().schemas.get(dataset) {
+            return Ok(hit.clone());
+        }
+        let schema = self
+            .home()
+            .meta()
+            .dataset(dataset)
+            .await?
+            .and_then(|r| DatasetSchema::from_toml(&r.schema_toml).ok())
+            .map(Arc::new);
+        self.detector
+            .caches()
+            .schemas
+            .insert(dataset.to_owned(), schema.clone());
+        Ok(schema)
+    }
+
+    /// Compares every principal's day under each agreement with its peers
+    /// (the day of `today_micros` and the day before), raising one alert
+    /// per deviating principal-day.
+    pub async fn scan_peers(&self, today_micros: i64) -> Result<DetectionRun, BrokerError> {
+        let _one = self.detector.running.lock().await;
+        let meta = self.home().meta();
+        let today = today_micros.div_euclid(DAY_MICROS);
+        let mut run = DetectionRun {
+            next_index: meta.browsing_cursor().await?,
+            ..DetectionRun::default()
+        };
+        for agreement in meta.observed_agreements(today - 1, today).await? {
+            let days = meta
+                .peer_days(&agreement, today - WINDOW_DAYS, today)
+                .await?;
+            let version = self
+                .home()
+                .meta()
+                .agreement_versions(&agreement)
+                .await?
+                .last()
+                .map_or(0, |v| v.version);
+            for target in days.iter().filter(|d| d.day >= today - 1) {
+                let peers: Vec<_> = days
+                    .iter()
+                    .filter(|d| !(d.principal_id == target.principal_id && d.day == target.day))
+                    .collect();
+                let found = peers::deviations(target, &peers);
+                if found.is_empty() {
+                    continue;
+                }
+                let key = format!("peer:{}:{}:{}", target.principal_id, agreement, target.day);
+                let id = alert_id(&key, 0);
+                if meta.alert(&id).await?.is_some() {
+                    continue;
+                }
+                let z = found.iter().map(|d| d.z).fold(0.0, f64::max);
+                let detail = format!(
+                    "on {} under this agreement: {}",
+                    super::rfc3339(target.day * DAY_MICROS)
+                        .split('T')
+                        .next()
+                        .unwrap_or_default(),
+                    found
+                        .iter()
+                        .map(peers::Deviation::describe)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                let mut rule = Rule::PeerDeviation.fired(detail);
+                rule.weight = (0.5 + z / 40.0).min(0.95);
+                let mut rests_on = meta
+                    .day_entries(&target.principal_id, &agreement, target.day, MAX_RESTS_ON)
+                    .await?;
+                rests_on.sort_unstable();
+                let finding = Finding {
+                    id: Some(id),
+                    key: key.clone(),
+                    principal: target.principal_id.clone(),
+                    agreement: Some((agreement.clone(), version)),
+                    request: None,
+                    rules: vec![rule],
+                    rests_on,
+                };
+                if let Some(alert) = self.raise(finding, &mut run).await? {
+                    meta.commit_detection(None, &[alert], run.next_index).await?;
+                }
+            }
+        }
+        Ok(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_ids_follow_what_they_are_about() {
+        assert_eq!(alert_id("request:r1", 5), alert_id("request:r1", 5));
+        assert_ne!(alert_id("request:r1", 5), alert_id("request:r2", 5));
+        assert!(is_principal_id("p0123456789abcdef"));
+        assert!(!is_principal_id("local-admin"));
+    }
+}
