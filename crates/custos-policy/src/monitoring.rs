@@ -135,7 +135,10 @@ impl Monitoring {
                     .map_err(|e| {
                         format!(
                             "`monitoring.case_reference` is not a regular expression: {}",
-                            e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+                            e.to_string()
+                                .split_whitespace()
+                                .collect::<Vec<_>>()
+                                .join(" ")
                         )
                     })?,
             ),

@@ -90,6 +90,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod alerts;
 mod answers;
 mod auth;
 mod body;
@@ -115,7 +116,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use custos_broker::Custos;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -176,6 +177,10 @@ pub struct ServerConfig {
     pub rate_limit: RateLimit,
     /// Longest shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// How often unusual-browsing rules run on new ledger entries.
+    pub detect_every: Duration,
+    /// How often each principal's day is compared with its peers.
+    pub peer_scan_every: Duration,
 }
 
 impl ServerConfig {
@@ -198,6 +203,8 @@ impl ServerConfig {
                 burst: std::num::NonZeroU32::new(200).unwrap_or(std::num::NonZeroU32::MIN),
             },
             shutdown_grace: Duration::from_secs(30),
+            detect_every: Duration::from_secs(1),
+            peer_scan_every: Duration::from_secs(600),
         }
     }
 
@@ -209,6 +216,25 @@ impl ServerConfig {
             )));
         }
         Ok(())
+    }
+}
+
+/// Runs the unusual-browsing rules on new ledger entries every `every`
+/// and the peer comparison every `peers_every`. A failed pass is logged
+/// and retried: the detector's cursor has not moved, so nothing is missed.
+async fn detect_forever(custos: Arc<Custos>, every: Duration, peers_every: Duration) {
+    let mut peers_due = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = custos.detect_pending().await {
+            tracing::error!(error = %e, "unusual-browsing detection failed; it will retry");
+        }
+        if tokio::time::Instant::now() >= peers_due {
+            if let Err(e) = custos.scan_peers().await {
+                tracing::error!(error = %e, "the peer comparison failed; it will retry");
+            }
+            peers_due = tokio::time::Instant::now() + peers_every;
+        }
     }
 }
 
@@ -253,6 +279,11 @@ pub fn router(custos: Arc<Custos>, config: &ServerConfig) -> Router {
             get(routes::principals).post(routes::add_principal),
         )
         .route("/principals/{name}/revoke", post(routes::revoke_principal))
+        .route("/principals/{name}/facts", put(alerts::set_facts))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/scan", post(alerts::scan))
+        .route("/alerts/{id}", get(alerts::show))
+        .route("/alerts/{id}/resolve", post(alerts::resolve))
         .route("/lookups", post(routes::request_lookup))
         .route("/lookups/{id}", get(routes::lookup))
         .route("/lookups/{id}/approvals", post(routes::approve_lookup))
@@ -462,6 +493,12 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let app = router(Arc::clone(&self.custos), &self.config);
+        // Detection runs beside the requests, never in their way.
+        let detector = tokio::spawn(detect_forever(
+            Arc::clone(&self.custos),
+            self.config.detect_every,
+            self.config.peer_scan_every,
+        ));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(self.config.max_connections));
         let header_timeout = self.config.header_timeout;
@@ -527,6 +564,8 @@ impl Server {
         }
         drop(self.listener);
         drop(app);
+        detector.abort();
+        let _ = detector.await;
         tracing::info!("shutting down: draining in-flight requests");
         if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown())
             .await

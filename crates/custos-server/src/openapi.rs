@@ -4,6 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::alerts;
 use crate::extracts;
 use crate::matches;
 use crate::problem::Problem;
@@ -34,6 +35,11 @@ use crate::tiles;
         routes::principals,
         routes::add_principal,
         routes::revoke_principal,
+        alerts::set_facts,
+        alerts::list,
+        alerts::show,
+        alerts::resolve,
+        alerts::scan,
         routes::request_lookup,
         routes::lookup,
         routes::approve_lookup,
@@ -60,6 +66,7 @@ use crate::tiles;
         routes::NewLookup,
         routes::SubjectBody,
         routes::DeclineBody,
+        alerts::Resolution,
         routes::NewQuery,
         extracts::NewExtract,
         matches::NewMatch,

@@ -77,7 +77,9 @@ impl AlertState {
         match text {
             "open" => Ok(Self::Open),
             "resolved" => Ok(Self::Resolved),
-            other => Err(MetaError::Database(format!("unknown alert state `{other}`"))),
+            other => Err(MetaError::Database(format!(
+                "unknown alert state `{other}`"
+            ))),
         }
     }
 }
@@ -169,8 +171,11 @@ pub trait BrowsingStore: Send + Sync {
     ) -> Result<Vec<(String, Option<String>, u64)>, MetaError>;
     /// Ledger indices of `principal`'s denied and declined requests since
     /// `since_micros`.
-    async fn refusals_since(&self, principal: &str, since_micros: i64)
-    -> Result<Vec<u64>, MetaError>;
+    async fn refusals_since(
+        &self,
+        principal: &str,
+        since_micros: i64,
+    ) -> Result<Vec<u64>, MetaError>;
     /// The open alert with this dedupe key, if any.
     async fn open_alert(&self, dedupe_key: &str) -> Result<Option<AlertRecord>, MetaError>;
     /// Ledger indices of `principal`'s look-up observations under
@@ -185,8 +190,12 @@ pub trait BrowsingStore: Send + Sync {
     /// Agreements with look-up observations on days `from..=to`.
     async fn observed_agreements(&self, from: i64, to: i64) -> Result<Vec<String>, MetaError>;
     /// Every principal-day of look-ups under `agreement` on days `from..=to`.
-    async fn peer_days(&self, agreement: &str, from: i64, to: i64)
-    -> Result<Vec<PeerDay>, MetaError>;
+    async fn peer_days(
+        &self,
+        agreement: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<PeerDay>, MetaError>;
     /// Alerts, highest score first among the newest `limit` (capped at 500).
     async fn list_alerts(
         &self,
@@ -394,12 +403,12 @@ impl BrowsingStore for SqliteMetadata {
             "SELECT * FROM alerts WHERE dedupe_key = ? AND state = 'open' \
              ORDER BY raised_micros DESC LIMIT 1",
         )
-            .bind(dedupe_key)
-            .fetch_optional(self.pool())
-            .await?
-            .as_ref()
-            .map(alert_from_row)
-            .transpose()
+        .bind(dedupe_key)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(alert_from_row)
+        .transpose()
     }
 
     async fn day_entries(
@@ -596,7 +605,9 @@ mod tests {
         ];
         for (mut o, index) in plan {
             o.ledger_index = index;
-            meta.commit_detection(Some(&o), &[], index + 1).await.unwrap();
+            meta.commit_detection(Some(&o), &[], index + 1)
+                .await
+                .unwrap();
         }
         assert_eq!(meta.browsing_cursor().await.unwrap(), 7);
         let days = meta.peer_days("a1", 10, 11).await.unwrap();
@@ -607,7 +618,12 @@ mod tests {
         );
         // Day 11: subject 2 was seen on day 10, subject 3 is new.
         assert_eq!(
-            (days[1].lookups, days[1].subjects, days[1].new_subjects, days[1].denials),
+            (
+                days[1].lookups,
+                days[1].subjects,
+                days[1].new_subjects,
+                days[1].denials
+            ),
             (2, 2, 1, 1)
         );
         assert_eq!(meta.refusals_since("p1", 0).await.unwrap(), vec![6]);

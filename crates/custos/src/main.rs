@@ -72,6 +72,16 @@ enum Command {
     /// Manage principals (API callers) and their tokens.
     #[command(subcommand)]
     Principal(commands::principal::PrincipalCommand),
+    /// Unusual-browsing alerts (overseers): list, show, resolve, scan.
+    ///
+    /// Rules run on every identified access (self-access, household,
+    /// colleague, neighbour, surname, protected subject, the same subject
+    /// asked again, off hours, bursts of refusals, no case reference), and
+    /// each principal's day is compared with its peers. An alert never
+    /// blocks anything; it says which rules fired and which ledger entries
+    /// it rests on. See docs/browsing.md.
+    #[command(subcommand)]
+    Alerts(commands::alerts::AlertsCommand),
     /// Identified look-ups: request a named subject's records under an
     /// agreement, with a justification; show or fetch a request.
     ///
@@ -184,6 +194,7 @@ fn main() -> ExitCode {
             Command::Subject(cmd) => commands::lookup::subject(&cli.home, server, cmd).await,
             Command::Dataset(cmd) => commands::dataset::run(&cli.home, server, cmd).await,
             Command::Principal(cmd) => commands::principal::run(&cli.home, server, cmd).await,
+            Command::Alerts(cmd) => commands::alerts::run(&cli.home, server, cmd).await,
             Command::Agreement(cmd) => commands::agreement::run(&cli.home, server, cmd).await,
             Command::Ledger(cmd) => commands::ledger::run(&cli.home, server, cmd).await,
             Command::Generate(args) => commands::generate::run(args),

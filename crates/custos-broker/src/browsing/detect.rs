@@ -17,7 +17,9 @@ use custos_ledger::{Decision, Entry, LedgerReader, SubjectCommitment};
 use custos_model::DatasetSchema;
 use custos_model::schema::Describes;
 use custos_policy::{Agreement, CompiledMonitoring};
-use custos_store::browsing::{AlertRecord, AlertState, DAY_MICROS, DECLINED, FiredRule, Observation};
+use custos_store::browsing::{
+    AlertRecord, AlertState, DAY_MICROS, DECLINED, FiredRule, Observation,
+};
 use sha2::{Digest, Sha256};
 
 use super::peers::{self, WINDOW_DAYS};
@@ -265,11 +267,7 @@ impl Custos {
         finding: &impl Fn(String, &str, Vec<FiredRule>) -> Finding,
     ) -> Result<Option<Finding>, BrokerError> {
         let since = entry.time_micros - FISHING_WINDOW_MICROS;
-        let mut refusals = self
-            .home()
-            .meta()
-            .refusals_since(principal, since)
-            .await?;
+        let mut refusals = self.home().meta().refusals_since(principal, since).await?;
         refusals.push(index);
         if refusals.len() < FISHING_THRESHOLD {
             return Ok(None);
@@ -311,16 +309,23 @@ impl Custos {
                     .unwrap_or_else(|| id.trim().to_owned());
                 self.subjects().commit(&canonical)
             };
-            if facts.own_id.as_deref().is_some_and(|id| commit(id) == subject) {
+            if facts
+                .own_id
+                .as_deref()
+                .is_some_and(|id| commit(id) == subject)
+            {
                 fired.push(Rule::SelfAccess.fired("the subject is the requester themself"));
             }
             if facts.household.iter().any(|id| commit(id) == subject) {
-                fired.push(Rule::Household.fired(
-                    "the subject is a member of the requester's declared household",
-                ));
+                fired.push(
+                    Rule::Household
+                        .fired("the subject is a member of the requester's declared household"),
+                );
             }
             if facts.colleagues.iter().any(|id| commit(id) == subject) {
-                fired.push(Rule::Colleague.fired("the subject is a declared colleague of the requester"));
+                fired.push(
+                    Rule::Colleague.fired("the subject is a declared colleague of the requester"),
+                );
             }
             if let Some(schema) = &schema {
                 fired.extend(self.likeness_rules(record, schema, &facts).await?);
@@ -402,10 +407,7 @@ impl Custos {
             &record.subject_sealed,
         )?);
         let reader = self
-            .open_dataset(
-                &record.dataset,
-                crate::contents::Reading::Subject(&subject),
-            )
+            .open_dataset(&record.dataset, crate::contents::Reading::Subject(&subject))
             .await?;
         let names: Vec<String> = columns.iter().map(|(_, n)| n.clone()).collect();
         let id = subject.to_string();
@@ -427,8 +429,8 @@ impl Custos {
                     if array.is_null(row) {
                         continue;
                     }
-                    let value = arrow::util::display::array_value_to_string(array, row)
-                        .unwrap_or_default();
+                    let value =
+                        arrow::util::display::array_value_to_string(array, row).unwrap_or_default();
                     let hit = |fact: &Option<String>, f: fn(&str) -> String| {
                         fact.as_deref().is_some_and(|mine| {
                             let mine = f(mine);
@@ -458,9 +460,9 @@ impl Custos {
         if seen[1] {
             fired.push(Rule::SameAddress.fired("the subject lives at the requester's address"));
         } else if seen[2] {
-            fired.push(Rule::SameStreet.fired(
-                "the subject lives on the requester's street (a neighbour)",
-            ));
+            fired.push(
+                Rule::SameStreet.fired("the subject lives on the requester's street (a neighbour)"),
+            );
         }
         if seen[3] {
             fired.push(Rule::SameZip.fired("the subject shares the requester's ZIP code"));
@@ -481,8 +483,7 @@ impl Custos {
         // A burst that ended more than an hour ago is over: a new one
         // raises a new alert.
         let open = open.filter(|a| {
-            !finding.key.starts_with("fishing:")
-                || a.updated_micros >= now - FISHING_WINDOW_MICROS
+            !finding.key.starts_with("fishing:") || a.updated_micros >= now - FISHING_WINDOW_MICROS
         });
         let (mut alert, action) = match open {
             Some(mut a) => {
@@ -599,12 +600,12 @@ impl Custos {
     }
 
     /// Compares every principal's day under each agreement with its peers
-    /// (the day of `today_micros` and the day before), raising one alert
-    /// per deviating principal-day.
-    pub async fn scan_peers(&self, today_micros: i64) -> Result<DetectionRun, BrokerError> {
+    /// (today and yesterday, UTC), raising one alert per deviating
+    /// principal-day.
+    pub async fn scan_peers(&self) -> Result<DetectionRun, BrokerError> {
         let _one = self.detector.running.lock().await;
         let meta = self.home().meta();
-        let today = today_micros.div_euclid(DAY_MICROS);
+        let today = now_micros().div_euclid(DAY_MICROS);
         let mut run = DetectionRun {
             next_index: meta.browsing_cursor().await?,
             ..DetectionRun::default()
@@ -663,7 +664,8 @@ impl Custos {
                     rests_on,
                 };
                 if let Some(alert) = self.raise(finding, &mut run).await? {
-                    meta.commit_detection(None, &[alert], run.next_index).await?;
+                    meta.commit_detection(None, &[alert], run.next_index)
+                        .await?;
                 }
             }
         }

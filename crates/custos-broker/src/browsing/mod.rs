@@ -20,8 +20,8 @@ use custos_model::{DatasetSchema, Role};
 use custos_policy::CompiledMonitoring;
 use serde::{Deserialize, Serialize};
 
-pub use custos_store::browsing::{AlertState, FiredRule};
 use custos_store::browsing::AlertRecord;
+pub use custos_store::browsing::{AlertState, FiredRule};
 
 use crate::{Acting, Actor, BrokerError, Custos, now_micros};
 
@@ -217,11 +217,7 @@ impl Custos {
     ) -> Result<FactsSet, BrokerError> {
         const ACTION: &str = "principal.facts";
         if !actor.is_admin() {
-            return Err(self.deny(
-                actor,
-                ACTION,
-                "only an admin may set a principal's facts",
-            ));
+            return Err(self.deny(actor, ACTION, "only an admin may set a principal's facts"));
         }
         facts.check().map_err(BrokerError::Invalid)?;
         let Some(p) = self.home().meta().principal_by_name(name).await? else {
@@ -402,7 +398,13 @@ impl Custos {
         if !self
             .home()
             .meta()
-            .resolve_alert(&record.id, &overseer.id, now_micros(), &sealed, index.index())
+            .resolve_alert(
+                &record.id,
+                &overseer.id,
+                now_micros(),
+                &sealed,
+                index.index(),
+            )
             .await?
         {
             return Err(BrokerError::Conflict(format!(
@@ -411,6 +413,20 @@ impl Custos {
             )));
         }
         self.alert(actor, &record.id).await
+    }
+}
+
+impl Custos {
+    /// Runs detection now (the rules on every entry not yet read, then the
+    /// peer comparison) for an overseer; the server also runs both on its
+    /// own, every second and every few minutes.
+    pub async fn run_detection(&self, actor: &Actor) -> Result<DetectionRun, BrokerError> {
+        self.overseer(actor, "alert.scan")?;
+        let mut run = self.detect_pending().await?;
+        let peers = self.scan_peers().await?;
+        run.raised += peers.raised;
+        run.updated += peers.updated;
+        Ok(run)
     }
 }
 

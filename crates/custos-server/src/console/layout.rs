@@ -29,6 +29,7 @@ const NAV: &[(&str, &str, &[Role])] = &[
     ("/console/mine", "My requests", &[Role::Requester]),
     ("/console/query", "Query", &[Role::Requester]),
     ("/console/agreements", "Agreements", &[]),
+    ("/console/alerts", "Alerts", &[Role::Overseer]),
     ("/console/ledger", "Ledger", &[Role::Overseer, Role::Admin]),
     (
         "/console/subject",

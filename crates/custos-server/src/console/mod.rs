@@ -5,7 +5,7 @@
 //! - `assets`: CSS and htmx, embedded, under content-hashed names.
 //! - `layout`: the page frame, navigation by role, errors as pages.
 //! - `charts`: server-rendered SVG.
-//! - `approver`, `overseer`, `ledger`, `requester`, `admin`: the pages.
+//! - `approver`, `overseer`, `alerts`, `ledger`, `requester`, `admin`: the pages.
 //!
 //! Every page is server-rendered HTML that reads without JavaScript; htmx
 //! (same-origin only, no eval) makes forms update in place. Pages carry a
@@ -15,6 +15,7 @@
 //! log names route templates only.
 
 mod admin;
+mod alerts;
 mod approver;
 mod assets;
 mod charts;
@@ -59,6 +60,9 @@ pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/requests/{id}/approve", post(approver::approve))
         .route("/requests/{id}/decline", post(approver::decline))
         .route("/matches/{job}/confirm", post(approver::confirm_match))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}", get(alerts::show))
+        .route("/alerts/{id}/resolve", post(alerts::resolve))
         .route("/ledger", get(ledger::explorer))
         .route("/ledger/{index}", get(ledger::entry))
         .route(

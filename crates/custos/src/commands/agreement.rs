@@ -64,7 +64,7 @@ pub enum AgreementCommand {
 pub async fn run(home: &Path, server: Option<&str>, cmd: AgreementCommand) -> anyhow::Result<()> {
     let gateway = Gateway::connect(home, server).await?;
     let result = run_with(&gateway, cmd).await;
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
 

@@ -80,7 +80,7 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
         DatasetCommand::List { json } => {
             let gateway = Gateway::connect(home, server).await?;
             let all = gateway.datasets().await;
-            gateway.close()?;
+            gateway.close().await?;
             let all = all?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
@@ -106,7 +106,7 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
         DatasetCommand::Describe { name, json } => {
             let gateway = Gateway::connect(home, server).await?;
             let d = gateway.describe(&name).await;
-            gateway.close()?;
+            gateway.close().await?;
             let d = d?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
@@ -117,7 +117,7 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: DatasetCommand) -> anyh
         DatasetCommand::Verify { name, json } => {
             let gateway = Gateway::connect(home, server).await?;
             let check = gateway.verify_dataset(&name).await;
-            gateway.close()?;
+            gateway.close().await?;
             let check = check?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&check)?);

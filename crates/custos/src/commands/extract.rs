@@ -54,7 +54,7 @@ pub async fn run(home: &Path, server: Option<&str>, args: ExtractArgs) -> anyhow
         anyhow::Ok(())
     }
     .await;
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
 

@@ -57,9 +57,18 @@ impl Gateway {
         }
     }
 
-    /// Closes the local ledger (nothing to do for a server).
-    pub fn close(self) -> anyhow::Result<()> {
+    /// Closes the local ledger (nothing to do for a server, which detects
+    /// on its own). Locally, the unusual-browsing rules first run on the
+    /// entries this command (or any earlier one) added, after its answer
+    /// was printed: detection never delays a release. A failed pass is
+    /// reported and retried by the next command: its cursor did not move.
+    pub async fn close(self) -> anyhow::Result<()> {
         if let Self::Local { custos, .. } = self {
+            if let Err(e) = custos.detect_pending().await {
+                eprintln!(
+                    "warning: unusual-browsing detection did not run: {e}; the next command or `custos alerts scan` will catch up"
+                );
+            }
             (*custos).close()?;
         }
         Ok(())
@@ -452,6 +461,81 @@ impl Gateway {
         }
     }
 
+    /// `custos principal update --facts`: sets a principal's own facts.
+    pub async fn set_principal_facts(
+        &self,
+        name: &str,
+        facts: &custos_broker::PrincipalFacts,
+    ) -> anyhow::Result<custos_broker::FactsSet> {
+        match self {
+            Self::Local { custos, actor } => {
+                Ok(custos.set_principal_facts(actor, name, facts).await?)
+            }
+            Self::Remote(c) => {
+                c.put(
+                    &format!("/v1/principals/{}/facts", segment(name)?),
+                    &serde_json::to_value(facts)?,
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos alerts list`.
+    pub async fn alerts(
+        &self,
+        state: Option<custos_broker::AlertState>,
+    ) -> anyhow::Result<Vec<custos_broker::Alert>> {
+        match self {
+            Self::Local { custos, actor } => {
+                // Locally, detection catches up first, so the list is current.
+                custos.detect_pending().await?;
+                Ok(custos.alerts(actor, state).await?)
+            }
+            Self::Remote(c) => {
+                let state = match state {
+                    Some(s) => s.as_str(),
+                    None => "all",
+                };
+                c.get(&format!("/v1/alerts?state={state}")).await
+            }
+        }
+    }
+
+    /// `custos alerts show`.
+    pub async fn alert(&self, id: &str) -> anyhow::Result<custos_broker::Alert> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.alert(actor, id).await?),
+            Self::Remote(c) => c.get(&format!("/v1/alerts/{}", segment(id)?)).await,
+        }
+    }
+
+    /// `custos alerts resolve`.
+    pub async fn resolve_alert(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> anyhow::Result<custos_broker::Alert> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.resolve_alert(actor, id, reason).await?),
+            Self::Remote(c) => {
+                c.post(
+                    &format!("/v1/alerts/{}/resolve", segment(id)?),
+                    &json!({ "reason": reason }),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `custos alerts scan`.
+    pub async fn run_detection(&self) -> anyhow::Result<custos_broker::DetectionRun> {
+        match self {
+            Self::Local { custos, actor } => Ok(custos.run_detection(actor).await?),
+            Self::Remote(c) => c.post("/v1/alerts/scan", &json!({})).await,
+        }
+    }
+
     /// `custos principal revoke`.
     pub async fn revoke_principal(&self, name: &str) -> anyhow::Result<Principal> {
         match self {
@@ -605,6 +689,11 @@ impl Client {
                 .json(body),
         )
         .await
+    }
+
+    async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> anyhow::Result<T> {

@@ -120,7 +120,7 @@ where
 {
     let gateway = Gateway::connect(home, server).await?;
     let result = f(&gateway).await;
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
 

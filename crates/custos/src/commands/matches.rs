@@ -91,7 +91,7 @@ pub async fn run(home: &Path, server: Option<&str>, args: MatchArgs) -> anyhow::
         }
         None => run_match(&gateway, args).await,
     };
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
 

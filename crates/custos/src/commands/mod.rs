@@ -1,6 +1,7 @@
 //! One module per top-level command.
 
 pub mod agreement;
+pub mod alerts;
 pub mod dataset;
 pub mod demo;
 pub mod extract;

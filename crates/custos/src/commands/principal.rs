@@ -1,6 +1,6 @@
 //! `custos principal add|list|revoke`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use custos_model::Role;
@@ -22,6 +22,33 @@ pub enum PrincipalCommand {
         /// A role: admin, approver, requester or overseer (repeat for several).
         #[arg(long = "role", required = true, value_parser = parse_role)]
         roles: Vec<Role>,
+        /// A TOML file of the principal's own identifying facts, for the
+        /// unusual-browsing rules (see `principal update --help`).
+        #[arg(long, value_name = "FILE")]
+        facts: Option<PathBuf>,
+    },
+    /// Set (replace) a principal's own identifying facts, which the
+    /// unusual-browsing rules compare every subject they look up with.
+    ///
+    /// The file is TOML, every field optional:
+    ///
+    ///   own_id = "123-45-6789"        # their own subject id
+    ///   surname = "Rivera"
+    ///   address = "12 Elm St, Springfield"
+    ///   zip = "62704"
+    ///   household = ["987-65-4321"]   # ids of the people they live with
+    ///   colleagues = ["111-22-3333"]
+    ///
+    /// The facts are sealed under the master key and never shown back; the
+    /// ledger records only which kinds were set. They come from a file, not
+    /// arguments, so that no identifier lands in shell history or the
+    /// process list. See docs/browsing.md.
+    Update {
+        /// The principal's name.
+        name: String,
+        /// The facts file.
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
     },
     /// List principals (never their tokens).
     List {
@@ -44,14 +71,25 @@ fn parse_role(text: &str) -> Result<Role, String> {
 pub async fn run(home: &Path, server: Option<&str>, cmd: PrincipalCommand) -> anyhow::Result<()> {
     let gateway = Gateway::connect(home, server).await?;
     let result = run_with(&gateway, cmd).await;
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
 
 async fn run_with(gateway: &Gateway, cmd: PrincipalCommand) -> anyhow::Result<()> {
     match cmd {
-        PrincipalCommand::Add { name, org, roles } => {
+        PrincipalCommand::Add {
+            name,
+            org,
+            roles,
+            facts,
+        } => {
+            // Read before anything is created: a bad file creates nothing.
+            let facts = facts.as_deref().map(read_facts).transpose()?;
             let (p, token) = gateway.add_principal(&name, &org, &roles).await?;
+            if let Some(facts) = &facts {
+                let set = gateway.set_principal_facts(&name, facts).await?;
+                eprintln!("Set its facts ({}).", set.kinds.join(", "));
+            }
             let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
             eprintln!(
                 "Created principal `{}` ({}) of {} with roles {}.",
@@ -89,6 +127,20 @@ async fn run_with(gateway: &Gateway, cmd: PrincipalCommand) -> anyhow::Result<()
                 }
             }
         }
+        PrincipalCommand::Update { name, facts } => {
+            let facts = read_facts(&facts)?;
+            let set = gateway.set_principal_facts(&name, &facts).await?;
+            println!(
+                "Set the facts of `{name}` ({}): {}; ledger entry {}.",
+                set.principal,
+                if set.kinds.is_empty() {
+                    "none".to_owned()
+                } else {
+                    set.kinds.join(", ")
+                },
+                set.ledger_index
+            );
+        }
         PrincipalCommand::Revoke { name } => {
             let p = gateway.revoke_principal(&name).await?;
             println!(
@@ -98,4 +150,21 @@ async fn run_with(gateway: &Gateway, cmd: PrincipalCommand) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// Reads a facts file (TOML), naming the file and the field on error.
+fn read_facts(path: &Path) -> anyhow::Result<custos_broker::PrincipalFacts> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the facts file `{}`: {e}", path.display()))?;
+    // The parser's message may quote a value (an identifier): say where,
+    // not what.
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map_or(0, |s| text[..s.start].matches('\n').count() + 1);
+        anyhow::anyhow!(
+            "the facts file `{}` is not valid at line {line}: use the string fields own_id, surname, address and zip, and the lists household and colleagues (see `custos principal update --help`)",
+            path.display()
+        )
+    })
 }

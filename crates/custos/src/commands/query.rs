@@ -51,7 +51,7 @@ pub async fn run(home: &Path, server: Option<&str>, args: QueryArgs) -> anyhow::
         anyhow::Ok(())
     }
     .await;
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
 

@@ -238,6 +238,6 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: ReportCommand) -> anyho
         }
     }
     .await;
-    gateway.close()?;
+    gateway.close().await?;
     result
 }
