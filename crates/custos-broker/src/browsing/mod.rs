@@ -81,7 +81,8 @@ impl PrincipalFacts {
         kinds
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Checks the facts' form (lengths, printable text, list sizes).
+    pub fn validate(&self) -> Result<(), String> {
         let fields = [&self.own_id, &self.surname, &self.address, &self.zip];
         let related = self.household.iter().chain(&self.colleagues);
         for text in fields.into_iter().flatten().chain(related) {
@@ -219,7 +220,7 @@ impl Custos {
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may set a principal's facts"));
         }
-        facts.check().map_err(BrokerError::Invalid)?;
+        facts.validate().map_err(BrokerError::Invalid)?;
         let Some(p) = self.home().meta().principal_by_name(name).await? else {
             return Err(BrokerError::NotFound(format!("no principal `{name}`")));
         };

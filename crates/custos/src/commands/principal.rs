@@ -158,7 +158,7 @@ fn read_facts(path: &Path) -> anyhow::Result<custos_broker::PrincipalFacts> {
         .map_err(|e| anyhow::anyhow!("cannot read the facts file `{}`: {e}", path.display()))?;
     // The parser's message may quote a value (an identifier): say where,
     // not what.
-    toml::from_str(&text).map_err(|e| {
+    let facts: custos_broker::PrincipalFacts = toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
             .map_or(0, |s| text[..s.start].matches('\n').count() + 1);
@@ -166,5 +166,9 @@ fn read_facts(path: &Path) -> anyhow::Result<custos_broker::PrincipalFacts> {
             "the facts file `{}` is not valid at line {line}: use the string fields own_id, surname, address and zip, and the lists household and colleagues (see `custos principal update --help`)",
             path.display()
         )
-    })
+    })?;
+    facts
+        .validate()
+        .map_err(|e| anyhow::anyhow!("the facts file `{}` is not valid: {e}", path.display()))?;
+    Ok(facts)
 }
