@@ -13,6 +13,7 @@
 
 mod people;
 mod schemas;
+pub mod trace;
 
 use std::fs;
 use std::io::{BufWriter, Write};
