@@ -167,7 +167,13 @@ struct Replay {
     detect_entries: u64,
 }
 
-async fn lookup(home: &Home, rq: &Actor, agreement: &str, subject: &str, why: &str) -> Option<String> {
+async fn lookup(
+    home: &Home,
+    rq: &Actor,
+    agreement: &str,
+    subject: &str,
+    why: &str,
+) -> Option<String> {
     let ticket = home
         .custos
         .request_lookup(
@@ -235,7 +241,10 @@ async fn replay(home: &Home, trace: &Trace) -> Replay {
             }
             Action::WrongAgreement => {
                 let denied = lookup(home, rq, agreement, &e.subject, &e.justification).await;
-                assert!(denied.is_none(), "a request under another agency's agreement");
+                assert!(
+                    denied.is_none(),
+                    "a request under another agency's agreement"
+                );
             }
         }
     }
@@ -254,15 +263,29 @@ struct Score {
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 { f64::NAN } else { a as f64 / b as f64 }
+    if b == 0 {
+        f64::NAN
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
     let meta = custos_store::Home::open(&home.dir.path().join("home"), None)
         .await
         .unwrap();
-    let alerts = meta.meta().list_alerts(None, 500).await.unwrap();
-    assert!(alerts.len() < 500, "more alerts than one page: raise the page");
+    let mut alerts = Vec::new();
+    loop {
+        let page = meta
+            .meta()
+            .alerts_page(alerts.len() as u64, 500)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        alerts.extend(page);
+    }
     let reader = LedgerReader::new(&home.custos.ledger_dir());
     let size = home.custos.checkpoint().unwrap().size;
     let times: Vec<(i64, String)> = reader
@@ -296,21 +319,31 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
             }
             Some(Misuse::Volume) | None => {}
             Some(k) => {
-                units.entry(k).or_default().insert(format!("{}", e.at_micros));
+                units
+                    .entry(k)
+                    .or_default()
+                    .insert(format!("{}", e.at_micros));
             }
         }
     }
     for (i, b) in bursts.iter().enumerate() {
-        units.entry(Misuse::Fishing).or_default().insert(format!("burst{i}"));
+        units
+            .entry(Misuse::Fishing)
+            .or_default()
+            .insert(format!("burst{i}"));
         let _ = b;
     }
     for (r, d) in &trace.volume_days {
-        units.entry(Misuse::Volume).or_default().insert(format!("{r}:{d}"));
+        units
+            .entry(Misuse::Volume)
+            .or_default()
+            .insert(format!("{r}:{d}"));
     }
     let mut detected: BTreeMap<Misuse, HashSet<String>> = BTreeMap::new();
     let mut predicted: BTreeMap<&str, u64> = BTreeMap::new();
     let mut true_alerts: BTreeMap<&str, u64> = BTreeMap::new();
     let mut false_alerts = 0u64;
+    let mut false_by_rules: BTreeMap<String, u64> = BTreeMap::new();
     for a in &alerts {
         // Which misuse unit the alert is on, if any.
         let unit: Option<(Misuse, String)> = if let Some(req) = &a.request_id {
@@ -347,6 +380,8 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
         };
         if unit.is_none() {
             false_alerts += 1;
+            let names: Vec<&str> = a.rules.iter().map(|r| r.rule.as_str()).collect();
+            *false_by_rules.entry(names.join(",")).or_default() += 1;
         }
         for r in &a.rules {
             let Some(kind) = Misuse::ALL.iter().find(|k| k.rule() == r.rule) else {
@@ -370,7 +405,9 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
         false_alerts,
         false_alerts as f64 * 1000.0 / replay.benign_accesses as f64
     );
-    println!("| misuse | rule | injected | detected | recall | alerts with the rule | precision | F1 |");
+    println!(
+        "| misuse | rule | injected | detected | recall | alerts with the rule | precision | F1 |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for kind in Misuse::ALL {
         let s = Score {
@@ -379,7 +416,10 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
             predicted: predicted.get(kind.rule()).copied().unwrap_or(0),
             true_alerts: true_alerts.get(kind.rule()).copied().unwrap_or(0),
         };
-        let (p, r) = (ratio(s.true_alerts, s.predicted), ratio(s.detected, s.injected));
+        let (p, r) = (
+            ratio(s.true_alerts, s.predicted),
+            ratio(s.detected, s.injected),
+        );
         println!(
             "| {} | `{}` | {} | {} | {:.2} | {} | {:.2} | {:.2} |",
             kind.name(),
@@ -392,6 +432,11 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
             2.0 * p * r / (p + r)
         );
     }
+    let causes: Vec<String> = false_by_rules
+        .iter()
+        .map(|(rules, n)| format!("{n} × {rules}"))
+        .collect();
+    println!("\nFalse alerts by rules: {}.", if causes.is_empty() { "none".to_owned() } else { causes.join("; ") });
     println!(
         "\nDetection: {:.3} ms per ledger entry read ({} entries, {:.1} s in all).",
         replay.detect_seconds * 1000.0 / replay.detect_entries.max(1) as f64,
@@ -445,8 +490,14 @@ async fn latency(home: &Home, trace: &Trace) {
     let (off99, on99) = (pick(&mut off, 0.99), pick(&mut on, 0.99));
     println!("\n| look-up (request + approval + fetch) | samples | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|");
-    println!("| without detection | {} | {off50:.0} | {off99:.0} |", off.len());
-    println!("| with the detector running beside it | {} | {on50:.0} | {on99:.0} |", on.len());
+    println!(
+        "| without detection | {} | {off50:.0} | {off99:.0} |",
+        off.len()
+    );
+    println!(
+        "| with the detector running beside it | {} | {on50:.0} | {on99:.0} |",
+        on.len()
+    );
     println!(
         "\nDetection adds {:+.1}% at p50 and {:+.1}% at p99.",
         (on50 / off50 - 1.0) * 100.0,

@@ -202,6 +202,9 @@ pub trait BrowsingStore: Send + Sync {
         state: Option<AlertState>,
         limit: u32,
     ) -> Result<Vec<AlertRecord>, MetaError>;
+    /// Every alert in the order raised, `limit` from `offset` (exports,
+    /// measurements).
+    async fn alerts_page(&self, offset: u64, limit: u32) -> Result<Vec<AlertRecord>, MetaError>;
     /// One alert.
     async fn alert(&self, id: &str) -> Result<Option<AlertRecord>, MetaError>;
     /// Resolves an open alert; false if it was not open.
@@ -530,6 +533,17 @@ impl BrowsingStore for SqliteMetadata {
                 .await?
             }
         };
+        rows.iter().map(alert_from_row).collect()
+    }
+
+    async fn alerts_page(&self, offset: u64, limit: u32) -> Result<Vec<AlertRecord>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT * FROM alerts ORDER BY raised_micros, id LIMIT ? OFFSET ?",
+        )
+        .bind(i64::from(limit.clamp(1, 500)))
+        .bind(to_i64(offset)?)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(alert_from_row).collect()
     }
 

@@ -248,7 +248,9 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
             return i;
         }
     };
-    let protected: Vec<String> = (0..20).map(|_| population[take(&mut rng)].id.clone()).collect();
+    let protected: Vec<String> = (0..20)
+        .map(|_| population[take(&mut rng)].id.clone())
+        .collect();
     let mut requesters = Vec::new();
     for a in 0..params.agreements as usize {
         for r in 0..params.requesters_per_agreement {
@@ -276,7 +278,12 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
                 name: format!("req-{a}-{r}"),
                 agreement: a,
                 own_id: own,
-                surname: relative.name.rsplit(' ').next().unwrap_or_default().to_owned(),
+                surname: relative
+                    .name
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
                 address: format!("{} {street}", 20_000 + r),
                 zip: zip_mate,
                 household,
@@ -297,7 +304,9 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
     }
     let is_reserved = |id: &str| {
         requesters.iter().any(|r| {
-            r.own_id == id || r.household.iter().any(|h| h == id) || r.colleagues.iter().any(|c| c == id)
+            r.own_id == id
+                || r.household.iter().any(|h| h == id)
+                || r.colleagues.iter().any(|c| c == id)
         }) || protected.iter().any(|p| p == id)
     };
 
@@ -321,7 +330,8 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
             return f.id.clone();
         }
     };
-    let new_case = |rng: &mut Xoshiro256PlusPlus| format!("CASE-{:06}", rng.random_range(0..1_000_000u32));
+    let new_case =
+        |rng: &mut Xoshiro256PlusPlus| format!("CASE-{:06}", rng.random_range(0..1_000_000u32));
     let justify = |case: &str, rng: &mut Xoshiro256PlusPlus| {
         const WHY: [&str; 4] = [
             "refund deposited to an account shared by many filers",
@@ -405,7 +415,9 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
                     action: Action::Lookup,
                     subject,
                     justification,
-                    misuse: volume_plan.contains_key(&(ri, day)).then_some(Misuse::Volume),
+                    misuse: volume_plan
+                        .contains_key(&(ri, day))
+                        .then_some(Misuse::Volume),
                 });
             }
         }
@@ -459,7 +471,9 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
                 }
                 Misuse::Relative => {
                     if let Some(id) = subject_with(&mut rng, &|f| {
-                        f.name.rsplit(' ').next() == Some(r.surname.as_str()) && f.zip[..3] == r.zip[..3] && f.zip != r.zip
+                        f.name.rsplit(' ').next() == Some(r.surname.as_str())
+                            && f.zip[..3] == r.zip[..3]
+                            && f.zip != r.zip
                     }) {
                         events.push(lookup(id, at, justification));
                     }

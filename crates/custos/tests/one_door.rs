@@ -118,5 +118,8 @@ fn no_product_code_moves_the_clock() {
             }
         }
     }
-    assert!(callers.is_empty(), "the simulated clock is moved by {callers:?}");
+    assert!(
+        callers.is_empty(),
+        "the simulated clock is moved by {callers:?}"
+    );
 }

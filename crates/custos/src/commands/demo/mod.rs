@@ -2,6 +2,7 @@
 //! Every step acts as a principal through the broker, like any other
 //! command; true values come from the demo's own synthetic files.
 
+mod browsing;
 mod console;
 mod truth;
 mod witness;
@@ -208,28 +209,42 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         7,
         "an identified look-up: justified, approved by a second person, accounted for",
     );
-    lookup_demo(&custos, &admin, &sample_tin, tax.buckets).await?;
+    let (rita, olga, identified) = lookup_demo(&custos, &admin, &sample_tin, tax.buckets).await?;
 
     step(
         8,
+        "unusual browsing: a requester looks up a neighbour, and an overseer is told",
+    );
+    browsing::run(
+        &custos,
+        &admin,
+        &rita,
+        &olga,
+        &identified,
+        &data_dir.join("tax_returns.csv"),
+    )
+    .await?;
+
+    step(
+        9,
         "aggregate questions: differentially private answers under a budget",
     );
     aggregate_demo(&custos, &admin, &data_dir).await?;
 
     step(
-        9,
+        10,
         "a pseudonymous extract: rows for researchers, without identities",
     );
     extract_demo(&custos, &admin, &base, &data_dir, &sample_tin).await?;
 
     step(
-        10,
+        11,
         "private matching: the benefits roll against another agency's death registry",
     );
     match_demo(&custos, &admin, &base, &generated).await?;
 
     step(
-        11,
+        12,
         "the ledger: every action written where it can't be erased",
     );
     let checkpoint = custos.checkpoint()?;
@@ -261,13 +276,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  (restored). The same check runs against any checkpoint kept outside Custos.");
 
     step(
-        12,
+        13,
         "trust that does not rest on the custodian: witnesses and ledgered datasets",
     );
     witness::run(&base, &home_dir, &admin).await?;
 
     step(
-        13,
+        14,
         "the console: approvers, overseers and requesters in a browser",
     );
     console::run(
@@ -708,12 +723,13 @@ fn identified_agreement() -> String {
 }
 
 /// Step 7: request → refused early fetch → approval → fetch → report.
+/// Step 7; returns rita (requester), olga (overseer) and the agreement.
 async fn lookup_demo(
     custos: &Custos,
     admin: &Actor,
     tin: &str,
     buckets: u32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Actor, Actor, String)> {
     let (version, _) = custos
         .apply_agreement(admin, &identified_agreement())
         .await?;
@@ -800,7 +816,9 @@ async fn lookup_demo(
             line.proof.index
         );
     }
-    Ok(())
+    let olga = olga.clone();
+    let rita = rita.clone();
+    Ok((rita, olga, version.id))
 }
 
 /// Flips one byte of the first entry bundle, verifies, restores; returns
