@@ -47,7 +47,7 @@ requester = "{org}"
 citation = "26 U.S.C. 6103(h)(1)"
 [monitoring]
 timezone = "America/New_York"
-usual_hours = "07:00-19:00"
+usual_hours = "07:00-22:00"
 case_reference = "CASE-[0-9]{{6}}"
 [[grants]]
 dataset = "tax_returns"
@@ -373,6 +373,12 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
                 (Some(r), Some(d)) if trace.volume_days.contains(&(r, d)) => {
                     Some((Misuse::Volume, format!("{r}:{d}")))
                 }
+                // A day with a burst of refusals deviates too: the alert
+                // is on misuse, of the fishing kind.
+                (Some(r), Some(d)) => bursts.iter().enumerate().find_map(|(i, b)| {
+                    (b.0 == r && b.1.div_euclid(DAY) == d)
+                        .then(|| (Misuse::Fishing, format!("burst{i}")))
+                }),
                 _ => None,
             }
         } else {
@@ -380,19 +386,24 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
         };
         if unit.is_none() {
             false_alerts += 1;
+            if std::env::var_os("CUSTOS_BENCH_EXPLAIN").is_some() {
+                eprintln!("false alert: {:?}", a.rules);
+            }
             let names: Vec<&str> = a.rules.iter().map(|r| r.rule.as_str()).collect();
             *false_by_rules.entry(names.join(",")).or_default() += 1;
+        }
+        // Recall: a misuse unit with any alert on it is detected.
+        // Precision of a rule: its alerts that rest on misuse of any kind.
+        if let Some((k, id)) = &unit {
+            detected.entry(*k).or_default().insert(id.clone());
         }
         for r in &a.rules {
             let Some(kind) = Misuse::ALL.iter().find(|k| k.rule() == r.rule) else {
                 continue;
             };
             *predicted.entry(kind.rule()).or_default() += 1;
-            if let Some((k, id)) = &unit
-                && k.rule() == r.rule
-            {
+            if unit.is_some() {
                 *true_alerts.entry(kind.rule()).or_default() += 1;
-                detected.entry(*k).or_default().insert(id.clone());
             }
         }
     }
@@ -436,7 +447,14 @@ async fn evaluate(name: &str, home: &Home, trace: &Trace, replay: &Replay) {
         .iter()
         .map(|(rules, n)| format!("{n} × {rules}"))
         .collect();
-    println!("\nFalse alerts by rules: {}.", if causes.is_empty() { "none".to_owned() } else { causes.join("; ") });
+    println!(
+        "\nFalse alerts by rules: {}.",
+        if causes.is_empty() {
+            "none".to_owned()
+        } else {
+            causes.join("; ")
+        }
+    );
     println!(
         "\nDetection: {:.3} ms per ledger entry read ({} entries, {:.1} s in all).",
         replay.detect_seconds * 1000.0 / replay.detect_entries.max(1) as f64,

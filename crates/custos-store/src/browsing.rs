@@ -154,11 +154,11 @@ pub trait BrowsingStore: Send + Sync {
     async fn principal_facts(&self, principal_id: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// The first ledger index the detector has not read.
     async fn browsing_cursor(&self) -> Result<u64, MetaError>;
-    /// In one transaction: records an observation (if any), inserts or
-    /// replaces alerts, and moves the cursor to `next_index`.
+    /// In one transaction: records observations, inserts or replaces
+    /// alerts, and moves the cursor to `next_index`.
     async fn commit_detection(
         &self,
-        observation: Option<&Observation>,
+        observations: &[Observation],
         alerts: &[AlertRecord],
         next_index: u64,
     ) -> Result<(), MetaError>;
@@ -295,12 +295,12 @@ impl BrowsingStore for SqliteMetadata {
 
     async fn commit_detection(
         &self,
-        observation: Option<&Observation>,
+        observations: &[Observation],
         alerts: &[AlertRecord],
         next_index: u64,
     ) -> Result<(), MetaError> {
         let mut tx = self.pool().begin().await?;
-        if let Some(o) = observation {
+        for o in observations {
             sqlx::query(
                 "INSERT OR IGNORE INTO browsing_observations (ledger_index, time_micros, day, \
                  principal_id, agreement_id, action, allowed, request_id, subject_commitment, off_hours) \
@@ -537,13 +537,11 @@ impl BrowsingStore for SqliteMetadata {
     }
 
     async fn alerts_page(&self, offset: u64, limit: u32) -> Result<Vec<AlertRecord>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT * FROM alerts ORDER BY raised_micros, id LIMIT ? OFFSET ?",
-        )
-        .bind(i64::from(limit.clamp(1, 500)))
-        .bind(to_i64(offset)?)
-        .fetch_all(self.pool())
-        .await?;
+        let rows = sqlx::query("SELECT * FROM alerts ORDER BY raised_micros, id LIMIT ? OFFSET ?")
+            .bind(i64::from(limit.clamp(1, 500)))
+            .bind(to_i64(offset)?)
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(alert_from_row).collect()
     }
 
@@ -619,7 +617,7 @@ mod tests {
         ];
         for (mut o, index) in plan {
             o.ledger_index = index;
-            meta.commit_detection(Some(&o), &[], index + 1)
+            meta.commit_detection(std::slice::from_ref(&o), &[], index + 1)
                 .await
                 .unwrap();
         }

@@ -323,10 +323,15 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
     };
     // Benign subjects are anyone but the requesters' own circles and the
     // protected: a coincidence (a namesake, a neighbour) is left in, since
-    // it is what makes a rule raise a false alert.
-    let fresh_subject = |rng: &mut Xoshiro256PlusPlus, _r: &Requester| loop {
+    // it is what makes a rule raise a false alert. Two requesters' cases
+    // share a person only at the `shared_subjects` rate: in a population
+    // of 150 million they would about never share one by chance, while
+    // the trace's few thousand people would make them share hundreds.
+    let mut owner: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut fresh_subject = |rng: &mut Xoshiro256PlusPlus, ri: usize| loop {
         let f = &population[rng.random_range(0..n)];
-        if !is_reserved(&f.id) {
+        if !is_reserved(&f.id) && owner.get(&f.id).is_none_or(|o| *o == ri) {
+            owner.insert(f.id.clone(), ri);
             return f.id.clone();
         }
     };
@@ -375,7 +380,7 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
                             if !shared.is_empty() && rng.random::<f64>() < params.shared_subjects {
                                 shared[rng.random_range(0..shared.len())].clone()
                             } else {
-                                fresh_subject(&mut rng, r)
+                                fresh_subject(&mut rng, ri)
                             }
                         })
                         .collect();
@@ -509,11 +514,11 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
                 }
                 Misuse::OffHours => {
                     let night = day * DAY - NEW_YORK + 23 * HOUR + rng.random_range(0..5 * HOUR);
-                    events.push(lookup(fresh_subject(&mut rng, r), night, justification));
+                    events.push(lookup(fresh_subject(&mut rng, ri), night, justification));
                 }
                 Misuse::NoCase => {
                     events.push(lookup(
-                        fresh_subject(&mut rng, r),
+                        fresh_subject(&mut rng, ri),
                         at,
                         "Checking on this person's refund".to_owned(),
                     ));
@@ -525,7 +530,7 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
                             requester: ri,
                             agreement: (r.agreement + 1) % agreements.len(),
                             action: Action::WrongAgreement,
-                            subject: fresh_subject(&mut rng, r),
+                            subject: fresh_subject(&mut rng, ri),
                             justification: justification.clone(),
                             misuse: Some(kind),
                         });

@@ -692,3 +692,57 @@ fn bad_facts_and_bad_alert_commands_are_refused_clearly() {
         .failure()
         .stderr(predicates::str::contains("at least").or(predicates::str::contains("10-4000")));
 }
+
+/// When the rules cannot run on an entry (here: a principal's sealed facts
+/// were damaged in the catalogue), detection says so as an alert naming
+/// the entry, and goes on with the next entries: nothing is skipped
+/// silently, and the look-up itself was never held up.
+#[test]
+fn a_failure_of_detection_is_itself_an_alert() {
+    let env = Env::new(&["rita", "rex"]);
+    env.apply(
+        "tigta-cases",
+        "[monitoring]\ncase_reference = \"CASE-[0-9]{4}\"",
+    );
+    let facts = env.write("rita.toml", "zip = \"00000\"\n");
+    env.as_("alice")
+        .args(["principal", "update", "rita", "--facts"])
+        .arg(&facts)
+        .assert()
+        .success();
+    let db = env.path("home").join("custos.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let changed = sqlx::query("UPDATE principal_facts SET facts_sealed = X'00112233'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(changed.rows_affected(), 1);
+    });
+    let p = &env.people;
+    let broken = env
+        .request("rita", "tigta-cases", &p[0].tin, CASE)
+        .expect("detection never holds up a look-up");
+    // Rex's look-up without a case reference comes after the broken entry:
+    // the rules still run on it.
+    let after = env
+        .request("rex", "tigta-cases", &p[1].tin, "Checking this refund")
+        .unwrap();
+    let alerts = env.alerts();
+    let failed: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| rules_of(a).contains("detection_failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{alerts:#?}");
+    let ledger = common::ledger(&env.path("home"));
+    let index = ledger
+        .iter()
+        .position(|e| e["action"] == "lookup.request" && e["request_id"] == broken.as_str())
+        .unwrap();
+    assert_eq!(failed[0]["rests_on"], serde_json::json!([index]));
+    let rex = alert_for_request(&alerts, &after).expect("the rules ran after the failure");
+    assert!(rules_of(rex).contains("no_case_link"));
+}

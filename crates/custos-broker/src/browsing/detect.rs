@@ -54,6 +54,21 @@ struct Finding {
     rests_on: Vec<u64>,
 }
 
+/// What a pass has found but not yet committed: the rules of later
+/// entries in the batch read it as if it were in the catalogue.
+#[derive(Default)]
+struct Batch {
+    observations: Vec<Observation>,
+    alerts: Vec<AlertRecord>,
+}
+
+impl Batch {
+    fn keep(&mut self, alert: AlertRecord) {
+        self.alerts.retain(|a| a.id != alert.id);
+        self.alerts.push(alert);
+    }
+}
+
 fn alert_id(key: &str, first_index: u64) -> String {
     let mut h = Sha256::new();
     h.update(b"custos/v1/alert\0");
@@ -83,10 +98,11 @@ impl Custos {
         while run.next_index < size {
             let to = (run.next_index + BATCH).min(size);
             let entries = reader.entries(run.next_index, to)?;
+            let mut batch = Batch::default();
             for (index, bytes) in entries {
                 run.entries_read += 1;
                 let outcome = match Entry::decode(&bytes) {
-                    Ok(entry) => self.detect_entry(index, &entry, &mut run).await,
+                    Ok(entry) => self.detect_entry(index, &entry, &mut batch, &mut run).await,
                     Err(e) => Err(BrokerError::Internal(format!("entry {index}: {e}"))),
                 };
                 if let Err(e) = outcome {
@@ -108,38 +124,36 @@ impl Custos {
                         ))],
                         rests_on: vec![index],
                     };
-                    let alert = self.raise(finding, &mut run).await?;
-                    meta.commit_detection(None, alert.as_slice(), index + 1)
-                        .await?;
+                    if let Some(alert) = self.raise(finding, &batch, &mut run).await? {
+                        batch.keep(alert);
+                    }
                 }
                 run.next_index = index + 1;
             }
+            // One transaction per batch: observations, alerts, cursor.
+            meta.commit_detection(&batch.observations, &batch.alerts, run.next_index)
+                .await?;
         }
         Ok(run)
     }
 
-    /// The rules on one entry; commits its observation, alerts and the
-    /// cursor.
+    /// The rules on one entry; its observation and alerts join the batch.
     async fn detect_entry(
         &self,
         index: u64,
         entry: &Entry,
+        batch: &mut Batch,
         run: &mut DetectionRun,
     ) -> Result<(), BrokerError> {
-        let meta = self.home().meta();
-        let observed = self.observe(index, entry).await?;
-        let Some((observation, findings)) = observed else {
-            meta.commit_detection(None, &[], index + 1).await?;
+        let Some((observation, findings)) = self.observe(index, entry, batch).await? else {
             return Ok(());
         };
-        let mut alerts = Vec::new();
         for finding in findings {
-            if let Some(alert) = self.raise(finding, run).await? {
-                alerts.push(alert);
+            if let Some(alert) = self.raise(finding, batch, run).await? {
+                batch.keep(alert);
             }
         }
-        meta.commit_detection(Some(&observation), &alerts, index + 1)
-            .await?;
+        batch.observations.push(observation);
         Ok(())
     }
 
@@ -148,6 +162,7 @@ impl Custos {
         &self,
         index: u64,
         entry: &Entry,
+        batch: &Batch,
     ) -> Result<Option<(Observation, Vec<Finding>)>, BrokerError> {
         let allowed = entry.decision == Decision::Allow;
         let agreement = entry
@@ -204,7 +219,7 @@ impl Custos {
                 };
                 observation.subject_commitment = Some(record.subject_commitment);
                 let mut fired = self
-                    .subject_rules(index, entry, &record, monitoring.as_deref())
+                    .subject_rules(index, entry, &record, monitoring.as_deref(), batch)
                     .await?;
                 let mut rests_on = vec![index];
                 rests_on.extend(fired.1);
@@ -217,7 +232,10 @@ impl Custos {
             }
             ("lookup.request", Decision::Deny) if is_principal_id(&entry.actor) => {
                 observation.allowed = false;
-                findings.extend(self.fishing(index, entry, &entry.actor, &finding).await?);
+                findings.extend(
+                    self.fishing(index, entry, &entry.actor, &finding, batch)
+                        .await?,
+                );
             }
             ("lookup.decline", Decision::Allow) => {
                 let Some(id) = &request else { return Ok(None) };
@@ -229,7 +247,7 @@ impl Custos {
                 observation.allowed = false;
                 observation.off_hours = false;
                 findings.extend(
-                    self.fishing(index, entry, &record.requester, &finding)
+                    self.fishing(index, entry, &record.requester, &finding, batch)
                         .await?,
                 );
             }
@@ -239,9 +257,7 @@ impl Custos {
                 // checked against the usual hours.
                 let rules: Vec<FiredRule> = off_hours_rule().into_iter().collect();
                 let joins = self
-                    .home()
-                    .meta()
-                    .open_alert(&format!("request:{id}"))
+                    .open_alert(&format!("request:{id}"), batch)
                     .await?
                     .is_some();
                 if joins || !rules.is_empty() {
@@ -265,9 +281,18 @@ impl Custos {
         entry: &Entry,
         principal: &str,
         finding: &impl Fn(String, &str, Vec<FiredRule>) -> Finding,
+        batch: &Batch,
     ) -> Result<Option<Finding>, BrokerError> {
         let since = entry.time_micros - FISHING_WINDOW_MICROS;
         let mut refusals = self.home().meta().refusals_since(principal, since).await?;
+        refusals.extend(
+            batch
+                .observations
+                .iter()
+                .filter(|o| o.principal_id == principal && o.time_micros >= since)
+                .filter(|o| (o.action == "lookup.request" && !o.allowed) || o.action == DECLINED)
+                .map(|o| o.ledger_index),
+        );
         refusals.push(index);
         if refusals.len() < FISHING_THRESHOLD {
             return Ok(None);
@@ -295,6 +320,7 @@ impl Custos {
         entry: &Entry,
         record: &custos_store::lookups::AccessRequestRecord,
         monitoring: Option<&CompiledMonitoring>,
+        batch: &Batch,
     ) -> Result<(Vec<FiredRule>, Vec<u64>), BrokerError> {
         let meta = self.home().meta();
         let subject = SubjectCommitment(record.subject_commitment);
@@ -335,26 +361,56 @@ impl Custos {
             fired.push(Rule::Protected.fired("the subject is protected (high-profile)"));
         }
         let since = entry.time_micros - REPEAT_WINDOW_MICROS;
-        let earlier = meta
+        let mut earlier = meta
             .subject_requests_since(&record.subject_commitment, since)
             .await?;
+        earlier.extend(
+            batch
+                .observations
+                .iter()
+                .filter(|o| {
+                    o.subject_commitment == Some(record.subject_commitment)
+                        && o.time_micros >= since
+                        && o.action == "lookup.request"
+                        && o.allowed
+                })
+                .map(|o| {
+                    (
+                        o.principal_id.clone(),
+                        o.agreement_id.clone(),
+                        o.ledger_index,
+                    )
+                }),
+        );
+        // A newcomer to a subject others are on: the first request of this
+        // principal for a subject another principal, or another agreement,
+        // asked for lately. The principal who had the subject first, coming
+        // back to it, is ordinary case work.
         let mut principals = BTreeSet::new();
         let mut agreements = BTreeSet::new();
+        let mut returning = false;
         for (principal, agreement, at) in earlier {
-            if at == index {
+            if at >= index {
                 continue;
             }
             let other_principal = principal != record.requester;
             let other_agreement = agreement.as_deref() != Some(record.agreement_id.as_str());
-            if other_principal || other_agreement {
+            if !other_principal && !other_agreement {
+                returning = true;
+            } else if !other_principal {
+                // The same principal under another agreement: ask.
                 more.push(at);
-                if other_principal {
-                    principals.insert(principal);
-                }
+                agreements.extend(agreement);
+            } else {
+                more.push(at);
+                principals.insert(principal);
                 if let Some(a) = agreement.filter(|_| other_agreement) {
                     agreements.insert(a);
                 }
             }
+        }
+        if returning && agreements.is_empty() {
+            more.clear();
         }
         if !more.is_empty() {
             fired.push(Rule::RepeatSubject.fired(format!(
@@ -491,10 +547,11 @@ impl Custos {
     async fn raise(
         &self,
         finding: Finding,
+        batch: &Batch,
         run: &mut DetectionRun,
     ) -> Result<Option<AlertRecord>, BrokerError> {
         let now = now_micros();
-        let open = self.home().meta().open_alert(&finding.key).await?;
+        let open = self.open_alert(&finding.key, batch).await?;
         // A burst that ended more than an hour ago is over: a new one
         // raises a new alert.
         let open = open.filter(|a| {
@@ -571,6 +628,23 @@ impl Custos {
         // INVARIANT: an alert is stored only after its entry is durable.
         alert.ledger_index = self.append(&ledgered)?.index();
         Ok(Some(alert))
+    }
+
+    /// The newest open alert with this key, in the batch or the catalogue.
+    async fn open_alert(
+        &self,
+        key: &str,
+        batch: &Batch,
+    ) -> Result<Option<AlertRecord>, BrokerError> {
+        let pending = batch
+            .alerts
+            .iter()
+            .rev()
+            .find(|a| a.dedupe_key == key && a.state == AlertState::Open);
+        match pending {
+            Some(a) => Ok(Some(a.clone())),
+            None => Ok(self.home().meta().open_alert(key).await?),
+        }
     }
 
     /// The agreement version's compiled `[monitoring]`, if it declares one.
@@ -678,9 +752,8 @@ impl Custos {
                     rules: vec![rule],
                     rests_on,
                 };
-                if let Some(alert) = self.raise(finding, &mut run).await? {
-                    meta.commit_detection(None, &[alert], run.next_index)
-                        .await?;
+                if let Some(alert) = self.raise(finding, &Batch::default(), &mut run).await? {
+                    meta.commit_detection(&[], &[alert], run.next_index).await?;
                 }
             }
         }
