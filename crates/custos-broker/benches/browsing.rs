@@ -479,6 +479,9 @@ async fn latency(home: &Home, trace: &Trace) {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for (block, chunk) in subjects.chunks(50).enumerate() {
         let detecting = block % 2 == 1;
+        // Each block starts with the detector caught up, so that a block
+        // with detection pays for its own entries only.
+        home.custos.detect_pending().await.unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let custos: &Custos = &home.custos;
         let detector = async {

@@ -263,6 +263,15 @@ fn setup() -> (
             .success();
     }
     let tins = subjects(&data, 3);
+    // Rita's own record is the third subject: looking it up raises an
+    // unusual-browsing alert for the overseer's page.
+    let facts = dir.path().join("rita-facts.toml");
+    std::fs::write(&facts, format!("own_id = \"{}\"\n", tins[2])).unwrap();
+    common::custos(&home, Some(&tokens["alice"]))
+        .args(["principal", "update", "rita", "--facts"])
+        .arg(&facts)
+        .assert()
+        .success();
     (dir, tokens, tins)
 }
 
@@ -472,6 +481,24 @@ async fn people_use_the_console_in_a_browser() {
     run.open(&olga, "/console/queue").await;
     wait_for(&olga, "this page is for the approver role").await;
     run.look(&olga, "17-wrong-role").await;
+    // Rita looked up her own record: the overseer's alerts page says so
+    // (the server's detector runs every second), and she resolves it.
+    click(&olga, "a[href='/console/alerts']").await;
+    let alerts = wait_for(&olga, "self_access").await;
+    assert!(!alerts.contains(&tins[2]), "an alert never names the subject");
+    run.look(&olga, "23-alerts").await;
+    click(&olga, "td a[href^='/console/alerts/alr_']").await;
+    wait_for(&olga, "Rules that fired").await;
+    olga.find(Locator::Css("textarea[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("Rita confirmed it was her own return; warned in writing")
+        .await
+        .unwrap();
+    click(&olga, "form[action$='/resolve'] button").await;
+    let resolved = wait_for(&olga, "Resolved.").await;
+    assert!(resolved.contains("warned in writing"));
+    run.look(&olga, "24-alert-resolved").await;
 
     // Forged and session-less requests are refused and change nothing.
     let adam_cookie = session_cookie(&adam).await;

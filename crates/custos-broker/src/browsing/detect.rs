@@ -383,9 +383,10 @@ impl Custos {
                 }),
         );
         // A newcomer to a subject others are on: the first request of this
-        // principal for a subject another principal, or another agreement,
-        // asked for lately. The principal who had the subject first, coming
-        // back to it, is ordinary case work.
+        // principal, under this agreement, for a subject another principal
+        // or another agreement asked for lately. Coming back to a subject
+        // (the case worker who had it first, or the newcomer again) is
+        // ordinary case work: it was flagged once, if at all.
         let mut principals = BTreeSet::new();
         let mut agreements = BTreeSet::new();
         let mut returning = false;
@@ -409,7 +410,7 @@ impl Custos {
                 }
             }
         }
-        if returning && agreements.is_empty() {
+        if returning {
             more.clear();
         }
         if !more.is_empty() {
