@@ -29,8 +29,8 @@ mod witnessing;
 mod worklists;
 
 pub use browsing::{
-    Alert, AlertState, DetectionRun, FactsSet, FiredRule, MAX_RELATED, MIN_RESOLUTION,
-    PrincipalFacts,
+    ALERTS_PER_PAGE, Alert, AlertPage, AlertState, DetectionRun, FactsSet, FiredRule, MAX_RELATED,
+    MIN_RESOLUTION, PrincipalFacts,
 };
 pub use contents::DatasetCheck;
 pub use custos_model::AgreementStatus;

@@ -45,12 +45,15 @@ pub async fn set_facts(
 pub struct AlertFilter {
     /// `open` (default), `resolved` or `all`.
     pub state: Option<String>,
+    /// Where the page starts (default 0).
+    pub offset: Option<u64>,
 }
 
-/// Alerts, highest score first among the newest 200. Needs `overseer`.
+/// Alerts, highest score first, then newest, 200 a page, with the total.
+/// Needs `overseer`.
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("bearer" = [])),
     params(AlertFilter),
-    responses((status = 200, body = Vec<custos_broker::Alert>), (status = 400, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = custos_broker::AlertPage), (status = 400, body = Problem), (status = 403, body = Problem)))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Caller(actor): Caller,
@@ -67,7 +70,12 @@ pub async fn list(
             ));
         }
     };
-    to_json(&state.custos.alerts(&actor, state_filter).await?)
+    to_json(
+        &state
+            .custos
+            .alerts(&actor, state_filter, filter.offset.unwrap_or(0))
+            .await?,
+    )
 }
 
 /// One alert, with its resolution. Needs `overseer`.

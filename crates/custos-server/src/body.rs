@@ -38,10 +38,9 @@ fn problem_of(rejection: &JsonRejection) -> Problem {
         }
         JsonRejection::JsonDataError(e) => Problem::new(
             ProblemKind::MalformedBody,
-            // serde's message names fields and types, never values.
             format!(
                 "the body does not have the expected fields: {}",
-                e.body_text()
+                without_values(&e.body_text())
             ),
         ),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
@@ -49,5 +48,47 @@ fn problem_of(rejection: &JsonRejection) -> Problem {
             "the body is larger than this server accepts",
         ),
         _ => Problem::new(ProblemKind::MalformedBody, "the body could not be read"),
+    }
+}
+
+/// serde's message with every quoted value cut out: it quotes what it
+/// refused (`invalid type: integer `123456789``), which may be an
+/// identifier; field names and types stay.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                out.push(c);
+                quote = Some(c);
+            }
+            None => out.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn refused_values_are_not_echoed() {
+        let m = super::without_values(
+            "own_id: invalid type: integer `123456789`, expected a string at line 1 column 19",
+        );
+        assert!(
+            !m.contains("123456789") && m.contains("own_id") && m.contains("expected a string")
+        );
+        let m = super::without_values("unknown field \"987-65-4321\", expected one of `own_id`");
+        assert!(!m.contains("987-65-4321"));
     }
 }

@@ -196,12 +196,17 @@ pub trait BrowsingStore: Send + Sync {
         from: i64,
         to: i64,
     ) -> Result<Vec<PeerDay>, MetaError>;
-    /// Alerts, highest score first among the newest `limit` (capped at 500).
+    /// Alerts in `state` (any if none), highest score first, then newest:
+    /// `limit` (capped at 500) from `offset`. Ordered by score so that a
+    /// flood of weak alerts cannot push a strong one off the first page.
     async fn list_alerts(
         &self,
         state: Option<AlertState>,
+        offset: u64,
         limit: u32,
     ) -> Result<Vec<AlertRecord>, MetaError>;
+    /// How many alerts are in `state` (any if none).
+    async fn count_alerts(&self, state: Option<AlertState>) -> Result<u64, MetaError>;
     /// Every alert in the order raised, `limit` from `offset` (exports,
     /// measurements).
     async fn alerts_page(&self, offset: u64, limit: u32) -> Result<Vec<AlertRecord>, MetaError>;
@@ -320,11 +325,17 @@ impl BrowsingStore for SqliteMetadata {
             .await?;
         }
         for a in alerts {
+            // A new alert is inserted; an open one takes the detector's
+            // findings; a resolved one is never changed (its resolution
+            // stands: the resolver and the detector are serialised too).
             sqlx::query(
-                "INSERT OR REPLACE INTO alerts (id, dedupe_key, raised_micros, updated_micros, \
+                "INSERT INTO alerts (id, dedupe_key, raised_micros, updated_micros, \
                  principal_id, agreement_id, request_id, rules, score, rests_on, state, ledger_index, \
                  resolved_by, resolved_micros, resolution_sealed, resolve_ledger_index) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET updated_micros = excluded.updated_micros, \
+                 rules = excluded.rules, score = excluded.score, rests_on = excluded.rests_on, \
+                 ledger_index = excluded.ledger_index WHERE alerts.state = 'open'",
             )
             .bind(&a.id)
             .bind(&a.dedupe_key)
@@ -509,31 +520,27 @@ impl BrowsingStore for SqliteMetadata {
     async fn list_alerts(
         &self,
         state: Option<AlertState>,
+        offset: u64,
         limit: u32,
     ) -> Result<Vec<AlertRecord>, MetaError> {
-        let limit = i64::from(limit.clamp(1, 500));
-        let rows = match state {
-            Some(s) => {
-                sqlx::query(
-                    "SELECT * FROM (SELECT * FROM alerts WHERE state = ? \
-                     ORDER BY raised_micros DESC LIMIT ?) ORDER BY score DESC, raised_micros DESC",
-                )
-                .bind(s.as_str())
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT * FROM (SELECT * FROM alerts ORDER BY raised_micros DESC LIMIT ?) \
-                     ORDER BY score DESC, raised_micros DESC",
-                )
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
-        };
+        let rows = sqlx::query(
+            "SELECT * FROM alerts WHERE (?1 IS NULL OR state = ?1) \
+             ORDER BY score DESC, raised_micros DESC, id LIMIT ?2 OFFSET ?3",
+        )
+        .bind(state.map(AlertState::as_str))
+        .bind(i64::from(limit.clamp(1, 500)))
+        .bind(to_i64(offset)?)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(alert_from_row).collect()
+    }
+
+    async fn count_alerts(&self, state: Option<AlertState>) -> Result<u64, MetaError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM alerts WHERE (?1 IS NULL OR state = ?1)")
+            .bind(state.map(AlertState::as_str))
+            .fetch_one(self.pool())
+            .await?;
+        to_u64(row.try_get("n")?)
     }
 
     async fn alerts_page(&self, offset: u64, limit: u32) -> Result<Vec<AlertRecord>, MetaError> {
@@ -639,5 +646,47 @@ mod tests {
             (2, 2, 1, 1)
         );
         assert_eq!(meta.refusals_since("p1", 0).await.unwrap(), vec![6]);
+    }
+
+    #[tokio::test]
+    async fn the_detector_never_undoes_a_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMetadata::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let mut alert = AlertRecord {
+            id: "alr_1".into(),
+            dedupe_key: "fishing:p1".into(),
+            raised_micros: 1,
+            updated_micros: 1,
+            principal_id: "p1".into(),
+            agreement_id: None,
+            request_id: None,
+            rules: Vec::new(),
+            score: 0.6,
+            rests_on: vec![1],
+            state: AlertState::Open,
+            ledger_index: 2,
+            resolved_by: None,
+            resolved_micros: None,
+            resolution_sealed: None,
+            resolve_ledger_index: None,
+        };
+        meta.commit_detection(&[], std::slice::from_ref(&alert), 3)
+            .await
+            .unwrap();
+        assert!(
+            meta.resolve_alert("alr_1", "p9", 5, b"sealed", 4)
+                .await
+                .unwrap()
+        );
+        // The detector's stale copy, one more entry on it, saved later.
+        alert.rests_on.push(3);
+        alert.updated_micros = 6;
+        meta.commit_detection(&[], &[alert], 4).await.unwrap();
+        let stored = meta.alert("alr_1").await.unwrap().unwrap();
+        assert_eq!(stored.state, AlertState::Resolved);
+        assert_eq!(stored.resolve_ledger_index, Some(4));
+        assert_eq!(stored.rests_on, vec![1]);
     }
 }

@@ -359,7 +359,7 @@ pub fn generate(params: &TraceParams, population: &[Filer], start_day: i64) -> T
         for (ri, r) in requesters.iter().enumerate() {
             let mut count = poisson(&mut rng, params.lookups_per_day);
             if volume_plan.contains_key(&(ri, day)) {
-                count = (params.lookups_per_day * 5.0).round() as u32 + count;
+                count += (params.lookups_per_day * 5.0).round() as u32;
             }
             for _ in 0..count {
                 let mut at = working_time(&mut rng, day);

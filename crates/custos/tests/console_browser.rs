@@ -485,7 +485,10 @@ async fn people_use_the_console_in_a_browser() {
     // (the server's detector runs every second), and she resolves it.
     click(&olga, "a[href='/console/alerts']").await;
     let alerts = wait_for(&olga, "self_access").await;
-    assert!(!alerts.contains(&tins[2]), "an alert never names the subject");
+    assert!(
+        !alerts.contains(&tins[2]),
+        "an alert never names the subject"
+    );
     run.look(&olga, "23-alerts").await;
     click(&olga, "td a[href^='/console/alerts/alr_']").await;
     wait_for(&olga, "Rules that fired").await;

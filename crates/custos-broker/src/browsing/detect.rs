@@ -20,7 +20,6 @@ use custos_policy::{Agreement, CompiledMonitoring};
 use custos_store::browsing::{
     AlertRecord, AlertState, DAY_MICROS, DECLINED, FiredRule, Observation,
 };
-use sha2::{Digest, Sha256};
 
 use super::peers::{self, WINDOW_DAYS};
 use super::rules::{self, Rule};
@@ -38,6 +37,9 @@ pub(crate) const FISHING_THRESHOLD: usize = 5;
 const BATCH: u64 = 512;
 /// Ledger entries a peer alert lists at most.
 const MAX_RESTS_ON: usize = 200;
+
+/// The instance setting that holds the last day the peer scan covered.
+pub(crate) const PEERS_SCANNED: &str = "browsing.peers_scanned_through";
 
 /// The actor of the detector's own ledger entries.
 const DETECTOR: &str = "custos";
@@ -69,12 +71,12 @@ impl Batch {
     }
 }
 
-fn alert_id(key: &str, first_index: u64) -> String {
-    let mut h = Sha256::new();
-    h.update(b"custos/v1/alert\0");
-    h.update(key.as_bytes());
-    h.update(first_index.to_be_bytes());
-    format!("alr_{}", hex::encode(&h.finalize()[..8]))
+/// An alert's id: keyed (the ledger's subject key), so that the public id
+/// in an `alert.*` entry cannot be recomputed from a request id or a
+/// principal by anyone outside.
+fn alert_id(committer: &custos_ledger::SubjectCommitter, key: &str, first_index: u64) -> String {
+    let digest = committer.digest("alert-id", &format!("{key}\0{first_index}"));
+    format!("alr_{}", &digest[..16])
 }
 
 fn is_principal_id(id: &str) -> bool {
@@ -329,11 +331,8 @@ impl Custos {
         let schema = self.schema_of(&record.dataset).await?;
         if let Some(facts) = self.principal_facts(&record.requester).await? {
             let commit = |id: &str| {
-                let canonical = schema
-                    .as_ref()
-                    .and_then(|s| s.canonical_subject_id(id))
-                    .unwrap_or_else(|| id.trim().to_owned());
-                self.subjects().commit(&canonical)
+                self.subjects()
+                    .commit(&canonical_fact(schema.as_deref(), id))
             };
             if facts
                 .own_id
@@ -560,6 +559,7 @@ impl Custos {
         });
         let (mut alert, action) = match open {
             Some(mut a) => {
+                let before: Vec<String> = a.rules.iter().map(|r| r.rule.clone()).collect();
                 let mut changed = rules::merge(&mut a.rules, finding.rules);
                 for i in finding.rests_on {
                     if !a.rests_on.contains(&i) {
@@ -572,7 +572,11 @@ impl Custos {
                 }
                 a.updated_micros = now;
                 run.updated += 1;
-                (a, "alert.update")
+                let after: Vec<String> = a.rules.iter().map(|r| r.rule.clone()).collect();
+                // Another entry for the same finding (a fetch, one more
+                // refusal) changes the catalogue only; a new rule is ledgered.
+                let action = (before != after).then_some("alert.update");
+                (a, action)
             }
             None => {
                 if finding.rules.is_empty() {
@@ -582,7 +586,9 @@ impl Custos {
                 run.raised += 1;
                 (
                     AlertRecord {
-                        id: finding.id.unwrap_or_else(|| alert_id(&finding.key, first)),
+                        id: finding
+                            .id
+                            .unwrap_or_else(|| alert_id(self.subjects(), &finding.key, first)),
                         dedupe_key: finding.key,
                         raised_micros: now,
                         updated_micros: now,
@@ -599,35 +605,35 @@ impl Custos {
                         resolution_sealed: None,
                         resolve_ledger_index: None,
                     },
-                    "alert.raise",
+                    Some("alert.raise"),
                 )
             }
         };
         alert.rests_on.sort_unstable();
+        alert.rests_on.dedup();
+        // The first entries stay: they are what raised it.
+        alert.rests_on.truncate(MAX_RESTS_ON);
         alert.score = rules::score(&alert.rules);
-        let names: Vec<&str> = alert.rules.iter().map(|r| r.rule.as_str()).collect();
-        let mut ledgered = Entry::new(now, DETECTOR, action, Decision::Recorded)
-            .with_attribute("alert", alert.id.clone())
-            .with_attribute("principal", alert.principal_id.clone())
-            .with_attribute("rules", names.join(","))
-            .with_attribute(
-                "rests_on",
-                alert
-                    .rests_on
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .with_count("score_permille", (alert.score * 1000.0).round() as u64);
-        if let Some((id, version)) = &finding.agreement {
-            ledgered = ledgered.with_agreement(id, *version);
+        if let Some(action) = action {
+            // The public entry says only that an alert was raised or gained
+            // a rule, under an id only Custos can derive, with a keyed digest
+            // of whom it is about and which rules fired: never the request,
+            // the agreement, the rules or the entries it rests on, which
+            // would tell a reader of the public ledger which look-ups concern
+            // one person, or that a subject is protected, before any approval.
+            let names: Vec<&str> = alert.rules.iter().map(|r| r.rule.as_str()).collect();
+            let entry = Entry::new(now, DETECTOR, action, Decision::Recorded)
+                .with_attribute("alert", alert.id.clone())
+                .with_attribute(
+                    "content_hmac",
+                    self.subjects().digest(
+                        "alert-content",
+                        &format!("{}\0{}\0{}", alert.id, alert.principal_id, names.join(",")),
+                    ),
+                );
+            // INVARIANT: an alert is stored only after its entry is durable.
+            alert.ledger_index = self.append(&entry)?.index();
         }
-        if let Some(request) = &alert.request_id {
-            ledgered = ledgered.with_request(request);
-        }
-        // INVARIANT: an alert is stored only after its entry is durable.
-        alert.ledger_index = self.append(&ledgered)?.index();
         Ok(Some(alert))
     }
 
@@ -689,18 +695,27 @@ impl Custos {
         Ok(schema)
     }
 
-    /// Compares every principal's day under each agreement with its peers
-    /// (today and yesterday, UTC), raising one alert per deviating
-    /// principal-day.
+    /// Compares every principal's day under each agreement with its peers,
+    /// raising one alert per deviating principal-day: every day since the
+    /// last scan's (at most four weeks back), so that a home scanned
+    /// rarely (`custos alerts scan` from cron) misses no day.
     pub async fn scan_peers(&self) -> Result<DetectionRun, BrokerError> {
         let _one = self.detector.running.lock().await;
         let meta = self.home().meta();
         let today = now_micros().div_euclid(DAY_MICROS);
+        let last = meta
+            .instance_value(PEERS_SCANNED)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.parse::<i64>().ok());
+        let from = last
+            .map_or(today - 1, |d| d.min(today - 1))
+            .max(today - WINDOW_DAYS);
         let mut run = DetectionRun {
             next_index: meta.browsing_cursor().await?,
             ..DetectionRun::default()
         };
-        for agreement in meta.observed_agreements(today - 1, today).await? {
+        for agreement in meta.observed_agreements(from, today).await? {
             let days = meta
                 .peer_days(&agreement, today - WINDOW_DAYS, today)
                 .await?;
@@ -711,7 +726,7 @@ impl Custos {
                 .await?
                 .last()
                 .map_or(0, |v| v.version);
-            for target in days.iter().filter(|d| d.day >= today - 1) {
+            for target in days.iter().filter(|d| d.day >= from) {
                 let peers: Vec<_> = days
                     .iter()
                     .filter(|d| !(d.principal_id == target.principal_id && d.day == target.day))
@@ -721,7 +736,7 @@ impl Custos {
                     continue;
                 }
                 let key = format!("peer:{}:{}:{}", target.principal_id, agreement, target.day);
-                let id = alert_id(&key, 0);
+                let id = alert_id(self.subjects(), &key, 0);
                 if meta.alert(&id).await?.is_some() {
                     continue;
                 }
@@ -758,8 +773,28 @@ impl Custos {
                 }
             }
         }
+        meta.replace_instance_values(&[(PEERS_SCANNED, today.to_string().as_bytes())], &[])
+            .await?;
         Ok(run)
     }
+}
+
+/// A declared id (own, household, colleague) spelt as the dataset stores
+/// its subject ids: an integer id without its separators and leading zeros
+/// (`000-60-9467` → `609467`), a text id in the canonical spelling.
+fn canonical_fact(schema: Option<&DatasetSchema>, id: &str) -> String {
+    let Some(schema) = schema else {
+        return custos_model::schema::canonical_subject(id.trim()).into_owned();
+    };
+    if schema.subject_column().ty == custos_model::ColumnType::Integer {
+        let digits: String = id.chars().filter(char::is_ascii_digit).collect();
+        if let Ok(v) = digits.parse::<i64>() {
+            return v.to_string();
+        }
+    }
+    schema
+        .canonical_subject_id(id)
+        .unwrap_or_else(|| id.trim().to_owned())
 }
 
 #[cfg(test)]
@@ -768,9 +803,31 @@ mod tests {
 
     #[test]
     fn alert_ids_follow_what_they_are_about() {
-        assert_eq!(alert_id("request:r1", 5), alert_id("request:r1", 5));
-        assert_ne!(alert_id("request:r1", 5), alert_id("request:r2", 5));
+        let c = custos_ledger::SubjectCommitter::new(&[7; 32]);
+        let other = custos_ledger::SubjectCommitter::new(&[8; 32]);
+        assert_eq!(alert_id(&c, "request:r1", 5), alert_id(&c, "request:r1", 5));
+        assert_ne!(alert_id(&c, "request:r1", 5), alert_id(&c, "request:r2", 5));
+        assert_ne!(
+            alert_id(&c, "request:r1", 5),
+            alert_id(&other, "request:r1", 5)
+        );
         assert!(is_principal_id("p0123456789abcdef"));
         assert!(!is_principal_id("local-admin"));
+    }
+
+    #[test]
+    fn declared_ids_are_spelt_as_the_dataset_stores_them() {
+        let integer = DatasetSchema::from_toml(
+            "[[columns]]\nname = \"ssn\"\nclass = \"subject_id\"\ntype = \"integer\"\n",
+        )
+        .unwrap();
+        let text = DatasetSchema::from_toml(
+            "[[columns]]\nname = \"tin\"\nclass = \"subject_id\"\ntype = \"string\"\n",
+        )
+        .unwrap();
+        assert_eq!(canonical_fact(Some(&integer), "000-60-9467"), "609467");
+        assert_eq!(canonical_fact(Some(&integer), "609467"), "609467");
+        assert_eq!(canonical_fact(Some(&text), "000-60-9467"), "000609467");
+        assert_eq!(canonical_fact(None, " 000 60 9467"), "000609467");
     }
 }

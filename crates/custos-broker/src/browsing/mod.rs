@@ -157,6 +157,21 @@ pub struct Alert {
     pub resolve_ledger_index: Option<u64>,
 }
 
+/// A page of alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertPage {
+    /// How many alerts are in the state asked for, in all.
+    pub total: u64,
+    /// Where this page starts.
+    pub offset: u64,
+    /// The page: highest score first, then newest.
+    pub alerts: Vec<Alert>,
+}
+
+/// Alerts per page.
+pub const ALERTS_PER_PAGE: u32 = 200;
+
 /// What one detection pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -321,21 +336,28 @@ impl Custos {
         })
     }
 
-    /// Alerts (open ones unless `state` says otherwise), highest score
-    /// first among the newest 200. Overseers only.
+    /// Alerts in `state` (any if none), highest score first, then newest:
+    /// a page of [`ALERTS_PER_PAGE`] from `offset`, with the total.
+    /// Overseers only.
     pub async fn alerts(
         &self,
         actor: &Actor,
         state: Option<AlertState>,
-    ) -> Result<Vec<Alert>, BrokerError> {
+        offset: u64,
+    ) -> Result<AlertPage, BrokerError> {
         self.overseer(actor, "alert.list")?;
-        self.home()
-            .meta()
-            .list_alerts(state, 200)
+        let meta = self.home().meta();
+        let alerts = meta
+            .list_alerts(state, offset, ALERTS_PER_PAGE)
             .await?
             .into_iter()
             .map(|a| self.alert_view(a, false))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(AlertPage {
+            total: meta.count_alerts(state).await?,
+            offset,
+            alerts,
+        })
     }
 
     /// One alert with its resolution. Overseers only.
@@ -386,6 +408,8 @@ impl Custos {
             .home()
             .master_key()
             .wrap(&resolution_purpose(&record.id), reason.as_bytes())?;
+        // Not while a detection pass holds its own copy of open alerts.
+        let _detector = self.detector.running.lock().await;
         let allowed = Entry {
             decision: Decision::Allow,
             ..entry

@@ -90,13 +90,22 @@ pub(crate) fn score(rules: &[FiredRule]) -> f64 {
         .product::<f64>()
 }
 
-/// Adds `more` to `rules`, one per rule name (the first explanation stays).
+/// Adds `more` to `rules`, one per rule name; a rule that fired again
+/// takes its latest explanation (a burst's growing count).
 pub(crate) fn merge(rules: &mut Vec<FiredRule>, more: Vec<FiredRule>) -> bool {
     let mut changed = false;
     for r in more {
-        if !rules.iter().any(|have| have.rule == r.rule) {
-            rules.push(r);
-            changed = true;
+        match rules.iter_mut().find(|have| have.rule == r.rule) {
+            Some(have) => {
+                if have.detail != r.detail {
+                    have.detail = r.detail;
+                    changed = true;
+                }
+            }
+            None => {
+                rules.push(r);
+                changed = true;
+            }
         }
     }
     changed

@@ -21,6 +21,8 @@ use crate::AppState;
 pub(crate) struct ListQuery {
     /// `open` (default), `resolved` or `all`.
     state: Option<String>,
+    /// Where the page starts.
+    offset: Option<u64>,
 }
 
 fn state_badge(a: &Alert) -> Markup {
@@ -48,32 +50,35 @@ pub(crate) async fn list(
     if let Some(r) = viewer.require(&[Role::Overseer]) {
         return r;
     }
-    let (filter, shown) = match q.state.as_deref() {
+    let (filter, shown_label) = match q.state.as_deref() {
         Some("resolved") => (Some(AlertState::Resolved), "resolved"),
         Some("all") => (None, "all"),
         _ => (Some(AlertState::Open), "open"),
     };
-    let alerts = match state.custos.alerts(&viewer.actor, filter).await {
-        Ok(a) => a,
+    let offset = q.offset.unwrap_or(0);
+    let listed = match state.custos.alerts(&viewer.actor, filter, offset).await {
+        Ok(p) => p,
         Err(e) => return broker_error(Some(&viewer), e),
     };
+    let alerts = &listed.alerts;
+    let shown = offset + alerts.len() as u64;
     let names = Names::load(&state, &viewer).await;
     let body = html! {
         h1 { "Alerts" }
         p.muted { "Unusual browsing: rules on every identified access and each principal's day against its peers. An alert blocks nothing; it says which rules fired and which ledger entries it rests on." }
         nav.tabs {
             @for (value, label) in [("open", "Open"), ("resolved", "Resolved"), ("all", "All")] {
-                @if value == shown { strong { (label) } } @else { a href=(format!("/console/alerts?state={value}")) { (label) } }
+                @if value == shown_label { strong { (label) } } @else { a href=(format!("/console/alerts?state={value}")) { (label) } }
                 " "
             }
         }
         section.card {
-            @if alerts.is_empty() { p { "No " (shown) " alerts." } }
+            @if alerts.is_empty() { p { "No " (shown_label) " alerts." } }
             @else {
                 table {
                     thead { tr { th.num { "Score" } th { "Alert" } th { "Principal" } th { "Agreement" } th { "Rules" } th { "Raised" } th { "State" } } }
                     tbody {
-                        @for a in &alerts {
+                        @for a in alerts {
                             tr {
                                 td.num { (format!("{:.2}", a.score)) }
                                 td { a href=(format!("/console/alerts/{}", a.id)) { code { (a.id) } } }
@@ -84,6 +89,12 @@ pub(crate) async fn list(
                                 td { (state_badge(a)) }
                             }
                         }
+                    }
+                }
+                p.muted {
+                    "Alerts " (offset + 1) "–" (shown) " of " (listed.total) ", highest score first. "
+                    @if shown < listed.total {
+                        a href=(format!("/console/alerts?state={shown_label}&offset={shown}")) { "Next page" }
                     }
                 }
             }

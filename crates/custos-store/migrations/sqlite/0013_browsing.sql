@@ -51,5 +51,5 @@ CREATE TABLE alerts (
     resolution_sealed    BLOB,
     resolve_ledger_index INTEGER
 );
-CREATE INDEX alerts_by_state ON alerts (state, raised_micros);
+CREATE INDEX alerts_by_state ON alerts (state, score DESC, raised_micros DESC);
 CREATE INDEX alerts_by_key ON alerts (dedupe_key, state);

@@ -22,7 +22,10 @@ pub enum AlertsCommand {
         /// Open and resolved alerts.
         #[arg(long)]
         all: bool,
-        /// Print JSON for scripts.
+        /// Start at this position (the list is 200 a page).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Print JSON for scripts: every alert from --offset on, as an array.
         #[arg(long)]
         json: bool,
     },
@@ -64,6 +67,7 @@ async fn run_with(gateway: &Gateway, cmd: AlertsCommand) -> anyhow::Result<()> {
         AlertsCommand::List {
             resolved,
             all,
+            offset,
             json,
         } => {
             let state = match (resolved, all) {
@@ -71,10 +75,23 @@ async fn run_with(gateway: &Gateway, cmd: AlertsCommand) -> anyhow::Result<()> {
                 (true, _) => Some(AlertState::Resolved),
                 _ => Some(AlertState::Open),
             };
-            let alerts = gateway.alerts(state).await?;
+            let page = gateway.alerts(state, offset).await?;
             if json {
+                let mut alerts = page.alerts;
+                let mut next = offset + alerts.len() as u64;
+                while next < page.total {
+                    let more = gateway.alerts(state, next).await?.alerts;
+                    if more.is_empty() {
+                        break;
+                    }
+                    next += more.len() as u64;
+                    alerts.extend(more);
+                }
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
-            } else if alerts.is_empty() {
+                return Ok(());
+            }
+            let alerts = page.alerts;
+            if alerts.is_empty() {
                 println!("No alerts.");
             } else {
                 println!(
@@ -90,6 +107,14 @@ async fn run_with(gateway: &Gateway, cmd: AlertsCommand) -> anyhow::Result<()> {
                         a.principal,
                         a.agreement.as_deref().unwrap_or("-"),
                         rule_names(a)
+                    );
+                }
+                let shown = offset + alerts.len() as u64;
+                if shown < page.total {
+                    println!(
+                        "Showing {}-{shown} of {}, highest score first; see more with --offset {shown}.",
+                        offset + 1,
+                        page.total
                     );
                 }
             }

@@ -481,23 +481,27 @@ impl Gateway {
         }
     }
 
-    /// `custos alerts list`.
+    /// `custos alerts list`: a page from `offset`.
     pub async fn alerts(
         &self,
         state: Option<custos_broker::AlertState>,
-    ) -> anyhow::Result<Vec<custos_broker::Alert>> {
+        offset: u64,
+    ) -> anyhow::Result<custos_broker::AlertPage> {
         match self {
             Self::Local { custos, actor } => {
                 // Locally, detection catches up first, so the list is current.
-                custos.detect_pending().await?;
-                Ok(custos.alerts(actor, state).await?)
+                if offset == 0 {
+                    custos.detect_pending().await?;
+                }
+                Ok(custos.alerts(actor, state, offset).await?)
             }
             Self::Remote(c) => {
                 let state = match state {
                     Some(s) => s.as_str(),
                     None => "all",
                 };
-                c.get(&format!("/v1/alerts?state={state}")).await
+                c.get(&format!("/v1/alerts?state={state}&offset={offset}"))
+                    .await
             }
         }
     }

@@ -60,8 +60,9 @@ pub async fn run(
         "  The detector reads the {} new ledger entries and runs its rules: {} alert(s) raised.",
         run.entries_read, run.raised
     );
-    let alerts = custos.alerts(olga, Some(AlertState::Open)).await?;
-    let alert = alerts
+    let page = custos.alerts(olga, Some(AlertState::Open), 0).await?;
+    let alert = page
+        .alerts
         .iter()
         .find(|a| a.request.as_deref() == Some(ticket.id.as_str()))
         .ok_or_else(|| anyhow::anyhow!("browsing a neighbour raised no alert"))?;
