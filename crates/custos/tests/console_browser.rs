@@ -643,5 +643,5 @@ async fn people_use_the_console_in_a_browser() {
         "routes are logged as templates"
     );
     let pngs = std::fs::read_dir(&shots).unwrap().count();
-    assert_eq!(pngs, 22, "a screenshot of every page");
+    assert_eq!(pngs, 24, "a screenshot of every page");
 }

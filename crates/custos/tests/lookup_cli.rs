@@ -129,8 +129,14 @@ impl Env {
         common::ledger(&self.path("home"))
     }
 
+    /// The last entry of an action (the unusual-browsing detector's own
+    /// `alert.*` entries, appended after a command answered, left out).
     fn last_entry(&self) -> serde_json::Value {
-        self.ledger().pop().unwrap()
+        self.ledger()
+            .into_iter()
+            .rev()
+            .find(|e| !e["action"].as_str().unwrap().starts_with("alert."))
+            .unwrap()
     }
 }
 
