@@ -43,6 +43,7 @@ pub enum PrincipalCommand {
     /// ledger records only which kinds were set. They come from a file, not
     /// arguments, so that no identifier lands in shell history or the
     /// process list. See docs/browsing.md.
+    #[command(verbatim_doc_comment)]
     Update {
         /// The principal's name.
         name: String,
