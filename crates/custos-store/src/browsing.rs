@@ -109,7 +109,8 @@ pub struct AlertRecord {
     pub rests_on: Vec<u64>,
     /// Open or resolved.
     pub state: AlertState,
-    /// The `alert.raise` entry (or the latest `alert.update`).
+    /// The `alert.digest` entry that last published it; 0 while it awaits
+    /// the next digest (entry 0 is always the home's first, never a digest).
     pub ledger_index: u64,
     /// Who resolved it.
     pub resolved_by: Option<String>,
@@ -178,6 +179,14 @@ pub trait BrowsingStore: Send + Sync {
     ) -> Result<Vec<u64>, MetaError>;
     /// The open alert with this dedupe key, if any.
     async fn open_alert(&self, dedupe_key: &str) -> Result<Option<AlertRecord>, MetaError>;
+    /// Alerts raised or changed since the last digest (`ledger_index` 0).
+    async fn alerts_awaiting_publication(&self) -> Result<Vec<AlertRecord>, MetaError>;
+    /// Marks these alerts as published by the digest at `ledger_index`.
+    async fn mark_alerts_published(
+        &self,
+        ids: &[String],
+        ledger_index: u64,
+    ) -> Result<(), MetaError>;
     /// Ledger indices of `principal`'s look-up observations under
     /// `agreement` on `day` (at most `limit`).
     async fn day_entries(
@@ -423,6 +432,32 @@ impl BrowsingStore for SqliteMetadata {
         .as_ref()
         .map(alert_from_row)
         .transpose()
+    }
+
+    async fn alerts_awaiting_publication(&self) -> Result<Vec<AlertRecord>, MetaError> {
+        sqlx::query("SELECT * FROM alerts WHERE ledger_index = 0 ORDER BY id")
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(alert_from_row)
+            .collect()
+    }
+
+    async fn mark_alerts_published(
+        &self,
+        ids: &[String],
+        ledger_index: u64,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.pool().begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE alerts SET ledger_index = ? WHERE id = ? AND ledger_index = 0")
+                .bind(to_i64(ledger_index)?)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn day_entries(

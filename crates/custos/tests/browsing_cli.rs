@@ -500,6 +500,8 @@ async fn each_rule_fires_on_its_case_and_stays_quiet_on_a_near_miss() {
     // Nothing personal in the alerts' ledger entries, the CLI's alert
     // output or the server's log: no subject id, name, address, ZIP, fact
     // or justification.
+    // An overseer's scan publishes the digest of every alert now.
+    env.as_("olga").args(["alerts", "scan"]).assert().success();
     let ledger = common::ledger(&env.path("home"));
     let resolve = ledger
         .iter()
@@ -520,7 +522,7 @@ async fn each_rule_fires_on_its_case_and_stays_quiet_on_a_near_miss() {
             (kv[0].as_str().unwrap().to_owned(), kv[1].clone())
         }) {
             assert!(
-                ["alert", "content_hmac", "reason_hmac"].contains(&key.as_str()),
+                ["alert", "alerts_hmac", "reason_hmac"].contains(&key.as_str()),
                 "{e}"
             );
         }
@@ -539,7 +541,12 @@ async fn each_rule_fires_on_its_case_and_stays_quiet_on_a_near_miss() {
         .filter(|e| e["action"].as_str().unwrap().starts_with("alert."))
         .map(Value::to_string)
         .collect();
-    assert!(alert_entries.len() > expect.len());
+    // One resolve and at least the scan's digest; never an entry per alert.
+    assert!(
+        ledger.iter().any(|e| e["action"] == "alert.digest"),
+        "{alert_entries:#?}"
+    );
+    assert!(alert_entries.len() < expect.len(), "{alert_entries:#?}");
     let list_out = env
         .as_("olga")
         .args(["alerts", "list", "--all"])
@@ -632,6 +639,117 @@ fn bursts_of_refusals_raise_fishing_and_four_do_not() {
     assert_eq!(fishing.len(), 1, "{alerts:#?}");
     assert_eq!(fishing[0]["principal"], principals["gus"].as_str());
     assert_eq!(fishing[0]["rests_on"].as_array().unwrap().len(), 5);
+
+    // Resolved mid-burst, the burst goes on: the refusals after the
+    // resolution raise a new open alert (not the resolved one's id again,
+    // silently dropped), and they append nothing but their own refusals.
+    let first = fishing[0]["id"].as_str().unwrap().to_owned();
+    env.as_("olga")
+        .args([
+            "alerts",
+            "resolve",
+            &first,
+            "--reason",
+            "training exercise, checked",
+        ])
+        .assert()
+        .success();
+    let before = common::ledger(&env.path("home")).len();
+    for i in 5..8 {
+        assert!(
+            env.request("gus", "no-such-agreement", &env.people[i].tin, CASE)
+                .is_none()
+        );
+    }
+    let alerts = env.alerts();
+    let open: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| rules_of(a).contains("fishing") && a["state"] == "open")
+        .collect();
+    assert_eq!(open.len(), 1, "{alerts:#?}");
+    assert_ne!(open[0]["id"], first.as_str());
+    assert_eq!(open[0]["principal"], principals["gus"].as_str());
+    let after = common::ledger(&env.path("home"));
+    let appended: Vec<&str> = after[before..]
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        appended.iter().all(|a| !a.starts_with("alert.")),
+        "{appended:?}"
+    );
+    let resolved = alerts.iter().find(|a| a["id"] == first.as_str()).unwrap();
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(resolved["rests_on"].as_array().unwrap().len(), 5);
+}
+
+/// A requester watching the public ledger cannot tell whether their
+/// look-up was flagged, or by which rule: a flagged request (a protected
+/// subject, every time) and a plain one are followed by the same entries,
+/// and alerts are published only in a periodic digest that carries
+/// neither ids nor a count.
+#[test]
+fn the_public_ledger_does_not_tell_a_requester_their_look_up_was_flagged() {
+    let env = Env::new(&["rex"]);
+    env.apply("tigta-cases", "");
+    let (protected, plain, also_protected) = (&env.people[0], &env.people[1], &env.people[2]);
+    for p in [protected, also_protected] {
+        env.as_("alice")
+            .args(["subject", "protect", &p.tin])
+            .assert()
+            .success();
+    }
+    let after_request = |subject: &Person| -> Vec<String> {
+        let start = common::ledger(&env.path("home")).len();
+        env.request("rex", "tigta-cases", &subject.tin, CASE)
+            .expect("allowed");
+        // What the requester can read once detection has run (the local
+        // command ran it after answering; an overseer's listing runs it too).
+        let _ = env.alerts();
+        common::ledger(&env.path("home"))[start..]
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let flagged = [after_request(protected), after_request(also_protected)];
+    let quiet = after_request(plain);
+    assert_eq!(flagged[0], quiet);
+    assert_eq!(flagged[1], quiet);
+    assert!(quiet.iter().all(|a| !a.starts_with("alert.")), "{quiet:?}");
+    let alerts = env.alerts();
+    assert!(
+        alerts
+            .iter()
+            .any(|a| rules_of(a).contains("protected_subject")),
+        "detection ran: {alerts:#?}"
+    );
+    // Digests, forced by a scan: one with alerts, one without, alike.
+    for _ in 0..2 {
+        env.as_("olga").args(["alerts", "scan"]).assert().success();
+    }
+    let digests: Vec<Value> = common::ledger(&env.path("home"))
+        .into_iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("alert."))
+        .collect();
+    assert_eq!(digests.len(), 2, "{digests:#?}");
+    for d in &digests {
+        assert_eq!(d["action"], "alert.digest");
+        assert_eq!(d["request_id"], "");
+        let keys: Vec<&str> = d["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| kv[0].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["alerts_hmac"], "{d}");
+    }
+    assert_ne!(digests[0]["attributes"], digests[1]["attributes"]);
+    // Published alerts name their digest.
+    let shown = env.alerts();
+    assert!(
+        shown.iter().all(|a| a["digest_index"].is_u64()),
+        "{shown:#?}"
+    );
 }
 
 /// A requester reading five times their peers in a day is flagged; a

@@ -1,13 +1,21 @@
 //! The detector: reads the published ledger from its cursor, turns each
 //! identified access, denial and decline into an observation, runs the
-//! rules on it, and raises or updates alerts; and, periodically, compares
-//! each principal's day with its peers.
+//! rules on it, and raises or updates alerts; periodically, compares each
+//! principal's day with its peers; and, on a fixed schedule, publishes one
+//! `alert.digest` entry that commits to every alert raised or changed since
+//! the last.
 //!
-//! Crash safety: an alert's ledger entry is appended first, then the
-//! observation, the alert and the cursor are committed in one catalogue
-//! transaction. A crash between the two re-reads the entry and raises the
-//! same alert id again (ids are derived from what the alert is about), so
-//! nothing is lost and nothing is counted twice in the catalogue.
+//! Crash safety: the observations, alerts and cursor of a batch commit in
+//! one catalogue transaction; alert ids are derived from what the alert is
+//! about, so a crash re-reads the batch and raises the same ids. An alert
+//! awaits publication (`ledger_index` 0) until a digest entry is durable.
+//!
+//! Why a digest on a schedule rather than an entry per alert: the time of
+//! an alert's own entry, right after a look-up, told the requester that it
+//! was flagged, and which rule (a protected subject is flagged on every
+//! request, a subject shared with others only on the first). A digest is
+//! appended every [`PUBLISH_EVERY_MICROS`] whether or not there are alerts,
+//! so its time and content say nothing about any look-up.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -40,6 +48,12 @@ const MAX_RESTS_ON: usize = 200;
 
 /// The instance setting that holds the last day the peer scan covered.
 pub(crate) const PEERS_SCANNED: &str = "browsing.peers_scanned_through";
+
+/// The instance setting that holds when the last alert digest was due.
+pub(crate) const ALERTS_PUBLISHED: &str = "browsing.alerts_published_at";
+
+/// How often the detector appends its `alert.digest` entry (ten minutes).
+pub(crate) const PUBLISH_EVERY_MICROS: i64 = 600_000_000;
 
 /// The actor of the detector's own ledger entries.
 const DETECTOR: &str = "custos";
@@ -136,7 +150,71 @@ impl Custos {
             meta.commit_detection(&batch.observations, &batch.alerts, run.next_index)
                 .await?;
         }
+        self.publish_locked(false).await?;
         Ok(run)
+    }
+
+    /// Appends the `alert.digest` entry when one is due (or now, when
+    /// `force`), committing under the ledger's subject key to the id and
+    /// content of every alert raised or changed since the last; `None` when
+    /// none was due. The first call on a home starts the schedule.
+    pub async fn publish_alerts(&self, force: bool) -> Result<Option<u64>, BrokerError> {
+        let _one = self.detector.running.lock().await;
+        self.publish_locked(force).await
+    }
+
+    async fn publish_locked(&self, force: bool) -> Result<Option<u64>, BrokerError> {
+        let meta = self.home().meta();
+        let now = now_micros();
+        let last = meta
+            .instance_value(ALERTS_PUBLISHED)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.parse::<i64>().ok());
+        let due = match last {
+            Some(last) => now - last >= PUBLISH_EVERY_MICROS,
+            None => {
+                meta.replace_instance_values(
+                    &[(ALERTS_PUBLISHED, now.to_string().as_bytes())],
+                    &[],
+                )
+                .await?;
+                false
+            }
+        };
+        if !due && !force {
+            return Ok(None);
+        }
+        let pending = meta.alerts_awaiting_publication().await?;
+        let mut lines: Vec<String> = pending
+            .iter()
+            .map(|a| format!("{}\0{}", a.id, self.alert_content(a)))
+            .collect();
+        lines.sort_unstable();
+        // No count: how many alerts a digest covers would say, in a quiet
+        // hour, whether the one look-up in it was flagged.
+        let entry = Entry::new(now, DETECTOR, "alert.digest", Decision::Recorded).with_attribute(
+            "alerts_hmac",
+            self.subjects().digest("alert-digest", &lines.join("\n")),
+        );
+        // INVARIANT: an alert is marked published only after the digest that
+        // covers it is durable; a crash between covers it again next time.
+        let index = self.append(&entry)?.index();
+        let ids: Vec<String> = pending.into_iter().map(|a| a.id).collect();
+        meta.mark_alerts_published(&ids, index).await?;
+        meta.replace_instance_values(&[(ALERTS_PUBLISHED, now.to_string().as_bytes())], &[])
+            .await?;
+        Ok(Some(index))
+    }
+
+    /// A keyed digest of whom an alert is about and which rules fired: what
+    /// a digest commits to for each alert.
+    fn alert_content(&self, alert: &AlertRecord) -> String {
+        let names: Vec<&str> = alert.rules.iter().map(|r| r.rule.as_str()).collect();
+        self.subjects().digest(
+            "alert-content",
+            &format!("{}\0{}\0{}", alert.id, alert.principal_id, names.join(",")),
+        )
     }
 
     /// The rules on one entry; its observation and alerts join the batch.
@@ -542,8 +620,9 @@ impl Custos {
     }
 
     /// Raises a new alert for `finding`, or adds it to the open alert with
-    /// the same key; its ledger entry is appended here. `None` when the
-    /// finding adds nothing to an open alert.
+    /// the same key; a new alert, or one that gained a rule, awaits the next
+    /// digest. `None` when the finding adds nothing to an open alert or
+    /// concerns a resolved one.
     async fn raise(
         &self,
         finding: Finding,
@@ -557,7 +636,7 @@ impl Custos {
         let open = open.filter(|a| {
             !finding.key.starts_with("fishing:") || a.updated_micros >= now - FISHING_WINDOW_MICROS
         });
-        let (mut alert, action) = match open {
+        let (mut alert, changed_rules) = match open {
             Some(mut a) => {
                 let before: Vec<String> = a.rules.iter().map(|r| r.rule.clone()).collect();
                 let mut changed = rules::merge(&mut a.rules, finding.rules);
@@ -574,21 +653,34 @@ impl Custos {
                 run.updated += 1;
                 let after: Vec<String> = a.rules.iter().map(|r| r.rule.clone()).collect();
                 // Another entry for the same finding (a fetch, one more
-                // refusal) changes the catalogue only; a new rule is ledgered.
-                let action = (before != after).then_some("alert.update");
-                (a, action)
+                // refusal) changes the catalogue only; a new rule is
+                // published with the next digest.
+                (a, before != after)
             }
             None => {
                 if finding.rules.is_empty() {
                     return Ok(None);
                 }
-                let first = finding.rests_on.iter().copied().min().unwrap_or_default();
+                // A burst's alert is anchored on its newest refusal, so that
+                // refusals after a resolution raise a new alert rather than
+                // the resolved one's id again; any other alert on its first
+                // entry, and a finding on a resolved one adds nothing (the
+                // overseer has judged that request or day).
+                let anchor = if finding.key.starts_with("fishing:") {
+                    finding.rests_on.iter().copied().max()
+                } else {
+                    finding.rests_on.iter().copied().min()
+                };
+                let id = finding.id.clone().unwrap_or_else(|| {
+                    alert_id(self.subjects(), &finding.key, anchor.unwrap_or_default())
+                });
+                if self.is_resolved(&id, batch).await? {
+                    return Ok(None);
+                }
                 run.raised += 1;
                 (
                     AlertRecord {
-                        id: finding
-                            .id
-                            .unwrap_or_else(|| alert_id(self.subjects(), &finding.key, first)),
+                        id,
                         dedupe_key: finding.key,
                         raised_micros: now,
                         updated_micros: now,
@@ -605,7 +697,7 @@ impl Custos {
                         resolution_sealed: None,
                         resolve_ledger_index: None,
                     },
-                    Some("alert.raise"),
+                    true,
                 )
             }
         };
@@ -614,27 +706,25 @@ impl Custos {
         // The first entries stay: they are what raised it.
         alert.rests_on.truncate(MAX_RESTS_ON);
         alert.score = rules::score(&alert.rules);
-        if let Some(action) = action {
-            // The public entry says only that an alert was raised or gained
-            // a rule, under an id only Custos can derive, with a keyed digest
-            // of whom it is about and which rules fired: never the request,
-            // the agreement, the rules or the entries it rests on, which
-            // would tell a reader of the public ledger which look-ups concern
-            // one person, or that a subject is protected, before any approval.
-            let names: Vec<&str> = alert.rules.iter().map(|r| r.rule.as_str()).collect();
-            let entry = Entry::new(now, DETECTOR, action, Decision::Recorded)
-                .with_attribute("alert", alert.id.clone())
-                .with_attribute(
-                    "content_hmac",
-                    self.subjects().digest(
-                        "alert-content",
-                        &format!("{}\0{}\0{}", alert.id, alert.principal_id, names.join(",")),
-                    ),
-                );
-            // INVARIANT: an alert is stored only after its entry is durable.
-            alert.ledger_index = self.append(&entry)?.index();
+        if changed_rules {
+            // Awaits the next digest (see the module's doc for why there is
+            // no entry per alert).
+            alert.ledger_index = 0;
         }
         Ok(Some(alert))
+    }
+
+    /// Whether the alert with this id has been resolved.
+    async fn is_resolved(&self, id: &str, batch: &Batch) -> Result<bool, BrokerError> {
+        if let Some(a) = batch.alerts.iter().find(|a| a.id == id) {
+            return Ok(a.state == AlertState::Resolved);
+        }
+        Ok(self
+            .home()
+            .meta()
+            .alert(id)
+            .await?
+            .is_some_and(|a| a.state == AlertState::Resolved))
     }
 
     /// The newest open alert with this key, in the batch or the catalogue.

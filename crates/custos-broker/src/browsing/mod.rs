@@ -141,8 +141,10 @@ pub struct Alert {
     pub state: AlertState,
     /// When it was raised (RFC 3339).
     pub raised_at: String,
-    /// The ledger entry that raised it (or last updated it).
-    pub ledger_index: u64,
+    /// The `alert.digest` entry that last published it; none while it awaits
+    /// the next digest (at most ten minutes under `custos serve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_index: Option<u64>,
     /// Who resolved it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_by: Option<String>,
@@ -329,7 +331,7 @@ impl Custos {
             score: a.score,
             rests_on: a.rests_on,
             state: a.state,
-            ledger_index: a.ledger_index,
+            digest_index: (a.ledger_index != 0).then_some(a.ledger_index),
             resolved_by: a.resolved_by,
             resolution,
             resolve_ledger_index: a.resolve_ledger_index,
@@ -416,7 +418,10 @@ impl Custos {
         }
         .with_attribute(
             "reason_hmac",
-            self.subjects().digest("alert-resolution", reason),
+            // Bound to the alert, so that the digest cannot be moved to
+            // another alert's resolution.
+            self.subjects()
+                .digest("alert-resolution", &format!("{}\0{reason}", record.id)),
         );
         // INVARIANT: resolved only after this entry is durable.
         let index = self.append(&allowed)?;
@@ -443,14 +448,16 @@ impl Custos {
 
 impl Custos {
     /// Runs detection now (the rules on every entry not yet read, then the
-    /// peer comparison) for an overseer; the server also runs both on its
-    /// own, every second and every few minutes.
+    /// peer comparison, then an `alert.digest`) for an overseer; the server
+    /// also runs them on its own: the rules every second, the comparison
+    /// and the digest every ten minutes.
     pub async fn run_detection(&self, actor: &Actor) -> Result<DetectionRun, BrokerError> {
         self.overseer(actor, "alert.scan")?;
         let mut run = self.detect_pending().await?;
         let peers = self.scan_peers().await?;
         run.raised += peers.raised;
         run.updated += peers.updated;
+        self.publish_alerts(true).await?;
         Ok(run)
     }
 }

@@ -114,7 +114,11 @@ fn alert_body(viewer: &Viewer, a: &Alert, names: &Names, note: Option<&str>) -> 
                     dt { "Principal" } dd { (names.of(&a.principal)) " " code { (a.principal) } }
                     @if let Some(ag) = &a.agreement { dt { "Agreement" } dd { a href=(format!("/console/agreements/{ag}")) { (ag) } } }
                     @if let Some(r) = &a.request { dt { "Request" } dd { a href=(format!("/console/requests/{r}")) { code { (r) } } } }
-                    dt { "Raised" } dd { (a.raised_at) ", ledger entry " a href=(format!("/console/ledger/{}", a.ledger_index)) { (a.ledger_index) } }
+                    dt { "Raised" } dd { (a.raised_at) }
+                    dt { "Published" } dd {
+                        @if let Some(i) = a.digest_index { "in the digest at ledger entry " a href=(format!("/console/ledger/{i}")) { (i) } }
+                        @else { "with the next digest" }
+                    }
                     dt { "Rests on" } dd { (entries(a)) }
                 }
                 h2 { "Rules that fired" }

@@ -166,8 +166,12 @@ fn print_alert(a: &Alert) {
         println!("request    {r}");
     }
     println!(
-        "raised     {} (ledger entry {})",
-        a.raised_at, a.ledger_index
+        "raised     {} ({})",
+        a.raised_at,
+        a.digest_index.map_or_else(
+            || "published with the next alert digest".to_owned(),
+            |i| format!("published in the alert digest at ledger entry {i}")
+        )
     );
     println!("rules:");
     for r in &a.rules {
