@@ -723,15 +723,16 @@ fn the_public_ledger_does_not_tell_a_requester_their_look_up_was_flagged() {
             .any(|a| rules_of(a).contains("protected_subject")),
         "detection ran: {alerts:#?}"
     );
-    // Digests, forced by a scan: one with alerts, one without, alike.
-    for _ in 0..2 {
+    // Digests, forced by a scan: one with alerts, two without, alike, and
+    // no two equal (a digest of no alerts is not a recognisable constant).
+    for _ in 0..3 {
         env.as_("olga").args(["alerts", "scan"]).assert().success();
     }
     let digests: Vec<Value> = common::ledger(&env.path("home"))
         .into_iter()
         .filter(|e| e["action"].as_str().unwrap().starts_with("alert."))
         .collect();
-    assert_eq!(digests.len(), 2, "{digests:#?}");
+    assert_eq!(digests.len(), 3, "{digests:#?}");
     for d in &digests {
         assert_eq!(d["action"], "alert.digest");
         assert_eq!(d["request_id"], "");
@@ -744,6 +745,7 @@ fn the_public_ledger_does_not_tell_a_requester_their_look_up_was_flagged() {
         assert_eq!(keys, ["alerts_hmac"], "{d}");
     }
     assert_ne!(digests[0]["attributes"], digests[1]["attributes"]);
+    assert_ne!(digests[1]["attributes"], digests[2]["attributes"]);
     // Published alerts name their digest.
     let shown = env.alerts();
     assert!(

@@ -191,6 +191,13 @@ impl Custos {
             .map(|a| format!("{}\0{}", a.id, self.alert_content(a)))
             .collect();
         lines.sort_unstable();
+        // A fresh random salt, kept nowhere: without it a digest of no alerts
+        // is one constant, and an unchanged value would tell a requester
+        // that their look-up raised nothing.
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt)
+            .map_err(|_| BrokerError::Internal("the system random source failed".into()))?;
+        lines.push(hex::encode(salt));
         // No count: how many alerts a digest covers would say, in a quiet
         // hour, whether the one look-up in it was flagged.
         let entry = Entry::new(now, DETECTOR, "alert.digest", Decision::Recorded).with_attribute(
