@@ -965,3 +965,55 @@ async fn a_flood_of_weak_alerts_does_not_hide_a_strong_one() {
     let (status, _) = server.stop();
     assert!(status.success());
 }
+
+/// A request's alert, once resolved, stays the request's only alert: its
+/// fetch (off hours again) adds nothing and raises no second alert that
+/// would put an already judged request back in the overseer's queue.
+#[test]
+fn a_resolved_request_is_not_raised_again_by_its_fetch() {
+    let env = Env::new(&["rita"]);
+    let hour = chrono::Utc::now().format("%H").to_string();
+    let night = if hour.as_str() < "12" {
+        "20:00-21:00"
+    } else {
+        "02:00-03:00"
+    };
+    env.apply(
+        "tigta-nights",
+        &format!(
+            "[monitoring]\nusual_hours = \"{night}\"\nusual_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]"
+        ),
+    );
+    let request = env
+        .request("rita", "tigta-nights", &env.people[0].tin, CASE)
+        .expect("allowed");
+    let alerts = env.alerts();
+    let first = alert_for_request(&alerts, &request).expect("off hours");
+    let id = first["id"].as_str().unwrap().to_owned();
+    env.as_("olga")
+        .args([
+            "alerts",
+            "resolve",
+            &id,
+            "--reason",
+            "night shift on a court deadline",
+        ])
+        .assert()
+        .success();
+    env.as_("adam")
+        .args(["approve", &request])
+        .assert()
+        .success();
+    env.as_("rita")
+        .args(["lookup", "fetch", &request, "--json"])
+        .assert()
+        .success();
+    let alerts = env.alerts();
+    let on_request: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["request"] == request.as_str())
+        .collect();
+    assert_eq!(on_request.len(), 1, "{alerts:#?}");
+    assert_eq!(on_request[0]["id"], id.as_str());
+    assert_eq!(on_request[0]["state"], "resolved");
+}

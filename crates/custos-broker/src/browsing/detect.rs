@@ -60,7 +60,7 @@ const DETECTOR: &str = "custos";
 
 /// What the rules of one entry found.
 struct Finding {
-    /// A fixed id (one alert per principal-day), else derived from the key.
+    /// A fixed id (a principal-day, a burst), else derived from the key.
     id: Option<String>,
     key: String,
     principal: String,
@@ -88,8 +88,13 @@ impl Batch {
 /// An alert's id: keyed (the ledger's subject key), so that the public id
 /// in an `alert.*` entry cannot be recomputed from a request id or a
 /// principal by anyone outside.
-fn alert_id(committer: &custos_ledger::SubjectCommitter, key: &str, first_index: u64) -> String {
-    let digest = committer.digest("alert-id", &format!("{key}\0{first_index}"));
+///
+/// A key names one thing (a request, an entry, a principal-day), so its
+/// `episode` is 0 and a later finding on it finds the same alert, open or
+/// resolved. A burst of refusals recurs under one key: its episode is the
+/// newest refusal when it is raised.
+fn alert_id(committer: &custos_ledger::SubjectCommitter, key: &str, episode: u64) -> String {
+    let digest = committer.digest("alert-id", &format!("{key}\0{episode}"));
     format!("alr_{}", &digest[..16])
 }
 
@@ -392,6 +397,10 @@ impl Custos {
                 refusals.len()
             ))],
         );
+        // A new burst (after a resolution, or an hour's quiet) is a new
+        // alert: anchored on the refusal that raises it.
+        let newest = refusals.iter().copied().max().unwrap_or(index);
+        f.id = Some(alert_id(self.subjects(), &f.key, newest));
         f.agreement = None;
         f.request = None;
         f.rests_on = refusals;
@@ -668,19 +677,12 @@ impl Custos {
                 if finding.rules.is_empty() {
                     return Ok(None);
                 }
-                // A burst's alert is anchored on its newest refusal, so that
-                // refusals after a resolution raise a new alert rather than
-                // the resolved one's id again; any other alert on its first
-                // entry, and a finding on a resolved one adds nothing (the
-                // overseer has judged that request or day).
-                let anchor = if finding.key.starts_with("fishing:") {
-                    finding.rests_on.iter().copied().max()
-                } else {
-                    finding.rests_on.iter().copied().min()
-                };
-                let id = finding.id.clone().unwrap_or_else(|| {
-                    alert_id(self.subjects(), &finding.key, anchor.unwrap_or_default())
-                });
+                // A finding on a resolved alert adds nothing: the overseer
+                // has judged that request, entry or day.
+                let id = finding
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| alert_id(self.subjects(), &finding.key, 0));
                 if self.is_resolved(&id, batch).await? {
                     return Ok(None);
                 }
