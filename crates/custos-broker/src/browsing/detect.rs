@@ -28,6 +28,7 @@ use custos_policy::{Agreement, CompiledMonitoring};
 use custos_store::browsing::{
     AlertRecord, AlertState, DAY_MICROS, DECLINED, FiredRule, Observation,
 };
+use custos_store::meta::MetadataStore;
 
 use super::peers::{self, WINDOW_DAYS};
 use super::rules::{self, Rule};
@@ -171,19 +172,10 @@ impl Custos {
     async fn publish_locked(&self, force: bool) -> Result<Option<u64>, BrokerError> {
         let meta = self.home().meta();
         let now = now_micros();
-        let last = meta
-            .instance_value(ALERTS_PUBLISHED)
-            .await?
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| t.parse::<i64>().ok());
-        let due = match last {
+        let due = match instance_number(meta.as_ref(), ALERTS_PUBLISHED).await? {
             Some(last) => now - last >= PUBLISH_EVERY_MICROS,
             None => {
-                meta.replace_instance_values(
-                    &[(ALERTS_PUBLISHED, now.to_string().as_bytes())],
-                    &[],
-                )
-                .await?;
+                set_instance_number(meta.as_ref(), ALERTS_PUBLISHED, now).await?;
                 false
             }
         };
@@ -214,8 +206,7 @@ impl Custos {
         let index = self.append(&entry)?.index();
         let ids: Vec<String> = pending.into_iter().map(|a| a.id).collect();
         meta.mark_alerts_published(&ids, index).await?;
-        meta.replace_instance_values(&[(ALERTS_PUBLISHED, now.to_string().as_bytes())], &[])
-            .await?;
+        set_instance_number(meta.as_ref(), ALERTS_PUBLISHED, now).await?;
         Ok(Some(index))
     }
 
@@ -802,11 +793,7 @@ impl Custos {
         let _one = self.detector.running.lock().await;
         let meta = self.home().meta();
         let today = now_micros().div_euclid(DAY_MICROS);
-        let last = meta
-            .instance_value(PEERS_SCANNED)
-            .await?
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| t.parse::<i64>().ok());
+        let last = instance_number(meta.as_ref(), PEERS_SCANNED).await?;
         let from = last
             .map_or(today - 1, |d| d.min(today - 1))
             .max(today - WINDOW_DAYS);
@@ -872,10 +859,28 @@ impl Custos {
                 }
             }
         }
-        meta.replace_instance_values(&[(PEERS_SCANNED, today.to_string().as_bytes())], &[])
-            .await?;
+        set_instance_number(meta.as_ref(), PEERS_SCANNED, today).await?;
         Ok(run)
     }
+}
+
+/// A number the detector keeps in an instance setting (a day, a time).
+async fn instance_number(meta: &dyn MetadataStore, key: &str) -> Result<Option<i64>, BrokerError> {
+    Ok(meta
+        .instance_value(key)
+        .await?
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.parse::<i64>().ok()))
+}
+
+async fn set_instance_number(
+    meta: &dyn MetadataStore,
+    key: &str,
+    value: i64,
+) -> Result<(), BrokerError> {
+    Ok(meta
+        .replace_instance_values(&[(key, value.to_string().as_bytes())], &[])
+        .await?)
 }
 
 /// A declared id (own, household, colleague) spelt as the dataset stores
