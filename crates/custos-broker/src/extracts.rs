@@ -360,7 +360,7 @@ impl Custos {
         let tokens = Tokeniser::new(
             &self
                 .home()
-                .master_key()
+                .keys()
                 .derive(&format!("pseudonym-tokens/{}", req.agreement)),
         )
         .map_err(|e| BrokerError::Internal(e.to_string()))?;

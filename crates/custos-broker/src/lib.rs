@@ -21,6 +21,7 @@ mod decide;
 mod extracts;
 mod ledger_key;
 mod lookups;
+mod master_key;
 mod matches;
 mod queries;
 mod recorded;
@@ -40,6 +41,7 @@ pub use custos_store::listings::DayActivity;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use ledger_key::{KeyRotation, LedgerKeyFrom};
 pub use lookups::{DeclineNote, GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
+pub use master_key::{KeyRotated, NewKeyMaterial, NewMasterKey};
 pub use matches::{MatchOffer, MatchOpened, MatchPeer, MatchReport, MatchRequest, PeerError};
 pub use queries::AggregateAnswer;
 pub use recorded::Recorded;
@@ -67,18 +69,29 @@ use custos_ledger::{Decision, Entry, Ledger, LedgerError, SubjectCommitment, Sub
 use custos_model::principal::{self, IssuedToken};
 use custos_model::{Principal, PrincipalError, Role};
 use custos_store::dataset;
-use custos_store::{Home, InitReport, MasterKey};
+use custos_store::{Home, InitReport, KeyInput, MasterKey};
+pub use custos_store::{HsmConfig, KeySource, PrintedShare, SecretText};
 
-/// A master key given from outside the home (`CUSTOS_MASTER_KEY`). Opaque:
-/// it can only be handed to [`Custos::init`], [`Custos::open`] or
-/// [`published_ledger`]; nothing outside the broker derives or unwraps with
-/// it.
-pub struct ExternalKey(MasterKey);
+/// What opens a home, given from outside it: a master key
+/// (`CUSTOS_MASTER_KEY`), a quorum of key shares, or an HSM token's PIN.
+/// Opaque: it can only be handed to [`Custos::init`] or [`Custos::open`];
+/// nothing outside the broker derives or unwraps with it.
+pub struct ExternalKey(KeyInput);
 
 impl ExternalKey {
-    /// Parses 64 hex characters.
+    /// Parses a master key of 64 hex characters.
     pub fn from_hex(text: &str) -> Result<Self, BrokerError> {
-        Ok(Self(MasterKey::from_hex(text)?))
+        Ok(Self(KeyInput::Master(MasterKey::from_hex(text)?)))
+    }
+
+    /// Key shares' texts (`custos-share-N-…`), checked when the home opens.
+    pub fn from_shares(shares: Vec<SecretText>) -> Self {
+        Self(KeyInput::Shares(shares))
+    }
+
+    /// An HSM token's user PIN.
+    pub fn hsm_pin(pin: SecretText) -> Self {
+        Self(KeyInput::HsmPin(pin))
     }
 }
 
@@ -95,6 +108,27 @@ pub enum MasterKeySource {
     GenerateFile,
     /// Use this key (from `CUSTOS_MASTER_KEY`) and write it nowhere.
     External(ExternalKey),
+    /// Generate one and split it into `count` shares, any `threshold` of
+    /// which open the home (printed once by init; kept nowhere).
+    Shares {
+        /// Shares needed to open.
+        threshold: usize,
+        /// Shares issued.
+        count: usize,
+    },
+    /// Generate a non-extractable key inside a PKCS#11 token.
+    Hsm {
+        /// The module and the token's label.
+        config: HsmConfig,
+        /// The token's user PIN.
+        pin: SecretText,
+    },
+}
+
+/// Where the master key of the home at `root` lives (read without a key,
+/// to know what to ask for).
+pub async fn home_key_source(root: &Path) -> Result<KeySource, BrokerError> {
+    Ok(Home::read_key_source(root).await?)
 }
 
 /// The actor of init-time administration, before principals exist.
@@ -351,18 +385,11 @@ fn faults_from_env() -> custos_ledger::FaultPlan {
 
 /// A home's published ledger, for reading without opening the ledger's
 /// writer (so it works beside a running server): its directory and the key
-/// that verifies its checkpoints (the catalogue's public key; no secret is
-/// needed, but the home is opened, so the master key is checked).
-pub async fn published_ledger(
-    root: &Path,
-    external_key: Option<ExternalKey>,
-) -> Result<(PathBuf, String), BrokerError> {
-    let home = Home::open(root, external_key.map(|k| k.0)).await?;
-    let vkey = custos_ledger::note::verifier_key_for(
-        &home.origin().await?,
-        &home.ledger_public_key().await?,
-    );
-    Ok((home.ledger_dir(), vkey))
+/// that verifies its checkpoints (the catalogue's public key). Needs no
+/// secret: anyone who may read the home may verify its ledger.
+pub async fn published_ledger(root: &Path) -> Result<(PathBuf, String), BrokerError> {
+    let (dir, origin, public) = Home::public_ledger(root).await?;
+    Ok((dir, custos_ledger::note::verifier_key_for(&origin, &public)))
 }
 
 impl Custos {
@@ -391,14 +418,42 @@ impl Custos {
             },
             file: None,
         };
-        let (store_key, reopen_key) = match key {
-            MasterKeySource::External(ExternalKey(k)) => {
-                let again = ExternalKey(k.duplicate());
+        let (store_key, reopen_pin) = match key {
+            MasterKeySource::External(ExternalKey(KeyInput::Master(k))) => {
+                let again = KeyInput::Master(k.duplicate());
                 (custos_store::MasterKeySource::External(k), Some(again))
             }
+            MasterKeySource::External(_) => {
+                return Err(BrokerError::Invalid(
+                    "a new home takes a master key, not shares or a PIN".into(),
+                ));
+            }
             MasterKeySource::GenerateFile => (custos_store::MasterKeySource::GenerateFile, None),
+            MasterKeySource::Shares { threshold, count } => (
+                custos_store::MasterKeySource::Shares { threshold, count },
+                None,
+            ),
+            MasterKeySource::Hsm { config, pin } => {
+                let again = KeyInput::HsmPin(pin.clone());
+                (
+                    custos_store::MasterKeySource::Hsm { config, pin },
+                    Some(again),
+                )
+            }
         };
         let report = Home::init_with(root, store_key, origin, ledger_key).await?;
+        let reopen_key = match reopen_pin {
+            Some(input) => Some(ExternalKey(input)),
+            None if !report.shares.is_empty() => Some(ExternalKey::from_shares(
+                report
+                    .shares
+                    .iter()
+                    .take(report.threshold)
+                    .map(|s| SecretText::from(s.text.to_string()))
+                    .collect(),
+            )),
+            None => None,
+        };
         let opened = Self::open_with(root, reopen_key, reopen_ledger).await;
         let custos = match opened {
             Ok(c) => c,
@@ -414,7 +469,9 @@ impl Custos {
             Decision::Recorded,
         )
         .with_attribute("origin", report.origin.clone())
-        .with_attribute("public_key", report.public_key_hex.clone());
+        .with_attribute("public_key", report.public_key_hex.clone())
+        .with_attribute("key_source", custos.home().key_source().name())
+        .with_attribute("key_fingerprint", custos.home().key_fingerprint());
         if let Err(e) = custos.append(&entry) {
             drop(custos);
             let _ = std::fs::remove_dir_all(root);
@@ -438,7 +495,8 @@ impl Custos {
         external_key: Option<ExternalKey>,
         ledger_key: LedgerKeyFrom,
     ) -> Result<Self, BrokerError> {
-        let home = Home::open(root, external_key.map(|k| k.0)).await?;
+        let input = external_key.map_or(KeyInput::None, |k| k.0);
+        let home = Home::open_keyed(root, input).await?;
         let (ledger, ledger_key_file) = ledger_key::open_ledger(&home, &ledger_key).await?;
         let subjects = SubjectCommitter::new(&home.ledger_subject_key());
         let cut = ledger.cut_at_open();

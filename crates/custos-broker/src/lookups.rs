@@ -140,7 +140,7 @@ impl Sealed {
             Self::Justification => "justification",
             Self::DeclineReason => "decline-reason",
         };
-        format!("custos/v1/request/{request_id}/{field}")
+        custos_store::sealed::request_purpose(request_id, field)
     }
 
     fn label(self) -> &'static str {
@@ -160,11 +160,10 @@ impl Custos {
         field: Sealed,
         sealed: &[u8],
     ) -> Result<String, BrokerError> {
-        let bytes = self.home().master_key().unwrap_secret(
-            &field.purpose(request_id),
-            field.label(),
-            sealed,
-        )?;
+        let bytes =
+            self.home()
+                .keys()
+                .unwrap_secret(&field.purpose(request_id), field.label(), sealed)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
@@ -306,9 +305,9 @@ impl Custos {
         let mut raw = [0u8; 16];
         custos_store::keys::random_bytes(&mut raw)?;
         let id = format!("req_{}", hex::encode(raw));
-        let master = self.home().master_key();
-        let subject_sealed = master.wrap(&Sealed::Subject.purpose(&id), subject.as_bytes())?;
-        let justification_sealed = master.wrap(
+        let keys = self.home().keys();
+        let subject_sealed = keys.wrap(&Sealed::Subject.purpose(&id), subject.as_bytes())?;
+        let justification_sealed = keys.wrap(
             &Sealed::Justification.purpose(&id),
             justification.as_bytes(),
         )?;
@@ -830,7 +829,7 @@ pub(crate) fn compile_row_scope(
 
 /// The sealing purpose of a protected subject's id.
 fn protected_purpose(commitment: &SubjectCommitment) -> String {
-    format!("custos/v1/protected/{}", hex::encode(commitment.0))
+    custos_store::sealed::protected_purpose(&hex::encode(commitment.0))
 }
 
 /// Why `principal` may not act as the second person of the two-person
@@ -909,7 +908,7 @@ impl Custos {
         let id = format!("prot_{}", hex::encode(raw));
         let sealed = self
             .home()
-            .master_key()
+            .keys()
             .wrap(&protected_purpose(&commitment), subject.trim().as_bytes())?;
         // INVARIANT: the flag is set only after this entry is durable.
         self.append(
@@ -942,7 +941,7 @@ impl Custos {
         let mut keys = std::collections::HashSet::new();
         for (commitment, sealed) in self.home().meta().protected_subjects().await? {
             let Some(sealed) = sealed else { continue };
-            let id = self.home().master_key().unwrap_secret(
+            let id = self.home().keys().unwrap_secret(
                 &protected_purpose(&SubjectCommitment(commitment)),
                 "protected subject",
                 &sealed,

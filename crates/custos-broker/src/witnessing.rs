@@ -108,7 +108,8 @@ pub async fn home_witness_policy(
     root: &std::path::Path,
     external_key: Option<crate::ExternalKey>,
 ) -> Result<Option<WitnessPolicy>, BrokerError> {
-    let home = custos_store::Home::open(root, external_key.map(|k| k.0)).await?;
+    let input = external_key.map_or(custos_store::KeyInput::None, |k| k.0);
+    let home = custos_store::Home::open_keyed(root, input).await?;
     let log_key = custos_ledger::note::verifier_key_for(
         &home.origin().await?,
         &home.ledger_public_key().await?,

@@ -198,7 +198,7 @@ impl Custos {
         }
         self.may_judge(&entry, principal, &record, "decline")
             .await?;
-        let reason_sealed = self.home().master_key().wrap(
+        let reason_sealed = self.home().keys().wrap(
             &Sealed::DeclineReason.purpose(&record.id),
             reason.as_bytes(),
         )?;

@@ -348,7 +348,7 @@ pub async fn stage(
         choose_bucket_count(size, &sample)
     };
     let key = DataKey::generate()?;
-    staged.record.wrapped_key = home.master_key().wrap_data_key(&storage_id, &key)?;
+    staged.record.wrapped_key = home.keys().wrap_data_key(&storage_id, &key)?;
 
     let (dir, sid, csv) = (
         staged.staging.clone(),
@@ -474,7 +474,7 @@ impl DatasetReader {
             .ok_or_else(|| DatasetError::NotFound(name.to_owned()))?;
         let schema = summary(&record)?.schema;
         let key = home
-            .master_key()
+            .keys()
             .unwrap_data_key(&record.storage_id, &record.wrapped_key)?;
         let dir = storage_dir(home, &record.storage_id);
         Ok(Self {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! HOME/                 mode 0700
-//!   master.key          0600, hex; absent when the key comes from CUSTOS_MASTER_KEY
+//!   master.key          0600, hex; only under the file key source (docs/keys.md)
+//!   master.key.next     0600, during a rotation to a new key file only
 //!   custos.db           SQLite metadata store (WAL)
 //!   datasets/NAME.ID/   one directory per dataset: encrypted Parquet bucket files
 //!   ledger/             the Merkle ledger (C2SP tlog-tiles; see docs/ledger.md)
@@ -18,14 +19,20 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
-use crate::keys::{KEY_LEN, KeyError, MasterKey, random_bytes};
+use crate::hsm::{HsmConfig, HsmKey};
+use crate::key_shares::{PrintedShare, ShareSet};
+use crate::keyring::{Keyring, Wrapper};
+use crate::keys::{DerivationRoot, KEY_LEN, KeyError, MasterKey, SecretText, random_bytes};
 use crate::ledger_key::LedgerKeySource;
 use crate::meta::{MetaError, MetadataStore, SqliteMetadata};
+use crate::sealed::{DERIVATION_ROOT, DERIVATION_ROOT_PURPOSE};
 
 /// The on-disk format version this build writes and reads.
 pub const FORMAT_VERSION: &str = "1";
 /// Name of the master key file inside a home.
 pub const MASTER_KEY_FILE: &str = "master.key";
+/// Name of a new master key file while a rotation is under way.
+pub const NEXT_MASTER_KEY_FILE: &str = "master.key.next";
 /// Name of the SQLite metadata database inside a home.
 pub const METADATA_DB_FILE: &str = "custos.db";
 /// Name of the datasets directory inside a home.
@@ -33,7 +40,14 @@ pub const DATASETS_DIR: &str = "datasets";
 /// Name of the ledger directory inside a home.
 pub const LEDGER_DIR: &str = "ledger";
 
-pub(crate) const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
+/// Instance setting: where the master key lives (`file`, `env`, `shares`, `hsm`).
+pub(crate) const KEY_SOURCE: &str = "master_key_source";
+/// Instance setting: the software master key's check value.
+pub(crate) const KEY_CHECK: &str = "master_key_check";
+/// Instance setting: the share set (JSON) under the shares source.
+pub(crate) const KEY_SHARES: &str = "key_shares";
+/// Instance setting: the token and key (JSON) under the HSM source.
+pub(crate) const KEY_HSM: &str = "key_hsm";
 
 /// Errors opening or creating a home.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +62,24 @@ pub enum HomeError {
     /// The home keeps its master key outside and none was given.
     #[error("this home keeps its master key outside the data directory: set CUSTOS_MASTER_KEY")]
     MasterKeyMissing,
+    /// The home opens with a quorum of key shares and none were given.
+    #[error(
+        "this home opens with {threshold} of its {count} key shares: set CUSTOS_KEY_SHARES (shares separated by spaces or commas) or run the command in a terminal to be asked for them"
+    )]
+    SharesMissing {
+        /// Shares needed.
+        threshold: usize,
+        /// Shares issued.
+        count: usize,
+    },
+    /// The home's master key is in an HSM and no PIN was given.
+    #[error(
+        "this home's master key is in the HSM token `{0}`: set CUSTOS_HSM_PIN or run the command in a terminal to be asked for the PIN"
+    )]
+    HsmPinMissing(String),
+    /// A key of a kind this home's key source does not take.
+    #[error("this home's master key source is {0}; the key given does not fit it")]
+    WrongKeyKind(&'static str),
     /// `master.key` may be read or written by others than its owner.
     #[error(
         "`{}` has mode {mode:o}: a master key file must be readable by its owner only; run `chmod 600` on it (and consider the key exposed)",
@@ -120,15 +152,118 @@ pub enum MasterKeySource {
     GenerateFile,
     /// Use this key (from `CUSTOS_MASTER_KEY`) and write it nowhere.
     External(MasterKey),
+    /// Generate one, split it into `count` Shamir shares of which any
+    /// `threshold` open the home, and keep it nowhere.
+    Shares {
+        /// Shares needed to open.
+        threshold: usize,
+        /// Shares issued.
+        count: usize,
+    },
+    /// Generate a non-extractable AES key inside a PKCS#11 token.
+    Hsm {
+        /// The module and token.
+        config: HsmConfig,
+        /// The token's user PIN.
+        pin: SecretText,
+    },
+}
+
+/// What opens a home, given from outside it (`master.key` is read by
+/// the home itself).
+#[derive(Debug, Default)]
+pub enum KeyInput {
+    /// Nothing: the home's key file.
+    #[default]
+    None,
+    /// A master key (`CUSTOS_MASTER_KEY`).
+    Master(MasterKey),
+    /// Key shares' texts (`CUSTOS_KEY_SHARES` or a prompt).
+    Shares(Vec<SecretText>),
+    /// The HSM token's PIN (`CUSTOS_HSM_PIN` or a prompt).
+    HsmPin(SecretText),
+}
+
+/// Where an existing home's master key lives, as its catalogue records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `HOME/master.key`.
+    File,
+    /// `CUSTOS_MASTER_KEY`.
+    Environment,
+    /// Shamir shares held by several people.
+    Shares(ShareSet),
+    /// A key inside a PKCS#11 token.
+    Hsm(HsmConfig),
+}
+
+impl KeySource {
+    /// The source's name as the catalogue and `custos key show` spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Environment => "env",
+            Self::Shares(_) => "shares",
+            Self::Hsm(_) => "hsm",
+        }
+    }
+
+    /// The settings that record this source (`KEY_SOURCE` and its details).
+    pub(crate) fn settings(&self) -> Result<Vec<(&'static str, Vec<u8>)>, HomeError> {
+        let mut out = vec![(KEY_SOURCE, self.name().as_bytes().to_vec())];
+        match self {
+            Self::Shares(set) => out.push((KEY_SHARES, json(set)?)),
+            Self::Hsm(config) => out.push((KEY_HSM, json(config)?)),
+            Self::File | Self::Environment => {}
+        }
+        Ok(out)
+    }
+
+    /// Reads the source from the catalogue.
+    pub(crate) async fn read(meta: &dyn MetadataStore) -> Result<Self, HomeError> {
+        let name = meta.instance_value(KEY_SOURCE).await?.unwrap_or_default();
+        let detail = |key: &'static str| async move {
+            meta.instance_value(key).await?.ok_or_else(|| {
+                HomeError::Meta(MetaError::Corrupt(format!("setting `{key}` is missing")))
+            })
+        };
+        Ok(match name.as_slice() {
+            b"file" => Self::File,
+            b"env" => Self::Environment,
+            b"shares" => Self::Shares(unjson(&detail(KEY_SHARES).await?, KEY_SHARES)?),
+            b"hsm" => Self::Hsm(unjson(&detail(KEY_HSM).await?, KEY_HSM)?),
+            other => {
+                return Err(HomeError::Meta(MetaError::Corrupt(format!(
+                    "unknown master key source `{}`",
+                    String::from_utf8_lossy(other)
+                ))));
+            }
+        })
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, HomeError> {
+    serde_json::to_vec(value).map_err(|e| HomeError::Meta(MetaError::Corrupt(e.to_string())))
+}
+
+fn unjson<T: serde::de::DeserializeOwned>(bytes: &[u8], key: &str) -> Result<T, HomeError> {
+    serde_json::from_slice(bytes)
+        .map_err(|_| HomeError::Meta(MetaError::Corrupt(format!("setting `{key}` is malformed"))))
 }
 
 /// What `init` created, for the user.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InitReport {
     /// The home directory.
     pub root: PathBuf,
     /// Whether the master key was written to `master.key`.
     pub master_key_file: bool,
+    /// The key shares to hand out, once (shares source only).
+    pub shares: Vec<PrintedShare>,
+    /// Shares needed to open (shares source only).
+    pub threshold: usize,
+    /// The HSM token and key (HSM source only).
+    pub hsm: Option<HsmConfig>,
     /// The checkpoint origin (and signing key name).
     pub origin: String,
     /// The instance's Ed25519 public key, hex.
@@ -141,7 +276,8 @@ pub struct InitReport {
 #[derive(Debug)]
 pub struct Home {
     root: PathBuf,
-    master: MasterKey,
+    keys: Keyring,
+    source: KeySource,
     meta: Arc<dyn MetadataStore>,
     /// Dataset files this process verified against their ingest digests.
     digests: Arc<crate::digests::DigestCache>,
@@ -274,26 +410,51 @@ impl Home {
             .mode(0o700)
             .create(&datasets)
             .map_err(io_err(&datasets))?;
-        let (master, master_key_file) = match key {
+        let mut shares = Vec::new();
+        let mut threshold = 0;
+        let (wrapper, source) = match key {
             MasterKeySource::GenerateFile => {
                 let master = MasterKey::generate()?;
                 let mut text = Zeroizing::new(master.to_hex().to_string());
                 text.push('\n');
                 write_secret_file(&dir.join(MASTER_KEY_FILE), text.as_bytes())?;
-                (master, true)
+                (Wrapper::Software(master), KeySource::File)
             }
-            MasterKeySource::External(master) => (master, false),
+            MasterKeySource::External(master) => {
+                (Wrapper::Software(master), KeySource::Environment)
+            }
+            MasterKeySource::Shares {
+                threshold: t,
+                count,
+            } => {
+                let master = MasterKey::generate()?;
+                let (printed, set) = crate::key_shares::split(&master, t, count)?;
+                shares = printed;
+                threshold = t;
+                (Wrapper::Software(master), KeySource::Shares(set))
+            }
+            MasterKeySource::Hsm { config, pin } => {
+                let key = HsmKey::create(&config, pin.expose())?;
+                let config = key.config().clone();
+                (Wrapper::Hsm(key), KeySource::Hsm(config))
+            }
         };
         let signing = SigningKey::from_bytes(seed);
         let public_key_hex = hex::encode(signing.verifying_key().as_bytes());
         let meta = SqliteMetadata::open(&dir.join(METADATA_DB_FILE), true).await?;
         meta.insert_instance_value("format_version", FORMAT_VERSION.as_bytes())
             .await?;
-        meta.insert_instance_value("master_key_check", &master.key_check())
-            .await?;
+        if let Wrapper::Software(master) = &wrapper {
+            meta.insert_instance_value(KEY_CHECK, &master.key_check())
+                .await?;
+        }
+        for (setting, value) in source.settings()? {
+            meta.insert_instance_value(setting, &value).await?;
+        }
+        let root = DerivationRoot::generate()?;
         meta.insert_instance_value(
-            "master_key_source",
-            if master_key_file { b"file" } else { b"env" },
+            DERIVATION_ROOT,
+            &wrapper.wrap(DERIVATION_ROOT_PURPOSE, root.bytes())?,
         )
         .await?;
         meta.insert_instance_value("origin", origin.as_bytes())
@@ -320,7 +481,13 @@ impl Home {
         sync_dir(dir)?;
         Ok(InitReport {
             root: dir.to_owned(),
-            master_key_file,
+            master_key_file: source == KeySource::File,
+            shares,
+            threshold,
+            hsm: match &source {
+                KeySource::Hsm(config) => Some(config.clone()),
+                _ => None,
+            },
             origin: origin.to_owned(),
             public_key_hex,
             ledger_key_file: key_file.map(Path::to_owned),
@@ -331,6 +498,12 @@ impl Home {
     /// precedence over `master.key`; either way the key is checked against
     /// the home's key check, so a wrong key fails here, not as garbage later.
     pub async fn open(root: &Path, external_key: Option<MasterKey>) -> Result<Self, HomeError> {
+        let input = external_key.map_or(KeyInput::None, KeyInput::Master);
+        Self::open_keyed(root, input).await
+    }
+
+    /// Opens the catalogue alone, checking its format (no key needed).
+    async fn open_catalogue(root: &Path) -> Result<SqliteMetadata, HomeError> {
         let db = root.join(METADATA_DB_FILE);
         if !db.is_file() {
             return Err(HomeError::NotFound(root.to_owned()));
@@ -345,28 +518,104 @@ impl Home {
                 String::from_utf8_lossy(&version).into_owned(),
             ));
         }
-        let master = match external_key {
-            Some(key) => key,
-            None => {
-                let path = root.join(MASTER_KEY_FILE);
-                refuse_shared_key_file(&path)?;
-                match fs::read_to_string(&path) {
-                    Ok(text) => MasterKey::from_hex(&Zeroizing::new(text))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(HomeError::MasterKeyMissing);
-                    }
-                    Err(e) => return Err(io_err(&path)(e)),
-                }
+        Ok(meta)
+    }
+
+    /// Where the master key of the home at `root` lives, read without any
+    /// key (to know what to ask for).
+    pub async fn read_key_source(root: &Path) -> Result<KeySource, HomeError> {
+        let meta = Self::open_catalogue(root).await?;
+        let source = KeySource::read(&meta).await;
+        meta.close().await;
+        source
+    }
+
+    /// The checkpoint origin and ledger public key of the home at `root`,
+    /// read without any key: verifying the public ledger needs no secret.
+    pub async fn public_ledger(
+        root: &Path,
+    ) -> Result<(PathBuf, String, ed25519_dalek::VerifyingKey), HomeError> {
+        let meta = Self::open_catalogue(root).await?;
+        let origin = meta.instance_value("origin").await?.unwrap_or_default();
+        let public = crate::ledger_key::public_key_of(&meta).await;
+        meta.close().await;
+        Ok((
+            root.join(LEDGER_DIR),
+            String::from_utf8_lossy(&origin).into_owned(),
+            public?,
+        ))
+    }
+
+    /// Opens an existing home with what its key source needs: its key file
+    /// (or `CUSTOS_MASTER_KEY` in its place), a quorum of its shares, or
+    /// its HSM token's PIN. The key is checked before anything is read.
+    pub async fn open_keyed(root: &Path, input: KeyInput) -> Result<Self, HomeError> {
+        let meta = Self::open_catalogue(root).await?;
+        let source = KeySource::read(&meta).await?;
+        let check = meta.instance_value(KEY_CHECK).await?.unwrap_or_default();
+        let wrapper = match (&source, input) {
+            (KeySource::Hsm(config), KeyInput::HsmPin(pin)) => {
+                Wrapper::Hsm(HsmKey::open(config, pin.expose())?)
+            }
+            (KeySource::Hsm(config), _) => {
+                return Err(HomeError::HsmPinMissing(config.token.clone()));
+            }
+            (KeySource::Shares(set), KeyInput::Shares(texts)) => {
+                let master = crate::key_shares::combine(&texts, set)?;
+                master.verify_key_check(&check)?;
+                Wrapper::Software(master)
+            }
+            (KeySource::Shares(set), _) => {
+                return Err(HomeError::SharesMissing {
+                    threshold: set.threshold,
+                    count: set.count(),
+                });
+            }
+            (_, KeyInput::Shares(_)) => return Err(HomeError::WrongKeyKind(source.name())),
+            (_, KeyInput::HsmPin(_)) => return Err(HomeError::WrongKeyKind(source.name())),
+            (KeySource::File | KeySource::Environment, KeyInput::Master(master)) => {
+                master.verify_key_check(&check)?;
+                Wrapper::Software(master)
+            }
+            (KeySource::Environment, KeyInput::None) => return Err(HomeError::MasterKeyMissing),
+            (KeySource::File, KeyInput::None) => {
+                let master = read_key_file(root, &check)?;
+                master.verify_key_check(&check)?;
+                Wrapper::Software(master)
             }
         };
-        let check = meta
-            .instance_value("master_key_check")
-            .await?
-            .unwrap_or_default();
-        master.verify_key_check(&check)?;
+        let root_key = match meta.instance_value(DERIVATION_ROOT).await? {
+            Some(wrapped) => DerivationRoot::from_bytes(
+                *wrapper
+                    .unwrap_key(DERIVATION_ROOT_PURPOSE, "derivation root", &wrapped)
+                    .map_err(|e| match (&wrapper, e) {
+                        // An HSM key has no separate check: a key that cannot open
+                        // the root is the wrong key (or another token's).
+                        (Wrapper::Hsm(_), KeyError::Unwrap(_)) => KeyError::WrongMasterKey,
+                        (_, e) => e,
+                    })?,
+            ),
+            // A home made before key custody: its derived keys came from
+            // the master key itself, and stay so (see keys.rs).
+            None => match &wrapper {
+                Wrapper::Software(master) => DerivationRoot::from_bytes(*master.bytes()),
+                Wrapper::Hsm(_) => {
+                    return Err(HomeError::Meta(MetaError::Corrupt(
+                        "the derivation root is missing".into(),
+                    )));
+                }
+            },
+        };
+        if source != KeySource::File {
+            // A rotation away from a key file that stopped after its
+            // commit: the old key opens nothing here any more.
+            remove_if_present(&root.join(MASTER_KEY_FILE))?;
+            remove_if_present(&root.join(NEXT_MASTER_KEY_FILE))?;
+        }
         Ok(Self {
             root: root.to_owned(),
-            master,
+            keys: Keyring::new(wrapper, root_key),
+            source,
             meta: Arc::new(meta),
             digests: Arc::default(),
         })
@@ -392,14 +641,20 @@ impl Home {
         self.root.join(LEDGER_DIR)
     }
 
-    /// The key of the ledger's subject commitments (derived from the master key).
+    /// The key of the ledger's subject commitments (derived from the
+    /// derivation root).
     pub fn ledger_subject_key(&self) -> Zeroizing<[u8; KEY_LEN]> {
-        self.master.derive("custos/v1/ledger-subject-commitment")
+        self.keys.derive("custos/v1/ledger-subject-commitment")
     }
 
-    /// The master key.
-    pub fn master_key(&self) -> &MasterKey {
-        &self.master
+    /// The home's keys: the master key and the derivation root.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+
+    /// Where the master key lives.
+    pub fn key_source(&self) -> &KeySource {
+        &self.source
     }
 
     /// The metadata store.
@@ -415,6 +670,43 @@ impl Home {
             .await?
             .unwrap_or_default();
         Ok(String::from_utf8_lossy(&raw).into_owned())
+    }
+}
+
+/// Reads `HOME/master.key`, finishing or undoing a rotation that a crash
+/// interrupted: a `master.key.next` that matches the catalogue's key
+/// check was committed (the rename is finished); one that does not was
+/// not (it is removed). Either way the home opens with exactly one key.
+fn read_key_file(root: &Path, check: &[u8]) -> Result<MasterKey, HomeError> {
+    let path = root.join(MASTER_KEY_FILE);
+    let next = root.join(NEXT_MASTER_KEY_FILE);
+    if next.exists() {
+        refuse_shared_key_file(&next)?;
+        let text = Zeroizing::new(fs::read_to_string(&next).map_err(io_err(&next))?);
+        let committed = MasterKey::from_hex(&text)
+            .map(|k| k.verify_key_check(check).is_ok())
+            .unwrap_or(false);
+        if committed {
+            fs::rename(&next, &path).map_err(io_err(&path))?;
+        } else {
+            fs::remove_file(&next).map_err(io_err(&next))?;
+        }
+        sync_dir(root)?;
+    }
+    refuse_shared_key_file(&path)?;
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(MasterKey::from_hex(&Zeroizing::new(text))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HomeError::MasterKeyMissing),
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Removes a file if it exists, and makes the removal durable.
+pub(crate) fn remove_if_present(path: &Path) -> Result<(), HomeError> {
+    match fs::remove_file(path) {
+        Ok(()) => path.parent().map_or(Ok(()), sync_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 

@@ -1,15 +1,26 @@
 //! Key material: the master key, per-dataset data keys wrapped by it, and the
 //! keys derived from a data key for Parquet modular encryption.
 //!
-//! Key hierarchy (every arrow is a one-way derivation or an AEAD wrap):
+//! Key hierarchy (every arrow is a one-way derivation or an AEAD wrap;
+//! docs/keys.md tells the whole story):
 //!
 //! ```text
-//! master key (32 bytes, file 0600 or CUSTOS_MASTER_KEY)
-//!  ├─ HMAC "custos/v1/master-key-check"  → key check stored in the metadata store
-//!  ├─ AES-256-GCM-SIV wrap (AAD = purpose) → instance signing key at rest
-//!  └─ AES-256-GCM-SIV wrap (AAD = dataset id) → per-dataset data key
+//! master key: a key-encryption key only, from one of the key sources
+//!   (file 0600, CUSTOS_MASTER_KEY, Shamir shares, or an AES key inside an
+//!   HSM that never leaves it); see keyring.rs
+//!  ├─ wrap (AAD = purpose) → derivation root (random, 32 bytes)
+//!  │    └─ HKDF-SHA256 → ledger subject-commitment key, per-agreement
+//!  │                      pseudonym keys
+//!  ├─ wrap (AAD = purpose) → instance signing key at rest (older homes)
+//!  ├─ wrap (AAD = purpose) → sealed catalogue fields (sealed.rs)
+//!  └─ wrap (AAD = dataset id) → per-dataset data key
 //!       └─ HKDF-SHA256 → footer key, identity-column key, bucket key
 //! ```
+//!
+//! Only wraps hang off the master key, so rotating it re-wraps a few
+//! hundred bytes per dataset and changes no derived key, file or pseudonym.
+//! A software master key wraps with AES-256-GCM-SIV; an HSM key with
+//! AES-256-GCM inside the token.
 //!
 //! No type here implements `Debug` with its bytes, `Display` or `Serialize`:
 //! secrets cannot end up in logs or errors by accident.
@@ -44,6 +55,64 @@ pub enum KeyError {
     /// The operating system's random source failed.
     #[error("the system random source failed")]
     Random,
+    /// A key share is not of the form `custos-share-N-<hex>`.
+    #[error(
+        "key share {0} is not a Custos key share (expected `custos-share-N-` and 66 hexadecimal characters)"
+    )]
+    ShareFormat(usize),
+    /// A share whose number this home never issued.
+    #[error("key share {0} has number {1}, but this home's shares are numbered 1 to {2}")]
+    ShareUnknown(usize, u8, usize),
+    /// A share that does not match its check value: mistyped or not this home's.
+    #[error(
+        "key share number {0} does not match this home's share {0} (its check should be {1}): mistyped, or from another home or an earlier key"
+    )]
+    ShareCheck(u8, String),
+    /// The same share given twice.
+    #[error("key share number {0} was given twice")]
+    ShareRepeated(u8),
+    /// Fewer shares than the threshold.
+    #[error("{given} key share(s) given, this home needs {threshold} of its {count}")]
+    TooFewShares {
+        /// Shares given.
+        given: usize,
+        /// Shares needed.
+        threshold: usize,
+        /// Shares issued.
+        count: usize,
+    },
+    /// A threshold or share count out of range.
+    #[error(
+        "key shares: the threshold must be at least 2 and at most the number of shares, which may be at most 255"
+    )]
+    ShareParameters,
+    /// The hardware security module refused or failed an operation.
+    #[error("HSM: {0}")]
+    Hsm(String),
+}
+
+/// A secret text (an HSM PIN, a key share, a key in hex): zeroized on
+/// drop, and never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct SecretText(Zeroizing<String>);
+
+impl SecretText {
+    /// The text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretText {
+    fn from(text: String) -> Self {
+        Self(Zeroizing::new(text))
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
@@ -102,9 +171,15 @@ impl MasterKey {
         }
     }
 
-    /// Derives a purpose-bound 256-bit subkey (HKDF-SHA256, `info` = purpose).
-    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; KEY_LEN]> {
-        derive(&self.0, purpose)
+    /// The key's bytes (for splitting into shares and for adopting them as
+    /// an older home's derivation root).
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// A key from 32 bytes (combined shares).
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
     }
 
     fn hmac(&self, message: &[u8]) -> [u8; 32] {
@@ -155,25 +230,49 @@ impl MasterKey {
             .map(Zeroizing::new)
             .map_err(|_| KeyError::Unwrap(what))
     }
+}
 
-    /// Wraps a dataset's data key, bound to the dataset's storage id.
-    pub fn wrap_data_key(&self, dataset_id: &str, key: &DataKey) -> Result<Vec<u8>, KeyError> {
-        self.wrap(&data_key_purpose(dataset_id), &key.0)
-    }
+/// The AAD of a dataset's wrapped data key.
+pub(crate) fn data_key_purpose(dataset_id: &str) -> String {
+    format!("custos/v1/dataset-key/{dataset_id}")
+}
 
-    /// Unwraps a dataset's data key.
-    pub fn unwrap_data_key(&self, dataset_id: &str, wrapped: &[u8]) -> Result<DataKey, KeyError> {
-        let bytes = self.unwrap_secret(&data_key_purpose(dataset_id), "dataset key", wrapped)?;
-        let key: [u8; KEY_LEN] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| KeyError::Unwrap("dataset key"))?;
-        Ok(DataKey(key))
+/// The secret every derived key of a home comes from (HKDF-SHA256,
+/// `info` = purpose): the ledger's subject-commitment key and the
+/// per-agreement pseudonym keys. Random for a home made since key custody
+/// (kept wrapped under the master key); an older home's is its first
+/// master key's bytes, so that rotation changes no pseudonym.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct DerivationRoot([u8; KEY_LEN]);
+
+impl std::fmt::Debug for DerivationRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DerivationRoot(<redacted>)")
     }
 }
 
-fn data_key_purpose(dataset_id: &str) -> String {
-    format!("custos/v1/dataset-key/{dataset_id}")
+impl DerivationRoot {
+    /// Draws a fresh random root.
+    pub(crate) fn generate() -> Result<Self, KeyError> {
+        let mut key = [0u8; KEY_LEN];
+        random_bytes(&mut key)?;
+        Ok(Self(key))
+    }
+
+    /// A root from its bytes.
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The root's bytes, for wrapping.
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// Derives a purpose-bound 256-bit subkey (HKDF-SHA256, `info` = purpose).
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; KEY_LEN]> {
+        derive(&self.0, purpose)
+    }
 }
 
 /// HMAC-SHA256 of `message` under `key`.
@@ -219,6 +318,16 @@ impl DataKey {
         let mut key = [0u8; KEY_LEN];
         random_bytes(&mut key)?;
         Ok(Self(key))
+    }
+
+    /// A data key from its bytes (unwrapped).
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's bytes, for wrapping.
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
     }
 
     /// Key for the Parquet footer and the non-identifying columns.
@@ -287,13 +396,21 @@ mod tests {
     #[test]
     fn wrap_round_trips_and_binds_purpose() {
         let mk = MasterKey::generate().unwrap();
-        let dk = DataKey::generate().unwrap();
-        let wrapped = mk.wrap_data_key("a", &dk).unwrap();
-        let back = mk.unwrap_data_key("a", &wrapped).unwrap();
-        assert_eq!(back.0, dk.0);
-        assert!(mk.unwrap_data_key("b", &wrapped).is_err());
+        let wrapped = mk.wrap(&data_key_purpose("a"), b"secret").unwrap();
+        let back = mk
+            .unwrap_secret(&data_key_purpose("a"), "x", &wrapped)
+            .unwrap();
+        assert_eq!(back.as_slice(), b"secret");
+        assert!(
+            mk.unwrap_secret(&data_key_purpose("b"), "x", &wrapped)
+                .is_err()
+        );
         let other = MasterKey::generate().unwrap();
-        assert!(other.unwrap_data_key("a", &wrapped).is_err());
+        assert!(
+            other
+                .unwrap_secret(&data_key_purpose("a"), "x", &wrapped)
+                .is_err()
+        );
     }
 
     #[test]

@@ -128,15 +128,7 @@ impl Home {
 
     /// The ledger's public key as the catalogue records it.
     pub async fn ledger_public_key(&self) -> Result<ed25519_dalek::VerifyingKey, HomeError> {
-        let raw = self
-            .meta()
-            .instance_value(PUBLIC)
-            .await?
-            .unwrap_or_default();
-        let malformed =
-            || HomeError::LedgerKey("the catalogue's ledger public key is malformed".into());
-        let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| malformed())?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| malformed())
+        public_key_of(self.meta().as_ref()).await
     }
 
     /// The ledger's signing key from its source: `external` (from
@@ -204,8 +196,8 @@ impl Home {
             .instance_value(WRAPPED)
             .await?
             .unwrap_or_default();
-        let seed = self.master_key().unwrap_secret(
-            crate::home::SIGNING_KEY_PURPOSE,
+        let seed = self.keys().unwrap_secret(
+            crate::sealed::SIGNING_KEY_PURPOSE,
             "instance signing key",
             &wrapped,
         )?;
@@ -311,4 +303,15 @@ impl Home {
     pub async fn pending_ledger_key(&self) -> Result<Option<PathBuf>, HomeError> {
         Ok(self.setting(PENDING).await?.map(PathBuf::from))
     }
+}
+
+/// The ledger public key a catalogue records.
+pub(crate) async fn public_key_of(
+    meta: &dyn crate::meta::MetadataStore,
+) -> Result<ed25519_dalek::VerifyingKey, HomeError> {
+    let raw = meta.instance_value(PUBLIC).await?.unwrap_or_default();
+    let malformed =
+        || HomeError::LedgerKey("the catalogue's ledger public key is malformed".into());
+    let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| malformed())?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| malformed())
 }

@@ -3,6 +3,11 @@
 //! [`custos_model`]'s.
 //!
 //! - [`keys`]: master key, wrapped per-dataset data keys, derived file keys.
+//! - [`keyring`]: an opened home's keys, whatever the master key's source.
+//! - [`key_shares`]: the master key as Shamir shares (a quorum to open).
+//! - [`hsm`]: the master key inside a PKCS#11 token.
+//! - [`rotation`]: a new master key, every sealed secret re-wrapped at once.
+//! - [`sealed`]: every sealed secret of the catalogue and its purpose.
 //! - [`home`]: the data directory: `init`, `open`, layout.
 //! - [`meta`]: the metadata store interface and its SQLite backend.
 //! - [`principal`]: issuing API tokens (only their hash is kept).
@@ -20,7 +25,10 @@ pub mod budgets;
 pub mod dataset;
 pub mod digests;
 pub mod home;
+pub mod hsm;
 pub mod ingest;
+pub mod key_shares;
+pub mod keyring;
 pub mod keys;
 pub mod layout;
 pub mod ledger_key;
@@ -30,9 +38,13 @@ pub mod matches;
 pub mod meta;
 mod parse;
 pub mod principal;
+pub mod rotation;
+pub mod sealed;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
-pub use home::{Home, HomeError, InitReport, MasterKeySource};
+pub use home::{Home, HomeError, InitReport, KeyInput, KeySource, MasterKeySource};
+pub use hsm::HsmConfig;
 pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
-pub use keys::{KeyError, MasterKey};
+pub use key_shares::PrintedShare;
+pub use keys::{KeyError, MasterKey, SecretText};
 pub use ledger_key::{LedgerKeySource, LedgerKeys};

@@ -34,6 +34,12 @@ pub enum MetaError {
     /// An insert collided with an existing row.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// A stored value is missing or malformed.
+    #[error("metadata store: {0}")]
+    Corrupt(String),
+    /// A sealed value could not be re-wrapped (rotation).
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
 }
 
 impl From<sqlx::Error> for MetaError {
@@ -133,6 +139,17 @@ pub trait MetadataStore:
         values: &[(&str, &[u8])],
         remove: &[&str],
     ) -> Result<(), MetaError>;
+    /// Master-key rotation: passes every sealed value of the catalogue
+    /// (see `sealed.rs`) through `rewrap` (purpose, what, old bytes → new
+    /// bytes), writes `values` and removes `remove`, all in one
+    /// transaction; any failure changes nothing. Returns the number of
+    /// values re-wrapped.
+    async fn rewrap_sealed(
+        &self,
+        rewrap: &crate::sealed::Rewrap<'_>,
+        values: &[(&str, &[u8])],
+        remove: &[&str],
+    ) -> Result<usize, MetaError>;
     /// Records a dataset; a dataset with the same name is refused.
     async fn insert_dataset(&self, record: &DatasetRecord) -> Result<(), MetaError>;
     /// Looks a dataset up by name.
@@ -278,6 +295,31 @@ fn principal_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Principal, MetaEr
     })
 }
 
+/// Writes (replacing) and removes instance settings inside `tx`.
+pub(crate) async fn write_instance_values(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    values: &[(&str, &[u8])],
+    remove: &[&str],
+) -> Result<(), MetaError> {
+    for (key, value) in values {
+        sqlx::query(
+            "INSERT INTO instance (key, value) VALUES (?, ?) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(*key)
+        .bind(*value)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for key in remove {
+        sqlx::query("DELETE FROM instance WHERE key = ?")
+            .bind(*key)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl MetadataStore for SqliteMetadata {
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
@@ -307,24 +349,18 @@ impl MetadataStore for SqliteMetadata {
         remove: &[&str],
     ) -> Result<(), MetaError> {
         let mut tx = self.pool.begin().await?;
-        for (key, value) in values {
-            sqlx::query(
-                "INSERT INTO instance (key, value) VALUES (?, ?) \
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(*key)
-            .bind(*value)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for key in remove {
-            sqlx::query("DELETE FROM instance WHERE key = ?")
-                .bind(*key)
-                .execute(&mut *tx)
-                .await?;
-        }
+        write_instance_values(&mut tx, values, remove).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn rewrap_sealed(
+        &self,
+        rewrap: &crate::sealed::Rewrap<'_>,
+        values: &[(&str, &[u8])],
+        remove: &[&str],
+    ) -> Result<usize, MetaError> {
+        crate::sealed::rewrap_sqlite(&self.pool, rewrap, values, remove).await
     }
 
     async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), MetaError> {

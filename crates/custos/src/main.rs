@@ -60,9 +60,18 @@ enum Command {
     ///
     /// The master key is generated into HOME/master.key (mode 0600) unless
     /// CUSTOS_MASTER_KEY holds one (64 hex characters), in which case it is
-    /// written nowhere and must be set for every later command. Refuses to
-    /// touch a directory that is not empty.
+    /// written nowhere and must be set for every later command. With
+    /// --shares N --threshold T it is split among N people, any T of whom
+    /// open the home; with --hsm MODULE --hsm-token LABEL it is made inside
+    /// a hardware security module and never leaves it (docs/keys.md).
+    /// Refuses to touch a directory that is not empty.
+    ///
+    /// Example: custos init --shares 5 --threshold 3
     Init(commands::init::InitArgs),
+    /// The master key: where it lives (`key show`) and rotating it (`key
+    /// rotate`) without rewriting any dataset file.
+    #[command(subcommand)]
+    Key(commands::keys::KeyCommand),
     /// Load and inspect datasets.
     #[command(subcommand)]
     Dataset(commands::dataset::DatasetCommand),
@@ -202,6 +211,7 @@ fn main() -> ExitCode {
             _ if server.is_some() => local_only(),
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Init(args) => commands::init::run(&cli.home, args).await,
+            Command::Key(cmd) => commands::keys::run(&cli.home, server, cmd).await,
             Command::Serve(args) => commands::serve::run(&cli.home, args).await,
         }
     });

@@ -927,7 +927,10 @@ async fn a_flood_of_weak_alerts_does_not_hide_a_strong_one() {
         .assert()
         .success();
     let strong = env.request("rita", "tigta-cases", &own, CASE).unwrap();
-    let server = common::Server::start(&env.path("home"), &["--rate", "100000", "--burst", "100000"]); // 205 requests outrun the default rate on a fast machine
+    let server = common::Server::start(
+        &env.path("home"),
+        &["--rate", "100000", "--burst", "100000"],
+    ); // 205 requests outrun the default rate on a fast machine
     let http = reqwest::Client::new();
     for _ in 0..205 {
         let r = http

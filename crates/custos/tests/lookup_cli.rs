@@ -767,7 +767,10 @@ async fn another_custodians_backlog_does_not_hide_the_queue() {
         .arg(file)
         .assert()
         .success();
-    let server = common::Server::start(&env.path("home"), &["--rate", "100000", "--burst", "100000"]); // 205 requests outrun the default rate on a fast machine
+    let server = common::Server::start(
+        &env.path("home"),
+        &["--rate", "100000", "--burst", "100000"],
+    ); // 205 requests outrun the default rate on a fast machine
     let http = reqwest::Client::new();
     let file_lookup = |agreement: &str, subject: &str| {
         http.post(format!("{}/v1/lookups", server.url))

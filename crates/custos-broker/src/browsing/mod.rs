@@ -214,9 +214,7 @@ impl Detector {
     }
 }
 
-fn facts_purpose(principal_id: &str) -> String {
-    format!("custos/v1/principal/{principal_id}/facts")
-}
+use custos_store::sealed::facts_purpose;
 
 pub(crate) fn rfc3339(micros: i64) -> String {
     chrono::DateTime::from_timestamp_micros(micros)
@@ -244,10 +242,7 @@ impl Custos {
         let json = zeroize::Zeroizing::new(
             serde_json::to_vec(facts).map_err(|e| BrokerError::Internal(e.to_string()))?,
         );
-        let sealed = self
-            .home()
-            .master_key()
-            .wrap(&facts_purpose(&p.id), &json)?;
+        let sealed = self.home().keys().wrap(&facts_purpose(&p.id), &json)?;
         let kinds = facts.kinds();
         let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
             .with_attribute("principal", p.id.clone())
@@ -279,7 +274,7 @@ impl Custos {
         let facts = match self.home().meta().principal_facts(principal_id).await? {
             None => None,
             Some(sealed) => {
-                let json = zeroize::Zeroizing::new(self.home().master_key().unwrap_secret(
+                let json = zeroize::Zeroizing::new(self.home().keys().unwrap_secret(
                     &facts_purpose(principal_id),
                     "principal facts",
                     &sealed,
@@ -311,7 +306,7 @@ impl Custos {
     fn alert_view(&self, a: AlertRecord, with_reason: bool) -> Result<Alert, BrokerError> {
         let resolution = match (&a.resolution_sealed, with_reason) {
             (Some(sealed), true) => {
-                let bytes = self.home().master_key().unwrap_secret(
+                let bytes = self.home().keys().unwrap_secret(
                     &resolution_purpose(&a.id),
                     "alert resolution",
                     sealed,
@@ -408,7 +403,7 @@ impl Custos {
         }
         let sealed = self
             .home()
-            .master_key()
+            .keys()
             .wrap(&resolution_purpose(&record.id), reason.as_bytes())?;
         // Not while a detection pass holds its own copy of open alerts.
         let _detector = self.detector.running.lock().await;
@@ -462,9 +457,7 @@ impl Custos {
     }
 }
 
-fn resolution_purpose(alert_id: &str) -> String {
-    format!("custos/v1/alert/{alert_id}/resolution")
-}
+use custos_store::sealed::resolution_purpose;
 
 /// An id as errors quote it: at most 40 characters.
 fn short(id: &str) -> String {

@@ -166,7 +166,7 @@ impl Custos {
                 let tokeniser = Tokeniser::new(
                     &self
                         .home()
-                        .master_key()
+                        .keys()
                         .derive(&format!("pseudonym-tokens/{}", req.agreement)),
                 )
                 .map_err(|e| BrokerError::Invalid(e.to_string()))?;

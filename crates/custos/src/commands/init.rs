@@ -6,6 +6,7 @@ use clap::Args;
 use custos_broker::MasterKeySource;
 use custos_broker::{Custos, LedgerKeySource};
 
+use super::keys::{KeySourceArgs, print_shares, required_hsm_pin};
 use super::{ledger_key_from_env, master_key_from_env};
 
 /// Arguments of `custos init`.
@@ -22,13 +23,37 @@ pub struct InitArgs {
     /// instead to keep it off disk.
     #[arg(long, value_name = "FILE")]
     ledger_key_file: Option<PathBuf>,
+    /// Where the master key lives: by default HOME/master.key (or
+    /// CUSTOS_MASTER_KEY if set); with --shares, a quorum of people; with
+    /// --hsm, a hardware security module. See docs/keys.md.
+    #[command(flatten)]
+    key: KeySourceArgs,
 }
 
 /// Creates the home and says what was made (never the key itself).
 pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
-    let source = match master_key_from_env()? {
-        Some(key) => MasterKeySource::External(key),
-        None => MasterKeySource::GenerateFile,
+    let from_env = master_key_from_env()?;
+    let source = match (
+        args.key.shares,
+        args.key.threshold,
+        args.key.hsm,
+        args.key.hsm_token,
+    ) {
+        (Some(_), _, _, _) | (_, _, Some(_), _) if from_env.is_some() => {
+            anyhow::bail!("CUSTOS_MASTER_KEY is set: unset it to use --shares or --hsm")
+        }
+        (Some(count), Some(threshold), None, None) => MasterKeySource::Shares { threshold, count },
+        (None, None, Some(module), Some(token)) => {
+            let pin = required_hsm_pin(&token)?;
+            MasterKeySource::Hsm {
+                config: custos_broker::HsmConfig::new(module, token),
+                pin,
+            }
+        }
+        _ => match from_env {
+            Some(key) => MasterKeySource::External(key),
+            None => MasterKeySource::GenerateFile,
+        },
     };
     let ledger_key = match (ledger_key_from_env()?.seed, args.ledger_key_file) {
         (Some(_), Some(_)) => {
@@ -41,9 +66,29 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
     let (custos, report) = Custos::init_with(home, source, args.origin, ledger_key).await?;
     custos.close()?;
     println!("Created Custos home `{}`", report.root.display());
-    if report.master_key_file {
+    if let Some(hsm) = &report.hsm {
+        println!(
+            "  master key:   inside HSM token `{}` as `{}` (never leaves it); every command needs the token and its PIN (CUSTOS_HSM_PIN or a prompt)",
+            hsm.token, hsm.label
+        );
+    } else if !report.shares.is_empty() {
+        println!(
+            "  master key:   split into {} shares, any {} of which open the home; kept nowhere",
+            report.shares.len(),
+            report.threshold
+        );
+        print_shares(&report.shares);
+        eprintln!(
+            "  Every command needs {} shares (CUSTOS_KEY_SHARES or a prompt). Lose more than {} and the data is lost.",
+            report.threshold,
+            report.shares.len() - report.threshold
+        );
+    } else if report.master_key_file {
         println!(
             "  master key:   generated into master.key (mode 0600); back it up, it cannot be recovered"
+        );
+        eprintln!(
+            "warning: master.key is inside the home, so every backup of the home carries the key that opens it.\n         Keep it elsewhere: `custos key rotate --env`, `--shares N --threshold T` or `--hsm MODULE --hsm-token LABEL` (docs/keys.md)."
         );
     } else {
         println!(

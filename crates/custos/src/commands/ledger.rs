@@ -517,7 +517,7 @@ pub(crate) fn read_policy(path: &Path) -> anyhow::Result<custos_ledger::WitnessP
 /// The home's witness policy, checked against the ledger entry that
 /// installed it.
 async fn home_policy(home_dir: &Path) -> anyhow::Result<custos_ledger::WitnessPolicy> {
-    custos_broker::home_witness_policy(home_dir, super::master_key_from_env()?)
+    custos_broker::home_witness_policy(home_dir, super::keys::key_from_env(home_dir).await?)
         .await?
         .ok_or_else(|| {
             anyhow::anyhow!(

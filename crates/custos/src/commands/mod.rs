@@ -8,6 +8,7 @@ pub mod extract;
 pub mod gateway;
 pub mod generate;
 pub mod init;
+pub mod keys;
 pub mod ledger;
 pub mod lookup;
 pub mod matches;
@@ -43,7 +44,7 @@ pub fn token_from_env() -> Option<zeroize::Zeroizing<String>> {
 /// The home's published ledger directory and its checkpoints' verifier
 /// key, without opening the ledger's writer (works beside a server).
 pub async fn published_ledger(home: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
-    Ok(custos_broker::published_ledger(home, master_key_from_env()?).await?)
+    Ok(custos_broker::published_ledger(home).await?)
 }
 
 /// The environment variable that sets the witness gate (e.g. `10m`): no
@@ -70,9 +71,12 @@ pub fn ledger_key_from_env() -> anyhow::Result<custos_broker::LedgerKeyFrom> {
 /// Opens the home with its ledger, for actions that must be ledgered,
 /// with the witness gate of `CUSTOS_MAX_UNWITNESSED` if set.
 pub async fn open_custos(home: &Path) -> anyhow::Result<custos_broker::Custos> {
-    let mut custos =
-        custos_broker::Custos::open_with(home, master_key_from_env()?, ledger_key_from_env()?)
-            .await?;
+    let mut custos = custos_broker::Custos::open_with(
+        home,
+        keys::key_from_env(home).await?,
+        ledger_key_from_env()?,
+    )
+    .await?;
     if let Ok(text) = std::env::var(MAX_UNWITNESSED_ENV)
         && !text.trim().is_empty()
     {

@@ -1,0 +1,224 @@
+//! Every secret the catalogue keeps sealed under the master key, and the
+//! purpose (AEAD associated data) each is bound to.
+//!
+//! This is the one list master-key rotation walks: a sealed column missing
+//! here would be left under the old key, so a test compares it with every
+//! `*_sealed` and `wrapped_*` column of the schema.
+
+use sqlx::{AssertSqlSafe, Row, SqlitePool};
+
+use crate::keys::{KeyError, data_key_purpose};
+use crate::meta::MetaError;
+
+/// AAD of the instance signing key of homes that kept it wrapped inside.
+pub(crate) const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
+/// AAD of the wrapped derivation root.
+pub(crate) const DERIVATION_ROOT_PURPOSE: &str = "custos/v1/derivation-root";
+/// Instance setting that holds the wrapped derivation root.
+pub(crate) const DERIVATION_ROOT: &str = "derivation_root_wrapped";
+
+/// AAD of a look-up request's sealed `field` (`subject`, `justification`,
+/// `decline-reason`).
+pub fn request_purpose(request_id: &str, field: &str) -> String {
+    format!("custos/v1/request/{request_id}/{field}")
+}
+
+/// AAD of a protected subject's sealed id (`commitment_hex`: the subject
+/// commitment in lower-case hex).
+pub fn protected_purpose(commitment_hex: &str) -> String {
+    format!("custos/v1/protected/{commitment_hex}")
+}
+
+/// AAD of a principal's sealed identifying facts.
+pub fn facts_purpose(principal_id: &str) -> String {
+    format!("custos/v1/principal/{principal_id}/facts")
+}
+
+/// AAD of an alert's sealed resolution reason.
+pub fn resolution_purpose(alert_id: &str) -> String {
+    format!("custos/v1/alert/{alert_id}/resolution")
+}
+
+/// Re-wraps one sealed value: (purpose, what it is, old bytes) → new bytes.
+pub type Rewrap<'r> = dyn for<'a, 'b> Fn(&'a str, &'static str, &'b [u8]) -> Result<Vec<u8>, KeyError>
+    + Send
+    + Sync
+    + 'r;
+
+/// One sealed column: where it is and how its purpose is built from the
+/// row's key.
+pub(crate) struct SealedColumn {
+    /// The table.
+    pub table: &'static str,
+    /// An SQL expression of the row's key (the purpose's argument).
+    pub key: &'static str,
+    /// The sealed column (may be NULL where noted in the schema).
+    pub column: &'static str,
+    /// The purpose of a row's value.
+    pub purpose: fn(&str) -> String,
+    /// What it is, for errors.
+    pub what: &'static str,
+}
+
+/// Every sealed column of the catalogue.
+pub(crate) const COLUMNS: &[SealedColumn] = &[
+    SealedColumn {
+        table: "datasets",
+        key: "storage_id",
+        column: "wrapped_key",
+        purpose: data_key_purpose,
+        what: "dataset key",
+    },
+    SealedColumn {
+        table: "access_requests",
+        key: "id",
+        column: "subject_sealed",
+        purpose: |id| request_purpose(id, "subject"),
+        what: "request subject",
+    },
+    SealedColumn {
+        table: "access_requests",
+        key: "id",
+        column: "justification_sealed",
+        purpose: |id| request_purpose(id, "justification"),
+        what: "request justification",
+    },
+    SealedColumn {
+        table: "request_declines",
+        key: "request_id",
+        column: "reason_sealed",
+        purpose: |id| request_purpose(id, "decline-reason"),
+        what: "decline reason",
+    },
+    SealedColumn {
+        table: "protected_subjects",
+        key: "lower(hex(subject_commitment))",
+        column: "subject_sealed",
+        purpose: protected_purpose,
+        what: "protected subject",
+    },
+    SealedColumn {
+        table: "principal_facts",
+        key: "principal_id",
+        column: "facts_sealed",
+        purpose: facts_purpose,
+        what: "principal facts",
+    },
+    SealedColumn {
+        table: "alerts",
+        key: "id",
+        column: "resolution_sealed",
+        purpose: resolution_purpose,
+        what: "alert resolution",
+    },
+];
+
+/// Sealed instance settings: (setting, purpose, what).
+pub(crate) const SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        crate::ledger_key::WRAPPED,
+        SIGNING_KEY_PURPOSE,
+        "instance signing key",
+    ),
+    (DERIVATION_ROOT, DERIVATION_ROOT_PURPOSE, "derivation root"),
+];
+
+/// The SQLite side of `MetadataStore::rewrap_sealed`: one transaction over
+/// every sealed column and setting.
+pub(crate) async fn rewrap_sqlite(
+    pool: &SqlitePool,
+    rewrap: &Rewrap<'_>,
+    values: &[(&str, &[u8])],
+    remove: &[&str],
+) -> Result<usize, MetaError> {
+    let mut tx = pool.begin().await?;
+    let mut count = 0;
+    for c in COLUMNS {
+        // The names are this file's constants, never input.
+        let select = format!(
+            "SELECT {key} AS k, {col} AS v FROM {table} WHERE {col} IS NOT NULL",
+            key = c.key,
+            col = c.column,
+            table = c.table
+        );
+        let update = format!(
+            "UPDATE {table} SET {col} = ? WHERE {key} = ?",
+            key = c.key,
+            col = c.column,
+            table = c.table
+        );
+        let rows = sqlx::query(AssertSqlSafe(select))
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            let key: String = row.try_get("k")?;
+            let sealed: Vec<u8> = row.try_get("v")?;
+            let resealed = rewrap(&(c.purpose)(&key), c.what, &sealed)?;
+            sqlx::query(AssertSqlSafe(update.clone()))
+                .bind(resealed)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            count += 1;
+        }
+    }
+    for (setting, purpose, what) in SETTINGS {
+        let row = sqlx::query("SELECT value FROM instance WHERE key = ?")
+            .bind(*setting)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = row {
+            let sealed: Vec<u8> = row.try_get("value")?;
+            let resealed = rewrap(purpose, what, &sealed)?;
+            sqlx::query("UPDATE instance SET value = ? WHERE key = ?")
+                .bind(resealed)
+                .bind(*setting)
+                .execute(&mut *tx)
+                .await?;
+            count += 1;
+        }
+    }
+    crate::meta::write_instance_values(&mut tx, values, remove).await?;
+    tx.commit().await?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every column that holds a sealed or wrapped value is in [`COLUMNS`]:
+    /// a new one left out would stay under the old key after a rotation.
+    #[tokio::test]
+    async fn every_sealed_column_of_the_schema_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::meta::SqliteMetadata::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let tables = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(meta.pool())
+            .await
+            .unwrap();
+        let mut found = Vec::new();
+        for t in tables {
+            let table: String = t.try_get("name").unwrap();
+            let columns = sqlx::query(AssertSqlSafe(format!("PRAGMA table_info({table})")))
+                .fetch_all(meta.pool())
+                .await
+                .unwrap();
+            for c in columns {
+                let name: String = c.try_get("name").unwrap();
+                if name.ends_with("_sealed") || name.starts_with("wrapped_") {
+                    found.push(format!("{table}.{name}"));
+                }
+            }
+        }
+        found.sort();
+        let mut listed: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| format!("{}.{}", c.table, c.column))
+            .collect();
+        listed.sort();
+        assert_eq!(found, listed);
+    }
+}
