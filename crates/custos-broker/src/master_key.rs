@@ -37,6 +37,8 @@ pub struct KeyRotated {
     pub fingerprint: String,
     /// Sealed secrets re-wrapped (data keys and sealed fields).
     pub rewrapped: usize,
+    /// A step after the commit that failed (the new key is in use).
+    pub unfinished: Option<String>,
     /// The ledger entry that records the rotation.
     pub ledger_index: u64,
 }
@@ -48,6 +50,12 @@ impl Custos {
             self.home().key_source().clone(),
             self.home().key_fingerprint(),
         )
+    }
+
+    /// An HSM key a rotation retired but could not destroy (a crash after
+    /// the commit, in another token): to be deleted by hand.
+    pub async fn retired_master_key(&self) -> Result<Option<HsmConfig>, BrokerError> {
+        Ok(self.home().retired_hsm_key().await?)
     }
 
     /// Rotates the master key (admins only): makes the new key, shows what
@@ -92,15 +100,15 @@ impl Custos {
         // INVARIANT: the new key wraps nothing until this entry is durable.
         let recorded = self.append(&entry)?;
         pause_point("ledgered");
-        let rewrapped = match self.home().commit_rotation(new).await {
-            Ok(n) => n,
+        let committed = match self.home().commit_rotation(new).await {
+            Ok(c) => c,
             Err(e) => {
-                // Most often the catalogue's transaction rolled back and
-                // the old key is still in use; the ledger says it failed.
+                // The catalogue's transaction rolled back: the old key is
+                // still in use, and the ledger says the rotation failed.
                 let _ = self.append(
                     &Entry::new(now_micros(), actor.id(), ACTION, Decision::Recorded)
                         .with_attribute("fingerprint", fingerprint)
-                        .with_reason("the rotation recorded above failed before it finished; `custos key show` tells which key is in use"),
+                        .with_reason("the rotation recorded above did not take effect; the previous key is still in use"),
                 );
                 return Err(e.into());
             }
@@ -111,7 +119,8 @@ impl Custos {
             to,
             previous_fingerprint,
             fingerprint,
-            rewrapped,
+            rewrapped: committed.rewrapped,
+            unfinished: committed.unfinished,
             ledger_index: recorded.index(),
         })
     }

@@ -33,6 +33,12 @@ pub const FORMAT_VERSION: &str = "1";
 pub const MASTER_KEY_FILE: &str = "master.key";
 /// Name of a new master key file while a rotation is under way.
 pub const NEXT_MASTER_KEY_FILE: &str = "master.key.next";
+/// Name of the lock file a rotation holds exclusively (and an open holds
+/// shared), so that no process tidies key files while another rotates.
+pub const KEY_LOCK_FILE: &str = "master.key.lock";
+/// Instance setting of homes made with a derivation root: its absence
+/// then means a tampered catalogue, not an older home.
+pub(crate) const KEY_CUSTODY: &str = "key_custody_version";
 /// Name of the SQLite metadata database inside a home.
 pub const METADATA_DB_FILE: &str = "custos.db";
 /// Name of the datasets directory inside a home.
@@ -48,6 +54,8 @@ pub(crate) const KEY_CHECK: &str = "master_key_check";
 pub(crate) const KEY_SHARES: &str = "key_shares";
 /// Instance setting: the token and key (JSON) under the HSM source.
 pub(crate) const KEY_HSM: &str = "key_hsm";
+/// Instance setting: an HSM key a rotation retired and has yet to destroy.
+pub(crate) const KEY_HSM_RETIRED: &str = "key_hsm_retired";
 
 /// Errors opening or creating a home.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +85,11 @@ pub enum HomeError {
         "this home's master key is in the HSM token `{0}`: set CUSTOS_HSM_PIN or run the command in a terminal to be asked for the PIN"
     )]
     HsmPinMissing(String),
+    /// Another process is rotating the master key.
+    #[error(
+        "a master-key rotation is under way on this home in another process: try again when it has finished"
+    )]
+    RotationUnderWay,
     /// A key of a kind this home's key source does not take.
     #[error("this home's master key source is {0}; the key given does not fit it")]
     WrongKeyKind(&'static str),
@@ -230,7 +243,15 @@ impl KeySource {
         Ok(match name.as_slice() {
             b"file" => Self::File,
             b"env" => Self::Environment,
-            b"shares" => Self::Shares(unjson(&detail(KEY_SHARES).await?, KEY_SHARES)?),
+            b"shares" => {
+                let set: ShareSet = unjson(&detail(KEY_SHARES).await?, KEY_SHARES)?;
+                if set.threshold < 2 || set.threshold > set.count() || set.count() > 255 {
+                    return Err(HomeError::Meta(MetaError::Corrupt(format!(
+                        "setting `{KEY_SHARES}` is malformed"
+                    ))));
+                }
+                Self::Shares(set)
+            }
             b"hsm" => Self::Hsm(unjson(&detail(KEY_HSM).await?, KEY_HSM)?),
             other => {
                 return Err(HomeError::Meta(MetaError::Corrupt(format!(
@@ -457,6 +478,7 @@ impl Home {
             &wrapper.wrap(DERIVATION_ROOT_PURPOSE, root.bytes())?,
         )
         .await?;
+        meta.insert_instance_value(KEY_CUSTODY, b"1").await?;
         meta.insert_instance_value("origin", origin.as_bytes())
             .await?;
         // The ledger key itself is not kept here: only its public half and
@@ -553,9 +575,15 @@ impl Home {
         let meta = Self::open_catalogue(root).await?;
         let source = KeySource::read(&meta).await?;
         let check = meta.instance_value(KEY_CHECK).await?.unwrap_or_default();
+        // Shared while this process reads key files; exclusive (below)
+        // only to tidy what a crashed rotation left. Never while another
+        // process rotates: its staged key would be taken for a leftover.
+        let lock = KeyLock::shared(root)?;
         let wrapper = match (&source, input) {
             (KeySource::Hsm(config), KeyInput::HsmPin(pin)) => {
-                Wrapper::Hsm(HsmKey::open(config, pin.expose())?)
+                let key = HsmKey::open(config, pin.expose())?;
+                destroy_retired_key(&meta, config, pin.expose()).await?;
+                Wrapper::Hsm(key)
             }
             (KeySource::Hsm(config), _) => {
                 return Err(HomeError::HsmPinMissing(config.token.clone()));
@@ -579,7 +607,7 @@ impl Home {
             }
             (KeySource::Environment, KeyInput::None) => return Err(HomeError::MasterKeyMissing),
             (KeySource::File, KeyInput::None) => {
-                let master = read_key_file(root, &check)?;
+                let master = read_key_file(root, &check, &lock)?;
                 master.verify_key_check(&check)?;
                 Wrapper::Software(master)
             }
@@ -596,10 +624,13 @@ impl Home {
                     })?,
             ),
             // A home made before key custody: its derived keys came from
-            // the master key itself, and stay so (see keys.rs).
+            // the master key itself, and stay so (see keys.rs). A home
+            // made since always has a root: without it, refuse.
             None => match &wrapper {
-                Wrapper::Software(master) => DerivationRoot::from_bytes(*master.bytes()),
-                Wrapper::Hsm(_) => {
+                Wrapper::Software(master) if meta.instance_value(KEY_CUSTODY).await?.is_none() => {
+                    DerivationRoot::from_bytes(*master.bytes())
+                }
+                _ => {
                     return Err(HomeError::Meta(MetaError::Corrupt(
                         "the derivation root is missing".into(),
                     )));
@@ -609,9 +640,15 @@ impl Home {
         if source != KeySource::File {
             // A rotation away from a key file that stopped after its
             // commit: the old key opens nothing here any more.
-            remove_if_present(&root.join(MASTER_KEY_FILE))?;
-            remove_if_present(&root.join(NEXT_MASTER_KEY_FILE))?;
+            for stale in [MASTER_KEY_FILE, NEXT_MASTER_KEY_FILE] {
+                let path = root.join(stale);
+                if path.exists() {
+                    lock.exclusive()?;
+                    remove_if_present(&path)?;
+                }
+            }
         }
+        drop(lock);
         Ok(Self {
             root: root.to_owned(),
             keys: Keyring::new(wrapper, root_key),
@@ -673,14 +710,37 @@ impl Home {
     }
 }
 
+/// Destroys the HSM key a rotation retired but could not destroy (a crash
+/// after its commit), when it is in the same token as the key in use.
+async fn destroy_retired_key(
+    meta: &SqliteMetadata,
+    current: &HsmConfig,
+    pin: &str,
+) -> Result<(), HomeError> {
+    let Some(raw) = meta.instance_value(KEY_HSM_RETIRED).await? else {
+        return Ok(());
+    };
+    let retired: HsmConfig = unjson(&raw, KEY_HSM_RETIRED)?;
+    if retired.module != current.module || retired.token != current.token {
+        return Ok(());
+    }
+    if let Ok(old) = HsmKey::open(&retired, pin) {
+        old.destroy()?;
+    }
+    meta.replace_instance_values(&[], &[KEY_HSM_RETIRED])
+        .await?;
+    Ok(())
+}
+
 /// Reads `HOME/master.key`, finishing or undoing a rotation that a crash
 /// interrupted: a `master.key.next` that matches the catalogue's key
 /// check was committed (the rename is finished); one that does not was
 /// not (it is removed). Either way the home opens with exactly one key.
-fn read_key_file(root: &Path, check: &[u8]) -> Result<MasterKey, HomeError> {
+fn read_key_file(root: &Path, check: &[u8], lock: &KeyLock) -> Result<MasterKey, HomeError> {
     let path = root.join(MASTER_KEY_FILE);
     let next = root.join(NEXT_MASTER_KEY_FILE);
     if next.exists() {
+        lock.exclusive()?;
         refuse_shared_key_file(&next)?;
         let text = Zeroizing::new(fs::read_to_string(&next).map_err(io_err(&next))?);
         let committed = MasterKey::from_hex(&text)
@@ -698,6 +758,46 @@ fn read_key_file(root: &Path, check: &[u8]) -> Result<MasterKey, HomeError> {
         Ok(text) => Ok(MasterKey::from_hex(&Zeroizing::new(text))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(HomeError::MasterKeyMissing),
         Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+/// The home's key lock (`master.key.lock`): an advisory file lock that a
+/// rotation holds exclusively from staging its key to moving it into
+/// place, and an open holds shared while it reads key files.
+#[derive(Debug)]
+pub(crate) struct KeyLock(fs::File);
+
+impl KeyLock {
+    fn file(root: &Path) -> Result<fs::File, HomeError> {
+        let path = root.join(KEY_LOCK_FILE);
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))
+    }
+
+    /// A shared hold, refused while a rotation holds the lock.
+    pub(crate) fn shared(root: &Path) -> Result<Self, HomeError> {
+        let file = Self::file(root)?;
+        file.try_lock_shared()
+            .map_err(|_| HomeError::RotationUnderWay)?;
+        Ok(Self(file))
+    }
+
+    /// An exclusive hold, refused while any other process holds the lock.
+    pub(crate) fn exclusive_on(root: &Path) -> Result<Self, HomeError> {
+        let file = Self::file(root)?;
+        file.try_lock().map_err(|_| HomeError::RotationUnderWay)?;
+        Ok(Self(file))
+    }
+
+    /// Turns this shared hold exclusive (to tidy leftovers of a crash).
+    pub(crate) fn exclusive(&self) -> Result<(), HomeError> {
+        self.0.try_lock().map_err(|_| HomeError::RotationUnderWay)
     }
 }
 

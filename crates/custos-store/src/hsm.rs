@@ -81,6 +81,7 @@ fn context(module: &Path) -> Result<Pkcs11, KeyError> {
     if let Some(ctx) = contexts.get(module) {
         return Ok(ctx.clone());
     }
+    check_module(module)?;
     let ctx = Pkcs11::new(module).map_err(|e| {
         KeyError::Hsm(format!(
             "cannot load the PKCS#11 module `{}`: {e}",
@@ -93,6 +94,37 @@ fn context(module: &Path) -> Result<Pkcs11, KeyError> {
     }
     contexts.insert(module.to_owned(), ctx.clone());
     Ok(ctx)
+}
+
+/// Refuses a module that anyone but root could have placed or changed:
+/// its path comes from the catalogue, and loading a library runs its code
+/// in this process, which is about to hold the PIN.
+fn check_module(module: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    if !module.is_absolute() {
+        return Err(KeyError::Hsm(format!(
+            "the PKCS#11 module `{}` must be an absolute path",
+            module.display()
+        )));
+    }
+    let mut checked = vec![module];
+    checked.extend(module.parent());
+    for path in checked {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            KeyError::Hsm(format!(
+                "cannot load the PKCS#11 module `{}`: {e}",
+                module.display()
+            ))
+        })?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(KeyError::Hsm(format!(
+                "refusing the PKCS#11 module `{}`: `{}` must be owned by root and writable by no one else (a library another user placed would run with the PIN)",
+                module.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A PKCS#11 failure as a key error (PKCS#11 errors carry no secrets).
@@ -268,7 +300,8 @@ impl HsmKey {
                 CkError::Pkcs11(
                     RvError::EncryptedDataInvalid
                     | RvError::EncryptedDataLenRange
-                    | RvError::FunctionFailed,
+                    | RvError::FunctionFailed
+                    | RvError::GeneralError,
                     _,
                 ) => KeyError::Unwrap(what),
                 e => hsm_error("unwrapping", e),

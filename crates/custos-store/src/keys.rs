@@ -57,7 +57,7 @@ pub enum KeyError {
     Random,
     /// A key share is not of the form `custos-share-N-<hex>`.
     #[error(
-        "key share {0} is not a Custos key share (expected `custos-share-N-` and 66 hexadecimal characters)"
+        "key share {0} is not a Custos key share (expected `custos-share-N-` and 64 hexadecimal characters)"
     )]
     ShareFormat(usize),
     /// A share whose number this home never issued.

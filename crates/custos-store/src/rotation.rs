@@ -11,8 +11,8 @@
 use zeroize::Zeroizing;
 
 use crate::home::{
-    Home, HomeError, KEY_CHECK, KEY_HSM, KEY_SHARES, KeySource, MASTER_KEY_FILE,
-    NEXT_MASTER_KEY_FILE, io_err, remove_if_present, sync_dir, write_secret_file,
+    Home, HomeError, KEY_CHECK, KEY_HSM, KEY_HSM_RETIRED, KEY_SHARES, KeyLock, KeySource,
+    MASTER_KEY_FILE, NEXT_MASTER_KEY_FILE, io_err, remove_if_present, sync_dir, write_secret_file,
 };
 use crate::hsm::{HsmConfig, HsmKey};
 use crate::key_shares::PrintedShare;
@@ -21,7 +21,8 @@ use crate::keys::{MasterKey, SecretText, hmac_sha256};
 use crate::sealed::{DERIVATION_ROOT, DERIVATION_ROOT_PURPOSE};
 
 /// Set to `key-written`, `ledgered` or `committed` to stop a rotation
-/// there for a minute (the crash tests kill the process at that point).
+/// there for a minute, or `POINT:SECONDS` for that long (the crash tests
+/// kill the process there; the lock tests let it go on).
 pub const ROTATION_PAUSE_ENV: &str = "CUSTOS_ROTATION_PAUSE";
 
 /// Where the new master key goes.
@@ -50,6 +51,8 @@ pub enum NewKeySource {
 /// A new master key made but not yet in use.
 #[derive(Debug)]
 pub struct PreparedRotation {
+    /// Held from staging the key until it is in place.
+    _lock: KeyLock,
     wrapper: Wrapper,
     source: KeySource,
     /// The new shares (shares source), to hand out before the commit.
@@ -83,10 +86,26 @@ pub fn fingerprint(wrapper: &Wrapper) -> String {
 
 /// Stops for a minute at `point` when [`ROTATION_PAUSE_ENV`] names it.
 pub fn pause_point(point: &str) {
-    if std::env::var(ROTATION_PAUSE_ENV).is_ok_and(|p| p == point) {
+    let Ok(setting) = std::env::var(ROTATION_PAUSE_ENV) else {
+        return;
+    };
+    let (at, seconds) = setting.split_once(':').unwrap_or((&setting, "60"));
+    if at == point {
         eprintln!("rotation paused at {point}");
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        let seconds = seconds.parse().unwrap_or(60);
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
     }
+}
+
+/// A rotation that committed.
+#[derive(Debug)]
+pub struct Committed {
+    /// Sealed values re-wrapped.
+    pub rewrapped: usize,
+    /// A step after the commit that failed (moving the key file, removing
+    /// the old one, destroying the old HSM key): the new key is in use
+    /// regardless; a key file is moved into place at the next open.
+    pub unfinished: Option<String>,
 }
 
 impl Home {
@@ -99,6 +118,7 @@ impl Home {
     /// `master.key.next`; an HSM key is generated in its token). Nothing
     /// uses it until [`Home::commit_rotation`].
     pub async fn prepare_rotation(&self, to: NewKeySource) -> Result<PreparedRotation, HomeError> {
+        let lock = KeyLock::exclusive_on(self.root())?;
         let mut shares = Vec::new();
         let mut key_hex = None;
         let (wrapper, source) = match to {
@@ -136,6 +156,7 @@ impl Home {
         };
         pause_point("key-written");
         Ok(PreparedRotation {
+            _lock: lock,
             wrapper,
             source,
             shares,
@@ -146,9 +167,9 @@ impl Home {
     /// Puts `new` in use: re-wraps every sealed secret and the derivation
     /// root and records the new source, in one catalogue transaction; then
     /// moves the key file into place (or removes the old one) and removes
-    /// an old HSM key from its token. Returns how many secrets were
-    /// re-wrapped. Dataset files are not touched.
-    pub async fn commit_rotation(&self, new: PreparedRotation) -> Result<usize, HomeError> {
+    /// an old HSM key from its token. Dataset files are not touched. An
+    /// error means the catalogue did not change and the old key is in use.
+    pub async fn commit_rotation(&self, new: PreparedRotation) -> Result<Committed, HomeError> {
         let old = self.keys().wrapper();
         let root = new
             .wrapper
@@ -166,6 +187,15 @@ impl Home {
         if !matches!(new.source, KeySource::Hsm(_)) {
             remove.push(KEY_HSM);
         }
+        if let Wrapper::Hsm(old_key) = old {
+            // Destroyed after the commit; recorded so that a crash before
+            // that does not leave it in the token unnoticed.
+            settings.push((
+                KEY_HSM_RETIRED,
+                serde_json::to_vec(old_key.config())
+                    .map_err(|e| HomeError::Meta(crate::meta::MetaError::Corrupt(e.to_string())))?,
+            ));
+        }
         let settings: Vec<(&str, &[u8])> =
             settings.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         let rewrap = |purpose: &str, what: &'static str, sealed: &[u8]| {
@@ -177,6 +207,20 @@ impl Home {
             .rewrap_sealed(&rewrap, &settings, &remove)
             .await?;
         pause_point("committed");
+        let unfinished = self
+            .finish_rotation(&new)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        Ok(Committed {
+            rewrapped: count,
+            unfinished,
+        })
+    }
+
+    /// The steps after the commit: the key file into place (or the old
+    /// one away), the old HSM key destroyed.
+    async fn finish_rotation(&self, new: &PreparedRotation) -> Result<(), HomeError> {
         let root_dir = self.root();
         if new.source == KeySource::File {
             let path = root_dir.join(MASTER_KEY_FILE);
@@ -185,12 +229,23 @@ impl Home {
         } else {
             remove_if_present(&root_dir.join(MASTER_KEY_FILE))?;
         }
-        if let Wrapper::Hsm(old_key) = old {
+        if let Wrapper::Hsm(old_key) = self.keys().wrapper() {
             // The new key opens everything; the old one is now only a way
-            // into backups made before, which the custodian may keep with
-            // the token's own backup if they need them.
+            // into copies of the catalogue made before.
             old_key.destroy()?;
+            self.meta()
+                .replace_instance_values(&[], &[KEY_HSM_RETIRED])
+                .await?;
         }
-        Ok(count)
+        Ok(())
+    }
+
+    /// An HSM key a rotation retired but did not destroy (a crash after
+    /// its commit, in a token other than the one in use): to delete by hand.
+    pub async fn retired_hsm_key(&self) -> Result<Option<HsmConfig>, HomeError> {
+        match self.meta().instance_value(KEY_HSM_RETIRED).await? {
+            Some(raw) => Ok(serde_json::from_slice(&raw).ok()),
+            None => Ok(None),
+        }
     }
 }

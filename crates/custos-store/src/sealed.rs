@@ -153,7 +153,14 @@ pub(crate) async fn rewrap_sqlite(
         for row in rows {
             let key: String = row.try_get("k")?;
             let sealed: Vec<u8> = row.try_get("v")?;
-            let resealed = rewrap(&(c.purpose)(&key), c.what, &sealed)?;
+            let resealed = rewrap(&(c.purpose)(&key), c.what, &sealed).map_err(|e| {
+                MetaError::Corrupt(format!(
+                    "{e} (the {} of `{}` in `{}`); nothing was changed",
+                    c.what,
+                    key.chars().take(64).collect::<String>(),
+                    c.table
+                ))
+            })?;
             sqlx::query(AssertSqlSafe(update.clone()))
                 .bind(resealed)
                 .bind(&key)

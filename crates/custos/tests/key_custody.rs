@@ -748,3 +748,145 @@ fn a_crash_anywhere_in_a_rotation_leaves_the_old_key_or_the_new_one() {
     home.fetch(&id);
     home.verify_ledger();
 }
+
+/// Rewrites instance setting `key` of the home's catalogue with `f`
+/// (None: deletes it), as someone with write access to custos.db would.
+fn tamper_setting(home: &Home, key: &str, f: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>) {
+    use sqlx::Row;
+    let db = home.path().join("custos.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let row = sqlx::query("SELECT value FROM instance WHERE key = ?")
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let value: Vec<u8> = row.try_get("value").unwrap();
+        match f(value) {
+            Some(v) => sqlx::query("UPDATE instance SET value = ? WHERE key = ?")
+                .bind(v)
+                .bind(key)
+                .execute(&pool)
+                .await
+                .unwrap(),
+            None => sqlx::query("DELETE FROM instance WHERE key = ?")
+                .bind(key)
+                .execute(&pool)
+                .await
+                .unwrap(),
+        };
+        pool.close().await;
+    });
+}
+
+/// Second review: a command that opened the home while a rotation was
+/// staging its key took the staged key for a crash's leftover and
+/// deleted it, so the rotation committed to a key that existed nowhere.
+#[test]
+fn a_command_during_a_rotation_waits_its_turn_and_the_rotation_lands() {
+    let (mut home, _) = Home::init(tempfile::tempdir().unwrap(), &[], &[]);
+    home.populate();
+    let before = home.fingerprint();
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("custos"));
+    let mut child = cmd
+        .env("CUSTOS_HOME", home.path())
+        .env_remove("CUSTOS_MASTER_KEY")
+        .env("CUSTOS_TOKEN", &home.tokens["alice"])
+        .env("CUSTOS_ROTATION_PAUSE", "key-written:3")
+        .args(["key", "rotate"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    while !lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .contains("rotation paused at")
+    {}
+    // Meanwhile: another command, and a server, are refused, and touch
+    // nothing.
+    for args in [
+        &["key", "show"][..],
+        &["ledger", "verify"][..],
+        &["serve"][..],
+    ] {
+        if args[0] == "ledger" {
+            // The public ledger needs no key and opens no key file.
+            home.cmd(None).args(args).assert().success();
+            continue;
+        }
+        home.cmd(None)
+            .args(args)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("rotation is under way"));
+    }
+    assert!(home.path().join("master.key.next").exists());
+    for line in lines.by_ref() {
+        let _ = line.unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let after = home.fingerprint();
+    assert_ne!(after, before);
+    home.query();
+}
+
+#[test]
+fn a_tampered_catalogue_cannot_swap_the_key_source_or_drop_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::new(dir.path(), "custos-tamper");
+    let conf = token.conf.to_string_lossy().into_owned();
+    let (home, _) = Home::init(
+        dir,
+        &[("SOFTHSM2_CONF", &conf), ("CUSTOS_HSM_PIN", PIN)],
+        &["--hsm", SOFTHSM, "--hsm-token", &token.label],
+    );
+    home.fingerprint();
+    // A module of someone else's making named in the catalogue is not
+    // loaded (loading it would run its code beside the PIN).
+    let planted = home.dir.path().join("planted.so");
+    std::fs::copy(SOFTHSM, &planted).unwrap();
+    // Someone else's file: as root, give it away (not as root, it is the
+    // tester's own, which is not root's either).
+    let _ = std::os::unix::fs::chown(&planted, Some(65534), Some(65534));
+    let planted = planted.to_string_lossy().into_owned();
+    tamper_setting(&home, "key_hsm", |v| {
+        Some(
+            String::from_utf8(v)
+                .unwrap()
+                .replace(SOFTHSM, &planted)
+                .into_bytes(),
+        )
+    });
+    home.cmd(None)
+        .args(["key", "show"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("refusing the PKCS#11 module"));
+    tamper_setting(&home, "key_hsm", |v| {
+        Some(
+            String::from_utf8(v)
+                .unwrap()
+                .replace(&planted, SOFTHSM)
+                .into_bytes(),
+        )
+    });
+    home.fingerprint();
+
+    // A home made with a derivation root does not fall back to deriving
+    // from the master key when the root's row is deleted.
+    let (file_home, _) = Home::init(tempfile::tempdir().unwrap(), &[], &[]);
+    tamper_setting(&file_home, "derivation_root_wrapped", |_| None);
+    file_home
+        .cmd(None)
+        .args(["key", "show"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("the derivation root is missing"));
+}

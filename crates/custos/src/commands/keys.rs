@@ -171,8 +171,15 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: KeyCommand) -> anyhow::
         KeyCommand::Show => {
             let custos = open_custos(home).await?;
             let (source, fingerprint) = custos.master_key_summary();
+            let retired = custos.retired_master_key().await;
             custos.close()?;
             show_source(&source, &fingerprint);
+            if let Some(old) = retired? {
+                eprintln!(
+                    "warning: the HSM key `{}` in token `{}` was retired by a rotation that stopped before destroying it; delete it from the token",
+                    old.label, old.token
+                );
+            }
         }
         KeyCommand::Rotate { env, to } => {
             let to = new_master_key(to, env)?;
@@ -207,6 +214,11 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: KeyCommand) -> anyhow::
                 rotated.previous_fingerprint,
                 rotated.fingerprint
             );
+            if let Some(step) = &rotated.unfinished {
+                eprintln!(
+                    "warning: the new key is in use, but a last step failed: {step}\n         (a staged master.key.next is moved into place at the next open; an old HSM key may have to be deleted from its token by hand)"
+                );
+            }
             if rotated.from == "file" && rotated.to != "file" {
                 eprintln!(
                     "  master.key was removed from the home; copies in older backups still open those backups."

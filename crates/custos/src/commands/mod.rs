@@ -26,6 +26,9 @@ use custos_broker::{ExternalKey, HomeError, IngestError};
 /// Reads `CUSTOS_MASTER_KEY`, if set. The value is never printed.
 pub fn master_key_from_env() -> anyhow::Result<Option<ExternalKey>> {
     match std::env::var("CUSTOS_MASTER_KEY") {
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("CUSTOS_MASTER_KEY must be 64 hexadecimal characters")
+        }
         Ok(text) if !text.trim().is_empty() => Ok(Some(
             ExternalKey::from_hex(&text).map_err(|e| anyhow::anyhow!("CUSTOS_MASTER_KEY: {e}"))?,
         )),
