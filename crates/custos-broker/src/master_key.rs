@@ -52,10 +52,10 @@ impl Custos {
         )
     }
 
-    /// An HSM key a rotation retired but could not destroy (a crash after
-    /// the commit, in another token): to be deleted by hand.
-    pub async fn retired_master_key(&self) -> Result<Option<HsmConfig>, BrokerError> {
-        Ok(self.home().retired_hsm_key().await?)
+    /// HSM keys rotations retired but could not destroy (a crash after a
+    /// commit, in another token): to be deleted by hand.
+    pub async fn retired_master_keys(&self) -> Result<Vec<HsmConfig>, BrokerError> {
+        Ok(self.home().retired_hsm_keys().await?)
     }
 
     /// Rotates the master key (admins only): makes the new key, shows what

@@ -22,10 +22,11 @@ use zeroize::Zeroizing;
 use crate::hsm::{HsmConfig, HsmKey};
 use crate::key_shares::{PrintedShare, ShareSet};
 use crate::keyring::{Keyring, Wrapper};
+use crate::keys::KeyCheck;
 use crate::keys::{DerivationRoot, KEY_LEN, KeyError, MasterKey, SecretText, random_bytes};
 use crate::ledger_key::LedgerKeySource;
 use crate::meta::{MetaError, MetadataStore, SqliteMetadata};
-use crate::sealed::{DERIVATION_ROOT, DERIVATION_ROOT_PURPOSE};
+use crate::sealed::{DERIVATION_ROOT, RETIRED_KEYS_PURPOSE, derivation_root_purpose};
 
 /// The on-disk format version this build writes and reads.
 pub const FORMAT_VERSION: &str = "1";
@@ -36,9 +37,6 @@ pub const NEXT_MASTER_KEY_FILE: &str = "master.key.next";
 /// Name of the lock file a rotation holds exclusively (and an open holds
 /// shared), so that no process tidies key files while another rotates.
 pub const KEY_LOCK_FILE: &str = "master.key.lock";
-/// Instance setting of homes made with a derivation root: its absence
-/// then means a tampered catalogue, not an older home.
-pub(crate) const KEY_CUSTODY: &str = "key_custody_version";
 /// Name of the SQLite metadata database inside a home.
 pub const METADATA_DB_FILE: &str = "custos.db";
 /// Name of the datasets directory inside a home.
@@ -54,7 +52,9 @@ pub(crate) const KEY_CHECK: &str = "master_key_check";
 pub(crate) const KEY_SHARES: &str = "key_shares";
 /// Instance setting: the token and key (JSON) under the HSM source.
 pub(crate) const KEY_HSM: &str = "key_hsm";
-/// Instance setting: an HSM key a rotation retired and has yet to destroy.
+/// Instance setting: the HSM keys rotations retired and have yet to
+/// destroy (JSON, sealed under the current master key, so a tampered
+/// catalogue cannot name a key for destruction).
 pub(crate) const KEY_HSM_RETIRED: &str = "key_hsm_retired";
 
 /// Errors opening or creating a home.
@@ -475,10 +475,9 @@ impl Home {
         let root = DerivationRoot::generate()?;
         meta.insert_instance_value(
             DERIVATION_ROOT,
-            &wrapper.wrap(DERIVATION_ROOT_PURPOSE, root.bytes())?,
+            &wrapper.wrap(&derivation_root_purpose(origin), root.bytes())?,
         )
         .await?;
-        meta.insert_instance_value(KEY_CUSTODY, b"1").await?;
         meta.insert_instance_value("origin", origin.as_bytes())
             .await?;
         // The ledger key itself is not kept here: only its public half and
@@ -579,10 +578,12 @@ impl Home {
         // only to tidy what a crashed rotation left. Never while another
         // process rotates: its staged key would be taken for a leftover.
         let lock = KeyLock::shared(root)?;
+        let mut check_kind = KeyCheck::Current;
+        let mut pin_given = None;
         let wrapper = match (&source, input) {
             (KeySource::Hsm(config), KeyInput::HsmPin(pin)) => {
                 let key = HsmKey::open(config, pin.expose())?;
-                destroy_retired_key(&meta, config, pin.expose()).await?;
+                pin_given = Some(pin);
                 Wrapper::Hsm(key)
             }
             (KeySource::Hsm(config), _) => {
@@ -590,7 +591,7 @@ impl Home {
             }
             (KeySource::Shares(set), KeyInput::Shares(texts)) => {
                 let master = crate::key_shares::combine(&texts, set)?;
-                master.verify_key_check(&check)?;
+                check_kind = master.verify_key_check(&check)?;
                 Wrapper::Software(master)
             }
             (KeySource::Shares(set), _) => {
@@ -602,32 +603,39 @@ impl Home {
             (_, KeyInput::Shares(_)) => return Err(HomeError::WrongKeyKind(source.name())),
             (_, KeyInput::HsmPin(_)) => return Err(HomeError::WrongKeyKind(source.name())),
             (KeySource::File | KeySource::Environment, KeyInput::Master(master)) => {
-                master.verify_key_check(&check)?;
+                check_kind = master.verify_key_check(&check)?;
                 Wrapper::Software(master)
             }
             (KeySource::Environment, KeyInput::None) => return Err(HomeError::MasterKeyMissing),
             (KeySource::File, KeyInput::None) => {
                 let master = read_key_file(root, &check, &lock)?;
-                master.verify_key_check(&check)?;
+                check_kind = master.verify_key_check(&check)?;
                 Wrapper::Software(master)
             }
         };
+        let origin = meta.instance_value("origin").await?.unwrap_or_default();
+        let origin = String::from_utf8_lossy(&origin);
         let root_key = match meta.instance_value(DERIVATION_ROOT).await? {
             Some(wrapped) => DerivationRoot::from_bytes(
                 *wrapper
-                    .unwrap_key(DERIVATION_ROOT_PURPOSE, "derivation root", &wrapped)
+                    .unwrap_key(
+                        &derivation_root_purpose(&origin),
+                        "derivation root",
+                        &wrapped,
+                    )
                     .map_err(|e| match (&wrapper, e) {
-                        // An HSM key has no separate check: a key that cannot open
-                        // the root is the wrong key (or another token's).
+                        // An HSM key has no separate check: a key that
+                        // cannot open the root is the wrong key (or
+                        // another token's).
                         (Wrapper::Hsm(_), KeyError::Unwrap(_)) => KeyError::WrongMasterKey,
                         (_, e) => e,
                     })?,
             ),
-            // A home made before key custody: its derived keys came from
-            // the master key itself, and stay so (see keys.rs). A home
-            // made since always has a root: without it, refuse.
+            // A home made before key custody (its key check says so, and
+            // only the key can make a check): its derived keys came from
+            // the master key itself, and stay so (see keys.rs).
             None => match &wrapper {
-                Wrapper::Software(master) if meta.instance_value(KEY_CUSTODY).await?.is_none() => {
+                Wrapper::Software(master) if check_kind == KeyCheck::Legacy => {
                     DerivationRoot::from_bytes(*master.bytes())
                 }
                 _ => {
@@ -637,6 +645,9 @@ impl Home {
                 }
             },
         };
+        if let (KeySource::Hsm(config), Some(pin)) = (&source, &pin_given) {
+            destroy_retired_keys(&meta, &wrapper, config, pin.expose()).await?;
+        }
         if source != KeySource::File {
             // A rotation away from a key file that stopped after its
             // commit: the old key opens nothing here any more.
@@ -710,25 +721,69 @@ impl Home {
     }
 }
 
-/// Destroys the HSM key a rotation retired but could not destroy (a crash
-/// after its commit), when it is in the same token as the key in use.
-async fn destroy_retired_key(
+/// The HSM keys rotations retired and have yet to destroy, as sealed under
+/// the current key (a record that does not open under it is ignored: it
+/// was not written by this home's rotation).
+pub(crate) async fn retired_keys(
+    meta: &dyn MetadataStore,
+    wrapper: &Wrapper,
+) -> Result<Vec<HsmConfig>, HomeError> {
+    let Some(sealed) = meta.instance_value(KEY_HSM_RETIRED).await? else {
+        return Ok(Vec::new());
+    };
+    let Ok(json) = wrapper.unwrap_secret(RETIRED_KEYS_PURPOSE, "retired HSM keys", &sealed) else {
+        return Ok(Vec::new());
+    };
+    Ok(serde_json::from_slice(&json).unwrap_or_default())
+}
+
+/// Writes the retired keys' list sealed under `wrapper` (or removes it).
+pub(crate) fn retired_setting(
+    wrapper: &Wrapper,
+    keys: &[HsmConfig],
+) -> Result<Option<Vec<u8>>, HomeError> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(wrapper.wrap(RETIRED_KEYS_PURPOSE, &json(&keys)?)?))
+}
+
+/// Destroys the HSM keys a rotation retired but could not destroy (a
+/// crash after its commit) that are in the token of the key in use and
+/// are not that key. Runs after the key in use has opened the root.
+async fn destroy_retired_keys(
     meta: &SqliteMetadata,
+    wrapper: &Wrapper,
     current: &HsmConfig,
     pin: &str,
 ) -> Result<(), HomeError> {
-    let Some(raw) = meta.instance_value(KEY_HSM_RETIRED).await? else {
-        return Ok(());
-    };
-    let retired: HsmConfig = unjson(&raw, KEY_HSM_RETIRED)?;
-    if retired.module != current.module || retired.token != current.token {
+    let retired = retired_keys(meta, wrapper).await?;
+    if retired.is_empty() {
         return Ok(());
     }
-    if let Ok(old) = HsmKey::open(&retired, pin) {
-        old.destroy()?;
+    let mut kept = Vec::new();
+    for old in retired {
+        let same_key = old.label == current.label || old.id == current.id;
+        if same_key || old.module != current.module || old.token != current.token {
+            if !same_key {
+                kept.push(old);
+            }
+            continue;
+        }
+        if let Ok(key) = HsmKey::open(&old, pin) {
+            key.destroy()?;
+        }
     }
-    meta.replace_instance_values(&[], &[KEY_HSM_RETIRED])
-        .await?;
+    match retired_setting(wrapper, &kept)? {
+        Some(v) => {
+            meta.replace_instance_values(&[(KEY_HSM_RETIRED, &v)], &[])
+                .await?
+        }
+        None => {
+            meta.replace_instance_values(&[], &[KEY_HSM_RETIRED])
+                .await?
+        }
+    }
     Ok(())
 }
 
@@ -741,6 +796,10 @@ fn read_key_file(root: &Path, check: &[u8], lock: &KeyLock) -> Result<MasterKey,
     let next = root.join(NEXT_MASTER_KEY_FILE);
     if next.exists() {
         lock.exclusive()?;
+    }
+    // Checked again under the exclusive hold: another open may have
+    // tidied it meanwhile.
+    if next.exists() {
         refuse_shared_key_file(&next)?;
         let text = Zeroizing::new(fs::read_to_string(&next).map_err(io_err(&next))?);
         let committed = MasterKey::from_hex(&text)
@@ -780,24 +839,38 @@ impl KeyLock {
             .map_err(io_err(&path))
     }
 
+    /// Tries `take` for up to five seconds (another open tidying, or a
+    /// short rotation, ends by then), then says a rotation is under way.
+    fn retrying(take: impl Fn() -> Result<(), fs::TryLockError>) -> Result<(), HomeError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match take() {
+                Ok(()) => return Ok(()),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(_) => return Err(HomeError::RotationUnderWay),
+            }
+        }
+    }
+
     /// A shared hold, refused while a rotation holds the lock.
     pub(crate) fn shared(root: &Path) -> Result<Self, HomeError> {
         let file = Self::file(root)?;
-        file.try_lock_shared()
-            .map_err(|_| HomeError::RotationUnderWay)?;
+        Self::retrying(|| file.try_lock_shared())?;
         Ok(Self(file))
     }
 
     /// An exclusive hold, refused while any other process holds the lock.
     pub(crate) fn exclusive_on(root: &Path) -> Result<Self, HomeError> {
         let file = Self::file(root)?;
-        file.try_lock().map_err(|_| HomeError::RotationUnderWay)?;
+        Self::retrying(|| file.try_lock())?;
         Ok(Self(file))
     }
 
     /// Turns this shared hold exclusive (to tidy leftovers of a crash).
     pub(crate) fn exclusive(&self) -> Result<(), HomeError> {
-        self.0.try_lock().map_err(|_| HomeError::RotationUnderWay)
+        Self::retrying(|| self.0.try_lock())
     }
 }
 

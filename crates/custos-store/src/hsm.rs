@@ -81,8 +81,8 @@ fn context(module: &Path) -> Result<Pkcs11, KeyError> {
     if let Some(ctx) = contexts.get(module) {
         return Ok(ctx.clone());
     }
-    check_module(module)?;
-    let ctx = Pkcs11::new(module).map_err(|e| {
+    let trusted = trusted_module(module)?;
+    let ctx = Pkcs11::new(&trusted).map_err(|e| {
         KeyError::Hsm(format!(
             "cannot load the PKCS#11 module `{}`: {e}",
             module.display()
@@ -96,35 +96,33 @@ fn context(module: &Path) -> Result<Pkcs11, KeyError> {
     Ok(ctx)
 }
 
-/// Refuses a module that anyone but root could have placed or changed:
-/// its path comes from the catalogue, and loading a library runs its code
-/// in this process, which is about to hold the PIN.
-fn check_module(module: &Path) -> Result<(), KeyError> {
+/// The module's canonical path, refused unless root owns it and every
+/// directory above it and no one else may write any of them: its path
+/// comes from the catalogue, and loading a library runs its code in this
+/// process, which is about to hold the PIN. With no symbolic link left and
+/// no directory another user may change, what is checked is what loads.
+fn trusted_module(module: &Path) -> Result<PathBuf, KeyError> {
     use std::os::unix::fs::MetadataExt;
-    if !module.is_absolute() {
-        return Err(KeyError::Hsm(format!(
-            "the PKCS#11 module `{}` must be an absolute path",
+    let refuse = |why: String| {
+        KeyError::Hsm(format!(
+            "refusing the PKCS#11 module `{}`: {why}",
             module.display()
-        )));
+        ))
+    };
+    if !module.is_absolute() {
+        return Err(refuse("it must be an absolute path".into()));
     }
-    let mut checked = vec![module];
-    checked.extend(module.parent());
-    for path in checked {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            KeyError::Hsm(format!(
-                "cannot load the PKCS#11 module `{}`: {e}",
-                module.display()
-            ))
-        })?;
+    let canonical = std::fs::canonicalize(module).map_err(|e| refuse(e.to_string()))?;
+    for path in canonical.ancestors() {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(e.to_string()))?;
         if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            return Err(KeyError::Hsm(format!(
-                "refusing the PKCS#11 module `{}`: `{}` must be owned by root and writable by no one else (a library another user placed would run with the PIN)",
-                module.display(),
+            return Err(refuse(format!(
+                "`{}` must be owned by root and writable by no one else (a library another user could place would run with the PIN)",
                 path.display()
             )));
         }
     }
-    Ok(())
+    Ok(canonical)
 }
 
 /// A PKCS#11 failure as a key error (PKCS#11 errors carry no secrets).

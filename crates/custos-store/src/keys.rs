@@ -115,6 +115,16 @@ impl std::fmt::Debug for SecretText {
     }
 }
 
+/// Which key check a key matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// A home with a derivation root.
+    Current,
+    /// A home made before key custody (its derived keys come from the
+    /// master key itself).
+    Legacy,
+}
+
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn random_bytes(buf: &mut [u8]) -> Result<(), KeyError> {
     getrandom::fill(buf).map_err(|_| KeyError::Random)
@@ -157,15 +167,25 @@ impl MasterKey {
         Zeroizing::new(hex::encode(self.0))
     }
 
-    /// A value that proves a key is this key without revealing it.
+    /// A value that proves a key is this key without revealing it, and
+    /// that its home has a derivation root (only the key can make it, so
+    /// deleting catalogue rows cannot turn a home into an older one).
     pub fn key_check(&self) -> [u8; 32] {
+        self.hmac(b"custos/v2/master-key-check")
+    }
+
+    /// The key check of homes made before the derivation root.
+    fn legacy_key_check(&self) -> [u8; 32] {
         self.hmac(b"custos/v1/master-key-check")
     }
 
-    /// Checks `expected` (from [`MasterKey::key_check`]) in constant time.
-    pub fn verify_key_check(&self, expected: &[u8]) -> Result<(), KeyError> {
+    /// Checks `expected` in constant time; says whether it is an older
+    /// home's check ([`KeyCheck::Legacy`]).
+    pub fn verify_key_check(&self, expected: &[u8]) -> Result<KeyCheck, KeyError> {
         if bool::from(self.key_check().ct_eq(expected)) {
-            Ok(())
+            Ok(KeyCheck::Current)
+        } else if bool::from(self.legacy_key_check().ct_eq(expected)) {
+            Ok(KeyCheck::Legacy)
         } else {
             Err(KeyError::WrongMasterKey)
         }

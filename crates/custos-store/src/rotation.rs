@@ -12,13 +12,14 @@ use zeroize::Zeroizing;
 
 use crate::home::{
     Home, HomeError, KEY_CHECK, KEY_HSM, KEY_HSM_RETIRED, KEY_SHARES, KeyLock, KeySource,
-    MASTER_KEY_FILE, NEXT_MASTER_KEY_FILE, io_err, remove_if_present, sync_dir, write_secret_file,
+    MASTER_KEY_FILE, NEXT_MASTER_KEY_FILE, io_err, remove_if_present, retired_keys,
+    retired_setting, sync_dir, write_secret_file,
 };
 use crate::hsm::{HsmConfig, HsmKey};
 use crate::key_shares::PrintedShare;
 use crate::keyring::Wrapper;
 use crate::keys::{MasterKey, SecretText, hmac_sha256};
-use crate::sealed::{DERIVATION_ROOT, DERIVATION_ROOT_PURPOSE};
+use crate::sealed::{DERIVATION_ROOT, derivation_root_purpose};
 
 /// Set to `key-written`, `ledgered` or `committed` to stop a rotation
 /// there for a minute, or `POINT:SECONDS` for that long (the crash tests
@@ -171,9 +172,10 @@ impl Home {
     /// error means the catalogue did not change and the old key is in use.
     pub async fn commit_rotation(&self, new: PreparedRotation) -> Result<Committed, HomeError> {
         let old = self.keys().wrapper();
-        let root = new
-            .wrapper
-            .wrap(DERIVATION_ROOT_PURPOSE, self.keys().root().bytes())?;
+        let root = new.wrapper.wrap(
+            &derivation_root_purpose(&self.origin().await?),
+            self.keys().root().bytes(),
+        )?;
         let mut settings: Vec<(&str, Vec<u8>)> = new.source.settings()?;
         settings.push((DERIVATION_ROOT, root));
         let mut remove = Vec::new();
@@ -187,14 +189,16 @@ impl Home {
         if !matches!(new.source, KeySource::Hsm(_)) {
             remove.push(KEY_HSM);
         }
+        // An old HSM key is destroyed after the commit; it joins the list
+        // of retired keys (sealed under the new key) so that a crash
+        // before that leaves it recorded, not forgotten.
+        let mut retired = retired_keys(self.meta().as_ref(), old).await?;
         if let Wrapper::Hsm(old_key) = old {
-            // Destroyed after the commit; recorded so that a crash before
-            // that does not leave it in the token unnoticed.
-            settings.push((
-                KEY_HSM_RETIRED,
-                serde_json::to_vec(old_key.config())
-                    .map_err(|e| HomeError::Meta(crate::meta::MetaError::Corrupt(e.to_string())))?,
-            ));
+            retired.push(old_key.config().clone());
+        }
+        match retired_setting(&new.wrapper, &retired)? {
+            Some(sealed) => settings.push((KEY_HSM_RETIRED, sealed)),
+            None => remove.push(KEY_HSM_RETIRED),
         }
         let settings: Vec<(&str, &[u8])> =
             settings.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -208,7 +212,7 @@ impl Home {
             .await?;
         pause_point("committed");
         let unfinished = self
-            .finish_rotation(&new)
+            .finish_rotation(&new, retired)
             .await
             .err()
             .map(|e| e.to_string());
@@ -219,8 +223,12 @@ impl Home {
     }
 
     /// The steps after the commit: the key file into place (or the old
-    /// one away), the old HSM key destroyed.
-    async fn finish_rotation(&self, new: &PreparedRotation) -> Result<(), HomeError> {
+    /// one away), the old HSM key destroyed and struck from the retired.
+    async fn finish_rotation(
+        &self,
+        new: &PreparedRotation,
+        mut retired: Vec<HsmConfig>,
+    ) -> Result<(), HomeError> {
         let root_dir = self.root();
         if new.source == KeySource::File {
             let path = root_dir.join(MASTER_KEY_FILE);
@@ -233,19 +241,26 @@ impl Home {
             // The new key opens everything; the old one is now only a way
             // into copies of the catalogue made before.
             old_key.destroy()?;
-            self.meta()
-                .replace_instance_values(&[], &[KEY_HSM_RETIRED])
-                .await?;
+            retired.retain(|k| k.id != old_key.config().id);
+            match retired_setting(&new.wrapper, &retired)? {
+                Some(v) => {
+                    self.meta()
+                        .replace_instance_values(&[(KEY_HSM_RETIRED, &v)], &[])
+                        .await?
+                }
+                None => {
+                    self.meta()
+                        .replace_instance_values(&[], &[KEY_HSM_RETIRED])
+                        .await?
+                }
+            }
         }
         Ok(())
     }
 
-    /// An HSM key a rotation retired but did not destroy (a crash after
-    /// its commit, in a token other than the one in use): to delete by hand.
-    pub async fn retired_hsm_key(&self) -> Result<Option<HsmConfig>, HomeError> {
-        match self.meta().instance_value(KEY_HSM_RETIRED).await? {
-            Some(raw) => Ok(serde_json::from_slice(&raw).ok()),
-            None => Ok(None),
-        }
+    /// HSM keys rotations retired but did not destroy (a crash after a
+    /// commit, in a token other than the one in use): to delete by hand.
+    pub async fn retired_hsm_keys(&self) -> Result<Vec<HsmConfig>, HomeError> {
+        retired_keys(self.meta().as_ref(), self.keys().wrapper()).await
     }
 }

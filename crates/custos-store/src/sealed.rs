@@ -12,8 +12,14 @@ use crate::meta::MetaError;
 
 /// AAD of the instance signing key of homes that kept it wrapped inside.
 pub(crate) const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
-/// AAD of the wrapped derivation root.
-pub(crate) const DERIVATION_ROOT_PURPOSE: &str = "custos/v1/derivation-root";
+/// AAD of the wrapped derivation root, bound to the home's checkpoint
+/// origin (fixed at init, signed into every checkpoint): another home's
+/// root, even under the same master key, does not open here.
+pub(crate) fn derivation_root_purpose(origin: &str) -> String {
+    format!("custos/v1/derivation-root/{origin}")
+}
+/// AAD of the sealed list of HSM keys a rotation retired.
+pub(crate) const RETIRED_KEYS_PURPOSE: &str = "custos/v1/retired-hsm-keys";
 /// Instance setting that holds the wrapped derivation root.
 pub(crate) const DERIVATION_ROOT: &str = "derivation_root_wrapped";
 
@@ -120,7 +126,11 @@ pub(crate) const SETTINGS: &[(&str, &str, &str)] = &[
         SIGNING_KEY_PURPOSE,
         "instance signing key",
     ),
-    (DERIVATION_ROOT, DERIVATION_ROOT_PURPOSE, "derivation root"),
+    (
+        crate::home::KEY_HSM_RETIRED,
+        RETIRED_KEYS_PURPOSE,
+        "retired HSM keys",
+    ),
 ];
 
 /// The SQLite side of `MetadataStore::rewrap_sealed`: one transaction over

@@ -795,7 +795,7 @@ fn a_command_during_a_rotation_waits_its_turn_and_the_rotation_lands() {
         .env("CUSTOS_HOME", home.path())
         .env_remove("CUSTOS_MASTER_KEY")
         .env("CUSTOS_TOKEN", &home.tokens["alice"])
-        .env("CUSTOS_ROTATION_PAUSE", "key-written:3")
+        .env("CUSTOS_ROTATION_PAUSE", "key-written:20")
         .args(["key", "rotate"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -809,8 +809,8 @@ fn a_command_during_a_rotation_waits_its_turn_and_the_rotation_lands() {
         .unwrap()
         .contains("rotation paused at")
     {}
-    // Meanwhile: another command, and a server, are refused, and touch
-    // nothing.
+    // Meanwhile: another command, and a server, wait five seconds for the
+    // lock, then are refused, and touch nothing.
     for args in [
         &["key", "show"][..],
         &["ledger", "verify"][..],
@@ -878,6 +878,34 @@ fn a_tampered_catalogue_cannot_swap_the_key_source_or_drop_the_root() {
         )
     });
     home.fingerprint();
+
+    // A forged "retired key" row naming the key in use (second review:
+    // it destroyed the live key at the next open) is not this home's
+    // record, sealed under its key: nothing is destroyed.
+    let live = {
+        use sqlx::Row;
+        let db = home.path().join("custos.db");
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let row = sqlx::query("SELECT value FROM instance WHERE key = 'key_hsm'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let v: Vec<u8> = row.try_get("value").unwrap();
+            sqlx::query("INSERT INTO instance (key, value) VALUES ('key_hsm_retired', ?)")
+                .bind(&v)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            v
+        })
+    };
+    assert!(!live.is_empty());
+    let first = home.fingerprint();
+    assert_eq!(home.fingerprint(), first, "the live HSM key was destroyed");
 
     // A home made with a derivation root does not fall back to deriving
     // from the master key when the root's row is deleted.

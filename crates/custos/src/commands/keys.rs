@@ -171,10 +171,10 @@ pub async fn run(home: &Path, server: Option<&str>, cmd: KeyCommand) -> anyhow::
         KeyCommand::Show => {
             let custos = open_custos(home).await?;
             let (source, fingerprint) = custos.master_key_summary();
-            let retired = custos.retired_master_key().await;
+            let retired = custos.retired_master_keys().await;
             custos.close()?;
             show_source(&source, &fingerprint);
-            if let Some(old) = retired? {
+            for old in retired? {
                 eprintln!(
                     "warning: the HSM key `{}` in token `{}` was retired by a rotation that stopped before destroying it; delete it from the token",
                     old.label, old.token
