@@ -523,6 +523,16 @@ impl Custos {
                     ),
             )?;
         }
+        if let Some(fingerprint) = custos.home.take_pending_rotation().await? {
+            // A rotation stopped between its ledger entry and its commit:
+            // the ledger says it did not take effect.
+            custos.append(
+                &Entry::new(now_micros(), "custos", "key.rotate", Decision::Recorded)
+                    .with_attribute("fingerprint", fingerprint)
+                    .with_attribute("in_use", custos.home.key_fingerprint())
+                    .with_reason("a master-key rotation stopped before its commit and did not take effect; the key in use is unchanged"),
+            )?;
+        }
         Ok(custos)
     }
 

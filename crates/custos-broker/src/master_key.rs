@@ -98,6 +98,7 @@ impl Custos {
                 .with_count("shares", set.count() as u64);
         }
         // INVARIANT: the new key wraps nothing until this entry is durable.
+        self.home().mark_rotation_pending(&fingerprint).await?;
         let recorded = self.append(&entry)?;
         pause_point("ledgered");
         let committed = match self.home().commit_rotation(new).await {

@@ -26,6 +26,11 @@ use crate::sealed::{DERIVATION_ROOT, derivation_root_purpose};
 /// kill the process there; the lock tests let it go on).
 pub const ROTATION_PAUSE_ENV: &str = "CUSTOS_ROTATION_PAUSE";
 
+/// Instance setting: the fingerprint of a rotation about to be ledgered,
+/// removed by its commit. Found at an open, it is a rotation that was
+/// recorded (or attempted) but never took effect.
+const PENDING: &str = "key_rotation_pending";
+
 /// Where the new master key goes.
 #[derive(Debug)]
 pub enum NewKeySource {
@@ -110,6 +115,25 @@ pub struct Committed {
 }
 
 impl Home {
+    /// Notes that the rotation to `fingerprint` is about to be ledgered
+    /// (its commit clears the note).
+    pub async fn mark_rotation_pending(&self, fingerprint: &str) -> Result<(), HomeError> {
+        self.meta()
+            .replace_instance_values(&[(PENDING, fingerprint.as_bytes())], &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the note of a rotation that was ledgered (or attempted) but
+    /// never committed, if any: its new key's fingerprint.
+    pub async fn take_pending_rotation(&self) -> Result<Option<String>, HomeError> {
+        let Some(raw) = self.meta().instance_value(PENDING).await? else {
+            return Ok(None);
+        };
+        self.meta().replace_instance_values(&[], &[PENDING]).await?;
+        Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
+    }
+
     /// The public fingerprint of the master key in use.
     pub fn key_fingerprint(&self) -> String {
         fingerprint(self.keys().wrapper())
@@ -189,6 +213,7 @@ impl Home {
         if !matches!(new.source, KeySource::Hsm(_)) {
             remove.push(KEY_HSM);
         }
+        remove.push(PENDING);
         // An old HSM key is destroyed after the commit; it joins the list
         // of retired keys (sealed under the new key) so that a crash
         // before that leaves it recorded, not forgotten.

@@ -733,6 +733,20 @@ fn a_crash_anywhere_in_a_rotation_leaves_the_old_key_or_the_new_one() {
         let now = std::fs::read_to_string(home.path().join("master.key")).unwrap();
         assert_eq!(now != old, committed, "at {point}");
         assert!(!home.path().join("master.key.next").exists(), "at {point}");
+        // A rotation ledgered but never committed is marked so in the
+        // ledger at the next open; a committed one is not.
+        let last_rotation = common::ledger(&home.path())
+            .into_iter()
+            .rev()
+            .find(|e| e["action"] == "key.rotate")
+            .map(|e| e["decision"].as_str().unwrap().to_owned());
+        let expected = match point {
+            "ledgered" => "recorded",
+            _ => "allow",
+        };
+        if point != "key-written" || last_rotation.is_some() {
+            assert_eq!(last_rotation.as_deref(), Some(expected), "at {point}");
+        }
         home.fingerprint();
         home.show_request(&id);
         home.query();
