@@ -578,7 +578,6 @@ impl Home {
         // only to tidy what a crashed rotation left. Never while another
         // process rotates: its staged key would be taken for a leftover.
         let lock = KeyLock::shared(root)?;
-        let mut check_kind = KeyCheck::Current;
         let mut pin_given = None;
         let wrapper = match (&source, input) {
             (KeySource::Hsm(config), KeyInput::HsmPin(pin)) => {
@@ -590,9 +589,7 @@ impl Home {
                 return Err(HomeError::HsmPinMissing(config.token.clone()));
             }
             (KeySource::Shares(set), KeyInput::Shares(texts)) => {
-                let master = crate::key_shares::combine(&texts, set)?;
-                check_kind = master.verify_key_check(&check)?;
-                Wrapper::Software(master)
+                Wrapper::Software(crate::key_shares::combine(&texts, set)?)
             }
             (KeySource::Shares(set), _) => {
                 return Err(HomeError::SharesMissing {
@@ -603,15 +600,17 @@ impl Home {
             (_, KeyInput::Shares(_)) => return Err(HomeError::WrongKeyKind(source.name())),
             (_, KeyInput::HsmPin(_)) => return Err(HomeError::WrongKeyKind(source.name())),
             (KeySource::File | KeySource::Environment, KeyInput::Master(master)) => {
-                check_kind = master.verify_key_check(&check)?;
                 Wrapper::Software(master)
             }
             (KeySource::Environment, KeyInput::None) => return Err(HomeError::MasterKeyMissing),
             (KeySource::File, KeyInput::None) => {
-                let master = read_key_file(root, &check, &lock)?;
-                check_kind = master.verify_key_check(&check)?;
-                Wrapper::Software(master)
+                Wrapper::Software(read_key_file(root, &check, &lock)?)
             }
+        };
+        // An HSM key has no separate check: the root's unwrap below is it.
+        let check_kind = match &wrapper {
+            Wrapper::Software(master) => master.verify_key_check(&check)?,
+            Wrapper::Hsm(_) => KeyCheck::Current,
         };
         let origin = meta.instance_value("origin").await?.unwrap_or_default();
         let origin = String::from_utf8_lossy(&origin);

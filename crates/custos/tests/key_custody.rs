@@ -294,18 +294,7 @@ fn three_of_five_shares_open_the_home_and_two_or_a_wrong_one_do_not() {
 
     // Two shares: refused, and nothing is read.
     home.set_unlock(&[("CUSTOS_KEY_SHARES", &pick(&shares, &[2, 4]))]);
-    home.as_("gina")
-        .args([
-            "query",
-            "--agreement",
-            "gao-stats",
-            "SELECT COUNT(*) FROM tax_returns",
-        ])
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains(
-            "2 key share(s) given, this home needs 3 of its 5",
-        ));
+    home.query_refused("2 key share(s) given, this home needs 3 of its 5");
     // No shares and no terminal: says what to do.
     home.set_unlock(&[]);
     home.cmd(None)
@@ -675,15 +664,18 @@ impl Home {
     }
 }
 
-/// Starts `custos key rotate ARGS` paused at `point`, kills it with
-/// SIGKILL there, and returns what it printed on stdout.
-fn rotate_and_kill(home: &Home, args: &[&str], point: &str) -> String {
+/// The stderr lines of a running command.
+type Lines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
+/// Starts `custos key rotate ARGS` as alice with `CUSTOS_ROTATION_PAUSE =
+/// pause` and returns once it says it paused.
+fn start_paused_rotation(home: &Home, args: &[&str], pause: &str) -> (std::process::Child, Lines) {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("custos"));
     cmd.env("CUSTOS_HOME", home.path())
         .env_remove("CUSTOS_MASTER_KEY")
         .env_remove("CUSTOS_KEY_SHARES")
         .env("CUSTOS_TOKEN", &home.tokens["alice"])
-        .env("CUSTOS_ROTATION_PAUSE", point);
+        .env("CUSTOS_ROTATION_PAUSE", pause);
     for (k, v) in &home.unlock {
         cmd.env(k, v);
     }
@@ -694,20 +686,21 @@ fn rotate_and_kill(home: &Home, args: &[&str], point: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let mut seen = String::new();
-    loop {
-        let line = lines
-            .next()
-            .expect("the rotation ended before its pause")
-            .unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains(&format!("rotation paused at {point}")) {
-            break;
-        }
-    }
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let point = pause.split(':').next().unwrap();
+    while !lines
+        .next()
+        .expect("the rotation ended before its pause")
+        .unwrap()
+        .contains(&format!("rotation paused at {point}"))
+    {}
+    (child, lines)
+}
+
+/// Starts `custos key rotate ARGS` paused at `point`, kills it with
+/// SIGKILL there, and returns what it printed on stdout.
+fn rotate_and_kill(home: &Home, args: &[&str], point: &str) -> String {
+    let (mut child, _) = start_paused_rotation(home, args, point);
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -804,25 +797,7 @@ fn a_command_during_a_rotation_waits_its_turn_and_the_rotation_lands() {
     let (mut home, _) = Home::init(tempfile::tempdir().unwrap(), &[], &[]);
     home.populate();
     let before = home.fingerprint();
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("custos"));
-    let mut child = cmd
-        .env("CUSTOS_HOME", home.path())
-        .env_remove("CUSTOS_MASTER_KEY")
-        .env("CUSTOS_TOKEN", &home.tokens["alice"])
-        .env("CUSTOS_ROTATION_PAUSE", "key-written:20")
-        .args(["key", "rotate"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    while !lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .contains("rotation paused at")
-    {}
+    let (mut child, lines) = start_paused_rotation(&home, &[], "key-written:20");
     // Meanwhile: another command, and a server, wait five seconds for the
     // lock, then are refused, and touch nothing.
     for args in [
@@ -842,7 +817,7 @@ fn a_command_during_a_rotation_waits_its_turn_and_the_rotation_lands() {
             .stderr(predicate::str::contains("rotation is under way"));
     }
     assert!(home.path().join("master.key.next").exists());
-    for line in lines.by_ref() {
+    for line in lines {
         let _ = line.unwrap();
     }
     assert!(child.wait().unwrap().success());
