@@ -37,6 +37,7 @@ pub use contents::DatasetCheck;
 pub use custos_model::AgreementStatus;
 pub use custos_privacy::{AppliedBounds, BoundsSource, Cell};
 pub use custos_store::LedgerKeySource;
+pub use custos_store::catalogue::CatalogueLocation;
 pub use custos_store::listings::DayActivity;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use ledger_key::{KeyRotation, LedgerKeyFrom};
@@ -401,15 +402,24 @@ impl Custos {
         key: MasterKeySource,
         origin: Option<String>,
     ) -> Result<(Self, InitReport), BrokerError> {
-        Self::init_with(root, key, origin, LedgerKeySource::beside(root)).await
+        Self::init_with(
+            root,
+            key,
+            origin,
+            LedgerKeySource::beside(root),
+            CatalogueLocation::Embedded,
+        )
+        .await
     }
 
-    /// [`Custos::init`] with the ledger signing key from `ledger_key`.
+    /// [`Custos::init`] with the ledger signing key from `ledger_key` and
+    /// the catalogue at `catalogue`.
     pub async fn init_with(
         root: &Path,
         key: MasterKeySource,
         origin: Option<String>,
         ledger_key: LedgerKeySource,
+        catalogue: CatalogueLocation,
     ) -> Result<(Self, InitReport), BrokerError> {
         let reopen_ledger = LedgerKeyFrom {
             seed: match &ledger_key {
@@ -441,7 +451,7 @@ impl Custos {
                 )
             }
         };
-        let report = Home::init_with(root, store_key, origin, ledger_key).await?;
+        let report = Home::init_with(root, store_key, origin, ledger_key, catalogue).await?;
         let reopen_key = match reopen_pin {
             Some(input) => Some(ExternalKey(input)),
             None if !report.shares.is_empty() => Some(ExternalKey::from_shares(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::lookups::{to_i64, to_u64};
-use crate::meta::{MetaError, SqliteMetadata};
+use crate::meta::{MetaError, SqlMetadata};
 
 /// Microseconds in a day (days are UTC).
 pub const DAY_MICROS: i64 = 86_400_000_000;
@@ -232,7 +232,7 @@ pub trait BrowsingStore: Send + Sync {
     ) -> Result<bool, MetaError>;
 }
 
-fn alert_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AlertRecord, MetaError> {
+fn alert_from_row(row: &sqlx::any::AnyRow) -> Result<AlertRecord, MetaError> {
     let rules: String = row.try_get("rules")?;
     let rests_on: String = row.try_get("rests_on")?;
     let state: String = row.try_get("state")?;
@@ -266,7 +266,7 @@ fn json(value: &impl Serialize) -> Result<String, MetaError> {
 }
 
 #[async_trait]
-impl BrowsingStore for SqliteMetadata {
+impl BrowsingStore for SqlMetadata {
     async fn set_principal_facts(
         &self,
         principal_id: &str,
@@ -274,7 +274,7 @@ impl BrowsingStore for SqliteMetadata {
         micros: i64,
     ) -> Result<(), MetaError> {
         sqlx::query(
-            "INSERT INTO principal_facts (principal_id, facts_sealed, updated_micros) VALUES (?, ?, ?) \
+            "INSERT INTO principal_facts (principal_id, facts_sealed, updated_micros) VALUES ($1, $2, $3) \
              ON CONFLICT (principal_id) DO UPDATE SET facts_sealed = excluded.facts_sealed, \
              updated_micros = excluded.updated_micros",
         )
@@ -288,7 +288,7 @@ impl BrowsingStore for SqliteMetadata {
 
     async fn principal_facts(&self, principal_id: &str) -> Result<Option<Vec<u8>>, MetaError> {
         Ok(
-            sqlx::query("SELECT facts_sealed FROM principal_facts WHERE principal_id = ?")
+            sqlx::query("SELECT facts_sealed FROM principal_facts WHERE principal_id = $1")
                 .bind(principal_id)
                 .fetch_optional(self.pool())
                 .await?
@@ -316,9 +316,10 @@ impl BrowsingStore for SqliteMetadata {
         let mut tx = self.pool().begin().await?;
         for o in observations {
             sqlx::query(
-                "INSERT OR IGNORE INTO browsing_observations (ledger_index, time_micros, day, \
+                "INSERT INTO browsing_observations (ledger_index, time_micros, day, \
                  principal_id, agreement_id, action, allowed, request_id, subject_commitment, off_hours) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (ledger_index) DO NOTHING",
             )
             .bind(to_i64(o.ledger_index)?)
             .bind(o.time_micros)
@@ -326,10 +327,10 @@ impl BrowsingStore for SqliteMetadata {
             .bind(&o.principal_id)
             .bind(&o.agreement_id)
             .bind(&o.action)
-            .bind(o.allowed)
+            .bind(i64::from(o.allowed))
             .bind(&o.request_id)
             .bind(o.subject_commitment.map(|c| c.to_vec()))
-            .bind(o.off_hours)
+            .bind(i64::from(o.off_hours))
             .execute(&mut *tx)
             .await?;
         }
@@ -341,7 +342,7 @@ impl BrowsingStore for SqliteMetadata {
                 "INSERT INTO alerts (id, dedupe_key, raised_micros, updated_micros, \
                  principal_id, agreement_id, request_id, rules, score, rests_on, state, ledger_index, \
                  resolved_by, resolved_micros, resolution_sealed, resolve_ledger_index) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  ON CONFLICT (id) DO UPDATE SET updated_micros = excluded.updated_micros, \
                  rules = excluded.rules, score = excluded.score, rests_on = excluded.rests_on, \
                  ledger_index = excluded.ledger_index WHERE alerts.state = 'open'",
@@ -366,8 +367,10 @@ impl BrowsingStore for SqliteMetadata {
             .await?;
         }
         sqlx::query(
-            "INSERT INTO browsing_cursor (id, next_index) VALUES (1, ?) \
-             ON CONFLICT (id) DO UPDATE SET next_index = MAX(next_index, excluded.next_index)",
+            "INSERT INTO browsing_cursor (id, next_index) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET next_index = CASE \
+               WHEN excluded.next_index > browsing_cursor.next_index THEN excluded.next_index \
+               ELSE browsing_cursor.next_index END",
         )
         .bind(to_i64(next_index)?)
         .execute(&mut *tx)
@@ -383,7 +386,7 @@ impl BrowsingStore for SqliteMetadata {
     ) -> Result<Vec<(String, Option<String>, u64)>, MetaError> {
         let rows = sqlx::query(
             "SELECT principal_id, agreement_id, ledger_index FROM browsing_observations \
-             WHERE subject_commitment = ? AND time_micros >= ? AND action = 'lookup.request' \
+             WHERE subject_commitment = $1 AND time_micros >= $2 AND action = 'lookup.request' \
              AND allowed = 1 ORDER BY ledger_index LIMIT 1000",
         )
         .bind(subject.as_slice())
@@ -407,8 +410,8 @@ impl BrowsingStore for SqliteMetadata {
         since_micros: i64,
     ) -> Result<Vec<u64>, MetaError> {
         let rows = sqlx::query(
-            "SELECT ledger_index FROM browsing_observations WHERE principal_id = ? \
-             AND time_micros >= ? AND ((action = 'lookup.request' AND allowed = 0) OR action = ?) \
+            "SELECT ledger_index FROM browsing_observations WHERE principal_id = $1 \
+             AND time_micros >= $2 AND ((action = 'lookup.request' AND allowed = 0) OR action = $3) \
              ORDER BY ledger_index LIMIT 1000",
         )
         .bind(principal)
@@ -423,7 +426,7 @@ impl BrowsingStore for SqliteMetadata {
 
     async fn open_alert(&self, dedupe_key: &str) -> Result<Option<AlertRecord>, MetaError> {
         sqlx::query(
-            "SELECT * FROM alerts WHERE dedupe_key = ? AND state = 'open' \
+            "SELECT * FROM alerts WHERE dedupe_key = $1 AND state = 'open' \
              ORDER BY raised_micros DESC LIMIT 1",
         )
         .bind(dedupe_key)
@@ -450,7 +453,7 @@ impl BrowsingStore for SqliteMetadata {
     ) -> Result<(), MetaError> {
         let mut tx = self.pool().begin().await?;
         for id in ids {
-            sqlx::query("UPDATE alerts SET ledger_index = ? WHERE id = ? AND ledger_index = 0")
+            sqlx::query("UPDATE alerts SET ledger_index = $1 WHERE id = $2 AND ledger_index = 0")
                 .bind(to_i64(ledger_index)?)
                 .bind(id)
                 .execute(&mut *tx)
@@ -468,9 +471,9 @@ impl BrowsingStore for SqliteMetadata {
         limit: usize,
     ) -> Result<Vec<u64>, MetaError> {
         let rows = sqlx::query(
-            "SELECT ledger_index FROM browsing_observations WHERE principal_id = ? \
-             AND agreement_id = ? AND day = ? AND action IN ('lookup.request', ?) \
-             ORDER BY ledger_index LIMIT ?",
+            "SELECT ledger_index FROM browsing_observations WHERE principal_id = $1 \
+             AND agreement_id = $2 AND day = $3 AND action IN ('lookup.request', $4) \
+             ORDER BY ledger_index LIMIT $5",
         )
         .bind(principal)
         .bind(agreement)
@@ -487,8 +490,8 @@ impl BrowsingStore for SqliteMetadata {
     async fn observed_agreements(&self, from: i64, to: i64) -> Result<Vec<String>, MetaError> {
         let rows = sqlx::query(
             "SELECT DISTINCT agreement_id FROM browsing_observations \
-             WHERE day BETWEEN ? AND ? AND agreement_id IS NOT NULL \
-             AND action IN ('lookup.request', ?)",
+             WHERE day BETWEEN $1 AND $2 AND agreement_id IS NOT NULL \
+             AND action IN ('lookup.request', $3)",
         )
         .bind(from)
         .bind(to)
@@ -514,21 +517,21 @@ impl BrowsingStore for SqliteMetadata {
                FROM browsing_observations \
                WHERE action = 'lookup.request' AND allowed = 1 AND subject_commitment IS NOT NULL \
                  AND principal_id IN (SELECT DISTINCT principal_id FROM browsing_observations \
-                                      WHERE agreement_id = ?1 AND day BETWEEN ?2 AND ?3) \
+                                      WHERE agreement_id = $1 AND day BETWEEN $2 AND $3) \
                GROUP BY principal_id, subject_commitment) \
              SELECT o.principal_id AS principal_id, o.day AS day, \
                SUM(CASE WHEN o.action = 'lookup.request' AND o.allowed = 1 THEN 1 ELSE 0 END) AS lookups, \
                COUNT(DISTINCT CASE WHEN o.action = 'lookup.request' AND o.allowed = 1 \
                      THEN o.subject_commitment END) AS subjects, \
-               SUM(CASE WHEN o.allowed = 0 OR o.action = ?4 THEN 1 ELSE 0 END) AS denials, \
+               SUM(CASE WHEN o.allowed = 0 OR o.action = $4 THEN 1 ELSE 0 END) AS denials, \
                SUM(CASE WHEN o.action = 'lookup.request' AND o.allowed = 1 AND o.off_hours = 1 \
                    THEN 1 ELSE 0 END) AS off_hours, \
                COUNT(DISTINCT CASE WHEN o.action = 'lookup.request' AND o.allowed = 1 \
                      AND f.first_day = o.day THEN o.subject_commitment END) AS new_subjects \
              FROM browsing_observations o LEFT JOIN firsts f \
                ON f.principal_id = o.principal_id AND f.subject_commitment = o.subject_commitment \
-             WHERE o.agreement_id = ?1 AND o.day BETWEEN ?2 AND ?3 \
-               AND o.action IN ('lookup.request', ?4) \
+             WHERE o.agreement_id = $1 AND o.day BETWEEN $2 AND $3 \
+               AND o.action IN ('lookup.request', $4) \
              GROUP BY o.principal_id, o.day ORDER BY o.day, o.principal_id",
         )
         .bind(agreement)
@@ -559,8 +562,8 @@ impl BrowsingStore for SqliteMetadata {
         limit: u32,
     ) -> Result<Vec<AlertRecord>, MetaError> {
         let rows = sqlx::query(
-            "SELECT * FROM alerts WHERE (?1 IS NULL OR state = ?1) \
-             ORDER BY score DESC, raised_micros DESC, id LIMIT ?2 OFFSET ?3",
+            "SELECT * FROM alerts WHERE ($1 IS NULL OR state = $1) \
+             ORDER BY score DESC, raised_micros DESC, id LIMIT $2 OFFSET $3",
         )
         .bind(state.map(AlertState::as_str))
         .bind(i64::from(limit.clamp(1, 500)))
@@ -571,7 +574,7 @@ impl BrowsingStore for SqliteMetadata {
     }
 
     async fn count_alerts(&self, state: Option<AlertState>) -> Result<u64, MetaError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM alerts WHERE (?1 IS NULL OR state = ?1)")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM alerts WHERE ($1 IS NULL OR state = $1)")
             .bind(state.map(AlertState::as_str))
             .fetch_one(self.pool())
             .await?;
@@ -579,16 +582,17 @@ impl BrowsingStore for SqliteMetadata {
     }
 
     async fn alerts_page(&self, offset: u64, limit: u32) -> Result<Vec<AlertRecord>, MetaError> {
-        let rows = sqlx::query("SELECT * FROM alerts ORDER BY raised_micros, id LIMIT ? OFFSET ?")
-            .bind(i64::from(limit.clamp(1, 500)))
-            .bind(to_i64(offset)?)
-            .fetch_all(self.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM alerts ORDER BY raised_micros, id LIMIT $1 OFFSET $2")
+                .bind(i64::from(limit.clamp(1, 500)))
+                .bind(to_i64(offset)?)
+                .fetch_all(self.pool())
+                .await?;
         rows.iter().map(alert_from_row).collect()
     }
 
     async fn alert(&self, id: &str) -> Result<Option<AlertRecord>, MetaError> {
-        sqlx::query("SELECT * FROM alerts WHERE id = ?")
+        sqlx::query("SELECT * FROM alerts WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?
@@ -606,8 +610,8 @@ impl BrowsingStore for SqliteMetadata {
         ledger_index: u64,
     ) -> Result<bool, MetaError> {
         let done = sqlx::query(
-            "UPDATE alerts SET state = 'resolved', resolved_by = ?, resolved_micros = ?, \
-             resolution_sealed = ?, resolve_ledger_index = ? WHERE id = ? AND state = 'open'",
+            "UPDATE alerts SET state = 'resolved', resolved_by = $1, resolved_micros = $2, \
+             resolution_sealed = $3, resolve_ledger_index = $4 WHERE id = $5 AND state = 'open'",
         )
         .bind(by)
         .bind(micros)
@@ -640,88 +644,86 @@ mod tests {
 
     #[tokio::test]
     async fn peer_days_count_people_and_new_subjects() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMetadata::open(&dir.path().join("c.db"), true)
-            .await
-            .unwrap();
-        let mut i = 0;
-        let mut add = |o: Observation| {
-            i += 1;
-            (o, i)
-        };
-        let plan = [
-            add(observe(0, "p1", 10, 1, true)),
-            add(observe(0, "p1", 10, 1, true)),
-            add(observe(0, "p1", 10, 2, true)),
-            add(observe(0, "p1", 11, 2, true)),
-            add(observe(0, "p1", 11, 3, true)),
-            add(observe(0, "p1", 11, 0, false)),
-        ];
-        for (mut o, index) in plan {
-            o.ledger_index = index;
-            meta.commit_detection(std::slice::from_ref(&o), &[], index + 1)
-                .await
-                .unwrap();
+        for catalogue in crate::testing::catalogues().await {
+            let meta = &catalogue.meta;
+            let mut i = 0;
+            let mut add = |o: Observation| {
+                i += 1;
+                (o, i)
+            };
+            let plan = [
+                add(observe(0, "p1", 10, 1, true)),
+                add(observe(0, "p1", 10, 1, true)),
+                add(observe(0, "p1", 10, 2, true)),
+                add(observe(0, "p1", 11, 2, true)),
+                add(observe(0, "p1", 11, 3, true)),
+                add(observe(0, "p1", 11, 0, false)),
+            ];
+            for (mut o, index) in plan {
+                o.ledger_index = index;
+                meta.commit_detection(std::slice::from_ref(&o), &[], index + 1)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(meta.browsing_cursor().await.unwrap(), 7);
+            let days = meta.peer_days("a1", 10, 11).await.unwrap();
+            assert_eq!(days.len(), 2);
+            assert_eq!(
+                (days[0].lookups, days[0].subjects, days[0].new_subjects),
+                (3, 2, 2)
+            );
+            // Day 11: subject 2 was seen on day 10, subject 3 is new.
+            assert_eq!(
+                (
+                    days[1].lookups,
+                    days[1].subjects,
+                    days[1].new_subjects,
+                    days[1].denials
+                ),
+                (2, 2, 1, 1)
+            );
+            assert_eq!(meta.refusals_since("p1", 0).await.unwrap(), vec![6]);
         }
-        assert_eq!(meta.browsing_cursor().await.unwrap(), 7);
-        let days = meta.peer_days("a1", 10, 11).await.unwrap();
-        assert_eq!(days.len(), 2);
-        assert_eq!(
-            (days[0].lookups, days[0].subjects, days[0].new_subjects),
-            (3, 2, 2)
-        );
-        // Day 11: subject 2 was seen on day 10, subject 3 is new.
-        assert_eq!(
-            (
-                days[1].lookups,
-                days[1].subjects,
-                days[1].new_subjects,
-                days[1].denials
-            ),
-            (2, 2, 1, 1)
-        );
-        assert_eq!(meta.refusals_since("p1", 0).await.unwrap(), vec![6]);
     }
 
     #[tokio::test]
     async fn the_detector_never_undoes_a_resolution() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMetadata::open(&dir.path().join("c.db"), true)
-            .await
-            .unwrap();
-        let mut alert = AlertRecord {
-            id: "alr_1".into(),
-            dedupe_key: "fishing:p1".into(),
-            raised_micros: 1,
-            updated_micros: 1,
-            principal_id: "p1".into(),
-            agreement_id: None,
-            request_id: None,
-            rules: Vec::new(),
-            score: 0.6,
-            rests_on: vec![1],
-            state: AlertState::Open,
-            ledger_index: 2,
-            resolved_by: None,
-            resolved_micros: None,
-            resolution_sealed: None,
-            resolve_ledger_index: None,
-        };
-        meta.commit_detection(&[], std::slice::from_ref(&alert), 3)
-            .await
-            .unwrap();
-        assert!(
-            meta.resolve_alert("alr_1", "p9", 5, b"sealed", 4)
+        for catalogue in crate::testing::catalogues().await {
+            let meta = &catalogue.meta;
+            let mut alert = AlertRecord {
+                id: "alr_1".into(),
+                dedupe_key: "fishing:p1".into(),
+                raised_micros: 1,
+                updated_micros: 1,
+                principal_id: "p1".into(),
+                agreement_id: None,
+                request_id: None,
+                rules: Vec::new(),
+                score: 0.6,
+                rests_on: vec![1],
+                state: AlertState::Open,
+                ledger_index: 2,
+                resolved_by: None,
+                resolved_micros: None,
+                resolution_sealed: None,
+                resolve_ledger_index: None,
+            };
+            meta.commit_detection(&[], std::slice::from_ref(&alert), 3)
                 .await
-                .unwrap()
-        );
-        // The detector's stale copy, one more entry on it, saved later.
-        alert.rests_on.push(3);
-        alert.updated_micros = 6;
-        meta.commit_detection(&[], &[alert], 4).await.unwrap();
-        let stored = meta.alert("alr_1").await.unwrap().unwrap();
-        assert_eq!(stored.state, AlertState::Resolved);
-        assert_eq!(stored.resolve_ledger_index, Some(4));
-        assert_eq!(stored.rests_on, vec![1]);
+                .unwrap();
+            assert!(
+                meta.resolve_alert("alr_1", "p9", 5, b"sealed", 4)
+                    .await
+                    .unwrap()
+            );
+            // The detector's stale copy, one more entry on it, saved later.
+            alert.rests_on.push(3);
+            alert.updated_micros = 6;
+            meta.commit_detection(&[], &[alert], 4).await.unwrap();
+            let stored = meta.alert("alr_1").await.unwrap().unwrap();
+            assert_eq!(stored.state, AlertState::Resolved);
+            assert_eq!(stored.resolve_ledger_index, Some(4));
+            assert_eq!(stored.rests_on, vec![1]);
+        }
     }
 }

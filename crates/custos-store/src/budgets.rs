@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use crate::meta::{MetaError, SqliteMetadata};
+use crate::meta::{MetaError, SqlMetadata};
 
 /// Relative slack for floating-point sums of spends (a budget of 1.0 spent
 /// as ten charges of 0.1 must be exactly exhausted, not refused at the tenth).
@@ -65,10 +65,10 @@ pub trait BudgetStore: Send + Sync {
 }
 
 #[async_trait]
-impl BudgetStore for SqliteMetadata {
+impl BudgetStore for SqlMetadata {
     async fn budget_spent(&self, agreement_id: &str, dataset: &str) -> Result<f64, MetaError> {
         let spent: Option<f64> = sqlx::query_scalar(
-            "SELECT spent FROM privacy_budgets WHERE agreement_id = ? AND dataset = ?",
+            "SELECT spent FROM privacy_budgets WHERE agreement_id = $1 AND dataset = $2",
         )
         .bind(agreement_id)
         .bind(dataset)
@@ -78,11 +78,16 @@ impl BudgetStore for SqliteMetadata {
     }
 
     async fn charge_budget(&self, c: &Charge, limit: f64) -> Result<Option<f64>, MetaError> {
-        // BEGIN IMMEDIATE semantics: the first write takes the lock, so two
-        // charges cannot both read the old total.
+        // Two charges must never both read the old total, from one process
+        // or from replicas sharing PostgreSQL. SQLite: the first write takes
+        // the database's write lock until commit. PostgreSQL (read
+        // committed): the no-op UPDATE below takes the budget row's lock,
+        // waits for any other charge holding it, and RETURNING reads the row
+        // as that charge committed it. Row locks rather than serializable
+        // isolation: only the charged row is contended, and nothing retries.
         let mut tx = self.pool().begin().await?;
         sqlx::query(
-            "INSERT INTO privacy_budgets (agreement_id, dataset, measure, spent) VALUES (?, ?, ?, 0) \
+            "INSERT INTO privacy_budgets (agreement_id, dataset, measure, spent) VALUES ($1, $2, $3, 0) \
              ON CONFLICT (agreement_id, dataset) DO NOTHING",
         )
         .bind(&c.agreement_id)
@@ -91,7 +96,8 @@ impl BudgetStore for SqliteMetadata {
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(
-            "SELECT spent, measure FROM privacy_budgets WHERE agreement_id = ? AND dataset = ?",
+            "UPDATE privacy_budgets SET spent = spent WHERE agreement_id = $1 AND dataset = $2 \
+             RETURNING spent, measure",
         )
         .bind(&c.agreement_id)
         .bind(&c.dataset)
@@ -108,16 +114,18 @@ impl BudgetStore for SqliteMetadata {
             return Ok(None);
         }
         let total = spent + c.spend;
-        sqlx::query("UPDATE privacy_budgets SET spent = ? WHERE agreement_id = ? AND dataset = ?")
-            .bind(total)
-            .bind(&c.agreement_id)
-            .bind(&c.dataset)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE privacy_budgets SET spent = $1 WHERE agreement_id = $2 AND dataset = $3",
+        )
+        .bind(total)
+        .bind(&c.agreement_id)
+        .bind(&c.dataset)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO privacy_charges (id, agreement_id, agreement_version, dataset, principal, \
              measure, spend, query_sha256, at, at_micros, ledger_index) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&c.id)
         .bind(&c.agreement_id)
@@ -146,7 +154,7 @@ impl BudgetStore for SqliteMetadata {
         since_micros: i64,
     ) -> Result<u64, MetaError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM privacy_charges WHERE agreement_id = ? AND principal = ? AND at_micros >= ?",
+            "SELECT COUNT(*) FROM privacy_charges WHERE agreement_id = $1 AND principal = $2 AND at_micros >= $3",
         )
         .bind(agreement_id)
         .bind(principal)
@@ -179,10 +187,53 @@ mod tests {
 
     #[tokio::test]
     async fn a_budget_is_a_filter() {
+        for catalogue in crate::testing::catalogues().await {
+            a_budget_is_a_filter_on(&catalogue.meta).await;
+        }
+    }
+
+    /// Charges from two replicas at once (two pools on one database, many
+    /// in flight on each): never more than the limit, and the total is the
+    /// sum of the charges that were accepted.
+    #[tokio::test]
+    async fn concurrent_charges_from_two_replicas_never_overspend() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), true)
-            .await
-            .unwrap();
+        let path = dir.path().join("c.db");
+        let mut pairs = vec![(
+            SqlMetadata::open(&path, true).await.unwrap(),
+            SqlMetadata::open(&path, false).await.unwrap(),
+        )];
+        if let Some(url) = crate::testing::new_postgres_database().await {
+            pairs.push((
+                SqlMetadata::connect_postgres(&url).await.unwrap(),
+                SqlMetadata::connect_postgres(&url).await.unwrap(),
+            ));
+        }
+        for (one, two) in pairs {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..60 {
+                let replica = if i % 2 == 0 { one.clone() } else { two.clone() };
+                tasks.spawn(async move {
+                    replica
+                        .charge_budget(&charge(&format!("q{i}"), 0.1), 1.0)
+                        .await
+                        .unwrap()
+                        .is_some()
+                });
+            }
+            let accepted = tasks.join_all().await.into_iter().filter(|&a| a).count();
+            let spent = one.budget_spent("a", "d").await.unwrap();
+            assert_eq!(accepted, 10, "{:?}", one.backend());
+            assert!(
+                (spent - 1.0).abs() < 1e-9,
+                "{:?}: spent {spent}",
+                one.backend()
+            );
+            assert_eq!(one.count_charges_since("a", "p", 0).await.unwrap(), 10);
+        }
+    }
+
+    async fn a_budget_is_a_filter_on(store: &SqlMetadata) {
         assert_eq!(store.budget_spent("a", "d").await.unwrap(), 0.0);
         for i in 0..10 {
             let total = store

@@ -5,7 +5,8 @@
 //! HOME/                 mode 0700
 //!   master.key          0600, hex; only under the file key source (docs/keys.md)
 //!   master.key.next     0600, during a rotation to a new key file only
-//!   custos.db           SQLite metadata store (WAL)
+//!   custos.db           SQLite metadata store (WAL), or
+//!   catalogue.toml      0600, the PostgreSQL catalogue's URL (see catalogue.rs)
 //!   datasets/NAME.ID/   one directory per dataset: encrypted Parquet bucket files
 //!   ledger/             the Merkle ledger (C2SP tlog-tiles; see docs/ledger.md)
 //! ```
@@ -19,13 +20,14 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
+use crate::catalogue::CatalogueLocation;
 use crate::hsm::{HsmConfig, HsmKey};
 use crate::key_shares::{PrintedShare, ShareSet};
 use crate::keyring::{Keyring, Wrapper};
 use crate::keys::KeyCheck;
 use crate::keys::{DerivationRoot, KEY_LEN, KeyError, MasterKey, SecretText, random_bytes};
 use crate::ledger_key::LedgerKeySource;
-use crate::meta::{MetaError, MetadataStore, SqliteMetadata};
+use crate::meta::{MetaError, MetadataStore, SqlMetadata};
 use crate::sealed::{DERIVATION_ROOT, RETIRED_KEYS_PURPOSE, derivation_root_purpose};
 
 /// The on-disk format version this build writes and reads.
@@ -119,6 +121,9 @@ pub enum HomeError {
         .0.display()
     )]
     LedgerKeyInside(PathBuf),
+    /// The catalogue's location is malformed, unreachable or not this home's.
+    #[error("{0}")]
+    Catalogue(String),
     /// A key problem.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -345,15 +350,24 @@ impl Home {
         key: MasterKeySource,
         origin: Option<String>,
     ) -> Result<InitReport, HomeError> {
-        Self::init_with(root, key, origin, LedgerKeySource::beside(root)).await
+        Self::init_with(
+            root,
+            key,
+            origin,
+            LedgerKeySource::beside(root),
+            CatalogueLocation::Embedded,
+        )
+        .await
     }
 
-    /// [`Home::init`] with the ledger signing key from `ledger_key`.
+    /// [`Home::init`] with the ledger signing key from `ledger_key` and the
+    /// catalogue at `catalogue`.
     pub async fn init_with(
         root: &Path,
         key: MasterKeySource,
         origin: Option<String>,
         ledger_key: LedgerKeySource,
+        catalogue: CatalogueLocation,
     ) -> Result<InitReport, HomeError> {
         if root.exists() {
             let empty = root.is_dir() && fs::read_dir(root).map_err(io_err(root))?.next().is_none();
@@ -391,7 +405,15 @@ impl Home {
             }
             LedgerKeySource::External(seed) => (seed, None),
         };
-        let result = Self::populate(&staging, key, &origin, &seed, key_file.as_deref()).await;
+        let result = Self::populate(
+            &staging,
+            key,
+            &origin,
+            &seed,
+            key_file.as_deref(),
+            &catalogue,
+        )
+        .await;
         let report = match result {
             Ok(report) => report,
             Err(e) => {
@@ -420,6 +442,7 @@ impl Home {
         origin: &str,
         seed: &[u8; KEY_LEN],
         key_file: Option<&Path>,
+        catalogue: &CatalogueLocation,
     ) -> Result<InitReport, HomeError> {
         fs::DirBuilder::new()
             .mode(0o700)
@@ -462,7 +485,15 @@ impl Home {
         };
         let signing = SigningKey::from_bytes(seed);
         let public_key_hex = hex::encode(signing.verifying_key().as_bytes());
-        let meta = SqliteMetadata::open(&dir.join(METADATA_DB_FILE), true).await?;
+        catalogue.write(dir, origin)?;
+        let meta = CatalogueLocation::open(dir, true).await?;
+        if meta.instance_value("format_version").await?.is_some() {
+            meta.close().await;
+            return Err(HomeError::Catalogue(
+                "the PostgreSQL database already holds a Custos catalogue: give each home an empty database"
+                    .into(),
+            ));
+        }
         meta.insert_instance_value("format_version", FORMAT_VERSION.as_bytes())
             .await?;
         if let Wrapper::Software(master) = &wrapper {
@@ -524,12 +555,8 @@ impl Home {
     }
 
     /// Opens the catalogue alone, checking its format (no key needed).
-    async fn open_catalogue(root: &Path) -> Result<SqliteMetadata, HomeError> {
-        let db = root.join(METADATA_DB_FILE);
-        if !db.is_file() {
-            return Err(HomeError::NotFound(root.to_owned()));
-        }
-        let meta = SqliteMetadata::open(&db, false).await?;
+    async fn open_catalogue(root: &Path) -> Result<SqlMetadata, HomeError> {
+        let meta = CatalogueLocation::open(root, false).await?;
         let version = meta
             .instance_value("format_version")
             .await?
@@ -751,7 +778,7 @@ pub(crate) fn retired_setting(
 /// crash after its commit) that are in the token of the key in use and
 /// are not that key. Runs after the key in use has opened the root.
 async fn destroy_retired_keys(
-    meta: &SqliteMetadata,
+    meta: &SqlMetadata,
     wrapper: &Wrapper,
     current: &HsmConfig,
     pin: &str,
@@ -990,6 +1017,7 @@ mod tests {
             MasterKeySource::GenerateFile,
             None,
             LedgerKeySource::File(inside.join("ledger.key")),
+            CatalogueLocation::Embedded,
         )
         .await
         .unwrap_err();

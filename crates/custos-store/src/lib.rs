@@ -22,6 +22,7 @@
 
 pub mod browsing;
 pub mod budgets;
+pub mod catalogue;
 pub mod dataset;
 pub mod digests;
 pub mod home;
@@ -40,6 +41,9 @@ mod parse;
 pub mod principal;
 pub mod rotation;
 pub mod sealed;
+mod sql;
+#[cfg(test)]
+mod testing;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
 pub use home::{Home, HomeError, InitReport, KeyInput, KeySource, MasterKeySource};

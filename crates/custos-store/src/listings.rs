@@ -11,7 +11,8 @@ use crate::lookups::{
     decline_from_row, request_from_row, to_u64,
 };
 use crate::matches::{MatchJob, job_of};
-use crate::meta::{MetaError, SqliteMetadata};
+use crate::meta::{MetaError, SqlMetadata};
+use crate::sql::Statement;
 
 /// Microseconds in a day (days are UTC).
 const DAY_MICROS: i64 = 86_400_000_000;
@@ -81,30 +82,31 @@ fn capped(limit: u32) -> i64 {
 }
 
 #[async_trait]
-impl ListingStore for SqliteMetadata {
+impl ListingStore for SqlMetadata {
     async fn list_requests(
         &self,
         filter: &RequestFilter,
     ) -> Result<Vec<AccessRequestRecord>, MetaError> {
-        let mut sql =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM access_requests WHERE 1 = 1");
+        let mut sql = Statement::new("SELECT * FROM access_requests WHERE 1 = 1");
         if let Some(state) = filter.state {
-            sql.push(" AND state = ").push_bind(state.as_str());
+            sql.push(" AND state = ").bind(state.as_str())?;
         }
         if let Some(requester) = &filter.requester {
-            sql.push(" AND requester = ").push_bind(requester.clone());
+            sql.push(" AND requester = ").bind(requester.clone())?;
         }
         if let Some(requester) = &filter.not_requester {
-            sql.push(" AND requester != ").push_bind(requester.clone());
+            sql.push(" AND requester != ").bind(requester.clone())?;
         }
         if let Some(agreements) = &filter.agreements {
             if agreements.is_empty() {
                 return Ok(Vec::new());
             }
             sql.push(" AND agreement_id IN (");
-            let mut ids = sql.separated(", ");
-            for id in agreements {
-                ids.push_bind(id.clone());
+            for (i, id) in agreements.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(id.clone())?;
             }
             sql.push(")");
         }
@@ -113,7 +115,7 @@ impl ListingStore for SqliteMetadata {
         } else {
             " ORDER BY created_micros DESC, id DESC"
         });
-        sql.push(" LIMIT ").push_bind(capped(filter.limit));
+        sql.push(" LIMIT ").bind(capped(filter.limit))?;
         let rows = sql.build().fetch_all(self.pool()).await?;
         rows.iter().map(request_from_row).collect()
     }
@@ -124,7 +126,7 @@ impl ListingStore for SqliteMetadata {
         limit: u32,
     ) -> Result<Vec<ApprovalRecord>, MetaError> {
         let rows = sqlx::query(
-            "SELECT * FROM approvals WHERE approver = ? ORDER BY approved_at DESC, ledger_index DESC LIMIT ?",
+            "SELECT * FROM approvals WHERE approver = $1 ORDER BY approved_at DESC, ledger_index DESC LIMIT $2",
         )
         .bind(approver)
         .bind(capped(limit))
@@ -139,7 +141,7 @@ impl ListingStore for SqliteMetadata {
         limit: u32,
     ) -> Result<Vec<DeclineRecord>, MetaError> {
         let rows = sqlx::query(
-            "SELECT * FROM request_declines WHERE decliner = ? ORDER BY declined_at DESC, ledger_index DESC LIMIT ?",
+            "SELECT * FROM request_declines WHERE decliner = $1 ORDER BY declined_at DESC, ledger_index DESC LIMIT $2",
         )
         .bind(decliner)
         .bind(capped(limit))
@@ -151,7 +153,7 @@ impl ListingStore for SqliteMetadata {
     async fn unverified_matches(&self, limit: u32) -> Result<Vec<MatchJob>, MetaError> {
         let rows = sqlx::query(
             "SELECT * FROM match_jobs WHERE state = 'unverified' AND side = 'requester' \
-             ORDER BY created_at, job_id LIMIT ?",
+             ORDER BY created_at, job_id LIMIT $1",
         )
         .bind(capped(limit))
         .fetch_all(self.pool())
@@ -165,13 +167,13 @@ impl ListingStore for SqliteMetadata {
         since_micros: i64,
     ) -> Result<Vec<DayActivity>, MetaError> {
         let rows = sqlx::query(
-            "SELECT day, SUM(requests) AS requests, SUM(spent) AS spent FROM ( \
-               SELECT created_micros / ?1 AS day, COUNT(*) AS requests, 0.0 AS spent \
-                 FROM access_requests WHERE agreement_id = ?2 AND created_micros >= ?3 GROUP BY day \
+            "SELECT day, CAST(SUM(requests) AS BIGINT) AS requests, SUM(spent) AS spent FROM ( \
+               SELECT created_micros / $1 AS day, COUNT(*) AS requests, CAST(0 AS DOUBLE PRECISION) AS spent \
+                 FROM access_requests WHERE agreement_id = $2 AND created_micros >= $3 GROUP BY day \
                UNION ALL \
-               SELECT at_micros / ?1 AS day, 0 AS requests, SUM(spend) AS spent \
-                 FROM privacy_charges WHERE agreement_id = ?2 AND at_micros >= ?3 GROUP BY day \
-             ) GROUP BY day ORDER BY day",
+               SELECT at_micros / $1 AS day, 0 AS requests, SUM(spend) AS spent \
+                 FROM privacy_charges WHERE agreement_id = $2 AND at_micros >= $3 GROUP BY day \
+             ) AS activity GROUP BY day ORDER BY day",
         )
         .bind(DAY_MICROS)
         .bind(agreement_id)
@@ -235,76 +237,76 @@ mod tests {
 
     #[tokio::test]
     async fn a_declined_request_leaves_the_queue_and_takes_no_approval() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), true)
-            .await
-            .unwrap();
-        let store: &dyn MetadataStore = &store;
-        for (id, who, at) in [
-            ("r1", "ann", 1),
-            ("r2", "bob", 2),
-            ("r3", "ann", DAY_MICROS),
-        ] {
-            let r = request(id, who, at);
-            store.insert_request(&r, &requested(&r)).await.unwrap();
-        }
-        let queue = RequestFilter {
-            state: Some(RequestState::Pending),
-            oldest_first: true,
-            limit: 10,
-            ..RequestFilter::default()
-        };
-        let ids = |rs: Vec<AccessRequestRecord>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(store.list_requests(&queue).await.unwrap()),
-            ["r1", "r2", "r3"]
-        );
-        let decline = DeclineRecord {
-            request_id: "r2".into(),
-            decliner: "val".into(),
-            declined_at: "2026-01-02T00:00:00Z".into(),
-            reason_sealed: vec![9],
-            ledger_index: 5,
-        };
-        assert!(store.decline_request(&decline).await.unwrap());
-        assert!(
-            !store.decline_request(&decline).await.unwrap(),
-            "declined once"
-        );
-        assert_eq!(
-            ids(store.list_requests(&queue).await.unwrap()),
-            ["r1", "r3"]
-        );
-        assert_eq!(store.decline("r2").await.unwrap(), Some(decline));
-        assert_eq!(store.declines_by("val", 10).await.unwrap().len(), 1);
-        // An approval racing the decline is not counted.
-        let (given, state) = store
-            .add_approval(&ApprovalRecord {
+        for catalogue in crate::testing::catalogues().await {
+            let store = &catalogue.meta;
+            let store: &dyn MetadataStore = store;
+            for (id, who, at) in [
+                ("r1", "ann", 1),
+                ("r2", "bob", 2),
+                ("r3", "ann", DAY_MICROS),
+            ] {
+                let r = request(id, who, at);
+                store.insert_request(&r, &requested(&r)).await.unwrap();
+            }
+            let queue = RequestFilter {
+                state: Some(RequestState::Pending),
+                oldest_first: true,
+                limit: 10,
+                ..RequestFilter::default()
+            };
+            let ids =
+                |rs: Vec<AccessRequestRecord>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(
+                ids(store.list_requests(&queue).await.unwrap()),
+                ["r1", "r2", "r3"]
+            );
+            let decline = DeclineRecord {
                 request_id: "r2".into(),
-                approver: "val".into(),
-                approved_at: "2026-01-02T00:00:01Z".into(),
-                ledger_index: 6,
-            })
-            .await
-            .unwrap();
-        assert_eq!((given, state), (0, RequestState::Declined));
-        assert!(store.approvals_by("val", 10).await.unwrap().is_empty());
-        let mine = RequestFilter {
-            requester: Some("ann".into()),
-            limit: 10,
-            ..RequestFilter::default()
-        };
-        assert_eq!(ids(store.list_requests(&mine).await.unwrap()), ["r3", "r1"]);
-        let none = RequestFilter {
-            agreements: Some(Vec::new()),
-            limit: 10,
-            ..RequestFilter::default()
-        };
-        assert!(store.list_requests(&none).await.unwrap().is_empty());
-        let days = store.agreement_days("a1", 0).await.unwrap();
-        assert_eq!(
-            days.iter().map(|d| (d.day, d.requests)).collect::<Vec<_>>(),
-            [(0, 2), (1, 1)]
-        );
+                decliner: "val".into(),
+                declined_at: "2026-01-02T00:00:00Z".into(),
+                reason_sealed: vec![9],
+                ledger_index: 5,
+            };
+            assert!(store.decline_request(&decline).await.unwrap());
+            assert!(
+                !store.decline_request(&decline).await.unwrap(),
+                "declined once"
+            );
+            assert_eq!(
+                ids(store.list_requests(&queue).await.unwrap()),
+                ["r1", "r3"]
+            );
+            assert_eq!(store.decline("r2").await.unwrap(), Some(decline));
+            assert_eq!(store.declines_by("val", 10).await.unwrap().len(), 1);
+            // An approval racing the decline is not counted.
+            let (given, state) = store
+                .add_approval(&ApprovalRecord {
+                    request_id: "r2".into(),
+                    approver: "val".into(),
+                    approved_at: "2026-01-02T00:00:01Z".into(),
+                    ledger_index: 6,
+                })
+                .await
+                .unwrap();
+            assert_eq!((given, state), (0, RequestState::Declined));
+            assert!(store.approvals_by("val", 10).await.unwrap().is_empty());
+            let mine = RequestFilter {
+                requester: Some("ann".into()),
+                limit: 10,
+                ..RequestFilter::default()
+            };
+            assert_eq!(ids(store.list_requests(&mine).await.unwrap()), ["r3", "r1"]);
+            let none = RequestFilter {
+                agreements: Some(Vec::new()),
+                limit: 10,
+                ..RequestFilter::default()
+            };
+            assert!(store.list_requests(&none).await.unwrap().is_empty());
+            let days = store.agreement_days("a1", 0).await.unwrap();
+            assert_eq!(
+                days.iter().map(|d| (d.day, d.requests)).collect::<Vec<_>>(),
+                [(0, 2), (1, 1)]
+            );
+        }
     }
 }

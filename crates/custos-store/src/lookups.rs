@@ -10,7 +10,8 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use crate::meta::{MetaError, SqliteMetadata};
+use crate::meta::{MetaError, SqlMetadata};
+use crate::sql::Statement;
 
 /// Where a look-up request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -309,16 +310,14 @@ fn to_u32(v: i64) -> Result<u32, MetaError> {
     u32::try_from(v).map_err(|_| MetaError::Database("number out of range in catalogue".into()))
 }
 
-fn commitment(row: &sqlx::sqlite::SqliteRow) -> Result<[u8; 32], MetaError> {
+fn commitment(row: &sqlx::any::AnyRow) -> Result<[u8; 32], MetaError> {
     let bytes: Vec<u8> = row.try_get("subject_commitment")?;
     bytes
         .try_into()
         .map_err(|_| MetaError::Database("malformed subject commitment".into()))
 }
 
-pub(crate) fn request_from_row(
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<AccessRequestRecord, MetaError> {
+pub(crate) fn request_from_row(row: &sqlx::any::AnyRow) -> Result<AccessRequestRecord, MetaError> {
     let columns: String = row.try_get("columns")?;
     let state: String = row.try_get("state")?;
     Ok(AccessRequestRecord {
@@ -344,7 +343,7 @@ pub(crate) fn request_from_row(
     })
 }
 
-pub(crate) fn decline_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeclineRecord, MetaError> {
+pub(crate) fn decline_from_row(row: &sqlx::any::AnyRow) -> Result<DeclineRecord, MetaError> {
     Ok(DeclineRecord {
         request_id: row.try_get("request_id")?,
         decliner: row.try_get("decliner")?,
@@ -354,9 +353,7 @@ pub(crate) fn decline_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeclineR
     })
 }
 
-pub(crate) fn approval_from_row(
-    row: &sqlx::sqlite::SqliteRow,
-) -> Result<ApprovalRecord, MetaError> {
+pub(crate) fn approval_from_row(row: &sqlx::any::AnyRow) -> Result<ApprovalRecord, MetaError> {
     Ok(ApprovalRecord {
         request_id: row.try_get("request_id")?,
         approver: row.try_get("approver")?,
@@ -365,7 +362,7 @@ pub(crate) fn approval_from_row(
     })
 }
 
-fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SubjectEvent, MetaError> {
+fn event_from_row(row: &sqlx::any::AnyRow) -> Result<SubjectEvent, MetaError> {
     let kind: String = row.try_get("kind")?;
     Ok(SubjectEvent {
         subject_commitment: commitment(row)?,
@@ -384,13 +381,13 @@ fn event_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SubjectEvent, MetaErr
 }
 
 async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     e: &SubjectEvent,
 ) -> Result<(), MetaError> {
     sqlx::query(
         "INSERT INTO subject_events (subject_commitment, ledger_index, kind, request_id, \
          agreement_id, agreement_version, principal, org, purpose, at, rows_released, withheld) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(e.subject_commitment.as_slice())
     .bind(to_i64(e.ledger_index)?)
@@ -410,7 +407,7 @@ async fn insert_event(
 }
 
 #[async_trait]
-impl RequestStore for SqliteMetadata {
+impl RequestStore for SqlMetadata {
     async fn insert_request(
         &self,
         r: &AccessRequestRecord,
@@ -421,7 +418,7 @@ impl RequestStore for SqliteMetadata {
             "INSERT INTO access_requests (id, agreement_id, agreement_version, grant_number, dataset, \
              requester, subject_commitment, subject_sealed, justification_sealed, columns, \
              approvals_required, state, created_at, created_micros, ledger_index) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&r.id)
         .bind(&r.agreement_id)
@@ -446,7 +443,7 @@ impl RequestStore for SqliteMetadata {
     }
 
     async fn request(&self, id: &str) -> Result<Option<AccessRequestRecord>, MetaError> {
-        let row = sqlx::query("SELECT * FROM access_requests WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM access_requests WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await?;
@@ -460,7 +457,7 @@ impl RequestStore for SqliteMetadata {
         since_micros: i64,
     ) -> Result<u64, MetaError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM access_requests WHERE agreement_id = ? AND requester = ? AND created_micros >= ?",
+            "SELECT COUNT(*) FROM access_requests WHERE agreement_id = $1 AND requester = $2 AND created_micros >= $3",
         )
         .bind(agreement_id)
         .bind(requester)
@@ -479,8 +476,8 @@ impl RequestStore for SqliteMetadata {
     ) -> Result<(u64, bool), MetaError> {
         let row = sqlx::query(
             "SELECT COUNT(DISTINCT subject_commitment) AS n, \
-             COALESCE(MAX(subject_commitment = ?), 0) AS seen \
-             FROM access_requests WHERE agreement_id = ? AND dataset = ? AND created_micros >= ?",
+             COALESCE(MAX(CASE WHEN subject_commitment = $1 THEN 1 ELSE 0 END), 0) AS seen \
+             FROM access_requests WHERE agreement_id = $2 AND dataset = $3 AND created_micros >= $4",
         )
         .bind(subject.as_slice())
         .bind(agreement_id)
@@ -500,8 +497,8 @@ impl RequestStore for SqliteMetadata {
         // keeps its state and gains no approval).
         sqlx::query(
             "INSERT INTO approvals (request_id, approver, approved_at, ledger_index) \
-             SELECT ?, ?, ?, ? WHERE EXISTS \
-             (SELECT 1 FROM access_requests WHERE id = ? AND state = 'pending')",
+             SELECT $1, $2, $3, $4 WHERE EXISTS \
+             (SELECT 1 FROM access_requests WHERE id = $5 AND state = 'pending')",
         )
         .bind(&a.request_id)
         .bind(&a.approver)
@@ -514,19 +511,19 @@ impl RequestStore for SqliteMetadata {
             MetaError::AlreadyExists(_) => MetaError::AlreadyExists("this approval".into()),
             other => other,
         })?;
-        let given: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE request_id = ?")
+        let given: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE request_id = $1")
             .bind(&a.request_id)
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE access_requests SET state = 'approved' WHERE id = ? AND state = 'pending' \
-             AND approvals_required <= ?",
+            "UPDATE access_requests SET state = 'approved' WHERE id = $1 AND state = 'pending' \
+             AND approvals_required <= $2",
         )
         .bind(&a.request_id)
         .bind(given)
         .execute(&mut *tx)
         .await?;
-        let state: String = sqlx::query_scalar("SELECT state FROM access_requests WHERE id = ?")
+        let state: String = sqlx::query_scalar("SELECT state FROM access_requests WHERE id = $1")
             .bind(&a.request_id)
             .fetch_one(&mut *tx)
             .await?;
@@ -537,7 +534,7 @@ impl RequestStore for SqliteMetadata {
     async fn decline_request(&self, d: &DeclineRecord) -> Result<bool, MetaError> {
         let mut tx = self.pool().begin().await?;
         let moved = sqlx::query(
-            "UPDATE access_requests SET state = 'declined' WHERE id = ? AND state = 'pending'",
+            "UPDATE access_requests SET state = 'declined' WHERE id = $1 AND state = 'pending'",
         )
         .bind(&d.request_id)
         .execute(&mut *tx)
@@ -547,7 +544,7 @@ impl RequestStore for SqliteMetadata {
         }
         sqlx::query(
             "INSERT INTO request_declines (request_id, decliner, declined_at, reason_sealed, ledger_index) \
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&d.request_id)
         .bind(&d.decliner)
@@ -561,7 +558,7 @@ impl RequestStore for SqliteMetadata {
     }
 
     async fn decline(&self, request_id: &str) -> Result<Option<DeclineRecord>, MetaError> {
-        let row = sqlx::query("SELECT * FROM request_declines WHERE request_id = ?")
+        let row = sqlx::query("SELECT * FROM request_declines WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(self.pool())
             .await?;
@@ -570,7 +567,7 @@ impl RequestStore for SqliteMetadata {
 
     async fn approvals(&self, request_id: &str) -> Result<Vec<ApprovalRecord>, MetaError> {
         let rows =
-            sqlx::query("SELECT * FROM approvals WHERE request_id = ? ORDER BY ledger_index")
+            sqlx::query("SELECT * FROM approvals WHERE request_id = $1 ORDER BY ledger_index")
                 .bind(request_id)
                 .fetch_all(self.pool())
                 .await?;
@@ -583,12 +580,13 @@ impl RequestStore for SqliteMetadata {
         from: RequestState,
         to: RequestState,
     ) -> Result<bool, MetaError> {
-        let done = sqlx::query("UPDATE access_requests SET state = ? WHERE id = ? AND state = ?")
-            .bind(to.as_str())
-            .bind(id)
-            .bind(from.as_str())
-            .execute(self.pool())
-            .await?;
+        let done =
+            sqlx::query("UPDATE access_requests SET state = $1 WHERE id = $2 AND state = $3")
+                .bind(to.as_str())
+                .bind(id)
+                .bind(from.as_str())
+                .execute(self.pool())
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -609,34 +607,25 @@ impl RequestStore for SqliteMetadata {
         sorted.sort_unstable_by_key(|e| (e.subject_commitment, e.ledger_index));
         let mut tx = self.pool().begin().await?;
         for chunk in sorted.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let mut insert = Statement::new(
                 "INSERT INTO subject_events (subject_commitment, ledger_index, kind, request_id, \
-                 agreement_id, agreement_version, principal, org, purpose, at, rows_released, withheld) ",
+                 agreement_id, agreement_version, principal, org, purpose, at, rows_released, withheld) \
+                 VALUES ",
             );
-            let mut failed = None;
-            insert.push_values(chunk, |mut row, e| {
-                let (index, rows) = match (to_i64(e.ledger_index), to_i64(e.rows_released)) {
-                    (Ok(i), Ok(r)) => (i, r),
-                    (Err(err), _) | (_, Err(err)) => {
-                        failed = Some(err);
-                        (0, 0)
-                    }
-                };
-                row.push_bind(e.subject_commitment.to_vec())
-                    .push_bind(index)
-                    .push_bind(e.kind.as_str())
-                    .push_bind(e.request_id.clone())
-                    .push_bind(e.agreement_id.clone())
-                    .push_bind(i64::from(e.agreement_version))
-                    .push_bind(e.principal.clone())
-                    .push_bind(e.org.clone())
-                    .push_bind(e.purpose.clone())
-                    .push_bind(e.at.clone())
-                    .push_bind(rows)
-                    .push_bind(i64::from(e.withheld));
-            });
-            if let Some(err) = failed {
-                return Err(err);
+            for (i, e) in chunk.iter().enumerate() {
+                insert.push(if i == 0 { "(" } else { ", (" });
+                insert.bind(e.subject_commitment.to_vec())?.push(", ");
+                insert.bind(to_i64(e.ledger_index)?)?.push(", ");
+                insert.bind(e.kind.as_str())?.push(", ");
+                insert.bind(e.request_id.clone())?.push(", ");
+                insert.bind(e.agreement_id.clone())?.push(", ");
+                insert.bind(i64::from(e.agreement_version))?.push(", ");
+                insert.bind(e.principal.clone())?.push(", ");
+                insert.bind(e.org.clone())?.push(", ");
+                insert.bind(e.purpose.clone())?.push(", ");
+                insert.bind(e.at.clone())?.push(", ");
+                insert.bind(to_i64(e.rows_released)?)?.push(", ");
+                insert.bind(i64::from(e.withheld))?.push(")");
             }
             insert.build().execute(&mut *tx).await?;
         }
@@ -646,7 +635,7 @@ impl RequestStore for SqliteMetadata {
 
     async fn subject_events(&self, subject: &[u8; 32]) -> Result<Vec<SubjectEvent>, MetaError> {
         let rows = sqlx::query(
-            "SELECT * FROM subject_events WHERE subject_commitment = ? ORDER BY ledger_index",
+            "SELECT * FROM subject_events WHERE subject_commitment = $1 ORDER BY ledger_index",
         )
         .bind(subject.as_slice())
         .fetch_all(self.pool())
@@ -657,27 +646,27 @@ impl RequestStore for SqliteMetadata {
     async fn agreement_usage(&self, agreement_id: &str) -> Result<AgreementUsage, MetaError> {
         let r = sqlx::query(
             "SELECT COUNT(*) AS requests, \
-             COALESCE(SUM(state = 'pending'), 0) AS pending, \
-             COALESCE(SUM(state = 'approved'), 0) AS approved, \
-             COALESCE(SUM(state = 'fetched'), 0) AS fetched, \
+             COALESCE(SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0) AS pending, \
+             COALESCE(SUM(CASE WHEN state = 'approved' THEN 1 ELSE 0 END), 0) AS approved, \
+             COALESCE(SUM(CASE WHEN state = 'fetched' THEN 1 ELSE 0 END), 0) AS fetched, \
              COUNT(DISTINCT subject_commitment) AS subjects, \
              COUNT(DISTINCT requester) AS requesters, \
              MIN(created_at) AS first_request, MAX(created_at) AS last_request \
-             FROM access_requests WHERE agreement_id = ?",
+             FROM access_requests WHERE agreement_id = $1",
         )
         .bind(agreement_id)
         .fetch_one(self.pool())
         .await?;
         let approvals: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM approvals a JOIN access_requests r ON r.id = a.request_id \
-             WHERE r.agreement_id = ?",
+             WHERE r.agreement_id = $1",
         )
         .bind(agreement_id)
         .fetch_one(self.pool())
         .await?;
         let released = sqlx::query(
-            "SELECT COUNT(*) AS disclosures, COALESCE(SUM(rows_released), 0) AS rows_released \
-             FROM subject_events WHERE agreement_id = ? AND kind = 'disclosed'",
+            "SELECT COUNT(*) AS disclosures, CAST(COALESCE(SUM(rows_released), 0) AS BIGINT) AS rows_released \
+             FROM subject_events WHERE agreement_id = $1 AND kind = 'disclosed'",
         )
         .bind(agreement_id)
         .fetch_one(self.pool())
@@ -706,8 +695,8 @@ impl RequestStore for SqliteMetadata {
     ) -> Result<(), MetaError> {
         sqlx::query(
             "INSERT INTO protected_subjects (subject_commitment, protected_at, protected_by, subject_sealed) \
-             VALUES (?, ?, ?, ?) ON CONFLICT (subject_commitment) \
-             DO UPDATE SET subject_sealed = COALESCE(subject_sealed, excluded.subject_sealed)",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (subject_commitment) \
+             DO UPDATE SET subject_sealed = COALESCE(protected_subjects.subject_sealed, excluded.subject_sealed)",
         )
         .bind(subject.as_slice())
         .bind(at)
@@ -726,7 +715,7 @@ impl RequestStore for SqliteMetadata {
         at_micros: i64,
     ) -> Result<(), MetaError> {
         sqlx::query(
-            "INSERT INTO extract_runs (id, agreement_id, principal, at_micros) VALUES (?, ?, ?, ?)",
+            "INSERT INTO extract_runs (id, agreement_id, principal, at_micros) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
         .bind(agreement_id)
@@ -743,7 +732,7 @@ impl RequestStore for SqliteMetadata {
         since_micros: i64,
     ) -> Result<u64, MetaError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM extract_runs WHERE agreement_id = ? AND at_micros >= ?",
+            "SELECT COUNT(*) FROM extract_runs WHERE agreement_id = $1 AND at_micros >= $2",
         )
         .bind(agreement_id)
         .bind(since_micros)
@@ -769,7 +758,7 @@ impl RequestStore for SqliteMetadata {
 
     async fn subject_protected(&self, subject: &[u8; 32]) -> Result<bool, MetaError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM protected_subjects WHERE subject_commitment = ?",
+            "SELECT COUNT(*) FROM protected_subjects WHERE subject_commitment = $1",
         )
         .bind(subject.as_slice())
         .fetch_one(self.pool())
@@ -938,11 +927,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sqlite_passes_the_request_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), true)
-            .await
-            .unwrap();
-        request_suite(&store).await;
+    async fn every_backend_passes_the_request_suite() {
+        for catalogue in crate::testing::catalogues().await {
+            request_suite(&catalogue.meta).await;
+        }
     }
 }

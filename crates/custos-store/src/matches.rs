@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use crate::meta::{MetaError, SqliteMetadata};
+use crate::meta::{MetaError, SqlMetadata};
+use crate::sql::Statement;
 
 /// Which side of a match a home was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -127,7 +128,7 @@ pub trait MatchStore: Send + Sync {
     async fn confirm_match_job(&self, job_id: &str, by: &str, at: &str) -> Result<bool, MetaError>;
 }
 
-pub(crate) fn job_of(row: &sqlx::sqlite::SqliteRow) -> Result<MatchJob, MetaError> {
+pub(crate) fn job_of(row: &sqlx::any::AnyRow) -> Result<MatchJob, MetaError> {
     let side: String = row.try_get("side")?;
     let version: i64 = row.try_get("agreement_version")?;
     let count: Option<i64> = row.try_get("match_count")?;
@@ -154,11 +155,11 @@ pub(crate) fn job_of(row: &sqlx::sqlite::SqliteRow) -> Result<MatchJob, MetaErro
 }
 
 #[async_trait]
-impl MatchStore for SqliteMetadata {
+impl MatchStore for SqlMetadata {
     async fn claim_match_job(&self, job: &MatchJob) -> Result<bool, MetaError> {
         let done = sqlx::query(
             "INSERT INTO match_jobs (job_id, side, agreement_id, agreement_version, dataset, \
-             principal, peer, reveal, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             principal, peer, reveal, state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(&job.job_id)
@@ -188,7 +189,7 @@ impl MatchStore for SqliteMetadata {
             .transpose()
             .map_err(|_| MetaError::Database("count too large".into()))?;
         let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE match_jobs SET state = ?, match_count = ? WHERE job_id = ?")
+        sqlx::query("UPDATE match_jobs SET state = $1, match_count = $2 WHERE job_id = $3")
             .bind(state.as_str())
             .bind(count)
             .bind(job_id)
@@ -196,12 +197,12 @@ impl MatchStore for SqliteMetadata {
             .await?;
         // Multi-row inserts, well under SQLite's limit of bound values.
         for chunk in tokens.chunks(1000) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO match_results (job_id, token) ",
-            );
-            insert.push_values(chunk, |mut row, token| {
-                row.push_bind(job_id).push_bind(token.as_str());
-            });
+            let mut insert = Statement::new("INSERT INTO match_results (job_id, token) VALUES ");
+            for (i, token) in chunk.iter().enumerate() {
+                insert.push(if i == 0 { "(" } else { ", (" });
+                insert.bind(job_id)?.push(", ");
+                insert.bind(token.as_str())?.push(")");
+            }
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -215,7 +216,7 @@ impl MatchStore for SqliteMetadata {
         since: &str,
     ) -> Result<u64, MetaError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM match_jobs WHERE agreement_id = ? AND side = ? AND created_at >= ?",
+            "SELECT COUNT(*) FROM match_jobs WHERE agreement_id = $1 AND side = $2 AND created_at >= $3",
         )
         .bind(agreement_id)
         .bind(side.as_str())
@@ -226,7 +227,7 @@ impl MatchStore for SqliteMetadata {
     }
 
     async fn match_job(&self, job_id: &str) -> Result<Option<MatchJob>, MetaError> {
-        sqlx::query("SELECT * FROM match_jobs WHERE job_id = ?")
+        sqlx::query("SELECT * FROM match_jobs WHERE job_id = $1")
             .bind(job_id)
             .fetch_optional(self.pool())
             .await?
@@ -237,7 +238,7 @@ impl MatchStore for SqliteMetadata {
 
     async fn match_tokens(&self, job_id: &str) -> Result<Vec<String>, MetaError> {
         Ok(
-            sqlx::query_scalar("SELECT token FROM match_results WHERE job_id = ? ORDER BY token")
+            sqlx::query_scalar("SELECT token FROM match_results WHERE job_id = $1 ORDER BY token")
                 .bind(job_id)
                 .fetch_all(self.pool())
                 .await?,
@@ -246,8 +247,8 @@ impl MatchStore for SqliteMetadata {
 
     async fn confirm_match_job(&self, job_id: &str, by: &str, at: &str) -> Result<bool, MetaError> {
         let done = sqlx::query(
-            "UPDATE match_jobs SET state = 'confirmed', confirmed_by = ?, confirmed_at = ? \
-             WHERE job_id = ? AND state = 'unverified'",
+            "UPDATE match_jobs SET state = 'confirmed', confirmed_by = $1, confirmed_at = $2 \
+             WHERE job_id = $3 AND state = 'unverified'",
         )
         .bind(by)
         .bind(at)
@@ -282,26 +283,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_id_is_claimed_once_and_confirmed_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMetadata::open(&dir.path().join("m.db"), true)
-            .await
-            .unwrap();
-        assert!(meta.claim_match_job(&job("m_1")).await.unwrap());
-        assert!(!meta.claim_match_job(&job("m_1")).await.unwrap());
-        let tokens: Vec<String> = (0..25_000).map(|i| format!("t{i:06}")).collect();
-        meta.finish_match_job("m_1", MatchState::Unverified, Some(25_000), &tokens)
-            .await
-            .unwrap();
-        let stored = meta.match_job("m_1").await.unwrap().unwrap();
-        assert_eq!(stored.state, MatchState::Unverified);
-        assert_eq!(stored.match_count, Some(25_000));
-        assert_eq!(meta.match_tokens("m_1").await.unwrap(), tokens);
-        assert!(meta.confirm_match_job("m_1", "c", "now").await.unwrap());
-        assert!(!meta.confirm_match_job("m_1", "c", "now").await.unwrap());
-        assert_eq!(
-            meta.match_job("m_1").await.unwrap().unwrap().state,
-            MatchState::Confirmed
-        );
-        assert!(meta.match_job("m_2").await.unwrap().is_none());
+        for catalogue in crate::testing::catalogues().await {
+            let meta = &catalogue.meta;
+            assert!(meta.claim_match_job(&job("m_1")).await.unwrap());
+            assert!(!meta.claim_match_job(&job("m_1")).await.unwrap());
+            let tokens: Vec<String> = (0..25_000).map(|i| format!("t{i:06}")).collect();
+            meta.finish_match_job("m_1", MatchState::Unverified, Some(25_000), &tokens)
+                .await
+                .unwrap();
+            let stored = meta.match_job("m_1").await.unwrap().unwrap();
+            assert_eq!(stored.state, MatchState::Unverified);
+            assert_eq!(stored.match_count, Some(25_000));
+            assert_eq!(meta.match_tokens("m_1").await.unwrap(), tokens);
+            assert!(meta.confirm_match_job("m_1", "c", "now").await.unwrap());
+            assert!(!meta.confirm_match_job("m_1", "c", "now").await.unwrap());
+            assert_eq!(
+                meta.match_job("m_1").await.unwrap().unwrap().state,
+                MatchState::Confirmed
+            );
+            assert!(meta.match_job("m_2").await.unwrap().is_none());
+        }
     }
 }

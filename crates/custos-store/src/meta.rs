@@ -1,9 +1,9 @@
 //! The metadata store: instance settings, the dataset catalogue,
 //! principals and agreements (the request catalogue is [`crate::lookups`]).
 //!
-//! [`MetadataStore`] is the interface every backend implements; SQLite
-//! ([`SqliteMetadata`]) is the embedded default. A PostgreSQL backend goes
-//! beside it behind the same trait and runs the same test suite.
+//! [`MetadataStore`] is the interface every backend implements;
+//! [`SqlMetadata`] implements it on SQLite (the embedded default) and on
+//! PostgreSQL (shared by replicas), and both run the same suites.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,8 +18,10 @@ use crate::lookups::RequestStore;
 use crate::matches::MatchStore;
 use custos_model::AgreementStatus;
 use custos_model::principal::{Principal, format_roles, parse_roles};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Row};
 
 /// Errors of the metadata store. Messages never carry secrets or values.
 #[derive(Debug, thiserror::Error)]
@@ -191,47 +193,103 @@ pub trait MetadataStore:
     async fn set_agreement_state(&self, id: &str, state: &AgreementState) -> Result<(), MetaError>;
 }
 
-/// The embedded SQLite metadata store (WAL, `synchronous = FULL`).
-#[derive(Debug, Clone)]
-pub struct SqliteMetadata {
-    pool: SqlitePool,
+/// Which database engine holds the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file (`custos.db`, WAL, `synchronous = FULL`).
+    Sqlite,
+    /// A PostgreSQL database, shared by every replica.
+    Postgres,
 }
 
-impl SqliteMetadata {
-    /// Opens (or with `create`, creates) the database at `path` and applies
-    /// pending migrations.
+/// The catalogue on SQL: SQLite embedded or PostgreSQL, through sqlx's
+/// `Any` driver, one set of statements for both (see [`crate::sql`]), each
+/// backend with its own migrations (`migrations/sqlite`,
+/// `migrations/postgres`).
+#[derive(Debug, Clone)]
+pub struct SqlMetadata {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Settings every SQLite connection takes before its first statement.
+/// `synchronous = FULL`: a committed transaction survives power loss, not
+/// just a crash. The busy timeout comes first, so that switching to WAL
+/// waits for another process instead of failing.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
+
+impl SqlMetadata {
+    /// Opens (or with `create`, creates) the SQLite database at `path` and
+    /// applies pending migrations.
     pub async fn open(path: &Path, create: bool) -> Result<Self, MetaError> {
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(|e| MetaError::Database(e.to_string()))?
+        sqlx::any::install_default_drivers();
+        let url = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a committed transaction survives power loss, not just a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+            .to_url_lossy();
+        let options = AnyConnectOptions::from_url(&url)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(SQLITE_PRAGMAS).execute(conn).await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| MetaError::Migration(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+        })
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    /// Connects to the PostgreSQL database at `url` and applies pending
+    /// migrations. The password, if any, comes from the environment
+    /// (`PGPASSWORD`) or `~/.pgpass`, never from the URL a home records.
+    pub async fn connect_postgres(url: &str) -> Result<Self, MetaError> {
+        sqlx::any::install_default_drivers();
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(|_| MetaError::Database("the PostgreSQL URL is malformed".into()))?;
+        // One connection first, without the pool's retries: a wrong host,
+        // port or password fails at once, with the server's own reason.
+        options.connect().await?.close().await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| MetaError::Migration(e.to_string()))?;
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Closes the pool, flushing the WAL.
+    /// The engine behind this catalogue.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool (for SQLite, flushing the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
 
-fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, MetaError> {
+fn dataset_from_row(row: &AnyRow) -> Result<DatasetRecord, MetaError> {
     let as_u64 = |v: i64| {
         u64::try_from(v).map_err(|_| MetaError::Database("negative count in catalogue".into()))
     };
@@ -255,7 +313,7 @@ fn dataset_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DatasetRecord, Meta
     })
 }
 
-fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementVersion, MetaError> {
+fn version_from_row(row: &AnyRow) -> Result<AgreementVersion, MetaError> {
     Ok(AgreementVersion {
         id: row.try_get("id")?,
         version: u32::try_from(row.try_get::<i64, _>("version")?)
@@ -270,7 +328,7 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementVersion, M
     })
 }
 
-fn state_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementState, MetaError> {
+fn state_from_row(row: &AnyRow) -> Result<AgreementState, MetaError> {
     Ok(AgreementState {
         state: row
             .try_get::<String, _>("state")?
@@ -282,7 +340,7 @@ fn state_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AgreementState, MetaE
     })
 }
 
-fn principal_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Principal, MetaError> {
+fn principal_from_row(row: &AnyRow) -> Result<Principal, MetaError> {
     let roles: String = row.try_get("roles")?;
     Ok(Principal {
         id: row.try_get("id")?,
@@ -297,13 +355,13 @@ fn principal_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Principal, MetaEr
 
 /// Writes (replacing) and removes instance settings inside `tx`.
 pub(crate) async fn write_instance_values(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     values: &[(&str, &[u8])],
     remove: &[&str],
 ) -> Result<(), MetaError> {
     for (key, value) in values {
         sqlx::query(
-            "INSERT INTO instance (key, value) VALUES (?, ?) \
+            "INSERT INTO instance (key, value) VALUES ($1, $2) \
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         )
         .bind(*key)
@@ -312,7 +370,7 @@ pub(crate) async fn write_instance_values(
         .await?;
     }
     for key in remove {
-        sqlx::query("DELETE FROM instance WHERE key = ?")
+        sqlx::query("DELETE FROM instance WHERE key = $1")
             .bind(*key)
             .execute(&mut **tx)
             .await?;
@@ -321,9 +379,9 @@ pub(crate) async fn write_instance_values(
 }
 
 #[async_trait]
-impl MetadataStore for SqliteMetadata {
+impl MetadataStore for SqlMetadata {
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
-        let row = sqlx::query("SELECT value FROM instance WHERE key = ?")
+        let row = sqlx::query("SELECT value FROM instance WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
@@ -331,7 +389,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn insert_instance_value(&self, key: &str, value: &[u8]) -> Result<(), MetaError> {
-        sqlx::query("INSERT INTO instance (key, value) VALUES (?, ?)")
+        sqlx::query("INSERT INTO instance (key, value) VALUES ($1, $2)")
             .bind(key)
             .bind(value)
             .execute(&self.pool)
@@ -360,7 +418,7 @@ impl MetadataStore for SqliteMetadata {
         values: &[(&str, &[u8])],
         remove: &[&str],
     ) -> Result<usize, MetaError> {
-        crate::sealed::rewrap_sqlite(&self.pool, rewrap, values, remove).await
+        crate::sealed::rewrap_all(self, rewrap, values, remove).await
     }
 
     async fn insert_dataset(&self, d: &DatasetRecord) -> Result<(), MetaError> {
@@ -369,7 +427,7 @@ impl MetadataStore for SqliteMetadata {
         sqlx::query(
             "INSERT INTO datasets (name, storage_id, schema_toml, schema_sha256, wrapped_key, \
              bucket_count, row_count, stored_bytes, created_at, file_digests, ingest_entry) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&d.name)
         .bind(&d.storage_id)
@@ -394,7 +452,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn dataset(&self, name: &str) -> Result<Option<DatasetRecord>, MetaError> {
-        let row = sqlx::query("SELECT * FROM datasets WHERE name = ?")
+        let row = sqlx::query("SELECT * FROM datasets WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -411,7 +469,7 @@ impl MetadataStore for SqliteMetadata {
     async fn insert_principal(&self, p: &Principal, token_hash: &[u8]) -> Result<(), MetaError> {
         sqlx::query(
             "INSERT INTO principals (id, name, org, roles, token_hash, created_at, created_by, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&p.id)
         .bind(&p.name)
@@ -431,7 +489,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn principal(&self, id: &str) -> Result<Option<(Principal, Vec<u8>)>, MetaError> {
-        let row = sqlx::query("SELECT * FROM principals WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM principals WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -440,7 +498,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn principal_by_name(&self, name: &str) -> Result<Option<Principal>, MetaError> {
-        let row = sqlx::query("SELECT * FROM principals WHERE name = ?")
+        let row = sqlx::query("SELECT * FROM principals WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -465,14 +523,14 @@ impl MetadataStore for SqliteMetadata {
     ) -> Result<u32, MetaError> {
         let mut tx = self.pool.begin().await?;
         let latest: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM agreement_versions WHERE id = ?")
+            sqlx::query_scalar("SELECT MAX(version) FROM agreement_versions WHERE id = $1")
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
         let version = latest.unwrap_or(0) + 1;
         sqlx::query(
             "INSERT INTO agreement_versions (id, version, toml, sha256, applied_at, applied_by, ledger_entry) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(version)
@@ -484,7 +542,7 @@ impl MetadataStore for SqliteMetadata {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO agreement_states (id, state, changed_at, changed_by, reason) VALUES (?, 'active', ?, ?, NULL) \
+            "INSERT INTO agreement_states (id, state, changed_at, changed_by, reason) VALUES ($1, 'active', $2, $3, NULL) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
@@ -497,7 +555,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn agreement_versions(&self, id: &str) -> Result<Vec<AgreementVersion>, MetaError> {
-        let rows = sqlx::query("SELECT * FROM agreement_versions WHERE id = ? ORDER BY version")
+        let rows = sqlx::query("SELECT * FROM agreement_versions WHERE id = $1 ORDER BY version")
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
@@ -518,7 +576,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn agreement_state(&self, id: &str) -> Result<Option<AgreementState>, MetaError> {
-        let row = sqlx::query("SELECT * FROM agreement_states WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM agreement_states WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -526,7 +584,7 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn set_agreement_state(&self, id: &str, state: &AgreementState) -> Result<(), MetaError> {
-        sqlx::query("UPDATE agreement_states SET state = ?, changed_at = ?, changed_by = ?, reason = ? WHERE id = ?")
+        sqlx::query("UPDATE agreement_states SET state = $1, changed_at = $2, changed_by = $3, reason = $4 WHERE id = $5")
             .bind(state.state.as_str())
             .bind(&state.changed_at)
             .bind(&state.changed_by)
@@ -538,12 +596,13 @@ impl MetadataStore for SqliteMetadata {
     }
 
     async fn revoke_principal(&self, id: &str, at: &str) -> Result<bool, MetaError> {
-        let done =
-            sqlx::query("UPDATE principals SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(at)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE principals SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -672,15 +731,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sqlite_backend_passes_the_suite() {
+    async fn every_backend_passes_the_suite() {
+        for catalogue in crate::testing::catalogues().await {
+            backend_suite(&catalogue.meta).await;
+        }
+    }
+
+    /// The PostgreSQL migration ends with the tables and columns the
+    /// SQLite migrations end with.
+    #[tokio::test]
+    async fn both_backends_have_the_same_tables_and_columns() {
+        let mut schemas = Vec::new();
+        for catalogue in crate::testing::catalogues().await {
+            schemas.push(crate::testing::columns(&catalogue.meta).await);
+        }
+        if let [sqlite, postgres] = schemas.as_slice() {
+            assert_eq!(sqlite, postgres);
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_keeps_everything_across_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), true)
+        let store = SqlMetadata::open(&dir.path().join("m.db"), true)
             .await
             .unwrap();
         backend_suite(&store).await;
         store.close().await;
         // Reopening keeps everything (migrations are idempotent).
-        let store = SqliteMetadata::open(&dir.path().join("m.db"), false)
+        let store = SqlMetadata::open(&dir.path().join("m.db"), false)
             .await
             .unwrap();
         assert_eq!(store.datasets().await.unwrap().len(), 2);
@@ -690,7 +769,7 @@ mod tests {
     async fn open_without_create_refuses_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         assert!(
-            SqliteMetadata::open(&dir.path().join("none.db"), false)
+            SqlMetadata::open(&dir.path().join("none.db"), false)
                 .await
                 .is_err()
         );

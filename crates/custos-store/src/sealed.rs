@@ -5,10 +5,10 @@
 //! here would be left under the old key, so a test compares it with every
 //! `*_sealed` and `wrapped_*` column of the schema.
 
-use sqlx::{AssertSqlSafe, Row, SqlitePool};
+use sqlx::{AssertSqlSafe, Row};
 
 use crate::keys::{KeyError, data_key_purpose};
-use crate::meta::MetaError;
+use crate::meta::{Backend, MetaError, SqlMetadata};
 
 /// AAD of the instance signing key of homes that kept it wrapped inside.
 pub(crate) const SIGNING_KEY_PURPOSE: &str = "custos/v1/instance-signing-key";
@@ -133,15 +133,31 @@ pub(crate) const SETTINGS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The SQLite side of `MetadataStore::rewrap_sealed`: one transaction over
-/// every sealed column and setting.
-pub(crate) async fn rewrap_sqlite(
-    pool: &SqlitePool,
+/// `MetadataStore::rewrap_sealed`: one transaction over every sealed column
+/// and setting.
+pub(crate) async fn rewrap_all(
+    meta: &SqlMetadata,
     rewrap: &Rewrap<'_>,
     values: &[(&str, &[u8])],
     remove: &[&str],
 ) -> Result<usize, MetaError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = meta.pool().begin().await?;
+    if meta.backend() == Backend::Postgres {
+        // Another replica must not seal a value under the old key between
+        // the reads below and the commit: writers of every sealed table wait
+        // (readers do not). SQLite's first write already excludes writers,
+        // and the home's key lock keeps other processes out.
+        let mut tables: Vec<&str> = COLUMNS.iter().map(|c| c.table).collect();
+        tables.push("instance");
+        tables.sort_unstable();
+        tables.dedup();
+        sqlx::query(AssertSqlSafe(format!(
+            "LOCK TABLE {} IN EXCLUSIVE MODE",
+            tables.join(", ")
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
     let mut count = 0;
     for c in COLUMNS {
         // The names are this file's constants, never input.
@@ -152,7 +168,7 @@ pub(crate) async fn rewrap_sqlite(
             table = c.table
         );
         let update = format!(
-            "UPDATE {table} SET {col} = ? WHERE {key} = ?",
+            "UPDATE {table} SET {col} = $1 WHERE {key} = $2",
             key = c.key,
             col = c.column,
             table = c.table
@@ -180,14 +196,14 @@ pub(crate) async fn rewrap_sqlite(
         }
     }
     for (setting, purpose, what) in SETTINGS {
-        let row = sqlx::query("SELECT value FROM instance WHERE key = ?")
+        let row = sqlx::query("SELECT value FROM instance WHERE key = $1")
             .bind(*setting)
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(row) = row {
             let sealed: Vec<u8> = row.try_get("value")?;
             let resealed = rewrap(purpose, what, &sealed)?;
-            sqlx::query("UPDATE instance SET value = ? WHERE key = ?")
+            sqlx::query("UPDATE instance SET value = $1 WHERE key = $2")
                 .bind(resealed)
                 .bind(*setting)
                 .execute(&mut *tx)
@@ -208,34 +224,19 @@ mod tests {
     /// a new one left out would stay under the old key after a rotation.
     #[tokio::test]
     async fn every_sealed_column_of_the_schema_is_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = crate::meta::SqliteMetadata::open(&dir.path().join("c.db"), true)
-            .await
-            .unwrap();
-        let tables = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(meta.pool())
-            .await
-            .unwrap();
-        let mut found = Vec::new();
-        for t in tables {
-            let table: String = t.try_get("name").unwrap();
-            let columns = sqlx::query(AssertSqlSafe(format!("PRAGMA table_info({table})")))
-                .fetch_all(meta.pool())
-                .await
-                .unwrap();
-            for c in columns {
-                let name: String = c.try_get("name").unwrap();
-                if name.ends_with("_sealed") || name.starts_with("wrapped_") {
-                    found.push(format!("{table}.{name}"));
-                }
-            }
-        }
-        found.sort();
         let mut listed: Vec<String> = COLUMNS
             .iter()
             .map(|c| format!("{}.{}", c.table, c.column))
             .collect();
         listed.sort();
-        assert_eq!(found, listed);
+        for catalogue in crate::testing::catalogues().await {
+            let found: Vec<String> = crate::testing::columns(&catalogue.meta)
+                .await
+                .into_iter()
+                .filter(|(_, c)| c.ends_with("_sealed") || c.starts_with("wrapped_"))
+                .map(|(t, c)| format!("{t}.{c}"))
+                .collect();
+            assert_eq!(found, listed, "{}", catalogue.backend);
+        }
     }
 }

@@ -24,13 +24,24 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
+        Self::with_catalogue(None)
+    }
+
+    /// A home whose catalogue is the PostgreSQL database at `catalogue`
+    /// (`None`: the embedded SQLite file).
+    fn with_catalogue(catalogue: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut env = Self {
             dir,
             tokens: HashMap::new(),
             returns: Vec::new(),
         };
-        env.custos(None).arg("init").assert().success();
+        let mut init = env.custos(None);
+        init.arg("init");
+        if let Some(url) = catalogue {
+            init.args(["--catalogue", url]);
+        }
+        init.assert().success();
         let people: [(&str, &str, &str); 7] = [
             ("alice", "IRS", "admin"),
             ("rita", "TIGTA", "requester"),
@@ -142,7 +153,32 @@ impl Env {
 
 #[test]
 fn request_approve_fetch_and_report() {
-    let env = Env::new();
+    request_approve_fetch_and_report_in(&Env::new());
+}
+
+/// The same flow with the catalogue in PostgreSQL: requests, approvals,
+/// the accounting and the limits live there, and nothing in the home's
+/// directory holds them.
+#[test]
+fn request_approve_fetch_and_report_with_a_postgresql_catalogue() {
+    let Some(url) = common::postgres_database() else {
+        return;
+    };
+    let env = Env::with_catalogue(Some(&url));
+    let home = env.path("home");
+    assert!(home.join("catalogue.toml").is_file());
+    assert!(!home.join("custos.db").exists());
+    request_approve_fetch_and_report_in(&env);
+    // The catalogue rows are in PostgreSQL.
+    let requests = common::postgres_count(&url, "SELECT COUNT(*) FROM access_requests");
+    let disclosures = common::postgres_count(
+        &url,
+        "SELECT COUNT(*) FROM subject_events WHERE kind = 'disclosed'",
+    );
+    assert_eq!((requests, disclosures), (1, 1));
+}
+
+fn request_approve_fetch_and_report_in(env: &Env) {
     let tin = env.subject_with_years();
     let id = env.request_id("rita", &tin);
     assert!(id.starts_with("req_"));

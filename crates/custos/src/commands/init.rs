@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use custos_broker::MasterKeySource;
-use custos_broker::{Custos, LedgerKeySource};
+use custos_broker::{CatalogueLocation, Custos, LedgerKeySource};
 
 use super::keys::{KeySourceArgs, print_shares, required_hsm_pin};
 use super::{ledger_key_from_env, master_key_from_env};
@@ -28,6 +28,13 @@ pub struct InitArgs {
     /// --hsm, a hardware security module. See docs/keys.md.
     #[command(flatten)]
     key: KeySourceArgs,
+    /// Keep the catalogue (settings, principals, agreements, requests,
+    /// budgets, the accounting) in PostgreSQL instead of HOME/custos.db,
+    /// e.g. `postgres://custos@db.internal:5432/custos`. The database
+    /// must be empty; the password comes from PGPASSWORD or ~/.pgpass,
+    /// never from the URL. See docs/deploy.md.
+    #[arg(long, value_name = "URL")]
+    catalogue: Option<String>,
 }
 
 /// Creates the home and says what was made (never the key itself).
@@ -63,7 +70,12 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
         (None, Some(file)) => LedgerKeySource::File(file),
         (None, None) => LedgerKeySource::beside(home),
     };
-    let (custos, report) = Custos::init_with(home, source, args.origin, ledger_key).await?;
+    let catalogue = match &args.catalogue {
+        Some(url) => CatalogueLocation::postgres(url)?,
+        None => CatalogueLocation::Embedded,
+    };
+    let (custos, report) =
+        Custos::init_with(home, source, args.origin, ledger_key, catalogue).await?;
     custos.close()?;
     println!("Created Custos home `{}`", report.root.display());
     if let Some(hsm) = &report.hsm {
@@ -109,7 +121,10 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
             "                from CUSTOS_LEDGER_KEY (not written to disk); set it for every command"
         ),
     }
-    println!("  metadata:     custos.db (SQLite)");
+    match &args.catalogue {
+        Some(url) => println!("  metadata:     PostgreSQL at {url} (named in catalogue.toml)"),
+        None => println!("  metadata:     custos.db (SQLite)"),
+    }
     println!("  ledger:       ledger/ (entry 0 records this init; `custos ledger show`)");
     println!("Next: `custos dataset ingest --schema FILE.schema.toml --name NAME FILE.csv`");
     Ok(())

@@ -211,3 +211,62 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// The URL of a new, empty PostgreSQL database on the test server named by
+/// `CUSTOS_TEST_POSTGRES` (scripts/postgres; the password in PGPASSWORD),
+/// or `None` without one — a failure when `CUSTOS_REQUIRE_POSTGRES` is set,
+/// as scripts/test sets it.
+pub fn postgres_database() -> Option<String> {
+    let Ok(admin) = std::env::var("CUSTOS_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CUSTOS_REQUIRE_POSTGRES").is_none(),
+            "CUSTOS_REQUIRE_POSTGRES is set but CUSTOS_TEST_POSTGRES names no server"
+        );
+        eprintln!("skipped: CUSTOS_TEST_POSTGRES names no PostgreSQL server");
+        return None;
+    };
+    let name = format!(
+        "custos_cli_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    postgres_execute(&admin, &format!("CREATE DATABASE {name}"));
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+/// Runs `f` on a new connection to the PostgreSQL database at `url`.
+fn on_postgres<T>(url: &str, f: impl AsyncFnOnce(&mut sqlx::PgConnection) -> T) -> T {
+    use sqlx::Connection as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        f(&mut conn).await
+    })
+}
+
+/// Runs one statement on the PostgreSQL database at `url`.
+pub fn postgres_execute(url: &str, sql: &str) {
+    on_postgres(url, async |conn| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
+            .await
+            .unwrap();
+    });
+}
+
+/// The single number a `SELECT COUNT(*) …` on PostgreSQL returns.
+pub fn postgres_count(url: &str, sql: &str) -> i64 {
+    on_postgres(url, async |conn| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    })
+}

@@ -1,0 +1,132 @@
+//! Where a home's catalogue lives: the embedded SQLite file (`custos.db`)
+//! or a PostgreSQL database named in `catalogue.toml`.
+//!
+//! `catalogue.toml` records the database's URL and the home's origin. The
+//! URL carries no password: the connection takes it from `PGPASSWORD` or
+//! `~/.pgpass`, so the home's files (and their backups) never hold it. The
+//! origin binds the database to this home: a home pointed at another
+//! home's catalogue is refused by name before any key is tried.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::home::{HomeError, io_err, write_secret_file};
+use crate::meta::{MetaError, SqlMetadata};
+
+/// Name of the file that points a home at a PostgreSQL catalogue.
+pub const CATALOGUE_FILE: &str = "catalogue.toml";
+
+/// Where a new home keeps its catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CatalogueLocation {
+    /// The embedded SQLite file inside the home (the default).
+    #[default]
+    Embedded,
+    /// A PostgreSQL database, by URL (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+/// The contents of `catalogue.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogueFile {
+    /// The PostgreSQL URL, without a password.
+    url: String,
+    /// The origin of the home the catalogue belongs to.
+    origin: String,
+}
+
+impl CatalogueLocation {
+    /// Checks a PostgreSQL URL a home may record: `postgres://` or
+    /// `postgresql://`, a host, a database name, and no password.
+    pub fn postgres(url: &str) -> Result<Self, HomeError> {
+        let bad = |why: &str| HomeError::Catalogue(format!("the catalogue URL {why}"));
+        let parsed = url::Url::parse(url).map_err(|_| bad("is not a URL"))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(bad(
+                "must start with postgres:// (the catalogue is SQLite by default)",
+            ));
+        }
+        if parsed.password().is_some() {
+            return Err(bad(
+                "carries a password: give it in PGPASSWORD or ~/.pgpass instead (the URL is written to the home)",
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(bad("names no host"));
+        }
+        if parsed.path().trim_start_matches('/').is_empty() {
+            return Err(bad(
+                "names no database (postgres://user@host:port/DATABASE)",
+            ));
+        }
+        Ok(Self::Postgres(url.to_owned()))
+    }
+
+    /// Writes `catalogue.toml` into a home being built (PostgreSQL only).
+    pub(crate) fn write(&self, dir: &Path, origin: &str) -> Result<(), HomeError> {
+        let Self::Postgres(url) = self else {
+            return Ok(());
+        };
+        let text = toml::to_string(&CatalogueFile {
+            url: url.clone(),
+            origin: origin.to_owned(),
+        })
+        .map_err(|e| HomeError::Catalogue(e.to_string()))?;
+        let header = "# This home's catalogue is in PostgreSQL (docs/deploy.md).\n\
+                      # The password comes from PGPASSWORD or ~/.pgpass, never from this file.\n";
+        write_secret_file(
+            &dir.join(CATALOGUE_FILE),
+            format!("{header}{text}").as_bytes(),
+        )
+    }
+
+    /// Opens the catalogue of the home at `root` (creating the SQLite file
+    /// only with `create`). For PostgreSQL, checks that the database belongs
+    /// to this home once it holds an origin.
+    pub(crate) async fn open(root: &Path, create: bool) -> Result<SqlMetadata, HomeError> {
+        let file = root.join(CATALOGUE_FILE);
+        if !file.exists() {
+            let db = root.join(crate::home::METADATA_DB_FILE);
+            if !create && !db.is_file() {
+                return Err(HomeError::NotFound(root.to_owned()));
+            }
+            return Ok(SqlMetadata::open(&db, create).await?);
+        }
+        let text = std::fs::read_to_string(&file).map_err(io_err(&file))?;
+        let config: CatalogueFile = toml::from_str(&text).map_err(|e| {
+            HomeError::Catalogue(format!(
+                "`{}` is malformed: {}",
+                file.display(),
+                e.message()
+            ))
+        })?;
+        Self::postgres(&config.url)?;
+        let meta = SqlMetadata::connect_postgres(&config.url)
+            .await
+            .map_err(|e| match e {
+                MetaError::Database(why) => {
+                    HomeError::Catalogue(format!("cannot reach the PostgreSQL catalogue: {why}"))
+                }
+                other => other.into(),
+            })?;
+        if let Some(found) = crate::meta::MetadataStore::instance_value(&meta, "origin").await? {
+            if found != config.origin.as_bytes() {
+                meta.close().await;
+                return Err(HomeError::Catalogue(format!(
+                    "the PostgreSQL catalogue belongs to another home (origin `{}`, this home's is `{}`)",
+                    String::from_utf8_lossy(&found),
+                    config.origin
+                )));
+            }
+        } else if !create {
+            meta.close().await;
+            return Err(HomeError::Catalogue(
+                "the PostgreSQL catalogue is empty: was it dropped or restored from the wrong backup?"
+                    .into(),
+            ));
+        }
+        Ok(meta)
+    }
+}
