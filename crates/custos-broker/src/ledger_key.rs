@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use custos_ledger::Ledger;
 use custos_store::Home;
+use custos_store::meta::WriterLease;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -54,11 +55,15 @@ pub struct KeyRotation {
 }
 
 /// Opens the ledger of `home` with its key, finishing or undoing an
-/// interrupted rotation. Returns the ledger and the key file in use.
+/// interrupted rotation, after taking the home's writer lease. Returns the
+/// ledger, the key file in use and the lease.
 pub(crate) async fn open_ledger(
     home: &Home,
     from: &LedgerKeyFrom,
-) -> Result<(Ledger, Option<PathBuf>), BrokerError> {
+) -> Result<(Ledger, Option<PathBuf>, WriterLease), BrokerError> {
+    // Before the ledger: a second writer on another machine (a copied
+    // home on a shared PostgreSQL catalogue) would fork the ledger.
+    let lease = home.meta().hold_writer().await?;
     let keys = home
         .ledger_keys(from.seed.as_deref(), from.file.as_deref())
         .await?;
@@ -90,7 +95,7 @@ pub(crate) async fn open_ledger(
             _ => home.abandon_ledger_key().await?,
         }
     }
-    Ok((ledger, file))
+    Ok((ledger, file, lease))
 }
 
 impl Custos {

@@ -235,6 +235,8 @@ pub struct Custos {
     ledger: Ledger,
     /// The file the ledger signing key came from (`None`: environment).
     ledger_key_file: Option<PathBuf>,
+    /// This process's claim to write the home (see `MetadataStore::hold_writer`).
+    _writer: custos_store::meta::WriterLease,
     subjects: SubjectCommitter,
     /// Compiled policies per (agreement, version, SHA-256 of the guards).
     engines: std::sync::Mutex<EngineCache>,
@@ -256,8 +258,10 @@ pub struct Custos {
 /// unlimited actions still share group commits.
 ///
 /// INVARIANT: a limited action counts and records under its agreement's
-/// lock. One process serves a home (the catalogue is SQLite), so an
-/// in-process lock is enough; a shared catalogue would need a lock there.
+/// lock. One process writes a home (the ledger's file lock on one machine;
+/// the writer lease in a PostgreSQL catalogue across machines), so an
+/// in-process lock is enough. Replicas writing one home will need the
+/// count and the record under a lock in the catalogue.
 #[derive(Debug, Default)]
 pub(crate) struct LimitLocks(
     std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -507,13 +511,14 @@ impl Custos {
     ) -> Result<Self, BrokerError> {
         let input = external_key.map_or(KeyInput::None, |k| k.0);
         let home = Home::open_keyed(root, input).await?;
-        let (ledger, ledger_key_file) = ledger_key::open_ledger(&home, &ledger_key).await?;
+        let (ledger, ledger_key_file, writer) = ledger_key::open_ledger(&home, &ledger_key).await?;
         let subjects = SubjectCommitter::new(&home.ledger_subject_key());
         let cut = ledger.cut_at_open();
         let custos = Self {
             home,
             ledger_key_file,
             ledger,
+            _writer: writer,
             subjects,
             engines: std::sync::Mutex::new(EngineCache::new()),
             pending_matches: matches::PendingMatches::default(),

@@ -5,6 +5,8 @@
 //! ```text
 //! cargo bench -p custos-server --bench http_load                     # 1M rows, 20,000 look-ups
 //! CUSTOS_BENCH_LOOKUPS=5000 cargo bench -p custos-server --bench http_load
+//! # and again with the catalogue in PostgreSQL, in the same run (an empty database):
+//! CUSTOS_BENCH_POSTGRES=postgres://custos@127.0.0.1:54330/bench cargo bench -p custos-server --bench http_load
 //! ```
 //!
 //! The server runs on its own 2-thread runtime, the load generator on
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use custos_broker::{Custos, LookupRequest};
+use custos_broker::{CatalogueLocation, Custos, LedgerKeySource, LookupRequest};
 use custos_broker::{MasterKeySource, NoProgress};
 use custos_model::Role;
 use custos_server::{Server, ServerConfig};
@@ -155,13 +157,39 @@ fn main() {
     let lookups: usize = std::env::var("CUSTOS_BENCH_LOOKUPS")
         .ok()
         .map_or(20_000, |r| r.parse().expect("CUSTOS_BENCH_LOOKUPS"));
+    let mut catalogues = vec![("embedded SQLite", CatalogueLocation::Embedded)];
+    if let Ok(url) = std::env::var("CUSTOS_BENCH_POSTGRES") {
+        catalogues.push((
+            "PostgreSQL",
+            CatalogueLocation::postgres(&url).expect("CUSTOS_BENCH_POSTGRES"),
+        ));
+    }
+    let mut tables = Vec::new();
+    for (name, catalogue) in catalogues {
+        tables.push((name, run(rows, lookups, catalogue)));
+    }
+    println!(
+        "\n{rows} rows; {CLIENTS} concurrent clients on loopback; server and client 2 threads each on 2 cores\n"
+    );
+    println!("| catalogue | load | requests | seconds | requests/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (name, mut loads) in tables {
+        for load in &mut loads {
+            println!("| {name} {}", load.row());
+        }
+    }
+}
+
+/// Prepares a home on `catalogue`, serves it and drives the three loads.
+fn run(rows: u64, lookups: usize, catalogue: CatalogueLocation) -> Vec<Load> {
     let setup = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let temp = tempfile::tempdir().unwrap();
-    let (custos, tokens, ids) = setup.block_on(prepare(temp.path().join("home"), rows, lookups));
+    let (custos, tokens, ids) =
+        setup.block_on(prepare(temp.path().join("home"), rows, lookups, catalogue));
     drop(setup);
 
     // The server, on its own runtime.
@@ -188,7 +216,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut loads = client_runtime.block_on(async {
+    let loads = client_runtime.block_on(async {
         let mut loads = Vec::new();
         let (rita, gina) = (tokens.0.clone(), tokens.1.clone());
         let ids = Arc::new(ids);
@@ -237,14 +265,7 @@ fn main() {
         .unwrap()
         .unwrap()
         .unwrap();
-    println!(
-        "\n{rows} rows; {CLIENTS} concurrent clients on loopback; server and client 2 threads each on 2 cores\n"
-    );
-    println!("| load | requests | seconds | requests/s | p50 ms | p99 ms | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for load in &mut loads {
-        println!("{}", load.row());
-    }
+    loads
 }
 
 /// A home with the dataset, a requester and an approver, and `lookups`
@@ -254,6 +275,7 @@ async fn prepare(
     home: PathBuf,
     rows: u64,
     lookups: usize,
+    catalogue: CatalogueLocation,
 ) -> (Custos, (String, String), Vec<String>) {
     let data = std::env::var_os("CUSTOS_BENCH_DATA")
         .map(PathBuf::from)
@@ -271,9 +293,15 @@ async fn prepare(
         )
         .unwrap();
     }
-    let (custos, _) = Custos::init(&home, MasterKeySource::GenerateFile, None)
-        .await
-        .unwrap();
+    let (custos, _) = Custos::init_with(
+        &home,
+        MasterKeySource::GenerateFile,
+        None,
+        LedgerKeySource::beside(&home),
+        catalogue,
+    )
+    .await
+    .unwrap();
     let (_, token) = custos
         .add_principal(
             &custos.actor(None).await.unwrap(),

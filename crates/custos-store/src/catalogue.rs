@@ -17,6 +17,15 @@ use crate::meta::{MetaError, SqlMetadata};
 /// Name of the file that points a home at a PostgreSQL catalogue.
 pub const CATALOGUE_FILE: &str = "catalogue.toml";
 
+/// The query parameters a catalogue URL may carry.
+const ALLOWED_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+];
+
 /// Where a new home keeps its catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CatalogueLocation {
@@ -47,6 +56,23 @@ impl CatalogueLocation {
             return Err(bad(
                 "must start with postgres:// (the catalogue is SQLite by default)",
             ));
+        }
+        // Query parameters may set the password, or a host, user or
+        // database other than the URL shows: only TLS settings and the
+        // application name are taken.
+        for (name, _) in parsed.query_pairs() {
+            if name == "password" {
+                return Err(bad(
+                    "carries a password: give it in PGPASSWORD or ~/.pgpass instead (the URL is written to the home)",
+                ));
+            }
+            if !ALLOWED_PARAMETERS.contains(&name.as_ref()) {
+                return Err(bad(&format!(
+                    "has parameter `{}`: only {} are taken (host, port, user and database go in the URL itself)",
+                    name.chars().take(32).collect::<String>(),
+                    ALLOWED_PARAMETERS.join(", ")
+                )));
+            }
         }
         if parsed.password().is_some() {
             return Err(bad(
@@ -128,5 +154,49 @@ impl CatalogueLocation {
             ));
         }
         Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_that_could_carry_or_redirect_a_login_is_refused() {
+        let ok = "postgres://custos@db.internal:5432/custos?sslmode=verify-full";
+        assert_eq!(
+            CatalogueLocation::postgres(ok).unwrap(),
+            CatalogueLocation::Postgres(ok.into())
+        );
+        for (url, why) in [
+            ("postgres://custos:pw@db/custos", "carries a password"),
+            (
+                "postgres://custos@db/custos?password=pw",
+                "carries a password",
+            ),
+            (
+                "postgres://custos@db/decoy?dbname=other",
+                "has parameter `dbname`",
+            ),
+            (
+                "postgres://custos@db/custos?host=elsewhere",
+                "has parameter `host`",
+            ),
+            (
+                "postgres://custos@db/custos?user=admin",
+                "has parameter `user`",
+            ),
+            (
+                "postgres://custos@db/custos?options=-csearch_path%3Dx",
+                "has parameter `options`",
+            ),
+            ("postgres://custos@db", "names no database"),
+            ("sqlite://x.db", "must start with postgres://"),
+            ("no url", "is not a URL"),
+        ] {
+            let e = CatalogueLocation::postgres(url).unwrap_err().to_string();
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(!e.contains("pw"), "{url}: {e}");
+        }
     }
 }

@@ -493,6 +493,15 @@ impl RequestStore for SqlMetadata {
 
     async fn add_approval(&self, a: &ApprovalRecord) -> Result<(u32, RequestState), MetaError> {
         let mut tx = self.pool().begin().await?;
+        // The request's row lock first, so concurrent approvals count one
+        // after the other: under PostgreSQL's read committed, two approvals
+        // that each counted before the other committed would leave a
+        // request with all its approvals pending. (SQLite: the first write
+        // takes the database's write lock, as here.)
+        sqlx::query("UPDATE access_requests SET state = state WHERE id = $1")
+            .bind(&a.request_id)
+            .execute(&mut *tx)
+            .await?;
         // Only a pending request takes approvals (one declined meanwhile
         // keeps its state and gains no approval).
         sqlx::query(
@@ -924,6 +933,47 @@ mod tests {
             store.protected_subjects().await.unwrap(),
             vec![([1; 32], Some(b"x".to_vec()))]
         );
+    }
+
+    /// Two approvers of a request that needs both, approving at the same
+    /// moment through different connections: the request ends approved.
+    #[tokio::test]
+    async fn concurrent_approvals_approve_the_request() {
+        for catalogue in crate::testing::catalogues().await {
+            let store = &catalogue.meta;
+            for round in 0..20 {
+                let id = format!("req_{round}");
+                let r = request(&id, 2, 1);
+                store
+                    .insert_request(&r, &requested(&r, round * 10 + 1))
+                    .await
+                    .unwrap();
+                let approval = |who: &str, index| ApprovalRecord {
+                    request_id: id.clone(),
+                    approver: who.into(),
+                    approved_at: "t".into(),
+                    ledger_index: index,
+                };
+                let (adam, anna) = (
+                    approval("adam", round * 10 + 2),
+                    approval("anna", round * 10 + 3),
+                );
+                let (one, two) = tokio::join!(store.add_approval(&adam), store.add_approval(&anna));
+                let states = [one.unwrap().1, two.unwrap().1];
+                assert!(
+                    states.contains(&RequestState::Approved),
+                    "{}: {states:?}",
+                    catalogue.backend
+                );
+                let stored = store.request(&id).await.unwrap().unwrap();
+                assert_eq!(
+                    stored.state,
+                    RequestState::Approved,
+                    "{}",
+                    catalogue.backend
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -39,6 +39,9 @@ pub enum MetaError {
     /// A stored value is missing or malformed.
     #[error("metadata store: {0}")]
     Corrupt(String),
+    /// Another process holds what this one needs (the writer lease).
+    #[error("{0}")]
+    Busy(String),
     /// A sealed value could not be re-wrapped (rotation).
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
@@ -130,6 +133,9 @@ pub trait MetadataStore:
     + Sync
     + std::fmt::Debug
 {
+    /// Takes the writer lease of the home this catalogue belongs to, or
+    /// refuses if another process (on this machine or another) holds it.
+    async fn hold_writer(&self) -> Result<WriterLease, MetaError>;
     /// Reads an instance setting.
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Writes an instance setting once; an existing key is refused.
@@ -210,7 +216,23 @@ pub enum Backend {
 pub struct SqlMetadata {
     pool: AnyPool,
     backend: Backend,
+    /// How to open a connection of its own (the writer lease's).
+    options: AnyConnectOptions,
 }
+
+/// Held by the one process that writes a home: while it lives, no other
+/// process can take it. For PostgreSQL, a session advisory lock on a
+/// connection of its own, released by the server when that connection
+/// ends (also when the process dies); for SQLite, nothing (the ledger's
+/// file lock already keeps a second writer out on the one machine).
+#[derive(Debug)]
+pub struct WriterLease {
+    /// Held, never used (a connection is `Send` but not `Sync`).
+    _connection: std::sync::Mutex<Option<sqlx::AnyConnection>>,
+}
+
+/// The advisory-lock key of the writer lease: one home per database.
+const WRITER_LEASE_KEY: i64 = 0x6375_7374_6f73_7772; // "custoswr"
 
 /// Settings every SQLite connection takes before its first statement.
 /// `synchronous = FULL`: a committed transaction survives power loss, not
@@ -237,7 +259,7 @@ impl SqlMetadata {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
@@ -246,6 +268,7 @@ impl SqlMetadata {
         Ok(Self {
             pool,
             backend: Backend::Sqlite,
+            options,
         })
     }
 
@@ -262,7 +285,7 @@ impl SqlMetadata {
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
@@ -271,6 +294,7 @@ impl SqlMetadata {
         Ok(Self {
             pool,
             backend: Backend::Postgres,
+            options,
         })
     }
 
@@ -380,6 +404,30 @@ pub(crate) async fn write_instance_values(
 
 #[async_trait]
 impl MetadataStore for SqlMetadata {
+    async fn hold_writer(&self) -> Result<WriterLease, MetaError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(WriterLease {
+                _connection: std::sync::Mutex::new(None),
+            });
+        }
+        let mut connection = self.options.connect().await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(WRITER_LEASE_KEY)
+            .fetch_one(&mut connection)
+            .await?;
+        if !taken {
+            let _ = connection.close().await;
+            return Err(MetaError::Busy(
+                "another Custos process, on this machine or another, is writing this home's PostgreSQL catalogue; \
+                 one process writes a home (stop it, or send requests to its server with --server)"
+                    .into(),
+            ));
+        }
+        Ok(WriterLease {
+            _connection: std::sync::Mutex::new(Some(connection)),
+        })
+    }
+
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
         let row = sqlx::query("SELECT value FROM instance WHERE key = $1")
             .bind(key)

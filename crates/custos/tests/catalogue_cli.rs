@@ -52,6 +52,9 @@ fn bad_catalogues_are_refused_clearly_and_create_nothing() {
     // A password in the URL would be written into the home (and its backups).
     let with_password = url.replacen("custos@", "custos:s3cret@", 1);
     refused(&with_password, "PGPASSWORD");
+    refused(&format!("{url}?password=s3cret"), "PGPASSWORD");
+    // Parameters that would point the connection elsewhere than it reads.
+    refused(&format!("{url}?dbname=postgres"), "has parameter `dbname`");
     refused("mysql://custos@127.0.0.1/custos", "postgres://");
     refused("postgres://custos@127.0.0.1:54329", "names no database");
     refused("not a url", "is not a URL");
@@ -203,4 +206,63 @@ async fn concurrent_queries_never_overspend_a_budget_in_postgresql() {
     assert_eq!(charges, 10);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
+}
+
+/// A copy of a home on another machine, pointed at the same PostgreSQL
+/// catalogue, would fork the ledger and count limits apart: while one
+/// process writes the home, a second is refused by the catalogue's writer
+/// lease; when the first stops (or dies), the lease is free again.
+#[test]
+fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
+    let Some(url) = common::postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (home, admin) = postgres_home(dir.path(), "home", &url);
+    let copy = dir.path().join("copy");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&home)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let server = common::Server::start(&home, &[]);
+    common::custos(&copy, Some(&admin))
+        .args(["principal", "add", "mallory", "--org", "IRS", "--role", "admin"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "another Custos process, on this machine or another, is writing this home's PostgreSQL catalogue",
+        ));
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    // Nothing was added by the refused copy.
+    assert_eq!(
+        common::postgres_count(
+            &url,
+            "SELECT COUNT(*) FROM principals WHERE name = 'mallory'"
+        ),
+        0
+    );
+    // A killed writer's lease is released by the server with its session.
+    let mut server = common::Server::start(&home, &[]);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = common::custos(&home, Some(&admin))
+            .args(["principal", "list"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
