@@ -63,7 +63,7 @@ pub(crate) async fn open_ledger(
 ) -> Result<(Ledger, Option<PathBuf>, WriterLease), BrokerError> {
     // Before the ledger: a second writer on another machine (a copied
     // home on a shared PostgreSQL catalogue) would fork the ledger.
-    let lease = home.meta().hold_writer().await?;
+    let lease = home.hold_writer().await?;
     let keys = home
         .ledger_keys(from.seed.as_deref(), from.file.as_deref())
         .await?;

@@ -235,8 +235,9 @@ pub struct Custos {
     ledger: Ledger,
     /// The file the ledger signing key came from (`None`: environment).
     ledger_key_file: Option<PathBuf>,
-    /// This process's claim to write the home (see `MetadataStore::hold_writer`).
-    _writer: custos_store::meta::WriterLease,
+    /// This process's claim to write the home (see `Home::hold_writer`);
+    /// every append checks it.
+    writer: custos_store::meta::WriterLease,
     subjects: SubjectCommitter,
     /// Compiled policies per (agreement, version, SHA-256 of the guards).
     engines: std::sync::Mutex<EngineCache>,
@@ -518,7 +519,7 @@ impl Custos {
             home,
             ledger_key_file,
             ledger,
-            _writer: writer,
+            writer,
             subjects,
             engines: std::sync::Mutex::new(EngineCache::new()),
             pending_matches: matches::PendingMatches::default(),

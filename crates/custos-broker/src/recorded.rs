@@ -39,8 +39,23 @@ impl Custos {
     /// Refused (and the refusal recorded) while the witness gate is closed
     /// and the entry allows something.
     pub(crate) fn append(&self, entry: &Entry) -> Result<Recorded, BrokerError> {
+        self.check_writer()?;
         self.check_witness_gate(std::slice::from_ref(entry))?;
         wait_for_commit(|| self.ledger.append(entry)).map(Recorded)
+    }
+
+    /// Refuses every append once this process lost the home's writer
+    /// lease: another process may be writing the home by now.
+    fn check_writer(&self) -> Result<(), BrokerError> {
+        if self.writer.is_held() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(
+                "this process lost the home's writer lease (its PostgreSQL connection failed); \
+                 nothing was recorded or released: restart it"
+                    .into(),
+            ))
+        }
     }
 
     /// Appends entries as one durable commit; returns their receipts, in
@@ -53,6 +68,7 @@ impl Custos {
     /// [`Custos::append_all`] without the witness gate (for the gate's own
     /// denials).
     pub(crate) fn append_unchecked(&self, entries: &[Entry]) -> Result<Vec<Recorded>, BrokerError> {
+        self.check_writer()?;
         let encoded = entries
             .iter()
             .map(Entry::encode)

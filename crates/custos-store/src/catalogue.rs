@@ -17,6 +17,14 @@ use crate::meta::{MetaError, SqlMetadata};
 /// Name of the file that points a home at a PostgreSQL catalogue.
 pub const CATALOGUE_FILE: &str = "catalogue.toml";
 
+/// `text` with `%XX` escapes decoded (lossy).
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("u={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 /// The query parameters a catalogue URL may carry.
 const ALLOWED_PARAMETERS: &[&str] = &[
     "sslmode",
@@ -57,22 +65,11 @@ impl CatalogueLocation {
                 "must start with postgres:// (the catalogue is SQLite by default)",
             ));
         }
-        // Query parameters may set the password, or a host, user or
-        // database other than the URL shows: only TLS settings and the
-        // application name are taken.
-        for (name, _) in parsed.query_pairs() {
-            if name == "password" {
-                return Err(bad(
-                    "carries a password: give it in PGPASSWORD or ~/.pgpass instead (the URL is written to the home)",
-                ));
-            }
-            if !ALLOWED_PARAMETERS.contains(&name.as_ref()) {
-                return Err(bad(&format!(
-                    "has parameter `{}`: only {} are taken (host, port, user and database go in the URL itself)",
-                    name.chars().take(32).collect::<String>(),
-                    ALLOWED_PARAMETERS.join(", ")
-                )));
-            }
+        let user = percent_decode(parsed.username());
+        if user.contains(':') || user.contains('@') {
+            return Err(bad(
+                "has a user name with `:` or `@` (a password in disguise?)",
+            ));
         }
         if parsed.password().is_some() {
             return Err(bad(
@@ -85,6 +82,57 @@ impl CatalogueLocation {
         if parsed.path().trim_start_matches('/').is_empty() {
             return Err(bad(
                 "names no database (postgres://user@host:port/DATABASE)",
+            ));
+        }
+        // Query parameters may set the password, or a host, user or
+        // database other than the URL shows: only TLS settings and the
+        // application name are taken.
+        // postgres:// is not a scheme the URL standard knows, so its host
+        // is opaque text: parse the address here.
+        let loopback = parsed.host_str().is_some_and(|host| {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        let mut verified_tls = false;
+        for (name, value) in parsed.query_pairs() {
+            if name == "password" {
+                return Err(bad(
+                    "carries a password: give it in PGPASSWORD or ~/.pgpass instead (the URL is written to the home)",
+                ));
+            }
+            if !ALLOWED_PARAMETERS.contains(&name.as_ref()) {
+                return Err(bad(&format!(
+                    "has parameter `{}`: only {} are taken (host, port, user and database go in the URL itself)",
+                    name.chars().take(32).collect::<String>(),
+                    ALLOWED_PARAMETERS.join(", ")
+                )));
+            }
+            if name.starts_with("ssl")
+                && name != "sslmode"
+                && !Path::new(value.as_ref()).is_absolute()
+            {
+                // A relative path would be read from wherever a command
+                // runs; a value that is not a path can be key material.
+                return Err(bad(&format!(
+                    "has `{name}` that is not an absolute file path"
+                )));
+            }
+            if name == "sslmode" {
+                verified_tls = matches!(value.as_ref(), "verify-full" | "verify-ca");
+                if !loopback && !verified_tls {
+                    return Err(bad(
+                        "asks for an unverified connection: a server other than this machine needs sslmode=verify-full (or verify-ca), or the password goes to whoever answers",
+                    ));
+                }
+            }
+        }
+        if !loopback && !verified_tls {
+            return Err(bad(
+                "needs ?sslmode=verify-full (with sslrootcert=/path/to/ca.pem if the CA is not the system's): the password must go only to the real server",
             ));
         }
         Ok(Self::Postgres(url.to_owned()))
@@ -163,11 +211,17 @@ mod tests {
 
     #[test]
     fn a_url_that_could_carry_or_redirect_a_login_is_refused() {
-        let ok = "postgres://custos@db.internal:5432/custos?sslmode=verify-full";
-        assert_eq!(
-            CatalogueLocation::postgres(ok).unwrap(),
-            CatalogueLocation::Postgres(ok.into())
-        );
+        for ok in [
+            "postgres://custos@db.internal:5432/custos?sslmode=verify-full",
+            "postgres://custos@db.internal/custos?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+            "postgres://custos@127.0.0.1:5432/custos",
+            "postgresql://custos@localhost/custos?application_name=custos",
+        ] {
+            assert_eq!(
+                CatalogueLocation::postgres(ok).unwrap(),
+                CatalogueLocation::Postgres(ok.into())
+            );
+        }
         for (url, why) in [
             ("postgres://custos:pw@db/custos", "carries a password"),
             (
@@ -191,6 +245,30 @@ mod tests {
                 "has parameter `options`",
             ),
             ("postgres://custos@db", "names no database"),
+            (
+                "postgres://custos@db.internal/custos",
+                "needs ?sslmode=verify-full",
+            ),
+            (
+                "postgres://custos@db.internal/custos?sslmode=require",
+                "unverified connection",
+            ),
+            (
+                "postgres://custos@db.internal/custos?sslmode=verify-full&sslmode=disable",
+                "unverified connection",
+            ),
+            (
+                "postgres://custos@127.0.0.1/custos?sslkey=-----BEGIN%20PRIVATE%20KEY-----pw",
+                "not an absolute file path",
+            ),
+            (
+                "postgres://custos@127.0.0.1/custos?sslrootcert=ca.pem",
+                "not an absolute file path",
+            ),
+            (
+                "postgres://custos%3Apw@127.0.0.1/custos",
+                "a password in disguise",
+            ),
             ("sqlite://x.db", "must start with postgres://"),
             ("no url", "is not a URL"),
         ] {

@@ -41,6 +41,8 @@ pub const NEXT_MASTER_KEY_FILE: &str = "master.key.next";
 pub const KEY_LOCK_FILE: &str = "master.key.lock";
 /// Name of the SQLite metadata database inside a home.
 pub const METADATA_DB_FILE: &str = "custos.db";
+/// Purpose of the key that names the home's writer lease.
+const WRITER_LEASE_PURPOSE: &str = "custos/v1/writer-lease";
 /// Name of the datasets directory inside a home.
 pub const DATASETS_DIR: &str = "datasets";
 /// Name of the ledger directory inside a home.
@@ -693,6 +695,16 @@ impl Home {
             meta: Arc::new(meta),
             digests: Arc::default(),
         })
+    }
+
+    /// Takes this home's writer lease (see [`crate::meta::WriterLease`]);
+    /// its key comes from the derivation root, so only a holder of the
+    /// home's keys can take or block it.
+    pub async fn hold_writer(&self) -> Result<crate::meta::WriterLease, HomeError> {
+        let derived = self.keys.derive(WRITER_LEASE_PURPOSE);
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&derived[..8]);
+        Ok(self.meta.hold_writer(i64::from_be_bytes(key)).await?)
     }
 
     /// The home directory.

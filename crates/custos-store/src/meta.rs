@@ -133,9 +133,10 @@ pub trait MetadataStore:
     + Sync
     + std::fmt::Debug
 {
-    /// Takes the writer lease of the home this catalogue belongs to, or
-    /// refuses if another process (on this machine or another) holds it.
-    async fn hold_writer(&self) -> Result<WriterLease, MetaError>;
+    /// Takes the writer lease `key` (derived from the home's secret root,
+    /// so no one without it can hold the home hostage), or refuses if
+    /// another process (on this machine or another) holds it.
+    async fn hold_writer(&self, key: i64) -> Result<WriterLease, MetaError>;
     /// Reads an instance setting.
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Writes an instance setting once; an existing key is refused.
@@ -220,19 +221,63 @@ pub struct SqlMetadata {
     options: AnyConnectOptions,
 }
 
-/// Held by the one process that writes a home: while it lives, no other
+/// Held by the one process that writes a home: while it is held, no other
 /// process can take it. For PostgreSQL, a session advisory lock on a
-/// connection of its own, released by the server when that connection
-/// ends (also when the process dies); for SQLite, nothing (the ledger's
-/// file lock already keeps a second writer out on the one machine).
+/// connection of its own, which the server releases when that connection
+/// ends (also when the process dies). A keeper task uses the connection
+/// every [`LEASE_CHECK_EVERY`] (so an idle-session timeout never ends it)
+/// and marks the lease lost when the connection fails: the server may have
+/// released the lock, so the holder must stop writing ([`WriterLease::is_held`]).
+/// For SQLite, always held: the ledger's file lock already keeps a second
+/// writer out on the one machine.
 #[derive(Debug)]
 pub struct WriterLease {
-    /// Held, never used (a connection is `Send` but not `Sync`).
-    _connection: std::sync::Mutex<Option<sqlx::AnyConnection>>,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The advisory-lock key of the writer lease: one home per database.
-const WRITER_LEASE_KEY: i64 = 0x6375_7374_6f73_7772; // "custoswr"
+/// How often the keeper checks the lease's connection: a copy of the home
+/// that takes a lost lease can overlap with its old holder for at most
+/// this long.
+pub const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+impl WriterLease {
+    /// Whether this process may still write the home.
+    pub fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for WriterLease {
+    fn drop(&mut self) {
+        // Ends the keeper and with it the connection, which frees the lock.
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
+        }
+    }
+}
+
+/// Keeps the lease's connection in use; marks the lease lost when it fails.
+async fn keep_lease(
+    mut connection: sqlx::AnyConnection,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        tokio::time::sleep(LEASE_CHECK_EVERY).await;
+        if sqlx::query("SELECT 1")
+            .execute(&mut connection)
+            .await
+            .is_err()
+        {
+            held.store(false, std::sync::atomic::Ordering::Release);
+            tracing::error!(
+                "the connection that holds this home's writer lease in PostgreSQL failed: \
+                 this process refuses every action until it is restarted"
+            );
+            return;
+        }
+    }
+}
 
 /// Settings every SQLite connection takes before its first statement.
 /// `synchronous = FULL`: a committed transaction survives power loss, not
@@ -404,15 +449,14 @@ pub(crate) async fn write_instance_values(
 
 #[async_trait]
 impl MetadataStore for SqlMetadata {
-    async fn hold_writer(&self) -> Result<WriterLease, MetaError> {
+    async fn hold_writer(&self, key: i64) -> Result<WriterLease, MetaError> {
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         if self.backend == Backend::Sqlite {
-            return Ok(WriterLease {
-                _connection: std::sync::Mutex::new(None),
-            });
+            return Ok(WriterLease { held, keeper: None });
         }
         let mut connection = self.options.connect().await?;
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(WRITER_LEASE_KEY)
+            .bind(key)
             .fetch_one(&mut connection)
             .await?;
         if !taken {
@@ -423,8 +467,10 @@ impl MetadataStore for SqlMetadata {
                     .into(),
             ));
         }
+        let keeper = tokio::spawn(keep_lease(connection, std::sync::Arc::clone(&held)));
         Ok(WriterLease {
-            _connection: std::sync::Mutex::new(Some(connection)),
+            held,
+            keeper: Some(keeper),
         })
     }
 

@@ -211,7 +211,8 @@ async fn concurrent_queries_never_overspend_a_budget_in_postgresql() {
 /// A copy of a home on another machine, pointed at the same PostgreSQL
 /// catalogue, would fork the ledger and count limits apart: while one
 /// process writes the home, a second is refused by the catalogue's writer
-/// lease; when the first stops (or dies), the lease is free again.
+/// lease. A holder whose lease connection is cut stops writing at once
+/// (the copy may then take over); a killed holder's lease is freed.
 #[test]
 fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
     let Some(url) = common::postgres_database() else {
@@ -227,17 +228,15 @@ fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
         .status()
         .unwrap();
     assert!(copied.success());
+    let add = |home: &Path, name: &str| {
+        common::custos(home, Some(&admin))
+            .args(["principal", "add", name, "--org", "IRS", "--role", "admin"])
+            .assert()
+    };
     let server = common::Server::start(&home, &[]);
-    common::custos(&copy, Some(&admin))
-        .args(["principal", "add", "mallory", "--org", "IRS", "--role", "admin"])
-        .assert()
-        .failure()
-        .stderr(predicate::str::contains(
-            "another Custos process, on this machine or another, is writing this home's PostgreSQL catalogue",
-        ));
-    let (status, log) = server.stop();
-    assert!(status.success(), "{log}");
-    // Nothing was added by the refused copy.
+    add(&copy, "mallory").failure().stderr(predicate::str::contains(
+        "another Custos process, on this machine or another, is writing this home's PostgreSQL catalogue",
+    ));
     assert_eq!(
         common::postgres_count(
             &url,
@@ -245,8 +244,31 @@ fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
         ),
         0
     );
+
+    // The lease's connection is cut (a restart, an administrator, a
+    // timeout): the server stops writing before the copy may start.
+    common::postgres_execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let post = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
+        .arg(format!("{}/v1/principals", server.url))
+        .args(["-H", &format!("Authorization: Bearer {admin}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-d", r#"{"name":"eve","org":"IRS","roles":["admin"]}"#])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&post.stdout);
+    assert!(answer.ends_with("503"), "{answer}");
+    assert!(answer.contains("lost the home's writer lease"), "{answer}");
+    add(&copy, "trent").success();
+    drop(server);
+
     // A killed writer's lease is released by the server with its session.
-    let mut server = common::Server::start(&home, &[]);
+    let mut server = common::Server::start(&copy, &[]);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -265,4 +287,12 @@ fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let names = common::postgres_count(
+        &url,
+        "SELECT COUNT(*) FROM principals WHERE name IN ('mallory', 'eve', 'trent')",
+    );
+    assert_eq!(
+        names, 1,
+        "only trent, added by the copy once it held the lease"
+    );
 }

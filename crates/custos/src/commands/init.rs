@@ -30,9 +30,10 @@ pub struct InitArgs {
     key: KeySourceArgs,
     /// Keep the catalogue (settings, principals, agreements, requests,
     /// budgets, the accounting) in PostgreSQL instead of HOME/custos.db,
-    /// e.g. `postgres://custos@db.internal:5432/custos`. The database
-    /// must be empty; the password comes from PGPASSWORD or ~/.pgpass,
-    /// never from the URL. See docs/deploy.md.
+    /// e.g. `postgres://custos@db.internal:5432/custos?sslmode=verify-full`
+    /// (a server other than this machine needs verified TLS). The
+    /// database must be empty; the password comes from PGPASSWORD or
+    /// ~/.pgpass, never from the URL. See docs/deploy.md.
     #[arg(long, value_name = "URL")]
     catalogue: Option<String>,
 }
