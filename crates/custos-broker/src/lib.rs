@@ -578,6 +578,7 @@ impl Custos {
     /// The latest signed checkpoint (signing and publishing a new one if
     /// entries arrived since the last).
     pub fn checkpoint(&self) -> Result<custos_ledger::VerifiedCheckpoint, BrokerError> {
+        self.check_writer()?;
         Ok(self.ledger.checkpoint()?)
     }
 

@@ -44,9 +44,10 @@ impl Custos {
         wait_for_commit(|| self.ledger.append(entry)).map(Recorded)
     }
 
-    /// Refuses every append once this process lost the home's writer
-    /// lease: another process may be writing the home by now.
-    fn check_writer(&self) -> Result<(), BrokerError> {
+    /// Refuses every append (and every write of the detector and every
+    /// checkpoint) once this process lost the home's writer lease: another
+    /// process may be writing the home by now.
+    pub(crate) fn check_writer(&self) -> Result<(), BrokerError> {
         if self.writer.is_held() {
             Ok(())
         } else {

@@ -26,13 +26,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The query parameters a catalogue URL may carry.
-const ALLOWED_PARAMETERS: &[&str] = &[
-    "sslmode",
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "application_name",
-];
+const ALLOWED_PARAMETERS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// Where a new home keeps its catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -71,6 +65,21 @@ impl CatalogueLocation {
                 "has a user name with `:` or `@` (a password in disguise?)",
             ));
         }
+        // sqlx writes names and values into PostgreSQL's start-up packet,
+        // whose fields end at NUL: a control character could add fields
+        // (another database, user or search path) the URL does not show.
+        let texts = std::iter::once(user)
+            .chain(std::iter::once(percent_decode(parsed.path())))
+            .chain(
+                parsed
+                    .query_pairs()
+                    .flat_map(|(n, v)| [n.into_owned(), v.into_owned()]),
+            );
+        for text in texts {
+            if text.chars().any(char::is_control) {
+                return Err(bad("has a control character"));
+            }
+        }
         if parsed.password().is_some() {
             return Err(bad(
                 "carries a password: give it in PGPASSWORD or ~/.pgpass instead (the URL is written to the home)",
@@ -98,6 +107,8 @@ impl CatalogueLocation {
                     .is_ok_and(|ip| ip.is_loopback())
         });
         let mut verified_tls = false;
+        let mut own_ca = false;
+        let mut verify_ca_only = false;
         for (name, value) in parsed.query_pairs() {
             if name == "password" {
                 return Err(bad(
@@ -121,14 +132,23 @@ impl CatalogueLocation {
                     "has `{name}` that is not an absolute file path"
                 )));
             }
+            own_ca |= name == "sslrootcert";
             if name == "sslmode" {
                 verified_tls = matches!(value.as_ref(), "verify-full" | "verify-ca");
+                verify_ca_only = value == "verify-ca";
                 if !loopback && !verified_tls {
                     return Err(bad(
                         "asks for an unverified connection: a server other than this machine needs sslmode=verify-full (or verify-ca), or the password goes to whoever answers",
                     ));
                 }
             }
+        }
+        if verify_ca_only && !own_ca {
+            // verify-ca checks no host name: any certificate from a CA the
+            // system trusts would do.
+            return Err(bad(
+                "asks for sslmode=verify-ca without sslrootcert: name the CA that signs the server's certificate, or use verify-full",
+            ));
         }
         if !loopback && !verified_tls {
             return Err(bad(
@@ -215,7 +235,7 @@ mod tests {
             "postgres://custos@db.internal:5432/custos?sslmode=verify-full",
             "postgres://custos@db.internal/custos?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
             "postgres://custos@127.0.0.1:5432/custos",
-            "postgresql://custos@localhost/custos?application_name=custos",
+            "postgresql://custos@localhost/custos?sslmode=prefer",
         ] {
             assert_eq!(
                 CatalogueLocation::postgres(ok).unwrap(),
@@ -268,6 +288,22 @@ mod tests {
             (
                 "postgres://custos%3Apw@127.0.0.1/custos",
                 "a password in disguise",
+            ),
+            (
+                "postgres://custos@127.0.0.1/decoy?sslrootcert=/x%00database%00real",
+                "a control character",
+            ),
+            (
+                "postgres://custos@127.0.0.1/decoy%00x",
+                "a control character",
+            ),
+            (
+                "postgres://custos@127.0.0.1/c?application_name=x",
+                "has parameter `application_name`",
+            ),
+            (
+                "postgres://custos@db.internal/custos?sslmode=verify-ca",
+                "without sslrootcert",
             ),
             ("sqlite://x.db", "must start with postgres://"),
             ("no url", "is not a URL"),

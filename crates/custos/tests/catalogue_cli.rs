@@ -296,3 +296,64 @@ fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
         "only trent, added by the copy once it held the lease"
     );
 }
+
+/// A catalogue reached over verified TLS (the test server's certificate,
+/// from its own CA): the home works and its connections are encrypted;
+/// the same URL without the CA is refused, not downgraded.
+#[test]
+fn a_catalogue_over_verified_tls_opens_and_an_unknown_ca_is_refused() {
+    let Some(url) = common::postgres_database() else {
+        return;
+    };
+    let Ok(ca) = std::env::var("CUSTOS_TEST_POSTGRES_CA") else {
+        assert!(
+            std::env::var_os("CUSTOS_REQUIRE_POSTGRES").is_none(),
+            "scripts/postgres prints CUSTOS_TEST_POSTGRES_CA"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let named = url.replacen("@127.0.0.1:", "@localhost:", 1);
+    let unverified = dir.path().join("unverified");
+    common::custos(&unverified, None)
+        .args([
+            "init",
+            "--catalogue",
+            &format!("{named}?sslmode=verify-full"),
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "cannot reach the PostgreSQL catalogue",
+        ));
+    assert!(!unverified.exists());
+    let verified = format!("{named}?sslmode=verify-full&sslrootcert={ca}");
+    let (home, admin) = postgres_home(dir.path(), "home", &verified);
+    let server = common::Server::start(&home, &[]);
+    let encrypted = common::postgres_count(
+        &url,
+        "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = current_database() AND s.ssl AND a.pid <> pg_backend_pid()",
+    );
+    let plain = common::postgres_count(
+        &url,
+        "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = current_database() AND NOT s.ssl AND a.pid <> pg_backend_pid()",
+    );
+    assert!(
+        encrypted >= 1 && plain == 0,
+        "{encrypted} over TLS, {plain} not"
+    );
+    common::custos(&home, Some(&admin))
+        .args(["principal", "list"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("another Custos process"));
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+    common::custos(&home, Some(&admin))
+        .args(["principal", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("alice"));
+}

@@ -109,6 +109,7 @@ impl Custos {
     /// published). One pass at a time per process; a failure on one entry
     /// raises a `detection_failed` alert and the pass goes on.
     pub async fn detect_pending(&self) -> Result<DetectionRun, BrokerError> {
+        self.check_writer()?;
         let _one = self.detector.running.lock().await;
         let size = self.checkpoint()?.size;
         let reader = LedgerReader::new(&self.ledger_dir());
@@ -790,6 +791,7 @@ impl Custos {
     /// last scan's (at most four weeks back), so that a home scanned
     /// rarely (`custos alerts scan` from cron) misses no day.
     pub async fn scan_peers(&self) -> Result<DetectionRun, BrokerError> {
+        self.check_writer()?;
         let _one = self.detector.running.lock().await;
         let meta = self.home().meta();
         let today = now_micros().div_euclid(DAY_MICROS);
