@@ -19,10 +19,9 @@ pub const CATALOGUE_FILE: &str = "catalogue.toml";
 
 /// `text` with `%XX` escapes decoded (lossy).
 fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("u={}", text.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The query parameters a catalogue URL may carry.
