@@ -38,7 +38,9 @@ pub use custos_model::AgreementStatus;
 pub use custos_privacy::{AppliedBounds, BoundsSource, Cell};
 pub use custos_store::LedgerKeySource;
 pub use custos_store::catalogue::CatalogueLocation;
+pub use custos_store::home::Placement;
 pub use custos_store::listings::DayActivity;
+pub use custos_store::objects::ObjectStoreLocation;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use ledger_key::{KeyRotation, LedgerKeyFrom};
 pub use lookups::{DeclineNote, GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};
@@ -417,14 +419,14 @@ impl Custos {
         .await
     }
 
-    /// [`Custos::init`] with the ledger signing key from `ledger_key` and
-    /// the catalogue at `catalogue`.
+    /// [`Custos::init`] with the ledger signing key from `ledger_key`, and
+    /// the catalogue and dataset files where `placement` says.
     pub async fn init_with(
         root: &Path,
         key: MasterKeySource,
         origin: Option<String>,
         ledger_key: LedgerKeySource,
-        catalogue: CatalogueLocation,
+        placement: impl Into<Placement>,
     ) -> Result<(Self, InitReport), BrokerError> {
         let reopen_ledger = LedgerKeyFrom {
             seed: match &ledger_key {
@@ -456,7 +458,7 @@ impl Custos {
                 )
             }
         };
-        let report = Home::init_with(root, store_key, origin, ledger_key, catalogue).await?;
+        let report = Home::init_with(root, store_key, origin, ledger_key, placement).await?;
         let reopen_key = match reopen_pin {
             Some(input) => Some(ExternalKey(input)),
             None if !report.shares.is_empty() => Some(ExternalKey::from_shares(

@@ -311,23 +311,22 @@ pub async fn totals(
         .map(|f| format!(" WHERE {f}"))
         .unwrap_or_default();
     let ctx = session(Arc::clone(&reader), false);
+    if let Some((url, store)) = reader.engine_store()? {
+        ctx.register_object_store(&url, store);
+    }
     let parallel = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let mut running = tokio::task::JoinSet::new();
     let mut total = BucketTotals::new(&layout);
-    for (i, path) in reader.bucket_paths()?.into_iter().enumerate() {
+    for (i, path) in reader.bucket_tables()?.into_iter().enumerate() {
         if running.len() >= parallel
             && let Some(done) = running.join_next().await
         {
             total.merge(done.map_err(engine)??);
         }
         let table = format!("bucket_{i}");
-        ctx.register_parquet(
-            &table,
-            path.to_string_lossy().as_ref(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .map_err(engine)?;
+        ctx.register_parquet(&table, &path, ParquetReadOptions::default())
+            .await
+            .map_err(engine)?;
         let provider = ctx.table_provider(&table).await.map_err(engine)?;
         if provider
             .schema()

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::kernels::cmp::eq;
-use parquet::arrow::ProjectionMask;
+use futures::TryStreamExt;
 use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowFilter, RowSelection,
-    RowSelector,
+    ArrowPredicateFn, ArrowReaderBuilder, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowFilter, RowSelection, RowSelector,
 };
+use parquet::arrow::async_reader::AsyncReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
@@ -27,6 +29,7 @@ use crate::ingest::{
 use crate::keys::{DataKey, KeyError, random_bytes};
 use crate::layout::{bucket_aad, bucket_file_name, choose_bucket_count, valid_dataset_name};
 use crate::meta::{DatasetRecord, MetaError};
+use crate::objects::{ObjectFiles, PinnedFile};
 use custos_model::schema::{
     ColumnType, DatasetSchema, SUBJECT_KEY_COLUMN, SchemaError, canonical_subject,
 };
@@ -186,7 +189,12 @@ pub async fn remove_leftovers(home: &Home) -> Result<usize, IngestError> {
             removed += 1;
         }
     }
+    // Files in an object store are not tidied here: see `crate::objects`.
     Ok(removed)
+}
+
+fn object_err(e: crate::home::HomeError) -> IngestError {
+    IngestError::Parquet(e.to_string())
 }
 
 /// A dataset whose files are written and durable but which does not exist
@@ -198,6 +206,8 @@ pub struct StagedDataset {
     staging: PathBuf,
     final_dir: PathBuf,
     lock: Option<fs::File>,
+    /// The object store the files were uploaded to, if not local.
+    uploaded: Option<Arc<ObjectFiles>>,
     summary: DatasetSummary,
     started: Instant,
     committed: bool,
@@ -228,8 +238,10 @@ impl StagedDataset {
         ingest_entry: Option<u64>,
     ) -> Result<IngestReport, IngestError> {
         self.record.ingest_entry = ingest_entry;
-        fs::rename(&self.staging, &self.final_dir).map_err(io_err(&self.final_dir))?;
-        sync_dir(&home.datasets_dir()).map_err(|e| IngestError::Parquet(e.to_string()))?;
+        if self.uploaded.is_none() {
+            fs::rename(&self.staging, &self.final_dir).map_err(io_err(&self.final_dir))?;
+            sync_dir(&home.datasets_dir()).map_err(|e| IngestError::Parquet(e.to_string()))?;
+        }
         // INVARIANT: this insert is the commit point; before it, the dataset does not exist.
         home.meta()
             .insert_dataset(&self.record)
@@ -239,6 +251,10 @@ impl StagedDataset {
                 other => other.into(),
             })?;
         self.committed = true;
+        if self.uploaded.is_some() {
+            // The files live in the object store; the local copy was staging.
+            let _ = fs::remove_dir_all(&self.staging);
+        }
         let _ = fs::remove_file(self.final_dir.join(LOCK_FILE));
         drop(self.lock.take());
         Ok(IngestReport {
@@ -253,6 +269,9 @@ impl Drop for StagedDataset {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.staging);
             let _ = fs::remove_dir_all(&self.final_dir);
+            if let Some(objects) = &self.uploaded {
+                objects.forget_dataset(&self.record.storage_id);
+            }
         }
     }
 }
@@ -325,6 +344,7 @@ pub async fn stage(
         final_dir: storage_dir(home, &storage_id),
         staging,
         lock: Some(lock),
+        uploaded: None,
         summary: DatasetSummary {
             name: name.to_owned(),
             rows: 0,
@@ -377,6 +397,17 @@ pub async fn stage(
             .await
             .map_err(|_| IngestError::Parquet("hashing the files stopped unexpectedly".into()))?
             .map_err(io_err(&staged.staging))?;
+    if let Some(objects) = home.objects() {
+        // Marked first: a failed upload's partial files are deleted on drop.
+        staged.uploaded = Some(Arc::clone(objects));
+        let names: Vec<String> = (0..buckets).map(bucket_file_name).collect();
+        if let Err(e) = objects.upload(&staged.staging, &storage_id, &names).await {
+            // What was uploaded goes before the error is reported.
+            let _ = objects.delete_dataset(&storage_id).await;
+            staged.uploaded = None;
+            return Err(object_err(e));
+        }
+    }
 
     staged.record.bucket_count = buckets;
     staged.record.row_count = written.rows;
@@ -454,6 +485,54 @@ fn pages_with_key(metadata: &ParquetMetaData, subject_key: i64) -> Option<RowSel
     Some(RowSelection::from(selectors))
 }
 
+/// An object store for the query engine, and the URL its paths start with.
+pub type EngineStore = (url::Url, Arc<dyn object_store::ObjectStore>);
+
+/// What a subject look-up reads of a bucket file: the pages whose key
+/// range may hold the subject, the rows whose subject column matches, and
+/// only the wanted columns. The same for a local file and a ranged read.
+struct SubjectFilter {
+    subject_index: usize,
+    wanted: Vec<usize>,
+    /// The subject id in its stored type (canonical spelling for text).
+    target: Arc<dyn Array>,
+    subject_key: i64,
+}
+
+impl SubjectFilter {
+    fn apply<T>(self, builder: ArrowReaderBuilder<T>) -> ArrowReaderBuilder<T> {
+        let builder = match pages_with_key(builder.metadata(), self.subject_key) {
+            Some(selection) => builder.with_row_selection(selection),
+            None => builder,
+        };
+        let descr = builder.parquet_schema();
+        let predicate_mask = ProjectionMask::roots(descr, [self.subject_index]);
+        let output_mask = ProjectionMask::roots(descr, self.wanted.iter().copied());
+        let target = self.target;
+        let predicate = ArrowPredicateFn::new(
+            predicate_mask,
+            move |batch: RecordBatch| -> Result<BooleanArray, arrow::error::ArrowError> {
+                // Text ids are compared in their canonical spelling, as
+                // they were placed at ingest.
+                if let (Some(stored), Some(wanted)) = (
+                    batch.column(0).as_any().downcast_ref::<StringArray>(),
+                    target.as_any().downcast_ref::<StringArray>(),
+                ) {
+                    let wanted = wanted.value(0);
+                    return Ok(stored
+                        .iter()
+                        .map(|v| v.map(|v| canonical_subject(v) == wanted))
+                        .collect());
+                }
+                eq(batch.column(0), &arrow::array::Scalar::new(target.clone()))
+            },
+        );
+        builder
+            .with_projection(output_mask)
+            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+    }
+}
+
 /// An opened dataset: its schema and the keys to read its files.
 #[derive(Debug)]
 pub struct DatasetReader {
@@ -462,6 +541,7 @@ pub struct DatasetReader {
     key: DataKey,
     dir: PathBuf,
     digests: Arc<DigestCache>,
+    objects: Option<Arc<ObjectFiles>>,
 }
 
 impl DatasetReader {
@@ -483,6 +563,7 @@ impl DatasetReader {
             key,
             dir,
             digests: home.digest_cache(),
+            objects: home.objects().cloned(),
         })
     }
 
@@ -499,13 +580,23 @@ impl DatasetReader {
     pub fn verify(&self, buckets: Option<&[u32]>) -> Result<(), DatasetError> {
         let names: Option<Vec<String>> =
             buckets.map(|list| list.iter().map(|b| bucket_file_name(*b)).collect());
-        self.record
-            .file_digests
-            .check(&self.dir, &[LOCK_FILE], names.as_deref(), &self.digests)
-            .map_err(|problem| DatasetError::Tampered {
-                dataset: self.record.name.clone(),
-                problem: problem.to_string(),
-            })
+        match &self.objects {
+            Some(objects) => objects.verify(
+                &self.record.storage_id,
+                &self.record.file_digests,
+                names.as_deref(),
+            ),
+            None => self.record.file_digests.check(
+                &self.dir,
+                &[LOCK_FILE],
+                names.as_deref(),
+                &self.digests,
+            ),
+        }
+        .map_err(|problem| DatasetError::Tampered {
+            dataset: self.record.name.clone(),
+            problem: problem.to_string(),
+        })
     }
 
     /// The bucket that holds `subject`'s rows (`None` if it cannot be a
@@ -540,13 +631,41 @@ impl DatasetReader {
         )
     }
 
-    /// Paths of the bucket files, once every one is verified against its
-    /// ingest digest.
+    /// Paths of the bucket files of a dataset in local files, once every
+    /// one is verified against its ingest digest.
     pub fn bucket_paths(&self) -> Result<Vec<PathBuf>, DatasetError> {
+        if self.objects.is_some() {
+            return Err(self.file_error(0, "the files are in object storage, not local"));
+        }
         self.verify(None)?;
         Ok((0..self.record.bucket_count)
             .map(|b| self.dir.join(bucket_file_name(b)))
             .collect())
+    }
+
+    /// Where the query engine finds each bucket file (a local path or an
+    /// object URL), once every one is verified against its ingest digest.
+    pub fn bucket_tables(&self) -> Result<Vec<String>, DatasetError> {
+        self.verify(None)?;
+        Ok((0..self.record.bucket_count)
+            .map(|b| match &self.objects {
+                Some(objects) => objects.engine_path(&self.record.storage_id, &bucket_file_name(b)),
+                None => self.dir.join(bucket_file_name(b)).display().to_string(),
+            })
+            .collect())
+    }
+
+    /// The object store the query engine must read the files through, at
+    /// the URL its paths start with (`None` for local files): a read-only
+    /// view that serves only verified files, pinned to their verified ETag.
+    pub fn engine_store(&self) -> Result<Option<EngineStore>, DatasetError> {
+        match &self.objects {
+            None => Ok(None),
+            Some(objects) => Ok(Some((
+                objects.engine_url().map_err(|e| self.file_error(0, e))?,
+                objects.engine_store(),
+            ))),
+        }
     }
 
     fn file_error(&self, bucket: u32, message: impl ToString) -> DatasetError {
@@ -613,67 +732,107 @@ impl DatasetReader {
             .bucketer(self.record.bucket_count)
             .place(canonical.as_bytes());
         self.verify(Some(&[bucket]))?;
-        let path = self.dir.join(bucket_file_name(bucket));
-        let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
-        let options = ArrowReaderOptions::new()
-            .with_page_index_policy(PageIndexPolicy::Optional)
-            .with_file_decryption_properties(self.decryption_properties(bucket, true)?);
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
-            .map_err(|e| self.file_error(bucket, e))?;
-        let selection = pages_with_key(builder.metadata(), subject_key);
-        let builder = match selection {
-            Some(selection) => builder.with_row_selection(selection),
-            None => builder,
+        let decryption = self.decryption_properties(bucket, true)?;
+        let filter = SubjectFilter {
+            subject_index,
+            wanted: wanted.clone(),
+            target,
+            subject_key,
         };
-        let descr = builder.parquet_schema();
-        let predicate_mask = ProjectionMask::roots(descr, [subject_index]);
-        let output_mask = ProjectionMask::roots(descr, wanted.iter().copied());
-        let predicate = ArrowPredicateFn::new(
-            predicate_mask,
-            move |batch: RecordBatch| -> Result<BooleanArray, arrow::error::ArrowError> {
-                // Text ids are compared in their canonical spelling, as
-                // they were placed at ingest.
-                if let (Some(stored), Some(wanted)) = (
-                    batch.column(0).as_any().downcast_ref::<StringArray>(),
-                    target.as_any().downcast_ref::<StringArray>(),
-                ) {
-                    let wanted = wanted.value(0);
-                    return Ok(stored
-                        .iter()
-                        .map(|v| v.map(|v| canonical_subject(v) == wanted))
-                        .collect());
-                }
-                eq(batch.column(0), &arrow::array::Scalar::new(target.clone()))
-            },
-        );
-        let reader = builder
-            .with_projection(output_mask)
-            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
-            .build()
-            .map_err(|e| self.file_error(bucket, e))?;
-        let mut batches = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| self.file_error(bucket, e))?;
-            if batch.num_rows() > 0 {
-                // Reorder to the caller's column order (the mask keeps file order).
-                let file_order: Vec<usize> = {
-                    let mut sorted = wanted.clone();
-                    sorted.sort_unstable();
-                    sorted.dedup();
-                    sorted
-                };
-                let indices: Vec<usize> = wanted
-                    .iter()
-                    .filter_map(|w| file_order.iter().position(|f| f == w))
-                    .collect();
-                batches.push(
-                    batch
-                        .project(&indices)
-                        .map_err(|e| self.file_error(bucket, e))?,
-                );
+        let batches = match &self.objects {
+            None => {
+                let path = self.dir.join(bucket_file_name(bucket));
+                let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
+                let options = ArrowReaderOptions::new()
+                    .with_page_index_policy(PageIndexPolicy::Optional)
+                    .with_file_decryption_properties(decryption);
+                let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+                    .map_err(|e| self.file_error(bucket, e))?;
+                filter
+                    .apply(builder)
+                    .build()
+                    .map_err(|e| self.file_error(bucket, e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| self.file_error(bucket, e))?
             }
-        }
-        Ok(batches)
+            Some(objects) => self.read_remote(
+                objects,
+                bucket,
+                PageIndexPolicy::Optional,
+                decryption,
+                move |builder| filter.apply(builder),
+            )?,
+        };
+        // Reorder to the caller's column order (the mask keeps file order).
+        let file_order: Vec<usize> = {
+            let mut sorted = wanted.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            sorted
+        };
+        let indices: Vec<usize> = wanted
+            .iter()
+            .filter_map(|w| file_order.iter().position(|f| f == w))
+            .collect();
+        batches
+            .into_iter()
+            .filter(|batch| batch.num_rows() > 0)
+            .map(|batch| {
+                batch
+                    .project(&indices)
+                    .map_err(|e| self.file_error(bucket, e))
+            })
+            .collect()
+    }
+
+    /// Reads one bucket file from the object store: ranged GETs of the
+    /// footer, the page index and the pages `configure` selects, each pinned
+    /// to the ETag the file was verified at.
+    fn read_remote(
+        &self,
+        objects: &Arc<ObjectFiles>,
+        bucket: u32,
+        page_index: PageIndexPolicy,
+        decryption: Arc<FileDecryptionProperties>,
+        configure: impl FnOnce(
+            ArrowReaderBuilder<AsyncReader<PinnedFile>>,
+        ) -> ArrowReaderBuilder<AsyncReader<PinnedFile>>
+        + Send
+        + 'static,
+    ) -> Result<Vec<RecordBatch>, DatasetError> {
+        let location = objects.file(&self.record.storage_id, &bucket_file_name(bucket));
+        let options = ArrowReaderOptions::new()
+            .with_page_index_policy(page_index)
+            .with_file_decryption_properties(Arc::clone(&decryption));
+        let reader = PinnedFile::open(objects, location.clone(), decryption, page_index)
+            .ok_or_else(|| self.file_error(bucket, "changed since it was verified"))?;
+        let read = objects
+            .run(async move {
+                let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                configure(builder)
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| self.file_error(bucket, e))?;
+        read.map_err(|e| {
+            if objects.verified_size(&location).is_none() {
+                // The store refused the pinned ETag: replaced after its check.
+                DatasetError::Tampered {
+                    dataset: self.record.name.clone(),
+                    problem: format!(
+                        "`{}` was replaced after it was verified",
+                        bucket_file_name(bucket)
+                    ),
+                }
+            } else {
+                self.file_error(bucket, e)
+            }
+        })
     }
 
     /// Number of bucket files.
@@ -742,10 +901,22 @@ impl DatasetReader {
         keep: Vec<usize>,
     ) -> Result<Vec<RecordBatch>, DatasetError> {
         self.verify(Some(&[bucket]))?;
+        let decryption = self.decryption_properties(bucket, identity)?;
+        if let Some(objects) = &self.objects {
+            return self.read_remote(
+                objects,
+                bucket,
+                PageIndexPolicy::Skip,
+                decryption,
+                move |builder| {
+                    let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
+                    builder.with_projection(mask)
+                },
+            );
+        }
+        let options = ArrowReaderOptions::new().with_file_decryption_properties(decryption);
         let path = self.dir.join(bucket_file_name(bucket));
         let file = fs::File::open(&path).map_err(|e| self.file_error(bucket, e))?;
-        let options = ArrowReaderOptions::new()
-            .with_file_decryption_properties(self.decryption_properties(bucket, identity)?);
         let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
             .map_err(|e| self.file_error(bucket, e))?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), keep);

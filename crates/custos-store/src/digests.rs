@@ -40,6 +40,9 @@ pub enum Tampering {
     /// A file that was not ingested is in the dataset's directory.
     #[error("`{0}` was added since ingest")]
     Added(String),
+    /// A file could not be read to check it (its store failed).
+    #[error("a file could not be read to check it: {0}")]
+    Unreadable(String),
     /// The dataset has no recorded digests (ingested before they existed).
     #[error("no digests were recorded at ingest; re-ingest the dataset")]
     Unrecorded,

@@ -28,6 +28,7 @@ use crate::keys::KeyCheck;
 use crate::keys::{DerivationRoot, KEY_LEN, KeyError, MasterKey, SecretText, random_bytes};
 use crate::ledger_key::LedgerKeySource;
 use crate::meta::{MetaError, MetadataStore, SqlMetadata};
+use crate::objects::{ObjectFiles, ObjectStoreLocation};
 use crate::sealed::{DERIVATION_ROOT, RETIRED_KEYS_PURPOSE, derivation_root_purpose};
 
 /// The on-disk format version this build writes and reads.
@@ -126,6 +127,9 @@ pub enum HomeError {
     /// The catalogue's location is malformed, unreachable or not this home's.
     #[error("{0}")]
     Catalogue(String),
+    /// The object store is malformed, unreachable or not this home's.
+    #[error("{0}")]
+    ObjectStore(String),
     /// A key problem.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -309,6 +313,27 @@ pub struct Home {
     meta: Arc<dyn MetadataStore>,
     /// Dataset files this process verified against their ingest digests.
     digests: Arc<crate::digests::DigestCache>,
+    /// The object store of the dataset files, if not local.
+    objects: Option<Arc<ObjectFiles>>,
+}
+
+/// Where a new home keeps its catalogue and its dataset files (the
+/// embedded default: SQLite and local files).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The catalogue.
+    pub catalogue: CatalogueLocation,
+    /// The dataset files' object store (`None`: HOME/datasets).
+    pub objects: Option<ObjectStoreLocation>,
+}
+
+impl From<CatalogueLocation> for Placement {
+    fn from(catalogue: CatalogueLocation) -> Self {
+        Self {
+            catalogue,
+            objects: None,
+        }
+    }
 }
 
 /// Checks a checkpoint origin: a non-empty line without spaces or `+`
@@ -362,15 +387,16 @@ impl Home {
         .await
     }
 
-    /// [`Home::init`] with the ledger signing key from `ledger_key` and the
-    /// catalogue at `catalogue`.
+    /// [`Home::init`] with the ledger signing key from `ledger_key`, the
+    /// catalogue and the dataset files where `placement` says.
     pub async fn init_with(
         root: &Path,
         key: MasterKeySource,
         origin: Option<String>,
         ledger_key: LedgerKeySource,
-        catalogue: CatalogueLocation,
+        placement: impl Into<Placement>,
     ) -> Result<InitReport, HomeError> {
+        let placement = placement.into();
         if root.exists() {
             let empty = root.is_dir() && fs::read_dir(root).map_err(io_err(root))?.next().is_none();
             if !empty {
@@ -413,7 +439,7 @@ impl Home {
             &origin,
             &seed,
             key_file.as_deref(),
-            &catalogue,
+            &placement,
         )
         .await;
         let report = match result {
@@ -444,8 +470,9 @@ impl Home {
         origin: &str,
         seed: &[u8; KEY_LEN],
         key_file: Option<&Path>,
-        catalogue: &CatalogueLocation,
+        placement: &Placement,
     ) -> Result<InitReport, HomeError> {
+        let catalogue = &placement.catalogue;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)
@@ -532,6 +559,11 @@ impl Home {
         meta.insert_instance_value("created_at", now_rfc3339().as_bytes())
             .await?;
         meta.close().await;
+        if let Some(objects) = &placement.objects {
+            // Last: a prefix is claimed only by a home that is otherwise whole.
+            objects.write(dir, origin)?;
+            ObjectFiles::connect(objects)?.claim(origin).await?;
+        }
         sync_dir(dir)?;
         Ok(InitReport {
             root: dir.to_owned(),
@@ -688,12 +720,27 @@ impl Home {
             }
         }
         drop(lock);
+        let objects = match ObjectStoreLocation::read(root)? {
+            Some((location, recorded_origin)) => {
+                if recorded_origin != origin {
+                    return Err(HomeError::ObjectStore(format!(
+                        "`{}` was written for the home `{recorded_origin}`, not this one (`{origin}`)",
+                        crate::objects::OBJECT_STORE_FILE
+                    )));
+                }
+                let objects = ObjectFiles::connect(&location)?;
+                objects.check_owner(&origin).await?;
+                Some(Arc::new(objects))
+            }
+            None => None,
+        };
         Ok(Self {
             root: root.to_owned(),
             keys: Keyring::new(wrapper, root_key),
             source,
             meta: Arc::new(meta),
             digests: Arc::default(),
+            objects,
         })
     }
 
@@ -717,7 +764,14 @@ impl Home {
         Arc::clone(&self.digests)
     }
 
-    /// The directory that holds the datasets' directories.
+    /// The object store of the dataset files (`None`: they are local, in
+    /// [`Home::datasets_dir`]).
+    pub fn objects(&self) -> Option<&Arc<ObjectFiles>> {
+        self.objects.as_ref()
+    }
+
+    /// The directory that holds the datasets' directories (and, with an
+    /// object store, the staging directories of ingests).
     pub fn datasets_dir(&self) -> PathBuf {
         self.root.join(DATASETS_DIR)
     }

@@ -37,6 +37,7 @@ pub mod listings;
 pub mod lookups;
 pub mod matches;
 pub mod meta;
+pub mod objects;
 mod parse;
 pub mod principal;
 pub mod rotation;

@@ -30,6 +30,12 @@ impl Env {
     /// A home whose catalogue is the PostgreSQL database at `catalogue`
     /// (`None`: the embedded SQLite file).
     fn with_catalogue(catalogue: Option<&str>) -> Self {
+        Self::with_placement(catalogue, None)
+    }
+
+    /// A home with its catalogue at `catalogue` and its dataset files in
+    /// the object store at `object_store` (`None`s: the embedded default).
+    fn with_placement(catalogue: Option<&str>, object_store: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut env = Self {
             dir,
@@ -40,6 +46,9 @@ impl Env {
         init.arg("init");
         if let Some(url) = catalogue {
             init.args(["--catalogue", url]);
+        }
+        if let Some(url) = object_store {
+            init.args(["--object-store", url]);
         }
         init.assert().success();
         let people: [(&str, &str, &str); 7] = [
@@ -176,6 +185,28 @@ fn request_approve_fetch_and_report_with_a_postgresql_catalogue() {
         "SELECT COUNT(*) FROM subject_events WHERE kind = 'disclosed'",
     );
     assert_eq!((requests, disclosures), (1, 1));
+}
+
+/// The same flow beyond one machine: the catalogue in PostgreSQL and the
+/// dataset files in S3-compatible object storage, so the home's directory
+/// holds neither; the released rows come from ranged reads of the bucket.
+#[test]
+fn request_approve_fetch_and_report_with_postgresql_and_object_storage() {
+    let (Some(catalogue), Some(objects)) = (common::postgres_database(), common::s3_prefix())
+    else {
+        return;
+    };
+    let env = Env::with_placement(Some(&catalogue), Some(&objects));
+    let home = env.path("home");
+    assert!(home.join("object-store.toml").is_file());
+    assert_eq!(std::fs::read_dir(home.join("datasets")).unwrap().count(), 0);
+    let s3 = common::S3Files::new(&objects);
+    assert!(
+        s3.keys()
+            .iter()
+            .any(|k| k.starts_with("datasets/tax_returns.") && k.ends_with(".parquet"))
+    );
+    request_approve_fetch_and_report_in(&env);
 }
 
 fn request_approve_fetch_and_report_in(env: &Env) {

@@ -16,13 +16,26 @@ struct Env {
     tmp: TempDir,
     admin: String,
     gina: String,
+    /// The S3 test server's view of the files, when they are there.
+    s3: Option<common::S3Files>,
 }
 
 impl Env {
     fn new() -> Self {
+        Self::with_object_store(None)
+    }
+
+    /// A home whose dataset files are in the object store at `url`
+    /// (`None`: local files).
+    fn with_object_store(url: Option<&str>) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let home = tmp.path().join("home");
-        common::custos(&home, None).arg("init").assert().success();
+        let mut init = common::custos(&home, None);
+        init.arg("init");
+        if let Some(url) = url {
+            init.args(["--object-store", url]);
+        }
+        init.assert().success();
         let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
         let gina = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
         common::ingest_synthetic(
@@ -43,7 +56,46 @@ impl Env {
             .arg(&agreement)
             .assert()
             .success();
-        Self { tmp, admin, gina }
+        Self {
+            tmp,
+            admin,
+            gina,
+            s3: url.map(common::S3Files::new),
+        }
+    }
+
+    /// Where file `file` of dataset `name` is: a path, or an object key.
+    fn file(&self, name: &str, file: &str) -> String {
+        match &self.s3 {
+            Some(s3) => s3.dataset_file(name, file),
+            None => self.files(name).join(file).display().to_string(),
+        }
+    }
+
+    /// The file named `file` beside `at`.
+    fn beside(at: &str, file: &str) -> String {
+        format!("{}/{file}", at.rsplit_once('/').unwrap().0)
+    }
+
+    fn read(&self, at: &str) -> Vec<u8> {
+        match &self.s3 {
+            Some(s3) => s3.read(at),
+            None => std::fs::read(at).unwrap(),
+        }
+    }
+
+    fn write(&self, at: &str, bytes: &[u8]) {
+        match &self.s3 {
+            Some(s3) => s3.write(at, bytes),
+            None => std::fs::write(at, bytes).unwrap(),
+        }
+    }
+
+    fn delete(&self, at: &str) {
+        match &self.s3 {
+            Some(s3) => s3.delete(at),
+            None => std::fs::remove_file(at).unwrap(),
+        }
     }
 
     fn home(&self) -> PathBuf {
@@ -118,52 +170,135 @@ impl Env {
     }
 }
 
-fn flip_byte(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
+fn flipped(bytes: &[u8]) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    std::fs::write(path, bytes).unwrap();
+    bytes
+}
+
+fn flip_byte(path: &Path) {
+    std::fs::write(path, flipped(&std::fs::read(path).unwrap())).unwrap();
 }
 
 #[test]
 fn each_kind_of_tampering_is_refused_named_and_ledgered() {
-    let env = Env::new();
+    each_kind_of_tampering_in(&Env::new());
+}
+
+/// The same attacks on dataset files in object storage, made by whoever
+/// holds the bucket's credentials.
+#[test]
+fn each_kind_of_tampering_in_object_storage_is_refused_named_and_ledgered() {
+    let Some(url) = common::s3_prefix() else {
+        return;
+    };
+    let env = Env::with_object_store(Some(&url));
+    // Nothing of the data is on the home's disk.
+    assert_eq!(
+        std::fs::read_dir(env.home().join("datasets"))
+            .unwrap()
+            .count(),
+        0
+    );
+    each_kind_of_tampering_in(&env);
+    // A copy placed in a sub-folder is an added file, not a known one.
+    let bucket = env.file("tax_returns", "bucket-0000.parquet");
+    let nested = Env::beside(&bucket, "x/bucket-0000.parquet");
+    env.write(&nested, &env.read(&bucket));
+    env.assert_refused("x/bucket-0000.parquet", "added");
+    env.delete(&nested);
     env.assert_served();
-    let tax = env.files("tax_returns");
-    let benefits = env.files("benefits");
-    let bucket = tax.join("bucket-0000.parquet");
-    let original = std::fs::read(&bucket).unwrap();
+    // A proxy would carry plain-http requests off the machine: refused.
+    let out = common::custos(&env.home(), Some(&env.admin))
+        .args(["dataset", "list"])
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP_PROXY is set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn each_kind_of_tampering_in(env: &Env) {
+    env.assert_served();
+    let bucket = env.file("tax_returns", "bucket-0000.parquet");
+    let other = env.file("benefits", "bucket-0000.parquet");
+    let original = env.read(&bucket);
+    let other_original = env.read(&other);
 
     // A byte flipped.
-    flip_byte(&bucket);
+    env.write(&bucket, &flipped(&original));
     env.assert_refused("bucket-0000.parquet", "altered");
-    std::fs::write(&bucket, &original).unwrap();
+    env.write(&bucket, &original);
     env.assert_served();
 
     // Swapped with another dataset's file (both directions).
-    let other = benefits.join("bucket-0000.parquet");
-    let parked = env.tmp.path().join("parked");
-    std::fs::rename(&bucket, &parked).unwrap();
-    std::fs::rename(&other, &bucket).unwrap();
-    std::fs::rename(&parked, &other).unwrap();
+    env.write(&bucket, &other_original);
+    env.write(&other, &original);
     env.assert_refused("bucket-0000.parquet", "altered");
-    std::fs::rename(&bucket, &parked).unwrap();
-    std::fs::rename(&other, &bucket).unwrap();
-    std::fs::rename(&parked, &other).unwrap();
+    env.write(&bucket, &original);
+    env.write(&other, &other_original);
     env.assert_served();
 
     // Deleted.
-    std::fs::rename(&bucket, &parked).unwrap();
+    env.delete(&bucket);
     env.assert_refused("bucket-0000.parquet", "deleted");
-    std::fs::rename(&parked, &bucket).unwrap();
+    env.write(&bucket, &original);
     env.assert_served();
 
     // Added.
-    let extra = tax.join("bucket-0001.parquet");
-    std::fs::copy(&bucket, &extra).unwrap();
+    let extra = Env::beside(&bucket, "bucket-0001.parquet");
+    env.write(&extra, &original);
     env.assert_refused("bucket-0001.parquet", "added");
-    std::fs::remove_file(&extra).unwrap();
+    env.delete(&extra);
     env.assert_served();
+}
+
+/// A server has verified a file in object storage and pinned its reads to
+/// the verified ETag; the insider then replaces the object. The next read
+/// is refused (the listing shows another ETag, so the file is checked
+/// again), and restoring the object restores service. (A look-up, which
+/// lists nothing, meets the store's 412 on `If-Match` instead: see
+/// `crates/custos-store/tests/object_store.rs`.)
+#[test]
+fn a_file_replaced_in_object_storage_under_a_running_server_is_refused() {
+    let Some(url) = common::s3_prefix() else {
+        return;
+    };
+    let env = Env::with_object_store(Some(&url));
+    let server = common::Server::start(&env.home(), &[]);
+    let query = || {
+        common::custos(&env.home(), Some(&env.gina))
+            .args(["--server", &server.url, "query", "--agreement", "gao-stats"])
+            .arg("SELECT COUNT(*) FROM tax_returns")
+            .output()
+            .unwrap()
+    };
+    assert!(query().status.success());
+    let bucket = env.file("tax_returns", "bucket-0000.parquet");
+    let original = env.read(&bucket);
+    env.write(&bucket, &flipped(&original));
+    let out = query();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a replaced object was read");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("count"));
+    // The API keeps file names to the server's log, which names the refusal.
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(
+        log.contains("was tampered with: `bucket-0000.parquet` was altered or replaced"),
+        "{said}\n{log}"
+    );
+    env.write(&bucket, &original);
+    let out = query();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The insider who alters a file and updates the catalogue's digest to

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use custos_broker::MasterKeySource;
-use custos_broker::{CatalogueLocation, Custos, LedgerKeySource};
+use custos_broker::{CatalogueLocation, Custos, LedgerKeySource, ObjectStoreLocation, Placement};
 
 use super::keys::{KeySourceArgs, print_shares, required_hsm_pin};
 use super::{ledger_key_from_env, master_key_from_env};
@@ -36,6 +36,16 @@ pub struct InitArgs {
     /// ~/.pgpass, never from the URL. See docs/deploy.md.
     #[arg(long, value_name = "URL")]
     catalogue: Option<String>,
+    /// Keep the dataset files (encrypted Parquet) in S3-compatible object
+    /// storage instead of HOME/datasets, e.g.
+    /// `s3://agency-data/custos/prod?region=us-gov-west-1`, or
+    /// `s3://bucket/prefix?endpoint=https://minio.internal:9000` for
+    /// another S3-compatible server (plain http:// only on this machine).
+    /// The prefix must be empty: one per home. Credentials come from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the machine's
+    /// instance role), never from the URL. See docs/deploy.md.
+    #[arg(long, value_name = "URL")]
+    object_store: Option<String>,
 }
 
 /// Creates the home and says what was made (never the key itself).
@@ -71,12 +81,19 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
         (None, Some(file)) => LedgerKeySource::File(file),
         (None, None) => LedgerKeySource::beside(home),
     };
-    let catalogue = match &args.catalogue {
-        Some(url) => CatalogueLocation::postgres(url)?,
-        None => CatalogueLocation::Embedded,
+    let placement = Placement {
+        catalogue: match &args.catalogue {
+            Some(url) => CatalogueLocation::postgres(url)?,
+            None => CatalogueLocation::Embedded,
+        },
+        objects: args
+            .object_store
+            .as_deref()
+            .map(ObjectStoreLocation::parse)
+            .transpose()?,
     };
     let (custos, report) =
-        Custos::init_with(home, source, args.origin, ledger_key, catalogue).await?;
+        Custos::init_with(home, source, args.origin, ledger_key, placement).await?;
     custos.close()?;
     println!("Created Custos home `{}`", report.root.display());
     if let Some(hsm) = &report.hsm {
@@ -125,6 +142,12 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
     match &args.catalogue {
         Some(url) => println!("  metadata:     PostgreSQL at {url} (named in catalogue.toml)"),
         None => println!("  metadata:     custos.db (SQLite)"),
+    }
+    match &args.object_store {
+        Some(url) => {
+            println!("  dataset files: object storage at {url} (named in object-store.toml)")
+        }
+        None => println!("  dataset files: datasets/ (encrypted Parquet)"),
     }
     println!("  ledger:       ledger/ (entry 0 records this init; `custos ledger show`)");
     println!("Next: `custos dataset ingest --schema FILE.schema.toml --name NAME FILE.csv`");

@@ -270,3 +270,127 @@ pub fn postgres_count(url: &str, sql: &str) -> i64 {
             .unwrap()
     })
 }
+
+/// A fresh prefix in the S3 test server named by `CUSTOS_TEST_S3` and
+/// `CUSTOS_TEST_S3_ENDPOINT` (scripts/s3), as an `--object-store` URL, or
+/// `None` without one — a failure when `CUSTOS_REQUIRE_S3` is set, as
+/// scripts/test sets it.
+pub fn s3_prefix() -> Option<String> {
+    let (Ok(bucket), Ok(endpoint)) = (
+        std::env::var("CUSTOS_TEST_S3"),
+        std::env::var("CUSTOS_TEST_S3_ENDPOINT"),
+    ) else {
+        assert!(
+            std::env::var_os("CUSTOS_REQUIRE_S3").is_none(),
+            "CUSTOS_REQUIRE_S3 is set but CUSTOS_TEST_S3 names no server"
+        );
+        eprintln!("skipped: CUSTOS_TEST_S3 names no S3-compatible server");
+        return None;
+    };
+    let unique = format!(
+        "cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    Some(format!("{bucket}/{unique}?endpoint={endpoint}"))
+}
+
+/// Direct access to the S3 test server, as an insider with the bucket's
+/// credentials has it (to tamper with dataset files).
+pub struct S3Files {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    prefix: String,
+}
+
+impl S3Files {
+    /// The store behind an `--object-store` URL made by [`s3_prefix`].
+    pub fn new(url: &str) -> Self {
+        let parsed = url::Url::parse(url).unwrap();
+        let endpoint = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "endpoint")
+            .unwrap()
+            .1
+            .into_owned();
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(parsed.host_str().unwrap())
+            .with_region("us-east-1")
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        Self {
+            store: std::sync::Arc::new(store),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            prefix: parsed.path().trim_matches('/').to_owned(),
+        }
+    }
+
+    fn path(&self, key: &str) -> object_store::path::Path {
+        object_store::path::Path::from(format!("{}/{key}", self.prefix))
+    }
+
+    /// Every key under the prefix (relative to it).
+    pub fn keys(&self) -> Vec<String> {
+        use futures::StreamExt as _;
+        let root = object_store::path::Path::from(self.prefix.as_str());
+        self.runtime.block_on(async {
+            self.store
+                .list(Some(&root))
+                .map(|m| m.unwrap().location.as_ref()[self.prefix.len() + 1..].to_owned())
+                .collect()
+                .await
+        })
+    }
+
+    /// The key of bucket file `file` of dataset `name`.
+    pub fn dataset_file(&self, name: &str, file: &str) -> String {
+        let dir = self
+            .keys()
+            .into_iter()
+            .find(|k| k.starts_with(&format!("datasets/{name}.")))
+            .unwrap();
+        let dir = dir.rsplit_once('/').unwrap().0.to_owned();
+        format!("{dir}/{file}")
+    }
+
+    /// The object's bytes.
+    pub fn read(&self, key: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt as _;
+        self.runtime.block_on(async {
+            self.store
+                .get(&self.path(key))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
+
+    /// Writes (or replaces) the object.
+    pub fn write(&self, key: &str, bytes: &[u8]) {
+        use object_store::ObjectStoreExt as _;
+        self.runtime.block_on(async {
+            self.store
+                .put(&self.path(key), bytes.to_vec().into())
+                .await
+                .unwrap();
+        });
+    }
+
+    /// Deletes the object.
+    pub fn delete(&self, key: &str) {
+        use object_store::ObjectStoreExt as _;
+        self.runtime
+            .block_on(async { self.store.delete(&self.path(key)).await.unwrap() });
+    }
+}
