@@ -403,9 +403,13 @@ pub async fn stage(
         let names: Vec<String> = (0..buckets).map(bucket_file_name).collect();
         if let Err(e) = objects.upload(&staged.staging, &storage_id, &names).await {
             // What was uploaded goes before the error is reported.
-            let _ = objects.delete_dataset(&storage_id).await;
             staged.uploaded = None;
-            return Err(object_err(e));
+            return Err(match objects.delete_dataset(&storage_id).await {
+                Ok(()) => object_err(e),
+                Err(left) => IngestError::Parquet(format!(
+                    "{e}; its partial files under `datasets/{storage_id}/` in the object store could not be removed ({left}): nobody can read them (their key was never committed), remove them by hand"
+                )),
+            });
         }
     }
 
@@ -825,7 +829,7 @@ impl DatasetReader {
                 DatasetError::Tampered {
                     dataset: self.record.name.clone(),
                     problem: format!(
-                        "`{}` was replaced after it was verified",
+                        "`{}` was replaced or deleted after it was verified",
                         bucket_file_name(bucket)
                     ),
                 }

@@ -575,10 +575,13 @@ impl ObjectFiles {
                     let _ = writer.abort().await;
                     return Err(HomeError::ObjectStore(format!("uploading failed: {e}")));
                 }
-                if let Err(e) = writer.shutdown().await {
-                    let _ = writer.abort().await;
-                    return Err(HomeError::ObjectStore(format!("uploading failed: {e}")));
-                }
+                // `abort` may not follow a shutdown (it panics); a multipart
+                // upload left incomplete is removed by the bucket's lifecycle
+                // rule (docs/deploy.md).
+                writer
+                    .shutdown()
+                    .await
+                    .map_err(|e| HomeError::ObjectStore(format!("uploading failed: {e}")))?;
             }
             Ok(())
         })?
@@ -809,8 +812,13 @@ impl ObjectStore for VerifiedReads {
                     .fetch_add(got.range.end - got.range.start, Ordering::Relaxed);
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
             }
-            // Changed since it was verified: verify again before any read.
-            Err(object_store::Error::Precondition { .. }) => self.pins.remove(location),
+            // Changed or gone since it was verified: verify again before
+            // any read (which then names what happened).
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => {
+                self.pins.remove(location);
+            }
             _ => {}
         }
         result

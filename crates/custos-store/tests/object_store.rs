@@ -184,13 +184,25 @@ async fn look_ups_read_ranges_of_verified_files_and_refuse_a_replaced_one() {
     raw.put(&key, forged.into()).await.unwrap();
     let err = look_up(second).await.unwrap_err();
     assert!(
-        matches!(&err, DatasetError::Tampered { problem, .. } if problem.contains("replaced after it was verified")),
+        matches!(&err, DatasetError::Tampered { problem, .. } if problem.contains("replaced or deleted after it was verified")),
         "{err}"
     );
     // Checked again from scratch: the digest names it.
     let err = look_up(second).await.unwrap_err();
     assert!(err.to_string().contains("altered or replaced"), "{err}");
     // Restored, it serves again.
+    raw.put(&key, original.clone().into()).await.unwrap();
+    assert_eq!(amounts(look_up(second).await.unwrap()), expected[&second]);
+    // Deleted after its check: the pinned read meets a 404, reported as
+    // tampering too, and the next check names the deletion.
+    raw.delete(&key).await.unwrap();
+    let err = look_up(second).await.unwrap_err();
+    assert!(matches!(err, DatasetError::Tampered { .. }), "{err}");
+    let err = look_up(second).await.unwrap_err();
+    assert!(
+        err.to_string().contains("was deleted since ingest"),
+        "{err}"
+    );
     raw.put(&key, original.into()).await.unwrap();
     assert_eq!(amounts(look_up(second).await.unwrap()), expected[&second]);
 }
