@@ -40,6 +40,8 @@ pub enum ProblemKind {
     Timeout,
     /// The ledger cannot write: nothing was done (fail closed).
     LedgerUnavailable,
+    /// A dataset's files are not as ingested: nothing was read from them.
+    DatasetRefused,
     /// Something failed inside; details are in the server's log only.
     Internal,
 }
@@ -61,6 +63,7 @@ impl ProblemKind {
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",
             Self::LedgerUnavailable => "ledger-unavailable",
+            Self::DatasetRefused => "dataset-refused",
             Self::Internal => "internal",
         }
     }
@@ -77,7 +80,9 @@ impl ProblemKind {
             Self::Conflict => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::LedgerUnavailable | Self::DatasetRefused => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -98,6 +103,7 @@ impl ProblemKind {
             Self::Overloaded => "Server busy",
             Self::Timeout => "Request timed out",
             Self::LedgerUnavailable => "Ledger unavailable",
+            Self::DatasetRefused => "Dataset refused",
             Self::Internal => "Internal error",
         }
     }
@@ -170,6 +176,16 @@ impl From<BrokerError> for Problem {
                 Self::new(ProblemKind::NotFound, e.to_string())
             }
             BrokerError::Unavailable(_) => Self::new(ProblemKind::LedgerUnavailable, e.to_string()),
+            BrokerError::Dataset(custos_broker::DatasetError::Tampered { dataset, .. }) => {
+                // Which file and how stay in the log (and the ledger).
+                tracing::error!(error = %e, "dataset refused");
+                Self::new(
+                    ProblemKind::DatasetRefused,
+                    format!(
+                        "dataset `{dataset}` is refused: its files are not as ingested, so nothing was read from them (ledgered as dataset.tampered; an administrator runs `custos dataset verify {dataset}`)"
+                    ),
+                )
+            }
             BrokerError::Ledger(_) => {
                 tracing::error!(error = %e, "ledger failure: request refused");
                 Self::new(

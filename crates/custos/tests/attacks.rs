@@ -857,10 +857,12 @@ async fn other_organisations_agreements_and_datasets_are_invisible() {
     assert_eq!(datasets[0]["sizes_withheld"], true);
 }
 
-/// A damaged bucket file makes the engine fail with a message naming
-/// files: the client gets a 500 with a request id, the log the detail.
+/// A damaged bucket file is refused before the engine opens it (its
+/// digest is not the ingested one): the client gets a 503
+/// `dataset-refused` that names the dataset but no file or path; the log,
+/// under the request id, has the detail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_failure_is_a_500_that_names_no_file() {
+async fn a_damaged_bucket_file_is_refused_naming_no_file() {
     let f = Fixture::new(&population(&tins(40), 1));
     f.apply(&agreement("stats", "GAO", &aggregate_grant("1.0", "")));
     let datasets = f.home().join("datasets");
@@ -877,16 +879,18 @@ async fn an_engine_failure_is_a_500_that_names_no_file() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 500);
+    assert_eq!(r.status(), 503);
     let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
     let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], "urn:custos:problem:dataset-refused");
     let detail = body["detail"].as_str().unwrap();
-    assert!(detail.contains(&id), "{detail}");
-    for needle in ["parquet", "bucket", "/tmp", "datasets"] {
+    assert!(detail.contains("dataset `returns` is refused"), "{detail}");
+    for needle in ["parquet", "bucket", "/tmp", "datasets/", "SHA-256"] {
         assert!(!detail.contains(needle), "{detail}");
     }
     let (_, log) = server.stop();
     assert!(log.contains(&id), "the log has no line for request {id}");
+    assert!(log.contains("bucket-0000.parquet"), "{log}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -286,6 +286,10 @@ fn a_file_replaced_in_object_storage_under_a_running_server_is_refused() {
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "a replaced object was read");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("count"));
+    assert!(
+        said.contains("dataset `tax_returns` is refused: its files are not as ingested"),
+        "{said}"
+    );
     // The API keeps file names to the server's log, which names the refusal.
     let log = server.stderr.lock().unwrap().clone();
     assert!(
@@ -378,6 +382,11 @@ fn a_catalogue_changed_under_a_running_server_is_caught() {
     );
     let out = query();
     assert!(!out.status.success(), "a swapped catalogue row was read");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is refused: its files are not as ingested"),
+        "{said}"
+    );
     edit_catalogue(
         &env.home(),
         &[
