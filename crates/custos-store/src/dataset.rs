@@ -398,12 +398,9 @@ pub async fn stage(
             .map_err(|_| IngestError::Parquet("hashing the files stopped unexpectedly".into()))?
             .map_err(io_err(&staged.staging))?;
     if let Some(objects) = home.objects() {
-        // Marked first: a failed upload's partial files are deleted on drop.
-        staged.uploaded = Some(Arc::clone(objects));
         let names: Vec<String> = (0..buckets).map(bucket_file_name).collect();
         if let Err(e) = objects.upload(&staged.staging, &storage_id, &names).await {
             // What was uploaded goes before the error is reported.
-            staged.uploaded = None;
             return Err(match objects.delete_dataset(&storage_id).await {
                 Ok(()) => object_err(e),
                 Err(left) => IngestError::Parquet(format!(
@@ -411,6 +408,8 @@ pub async fn stage(
                 )),
             });
         }
+        // From here, dropping the staged dataset deletes the uploaded files.
+        staged.uploaded = Some(Arc::clone(objects));
     }
 
     staged.record.bucket_count = buckets;

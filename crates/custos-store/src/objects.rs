@@ -377,24 +377,19 @@ impl ObjectFiles {
             .with_region(&location.region)
             .with_allow_http(false)
             .with_http_connector(object_store::client::SpawnedReqwestConnector::new(handle));
-        if let Some(endpoint) = &location.endpoint
-            && endpoint.starts_with("http://")
-        {
+        if let Some(endpoint) = &location.endpoint {
+            // `parse` allowed http:// only on loopback.
+            let plain = endpoint.starts_with("http://");
             // The HTTP client obeys proxy variables: a plain-http request
             // would leave the machine in clear through the proxy.
             for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
-                if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+                if plain && std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
                     return Err(HomeError::ObjectStore(format!(
                         "{var} is set, and the object store's endpoint is plain http://: requests would cross the proxy in clear; unset {var} or use https://"
                     )));
                 }
             }
-        }
-        if let Some(endpoint) = &location.endpoint {
-            // `parse` allowed http:// only on loopback.
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint).with_allow_http(plain);
         }
         // Credentials from the environment only; with none, the machine's
         // instance role.
@@ -422,8 +417,9 @@ impl ObjectFiles {
         })
     }
 
-    /// Runs `work` on the store's I/O threads and waits for it, from any
-    /// thread (a blocking read or an async task alike).
+    /// Runs `work` on the store's I/O threads and waits for it, from sync
+    /// code on any thread (a blocking read, a drop). Async callers await
+    /// the store directly: its HTTP runs on those threads anyway.
     pub(crate) fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = T> + Send + 'static,
@@ -440,13 +436,12 @@ impl ObjectFiles {
     /// Claims an empty prefix for a new home with origin `origin`: refuses
     /// a prefix that holds anything.
     pub(crate) async fn claim(&self, origin: &str) -> Result<(), HomeError> {
-        let (store, root) = (Arc::clone(&self.store), self.root.clone());
+        let (store, root, url) = (&self.store, &self.root, &self.location.url);
         let marker = serde_json::to_vec(&Marker {
             origin: origin.to_owned(),
         })
         .map_err(|e| HomeError::ObjectStore(e.to_string()))?;
-        let url = self.location.url.clone();
-        self.run(async move {
+        {
             // Not inside another home's prefix (whose reads would then see
             // this home's files as added ones).
             let parts: Vec<String> = root.parts().map(|p| p.as_ref().to_owned()).collect();
@@ -462,7 +457,7 @@ impl ObjectFiles {
                     Err(e) => return Err(reach_error(e)),
                 }
             }
-            let first = store.list(Some(&root)).next().await;
+            let first = store.list(Some(root)).next().await;
             match first {
                 None => {}
                 Some(Ok(_)) => {
@@ -477,15 +472,14 @@ impl ObjectFiles {
                 .await
                 .map_err(reach_error)?;
             Ok(())
-        })?
+        }
     }
 
     /// Checks that the store belongs to the home with origin `origin`.
     pub(crate) async fn check_owner(&self, origin: &str) -> Result<(), HomeError> {
-        let (store, path) = (Arc::clone(&self.store), self.root.clone().join(MARKER));
-        let url = self.location.url.clone();
-        let found = self.run(async move {
-            let bytes = match store.get(&path).await {
+        let (path, url) = (self.root.clone().join(MARKER), &self.location.url);
+        let found = {
+            let bytes = match self.store.get(&path).await {
                 Ok(result) => result.bytes().await.map_err(reach_error)?,
                 Err(object_store::Error::NotFound { .. }) => {
                     return Err(HomeError::ObjectStore(format!(
@@ -495,8 +489,8 @@ impl ObjectFiles {
                 Err(e) => return Err(reach_error(e)),
             };
             serde_json::from_slice::<Marker>(&bytes)
-                .map_err(|_| HomeError::ObjectStore(format!("`{url}`'s `{MARKER}` is malformed")))
-        })??;
+                .map_err(|_| HomeError::ObjectStore(format!("`{url}`'s `{MARKER}` is malformed")))?
+        };
         if found.origin != origin {
             return Err(HomeError::ObjectStore(format!(
                 "the object store belongs to another home (origin `{}`, this home's is `{origin}`)",
@@ -560,39 +554,34 @@ impl ObjectFiles {
         storage_id: &str,
         names: &[String],
     ) -> Result<(), HomeError> {
-        let store = Arc::clone(&self.store);
-        let jobs: Vec<(std::path::PathBuf, Path)> = names
-            .iter()
-            .map(|n| (dir.join(n), self.file(storage_id, n)))
-            .collect();
-        self.run(async move {
-            for (local, remote) in jobs {
-                let mut file = tokio::fs::File::open(&local)
-                    .await
-                    .map_err(io_err(&local))?;
-                let mut writer = object_store::buffered::BufWriter::new(Arc::clone(&store), remote);
-                if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
-                    let _ = writer.abort().await;
-                    return Err(HomeError::ObjectStore(format!("uploading failed: {e}")));
-                }
-                // `abort` may not follow a shutdown (it panics); a multipart
-                // upload left incomplete is removed by the bucket's lifecycle
-                // rule (docs/deploy.md).
-                writer
-                    .shutdown()
-                    .await
-                    .map_err(|e| HomeError::ObjectStore(format!("uploading failed: {e}")))?;
+        for name in names {
+            let local = dir.join(name);
+            let mut file = tokio::fs::File::open(&local)
+                .await
+                .map_err(io_err(&local))?;
+            let mut writer = object_store::buffered::BufWriter::new(
+                Arc::clone(&self.store),
+                self.file(storage_id, name),
+            );
+            if let Err(e) = tokio::io::copy(&mut file, &mut writer).await {
+                let _ = writer.abort().await;
+                return Err(HomeError::ObjectStore(format!("uploading failed: {e}")));
             }
-            Ok(())
-        })?
+            // `abort` may not follow a shutdown (it panics); a multipart
+            // upload left incomplete is removed by the bucket's lifecycle
+            // rule (docs/deploy.md).
+            writer
+                .shutdown()
+                .await
+                .map_err(|e| HomeError::ObjectStore(format!("uploading failed: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Deletes every file of dataset `storage_id` (an ingest that did not
     /// commit).
     pub(crate) async fn delete_dataset(&self, storage_id: &str) -> Result<(), HomeError> {
-        let store = Arc::clone(&self.store);
-        let prefix = self.dataset_prefix(storage_id);
-        self.run(async move { delete_prefix(&store, &prefix).await })?
+        delete_prefix(&self.store, &self.dataset_prefix(storage_id)).await
     }
 
     /// Deletes dataset `storage_id`'s files from any thread, waiting for
@@ -791,6 +780,8 @@ impl ObjectStore for VerifiedReads {
         Err(read_only())
     }
 
+    // Ranged reads (`get_range`, and `get_ranges` coalescing them) are
+    // the trait's defaults, which come here: no read bypasses the pin.
     async fn get_opts(
         &self,
         location: &Path,
@@ -822,24 +813,6 @@ impl ObjectStore for VerifiedReads {
             _ => {}
         }
         result
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &Path,
-        ranges: &[Range<u64>],
-    ) -> object_store::Result<Vec<Bytes>> {
-        // One pinned GET per range (the default would coalesce through
-        // `get_opts` too; written out so no path bypasses the pin).
-        let mut out = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let options = GetOptions {
-                range: Some(range.clone().into()),
-                ..GetOptions::default()
-            };
-            out.push(self.get_opts(location, options).await?.bytes().await?);
-        }
-        Ok(out)
     }
 
     fn delete_stream(
