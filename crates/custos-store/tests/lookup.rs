@@ -9,21 +9,8 @@ use custos_model::schema::SUBJECT_KEY_COLUMN;
 use custos_store::dataset::{self, DatasetReader};
 use custos_store::{Home, MasterKeySource, NoProgress};
 
-const SCHEMA: &str = r#"
-[[columns]]
-name = "id"
-class = "subject_id"
-type = "integer"
-[[columns]]
-name = "amount"
-class = "attribute"
-type = "integer"
-bounds = [0, 1000000]
-[[columns]]
-name = "label"
-class = "identifier"
-type = "string"
-"#;
+mod common;
+use common::SCHEMA;
 
 /// A new home in a temporary directory, and `SCHEMA` written beside it.
 async fn home_with_schema() -> (tempfile::TempDir, Home, std::path::PathBuf) {

@@ -15,21 +15,8 @@ use custos_store::objects::ObjectStoreLocation;
 use custos_store::{DatasetError, Home, LedgerKeySource, MasterKeySource, NoProgress};
 use object_store::ObjectStoreExt as _;
 
-const SCHEMA: &str = r#"
-[[columns]]
-name = "id"
-class = "subject_id"
-type = "integer"
-[[columns]]
-name = "amount"
-class = "attribute"
-type = "integer"
-bounds = [0, 1000000]
-[[columns]]
-name = "label"
-class = "identifier"
-type = "string"
-"#;
+mod common;
+use common::SCHEMA;
 
 /// A fresh prefix in the test server, or `None` without one (a failure
 /// when `CUSTOS_REQUIRE_S3` is set).

@@ -117,7 +117,16 @@ impl Env {
     }
 
     fn query(&self) -> std::process::Output {
-        common::custos(&self.home(), Some(&self.gina))
+        self.query_through(None)
+    }
+
+    /// Gina's count query, through the server at `server` if given.
+    fn query_through(&self, server: Option<&str>) -> std::process::Output {
+        let mut command = common::custos(&self.home(), Some(&self.gina));
+        if let Some(url) = server {
+            command.args(["--server", url]);
+        }
+        command
             .args(["query", "--agreement", "gao-stats"])
             .arg("SELECT COUNT(*) FROM tax_returns")
             .output()
@@ -271,13 +280,7 @@ fn a_file_replaced_in_object_storage_under_a_running_server_is_refused() {
     };
     let env = Env::with_object_store(Some(&url));
     let server = common::Server::start(&env.home(), &[]);
-    let query = || {
-        common::custos(&env.home(), Some(&env.gina))
-            .args(["--server", &server.url, "query", "--agreement", "gao-stats"])
-            .arg("SELECT COUNT(*) FROM tax_returns")
-            .output()
-            .unwrap()
-    };
+    let query = || env.query_through(Some(&server.url));
     assert!(query().status.success());
     let bucket = env.file("tax_returns", "bucket-0000.parquet");
     let original = env.read(&bucket);
@@ -364,13 +367,7 @@ fn edit_catalogue(home: &Path, statements: &[&'static str]) {
 fn a_catalogue_changed_under_a_running_server_is_caught() {
     let env = Env::new();
     let server = common::Server::start(&env.home(), &[]);
-    let query = || {
-        common::custos(&env.home(), Some(&env.gina))
-            .args(["--server", &server.url, "query", "--agreement", "gao-stats"])
-            .arg("SELECT COUNT(*) FROM tax_returns")
-            .output()
-            .unwrap()
-    };
+    let query = || env.query_through(Some(&server.url));
     assert!(query().status.success());
     edit_catalogue(
         &env.home(),
