@@ -213,6 +213,53 @@ async fn concurrent_queries_never_overspend_a_budget_in_postgresql() {
 /// process writes the home, a second is refused by the catalogue's writer
 /// lease. A holder whose lease connection is cut stops writing at once
 /// (the copy may then take over); a killed holder's lease is freed.
+/// Bad `--object-store` URLs and stores, each refused with a clear error
+/// that never echoes a secret, and leaving no home and no ledger key.
+#[test]
+fn bad_object_stores_are_refused_clearly_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let refused = |store: &str, why: &str| {
+        common::custos(&home, None)
+            .args(["init", "--object-store", store])
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(why))
+            .stderr(predicate::str::contains("s3cret").not());
+        assert!(!home.exists(), "{store}: a home was left behind");
+        assert!(
+            !dir.path().join("home.ledger.key").exists(),
+            "{store}: a ledger key was left behind"
+        );
+    };
+    refused("s3://AKIA:s3cret@bucket/p", "AWS_SECRET_ACCESS_KEY");
+    refused(
+        "s3://bucket/p?secret_access_key=s3cret",
+        "only `region` and `endpoint`",
+    );
+    refused(
+        "s3://bucket/p?endpoint=http://s3.example.org",
+        "use https://",
+    );
+    refused("s3://bucket", "needs a prefix");
+    refused("s3://bucket/a/../b", "not in plain form");
+    refused("gs://bucket/p", "must start with s3://");
+    // Nothing listens on port 1.
+    refused(
+        "s3://bucket/p?endpoint=http://127.0.0.1:1",
+        "cannot use the object store",
+    );
+    let Some(url) = common::s3_prefix() else {
+        return;
+    };
+    // A prefix already holding a home is not shared.
+    common::custos(&dir.path().join("first"), None)
+        .args(["init", "--object-store", &url])
+        .assert()
+        .success();
+    refused(&url, "is not empty");
+}
+
 #[test]
 fn a_copied_home_cannot_write_the_same_catalogue_at_once() {
     let Some(url) = common::postgres_database() else {
