@@ -6,6 +6,7 @@
 //! - [`merkle`]: compact range, hash reader over tiles (RFC 6962 hashing via `tlog_tiles`).
 //! - [`note`]: checkpoints signed as C2SP signed-notes (Ed25519).
 //! - [`log`]: the durable, group-committed writer and its crash recovery.
+//! - [`published`]: where the published files live (a directory, or any other [`PublishedFiles`]).
 //! - [`read`]: entries and proofs from the published files, and proof checking.
 //! - [`verify`]: full verification against the checkpoint and an older one.
 //! - [`key_change`]: rotating the signing key, and following the chain (pure).
@@ -17,12 +18,14 @@
 #![deny(missing_docs)]
 
 pub mod cosignature;
+mod edge;
 pub mod entry;
 pub mod key_change;
 pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod policy;
+pub mod published;
 pub mod read;
 pub mod tiles;
 pub mod verify;
@@ -36,10 +39,11 @@ pub use entry::{Decision, Entry, EntryError, SubjectCommitment, SubjectCommitter
 pub use log::{FaultPlan, Ledger, LedgerConfig};
 pub use note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
 pub use policy::{PolicyError, WitnessPolicy};
+pub use published::{DirFiles, PublishedFiles};
 pub use read::{
     ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,
 };
-pub use verify::{VerifyReport, verify_ledger};
+pub use verify::{VerifyReport, verify_ledger, verify_published};
 pub use witnessed::{WitnessedCheckpoint, verify_witnessed};
 
 /// Serde for 32-byte hashes as hex strings (`#[serde(with = "custos_ledger::hex32")]`).

@@ -43,12 +43,13 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
-use tlog_tiles::{Hash, Tile, record_hash};
+use tlog_tiles::{Hash, record_hash};
 
+use crate::edge::TreeEdge;
 use crate::entry::{Entry, EntryError, MAX_ENTRY_BYTES};
-use crate::merkle::{CompactRange, TileFiles, TreeReader};
 use crate::note::{CheckpointError, NoteSigner, VerifiedCheckpoint, verify_checkpoint};
-use crate::tiles::{TILE_WIDTH, TileId, bundle_entries, bundle_push};
+use crate::published::{DirFiles, PublishedFiles};
+use crate::tiles::{TILE_WIDTH, TileId, bundle_push};
 use crate::{HASH_SIZE, LedgerError};
 
 const JOURNAL: &str = "journal";
@@ -300,14 +301,8 @@ struct Writer {
     interval: Duration,
     journal: File,
     journal_len: u64,
-    range: CompactRange,
-    /// Hashes of the incomplete tile at each level.
-    edge: Vec<Vec<Hash>>,
-    /// The incomplete entry bundle.
-    bundle: Vec<u8>,
-    bundle_count: u64,
-    /// Tiles that became full since the last checkpoint, not yet written.
-    completed: Vec<(TileId, Vec<u8>)>,
+    /// The tree's right edge, and the tiles completed since the last checkpoint.
+    tree: TreeEdge,
     /// Partial tiles of the last checkpoint (removed after the next one).
     published_partials: Vec<PathBuf>,
     checkpointed: u64,
@@ -370,11 +365,7 @@ impl Writer {
             interval,
             journal_len: 0,
             journal: journal.try_clone().map_err(io(&journal_path))?,
-            range: CompactRange::new(),
-            edge: vec![Vec::new()],
-            bundle: Vec::new(),
-            bundle_count: 0,
-            completed: Vec::new(),
+            tree: TreeEdge::new(),
             published_partials: Vec::new(),
             checkpointed: u64::MAX,
             failed: false,
@@ -394,14 +385,15 @@ impl Writer {
         };
         let start = state
             .filter(|s| s.journal_offset <= journal_len && trusted(s))
-            .and_then(|s| writer.load_edge(s).ok().map(|()| s));
+            .and_then(|s| {
+                let files = std::sync::Arc::new(DirFiles::new(dir));
+                writer.tree = TreeEdge::load(files, s.size, s.root).ok()?;
+                Some(s)
+            });
         let start = match start {
             Some(s) => s,
             None => {
-                writer.range = CompactRange::new();
-                writer.edge = vec![Vec::new()];
-                writer.bundle.clear();
-                writer.bundle_count = 0;
+                writer.tree = TreeEdge::new();
                 State {
                     size: 0,
                     journal_offset: 0,
@@ -416,7 +408,7 @@ impl Writer {
             journal_len,
             checkpoint.as_ref(),
         )?;
-        let replayed = writer.range.size();
+        let replayed = writer.tree.size();
         if let Some(cp) = &checkpoint
             && replayed < cp.size
         {
@@ -434,52 +426,6 @@ impl Writer {
         }
         writer.journal_len = writer.journal.metadata().map_err(io(&journal_path))?.len();
         Ok(writer)
-    }
-
-    /// Loads the tree's right edge at `state.size` from the tiles on disk and
-    /// checks it against the recorded root.
-    fn load_edge(&mut self, state: State) -> Result<(), LedgerError> {
-        let tiles = TileFiles::new(&self.dir);
-        let reader = TreeReader::new(&tiles, state.size);
-        let range = CompactRange::from_reader(state.size, &reader)
-            .map_err(|e| LedgerError::Damaged(format!("right edge unreadable: {e}")))?;
-        if range.root().0 != state.root {
-            return Err(LedgerError::Damaged(
-                "tiles do not match the recorded root".into(),
-            ));
-        }
-        let mut edge = Vec::new();
-        let mut level = 0u8;
-        loop {
-            let count = state.size >> (u32::from(level) * 8);
-            let width = count % TILE_WIDTH;
-            let mut hashes = Vec::new();
-            if width > 0 {
-                let data = tiles
-                    .read(level, count / TILE_WIDTH, width)
-                    .map_err(|e| LedgerError::Damaged(e.to_string()))?;
-                hashes = crate::merkle::hashes_of(&data, width)
-                    .map_err(|e| LedgerError::Damaged(e.to_string()))?;
-            }
-            edge.push(hashes);
-            if count < TILE_WIDTH {
-                break;
-            }
-            level += 1;
-        }
-        let width = state.size % TILE_WIDTH;
-        let mut bundle = Vec::new();
-        if width > 0 {
-            let id = TileId::entries(state.size / TILE_WIDTH, width);
-            let bytes = read_bundle(&self.dir, id)?;
-            bundle_entries(&bytes, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
-            bundle = bytes;
-        }
-        self.range = range;
-        self.edge = edge;
-        self.bundle = bundle;
-        self.bundle_count = width;
-        Ok(())
     }
 
     /// Replays journal records from `start`. Returns where a torn final
@@ -515,18 +461,22 @@ impl Writer {
             if record.len > MAX_ENTRY_BYTES {
                 return Err(LedgerError::Damaged(format!(
                     "journal record {} (byte {record_start}) has an impossible length",
-                    self.range.size()
+                    self.tree.size()
                 )));
             }
             reader.read_exact(&mut entry).map_err(io(path))?;
             let leaf = record_hash(&entry);
-            let index = self.range.size();
+            let index = self.tree.size();
             // Records under the signed checkpoint are held to its root (at
             // the end); those beyond it only their tag vouches for.
             let covered = checkpoint.is_some_and(|cp| index < cp.size);
             let authentic = covered
-                || journal_tag(&self.signer.journal_key(), index, &self.range.root(), &leaf)
-                    == record.tag;
+                || journal_tag(
+                    &self.signer.journal_key(),
+                    index,
+                    &self.tree.root(),
+                    &leaf,
+                ) == record.tag;
             if !authentic {
                 // Torn only if nothing acknowledged can follow: the record is
                 // the last one, or all that follows is zeros (a preallocated
@@ -542,15 +492,15 @@ impl Writer {
                     "journal record {index} (byte {record_start}) is not authentic: it was altered, or written without the ledger key"
                 )));
             }
-            self.push_leaf(leaf, &entry);
+            self.tree.push(leaf, &entry);
             self.resume_rotation(&entry);
-            if self.completed.len() >= MAX_COMPLETED {
+            if self.tree.completed.len() >= MAX_COMPLETED {
                 self.write_completed()?;
             }
             offset = end;
             if let Some(cp) = checkpoint
-                && self.range.size() == cp.size
-                && self.range.root().0 != cp.root
+                && self.tree.size() == cp.size
+                && self.tree.root().0 != cp.root
             {
                 return Err(LedgerError::Damaged(format!(
                     "the journal's first {} entries do not hash to the signed checkpoint's root",
@@ -558,10 +508,10 @@ impl Writer {
                 )));
             }
         };
-        if start.size > 0 || self.range.size() > 0 {
+        if start.size > 0 || self.tree.size() > 0 {
             tracing::info!(
                 from = start.size,
-                to = self.range.size(),
+                to = self.tree.size(),
                 "ledger recovered"
             );
         }
@@ -580,40 +530,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Adds one leaf to the right edge, writing tiles that become full.
-    fn push_leaf(&mut self, leaf: Hash, entry: &[u8]) {
-        self.range.push(leaf);
-        let size = self.range.size();
-        bundle_push(&mut self.bundle, entry);
-        self.bundle_count += 1;
-        if self.bundle_count == TILE_WIDTH {
-            let id = TileId::entries(size / TILE_WIDTH - 1, TILE_WIDTH);
-            let bytes = std::mem::take(&mut self.bundle);
-            self.completed.push((id, bytes));
-            self.bundle_count = 0;
-        }
-        let mut level = 0usize;
-        let mut hash = leaf;
-        loop {
-            if self.edge.len() <= level {
-                self.edge.push(Vec::new());
-            }
-            self.edge[level].push(hash);
-            if self.edge[level].len() as u64 != TILE_WIDTH {
-                break;
-            }
-            let full = std::mem::take(&mut self.edge[level]);
-            let bytes: Vec<u8> = full.iter().flat_map(|h| h.0).collect();
-            // A tree of at most 2^64 leaves has at most 8 tile levels.
-            let level_u8 = level as u8;
-            let index = (size >> (8 * (level as u32 + 1))) - 1;
-            hash = Tile::subtree_hash(&bytes);
-            self.completed
-                .push((TileId::hashes(level_u8, index, TILE_WIDTH), bytes));
-            level += 1;
-        }
-    }
-
     /// Writes the tiles completed since the last call. Done at checkpoints
     /// (and every few thousand tiles), not per commit: on ext4 every file
     /// created before a journal fsync is flushed by that fsync, so tile
@@ -621,13 +537,13 @@ impl Writer {
     /// checkpoint's syncfs makes them durable before any checkpoint covers them.
     fn write_completed(&mut self) -> Result<(), LedgerError> {
         let mut written = 0;
-        let result = self.completed.iter().try_for_each(|(id, bytes)| {
+        let result = self.tree.completed.iter().try_for_each(|(id, bytes)| {
             write_renamed(&self.dir.join(id.path()), bytes)?;
             written += 1;
             Ok(())
         });
         // Only what was written leaves the queue; the rest is retried.
-        self.completed.drain(..written);
+        self.tree.completed.drain(..written);
         result
     }
 
@@ -710,7 +626,7 @@ impl Writer {
         let key = self.signer.journal_key();
         // Each tag binds the tree the record extends, so a record made in a
         // copy of the ledger that has since diverged does not fit this one.
-        let mut tree = self.range.clone();
+        let mut tree = self.tree.range.clone();
         for (entries, _) in groups {
             for e in entries {
                 let leaf = record_hash(e);
@@ -746,13 +662,13 @@ impl Writer {
         let mut results = Vec::with_capacity(groups.len());
         let mut leaf_iter = leaves.into_iter();
         for (entries, _) in groups {
-            let start = self.range.size();
+            let start = self.tree.size();
             for (e, leaf) in entries.iter().zip(leaf_iter.by_ref()) {
-                self.push_leaf(leaf, e);
+                self.tree.push(leaf, e);
             }
-            results.push(Ok(start..self.range.size()));
+            results.push(Ok(start..self.tree.size()));
         }
-        if self.completed.len() >= MAX_COMPLETED
+        if self.tree.completed.len() >= MAX_COMPLETED
             && let Err(e) = self.write_completed()
         {
             // The entries are durable in the journal; the tiles are rewritten
@@ -807,8 +723,8 @@ impl Writer {
             // has recovered from the journal.
             return Err(LedgerError::Unavailable);
         }
-        let size = self.range.size();
-        let root = self.range.root().0;
+        let size = self.tree.size();
+        let root = self.tree.root().0;
         if self.checkpointed == size
             && let Ok(note) = fs::read(self.dir.join(CHECKPOINT))
         {
@@ -816,23 +732,9 @@ impl Writer {
         }
         self.write_completed()?;
         let mut partials = Vec::new();
-        for (level, hashes) in self.edge.iter().enumerate() {
-            if hashes.is_empty() {
-                continue;
-            }
-            let level_u8 =
-                u8::try_from(level).map_err(|_| LedgerError::Damaged("tree too tall".into()))?;
-            let index = (size >> (8 * level as u32)) / TILE_WIDTH;
-            let id = TileId::hashes(level_u8, index, hashes.len() as u64);
-            let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+        for (id, bytes) in self.tree.partials()? {
             let path = self.dir.join(id.path());
             write_renamed(&path, &bytes)?;
-            partials.push(path);
-        }
-        if self.bundle_count > 0 {
-            let id = TileId::entries(size / TILE_WIDTH, self.bundle_count);
-            let path = self.dir.join(id.path());
-            write_renamed(&path, &self.bundle)?;
             partials.push(path);
         }
         // One syncfs makes every tile written since the last checkpoint (full
@@ -960,28 +862,29 @@ fn damaged(e: CheckpointError) -> LedgerError {
 
 /// Reads entry bundle `id`, falling back to the full bundle or a wider
 /// partial one (and truncating) when the exact partial was superseded.
-pub fn read_bundle(dir: &Path, id: TileId) -> Result<Vec<u8>, LedgerError> {
-    let exact = dir.join(id.path());
-    match fs::read(&exact) {
-        Ok(bytes) => return Ok(bytes),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&exact)(e)),
-        Err(_) => {}
+pub fn read_bundle(files: &dyn PublishedFiles, id: TileId) -> Result<Vec<u8>, LedgerError> {
+    let unreadable = |path: String| {
+        move |cause: std::io::Error| LedgerError::Io {
+            path: PathBuf::from(path),
+            cause,
+        }
+    };
+    let exact = id.path();
+    if let Some(bytes) = files.read(&exact).map_err(unreadable(exact.clone()))? {
+        return Ok(bytes);
     }
-    let mut candidates = vec![dir.join(TileId::entries(id.index, TILE_WIDTH).path())];
-    if let Ok(read) = fs::read_dir(dir.join(id.partial_dir())) {
-        let mut widths: Vec<u64> = read
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|w| *w > id.width)
-            .collect();
-        widths.sort_unstable();
-        candidates.extend(
-            widths
-                .into_iter()
-                .map(|w| dir.join(TileId::entries(id.index, w).path())),
-        );
-    }
-    for path in candidates {
-        if let Ok(bytes) = fs::read(&path) {
+    let mut candidates = vec![TileId::entries(id.index, TILE_WIDTH)];
+    let mut widths: Vec<u64> = files
+        .partial_widths(&id.partial_dir())
+        .map_err(unreadable(id.partial_dir()))?
+        .into_iter()
+        .filter(|w| *w > id.width && *w < TILE_WIDTH)
+        .collect();
+    widths.sort_unstable();
+    candidates.extend(widths.into_iter().map(|w| TileId::entries(id.index, w)));
+    for candidate in candidates {
+        let path = candidate.path();
+        if let Some(bytes) = files.read(&path).map_err(unreadable(path.clone()))? {
             let mut out = Vec::new();
             let mut rest = &bytes[..];
             for _ in 0..id.width {

@@ -8,13 +8,13 @@
 //! tile files (its own tile reader assumes Go's `tile/H/L/…` paths).
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use tlog_tiles::{Hash, HashReader, node_hash, split_stored_hash_index};
 
 use crate::HASH_SIZE;
+use crate::published::{DirFiles, PublishedFiles};
 use crate::tiles::{TILE_HEIGHT, TILE_WIDTH, TileId, tile_hashes};
 
 /// The right edge of a Merkle tree: the roots of its perfect subtrees,
@@ -126,32 +126,37 @@ impl TileTree {
 
 /// Tiles by (level, index, width). A tile of a given width never changes
 /// (a wider one extends it), so partial tiles are cached safely too.
-type TileCache = HashMap<(u8, u64, u64), std::sync::Arc<TileTree>>;
+type TileCache = HashMap<(u8, u64, u64), Arc<TileTree>>;
 
 /// Most tiles kept in the cache (16 KiB each at most).
 const CACHE_TILES: usize = 4096;
 
-/// Reads hash tiles from a ledger directory, as C2SP paths, and caches
-/// their node trees.
+/// Reads hash tiles from a ledger's published files, as C2SP paths, and
+/// caches their node trees.
 #[derive(Debug)]
 pub struct TileFiles {
-    dir: PathBuf,
+    files: Arc<dyn PublishedFiles>,
     cache: Mutex<TileCache>,
 }
 
 impl TileFiles {
     /// A reader over `dir` (the directory that holds `tile/`).
     pub fn new(dir: &Path) -> Self {
+        Self::over(Arc::new(DirFiles::new(dir)))
+    }
+
+    /// A reader over published files wherever they are.
+    pub fn over(files: Arc<dyn PublishedFiles>) -> Self {
         Self {
-            dir: dir.to_owned(),
+            files,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// The node tree of tile `(level, index)` covering at least `width`
-    /// hashes, from the cache or disk. A full tile serves every width: the
-    /// complete nodes of a prefix are the full tile's nodes.
-    fn tree(&self, level: u8, index: u64, width: u64) -> std::io::Result<std::sync::Arc<TileTree>> {
+    /// hashes, from the cache or the files. A full tile serves every width:
+    /// the complete nodes of a prefix are the full tile's nodes.
+    fn tree(&self, level: u8, index: u64, width: u64) -> std::io::Result<Arc<TileTree>> {
         if let Ok(cache) = self.cache.lock() {
             for key in [(level, index, TILE_WIDTH), (level, index, width)] {
                 if let Some(tree) = cache.get(&key) {
@@ -159,16 +164,11 @@ impl TileFiles {
                 }
             }
         }
-        let full_path = self
-            .dir
-            .join(TileId::hashes(level, index, TILE_WIDTH).path());
-        let width = if full_path.exists() {
-            TILE_WIDTH
-        } else {
-            width
+        let (data, width) = match self.full(level, index)? {
+            Some(full) => (full, TILE_WIDTH),
+            None => (self.read(level, index, width)?, width),
         };
-        let data = self.read(level, index, width)?;
-        let tree = std::sync::Arc::new(TileTree::build(&data));
+        let tree = Arc::new(TileTree::build(&data));
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_TILES {
                 cache.clear();
@@ -178,66 +178,66 @@ impl TileFiles {
         Ok(tree)
     }
 
+    /// The full tile `(level, index)`, if it is published.
+    fn full(&self, level: u8, index: u64) -> std::io::Result<Option<Arc<Vec<u8>>>> {
+        let id = TileId::hashes(level, index, TILE_WIDTH);
+        self.files
+            .read(&id.path())?
+            .map(|bytes| check_len(bytes, TILE_WIDTH as usize * HASH_SIZE, &id.path()))
+            .transpose()
+    }
+
     /// Reads tile `(level, index)` with at least `width` hashes, returning
     /// exactly `width` hashes' bytes. Serves a prefix of the full tile or of
     /// a wider partial tile when the exact partial is gone.
-    pub fn read(
-        &self,
-        level: u8,
-        index: u64,
-        width: u64,
-    ) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
+    pub fn read(&self, level: u8, index: u64, width: u64) -> std::io::Result<Arc<Vec<u8>>> {
         let want = usize::try_from(width)
             .unwrap_or(usize::MAX)
             .saturating_mul(HASH_SIZE);
-        let full_id = TileId::hashes(level, index, TILE_WIDTH);
-        match fs::read(self.dir.join(full_id.path())) {
-            Ok(bytes) => {
-                let bytes = check_len(bytes, TILE_WIDTH as usize * HASH_SIZE, &full_id.path())?;
-                if width == TILE_WIDTH {
-                    return Ok(bytes);
-                }
-                return Ok(std::sync::Arc::new(bytes[..want].to_vec()));
+        if let Some(bytes) = self.full(level, index)? {
+            if width == TILE_WIDTH {
+                return Ok(bytes);
             }
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
+            return Ok(Arc::new(bytes[..want].to_vec()));
         }
         let id = TileId::hashes(level, index, width);
-        match fs::read(self.dir.join(id.path())) {
-            Ok(bytes) => return check_len(bytes, want, &id.path()),
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
+        if let Some(bytes) = self.files.read(&id.path())? {
+            return check_len(bytes, want, &id.path());
         }
         // The exact partial was superseded: take any wider partial's prefix.
-        let partial_dir = self.dir.join(id.partial_dir());
-        let mut widths: Vec<u64> = fs::read_dir(&partial_dir)?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|w| *w >= width)
+        let mut widths: Vec<u64> = self
+            .files
+            .partial_widths(&id.partial_dir())?
+            .into_iter()
+            .filter(|w| *w >= width && *w < TILE_WIDTH)
             .collect();
         widths.sort_unstable();
-        let Some(w) = widths.first() else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} is missing", id.path()),
-            ));
-        };
-        let bytes = fs::read(partial_dir.join(w.to_string()))?;
-        let expected = usize::try_from(*w)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(HASH_SIZE);
-        let bytes = check_len(bytes, expected, &TileId::hashes(level, index, *w).path())?;
-        Ok(std::sync::Arc::new(bytes[..want].to_vec()))
+        for w in widths {
+            let wider = TileId::hashes(level, index, w);
+            let Some(bytes) = self.files.read(&wider.path())? else {
+                continue;
+            };
+            let expected = usize::try_from(w)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(HASH_SIZE);
+            let bytes = check_len(bytes, expected, &wider.path())?;
+            return Ok(Arc::new(bytes[..want].to_vec()));
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is missing", id.path()),
+        ))
     }
 }
 
-fn check_len(bytes: Vec<u8>, want: usize, path: &str) -> std::io::Result<std::sync::Arc<Vec<u8>>> {
+fn check_len(bytes: Vec<u8>, want: usize, path: &str) -> std::io::Result<Arc<Vec<u8>>> {
     if bytes.len() != want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("{path} is {} bytes, expected {want}", bytes.len()),
         ));
     }
-    Ok(std::sync::Arc::new(bytes))
+    Ok(Arc::new(bytes))
 }
 
 /// A [`HashReader`] for a tree of `size` leaves over tile files. Stored

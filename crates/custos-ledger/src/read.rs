@@ -2,6 +2,7 @@
 //! Works on the C2SP files alone (no lock, no writer), as an overseer would.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tlog_tiles::{Hash, HashReader, check_record, check_tree, prove_record, prove_tree, tree_hash};
@@ -10,6 +11,7 @@ use crate::LedgerError;
 use crate::log::{CHECKPOINT, read_bundle};
 use crate::merkle::{TileFiles, TreeReader};
 use crate::note::{VerifiedCheckpoint, verify_checkpoint};
+use crate::published::{DirFiles, PublishedFiles};
 use crate::tiles::{TILE_WIDTH, TileId, bundle_entries};
 
 /// A proof that entry `index` is in the tree of `size` with `root`.
@@ -81,31 +83,48 @@ pub fn verify_consistency(p: &ConsistencyProof) -> Result<(), LedgerError> {
     .map_err(|e| LedgerError::Proof(e.to_string()))
 }
 
-/// Read access to a ledger directory.
+/// Read access to a ledger's published files.
 #[derive(Debug)]
 pub struct LedgerReader {
-    dir: PathBuf,
+    files: Arc<dyn PublishedFiles>,
     tiles: TileFiles,
 }
 
 impl LedgerReader {
-    /// A reader over `dir`.
+    /// A reader over the ledger directory `dir`.
     pub fn new(dir: &Path) -> Self {
+        Self::over(Arc::new(DirFiles::new(dir)))
+    }
+
+    /// A reader over published files wherever they are.
+    pub fn over(files: Arc<dyn PublishedFiles>) -> Self {
         Self {
-            dir: dir.to_owned(),
-            tiles: TileFiles::new(dir),
+            tiles: TileFiles::over(Arc::clone(&files)),
+            files,
         }
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The published files read.
+    pub fn files(&self) -> &Arc<dyn PublishedFiles> {
+        &self.files
     }
 
     /// The latest checkpoint note as published.
     pub fn checkpoint_note(&self) -> Result<Vec<u8>, LedgerError> {
-        let path = self.dir.join(CHECKPOINT);
-        std::fs::read(&path).map_err(|cause| LedgerError::Io { path, cause })
+        let path = || PathBuf::from(format!("{}/{CHECKPOINT}", self.files.location()));
+        self.files
+            .read(CHECKPOINT)
+            .map_err(|cause| LedgerError::Io {
+                path: path(),
+                cause,
+            })?
+            .ok_or_else(|| LedgerError::Io {
+                path: path(),
+                cause: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no checkpoint is published",
+                ),
+            })
     }
 
     /// The latest checkpoint, verified with `verifier_key`.
@@ -120,7 +139,7 @@ impl LedgerReader {
         while index < to {
             let bundle_index = index / TILE_WIDTH;
             let width = (to - bundle_index * TILE_WIDTH).min(TILE_WIDTH);
-            let bytes = read_bundle(&self.dir, TileId::entries(bundle_index, width))?;
+            let bytes = read_bundle(self.files.as_ref(), TileId::entries(bundle_index, width))?;
             let entries =
                 bundle_entries(&bytes, width).map_err(|e| LedgerError::Damaged(e.to_string()))?;
             for (i, e) in entries.into_iter().enumerate() {

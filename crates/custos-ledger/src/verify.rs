@@ -8,6 +8,7 @@
 use std::fs;
 use std::io::{BufReader, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tlog_tiles::{Hash, Tile, record_hash};
@@ -18,6 +19,7 @@ use crate::entry::MAX_ENTRY_BYTES;
 use crate::log::{read_bundle, read_record};
 use crate::merkle::{CompactRange, TileFiles, hashes_of};
 use crate::note::{VerifiedCheckpoint, verify_checkpoint};
+use crate::published::{DirFiles, PublishedFiles};
 use crate::tiles::{TILE_WIDTH, TileId, bundle_entries};
 
 /// What a successful verification established.
@@ -147,8 +149,22 @@ pub fn verify_ledger(
     verifier_key: &str,
     older: Option<&[u8]>,
 ) -> Result<VerifyReport, LedgerError> {
-    let note = fs::read(dir.join(crate::log::CHECKPOINT))
-        .map_err(|e| fail(format!("checkpoint: cannot be read ({e})")))?;
+    verify_published(Arc::new(DirFiles::new(dir)), verifier_key, older)
+}
+
+/// Verifies a ledger's published files wherever they are (a directory or
+/// object storage) against `verifier_key`, and against `older` if given.
+/// A local ledger's journal, when there is one beside the files, is also
+/// compared with the published entries.
+pub fn verify_published(
+    files: Arc<dyn PublishedFiles>,
+    verifier_key: &str,
+    older: Option<&[u8]>,
+) -> Result<VerifyReport, LedgerError> {
+    let note = files
+        .read(crate::log::CHECKPOINT)
+        .map_err(|e| fail(format!("checkpoint: cannot be read ({e})")))?
+        .ok_or_else(|| fail("checkpoint: cannot be read (there is none)".into()))?;
     // The signatures are checked once the entries have shown which key
     // signs now (a key change is an entry); the sizes and roots first.
     let latest = unverified(&note).map_err(|e| fail(format!("checkpoint: {e}")))?;
@@ -166,12 +182,13 @@ pub fn verify_ledger(
         None => None,
     };
     let mut journal = JournalCursor {
-        reader: fs::File::open(dir.join("journal"))
-            .ok()
+        reader: files
+            .dir()
+            .and_then(|dir| fs::File::open(dir.join("journal")).ok())
             .map(|f| BufReader::with_capacity(1 << 20, f)),
         index: 0,
     };
-    let tiles = TileFiles::new(dir);
+    let tiles = TileFiles::over(Arc::clone(&files));
     let mut journal_checked = 0;
     let mut range = CompactRange::new();
     let mut levels = Levels {
@@ -187,7 +204,7 @@ pub fn verify_ledger(
         let id = TileId::entries(bundle_index, width);
         // A live writer replaces partial bundles; read_bundle falls back to
         // the wider one that superseded it (its prefix is the same entries).
-        let bytes = read_bundle(dir, id)
+        let bytes = read_bundle(files.as_ref(), id)
             .map_err(|e| fail(format!("{}: cannot be read ({e})", id.path())))?;
         let entries =
             bundle_entries(&bytes, width).map_err(|e| fail(format!("{}: {e}", id.path())))?;

@@ -82,7 +82,7 @@ pub async fn tile(
         // A superseded partial is served as the prefix of the tile that
         // replaced it (the same bytes), as C2SP clients expect.
         match id.level {
-            None => custos_ledger::log::read_bundle(&dir, id).ok(),
+            None => custos_ledger::log::read_bundle(&custos_ledger::DirFiles::new(&dir), id).ok(),
             Some(level) => TileFiles::new(&dir)
                 .read(level, id.index, id.width)
                 .ok()

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use custos_ledger::{
     ConsistencyProof, Entry, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,
-    verify_ledger,
+    verify_published,
 };
 use serde::Serialize;
 
@@ -173,7 +173,7 @@ impl Source {
     ) -> anyhow::Result<Self> {
         let Some(url) = server else {
             let (reader, home_key) = reader_and_key(home_dir).await?;
-            let label = reader.dir().display().to_string();
+            let label = reader.files().location();
             return Ok(Self {
                 reader,
                 key: key.unwrap_or(home_key),
@@ -318,24 +318,25 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                 Some(path) => Some(read_policy(path)?),
                 None => None,
             };
-            let (dir, key, label) = (
-                source.reader.dir().to_owned(),
+            let (files, key, label) = (
+                std::sync::Arc::clone(source.reader.files()),
                 source.key.clone(),
                 source.label.clone(),
             );
-            let verified_dir = dir.clone();
+            let verified_files = std::sync::Arc::clone(&files);
             let older = match &args.checkpoint {
                 Some(path) => Some(
                     std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?,
                 ),
                 None => None,
             };
-            let report =
-                tokio::task::spawn_blocking(move || verify_ledger(&dir, &key, older.as_deref()))
-                    .await??;
+            let report = tokio::task::spawn_blocking(move || {
+                verify_published(files, &key, older.as_deref())
+            })
+            .await??;
             let witnessed = match &policy {
                 Some(policy) => Some(check_witnessed(
-                    &verified_dir,
+                    &verified_files,
                     &report.signing_key,
                     policy,
                     args.max_age,
@@ -530,13 +531,16 @@ async fn home_policy(home_dir: &Path) -> anyhow::Result<custos_ledger::WitnessPo
 /// cosigned it within `max_age`, and the verified ledger of `size` extends
 /// it unchanged.
 pub(crate) fn check_witnessed(
-    dir: &Path,
+    files: &std::sync::Arc<dyn custos_ledger::PublishedFiles>,
     key: &str,
     policy: &custos_ledger::WitnessPolicy,
     max_age: Duration,
     size: u64,
 ) -> anyhow::Result<custos_ledger::WitnessedCheckpoint> {
-    let note = custos_ledger::witnessed::read_witnessed(dir)?.ok_or_else(|| {
+    let note = files
+        .read(custos_ledger::witnessed::WITNESSED_CHECKPOINT)
+        .with_context(|| format!("reading the witnessed checkpoint in `{}`", files.location()))?
+        .ok_or_else(|| {
         anyhow::anyhow!(
             "no witnessed checkpoint is published: no quorum of the policy's witnesses has cosigned this ledger"
         )
@@ -565,7 +569,11 @@ pub(crate) fn check_witnessed(
         );
     }
     if w.checkpoint.size > 0 {
-        let proof = LedgerReader::new(dir).consistency_proof(w.checkpoint.size, size, size)?;
+        let proof = LedgerReader::over(std::sync::Arc::clone(files)).consistency_proof(
+            w.checkpoint.size,
+            size,
+            size,
+        )?;
         if proof.old_root != hex::encode(w.checkpoint.root) {
             anyhow::bail!(
                 "the ledger's first {} entries are not the ones the witnesses cosigned: its history was rewritten",

@@ -99,7 +99,7 @@ async fn witnessed_lines(
         anyhow::bail!("the report's checkpoint is not a prefix of the published ledger");
     }
     check_witnessed(
-        source.reader.dir(),
+        source.reader.files(),
         &source.key,
         &policy,
         max_age,
