@@ -8,6 +8,7 @@
 //! - [`log`]: the durable, group-committed writer and its crash recovery.
 //! - [`published`]: where the published files live (a directory, or any other [`PublishedFiles`]).
 //! - [`read`]: entries and proofs from the published files, and proof checking.
+//! - [`shared`]: a ledger several servers append to (a journal in a database, one integrator under a lease).
 //! - [`verify`]: full verification against the checkpoint and an older one.
 //! - [`key_change`]: rotating the signing key, and following the chain (pure).
 //! - [`cosignature`]: witness cosignatures (C2SP `cosignature/v1`, pure).
@@ -27,6 +28,7 @@ pub mod note;
 pub mod policy;
 pub mod published;
 pub mod read;
+pub mod shared;
 pub mod tiles;
 pub mod verify;
 pub mod witness_wire;
@@ -43,6 +45,7 @@ pub use published::{DirFiles, PublishedFiles};
 pub use read::{
     ConsistencyProof, InclusionProof, LedgerReader, verify_consistency, verify_inclusion,
 };
+pub use shared::{JournalRecord, Sealer, SharedJournal, SharedLedger, SharedLedgerConfig};
 pub use verify::{VerifyReport, verify_ledger, verify_published};
 pub use witnessed::{WitnessedCheckpoint, verify_witnessed};
 
@@ -102,6 +105,9 @@ pub enum LedgerError {
     /// A proof could not be produced or did not verify.
     #[error("proof: {0}")]
     Proof(String),
+    /// The shared journal (the database) refused or failed; nothing was acknowledged.
+    #[error("the shared ledger journal failed: {0}")]
+    Journal(String),
     /// Verification found tampering or damage; the message says where.
     #[error("ledger verification failed: {0}")]
     Verify(String),

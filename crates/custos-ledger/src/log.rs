@@ -236,13 +236,7 @@ impl Ledger {
 
     /// Appends encoded entries as one durable commit; returns their indexes.
     pub fn append_encoded(&self, entries: Vec<Vec<u8>>) -> Result<Range<u64>, LedgerError> {
-        // Only canonical entries enter: anything else would fail `verify` forever.
-        for e in &entries {
-            if e.len() > MAX_ENTRY_BYTES {
-                return Err(LedgerError::Entry(EntryError::TooLarge));
-            }
-            Entry::decode(e)?;
-        }
+        check_canonical(&entries)?;
         self.send(|reply| Command::Append { entries, reply })
     }
 
@@ -471,12 +465,8 @@ impl Writer {
             // the end); those beyond it only their tag vouches for.
             let covered = checkpoint.is_some_and(|cp| index < cp.size);
             let authentic = covered
-                || journal_tag(
-                    &self.signer.journal_key(),
-                    index,
-                    &self.tree.root(),
-                    &leaf,
-                ) == record.tag;
+                || journal_tag(&self.signer.journal_key(), index, &self.tree.root(), &leaf)
+                    == record.tag;
             if !authentic {
                 // Torn only if nothing acknowledged can follow: the record is
                 // the last one, or all that follows is zeros (a preallocated
@@ -509,11 +499,7 @@ impl Writer {
             }
         };
         if start.size > 0 || self.tree.size() > 0 {
-            tracing::info!(
-                from = start.size,
-                to = self.tree.size(),
-                "ledger recovered"
-            );
+            tracing::info!(from = start.size, to = self.tree.size(), "ledger recovered");
         }
         Ok(torn)
     }
@@ -802,6 +788,17 @@ fn last_entry_changes_to(dir: &Path, note: &[u8], old: &NoteSigner, new: &NoteSi
                 == Some(new.verifier_key())
         })
     })
+}
+
+/// Lets only canonical entries enter: anything else would fail `verify` forever.
+pub(crate) fn check_canonical(entries: &[Vec<u8>]) -> Result<(), LedgerError> {
+    for e in entries {
+        if e.len() > MAX_ENTRY_BYTES {
+            return Err(LedgerError::Entry(EntryError::TooLarge));
+        }
+        Entry::decode(e)?;
+    }
+    Ok(())
 }
 
 /// A journal record's tag: HMAC-SHA-256 under the key derived from the

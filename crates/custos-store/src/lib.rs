@@ -16,6 +16,8 @@
 //! - [`layout`]: the on-disk layout readers and the writer share.
 //! - `parse`: CSV chunks → validated Arrow batches, located problems.
 //! - [`ingest`]: validated batches → bucketed, encrypted Parquet (streaming, atomic).
+//! - [`objects`]: dataset files and a replicated home's published ledger in object storage.
+//! - [`journal`]: a replicated home's ledger journal and integrator lease in PostgreSQL.
 //! - [`dataset`]: the catalogue, ingest orchestration and reading rows.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -28,6 +30,8 @@ pub mod digests;
 pub mod home;
 pub mod hsm;
 pub mod ingest;
+mod io_runtime;
+pub mod journal;
 pub mod key_shares;
 pub mod keyring;
 pub mod keys;

@@ -60,6 +60,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::digests::{FileDigests, Tampering};
 use crate::home::{HomeError, io_err, write_secret_file};
+use crate::io_runtime::IoRuntime;
 
 /// Name of the file that points a home's datasets at object storage.
 pub const OBJECT_STORE_FILE: &str = "object-store.toml";
@@ -67,6 +68,8 @@ pub const OBJECT_STORE_FILE: &str = "object-store.toml";
 const MARKER: &str = "custos-home.json";
 /// Where datasets live under the prefix.
 const DATASETS: &str = "datasets";
+/// Where a replicated home's ledger publishes under the prefix.
+const LEDGER: &str = "ledger";
 
 /// An S3-compatible location for a home's dataset files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,28 +270,6 @@ impl ObjectStoreLocation {
     }
 }
 
-/// A runtime of its own for the object store's network I/O, so that the
-/// store can be used from any thread or runtime (the server's, the query
-/// engine's, a blocking read's) and outlives none of them.
-#[derive(Debug)]
-struct IoRuntime(Option<tokio::runtime::Runtime>);
-
-impl IoRuntime {
-    fn handle(&self) -> Option<&tokio::runtime::Handle> {
-        self.0.as_ref().map(tokio::runtime::Runtime::handle)
-    }
-}
-
-impl Drop for IoRuntime {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which is not allowed inside another
-        // runtime; its tasks are only reads and deletes of files.
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
 /// What was verified of each object: its ETag, size and SHA-256.
 #[derive(Debug, Default)]
 struct Pins(Mutex<HashMap<Path, Pin>>);
@@ -358,16 +339,8 @@ impl ObjectFiles {
     pub fn connect(location: &ObjectStoreLocation) -> Result<Self, HomeError> {
         // Wrapped at once: dropped on an early return (inside the caller's
         // runtime), it must shut down without blocking.
-        let io = IoRuntime(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("custos-objects")
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    HomeError::ObjectStore(format!("cannot start its I/O threads: {e}"))
-                })?,
-        ));
+        let io = IoRuntime::start("custos-objects")
+            .map_err(|e| HomeError::ObjectStore(format!("cannot start its I/O threads: {e}")))?;
         let handle = io
             .handle()
             .cloned()
@@ -424,13 +397,9 @@ impl ObjectFiles {
         &self,
         work: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, HomeError> {
-        let stopped = || HomeError::ObjectStore("the object store's I/O threads stopped".into());
-        let handle = self.io.handle().ok_or_else(stopped)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        handle.spawn(async move {
-            let _ = tx.send(work.await);
-        });
-        rx.recv().map_err(|_| stopped())
+        self.io
+            .run(work)
+            .ok_or_else(|| HomeError::ObjectStore("the object store's I/O threads stopped".into()))
     }
 
     /// Claims an empty prefix for a new home with origin `origin`: refuses
@@ -923,6 +892,101 @@ impl AsyncFileReader for PinnedFile {
             Ok(Arc::new(metadata))
         }
         .boxed()
+    }
+}
+
+/// A ledger's published files (checkpoint, tiles, bundles) under
+/// `PREFIX/ledger/` in a home's object store, for homes whose servers are
+/// replicas. An S3 PUT replaces an object whole and is durable once
+/// acknowledged, so [`PublishedFiles::sync`] has nothing left to do.
+#[derive(Debug)]
+pub struct LedgerObjects {
+    files: Arc<ObjectFiles>,
+    root: Path,
+}
+
+impl ObjectFiles {
+    /// The home's published ledger files in this store.
+    pub fn ledger(self: &Arc<Self>) -> LedgerObjects {
+        LedgerObjects {
+            files: Arc::clone(self),
+            root: self.root.clone().join(LEDGER),
+        }
+    }
+}
+
+impl LedgerObjects {
+    fn path(&self, path: &str) -> std::io::Result<Path> {
+        let relative = Path::parse(path)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(relative
+            .parts()
+            .fold(self.root.clone(), |acc, part| acc.join(part)))
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> std::io::Result<T> {
+        self.files
+            .run(work)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+                }
+                other => std::io::Error::other(other.to_string()),
+            })
+    }
+}
+
+impl custos_ledger::PublishedFiles for LedgerObjects {
+    fn read(&self, path: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let (store, at) = (Arc::clone(&self.files.store), self.path(path)?);
+        match self.run(async move { store.get(&at).await?.bytes().await }) {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn partial_widths(&self, partial_dir: &str) -> std::io::Result<Vec<u64>> {
+        let (store, at) = (Arc::clone(&self.files.store), self.path(partial_dir)?);
+        let listed = self.run(async move {
+            store
+                .list(Some(&at))
+                .map(|meta| meta.map(|m| m.location))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<object_store::Result<Vec<_>>>()
+        })?;
+        Ok(listed
+            .iter()
+            .filter_map(|location| location.filename()?.parse().ok())
+            .collect())
+    }
+
+    fn write(&self, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let (store, at) = (Arc::clone(&self.files.store), self.path(path)?);
+        let payload = PutPayload::from(bytes.to_vec());
+        self.run(async move { store.put(&at, payload).await.map(|_| ()) })
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn remove(&self, path: &str) -> std::io::Result<()> {
+        let (store, at) = (Arc::clone(&self.files.store), self.path(path)?);
+        match self.run(async move { store.delete(&at).await }) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn location(&self) -> String {
+        format!("{} (ledger/)", self.files.location.url)
     }
 }
 

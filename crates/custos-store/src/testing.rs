@@ -87,7 +87,7 @@ pub(crate) async fn columns(meta: &SqlMetadata) -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .map(|r| (r.try_get("t").unwrap(), r.try_get("c").unwrap()))
-        .filter(|(t, _): &(String, String)| !t.starts_with("_sqlx"))
+        .filter(|(t, _): &(String, String)| !t.starts_with("_sqlx") && !t.starts_with("ledger_"))
         .collect();
     all.sort();
     all

@@ -16,50 +16,7 @@ use custos_store::{DatasetError, Home, LedgerKeySource, MasterKeySource, NoProgr
 use object_store::ObjectStoreExt as _;
 
 mod common;
-use common::SCHEMA;
-
-/// A fresh prefix in the test server, or `None` without one (a failure
-/// when `CUSTOS_REQUIRE_S3` is set).
-fn fresh_prefix() -> Option<String> {
-    let (Ok(bucket), Ok(endpoint)) = (
-        std::env::var("CUSTOS_TEST_S3"),
-        std::env::var("CUSTOS_TEST_S3_ENDPOINT"),
-    ) else {
-        assert!(
-            std::env::var_os("CUSTOS_REQUIRE_S3").is_none(),
-            "CUSTOS_REQUIRE_S3 is set but CUSTOS_TEST_S3 names no server"
-        );
-        eprintln!("skipped: CUSTOS_TEST_S3 names no S3-compatible server");
-        return None;
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    Some(format!(
-        "{bucket}/store-{}-{nanos}?endpoint={endpoint}",
-        std::process::id()
-    ))
-}
-
-/// The insider's direct access to the bucket.
-fn raw_store(url: &str) -> (Arc<dyn object_store::ObjectStore>, String) {
-    let parsed = url::Url::parse(url).unwrap();
-    let endpoint = parsed
-        .query_pairs()
-        .find(|(k, _)| k == "endpoint")
-        .unwrap()
-        .1
-        .into_owned();
-    let store = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(parsed.host_str().unwrap())
-        .with_region("us-east-1")
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .build()
-        .unwrap();
-    (Arc::new(store), parsed.path().trim_matches('/').to_owned())
-}
+use common::{SCHEMA, fresh_prefix, raw_store};
 
 async fn init(
     root: &std::path::Path,
