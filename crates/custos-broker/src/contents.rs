@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use custos_ledger::{Decision, Entry, LedgerReader};
+use custos_ledger::{Decision, Entry};
 use custos_store::digests::FileDigests;
 use custos_store::{DatasetError, DatasetReader};
 use serde::{Deserialize, Serialize};
@@ -202,15 +202,17 @@ impl Custos {
     /// The ledger entry at `index` (publishing a checkpoint first if the
     /// entry is newer than the published one).
     pub(crate) fn entry_at(&self, index: u64) -> Result<Entry, String> {
-        let dir = self.ledger_dir();
-        let published = LedgerReader::new(&dir)
+        let reader = self
+            .ledger_reader()
+            .map_err(|e| format!("the ledger could not be read: {e}"))?;
+        let published = reader
             .latest(self.verifier_key())
             .map_err(|e| format!("the ledger could not be read: {e}"))?;
         if index >= published.size {
             self.checkpoint()
                 .map_err(|e| format!("the ledger could not be checkpointed: {e}"))?;
         }
-        let entries = LedgerReader::new(&dir)
+        let entries = reader
             .entries(index, index + 1)
             .map_err(|e| format!("ledger entry {index} could not be read: {e}"))?;
         let (_, bytes) = entries

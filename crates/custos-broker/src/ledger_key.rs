@@ -6,12 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use custos_ledger::Ledger;
-use custos_store::Home;
+use custos_ledger::{Ledger, SharedLedger, SharedLedgerConfig};
 use custos_store::meta::WriterLease;
+use custos_store::{Home, LedgerPlacement};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use crate::ledger_writer::{INTEGRATOR_LEASE, LedgerWriter};
 use crate::{Actor, BrokerError, Custos, now_micros};
 
 /// Where an opened home's ledger key comes from besides the home's record.
@@ -60,13 +61,16 @@ pub struct KeyRotation {
 pub(crate) async fn open_ledger(
     home: &Home,
     from: &LedgerKeyFrom,
-) -> Result<(Ledger, Option<PathBuf>, WriterLease), BrokerError> {
+) -> Result<(LedgerWriter, Option<PathBuf>, WriterLease), BrokerError> {
     // Before the ledger: a second writer on another machine (a copied
     // home on a shared PostgreSQL catalogue) would fork the ledger.
     let lease = home.hold_writer().await?;
     let keys = home
         .ledger_keys(from.seed.as_deref(), from.file.as_deref())
         .await?;
+    if home.ledger_placement() == LedgerPlacement::Shared {
+        return open_shared(home, keys, lease).await;
+    }
     let next = keys.next.clone();
     let config = custos_ledger::LedgerConfig {
         dir: home.ledger_dir(),
@@ -95,7 +99,35 @@ pub(crate) async fn open_ledger(
             _ => home.abandon_ledger_key().await?,
         }
     }
-    Ok((ledger, file, lease))
+    Ok((LedgerWriter::Local(ledger), file, lease))
+}
+
+/// Joins a replicated home's shared ledger as one more replica.
+async fn open_shared(
+    home: &Home,
+    keys: custos_store::LedgerKeys,
+    lease: WriterLease,
+) -> Result<(LedgerWriter, Option<PathBuf>, WriterLease), BrokerError> {
+    if home.pending_ledger_key().await?.is_some() {
+        // Only a local ledger rotates; nothing was recorded.
+        home.abandon_ledger_key().await?;
+    }
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce)
+        .map_err(|_| BrokerError::Internal("no randomness for a replica name".into()))?;
+    let config = SharedLedgerConfig {
+        journal: std::sync::Arc::new(home.shared_journal()?),
+        files: home.published_ledger()?,
+        origin: home.origin().await?,
+        signing_key: keys.current,
+        checkpoint_interval: crate::CHECKPOINT_INTERVAL,
+        lease_ttl: INTEGRATOR_LEASE,
+        holder: format!("replica-{}-{}", std::process::id(), hex::encode(nonce)),
+    };
+    let ledger = tokio::task::spawn_blocking(move || SharedLedger::open(config))
+        .await
+        .map_err(|_| custos_ledger::LedgerError::Closed)??;
+    Ok((LedgerWriter::Shared(ledger), keys.file, lease))
 }
 
 impl Custos {
@@ -118,13 +150,14 @@ impl Custos {
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may rotate the ledger key"));
         }
+        self.ledger.local_mut()?;
         let old_key = self.verifier_key().to_owned();
         let (key, dest) = self
             .home
             .stage_ledger_key(self.ledger_key_file.as_deref(), new_file)
             .await?;
         let rotated = {
-            let ledger = &mut self.ledger;
+            let ledger = self.ledger.local_mut()?;
             let key = key.clone();
             let actor_id = actor.id().to_owned();
             tokio::task::block_in_place(|| ledger.rotate_key(key, now_micros(), &actor_id))

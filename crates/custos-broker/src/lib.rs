@@ -20,6 +20,7 @@ mod contents;
 mod decide;
 mod extracts;
 mod ledger_key;
+mod ledger_writer;
 mod lookups;
 mod master_key;
 mod matches;
@@ -68,7 +69,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use custos_ledger::{Decision, Entry, Ledger, LedgerError, SubjectCommitment, SubjectCommitter};
+use custos_ledger::{Decision, Entry, LedgerError, SubjectCommitment, SubjectCommitter};
 use custos_model::principal::{self, IssuedToken};
 use custos_model::{Principal, PrincipalError, Role};
 use custos_store::dataset;
@@ -234,7 +235,7 @@ impl Actor {
 #[derive(Debug)]
 pub struct Custos {
     home: Home,
-    ledger: Ledger,
+    ledger: ledger_writer::LedgerWriter,
     /// The file the ledger signing key came from (`None`: environment).
     ledger_key_file: Option<PathBuf>,
     /// This process's claim to write the home (see `Home::hold_writer`);
@@ -395,9 +396,14 @@ fn faults_from_env() -> custos_ledger::FaultPlan {
 /// writer (so it works beside a running server): its directory and the key
 /// that verifies its checkpoints (the catalogue's public key). Needs no
 /// secret: anyone who may read the home may verify its ledger.
-pub async fn published_ledger(root: &Path) -> Result<(PathBuf, String), BrokerError> {
-    let (dir, origin, public) = Home::public_ledger(root).await?;
-    Ok((dir, custos_ledger::note::verifier_key_for(&origin, &public)))
+pub async fn published_ledger(
+    root: &Path,
+) -> Result<(Arc<dyn custos_ledger::PublishedFiles>, String), BrokerError> {
+    let (files, origin, public) = Home::public_ledger(root).await?;
+    Ok((
+        files,
+        custos_ledger::note::verifier_key_for(&origin, &public),
+    ))
 }
 
 impl Custos {
@@ -565,10 +571,22 @@ impl Custos {
         &self.subjects
     }
 
-    /// The directory of the published ledger (tiles, entry bundles,
-    /// checkpoints): public, read-only to everyone but the broker.
+    /// The directory of a local ledger (its journal, and its published
+    /// tiles, entry bundles and checkpoints). A replicated home publishes
+    /// elsewhere: read through [`Custos::ledger_files`].
     pub fn ledger_dir(&self) -> PathBuf {
         self.home.ledger_dir()
+    }
+
+    /// The ledger's published files (tiles, entry bundles, checkpoints),
+    /// wherever they are: public, read-only to everyone but the broker.
+    pub fn ledger_files(&self) -> Result<Arc<dyn custos_ledger::PublishedFiles>, BrokerError> {
+        Ok(self.home.published_ledger()?)
+    }
+
+    /// A reader of the published ledger.
+    pub fn ledger_reader(&self) -> Result<custos_ledger::LedgerReader, BrokerError> {
+        Ok(custos_ledger::LedgerReader::over(self.ledger_files()?))
     }
 
     /// The public key that signs this ledger's checkpoints (a note

@@ -8,9 +8,7 @@
 //! for the report. A catalogue that disagrees with the ledger fails the
 //! report loudly instead of printing a comfortable story.
 
-use custos_ledger::{
-    Decision, Entry, InclusionProof, LedgerReader, SubjectCommitment, verify_inclusion,
-};
+use custos_ledger::{Decision, Entry, InclusionProof, SubjectCommitment, verify_inclusion};
 use custos_model::Role;
 use custos_policy::Agreement;
 use custos_store::lookups::{AgreementUsage, SubjectEventKind};
@@ -121,7 +119,7 @@ impl Custos {
         )?;
         let events = self.home().meta().subject_events(&commitment.0).await?;
         let checkpoint = self.ledger.checkpoint()?;
-        let reader = LedgerReader::new(&self.home().ledger_dir());
+        let reader = self.ledger_reader()?;
         let mut lines = Vec::new();
         for event in events.into_iter().filter(|e| !e.withheld) {
             let proof =

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use custos_ledger::policy::WitnessPolicy;
-use custos_ledger::witnessed::{read_witnessed, verify_witnessed};
+use custos_ledger::witnessed::verify_witnessed;
 use custos_ledger::{Decision, Entry, LedgerReader, verify_checkpoint};
 
 use sha2::{Digest as _, Sha256};
@@ -70,7 +70,7 @@ async fn checked_policy(
         .and_then(|v| String::from_utf8(v).ok())
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| tampered("no install is on record"))?;
-    let reader = LedgerReader::new(&home.ledger_dir());
+    let reader = LedgerReader::over(home.published_ledger()?);
     let published = verify_checkpoint(&reader.checkpoint_note()?, log_key)
         .map_err(custos_ledger::LedgerError::from)?
         .size;
@@ -139,17 +139,20 @@ pub struct WitnessLag {
     pub diverged: bool,
 }
 
-/// How far witnessing lags behind the ledger in `dir` under `policy`.
+/// How far witnessing lags behind the ledger published in `files` under `policy`.
 pub fn witness_lag(
-    dir: &std::path::Path,
+    files: std::sync::Arc<dyn custos_ledger::PublishedFiles>,
     log_key: &str,
     policy: &WitnessPolicy,
 ) -> Result<WitnessLag, BrokerError> {
-    let reader = LedgerReader::new(dir);
+    let witnessed_note = files
+        .read(custos_ledger::witnessed::WITNESSED_CHECKPOINT)
+        .map_err(|e| BrokerError::Internal(format!("the witnessed checkpoint: {e}")))?;
+    let reader = LedgerReader::over(files);
     let size = verify_checkpoint(&reader.checkpoint_note()?, log_key)
         .map_err(custos_ledger::LedgerError::from)?
         .size;
-    let cosigned = read_witnessed(dir)?
+    let cosigned = witnessed_note
         .and_then(|note| verify_witnessed(&note, log_key, policy).ok())
         .map(|w| w.checkpoint);
     let witnessed = cosigned.as_ref().map_or(0, |c| c.size);
@@ -205,6 +208,12 @@ impl Custos {
         if !actor.is_admin() {
             return Err(self.deny(actor, ACTION, "only an admin may set the witness policy"));
         }
+        if self.home().ledger_placement() == custos_store::LedgerPlacement::Shared {
+            return Err(BrokerError::Invalid(
+                "witnessing a replicated home's shared ledger is not offered yet: its witnessed checkpoint would have to be collected by one replica and published beside the tiles"
+                    .into(),
+            ));
+        }
         let policy = WitnessPolicy::parse(text).map_err(|e| BrokerError::Invalid(e.to_string()))?;
         let entry = Entry::new(now_micros(), actor.id(), ACTION, Decision::Allow)
             .with_attribute(
@@ -253,7 +262,7 @@ impl Custos {
         let Some(policy) = self.witness_policy().await? else {
             return Ok(None);
         };
-        witness_lag(&self.ledger_dir(), self.verifier_key(), &policy).map(Some)
+        witness_lag(self.ledger_files()?, self.verifier_key(), &policy).map(Some)
     }
 
     /// Checks the gate before `entries` are appended. If it is closed and
@@ -266,7 +275,7 @@ impl Custos {
         if !entries.iter().any(releases) {
             return Ok(());
         }
-        let lag = witness_lag(&self.ledger_dir(), self.verifier_key(), &gate.policy)?;
+        let lag = witness_lag(self.ledger_files()?, self.verifier_key(), &gate.policy)?;
         let reason = if lag.diverged {
             format!(
                 "the ledger does not extend the checkpoint of size {} its witnesses cosigned (rolled back or rewritten): nothing is released",

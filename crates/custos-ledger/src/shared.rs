@@ -168,6 +168,8 @@ pub struct SharedLedger {
     appender: Option<JoinHandle<()>>,
     integrator: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Asks this replica's integrator to publish at once (if it holds the lease).
+    urgent: Arc<AtomicBool>,
     journal: Arc<dyn SharedJournal>,
     files: Arc<dyn PublishedFiles>,
     verifier_key: String,
@@ -184,6 +186,7 @@ impl SharedLedger {
         let verifier_key = signer.verifier_key();
         let sealer = Sealer::new(&signer);
         let stop = Arc::new(AtomicBool::new(false));
+        let urgent = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel::<Append>(1024);
         let journal = Arc::clone(&config.journal);
         let appender = {
@@ -202,6 +205,7 @@ impl SharedLedger {
             ttl: config.lease_ttl,
             holder: config.holder,
             stop: Arc::clone(&stop),
+            urgent: Arc::clone(&urgent),
         };
         let integrator = std::thread::Builder::new()
             .name("custos-ledger-integrate".into())
@@ -212,6 +216,7 @@ impl SharedLedger {
             appender: Some(appender),
             integrator: Some(integrator),
             stop,
+            urgent,
             journal: config.journal,
             files: config.files,
             verifier_key,
@@ -254,6 +259,7 @@ impl SharedLedger {
     /// now (by any replica), and returns it.
     pub fn checkpoint(&self) -> Result<VerifiedCheckpoint, LedgerError> {
         let wanted = self.journal.size()?;
+        self.urgent.store(true, Ordering::Release);
         let deadline = Instant::now() + self.patience;
         loop {
             if let Some(note) = self
@@ -280,22 +286,25 @@ impl SharedLedger {
         }
     }
 
-    /// Stops appending and integrating; a held lease is given up.
+    /// Stops appending and integrating. If this replica holds the lease,
+    /// it first publishes a checkpoint covering the journal, then gives
+    /// the lease up.
     pub fn close(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
+        // The appender first (it commits what is queued), then the
+        // integrator's last catch-up.
         drop(self.tx.take());
-        self.stop.store(true, Ordering::Release);
-        for thread in [self.appender.take(), self.integrator.take()]
-            .into_iter()
-            .flatten()
-        {
-            if thread.join().is_err() {
+        let join = |thread: Option<JoinHandle<()>>| {
+            if thread.is_some_and(|t| t.join().is_err()) {
                 tracing::error!("a shared-ledger thread panicked");
             }
-        }
+        };
+        join(self.appender.take());
+        self.stop.store(true, Ordering::Release);
+        join(self.integrator.take());
     }
 }
 
@@ -357,6 +366,7 @@ struct Integrator {
     ttl: Duration,
     holder: String,
     stop: Arc<AtomicBool>,
+    urgent: Arc<AtomicBool>,
 }
 
 /// The tree as integrated so far, by the lease holder.
@@ -379,24 +389,35 @@ impl Integrator {
         let poll = (self.interval / 4)
             .min(self.ttl / 4)
             .max(Duration::from_millis(5));
-        while !self.stop.load(Ordering::Acquire) {
+        loop {
+            // Once stopping, one last catch-up: publish what the journal
+            // holds if this replica has (or can take) the lease, then stop.
+            let stopping = self.stop.load(Ordering::Acquire);
             match self.journal.hold_integrator(&self.holder, self.ttl) {
                 Ok(true) => {}
                 Ok(false) => {
                     state = None;
+                    if stopping {
+                        break;
+                    }
                     std::thread::sleep(poll);
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the integrator lease could not be checked");
                     state = None;
+                    if stopping {
+                        break;
+                    }
                     std::thread::sleep(poll);
                     continue;
                 }
             }
-            let round = self.round(&mut state, &mut last_publish);
+            let urgent = stopping || self.urgent.swap(false, Ordering::AcqRel);
+            let round = self.round(&mut state, &mut last_publish, urgent);
             match round {
                 Ok(true) => {}
+                Ok(false) if stopping => break,
                 Ok(false) => std::thread::sleep(poll),
                 Err(e) => {
                     // Fail closed: nothing more is published until the
@@ -407,6 +428,9 @@ impl Integrator {
                     state = None;
                     if let Err(e) = self.journal.release_integrator(&self.holder) {
                         tracing::warn!(error = %e, "the integrator lease was not released");
+                    }
+                    if stopping {
+                        break;
                     }
                     std::thread::sleep(self.ttl.min(Duration::from_secs(1)));
                 }
@@ -425,6 +449,7 @@ impl Integrator {
         &self,
         state: &mut Option<Integrated>,
         last_publish: &mut Instant,
+        urgent: bool,
     ) -> Result<bool, LedgerError> {
         let integrated = match state {
             Some(s) => s,
@@ -455,7 +480,7 @@ impl Integrator {
             integrated.last_tag = record.tag;
         }
         let behind = integrated.tree.size() > integrated.published;
-        let due = last_publish.elapsed() >= self.interval;
+        let due = urgent || last_publish.elapsed() >= self.interval;
         if behind && due {
             self.publish(integrated)?;
             *last_publish = Instant::now();

@@ -23,12 +23,20 @@ fn bytes(content_type: &'static str, body: Vec<u8>, cache: &'static str) -> Resp
     response
 }
 
+fn ledger_unreadable(e: custos_broker::BrokerError) -> Problem {
+    tracing::error!(error = %e, "the published ledger is unreachable");
+    Problem::new(
+        ProblemKind::Internal,
+        "the published ledger could not be read",
+    )
+}
+
 /// The latest signed checkpoint (a C2SP signed note).
 #[utoipa::path(get, path = "/checkpoint", tag = "public",
     responses((status = 200, description = "The signed checkpoint", content_type = "text/plain")))]
 pub async fn checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
-    let dir = state.custos.ledger_dir();
-    let note = tokio::task::spawn_blocking(move || LedgerReader::new(&dir).checkpoint_note())
+    let files = state.custos.ledger_files().map_err(ledger_unreadable)?;
+    let note = tokio::task::spawn_blocking(move || LedgerReader::over(files).checkpoint_note())
         .await
         .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?
         .map_err(|e| {
@@ -45,23 +53,25 @@ pub async fn checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, 
     responses((status = 200, description = "The witnessed checkpoint", content_type = "text/plain"),
         (status = 404, body = Problem)))]
 pub async fn witnessed_checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
-    let dir = state.custos.ledger_dir();
-    let note = tokio::task::spawn_blocking(move || custos_ledger::witnessed::read_witnessed(&dir))
-        .await
-        .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "witnessed checkpoint unreadable");
-            Problem::new(
-                ProblemKind::Internal,
-                "the witnessed checkpoint could not be read",
-            )
-        })?
-        .ok_or_else(|| {
-            Problem::new(
-                ProblemKind::NotFound,
-                "no checkpoint of this ledger has been witnessed yet",
-            )
-        })?;
+    let files = state.custos.ledger_files().map_err(ledger_unreadable)?;
+    let note = tokio::task::spawn_blocking(move || {
+        files.read(custos_ledger::witnessed::WITNESSED_CHECKPOINT)
+    })
+    .await
+    .map_err(|_| Problem::new(ProblemKind::Internal, "the read failed"))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "witnessed checkpoint unreadable");
+        Problem::new(
+            ProblemKind::Internal,
+            "the witnessed checkpoint could not be read",
+        )
+    })?
+    .ok_or_else(|| {
+        Problem::new(
+            ProblemKind::NotFound,
+            "no checkpoint of this ledger has been witnessed yet",
+        )
+    })?;
     Ok(bytes("text/plain; charset=utf-8", note, "no-store"))
 }
 
@@ -76,14 +86,14 @@ pub async fn tile(
 ) -> Result<Response, Problem> {
     let not_found = || Problem::new(ProblemKind::NotFound, "no such tile");
     let id = TileId::from_path(&format!("tile/{path}")).ok_or_else(not_found)?;
-    let dir = state.custos.ledger_dir();
+    let files = state.custos.ledger_files().map_err(ledger_unreadable)?;
     let full = id.is_full();
     let read = tokio::task::spawn_blocking(move || {
         // A superseded partial is served as the prefix of the tile that
         // replaced it (the same bytes), as C2SP clients expect.
         match id.level {
-            None => custos_ledger::log::read_bundle(&custos_ledger::DirFiles::new(&dir), id).ok(),
-            Some(level) => TileFiles::new(&dir)
+            None => custos_ledger::log::read_bundle(files.as_ref(), id).ok(),
+            Some(level) => TileFiles::over(files)
                 .read(level, id.index, id.width)
                 .ok()
                 .map(|bytes| bytes.to_vec()),

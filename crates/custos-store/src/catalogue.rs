@@ -47,6 +47,29 @@ struct CatalogueFile {
     origin: String,
 }
 
+/// Reads and checks `catalogue.toml`.
+fn read_file(file: &Path) -> Result<CatalogueFile, HomeError> {
+    let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+    let config: CatalogueFile = toml::from_str(&text).map_err(|e| {
+        HomeError::Catalogue(format!(
+            "`{}` is malformed: {}",
+            file.display(),
+            e.message()
+        ))
+    })?;
+    CatalogueLocation::postgres(&config.url)?;
+    Ok(config)
+}
+
+/// The PostgreSQL URL of the home at `root`, if its catalogue is there.
+pub(crate) fn postgres_url(root: &Path) -> Result<Option<String>, HomeError> {
+    let file = root.join(CATALOGUE_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    Ok(Some(read_file(&file)?.url))
+}
+
 impl CatalogueLocation {
     /// Checks a PostgreSQL URL a home may record: `postgres://` or
     /// `postgresql://`, a host, a database name, and no password.
@@ -187,15 +210,7 @@ impl CatalogueLocation {
             }
             return Ok(SqlMetadata::open(&db, create).await?);
         }
-        let text = std::fs::read_to_string(&file).map_err(io_err(&file))?;
-        let config: CatalogueFile = toml::from_str(&text).map_err(|e| {
-            HomeError::Catalogue(format!(
-                "`{}` is malformed: {}",
-                file.display(),
-                e.message()
-            ))
-        })?;
-        Self::postgres(&config.url)?;
+        let config = read_file(&file)?;
         let meta = SqlMetadata::connect_postgres(&config.url)
             .await
             .map_err(|e| match e {

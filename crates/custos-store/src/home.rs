@@ -315,6 +315,47 @@ pub struct Home {
     digests: Arc<crate::digests::DigestCache>,
     /// The object store of the dataset files, if not local.
     objects: Option<Arc<ObjectFiles>>,
+    /// Where the ledger is written and published.
+    ledger: LedgerPlacement,
+}
+
+/// Where a home's ledger is written and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerPlacement {
+    /// `HOME/ledger/`: a journal file beside the published files, written
+    /// by the one process that holds the home (the embedded default).
+    Local,
+    /// Replicated: the journal in the PostgreSQL catalogue, the published
+    /// files under `PREFIX/ledger/` in the object store (a home made with
+    /// both; see `custos_ledger::shared`).
+    Shared,
+}
+
+/// The catalogue setting that records a shared ledger.
+const LEDGER_PLACEMENT: &str = "ledger_placement";
+
+impl LedgerPlacement {
+    /// The placement a new home gets: shared when its catalogue is in
+    /// PostgreSQL and its files in object storage, so that another machine
+    /// can carry on its ledger; local otherwise.
+    fn for_new(placement: &Placement) -> Self {
+        match (&placement.catalogue, &placement.objects) {
+            (CatalogueLocation::Postgres(_), Some(_)) => Self::Shared,
+            _ => Self::Local,
+        }
+    }
+
+    /// The placement recorded in a home's catalogue.
+    async fn recorded(meta: &SqlMetadata) -> Result<Self, HomeError> {
+        match meta.instance_value(LEDGER_PLACEMENT).await?.as_deref() {
+            None => Ok(Self::Local),
+            Some(b"shared") => Ok(Self::Shared),
+            Some(other) => Err(HomeError::Meta(MetaError::Corrupt(format!(
+                "unknown ledger placement `{}`",
+                String::from_utf8_lossy(other)
+            )))),
+        }
+    }
 }
 
 /// Where a new home keeps its catalogue and its dataset files (the
@@ -558,6 +599,10 @@ impl Home {
         .await?;
         meta.insert_instance_value("created_at", now_rfc3339().as_bytes())
             .await?;
+        if LedgerPlacement::for_new(placement) == LedgerPlacement::Shared {
+            meta.insert_instance_value(LEDGER_PLACEMENT, b"shared")
+                .await?;
+        }
         meta.close().await;
         if let Some(objects) = &placement.objects {
             // Last: a prefix is claimed only by a home that is otherwise whole.
@@ -616,13 +661,35 @@ impl Home {
     /// read without any key: verifying the public ledger needs no secret.
     pub async fn public_ledger(
         root: &Path,
-    ) -> Result<(PathBuf, String, ed25519_dalek::VerifyingKey), HomeError> {
+    ) -> Result<
+        (
+            Arc<dyn custos_ledger::PublishedFiles>,
+            String,
+            ed25519_dalek::VerifyingKey,
+        ),
+        HomeError,
+    > {
         let meta = Self::open_catalogue(root).await?;
         let origin = meta.instance_value("origin").await?.unwrap_or_default();
         let public = crate::ledger_key::public_key_of(&meta).await;
+        let placement = LedgerPlacement::recorded(&meta).await;
         meta.close().await;
+        let files: Arc<dyn custos_ledger::PublishedFiles> = match placement? {
+            LedgerPlacement::Local => {
+                Arc::new(custos_ledger::DirFiles::new(&root.join(LEDGER_DIR)))
+            }
+            LedgerPlacement::Shared => {
+                let (location, _) = ObjectStoreLocation::read(root)?.ok_or_else(|| {
+                    HomeError::ObjectStore(format!(
+                        "the ledger is published in object storage, but `{}` is missing",
+                        crate::objects::OBJECT_STORE_FILE
+                    ))
+                })?;
+                Arc::new(Arc::new(ObjectFiles::connect(&location)?).ledger())
+            }
+        };
         Ok((
-            root.join(LEDGER_DIR),
+            files,
             String::from_utf8_lossy(&origin).into_owned(),
             public?,
         ))
@@ -720,6 +787,7 @@ impl Home {
             }
         }
         drop(lock);
+        let ledger = LedgerPlacement::recorded(&meta).await?;
         let objects = match ObjectStoreLocation::read(root)? {
             Some((location, recorded_origin)) => {
                 if recorded_origin != origin {
@@ -741,6 +809,7 @@ impl Home {
             meta: Arc::new(meta),
             digests: Arc::default(),
             objects,
+            ledger,
         })
     }
 
@@ -779,6 +848,36 @@ impl Home {
     /// The ledger's directory.
     pub fn ledger_dir(&self) -> PathBuf {
         self.root.join(LEDGER_DIR)
+    }
+
+    /// Where this home's ledger is written and published.
+    pub fn ledger_placement(&self) -> LedgerPlacement {
+        self.ledger
+    }
+
+    /// The ledger's published files: `HOME/ledger/`, or `PREFIX/ledger/`
+    /// in the object store for a shared ledger.
+    pub fn published_ledger(&self) -> Result<Arc<dyn custos_ledger::PublishedFiles>, HomeError> {
+        match (self.ledger, &self.objects) {
+            (LedgerPlacement::Local, _) => {
+                Ok(Arc::new(custos_ledger::DirFiles::new(&self.ledger_dir())))
+            }
+            (LedgerPlacement::Shared, Some(objects)) => Ok(Arc::new(objects.ledger())),
+            (LedgerPlacement::Shared, None) => Err(HomeError::ObjectStore(format!(
+                "the ledger is published in object storage, but `{}` is missing",
+                crate::objects::OBJECT_STORE_FILE
+            ))),
+        }
+    }
+
+    /// The shared ledger's journal in the PostgreSQL catalogue (a new
+    /// connection pool of its own).
+    pub fn shared_journal(&self) -> Result<crate::journal::PgJournal, HomeError> {
+        let url = crate::catalogue::postgres_url(&self.root)?.ok_or_else(|| {
+            HomeError::Catalogue("a shared ledger needs the catalogue in PostgreSQL".into())
+        })?;
+        crate::journal::PgJournal::connect(&url)
+            .map_err(|e| HomeError::Catalogue(format!("the shared ledger's journal: {e}")))
     }
 
     /// The key of the ledger's subject commitments (derived from the

@@ -51,7 +51,9 @@ mod sql;
 mod testing;
 
 pub use dataset::{DatasetError, DatasetReader, DatasetSummary, IngestReport, StagedDataset};
-pub use home::{Home, HomeError, InitReport, KeyInput, KeySource, MasterKeySource};
+pub use home::{
+    Home, HomeError, InitReport, KeyInput, KeySource, LedgerPlacement, MasterKeySource,
+};
 pub use hsm::HsmConfig;
 pub use ingest::{IngestError, IngestProblem, IngestProgress, NoProgress};
 pub use key_shares::PrintedShare;

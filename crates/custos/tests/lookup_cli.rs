@@ -207,6 +207,19 @@ fn request_approve_fetch_and_report_with_postgresql_and_object_storage() {
             .any(|k| k.starts_with("datasets/tax_returns.") && k.ends_with(".parquet"))
     );
     request_approve_fetch_and_report_in(&env);
+    // The ledger is the shared one: its journal in PostgreSQL, its tiles
+    // and checkpoint in the bucket, nothing in the home's ledger folder;
+    // and what the bucket holds verifies.
+    let ledger_dir = home.join("ledger");
+    assert!(!ledger_dir.join("journal").exists() && !ledger_dir.join("checkpoint").exists());
+    let keys = s3.keys();
+    assert!(keys.iter().any(|k| k == "ledger/checkpoint"), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("ledger/tile/entries/")));
+    common::custos(&home, None)
+        .args(["ledger", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ledger/").and(predicate::str::contains("verified")));
 }
 
 fn request_approve_fetch_and_report_in(env: &Env) {

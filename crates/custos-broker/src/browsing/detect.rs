@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::Array;
-use custos_ledger::{Decision, Entry, LedgerReader, SubjectCommitment};
+use custos_ledger::{Decision, Entry, SubjectCommitment};
 use custos_model::DatasetSchema;
 use custos_model::schema::Describes;
 use custos_policy::{Agreement, CompiledMonitoring};
@@ -111,7 +111,7 @@ impl Custos {
     pub async fn detect_pending(&self) -> Result<DetectionRun, BrokerError> {
         let _one = self.detector.running.lock().await;
         let size = self.checkpoint()?.size;
-        let reader = LedgerReader::new(&self.ledger_dir());
+        let reader = self.ledger_reader()?;
         let meta = self.home().meta();
         let mut run = DetectionRun {
             next_index: meta.browsing_cursor().await?,

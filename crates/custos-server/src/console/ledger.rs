@@ -265,7 +265,10 @@ pub(crate) async fn explorer(
             .unwrap_or(filters.principal.trim())
             .to_owned()
     });
-    let reader = LedgerReader::new(&state.custos.ledger_dir());
+    let reader = match state.custos.ledger_reader() {
+        Ok(r) => r,
+        Err(e) => return broker_error(Some(&viewer), e),
+    };
     let found = match tokio::task::spawn_blocking({
         let size = checkpoint.size;
         move || scan(&reader, size, &filters, actor.as_deref()).map(|f| (f, filters))
@@ -324,7 +327,10 @@ pub(crate) async fn entry(
             ),
         );
     }
-    let reader = LedgerReader::new(&state.custos.ledger_dir());
+    let reader = match state.custos.ledger_reader() {
+        Ok(r) => r,
+        Err(e) => return broker_error(Some(&viewer), e),
+    };
     let proved = {
         let checkpoint = checkpoint.clone();
         tokio::task::spawn_blocking(move || reader.prove_entry(index, &checkpoint)).await
@@ -394,8 +400,15 @@ async fn witnessed_cover(state: &AppState, index: u64) -> Markup {
         }
         Err(e) => return html! { div.notice.bad { "The witness policy is not usable: " (e) } },
     };
-    let dir = state.custos.ledger_dir();
-    let note = match custos_ledger::witnessed::read_witnessed(&dir) {
+    let note = match state
+        .custos
+        .ledger_files()
+        .map_err(|e| e.to_string())
+        .and_then(|files| {
+            files
+                .read(custos_ledger::witnessed::WITNESSED_CHECKPOINT)
+                .map_err(|e| e.to_string())
+        }) {
         Ok(Some(note)) => note,
         Ok(None) => return html! { p.warn { "No checkpoint has reached the witness quorum yet." } },
         Err(e) => {

@@ -394,9 +394,14 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
                     "`ledger witness` runs on the custodian's machine (a server collects cosignatures by itself)"
                 );
             }
-            let (dir, key) = published_ledger(home_dir).await?;
+            let (files, key) = published_ledger(home_dir).await?;
+            let dir = files.dir().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "witnessing a replicated home's shared ledger is not offered yet (its ledger is published in object storage)"
+                )
+            })?;
             let policy = home_policy(home_dir).await?;
-            let collector = custos_witness::Collector::new(&dir, &key, policy)
+            let collector = custos_witness::Collector::new(dir, &key, policy)
                 .map_err(|e| anyhow::anyhow!(e))?;
             let report = collector.round().await?;
             let now = now_seconds();
@@ -476,8 +481,8 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             if server.is_some() {
                 anyhow::bail!("`ledger status` reads the home; run it on the custodian's machine");
             }
-            let (dir, key) = published_ledger(home_dir).await?;
-            status(&dir, &key, home_dir, json).await?;
+            let (files, key) = published_ledger(home_dir).await?;
+            status(files, &key, home_dir, json).await?;
         }
     }
     Ok(())
@@ -597,8 +602,15 @@ struct Status {
     witnesses: std::collections::BTreeMap<String, custos_ledger::witnessed::WitnessProgress>,
 }
 
-async fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let size = LedgerReader::new(dir).latest(key)?.size;
+async fn status(
+    files: std::sync::Arc<dyn custos_ledger::PublishedFiles>,
+    key: &str,
+    home_dir: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let size = LedgerReader::over(std::sync::Arc::clone(&files))
+        .latest(key)?
+        .size;
     let policy_path = home_dir.join(custos_broker::WITNESS_POLICY_FILE);
     // Checked against the ledger entry that installed it (an edited file
     // is reported as such, not used).
@@ -614,10 +626,13 @@ async fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::R
         oldest_unwitnessed_seconds: None,
         diverged: false,
         quorum: None,
-        witnesses: custos_ledger::witnessed::read_state(dir)?,
+        witnesses: match files.dir() {
+            Some(dir) => custos_ledger::witnessed::read_state(dir)?,
+            None => custos_ledger::witnessed::WitnessState::new(),
+        },
     };
     if let Some(policy) = policy {
-        let lag = custos_broker::witness_lag(dir, key, &policy)?;
+        let lag = custos_broker::witness_lag(files, key, &policy)?;
         out.witnessed = Some(lag.witnessed);
         out.behind = Some(lag.size.saturating_sub(lag.witnessed));
         out.oldest_unwitnessed_seconds = lag.oldest_unwitnessed.map(|d| d.as_secs());
@@ -668,8 +683,8 @@ async fn status(dir: &Path, key: &str, home_dir: &Path, json: bool) -> anyhow::R
 
 /// A reader over the home's ledger and its verifier key (from the home).
 async fn reader_and_key(home_dir: &Path) -> anyhow::Result<(LedgerReader, String)> {
-    let (dir, key) = published_ledger(home_dir).await?;
-    Ok((LedgerReader::new(&dir), key))
+    let (files, key) = published_ledger(home_dir).await?;
+    Ok((LedgerReader::over(files), key))
 }
 
 fn print_entry(index: u64, e: &Entry) {

@@ -46,7 +46,9 @@ pub fn token_from_env() -> Option<zeroize::Zeroizing<String>> {
 
 /// The home's published ledger directory and its checkpoints' verifier
 /// key, without opening the ledger's writer (works beside a server).
-pub async fn published_ledger(home: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+pub async fn published_ledger(
+    home: &Path,
+) -> anyhow::Result<(std::sync::Arc<dyn custos_ledger::PublishedFiles>, String)> {
     Ok(custos_broker::published_ledger(home).await?)
 }
 
