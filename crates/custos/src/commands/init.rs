@@ -43,7 +43,10 @@ pub struct InitArgs {
     /// another S3-compatible server (plain http:// only on this machine).
     /// The prefix must be empty: one per home. Credentials come from
     /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the machine's
-    /// instance role), never from the URL. See docs/deploy.md.
+    /// instance role), never from the URL. With --catalogue too, the
+    /// ledger is shared by every server of the home: its journal in
+    /// PostgreSQL, its tiles and checkpoints under `ledger/` in the
+    /// object store. See docs/deploy.md.
     #[arg(long, value_name = "URL")]
     object_store: Option<String>,
 }
@@ -149,7 +152,14 @@ pub async fn run(home: &Path, args: InitArgs) -> anyhow::Result<()> {
         }
         None => println!("  dataset files: datasets/ (encrypted Parquet)"),
     }
-    println!("  ledger:       ledger/ (entry 0 records this init; `custos ledger show`)");
+    if args.catalogue.is_some() && args.object_store.is_some() {
+        println!(
+            "  ledger:       shared by every server of this home: its journal in the PostgreSQL catalogue, \
+             its tiles and checkpoints under ledger/ in the object store (entry 0 records this init; `custos ledger show`)"
+        );
+    } else {
+        println!("  ledger:       ledger/ (entry 0 records this init; `custos ledger show`)");
+    }
     println!("Next: `custos dataset ingest --schema FILE.schema.toml --name NAME FILE.csv`");
     Ok(())
 }
