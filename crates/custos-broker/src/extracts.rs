@@ -337,7 +337,10 @@ impl Custos {
         // Extracts per hour under the agreement: every run counts, released
         // or refused, since a refusal answers a question too.
         // INVARIANT: counted and recorded under the agreement's lock.
-        let limits = self.limit_locks.hold_for(&grant, req.agreement).await;
+        let limits = self
+            .limit_locks
+            .hold_for(&self.home, &grant, req.agreement)
+            .await?;
         if let Some(limit) = grant.limits.requests_per_hour {
             let now = now_micros();
             let made = meta

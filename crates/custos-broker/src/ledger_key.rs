@@ -63,8 +63,12 @@ pub(crate) async fn open_ledger(
     from: &LedgerKeyFrom,
 ) -> Result<(LedgerWriter, Option<PathBuf>, WriterLease), BrokerError> {
     // Before the ledger: a second writer on another machine (a copied
-    // home on a shared PostgreSQL catalogue) would fork the ledger.
-    let lease = home.hold_writer().await?;
+    // home on a shared PostgreSQL catalogue) would fork a local ledger.
+    // Replicas of a home with a shared ledger write it together.
+    let lease = match home.ledger_placement() {
+        LedgerPlacement::Local => home.hold_writer().await?,
+        LedgerPlacement::Shared => WriterLease::replica(),
+    };
     let keys = home
         .ledger_keys(from.seed.as_deref(), from.file.as_deref())
         .await?;

@@ -262,30 +262,43 @@ pub struct Custos {
 /// unlimited actions still share group commits.
 ///
 /// INVARIANT: a limited action counts and records under its agreement's
-/// lock. One process writes a home (the ledger's file lock on one machine;
-/// the writer lease in a PostgreSQL catalogue across machines), so an
-/// in-process lock is enough. Replicas writing one home will need the
-/// count and the record under a lock in the catalogue.
+/// lock: in this process (a mutex), and across every process writing the
+/// catalogue (a PostgreSQL advisory lock; nothing more for an embedded
+/// home, which one process writes).
 #[derive(Debug, Default)]
 pub(crate) struct LimitLocks(
     std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 );
+
+/// An agreement's limit lock, held in this process and in the catalogue.
+#[derive(Debug)]
+pub(crate) struct LimitGuard {
+    _catalogue: custos_store::meta::CatalogueLock,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
 
 impl LimitLocks {
     /// Holds agreement `id`'s lock if `grant` has a limit to count against
     /// (`requests_per_hour` or `subjects_per_day`); otherwise nothing.
     pub(crate) async fn hold_for(
         &self,
+        home: &Home,
         grant: &custos_policy::Grant,
         id: &str,
-    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    ) -> Result<Option<LimitGuard>, BrokerError> {
         let limited =
             grant.limits.requests_per_hour.is_some() || grant.limits.subjects_per_day.is_some();
-        if limited {
-            Some(self.hold(id).await)
-        } else {
-            None
+        if !limited {
+            return Ok(None);
         }
+        // In-process first: a process waits for the catalogue's lock with
+        // one connection per agreement, not one per request.
+        let local = self.hold(id).await;
+        let catalogue = home.hold_agreement_lock(id).await?;
+        Ok(Some(LimitGuard {
+            _catalogue: catalogue,
+            _local: local,
+        }))
     }
 
     /// Waits for and holds agreement `id`'s lock.

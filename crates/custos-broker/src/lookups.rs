@@ -294,8 +294,8 @@ impl Custos {
         // INVARIANT: counted and recorded under the agreement's lock.
         let _limits = self
             .limit_locks
-            .hold_for(&grant, &granted.agreement.id)
-            .await;
+            .hold_for(&self.home, &grant, &granted.agreement.id)
+            .await?;
         if let Some(denial) = self
             .check_limits(principal, &granted, &grant, &commitment)
             .await?

@@ -110,7 +110,10 @@ impl Custos {
             }
         };
         // INVARIANT: counted and recorded (the charge) under the lock.
-        let limits = self.limit_locks.hold_for(&grant, agreement_id).await;
+        let limits = self
+            .limit_locks
+            .hold_for(&self.home, &grant, agreement_id)
+            .await?;
         if let Some(limit) = grant.limits.requests_per_hour {
             let made = meta
                 .count_charges_since(agreement_id, &principal.id, now_micros() - 3_600_000_000)

@@ -22,6 +22,20 @@ pub trait PublishedFiles: Debug + Send + Sync {
     /// Replaces the file at `path` as a whole (a reader sees the old bytes
     /// or the new ones, never a mix). Durable once [`Self::sync`] returns.
     fn write(&self, path: &str, bytes: &[u8]) -> io::Result<()>;
+    /// The file at `path` and its version (an ETag), if the store keeps
+    /// versions: what [`Self::write_if`] compares.
+    fn read_versioned(&self, path: &str) -> io::Result<Option<(Vec<u8>, Option<String>)>> {
+        Ok(self.read(path)?.map(|bytes| (bytes, None)))
+    }
+    /// Replaces the file at `path` only if it is still at `version` (from
+    /// [`Self::read_versioned`]; `None`: only if there is no file). A store
+    /// without versions (a directory, written by one process under its
+    /// lock) writes unconditionally. Fails with
+    /// [`io::ErrorKind::AlreadyExists`] when the file changed meanwhile.
+    fn write_if(&self, path: &str, bytes: &[u8], version: Option<String>) -> io::Result<()> {
+        let _ = version;
+        self.write(path, bytes)
+    }
     /// Makes every earlier [`Self::write`] durable.
     fn sync(&self) -> io::Result<()>;
     /// Removes the file at `path` (absent is fine).

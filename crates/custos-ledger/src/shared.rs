@@ -28,6 +28,18 @@
 //!   journal, so overlapping holders publish the same tiles; at worst a
 //!   stalled one briefly republishes an older checkpoint, which the next
 //!   round replaces.
+//! - **Published before acknowledged.** The journal is only as safe as
+//!   the database: its administrator could cut records off its end that no
+//!   checkpoint covers yet, and the chain would still hold. So an append is
+//!   acknowledged (and the broker releases) only once a signed checkpoint
+//!   in the published files covers it: from then on, a record removed from
+//!   the journal is a record missing under a signed checkpoint, which
+//!   stops appends ("acknowledged records were removed") and integration
+//!   (the published leaf is checked against the journal).
+//! - **No checkpoint goes backwards.** The checkpoint is replaced with a
+//!   conditional write (S3 `If-Match` on the version read), so an
+//!   integrator that stalled past its lease cannot put an older checkpoint
+//!   over a newer one.
 //! - **Replicas' checkpoints.** [`SharedLedger::checkpoint`] on any replica
 //!   waits until a published checkpoint covers every record committed when
 //!   it was called.
@@ -44,11 +56,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use tlog_tiles::record_hash;
+use tlog_tiles::{HashReader as _, record_hash};
 
 use crate::edge::TreeEdge;
 use crate::entry::Entry;
 use crate::log::{CHECKPOINT, check_canonical};
+use crate::merkle::{TileFiles, TreeReader};
 use crate::note::{NoteSigner, VerifiedCheckpoint, verify_checkpoint};
 use crate::published::PublishedFiles;
 use crate::{HASH_SIZE, LedgerError};
@@ -112,8 +125,15 @@ impl Sealer {
 pub trait SharedJournal: Debug + Send + Sync {
     /// Appends `entries` after the last record in one durable commit,
     /// sealing each with `sealer`, and returns their indexes. Refuses to
-    /// chain onto a last record that `sealer` did not seal.
-    fn append(&self, entries: &[Vec<u8>], sealer: &Sealer) -> Result<Range<u64>, LedgerError>;
+    /// chain onto a last record that `sealer` did not seal, and refuses
+    /// when the journal holds fewer than `min_start` records (a published
+    /// checkpoint covers that many: records were removed).
+    fn append(
+        &self,
+        entries: &[Vec<u8>],
+        sealer: &Sealer,
+        min_start: u64,
+    ) -> Result<Range<u64>, LedgerError>;
     /// Up to `limit` records from index `from`, in order.
     fn read(&self, from: u64, limit: usize) -> Result<Vec<JournalRecord>, LedgerError>;
     /// Number of records committed.
@@ -170,6 +190,8 @@ pub struct SharedLedger {
     stop: Arc<AtomicBool>,
     /// Asks this replica's integrator to publish at once (if it holds the lease).
     urgent: Arc<AtomicBool>,
+    /// The size of the newest checkpoint seen published.
+    published: Arc<Published>,
     journal: Arc<dyn SharedJournal>,
     files: Arc<dyn PublishedFiles>,
     verifier_key: String,
@@ -187,13 +209,15 @@ impl SharedLedger {
         let sealer = Sealer::new(&signer);
         let stop = Arc::new(AtomicBool::new(false));
         let urgent = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(Published::default());
         let (tx, rx) = mpsc::sync_channel::<Append>(1024);
         let journal = Arc::clone(&config.journal);
         let appender = {
             let sealer = sealer.clone();
+            let published = Arc::clone(&published);
             std::thread::Builder::new()
                 .name("custos-ledger-append".into())
-                .spawn(move || append_loop(&*journal, &sealer, rx))
+                .spawn(move || append_loop(&*journal, &sealer, &published, rx))
                 .map_err(|e| LedgerError::Journal(format!("cannot start: {e}")))?
         };
         let integrator = Integrator {
@@ -206,6 +230,7 @@ impl SharedLedger {
             holder: config.holder,
             stop: Arc::clone(&stop),
             urgent: Arc::clone(&urgent),
+            published: Arc::clone(&published),
         };
         let integrator = std::thread::Builder::new()
             .name("custos-ledger-integrate".into())
@@ -217,6 +242,7 @@ impl SharedLedger {
             integrator: Some(integrator),
             stop,
             urgent,
+            published,
             journal: config.journal,
             files: config.files,
             verifier_key,
@@ -240,26 +266,46 @@ impl SharedLedger {
         &self.files
     }
 
-    /// Appends one entry; returns its index once the database committed it.
+    /// Appends one entry; returns its index once the database committed it
+    /// and a published checkpoint covers it.
     pub fn append(&self, entry: &Entry) -> Result<u64, LedgerError> {
         Ok(self.append_encoded(vec![entry.encode()?])?.start)
     }
 
-    /// Appends encoded entries as one commit; returns their indexes.
+    /// Appends encoded entries as one commit; returns their indexes once
+    /// the database committed them and a published checkpoint covers them.
     pub fn append_encoded(&self, entries: Vec<Vec<u8>>) -> Result<Range<u64>, LedgerError> {
         check_canonical(&entries)?;
         let (reply, rx) = mpsc::sync_channel(1);
         let tx = self.tx.as_ref().ok_or(LedgerError::Closed)?;
         tx.send(Append { entries, reply })
             .map_err(|_| LedgerError::Closed)?;
-        rx.recv().map_err(|_| LedgerError::Closed)?
+        let range = rx.recv().map_err(|_| LedgerError::Closed)??;
+        self.wait_published(range.end)?;
+        Ok(range)
+    }
+
+    /// Waits until a published checkpoint covers `size` entries.
+    fn wait_published(&self, size: u64) -> Result<(), LedgerError> {
+        self.urgent.store(true, Ordering::Release);
+        if self.published.wait_for(size, self.patience) {
+            Ok(())
+        } else {
+            Err(LedgerError::Journal(format!(
+                "entry {} is committed, but no checkpoint covering it was published within {:?} (is an integrator running, and the journal intact?): nothing was released",
+                size.saturating_sub(1),
+                self.patience
+            )))
+        }
     }
 
     /// Waits until a published checkpoint covers every record committed
     /// now (by any replica), and returns it.
     pub fn checkpoint(&self) -> Result<VerifiedCheckpoint, LedgerError> {
         let wanted = self.journal.size()?;
-        self.urgent.store(true, Ordering::Release);
+        if wanted > 0 {
+            self.wait_published(wanted)?;
+        }
         let deadline = Instant::now() + self.patience;
         loop {
             if let Some(note) = self
@@ -316,7 +362,12 @@ impl Drop for SharedLedger {
 
 /// Group commit: every append waiting when the journal is free shares one
 /// database transaction.
-fn append_loop(journal: &dyn SharedJournal, sealer: &Sealer, rx: Receiver<Append>) {
+fn append_loop(
+    journal: &dyn SharedJournal,
+    sealer: &Sealer,
+    published: &Published,
+    rx: Receiver<Append>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         let mut pending = group[0].entries.len();
@@ -333,7 +384,7 @@ fn append_loop(journal: &dyn SharedJournal, sealer: &Sealer, rx: Receiver<Append
             .iter()
             .flat_map(|a| a.entries.iter().cloned())
             .collect();
-        match journal.append(&all, sealer) {
+        match journal.append(&all, sealer, published.size()) {
             Ok(range) => {
                 let mut start = range.start;
                 for a in group {
@@ -347,9 +398,12 @@ fn append_loop(journal: &dyn SharedJournal, sealer: &Sealer, rx: Receiver<Append
                 // whose answer was lost may still be durable: the ledger
                 // then over-reports, never under-reports.)
                 tracing::error!(error = %e, "shared journal append failed");
-                let text = e.to_string();
                 for a in group {
-                    let _ = a.reply.send(Err(LedgerError::Journal(text.clone())));
+                    let _ = a.reply.send(Err(match &e {
+                        LedgerError::Damaged(why) => LedgerError::Damaged(why.clone()),
+                        LedgerError::Journal(why) => LedgerError::Journal(why.clone()),
+                        other => LedgerError::Journal(other.to_string()),
+                    }));
                 }
             }
         }
@@ -367,6 +421,68 @@ struct Integrator {
     holder: String,
     stop: Arc<AtomicBool>,
     urgent: Arc<AtomicBool>,
+    published: Arc<Published>,
+}
+
+/// The size of the newest checkpoint this replica has seen published, and
+/// the appends waiting for one to cover them.
+#[derive(Debug, Default)]
+struct Published {
+    size: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Published {
+    fn size(&self) -> u64 {
+        *self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a checkpoint of `size` seen published (sizes only grow).
+    fn saw(&self, size: u64) {
+        let mut current = self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if size > *current {
+            *current = size;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Whether anyone waits for a checkpoint.
+    fn awaited(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Waits up to `patience` for a checkpoint of at least `size`.
+    fn wait_for(&self, size: u64, patience: Duration) -> bool {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let deadline = Instant::now() + patience;
+        let mut current = self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let covered = loop {
+            if *current >= size {
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            current = self
+                .changed
+                .wait_timeout(current, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        covered
+    }
 }
 
 /// The tree as integrated so far, by the lease holder.
@@ -393,12 +509,21 @@ impl Integrator {
             // Once stopping, one last catch-up: publish what the journal
             // holds if this replica has (or can take) the lease, then stop.
             let stopping = self.stop.load(Ordering::Acquire);
+            let poll = if self.published.awaited() {
+                Duration::from_millis(10)
+            } else {
+                poll
+            };
             match self.journal.hold_integrator(&self.holder, self.ttl) {
                 Ok(true) => {}
                 Ok(false) => {
                     state = None;
                     if stopping {
                         break;
+                    }
+                    if self.published.awaited() {
+                        // Another replica integrates: watch what it publishes.
+                        self.watch_published();
                     }
                     std::thread::sleep(poll);
                     continue;
@@ -440,6 +565,15 @@ impl Integrator {
             && let Err(e) = self.journal.release_integrator(&self.holder)
         {
             tracing::warn!(error = %e, "the integrator lease was not released");
+        }
+    }
+
+    /// Reads the published checkpoint and records its size if it verifies.
+    fn watch_published(&self) {
+        if let Ok(Some(note)) = self.files.read(CHECKPOINT)
+            && let Ok(cp) = verify_checkpoint(&note, &self.signer.verifier_key())
+        {
+            self.published.saw(cp.size);
         }
     }
 
@@ -521,9 +655,23 @@ impl Integrator {
                 let record = last.first().ok_or_else(|| {
                     LedgerError::Damaged(format!("journal record {} is missing", size - 1))
                 })?;
+                // The chain goes on from the record the checkpoint ends
+                // with: the journal's must be the published one, or
+                // records under the checkpoint were removed or replaced.
+                let tiles = TileFiles::over(Arc::clone(&self.files));
+                let leaf = TreeReader::new(&tiles, size)
+                    .read_hashes(&[tlog_tiles::stored_hash_index(0, size - 1)])
+                    .map_err(|e| LedgerError::Damaged(format!("the last published leaf: {e}")))?;
+                if leaf.first() != Some(&record_hash(&record.entry)) {
+                    return Err(LedgerError::Damaged(format!(
+                        "journal record {} is not the entry the signed checkpoint covers: records under it were removed or replaced",
+                        size - 1
+                    )));
+                }
                 record.tag
             }
         };
+        self.published.saw(cp.size);
         tracing::info!(size = cp.size, "integrating the shared ledger");
         Ok(Integrated {
             tree,
@@ -557,24 +705,41 @@ impl Integrator {
             ));
         }
         let size = state.tree.size();
-        if let Some(note) = self
+        let current = self
             .files
-            .read(CHECKPOINT)
-            .map_err(io("reading the checkpoint".into()))?
-            && let Ok(current) = verify_checkpoint(&note, &self.signer.verifier_key())
-            && current.size > size
-        {
-            return Err(LedgerError::Journal(format!(
-                "a newer checkpoint ({} entries) is published than this integrator's ({size})",
-                current.size
-            )));
-        }
+            .read_versioned(CHECKPOINT)
+            .map_err(io("reading the checkpoint".into()))?;
+        let version = match current {
+            Some((note, version)) => {
+                if let Ok(current) = verify_checkpoint(&note, &self.signer.verifier_key())
+                    && current.size > size
+                {
+                    return Err(LedgerError::Journal(format!(
+                        "a newer checkpoint ({} entries) is published than this integrator's ({size})",
+                        current.size
+                    )));
+                }
+                // A store without versions is written by one process.
+                match version {
+                    Some(v) => Some(v),
+                    None if self.files.dir().is_some() => None,
+                    None => {
+                        return Err(LedgerError::Journal(
+                            "the object store gave the checkpoint no version (ETag): it cannot be replaced safely".into(),
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
         let note = self
             .signer
             .sign(size, state.tree.root().0)
             .map_err(|e| LedgerError::Damaged(e.to_string()))?;
+        // Only over the checkpoint just read: an integrator that stalled
+        // while another published cannot put an older one back.
         self.files
-            .write(CHECKPOINT, &note)
+            .write_if(CHECKPOINT, &note, version)
             .map_err(io("writing the checkpoint".into()))?;
         self.files
             .sync()
@@ -585,6 +750,7 @@ impl Integrator {
             }
         }
         state.published = size;
+        self.published.saw(size);
         Ok(())
     }
 }

@@ -44,6 +44,7 @@ pub const KEY_LOCK_FILE: &str = "master.key.lock";
 pub const METADATA_DB_FILE: &str = "custos.db";
 /// Purpose of the key that names the home's writer lease.
 const WRITER_LEASE_PURPOSE: &str = "custos/v1/writer-lease";
+const AGREEMENT_LOCK_PURPOSE: &str = "custos/v1/agreement-lock";
 /// Name of the datasets directory inside a home.
 pub const DATASETS_DIR: &str = "datasets";
 /// Name of the ledger directory inside a home.
@@ -821,6 +822,25 @@ impl Home {
         let mut key = [0u8; 8];
         key.copy_from_slice(&derived[..8]);
         Ok(self.meta.hold_writer(i64::from_be_bytes(key)).await?)
+    }
+
+    /// Holds agreement `id`'s lock for limited actions across every
+    /// process writing this home's catalogue (see
+    /// [`crate::meta::CatalogueLock`]); its key comes from the derivation
+    /// root, like the writer lease's.
+    pub async fn hold_agreement_lock(
+        &self,
+        id: &str,
+    ) -> Result<crate::meta::CatalogueLock, HomeError> {
+        use sha2::Digest as _;
+        let derived = self.keys.derive(AGREEMENT_LOCK_PURPOSE);
+        let digest = sha2::Sha256::new()
+            .chain_update(derived.as_slice())
+            .chain_update(id.as_bytes())
+            .finalize();
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest[..8]);
+        Ok(self.meta.hold_lock(i64::from_be_bytes(key)).await?)
     }
 
     /// The home directory.

@@ -85,12 +85,23 @@ fn record_of(row: &sqlx::postgres::PgRow) -> Result<JournalRecord, LedgerError> 
 }
 
 impl SharedJournal for PgJournal {
-    fn append(&self, entries: &[Vec<u8>], sealer: &Sealer) -> Result<Range<u64>, LedgerError> {
+    fn append(
+        &self,
+        entries: &[Vec<u8>],
+        sealer: &Sealer,
+        min_start: u64,
+    ) -> Result<Range<u64>, LedgerError> {
         let pool = self.pool.clone();
         let entries = entries.to_vec();
         let sealer = sealer.clone();
         self.run(async move {
             let mut tx = pool.begin().await.map_err(journal_error)?;
+            // Acknowledged only once the commit is durable, whatever the
+            // database's or the role's default says.
+            sqlx::query("SET LOCAL synchronous_commit = on")
+                .execute(&mut *tx)
+                .await
+                .map_err(journal_error)?;
             sqlx::query("LOCK TABLE ledger_journal IN SHARE ROW EXCLUSIVE MODE")
                 .execute(&mut *tx)
                 .await
@@ -126,6 +137,11 @@ impl SharedJournal for PgJournal {
                     (last.index + 1, last.tag)
                 }
             };
+            if start < min_start {
+                return Err(LedgerError::Damaged(format!(
+                    "the journal ends at {start} but a published checkpoint covers {min_start} entries: acknowledged records were removed; nothing is appended"
+                )));
+            }
             let mut indexes = Vec::with_capacity(entries.len());
             let mut tags = Vec::with_capacity(entries.len());
             for (i, entry) in entries.iter().enumerate() {
@@ -138,16 +154,35 @@ impl SharedJournal for PgJournal {
                 tags.push(tag.to_vec());
                 previous = tag;
             }
-            sqlx::query(
+            // Every row as written, read back: a trigger or rule that drops
+            // or rewrites rows is refused, not acknowledged.
+            let stored = sqlx::query(
                 "INSERT INTO ledger_journal (idx, entry, tag) \
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[], $3::BYTEA[])",
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[], $3::BYTEA[]) \
+                 RETURNING idx, entry, tag",
             )
             .bind(&indexes)
             .bind(&entries)
             .bind(&tags)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(journal_error)?;
+            .map_err(journal_error)?
+            .iter()
+            .map(record_of)
+            .collect::<Result<Vec<_>, _>>()?;
+            let mut stored = stored;
+            stored.sort_by_key(|r| r.index);
+            let intact = stored.len() == entries.len()
+                && stored.iter().zip(&indexes).zip(&entries).zip(&tags).all(
+                    |(((r, &i), e), t)| {
+                        i64::try_from(r.index) == Ok(i) && &r.entry == e && r.tag.as_slice() == t
+                    },
+                );
+            if !intact {
+                return Err(LedgerError::Damaged(
+                    "the database did not store the journal records as written (a trigger or rule on ledger_journal?): nothing is acknowledged".into(),
+                ));
+            }
             tx.commit().await.map_err(journal_error)?;
             Ok(start..start + entries.len() as u64)
         })

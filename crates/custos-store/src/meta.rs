@@ -137,6 +137,9 @@ pub trait MetadataStore:
     /// so no one without it can hold the home hostage), or refuses if
     /// another process (on this machine or another) holds it.
     async fn hold_writer(&self, key: i64) -> Result<WriterLease, MetaError>;
+    /// Waits for and holds lock `key` across every process writing this
+    /// catalogue (see [`CatalogueLock`]).
+    async fn hold_lock(&self, key: i64) -> Result<CatalogueLock, MetaError>;
     /// Reads an instance setting.
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
     /// Writes an instance setting once; an existing key is refused.
@@ -219,7 +222,22 @@ pub struct SqlMetadata {
     backend: Backend,
     /// How to open a connection of its own (the writer lease's).
     options: AnyConnectOptions,
+    /// PostgreSQL: the connections that hold [`CatalogueLock`]s, apart
+    /// from the pool, so that waiting locks never starve the work done
+    /// under them.
+    locks: Option<AnyPool>,
 }
+
+/// Most [`CatalogueLock`]s one process holds at once.
+const MAX_LOCKS: u32 = 16;
+
+/// A lock that every process writing a catalogue respects: for PostgreSQL,
+/// a transaction-scoped advisory lock on a connection of its own, released
+/// when the guard is dropped (the transaction rolls back) or the process
+/// dies. For SQLite, nothing: one process writes an embedded home, and its
+/// in-process locks suffice.
+#[derive(Debug)]
+pub struct CatalogueLock(#[allow(dead_code)] Option<sqlx::Transaction<'static, sqlx::Any>>);
 
 /// Held by the one process that writes a home: while it is held, no other
 /// process can take it. For PostgreSQL, a session advisory lock on a
@@ -242,6 +260,17 @@ pub struct WriterLease {
 pub const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl WriterLease {
+    /// The lease of a replica of a home whose ledger is shared: not
+    /// exclusive, since replicas write the home together (the shared
+    /// journal sequences their ledger entries, and catalogue locks their
+    /// limited actions).
+    pub fn replica() -> Self {
+        Self {
+            held: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            keeper: None,
+        }
+    }
+
     /// Whether this process may still write the home.
     pub fn is_held(&self) -> bool {
         self.held.load(std::sync::atomic::Ordering::Acquire)
@@ -314,6 +343,7 @@ impl SqlMetadata {
             pool,
             backend: Backend::Sqlite,
             options,
+            locks: None,
         })
     }
 
@@ -336,10 +366,16 @@ impl SqlMetadata {
             .run(&pool)
             .await
             .map_err(|e| MetaError::Migration(e.to_string()))?;
+        let locks = AnyPoolOptions::new()
+            .max_connections(MAX_LOCKS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             backend: Backend::Postgres,
             options,
+            locks: Some(locks),
         })
     }
 
@@ -472,6 +508,18 @@ impl MetadataStore for SqlMetadata {
             held,
             keeper: Some(keeper),
         })
+    }
+
+    async fn hold_lock(&self, key: i64) -> Result<CatalogueLock, MetaError> {
+        let Some(locks) = &self.locks else {
+            return Ok(CatalogueLock(None));
+        };
+        let mut tx = locks.begin().await?;
+        sqlx::query("SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(CatalogueLock(Some(tx)))
     }
 
     async fn instance_value(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {

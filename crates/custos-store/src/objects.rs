@@ -950,6 +950,51 @@ impl custos_ledger::PublishedFiles for LedgerObjects {
         }
     }
 
+    fn read_versioned(&self, path: &str) -> std::io::Result<Option<(Vec<u8>, Option<String>)>> {
+        let (store, at) = (Arc::clone(&self.files.store), self.path(path)?);
+        let got = self.run(async move {
+            let got = store.get(&at).await?;
+            let e_tag = got.meta.e_tag.clone();
+            Ok((got.bytes().await?, e_tag))
+        });
+        match got {
+            Ok((bytes, e_tag)) => Ok(Some((bytes.to_vec(), e_tag))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_if(&self, path: &str, bytes: &[u8], version: Option<String>) -> std::io::Result<()> {
+        let (store, at) = (Arc::clone(&self.files.store), self.path(path)?);
+        let payload = PutPayload::from(bytes.to_vec());
+        // S3 conditional writes: If-Match the version read, or
+        // If-None-Match `*` where there was none.
+        let mode = match version {
+            Some(e_tag) => object_store::PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(e_tag),
+                version: None,
+            }),
+            None => object_store::PutMode::Create,
+        };
+        let written = self.files.run(async move {
+            store
+                .put_opts(&at, payload, PutOptions::from(mode))
+                .await
+                .map(|_| ())
+        });
+        match written.map_err(|e| std::io::Error::other(e.to_string()))? {
+            Ok(()) => Ok(()),
+            Err(
+                e @ (object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }),
+            ) => Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("it changed meanwhile ({e})"),
+            )),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+
     fn partial_widths(&self, partial_dir: &str) -> std::io::Result<Vec<u64>> {
         let (store, at) = (Arc::clone(&self.files.store), self.path(partial_dir)?);
         let listed = self.run(async move {

@@ -386,7 +386,7 @@ fn an_altered_record_stops_integration_at_it() {
         SigningKey::from_bytes(&KEY),
     ));
     let batch: Vec<Vec<u8>> = (0..8).map(|i| entry("early", i)).collect();
-    assert_eq!(journal.append(&batch, &sealer).unwrap(), 0..8);
+    assert_eq!(journal.append(&batch, &sealer, 0).unwrap(), 0..8);
     // The insider rewrites record 5 (a valid entry, its old seal kept).
     let other = hex::encode(entry("insider", 5));
     place.sql(&format!(
@@ -404,4 +404,130 @@ fn an_altered_record_stops_integration_at_it() {
         .append_encoded(vec![entry("stranger", 0)])
         .unwrap_err();
     assert!(refused.to_string().contains("not authentic"), "{refused}");
+}
+
+#[test]
+fn nothing_is_acknowledged_while_an_insider_holds_the_integrator_lease() {
+    let Some(place) = Place::fresh() else {
+        return;
+    };
+    let replica = place.replica("honest", KEY);
+    for i in 0..5 {
+        replica.append_encoded(vec![entry("honest", i)]).unwrap();
+    }
+    // The insider takes the lease, so that nothing gets published while
+    // they cut records off the journal's end.
+    place.sql(
+        "UPDATE ledger_integrator SET holder = 'mallory', \
+         expires_at = clock_timestamp() + INTERVAL '1 day'",
+    );
+    let refused = replica
+        .append_encoded(vec![entry("honest", 5)])
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("nothing was released"),
+        "{refused}"
+    );
+    // The record is in the journal, unpublished; cutting it off and
+    // handing the lease back leaves no acknowledged entry missing.
+    place.sql("DELETE FROM ledger_journal WHERE idx >= 5");
+    place.sql("UPDATE ledger_integrator SET expires_at = clock_timestamp() - INTERVAL '1 second'");
+    assert_eq!(
+        replica.append_encoded(vec![entry("honest", 6)]).unwrap(),
+        5..6
+    );
+}
+
+#[test]
+fn records_removed_under_a_published_checkpoint_stop_appends_and_integration() {
+    let Some(place) = Place::fresh() else {
+        return;
+    };
+    let replica = place.replica("honest", KEY);
+    for i in 0..11 {
+        replica.append_encoded(vec![entry("honest", i)]).unwrap();
+    }
+    assert_eq!(replica.checkpoint().unwrap().size, 11);
+    place.sql("DELETE FROM ledger_journal WHERE idx >= 8");
+    // This replica has seen the checkpoint: it appends nothing after a
+    // journal shorter than it.
+    let refused = replica
+        .append_encoded(vec![entry("honest", 11)])
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("records were removed"),
+        "{refused}"
+    );
+    // A replica that has not seen it yet (a fresh process) may commit
+    // records 8..11 again, but they are never published: the integrator
+    // finds the journal's record 10 is not the one the checkpoint signed.
+    let journal = place.journal();
+    let sealer = Sealer::new(&custos_ledger::NoteSigner::new(
+        ORIGIN,
+        SigningKey::from_bytes(&KEY),
+    ));
+    let again: Vec<Vec<u8>> = (8..12).map(|i| entry("rewritten", i)).collect();
+    assert_eq!(journal.append(&again, &sealer, 0).unwrap(), 8..12);
+    drop(replica);
+    let fresh = place.replica("fresh", KEY);
+    let refused = fresh.append_encoded(vec![entry("fresh", 0)]).unwrap_err();
+    assert!(
+        refused.to_string().contains("nothing was released"),
+        "{refused}"
+    );
+    let reader = LedgerReader::over(place.files());
+    assert_eq!(reader.latest(&verifier_key()).unwrap().size, 11);
+}
+
+#[test]
+fn a_trigger_that_drops_or_rewrites_journal_rows_is_refused() {
+    let Some(place) = Place::fresh() else {
+        return;
+    };
+    let replica = place.replica("honest", KEY);
+    replica.append_encoded(vec![entry("honest", 0)]).unwrap();
+    place.sql(
+        "CREATE FUNCTION hide() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN IF NEW.idx = 1 THEN RETURN NULL; END IF; RETURN NEW; END$$",
+    );
+    place.sql(
+        "CREATE TRIGGER hide BEFORE INSERT ON ledger_journal FOR EACH ROW EXECUTE FUNCTION hide()",
+    );
+    let refused = replica
+        .append_encoded(vec![entry("honest", 1)])
+        .unwrap_err();
+    assert!(refused.to_string().contains("did not store"), "{refused}");
+    place.sql("DROP TRIGGER hide ON ledger_journal");
+    place.sql(
+        "CREATE FUNCTION rewrite() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN NEW.entry := NEW.entry || '\\x00'::bytea; RETURN NEW; END$$",
+    );
+    place.sql(
+        "CREATE TRIGGER rewrite BEFORE INSERT ON ledger_journal FOR EACH ROW EXECUTE FUNCTION rewrite()",
+    );
+    let refused = replica
+        .append_encoded(vec![entry("honest", 1)])
+        .unwrap_err();
+    assert!(refused.to_string().contains("did not store"), "{refused}");
+}
+
+#[test]
+fn a_stale_checkpoint_cannot_replace_a_newer_one() {
+    let Some(place) = Place::fresh() else {
+        return;
+    };
+    let files = place.files();
+    files.write_if("checkpoint", b"first", None).unwrap();
+    let (_, read) = files.read_versioned("checkpoint").unwrap().unwrap();
+    // Another integrator publishes meanwhile.
+    files
+        .write_if("checkpoint", b"newer", read.clone())
+        .unwrap();
+    // The stalled one's write, conditional on what it read, is refused.
+    let refused = files.write_if("checkpoint", b"stale", read).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(files.read("checkpoint").unwrap().unwrap(), b"newer");
+    // And a first checkpoint cannot be written over an existing one.
+    let refused = files.write_if("checkpoint", b"again", None).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
 }

@@ -128,7 +128,10 @@ impl Custos {
             ));
         }
         // INVARIANT: jobs are counted and claimed under the agreement's lock.
-        let limits = self.limit_locks.hold_for(&grant, &offer.agreement).await;
+        let limits = self
+            .limit_locks
+            .hold_for(self.home(), &grant, &offer.agreement)
+            .await?;
         if let Some(denial) = self.match_limit(&granted, MatchSide::Responder).await? {
             return Err(self.refuse(entry, denial));
         }

@@ -91,8 +91,8 @@ impl Custos {
         // INVARIANT: jobs are counted and claimed under the agreement's lock.
         let limits = self
             .limit_locks
-            .hold_for(&granted.grant()?, req.agreement)
-            .await;
+            .hold_for(self.home(), &granted.grant()?, req.agreement)
+            .await?;
         if let Some(denial) = self.match_limit(&granted, MatchSide::Requester).await? {
             return Err(self.refuse(entry, denial));
         }
