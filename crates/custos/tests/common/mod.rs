@@ -271,6 +271,17 @@ pub fn postgres_count(url: &str, sql: &str) -> i64 {
     })
 }
 
+/// The text a one-column `SELECT` on PostgreSQL returns in its first row,
+/// if it returns a row.
+pub fn postgres_text(url: &str, sql: &str) -> Option<String> {
+    on_postgres(url, async |conn| {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_optional(conn)
+            .await
+            .unwrap()
+    })
+}
+
 /// A fresh prefix in the S3 test server named by `CUSTOS_TEST_S3` and
 /// `CUSTOS_TEST_S3_ENDPOINT` (scripts/s3), as an `--object-store` URL, or
 /// `None` without one — a failure when `CUSTOS_REQUIRE_S3` is set, as

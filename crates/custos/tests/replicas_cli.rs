@@ -1,0 +1,290 @@
+//! Three `custos serve` replicas of one home (its catalogue in PostgreSQL,
+//! its files and published ledger in object storage), with no load
+//! balancer: clients spread their requests over the three. A privacy
+//! budget is never overspent by queries through different replicas; one
+//! replica, the one integrating the ledger, is killed with SIGKILL under
+//! load; every answer a client got is in the ledger once, the integrator
+//! lease moves, checkpoints go on, and the published ledger verifies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use predicates::prelude::*;
+use serde_json::{Value, json};
+
+mod common;
+
+/// A copy of the home, as another machine would hold it: the same few
+/// files (catalogue.toml, object-store.toml, the key files).
+fn copy_home(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The replica holding the integrator lease now, if any.
+async fn lease_holder(url: &str) -> Option<String> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        common::postgres_text(
+            &url,
+            "SELECT holder FROM ledger_integrator WHERE expires_at > clock_timestamp()",
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn count(url: &str, sql: &'static str) -> i64 {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || common::postgres_count(&url, sql))
+        .await
+        .unwrap()
+}
+
+async fn query(
+    client: &reqwest::Client,
+    server: &str,
+    token: &str,
+    agreement: &str,
+) -> (u16, Value) {
+    let response = client
+        .post(format!("{server}/v1/queries"))
+        .bearer_auth(token)
+        .json(&json!({
+            "agreement": agreement,
+            "sql": "SELECT COUNT(*) FROM tax_returns",
+            "spend": 0.1
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_share_one_budget_and_ledger_and_survive_a_killed_integrator() {
+    let (Some(catalogue), Some(objects)) = (
+        tokio::task::spawn_blocking(common::postgres_database)
+            .await
+            .unwrap(),
+        common::s3_prefix(),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    common::custos(&home, None)
+        .args([
+            "init",
+            "--catalogue",
+            &catalogue,
+            "--object-store",
+            &objects,
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("shared by every server"));
+    let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+    let analyst = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
+    common::ingest_synthetic(
+        &home,
+        &admin,
+        &dir.path().join("data"),
+        300,
+        &["tax_returns"],
+    );
+    let agreement = dir.path().join("agreement.toml");
+    std::fs::write(
+        &agreement,
+        common::aggregate_agreement("gao-stats", "1.0", "0.1"),
+    )
+    .unwrap();
+    common::custos(&home, Some(&admin))
+        .args(["agreement", "apply"])
+        .arg(&agreement)
+        .assert()
+        .success();
+    // A second agreement whose budget is ample but whose rate is 12 an hour.
+    let hourly = dir.path().join("hourly.toml");
+    std::fs::write(
+        &hourly,
+        common::aggregate_agreement("gao-hourly", "100.0", "0.1")
+            .replace("requests_per_hour = 100", "requests_per_hour = 12"),
+    )
+    .unwrap();
+    common::custos(&home, Some(&admin))
+        .args(["agreement", "apply"])
+        .arg(&hourly)
+        .assert()
+        .success();
+    let homes: Vec<_> = (0..3)
+        .map(|i| {
+            if i == 0 {
+                return home.clone();
+            }
+            let copy = dir.path().join(format!("replica{i}"));
+            copy_home(&home, &copy);
+            copy
+        })
+        .collect();
+    let mut servers: Vec<Option<common::Server>> = homes
+        .iter()
+        .map(|h| {
+            Some(common::Server::start(
+                h,
+                &["--rate", "100000", "--burst", "100000"],
+            ))
+        })
+        .collect();
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| s.as_ref().unwrap().url.clone())
+        .collect();
+
+    // 30 queries at once, ten through each replica, on a budget for 10.
+    let client = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (client, url, token) = (client.clone(), urls[i % 3].clone(), analyst.clone());
+        tasks.spawn(async move { query(&client, &url, &token, "gao-stats").await });
+    }
+    let replies = tasks.join_all().await;
+    let mut answered: BTreeMap<u64, String> = BTreeMap::new();
+    for (status, body) in &replies {
+        assert!(
+            *status == 200 || *status == 403 || *status == 409,
+            "{status}: {body}"
+        );
+        if *status == 200 {
+            let index = body["ledger_index"].as_u64().unwrap();
+            assert!(answered.insert(index, "query".into()).is_none());
+        }
+    }
+    assert_eq!(answered.len(), 10, "the budget was overspent: {replies:?}");
+    assert_eq!(
+        count(&catalogue, "SELECT COUNT(*) FROM privacy_charges").await,
+        10
+    );
+    // 30 at once under a limit of 12 an hour: 12 answered, whichever
+    // replicas the others went to.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let (client, url, token) = (client.clone(), urls[i % 3].clone(), analyst.clone());
+        tasks.spawn(async move { query(&client, &url, &token, "gao-hourly").await });
+    }
+    let replies = tasks.join_all().await;
+    for (status, body) in &replies {
+        assert!(
+            *status == 200 || *status == 429 || *status == 403,
+            "{status}: {body}"
+        );
+        if *status == 200 {
+            let index = body["ledger_index"].as_u64().unwrap();
+            assert!(answered.insert(index, "query".into()).is_none());
+        }
+    }
+    let within_rate = replies.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(
+        within_rate, 12,
+        "the hourly limit was exceeded: {replies:?}"
+    );
+
+    // Kill the replica that integrates the ledger, while clients keep
+    // going (each refused query is ledgered too).
+    let holder = lease_holder(&catalogue)
+        .await
+        .expect("no replica integrates the ledger");
+    let victim = servers
+        .iter()
+        .position(|s| {
+            let pid = s.as_ref().unwrap().child.id();
+            holder.starts_with(&format!("replica-{pid}-"))
+        })
+        .expect("the lease holder is none of the replicas");
+    let load = {
+        let (client, urls, token) = (client.clone(), urls.clone(), analyst.clone());
+        tokio::spawn(async move {
+            // Refused queries (the budget is spent): each one is ledgered.
+            let mut statuses = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(8);
+            let mut i = 0usize;
+            while Instant::now() < deadline {
+                let url = &urls[i % 3];
+                i += 1;
+                let sent = client
+                    .post(format!("{url}/v1/queries"))
+                    .bearer_auth(&token)
+                    .json(&json!({
+                        "agreement": "gao-stats",
+                        "sql": "SELECT COUNT(*) FROM tax_returns",
+                        "spend": 0.1
+                    }))
+                    .send()
+                    .await;
+                if let Ok(r) = sent {
+                    statuses.push(r.status().as_u16());
+                }
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut killed = servers[victim].take().unwrap();
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().filter(|s| **s == 403).count() > 3,
+        "{statuses:?}"
+    );
+
+    // The survivors answer (and ledger) a query each after the kill.
+    for (i, url) in urls.iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let (status, body) = query(&client, url, &analyst, "gao-stats").await;
+        // The budget is spent: a refusal, ledgered.
+        assert_eq!(status, 403, "{body}");
+    }
+    let new_holder = lease_holder(&catalogue)
+        .await
+        .expect("no replica took the lease over");
+    assert_ne!(new_holder, holder);
+
+    // Checkpoints went on: the published ledger holds every answer once,
+    // at the index its client was given, and verifies.
+    let survivor = &homes[(victim + 1) % 3];
+    common::custos(survivor, None)
+        .args(["ledger", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("verified"));
+    let entries = common::ledger(survivor);
+    let journal = count(&catalogue, "SELECT COUNT(*) FROM ledger_journal").await;
+    assert!(entries.len() as i64 <= journal);
+    for index in answered.keys() {
+        let entry = entries
+            .iter()
+            .find(|e| e["index"].as_u64() == Some(*index))
+            .unwrap_or_else(|| panic!("answered query {index} is not in the ledger"));
+        assert_eq!(entry["action"], "query.aggregate", "{entry}");
+    }
+    let answers = entries
+        .iter()
+        .filter(|e| e["action"] == "query.aggregate" && e["decision"] == "allow")
+        .count();
+    assert_eq!(answers, 22, "answers in the ledger");
+    for server in servers.into_iter().flatten() {
+        let (status, log) = server.stop();
+        assert!(status.success(), "{log}");
+    }
+}
