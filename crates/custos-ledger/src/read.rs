@@ -59,6 +59,11 @@ fn parse_hashes(list: &[String]) -> Result<Vec<Hash>, LedgerError> {
     list.iter().map(|h| parse_hash(h)).collect()
 }
 
+/// The RFC 6962 leaf hash of an encoded entry, hex (as proofs carry it).
+pub fn leaf_hash_hex(entry: &[u8]) -> String {
+    hex_hash(&tlog_tiles::record_hash(entry))
+}
+
 /// Checks an inclusion proof (RFC 9162 §2.1.3.2).
 pub fn verify_inclusion(p: &InclusionProof) -> Result<(), LedgerError> {
     check_record(
@@ -151,6 +156,36 @@ impl LedgerReader {
             index = bundle_index * TILE_WIDTH + width;
         }
         Ok(out)
+    }
+
+    /// [`Self::entries`], each checked against its leaf hash in the
+    /// published hash tiles: an entry bundle altered on its own is refused.
+    /// (Only [`crate::verify_published`] holds the tiles themselves to the
+    /// signed root.)
+    pub fn entries_checked(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        let entries = self.entries(from, to)?;
+        let mut leaves: Option<(u64, Vec<u8>)> = None;
+        for (index, bytes) in &entries {
+            let tile = index / TILE_WIDTH;
+            if leaves.as_ref().is_none_or(|(t, _)| *t != tile) {
+                let width = (to - tile * TILE_WIDTH).min(TILE_WIDTH);
+                let data = self
+                    .tiles
+                    .read(0, tile, width)
+                    .map_err(|e| LedgerError::Damaged(format!("hash tile 0/{tile}: {e}")))?;
+                leaves = Some((tile, data.to_vec()));
+            }
+            let offset = usize::try_from(index % TILE_WIDTH).unwrap_or(usize::MAX) * 32;
+            let leaf = leaves
+                .as_ref()
+                .and_then(|(_, data)| data.get(offset..offset + 32));
+            if leaf != Some(&tlog_tiles::record_hash(bytes).0[..]) {
+                return Err(LedgerError::Verify(format!(
+                    "entry {index} does not hash to its leaf in the published tiles: the entry bundle was altered"
+                )));
+            }
+        }
+        Ok(entries)
     }
 
     fn check_size(&self, size: u64, published: u64) -> Result<(), LedgerError> {

@@ -239,6 +239,30 @@ fn verify_against_a_kept_checkpoint_and_catch_tampering() {
             predicate::str::contains("ledger verification failed")
                 .and(predicate::str::contains("entry 0")),
         );
+    // The same flip in the home's own published bundle: `show` and
+    // `prove --json` refuse to present the altered entry as the ledger's.
+    let partial = env.ledger().join("tile/entries/000.p");
+    let newest = fs::read_dir(&partial)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let bundle = partial.join(newest.to_string());
+    let mut bytes = fs::read(&bundle).unwrap();
+    bytes[10] ^= 0x20;
+    fs::write(&bundle, &bytes).unwrap();
+    env.custos()
+        .args(["ledger", "show"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("entry 0 does not hash to its leaf"));
+    env.custos()
+        .args(["ledger", "prove", "--index", "0", "--json"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("bundle was altered"));
+    bytes[10] ^= 0x20;
+    fs::write(&bundle, &bytes).unwrap();
     // A checkpoint file that is not one: a clear error.
     fs::write(env.path("junk"), "not a checkpoint").unwrap();
     env.custos()

@@ -236,7 +236,7 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             let source = Source::open(home_dir, server, key, wanted).await?;
             let size = source.reader.latest(&source.key)?.size;
             let mut rows = Vec::new();
-            for (index, bytes) in source.reader.entries(from.min(size), size)? {
+            for (index, bytes) in source.reader.entries_checked(from.min(size), size)? {
                 rows.push((
                     index,
                     Entry::decode(&bytes).with_context(|| format!("entry {index}"))?,
@@ -273,6 +273,11 @@ pub async fn run(home_dir: &Path, server: Option<&str>, cmd: LedgerCommand) -> a
             if json {
                 let entry = reader.entries(index, index + 1)?;
                 let bytes = entry.first().map(|(_, e)| e.clone()).unwrap_or_default();
+                if custos_ledger::read::leaf_hash_hex(&bytes) != proof.leaf_hash {
+                    anyhow::bail!(
+                        "entry {index}'s published bytes do not hash to the proved leaf: its entry bundle was altered (run `custos ledger verify`)"
+                    );
+                }
                 let out = ProveOutput {
                     proof: &proof,
                     entry_base64: base64(&bytes),
