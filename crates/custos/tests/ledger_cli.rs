@@ -255,7 +255,9 @@ fn verify_against_a_kept_checkpoint_and_catch_tampering() {
         .args(["ledger", "show"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("entry 0 does not hash to its leaf"));
+        .stderr(predicate::str::contains(
+            "entry 0 does not hash to its leaf",
+        ));
     env.custos()
         .args(["ledger", "prove", "--index", "0", "--json"])
         .assert()
