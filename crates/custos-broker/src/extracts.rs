@@ -358,7 +358,10 @@ impl Custos {
             meta.record_extract_run(&id, req.agreement, &principal.id, now)
                 .await?;
         }
-        drop(limits);
+        // Recorded while the lock was held, or nothing is released.
+        if let Some(limits) = limits {
+            limits.confirm().await?;
+        }
         let staging = staging_path(self.home().root(), &id)?;
         let tokens = Tokeniser::new(
             &self

@@ -273,8 +273,22 @@ pub(crate) struct LimitLocks(
 /// An agreement's limit lock, held in this process and in the catalogue.
 #[derive(Debug)]
 pub(crate) struct LimitGuard {
-    _catalogue: custos_store::meta::CatalogueLock,
+    catalogue: custos_store::meta::CatalogueLock,
     _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl LimitGuard {
+    /// Once the limited action is recorded, before anything is released:
+    /// fails if the catalogue's lock was lost meanwhile (its connection
+    /// ended), when another replica may have counted before the record.
+    pub(crate) async fn confirm(mut self) -> Result<(), BrokerError> {
+        self.catalogue.confirm().await.map_err(|_| {
+            BrokerError::Unavailable(
+                "the agreement's limit lock was lost (its PostgreSQL connection ended) before this action was recorded: it was recorded, and nothing was released"
+                    .into(),
+            )
+        })
+    }
 }
 
 impl LimitLocks {
@@ -296,7 +310,7 @@ impl LimitLocks {
         let local = self.hold(id).await;
         let catalogue = home.hold_agreement_lock(id).await?;
         Ok(Some(LimitGuard {
-            _catalogue: catalogue,
+            catalogue,
             _local: local,
         }))
     }
@@ -612,7 +626,8 @@ impl Custos {
     /// entries arrived since the last).
     pub fn checkpoint(&self) -> Result<custos_ledger::VerifiedCheckpoint, BrokerError> {
         self.check_writer()?;
-        Ok(self.ledger.checkpoint()?)
+        // A shared ledger's checkpoint is waited for: never on a worker.
+        wait_for_commit(|| self.ledger.checkpoint())
     }
 
     /// A new file name in the home's staging directory, for a server that

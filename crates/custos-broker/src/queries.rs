@@ -175,8 +175,11 @@ impl Custos {
             ledger_index: ledger_index.index(),
         };
         let charged = meta.charge_budget(&charge, budget).await?;
-        // Counted and recorded: the computation need not hold the lock.
-        drop(limits);
+        // Counted and recorded: the computation need not hold the lock,
+        // which must still have been held when the charge was recorded.
+        if let Some(limits) = limits {
+            limits.confirm().await?;
+        }
         let Some(spent_after) = charged else {
             // A concurrent query took the rest; the ledger entry above must
             // not stand as an allowance.

@@ -64,6 +64,7 @@ use crate::log::{CHECKPOINT, check_canonical};
 use crate::merkle::{TileFiles, TreeReader};
 use crate::note::{NoteSigner, VerifiedCheckpoint, verify_checkpoint};
 use crate::published::PublishedFiles;
+use crate::read::{LedgerReader, leaf_hash_hex, verify_inclusion};
 use crate::{HASH_SIZE, LedgerError};
 
 /// One record of a shared journal.
@@ -276,13 +277,43 @@ impl SharedLedger {
     /// the database committed them and a published checkpoint covers them.
     pub fn append_encoded(&self, entries: Vec<Vec<u8>>) -> Result<Range<u64>, LedgerError> {
         check_canonical(&entries)?;
+        let leaves: Vec<String> = entries.iter().map(|e| leaf_hash_hex(e)).collect();
         let (reply, rx) = mpsc::sync_channel(1);
         let tx = self.tx.as_ref().ok_or(LedgerError::Closed)?;
         tx.send(Append { entries, reply })
             .map_err(|_| LedgerError::Closed)?;
         let range = rx.recv().map_err(|_| LedgerError::Closed)??;
         self.wait_published(range.end)?;
+        self.check_published(range.clone(), &leaves)?;
         Ok(range)
+    }
+
+    /// Proves each of `leaves`, at its index from `range.start`, included
+    /// in the published signed checkpoint. The size alone is not enough:
+    /// an insider who removed an unpublished record lets a later append
+    /// take its index, and the checkpoint then covers that one instead.
+    fn check_published(&self, range: Range<u64>, leaves: &[String]) -> Result<(), LedgerError> {
+        let note = self
+            .files
+            .read(CHECKPOINT)
+            .map_err(|e| LedgerError::Journal(format!("reading the checkpoint: {e}")))?
+            .ok_or_else(|| LedgerError::Journal("no checkpoint is published".into()))?;
+        let cp = verify_checkpoint(&note, &self.verifier_key)?;
+        let reader = LedgerReader::over(Arc::clone(&self.files));
+        for (index, leaf) in range.zip(leaves) {
+            let proof = reader.inclusion_proof(index, cp.size, cp.size)?;
+            verify_inclusion(&proof)?;
+            if proof.root != hex::encode(cp.root) || &proof.leaf_hash != leaf {
+                tracing::error!(
+                    index,
+                    "the published ledger holds another entry at an index this server committed"
+                );
+                return Err(LedgerError::Damaged(format!(
+                    "ledger entry {index} as published is not the entry this server committed: the journal was altered before it was published; nothing was released"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Waits until a published checkpoint covers `size` entries.

@@ -803,6 +803,16 @@ impl Home {
             }
             None => None,
         };
+        if ledger == LedgerPlacement::Local
+            && let Some(objects) = &objects
+            && objects.holds_ledger().await?
+        {
+            // The catalogue's setting was removed: a local ledger opened
+            // now would start empty beside the real one.
+            return Err(HomeError::Meta(MetaError::Corrupt(
+                "the catalogue says this home's ledger is local, but its object store holds a shared ledger's checkpoint: the catalogue's `ledger_placement` setting was removed or the catalogue restored from elsewhere".into(),
+            )));
+        }
         Ok(Self {
             root: root.to_owned(),
             keys: Keyring::new(wrapper, root_key),

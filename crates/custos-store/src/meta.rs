@@ -237,7 +237,21 @@ const MAX_LOCKS: u32 = 16;
 /// dies. For SQLite, nothing: one process writes an embedded home, and its
 /// in-process locks suffice.
 #[derive(Debug)]
-pub struct CatalogueLock(#[allow(dead_code)] Option<sqlx::Transaction<'static, sqlx::Any>>);
+pub struct CatalogueLock(Option<sqlx::Transaction<'static, sqlx::Any>>);
+
+impl CatalogueLock {
+    /// Checks that the lock is still held: its connection still answers
+    /// (a connection that ended released the lock, and another process
+    /// may have counted meanwhile).
+    pub async fn confirm(&mut self) -> Result<(), MetaError> {
+        if let Some(tx) = &mut self.0 {
+            sqlx::query("SELECT CAST(1 AS BIGINT)")
+                .fetch_one(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
 
 /// Held by the one process that writes a home: while it is held, no other
 /// process can take it. For PostgreSQL, a session advisory lock on a

@@ -906,6 +906,16 @@ pub struct LedgerObjects {
 }
 
 impl ObjectFiles {
+    /// Whether a shared ledger has published a checkpoint in this store.
+    pub(crate) async fn holds_ledger(&self) -> Result<bool, HomeError> {
+        let at = self.root.clone().join(LEDGER).join("checkpoint");
+        match self.store.head(&at).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
     /// The home's published ledger files in this store.
     pub fn ledger(self: &Arc<Self>) -> LedgerObjects {
         LedgerObjects {

@@ -531,3 +531,105 @@ fn a_stale_checkpoint_cannot_replace_a_newer_one() {
     let refused = files.write_if("checkpoint", b"again", None).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
 }
+
+/// Polls the journal until it holds `size` records.
+fn wait_for_journal(place: &Place, size: u64) {
+    let journal = place.journal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal.size().unwrap() < size {
+        assert!(
+            Instant::now() < deadline,
+            "the journal never reached {size}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The append waited for in `waiting` was refused as replaced.
+fn assert_replaced(waiting: std::thread::JoinHandle<Result<std::ops::Range<u64>, LedgerError>>) {
+    let refused = waiting.join().unwrap().unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("not the entry this server committed"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_committed_record_replaced_before_publication_is_never_acknowledged() {
+    let Some(place) = Place::fresh() else {
+        return;
+    };
+    let honest = Arc::new(place.replica("honest", KEY));
+    for i in 0..3 {
+        honest.append_encoded(vec![entry("honest", i)]).unwrap();
+    }
+    // The insider holds the lease, lets a release's record be committed,
+    // removes it, and hands the lease back: the next append from another
+    // replica takes its index, and a checkpoint covers that index.
+    place.sql(
+        "UPDATE ledger_integrator SET holder = 'mallory', \
+         expires_at = clock_timestamp() + INTERVAL '1 day'",
+    );
+    let waiting = {
+        let honest = Arc::clone(&honest);
+        std::thread::spawn(move || honest.append_encoded(vec![entry("release", 3)]))
+    };
+    wait_for_journal(&place, 4);
+    place.sql("DELETE FROM ledger_journal WHERE idx = 3");
+    place.sql("UPDATE ledger_integrator SET expires_at = clock_timestamp() - INTERVAL '1 second'");
+    let other = place.replica("other", KEY);
+    assert_eq!(other.append_encoded(vec![entry("other", 3)]).unwrap(), 3..4);
+    assert_replaced(waiting);
+
+    // The same with a trigger that deletes the row after the insert has
+    // returned it (so the read-back sees it intact).
+    place.sql(
+        "CREATE FUNCTION hide_after() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN IF position('hidden'::bytea in NEW.entry) > 0 THEN \
+         DELETE FROM ledger_journal WHERE idx = NEW.idx; END IF; RETURN NULL; END$$",
+    );
+    place.sql(
+        "CREATE TRIGGER hide_after AFTER INSERT ON ledger_journal \
+         FOR EACH ROW EXECUTE FUNCTION hide_after()",
+    );
+    let size = place.journal().size().unwrap();
+    let waiting = {
+        let honest = Arc::clone(&honest);
+        std::thread::spawn(move || honest.append_encoded(vec![entry("hidden", 4)]))
+    };
+    // The hidden row is gone at once; the next honest append takes its index.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(place.journal().size().unwrap(), size);
+    other.append_encoded(vec![entry("other", 4)]).unwrap();
+    assert_replaced(waiting);
+}
+
+/// Replicas serialise limited actions with a lock in the catalogue; a lock
+/// whose connection ended (and so was released) is not confirmed.
+#[test]
+fn a_limit_lock_whose_connection_ended_is_not_confirmed() {
+    use custos_store::meta::{MetadataStore as _, SqlMetadata};
+    let Some(url) = fresh_postgres() else {
+        return;
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let meta = SqlMetadata::connect_postgres(&url).await.unwrap();
+        let mut lock = meta.hold_lock(42).await.unwrap();
+        lock.confirm().await.unwrap();
+        let mut insider = {
+            use sqlx::Connection as _;
+            sqlx::PgConnection::connect(&url).await.unwrap()
+        };
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut insider)
+        .await
+        .unwrap();
+        assert_eq!(ended, [true]);
+        assert!(lock.confirm().await.is_err());
+    });
+}

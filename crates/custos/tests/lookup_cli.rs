@@ -220,6 +220,19 @@ fn request_approve_fetch_and_report_with_postgresql_and_object_storage() {
         .assert()
         .success()
         .stdout(predicate::str::contains("ledger/").and(predicate::str::contains("verified")));
+    // A catalogue whose record of the shared ledger was removed does not
+    // open an empty local ledger beside it.
+    common::postgres_execute(
+        &catalogue,
+        "DELETE FROM instance WHERE key = 'ledger_placement'",
+    );
+    env.as_("alice")
+        .args(["principal", "list"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "holds a shared ledger's checkpoint",
+        ));
 }
 
 fn request_approve_fetch_and_report_in(env: &Env) {

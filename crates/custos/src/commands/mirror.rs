@@ -81,6 +81,10 @@ fn tile_paths(size: u64, wanted: &Wanted) -> Vec<String> {
     while bundle * TILE_WIDTH < end {
         let width = (size - bundle * TILE_WIDTH).min(TILE_WIDTH);
         paths.push(TileId::entries(bundle, width).path());
+        if !wanted.hashes {
+            // The entries' leaf hashes, which `ledger show` checks them against.
+            paths.push(TileId::hashes(0, bundle, width).path());
+        }
         bundle += 1;
     }
     if wanted.hashes {
@@ -179,7 +183,10 @@ mod tests {
             entries: 260..261,
             hashes: false,
         };
-        assert_eq!(tile_paths(300, &one), ["tile/entries/001.p/44"]);
+        assert_eq!(
+            tile_paths(300, &one),
+            ["tile/entries/001.p/44", "tile/0/001.p/44"]
+        );
         assert!(tile_paths(0, &all).is_empty());
     }
 }
