@@ -38,12 +38,12 @@ impl LedgerWriter {
     }
 
     /// A signed checkpoint covering every entry durable now (a shared
-    /// ledger's is waited for from its integrator).
-    pub(crate) fn checkpoint(&self) -> Result<VerifiedCheckpoint, LedgerError> {
-        match self {
+    /// ledger's is waited for from its integrator: never on an async worker).
+    pub(crate) fn checkpoint(&self) -> Result<VerifiedCheckpoint, crate::BrokerError> {
+        crate::wait_for_commit(|| match self {
             Self::Local(l) => l.checkpoint(),
             Self::Shared(l) => l.checkpoint(),
-        }
+        })
     }
 
     /// The checkpoint verifier key.

@@ -118,7 +118,7 @@ impl Custos {
                 .with_subjects([self.subjects().for_entry(&commitment, &id, ACTION)]),
         )?;
         let events = self.home().meta().subject_events(&commitment.0).await?;
-        let checkpoint = crate::wait_for_commit(|| self.ledger.checkpoint())?;
+        let checkpoint = self.ledger.checkpoint()?;
         let reader = self.ledger_reader()?;
         let mut lines = Vec::new();
         for event in events.into_iter().filter(|e| !e.withheld) {

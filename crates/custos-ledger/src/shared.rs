@@ -195,6 +195,9 @@ pub struct SharedLedger {
     published: Arc<Published>,
     journal: Arc<dyn SharedJournal>,
     files: Arc<dyn PublishedFiles>,
+    /// Proves appended entries published (its tile cache kept between
+    /// appends: a tile of a given width never changes).
+    reader: LedgerReader,
     verifier_key: String,
     origin: String,
     /// How long [`Self::checkpoint`] waits for a covering checkpoint.
@@ -245,6 +248,7 @@ impl SharedLedger {
             urgent,
             published,
             journal: config.journal,
+            reader: LedgerReader::over(Arc::clone(&config.files)),
             files: config.files,
             verifier_key,
             origin: config.origin,
@@ -293,15 +297,11 @@ impl SharedLedger {
     /// an insider who removed an unpublished record lets a later append
     /// take its index, and the checkpoint then covers that one instead.
     fn check_published(&self, range: Range<u64>, leaves: &[String]) -> Result<(), LedgerError> {
-        let note = self
-            .files
-            .read(CHECKPOINT)
-            .map_err(|e| LedgerError::Journal(format!("reading the checkpoint: {e}")))?
+        let cp = self
+            .published_checkpoint()?
             .ok_or_else(|| LedgerError::Journal("no checkpoint is published".into()))?;
-        let cp = verify_checkpoint(&note, &self.verifier_key)?;
-        let reader = LedgerReader::over(Arc::clone(&self.files));
         for (index, leaf) in range.zip(leaves) {
-            let proof = reader.inclusion_proof(index, cp.size, cp.size)?;
+            let proof = self.reader.inclusion_proof(index, cp.size, cp.size)?;
             verify_inclusion(&proof)?;
             if proof.root != hex::encode(cp.root) || &proof.leaf_hash != leaf {
                 tracing::error!(
@@ -337,30 +337,24 @@ impl SharedLedger {
         if wanted > 0 {
             self.wait_published(wanted)?;
         }
-        let deadline = Instant::now() + self.patience;
-        loop {
-            if let Some(note) = self
-                .files
-                .read(CHECKPOINT)
-                .map_err(|e| LedgerError::Journal(format!("reading the checkpoint: {e}")))?
-            {
-                let cp = verify_checkpoint(&note, &self.verifier_key)?;
-                if cp.size >= wanted {
-                    return Ok(cp);
-                }
-            } else if wanted == 0 {
-                return Err(LedgerError::Journal(
-                    "no checkpoint is published yet".into(),
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(LedgerError::Journal(format!(
-                    "no checkpoint covering {wanted} entries was published within {:?}: is an integrator running?",
-                    self.patience
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Published checkpoints only grow (conditional writes): the one
+        // waited for, or a newer one, is there now.
+        self.published_checkpoint()?
+            .filter(|cp| cp.size >= wanted)
+            .ok_or_else(|| {
+                LedgerError::Journal(format!(
+                    "no checkpoint covering {wanted} entries is published"
+                ))
+            })
+    }
+
+    /// The published checkpoint, verified, if there is one.
+    fn published_checkpoint(&self) -> Result<Option<VerifiedCheckpoint>, LedgerError> {
+        self.files
+            .read(CHECKPOINT)
+            .map_err(|e| LedgerError::Journal(format!("reading the checkpoint: {e}")))?
+            .map(|note| verify_checkpoint(&note, &self.verifier_key).map_err(LedgerError::from))
+            .transpose()
     }
 
     /// Stops appending and integrating. If this replica holds the lease,

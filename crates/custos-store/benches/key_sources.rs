@@ -19,23 +19,12 @@ use std::time::{Duration, Instant};
 use custos_store::dataset::{self, DatasetReader};
 use custos_store::{Home, HsmConfig, KeyInput, MasterKeySource, NoProgress, SecretText};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::SCHEMA;
+
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "246810";
-const SCHEMA: &str = r#"
-[[columns]]
-name = "id"
-class = "subject_id"
-type = "integer"
-[[columns]]
-name = "amount"
-class = "attribute"
-type = "integer"
-bounds = [0, 1000000]
-[[columns]]
-name = "label"
-class = "identifier"
-type = "string"
-"#;
 
 fn reps() -> usize {
     std::env::var("CUSTOS_BENCH_REPS")

@@ -332,6 +332,14 @@ pub enum LedgerPlacement {
     Shared,
 }
 
+/// A shared ledger's home without the file that names its object store.
+fn no_object_store_file() -> HomeError {
+    HomeError::ObjectStore(format!(
+        "the ledger is published in object storage, but `{}` is missing",
+        crate::objects::OBJECT_STORE_FILE
+    ))
+}
+
 /// The catalogue setting that records a shared ledger.
 const LEDGER_PLACEMENT: &str = "ledger_placement";
 
@@ -680,12 +688,8 @@ impl Home {
                 Arc::new(custos_ledger::DirFiles::new(&root.join(LEDGER_DIR)))
             }
             LedgerPlacement::Shared => {
-                let (location, _) = ObjectStoreLocation::read(root)?.ok_or_else(|| {
-                    HomeError::ObjectStore(format!(
-                        "the ledger is published in object storage, but `{}` is missing",
-                        crate::objects::OBJECT_STORE_FILE
-                    ))
-                })?;
+                let (location, _) =
+                    ObjectStoreLocation::read(root)?.ok_or_else(no_object_store_file)?;
                 Arc::new(Arc::new(ObjectFiles::connect(&location)?).ledger())
             }
         };
@@ -893,10 +897,7 @@ impl Home {
                 Ok(Arc::new(custos_ledger::DirFiles::new(&self.ledger_dir())))
             }
             (LedgerPlacement::Shared, Some(objects)) => Ok(Arc::new(objects.ledger())),
-            (LedgerPlacement::Shared, None) => Err(HomeError::ObjectStore(format!(
-                "the ledger is published in object storage, but `{}` is missing",
-                crate::objects::OBJECT_STORE_FILE
-            ))),
+            (LedgerPlacement::Shared, None) => Err(no_object_store_file()),
         }
     }
 

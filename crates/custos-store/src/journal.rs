@@ -73,6 +73,10 @@ fn index_of(idx: i64) -> Result<u64, LedgerError> {
     u64::try_from(idx).map_err(|_| LedgerError::Damaged(format!("journal index {idx}")))
 }
 
+fn records_of(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<JournalRecord>, LedgerError> {
+    rows.iter().map(record_of).collect()
+}
+
 fn record_of(row: &sqlx::postgres::PgRow) -> Result<JournalRecord, LedgerError> {
     let idx: i64 = row.try_get("idx").map_err(journal_error)?;
     let entry: Vec<u8> = row.try_get("entry").map_err(journal_error)?;
@@ -106,15 +110,14 @@ impl SharedJournal for PgJournal {
                 .execute(&mut *tx)
                 .await
                 .map_err(journal_error)?;
-            let last = sqlx::query(
-                "SELECT idx, entry, tag FROM ledger_journal ORDER BY idx DESC LIMIT 2",
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(journal_error)?
-            .iter()
-            .map(record_of)
-            .collect::<Result<Vec<_>, _>>()?;
+            let last = records_of(
+                &sqlx::query(
+                    "SELECT idx, entry, tag FROM ledger_journal ORDER BY idx DESC LIMIT 2",
+                )
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(journal_error)?,
+            )?;
             let (start, mut previous) = match last.as_slice() {
                 [] => (0, [0u8; 32]),
                 [last, rest @ ..] => {
@@ -156,21 +159,19 @@ impl SharedJournal for PgJournal {
             }
             // Every row as written, read back: a trigger or rule that drops
             // or rewrites rows is refused, not acknowledged.
-            let stored = sqlx::query(
-                "INSERT INTO ledger_journal (idx, entry, tag) \
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[], $3::BYTEA[]) \
-                 RETURNING idx, entry, tag",
-            )
-            .bind(&indexes)
-            .bind(&entries)
-            .bind(&tags)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(journal_error)?
-            .iter()
-            .map(record_of)
-            .collect::<Result<Vec<_>, _>>()?;
-            let mut stored = stored;
+            let mut stored = records_of(
+                &sqlx::query(
+                    "INSERT INTO ledger_journal (idx, entry, tag) \
+                     SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[], $3::BYTEA[]) \
+                     RETURNING idx, entry, tag",
+                )
+                .bind(&indexes)
+                .bind(&entries)
+                .bind(&tags)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(journal_error)?,
+            )?;
             stored.sort_by_key(|r| r.index);
             let intact = stored.len() == entries.len()
                 && stored.iter().zip(&indexes).zip(&entries).zip(&tags).all(
@@ -193,17 +194,16 @@ impl SharedJournal for PgJournal {
         let from = i64::try_from(from).map_err(|_| LedgerError::Damaged("index".into()))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(async move {
-            sqlx::query(
-                "SELECT idx, entry, tag FROM ledger_journal WHERE idx >= $1 ORDER BY idx LIMIT $2",
+            records_of(
+                &sqlx::query(
+                    "SELECT idx, entry, tag FROM ledger_journal WHERE idx >= $1 ORDER BY idx LIMIT $2",
+                )
+                .bind(from)
+                .bind(limit)
+                .fetch_all(&pool)
+                .await
+                .map_err(journal_error)?,
             )
-            .bind(from)
-            .bind(limit)
-            .fetch_all(&pool)
-            .await
-            .map_err(journal_error)?
-            .iter()
-            .map(record_of)
-            .collect()
         })
     }
 

@@ -952,12 +952,7 @@ impl LedgerObjects {
 
 impl custos_ledger::PublishedFiles for LedgerObjects {
     fn read(&self, path: &str) -> std::io::Result<Option<Vec<u8>>> {
-        let (store, at) = (Arc::clone(&self.files.store), self.path(path)?);
-        match self.run(async move { store.get(&at).await?.bytes().await }) {
-            Ok(bytes) => Ok(Some(bytes.to_vec())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.read_versioned(path)?.map(|(bytes, _)| bytes))
     }
 
     fn read_versioned(&self, path: &str) -> std::io::Result<Option<(Vec<u8>, Option<String>)>> {
