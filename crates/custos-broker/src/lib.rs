@@ -42,6 +42,7 @@ pub use custos_store::catalogue::CatalogueLocation;
 pub use custos_store::home::Placement;
 pub use custos_store::listings::DayActivity;
 pub use custos_store::objects::ObjectStoreLocation;
+pub use custos_store::replica::ReplicaHome;
 pub use extracts::{ExtractFormat, ExtractReport, ExtractRequest};
 pub use ledger_key::{KeyRotation, LedgerKeyFrom};
 pub use lookups::{DeclineNote, GUARDS_FILE, LookupDetails, LookupRequest, LookupTicket, Released};

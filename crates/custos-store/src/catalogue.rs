@@ -61,13 +61,20 @@ fn read_file(file: &Path) -> Result<CatalogueFile, HomeError> {
     Ok(config)
 }
 
-/// The PostgreSQL URL of the home at `root`, if its catalogue is there.
-pub(crate) fn postgres_url(root: &Path) -> Result<Option<String>, HomeError> {
+/// The URL and origin `catalogue.toml` of the home at `root` records, if
+/// it has one.
+pub(crate) fn recorded(root: &Path) -> Result<Option<(String, String)>, HomeError> {
     let file = root.join(CATALOGUE_FILE);
     if !file.exists() {
         return Ok(None);
     }
-    Ok(Some(read_file(&file)?.url))
+    let config = read_file(&file)?;
+    Ok(Some((config.url, config.origin)))
+}
+
+/// The PostgreSQL URL of the home at `root`, if its catalogue is there.
+pub(crate) fn postgres_url(root: &Path) -> Result<Option<String>, HomeError> {
+    Ok(recorded(root)?.map(|(url, _)| url))
 }
 
 impl CatalogueLocation {

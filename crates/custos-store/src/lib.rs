@@ -44,6 +44,7 @@ pub mod meta;
 pub mod objects;
 mod parse;
 pub mod principal;
+pub mod replica;
 pub mod rotation;
 pub mod sealed;
 mod sql;

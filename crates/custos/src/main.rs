@@ -166,7 +166,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Whether the home was named (a serve configuration may name another).
+    let home_given = matches!(
+        matches.value_source("home"),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
@@ -212,7 +221,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Init(args) => commands::init::run(&cli.home, args).await,
             Command::Key(cmd) => commands::keys::run(&cli.home, server, cmd).await,
-            Command::Serve(args) => commands::serve::run(&cli.home, args).await,
+            Command::Serve(args) => commands::serve::run(&cli.home, home_given, args).await,
         }
     });
     match result {

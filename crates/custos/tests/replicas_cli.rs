@@ -302,3 +302,203 @@ async fn three_replicas_share_one_budget_and_ledger_and_survive_a_killed_integra
         assert!(status.success(), "{log}");
     }
 }
+
+/// `custos serve --config` on a machine with nothing of the home but
+/// the configuration file and the environment's secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_serves_from_a_configuration_file_without_a_copy_of_the_home() {
+    let (Some(catalogue), Some(objects)) = (
+        tokio::task::spawn_blocking(common::postgres_database)
+            .await
+            .unwrap(),
+        common::s3_prefix(),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    common::custos(&home, None)
+        .args(["init", "--origin", "tax.example.gov/custos", "--catalogue"])
+        .arg(&catalogue)
+        .args(["--object-store", &objects])
+        .assert()
+        .success();
+    let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+    let analyst = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
+    common::ingest_synthetic(
+        &home,
+        &admin,
+        &dir.path().join("data"),
+        200,
+        &["tax_returns"],
+    );
+    let agreement = dir.path().join("agreement.toml");
+    std::fs::write(
+        &agreement,
+        common::aggregate_agreement("gao-stats", "10.0", "0.1"),
+    )
+    .unwrap();
+    common::custos(&home, Some(&admin))
+        .args(["agreement", "apply"])
+        .arg(&agreement)
+        .assert()
+        .success();
+    let master_key = std::fs::read_to_string(home.join("master.key")).unwrap();
+    let master_key = master_key.trim();
+
+    // The replica's machine: a configuration file beside the ledger key
+    // (a relative path), and an empty place for its directory.
+    let machine = dir.path().join("machine");
+    std::fs::create_dir(&machine).unwrap();
+    std::fs::copy(
+        dir.path().join("home.ledger.key"),
+        machine.join("ledger.key"),
+    )
+    .unwrap();
+    let replica = machine.join("replica");
+    let write_config = |name: &str, origin: &str, extra: &str| {
+        let file = machine.join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "home = \"replica\"\norigin = \"{origin}\"\ncatalogue = \"{catalogue}\"\nobject_store = \"{objects}\"\nledger_key_file = \"ledger.key\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let serve = |config: &Path, key: Option<&str>| {
+        let mut cmd = assert_cmd::Command::cargo_bin("custos").unwrap();
+        cmd.env_remove("CUSTOS_HOME")
+            .env_remove("CUSTOS_MASTER_KEY")
+            .env_remove("CUSTOS_LEDGER_KEY")
+            .env_remove("CUSTOS_LEDGER_KEY_FILE")
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .timeout(Duration::from_secs(60));
+        if let Some(key) = key {
+            cmd.env("CUSTOS_MASTER_KEY", key);
+        }
+        cmd
+    };
+
+    // Bad configurations: a clear error each, and nothing left behind.
+    for (config, key, says) in [
+        (
+            write_config(
+                "typo.toml",
+                "tax.example.gov/custos",
+                "[server]\nlistn = \"127.0.0.1:1\"\n",
+            ),
+            Some(master_key),
+            "unknown field `listn`",
+        ),
+        (
+            write_config(
+                "half-tls.toml",
+                "tax.example.gov/custos",
+                "[server]\ntls_cert = \"cert.pem\"\n",
+            ),
+            Some(master_key),
+            "only one of `tls_cert` and `tls_key`",
+        ),
+        (
+            write_config("other-origin.toml", "other.example.gov/custos", ""),
+            Some(master_key),
+            "belongs to another home",
+        ),
+        (
+            write_config("no-key.toml", "tax.example.gov/custos", ""),
+            None,
+            "master key",
+        ),
+    ] {
+        serve(&config, key)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says));
+        assert!(
+            !replica.exists(),
+            "a refused start left {}",
+            replica.display()
+        );
+    }
+    let config = write_config(
+        "replica.toml",
+        "tax.example.gov/custos",
+        "[server]\nrate = 1\nburst = 3\n",
+    );
+    serve(&config, Some(master_key))
+        .env("CUSTOS_HOME", dir.path().join("elsewhere"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("give one"));
+
+    // The replica serves the home, with the configuration's options.
+    let server = common::Server::start_with_env(
+        &replica,
+        &["--config", config.to_str().unwrap()],
+        &[("CUSTOS_MASTER_KEY", master_key)],
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&replica)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["catalogue.toml", "master.key.lock", "object-store.toml"],
+        "{names:?}"
+    );
+    let client = reqwest::Client::new();
+    let (status, body) = query(&client, &server.url, &analyst, "gao-stats").await;
+    assert_eq!(status, 200, "{body}");
+    let index = body["ledger_index"].as_u64().unwrap();
+    // `burst = 3` from the file: the fourth request at once is throttled.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            client
+                .get(format!("{}/v1/agreements", server.url))
+                .bearer_auth(&analyst)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+
+    // What it ledgered is in the home's published ledger, which verifies.
+    common::custos(&home, None)
+        .args(["ledger", "verify"])
+        .assert()
+        .success();
+    let entries = common::ledger(&home);
+    let entry = entries
+        .iter()
+        .find(|e| e["index"].as_u64() == Some(index))
+        .unwrap();
+    assert_eq!(entry["action"], "query.aggregate", "{entry}");
+    // A second start finds its files and starts again; a changed catalogue
+    // URL in the file is refused, and the files stay as they were.
+    let before = std::fs::read(replica.join("catalogue.toml")).unwrap();
+    let moved = write_config("moved.toml", "tax.example.gov/custos", "")
+        .to_string_lossy()
+        .into_owned();
+    let text = std::fs::read_to_string(&moved)
+        .unwrap()
+        .replace(&catalogue, &format!("{catalogue}_moved"));
+    std::fs::write(&moved, text).unwrap();
+    serve(Path::new(&moved), Some(master_key))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("another catalogue URL"));
+    assert_eq!(
+        std::fs::read(replica.join("catalogue.toml")).unwrap(),
+        before
+    );
+}

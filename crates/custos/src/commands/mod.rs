@@ -17,6 +17,7 @@ pub mod principal;
 pub mod query;
 pub mod report;
 pub mod serve;
+pub mod serve_config;
 pub mod witness;
 
 use std::path::Path;
@@ -76,12 +77,16 @@ pub fn ledger_key_from_env() -> anyhow::Result<custos_broker::LedgerKeyFrom> {
 /// Opens the home with its ledger, for actions that must be ledgered,
 /// with the witness gate of `CUSTOS_MAX_UNWITNESSED` if set.
 pub async fn open_custos(home: &Path) -> anyhow::Result<custos_broker::Custos> {
-    let mut custos = custos_broker::Custos::open_with(
-        home,
-        keys::key_from_env(home).await?,
-        ledger_key_from_env()?,
-    )
-    .await?;
+    open_custos_with(home, ledger_key_from_env()?).await
+}
+
+/// [`open_custos`] with the ledger signing key from `ledger_key`.
+pub async fn open_custos_with(
+    home: &Path,
+    ledger_key: custos_broker::LedgerKeyFrom,
+) -> anyhow::Result<custos_broker::Custos> {
+    let mut custos =
+        custos_broker::Custos::open_with(home, keys::key_from_env(home).await?, ledger_key).await?;
     if let Ok(text) = std::env::var(MAX_UNWITNESSED_ENV)
         && !text.trim().is_empty()
     {

@@ -146,10 +146,10 @@ impl Server {
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("custos"))
-            .envs(env.iter().copied())
             .env("CUSTOS_HOME", home)
             .env_remove("CUSTOS_MASTER_KEY")
             .env_remove("CUSTOS_TOKEN")
+            .envs(env.iter().copied())
             .env("CUSTOS_LOG", "info")
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
@@ -175,7 +175,14 @@ impl Server {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        assert!(line.starts_with("http://127.0.0.1:"), "{line}");
+        if !line.starts_with("http://127.0.0.1:") {
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "custos serve did not start: {line}{}",
+                stderr.lock().unwrap()
+            );
+        }
         Self {
             child,
             url: line.trim().to_owned(),
