@@ -21,8 +21,6 @@ use crate::{Actor, BrokerError, Custos, now_micros};
 pub(crate) const CONTENT_ATTRIBUTE: &str = "content_sha256";
 /// Prefix of the ingest entry's per-file digest attributes.
 pub(crate) const FILE_ATTRIBUTE_PREFIX: &str = "sha256:";
-/// Actor of the entries the broker writes on its own behalf.
-const SYSTEM_ACTOR: &str = "custos";
 
 /// The ingest entry's attributes for `digests`.
 pub(crate) fn digest_attributes(digests: &FileDigests) -> Vec<(String, String)> {
@@ -96,7 +94,7 @@ impl Custos {
         if let Err(problem) = checked {
             let entry = Entry::new(
                 now_micros(),
-                SYSTEM_ACTOR,
+                crate::SYSTEM_ACTOR,
                 "dataset.tampered",
                 Decision::Error,
             )
@@ -141,7 +139,7 @@ impl Custos {
             self.append(
                 &Entry::new(
                     now_micros(),
-                    SYSTEM_ACTOR,
+                    crate::SYSTEM_ACTOR,
                     "dataset.tampered",
                     Decision::Error,
                 )

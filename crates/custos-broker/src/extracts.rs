@@ -359,7 +359,7 @@ impl Custos {
                 .await?;
         }
         // Recorded while the lock was held, or nothing is released.
-        if let Some(limits) = limits {
+        if let Some(mut limits) = limits {
             limits.confirm().await?;
         }
         let staging = staging_path(self.home().root(), &id)?;

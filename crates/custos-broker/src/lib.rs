@@ -257,6 +257,10 @@ pub struct Custos {
     detector: browsing::Detector,
 }
 
+/// The actor of entries Custos records on its own (not on a principal's
+/// behalf): a recovered ledger, a dataset check, a request it declined.
+pub(crate) const SYSTEM_ACTOR: &str = "custos";
+
 /// One lock per agreement around "count what was done, decide, ledger,
 /// record": without it, 32 concurrent requests under a limit of 10 all see
 /// 9 done and all pass. Held only by actions whose grant has a limit, so
@@ -282,7 +286,7 @@ impl LimitGuard {
     /// Once the limited action is recorded, before anything is released:
     /// fails if the catalogue's lock was lost meanwhile (its connection
     /// ended), when another replica may have counted before the record.
-    pub(crate) async fn confirm(mut self) -> Result<(), BrokerError> {
+    pub(crate) async fn confirm(&mut self) -> Result<(), BrokerError> {
         self.catalogue.confirm().await.map_err(|_| {
             BrokerError::Unavailable(
                 "the agreement's limit lock was lost (its PostgreSQL connection ended) before this action was recorded: it was recorded, and nothing was released"
@@ -568,7 +572,7 @@ impl Custos {
             // A crash, or records written without the key: either way the
             // ledger says so, where an auditor reads it.
             custos.append(
-                &Entry::new(now_micros(), "custos", "ledger.recovered", Decision::Recorded)
+                &Entry::new(now_micros(), SYSTEM_ACTOR, "ledger.recovered", Decision::Recorded)
                     .with_count("cut_bytes", bytes)
                     .with_reason(
                         "the journal's final record was torn by a crash or not written with the ledger key; it was cut, never signed",
@@ -579,7 +583,7 @@ impl Custos {
             // A rotation stopped between its ledger entry and its commit:
             // the ledger says it did not take effect.
             custos.append(
-                &Entry::new(now_micros(), "custos", "key.rotate", Decision::Recorded)
+                &Entry::new(now_micros(), SYSTEM_ACTOR, "key.rotate", Decision::Recorded)
                     .with_attribute("fingerprint", fingerprint)
                     .with_attribute("in_use", custos.home.key_fingerprint())
                     .with_reason("a master-key rotation stopped before its commit and did not take effect; the key in use is unchanged"),

@@ -12,7 +12,8 @@ use custos_model::schema::{format_cents, format_date_days};
 use custos_model::{ColumnType, DatasetSchema, Principal, Role};
 use custos_policy::{Agreement, Grant, Mode, ScopeFilter, ScopeValue};
 use custos_store::lookups::{
-    AccessRequestRecord, ApprovalRecord, RequestState, SubjectEvent, SubjectEventKind,
+    AccessRequestRecord, ApprovalRecord, DeclineRecord, RequestState, SubjectEvent,
+    SubjectEventKind,
 };
 use custos_store::{DatasetReader, dataset};
 use serde::{Deserialize, Serialize};
@@ -292,7 +293,7 @@ impl Custos {
             .await?;
         let grant = granted.grant()?;
         // INVARIANT: counted and recorded under the agreement's lock.
-        let _limits = self
+        let mut limits = self
             .limit_locks
             .hold_for(&self.home, &grant, &granted.agreement.id)
             .await?;
@@ -363,8 +364,77 @@ impl Custos {
             rows_released: 0,
             withheld: granted.agreement.withhold_from_subject_reports.is_some(),
         };
+        // Still counted under the lock? Checked before the record, so
+        // that a lost lock leaves no request; and again after it, for a
+        // lock lost while the record was written.
+        if let Some(limits) = limits.as_mut()
+            && let Err(lost) = limits.confirm().await
+        {
+            self.append(
+                &Entry {
+                    decision: Decision::Error,
+                    ..allowed
+                }
+                .with_reason(
+                    "the limit lock was lost before the request was recorded; nothing was recorded",
+                ),
+            )?;
+            return Err(lost);
+        }
         meta.insert_request(&record, &requested).await?;
+        if let Some(limits) = limits.as_mut()
+            && let Err(lost) = limits.confirm().await
+        {
+            // Another replica may have counted while the lock was gone:
+            // this request must never become a release.
+            self.decline_unconfirmed(&record).await?;
+            return Err(lost);
+        }
         Ok(ticket(&record, 0))
+    }
+
+    /// Declines, as Custos itself and ledgered, a request recorded after
+    /// its agreement's limit lock was lost: it can be neither approved nor
+    /// fetched, and the requester may ask again.
+    async fn decline_unconfirmed(&self, record: &AccessRequestRecord) -> Result<(), BrokerError> {
+        const REASON: &str = "the agreement's limit lock was lost before this request was recorded; declined by Custos, ask again";
+        let reason_sealed = self.home().keys().wrap(
+            &Sealed::DeclineReason.purpose(&record.id),
+            REASON.as_bytes(),
+        )?;
+        let recorded = self.append(
+            &Entry::new(
+                now_micros(),
+                crate::SYSTEM_ACTOR,
+                "lookup.decline",
+                Decision::Allow,
+            )
+            .with_request(&record.id)
+            .with_agreement(&record.agreement_id, record.agreement_version)
+            .with_reason("the limit lock was lost before the request was recorded"),
+        )?;
+        let declined = self
+            .home()
+            .meta()
+            .decline_request(&DeclineRecord {
+                request_id: record.id.clone(),
+                decliner: crate::SYSTEM_ACTOR.to_owned(),
+                declined_at: custos_store::home::now_rfc3339(),
+                reason_sealed,
+                ledger_index: recorded.index(),
+            })
+            .await?;
+        if !declined {
+            // Judged in the moment between its record and this decline.
+            tracing::error!(
+                request = %record.id,
+                "a look-up request recorded after its limit lock was lost was judged before Custos could decline it"
+            );
+            return Err(BrokerError::Internal(
+                "a request recorded after its limit lock was lost was judged before it could be declined: see the ledger".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Version `version` of agreement `id`, parsed, if it is stored.

@@ -177,7 +177,7 @@ impl Custos {
         let charged = meta.charge_budget(&charge, budget).await?;
         // Counted and recorded: the computation need not hold the lock,
         // which must still have been held when the charge was recorded.
-        if let Some(limits) = limits {
+        if let Some(mut limits) = limits {
             limits.confirm().await?;
         }
         let Some(spent_after) = charged else {

@@ -137,6 +137,10 @@ const CACHE_TILES: usize = 4096;
 pub struct TileFiles {
     files: Arc<dyn PublishedFiles>,
     cache: Mutex<TileCache>,
+    /// Held while a missing tile is fetched: threads proving against the
+    /// same new checkpoint wait for one fetch instead of each making their
+    /// own (a shared ledger's appenders all need its new partial tiles).
+    fetching: Mutex<()>,
 }
 
 impl TileFiles {
@@ -150,6 +154,7 @@ impl TileFiles {
         Self {
             files,
             cache: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(()),
         }
     }
 
@@ -157,17 +162,24 @@ impl TileFiles {
     /// hashes, from the cache or the files. A full tile serves every width:
     /// the complete nodes of a prefix are the full tile's nodes.
     fn tree(&self, level: u8, index: u64, width: u64) -> std::io::Result<Arc<TileTree>> {
-        if let Ok(cache) = self.cache.lock() {
-            for key in [(level, index, TILE_WIDTH), (level, index, width)] {
-                if let Some(tree) = cache.get(&key) {
-                    return Ok(tree.clone());
-                }
-            }
-        }
-        let (data, width) = match self.full(level, index)? {
-            Some(full) => (full, TILE_WIDTH),
-            None => (self.read(level, index, width)?, width),
+        let cached = || {
+            let cache = self.cache.lock().ok()?;
+            [(level, index, TILE_WIDTH), (level, index, width)]
+                .iter()
+                .find_map(|key| cache.get(key).cloned())
         };
+        if let Some(tree) = cached() {
+            return Ok(tree);
+        }
+        let _fetching = self
+            .fetching
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another thread may have fetched it while this one waited.
+        if let Some(tree) = cached() {
+            return Ok(tree);
+        }
+        let (data, width) = self.read_covering(level, index, width)?;
         let tree = Arc::new(TileTree::build(&data));
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_TILES {
@@ -191,18 +203,34 @@ impl TileFiles {
     /// exactly `width` hashes' bytes. Serves a prefix of the full tile or of
     /// a wider partial tile when the exact partial is gone.
     pub fn read(&self, level: u8, index: u64, width: u64) -> std::io::Result<Arc<Vec<u8>>> {
+        let (bytes, read) = self.read_covering(level, index, width)?;
+        if read == width {
+            return Ok(bytes);
+        }
+        let want = usize::try_from(width)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(HASH_SIZE);
+        Ok(Arc::new(bytes[..want].to_vec()))
+    }
+
+    /// Tile `(level, index)` with at least `width` hashes: the full tile,
+    /// the exact partial or, once that was superseded, a wider partial's
+    /// prefix; with the width of what it returns.
+    fn read_covering(
+        &self,
+        level: u8,
+        index: u64,
+        width: u64,
+    ) -> std::io::Result<(Arc<Vec<u8>>, u64)> {
         let want = usize::try_from(width)
             .unwrap_or(usize::MAX)
             .saturating_mul(HASH_SIZE);
         if let Some(bytes) = self.full(level, index)? {
-            if width == TILE_WIDTH {
-                return Ok(bytes);
-            }
-            return Ok(Arc::new(bytes[..want].to_vec()));
+            return Ok((bytes, TILE_WIDTH));
         }
         let id = TileId::hashes(level, index, width);
         if let Some(bytes) = self.files.read(&id.path())? {
-            return check_len(bytes, want, &id.path());
+            return Ok((check_len(bytes, want, &id.path())?, width));
         }
         // The exact partial was superseded: take any wider partial's prefix.
         let mut widths: Vec<u64> = self
@@ -221,7 +249,7 @@ impl TileFiles {
                 .unwrap_or(usize::MAX)
                 .saturating_mul(HASH_SIZE);
             let bytes = check_len(bytes, expected, &wider.path())?;
-            return Ok(Arc::new(bytes[..want].to_vec()));
+            return Ok((Arc::new(bytes[..want].to_vec()), width));
         }
         Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,

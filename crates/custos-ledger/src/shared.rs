@@ -287,19 +287,22 @@ impl SharedLedger {
         tx.send(Append { entries, reply })
             .map_err(|_| LedgerError::Closed)?;
         let range = rx.recv().map_err(|_| LedgerError::Closed)??;
-        self.wait_published(range.end)?;
-        self.check_published(range.clone(), &leaves)?;
+        let cp = self.wait_published(range.end)?;
+        self.check_published(range.clone(), &leaves, &cp)?;
         Ok(range)
     }
 
     /// Proves each of `leaves`, at its index from `range.start`, included
-    /// in the published signed checkpoint. The size alone is not enough:
-    /// an insider who removed an unpublished record lets a later append
-    /// take its index, and the checkpoint then covers that one instead.
-    fn check_published(&self, range: Range<u64>, leaves: &[String]) -> Result<(), LedgerError> {
-        let cp = self
-            .published_checkpoint()?
-            .ok_or_else(|| LedgerError::Journal("no checkpoint is published".into()))?;
+    /// in `cp`, a signed checkpoint seen published. The size alone is not
+    /// enough: an insider who removed an unpublished record lets a later
+    /// append take its index, and the checkpoint then covers that one
+    /// instead.
+    fn check_published(
+        &self,
+        range: Range<u64>,
+        leaves: &[String],
+        cp: &VerifiedCheckpoint,
+    ) -> Result<(), LedgerError> {
         for (index, leaf) in range.zip(leaves) {
             let proof = self.reader.inclusion_proof(index, cp.size, cp.size)?;
             verify_inclusion(&proof)?;
@@ -316,18 +319,18 @@ impl SharedLedger {
         Ok(())
     }
 
-    /// Waits until a published checkpoint covers `size` entries.
-    fn wait_published(&self, size: u64) -> Result<(), LedgerError> {
+    /// Waits until a published checkpoint covers `size` entries, and
+    /// returns the newest one seen (verified when it was seen: by its
+    /// integrator as it signed it, or by this replica as it read it).
+    fn wait_published(&self, size: u64) -> Result<Arc<VerifiedCheckpoint>, LedgerError> {
         self.urgent.store(true, Ordering::Release);
-        if self.published.wait_for(size, self.patience) {
-            Ok(())
-        } else {
-            Err(LedgerError::Journal(format!(
+        self.published.wait_for(size, self.patience).ok_or_else(|| {
+            LedgerError::Journal(format!(
                 "entry {} is committed, but no checkpoint covering it was published within {:?} (is an integrator running, and the journal intact?): nothing was released",
                 size.saturating_sub(1),
                 self.patience
-            )))
-        }
+            ))
+        })
     }
 
     /// Waits until a published checkpoint covers every record committed
@@ -335,17 +338,10 @@ impl SharedLedger {
     pub fn checkpoint(&self) -> Result<VerifiedCheckpoint, LedgerError> {
         let wanted = self.journal.size()?;
         if wanted > 0 {
-            self.wait_published(wanted)?;
+            return Ok((*self.wait_published(wanted)?).clone());
         }
-        // Published checkpoints only grow (conditional writes): the one
-        // waited for, or a newer one, is there now.
         self.published_checkpoint()?
-            .filter(|cp| cp.size >= wanted)
-            .ok_or_else(|| {
-                LedgerError::Journal(format!(
-                    "no checkpoint covering {wanted} entries is published"
-                ))
-            })
+            .ok_or_else(|| LedgerError::Journal("no checkpoint is published yet".into()))
     }
 
     /// The published checkpoint, verified, if there is one.
@@ -449,31 +445,40 @@ struct Integrator {
     published: Arc<Published>,
 }
 
-/// The size of the newest checkpoint this replica has seen published, and
-/// the appends waiting for one to cover them.
+/// The newest checkpoint this replica has seen published, and the appends
+/// waiting for one to cover them. Appends prove their entries against it
+/// rather than each reading the bucket's checkpoint again.
 #[derive(Debug, Default)]
 struct Published {
-    size: std::sync::Mutex<u64>,
+    seen: std::sync::Mutex<Seen>,
     changed: std::sync::Condvar,
     waiting: std::sync::atomic::AtomicUsize,
 }
 
+/// What [`Published`] holds.
+#[derive(Debug, Default)]
+struct Seen {
+    size: u64,
+    checkpoint: Option<Arc<VerifiedCheckpoint>>,
+}
+
 impl Published {
-    fn size(&self) -> u64 {
-        *self
-            .size
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records a checkpoint of `size` seen published (sizes only grow).
-    fn saw(&self, size: u64) {
-        let mut current = self
-            .size
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if size > *current {
-            *current = size;
+    fn size(&self) -> u64 {
+        self.lock().size
+    }
+
+    /// Records a verified checkpoint seen published (sizes only grow).
+    fn saw(&self, cp: VerifiedCheckpoint) {
+        let mut seen = self.lock();
+        if cp.size > seen.size || seen.checkpoint.is_none() {
+            seen.size = cp.size;
+            seen.checkpoint = Some(Arc::new(cp));
             self.changed.notify_all();
         }
     }
@@ -483,30 +488,30 @@ impl Published {
         self.waiting.load(Ordering::Acquire) > 0
     }
 
-    /// Waits up to `patience` for a checkpoint of at least `size`.
-    fn wait_for(&self, size: u64, patience: Duration) -> bool {
+    /// Waits up to `patience` for a checkpoint of at least `size`, and
+    /// returns it.
+    fn wait_for(&self, size: u64, patience: Duration) -> Option<Arc<VerifiedCheckpoint>> {
         self.waiting.fetch_add(1, Ordering::AcqRel);
         let deadline = Instant::now() + patience;
-        let mut current = self
-            .size
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let covered = loop {
-            if *current >= size {
-                break true;
+        let mut seen = self.lock();
+        let covering = loop {
+            if seen.size >= size
+                && let Some(cp) = &seen.checkpoint
+            {
+                break Some(Arc::clone(cp));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break false;
+                break None;
             }
-            current = self
+            seen = self
                 .changed
-                .wait_timeout(current, left)
+                .wait_timeout(seen, left)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         };
         self.waiting.fetch_sub(1, Ordering::AcqRel);
-        covered
+        covering
     }
 }
 
@@ -598,7 +603,7 @@ impl Integrator {
         if let Ok(Some(note)) = self.files.read(CHECKPOINT)
             && let Ok(cp) = verify_checkpoint(&note, &self.signer.verifier_key())
         {
-            self.published.saw(cp.size);
+            self.published.saw(cp);
         }
     }
 
@@ -696,12 +701,13 @@ impl Integrator {
                 record.tag
             }
         };
-        self.published.saw(cp.size);
-        tracing::info!(size = cp.size, "integrating the shared ledger");
+        let size = cp.size;
+        self.published.saw(cp);
+        tracing::info!(size, "integrating the shared ledger");
         Ok(Integrated {
             tree,
             last_tag,
-            published: cp.size,
+            published: size,
             partials: Vec::new(),
         })
     }
@@ -761,6 +767,10 @@ impl Integrator {
             .signer
             .sign(size, state.tree.root().0)
             .map_err(|e| LedgerError::Damaged(e.to_string()))?;
+        // What appends prove against once it is published: the note as
+        // signed, checked once here.
+        let cp = verify_checkpoint(&note, &self.signer.verifier_key())
+            .map_err(|e| LedgerError::Damaged(format!("the checkpoint just signed: {e}")))?;
         // Only over the checkpoint just read: an integrator that stalled
         // while another published cannot put an older one back.
         self.files
@@ -775,7 +785,7 @@ impl Integrator {
             }
         }
         state.published = size;
-        self.published.saw(size);
+        self.published.saw(cp);
         Ok(())
     }
 }

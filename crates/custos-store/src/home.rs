@@ -1134,7 +1134,27 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(key_mode, 0o600);
+        let file_mode = |name: &str| {
+            fs::metadata(root.join(name))
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok()
+        };
+        // The catalogue holds token hashes and counts: the owner's alone.
+        assert_eq!(file_mode(METADATA_DB_FILE), Some(0o600));
+        // An older home's catalogue, made with the umask, is narrowed.
+        fs::set_permissions(
+            root.join(METADATA_DB_FILE),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let home = Home::open(&root, None).await.unwrap();
+        assert_eq!(file_mode(METADATA_DB_FILE), Some(0o600));
+        for companion in ["custos.db-wal", "custos.db-shm"] {
+            assert!(
+                matches!(file_mode(companion), None | Some(0o600)),
+                "{companion}"
+            );
+        }
         assert_eq!(home.origin().await.unwrap(), "example.org/custos");
         assert_eq!(
             hex::encode(home.ledger_public_key().await.unwrap().as_bytes()),

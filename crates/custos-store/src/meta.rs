@@ -329,11 +329,45 @@ async fn keep_lease(
 const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;";
 
+/// Makes the SQLite catalogue at `path` readable by its owner alone: a new
+/// file is created 0600 before SQLite opens it (its `-wal` and `-shm`
+/// files then take the same mode), and an older home's file, made with the
+/// process's umask, is narrowed to 0600 with its companions.
+fn owner_only(path: &Path, create: bool) -> Result<(), MetaError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |e: std::io::Error| MetaError::Database(format!("{}: {e}", path.display()));
+    if create && !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(failed)?;
+        return Ok(());
+    }
+    let mut companions = path.as_os_str().to_owned();
+    companions.push("-wal");
+    let wal = std::path::PathBuf::from(&companions);
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    for file in [path.to_owned(), wal, std::path::PathBuf::from(shm)] {
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(failed)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqlMetadata {
     /// Opens (or with `create`, creates) the SQLite database at `path` and
     /// applies pending migrations.
     pub async fn open(path: &Path, create: bool) -> Result<Self, MetaError> {
         sqlx::any::install_default_drivers();
+        owner_only(path, create)?;
         let url = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(create)

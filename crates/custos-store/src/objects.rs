@@ -1045,6 +1045,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_malformed_or_tampered_object_store_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(OBJECT_STORE_FILE);
+        for (text, says) in [
+            ("url = 3\n", "is malformed"),
+            ("url = \"s3://b/p\"\n", "missing field `origin`"),
+            (
+                "url = \"s3://b/p\"\norigin = \"o\"\nsecret = \"x\"\n",
+                "unknown field `secret`",
+            ),
+            ("not toml at all", "is malformed"),
+            (
+                "url = \"s3://key:secret@b/p\"\norigin = \"o\"\n",
+                "the object store URL",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let error = ObjectStoreLocation::read(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{text}: {error}");
+            assert!(!error.contains("secret@"), "{error}");
+        }
+    }
+
+    #[test]
     fn a_url_that_could_leak_or_misdirect_is_refused() {
         let ok = ObjectStoreLocation::parse(
             "s3://custos-data/homes/one?region=eu-west-1&endpoint=https://s3.example.org",

@@ -15,7 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use crate::catalogue::{CATALOGUE_FILE, CatalogueLocation};
-use crate::home::{HomeError, METADATA_DB_FILE, io_err, sync_dir, valid_origin};
+use crate::home::{HomeError, KEY_LOCK_FILE, METADATA_DB_FILE, io_err, sync_dir, valid_origin};
 use crate::objects::{OBJECT_STORE_FILE, ObjectStoreLocation};
 
 /// What [`ReplicaHome::prepare`] made, to take back if the home then
@@ -29,15 +29,16 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Removes the files written, or the whole directory if it was made
-    /// (opening may have added a lock file to it; it never held data).
+    /// Removes the files written and, if this made the directory, the
+    /// lock file opening adds and the directory itself (never recursively:
+    /// anything else put there stays).
     pub fn undo(self) {
-        if self.made_dir {
-            let _ = fs::remove_dir_all(&self.root);
-            return;
-        }
         for file in &self.written {
             let _ = fs::remove_file(file);
+        }
+        if self.made_dir {
+            let _ = fs::remove_file(self.root.join(KEY_LOCK_FILE));
+            let _ = fs::remove_dir(&self.root);
         }
     }
 }
@@ -55,11 +56,25 @@ pub struct ReplicaHome {
 
 impl ReplicaHome {
     /// Makes `root` this home's directory: creates it (0700) if missing and
-    /// writes the pointer files it lacks. Refuses an embedded home's
-    /// directory and pointer files that name another catalogue, store or
-    /// origin, leaving them as they were. If the home then fails to open,
-    /// [`Prepared::undo`] takes back what this wrote.
+    /// writes the pointer files it lacks. Refuses a path with `.` or `..`
+    /// in it, an embedded home's directory, a directory holding other
+    /// things and no home, and pointer files that name another catalogue,
+    /// store or origin, leaving them as they were. If the home then fails
+    /// to open, [`Prepared::undo`] takes back what this wrote.
     pub fn prepare(&self, root: &Path) -> Result<Prepared, HomeError> {
+        // `new/..` does not exist before `new` is made, and is an existing
+        // directory after: every check below must see the final directory.
+        if root.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        }) {
+            return Err(HomeError::Catalogue(format!(
+                "the replica's directory `{}` has `.` or `..` in it: name it plainly",
+                root.display()
+            )));
+        }
         if !valid_origin(&self.origin) {
             return Err(HomeError::BadOrigin(self.origin.clone()));
         }
@@ -76,23 +91,35 @@ impl ReplicaHome {
             )));
         }
         self.check_recorded(root, &objects)?;
+        if root.is_dir() && !holds_a_home_or_nothing(root)? {
+            return Err(HomeError::Catalogue(format!(
+                "`{}` holds other files and no Custos home: name a new or empty directory for the replica",
+                root.display()
+            )));
+        }
         let mut prepared = Prepared {
             root: root.to_owned(),
             made_dir: false,
             written: Vec::new(),
         };
         if !root.exists() {
-            prepared.made_dir = true;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .create(parent)
+                    .map_err(io_err(parent))?;
+            }
             fs::DirBuilder::new()
-                .recursive(true)
                 .mode(0o700)
                 .create(root)
                 .map_err(io_err(root))?;
+            // Whatever the umask.
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err(root))?;
+            prepared.made_dir = true;
         }
         if !root.is_dir() {
             return Err(HomeError::NotFound(root.to_owned()));
         }
-        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err(root))?;
         if !root.join(CATALOGUE_FILE).exists() {
             catalogue.write(root, &self.origin)?;
             prepared.written.push(root.join(CATALOGUE_FILE));
@@ -110,6 +137,8 @@ impl ReplicaHome {
     }
 
     /// Refuses pointer files in `root` that disagree with this replica's.
+    /// (Whether they agree with the database and bucket is checked by
+    /// opening the home.)
     fn check_recorded(
         &self,
         root: &Path,
@@ -144,6 +173,21 @@ impl ReplicaHome {
             (Some(_), Some(_)) => Ok(()),
         }
     }
+}
+
+/// Whether the directory `root` is empty (but for a lock file a failed
+/// start left) or holds a home's pointer files.
+fn holds_a_home_or_nothing(root: &Path) -> Result<bool, HomeError> {
+    if root.join(CATALOGUE_FILE).exists() || root.join(OBJECT_STORE_FILE).exists() {
+        return Ok(true);
+    }
+    for entry in fs::read_dir(root).map_err(io_err(root))? {
+        let entry = entry.map_err(io_err(root))?;
+        if entry.file_name() != KEY_LOCK_FILE {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -211,6 +255,31 @@ mod tests {
         let other = dir.path().join("other");
         replica().prepare(&other).unwrap().undo();
         assert!(!other.exists());
+        // An existing empty directory keeps its mode; undoing keeps it.
+        let empty = dir.path().join("empty");
+        fs::DirBuilder::new().mode(0o750).create(&empty).unwrap();
+        replica().prepare(&empty).unwrap().undo();
+        let mode = fs::metadata(&empty).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o750);
+    }
+
+    /// `new/..` names an existing directory once `new` is made: it is
+    /// refused before anything is made, and an undo never empties an
+    /// existing directory.
+    #[test]
+    fn dot_dot_paths_and_directories_of_other_things_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("existing");
+        fs::create_dir(&existing).unwrap();
+        fs::write(existing.join("notes.txt"), b"keep me").unwrap();
+        let sneaky = existing.join("new").join("..");
+        let error = replica().prepare(&sneaky).unwrap_err().to_string();
+        assert!(error.contains("`.` or `..`"), "{error}");
+        assert!(!existing.join("new").exists());
+        let error = replica().prepare(&existing).unwrap_err().to_string();
+        assert!(error.contains("holds other files"), "{error}");
+        assert_eq!(fs::read(existing.join("notes.txt")).unwrap(), b"keep me");
+        assert!(!existing.join(CATALOGUE_FILE).exists());
     }
 
     #[test]

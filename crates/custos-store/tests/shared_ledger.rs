@@ -624,7 +624,8 @@ fn a_limit_lock_whose_connection_ended_is_not_confirmed() {
         };
         let ended: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .fetch_all(&mut insider)
         .await

@@ -915,3 +915,60 @@ async fn another_custodians_backlog_does_not_hide_the_queue() {
         "a suspended agreement's requests leave the queue"
     );
 }
+
+/// A look-up request recorded after its agreement's limit lock was lost
+/// (the lock's PostgreSQL connection ended: a failover, an administrator,
+/// here a trigger that ends it as the request is inserted) is declined by
+/// Custos and can never be approved or fetched: another replica may have
+/// counted the agreement's limit while the lock was gone.
+#[test]
+fn a_request_recorded_after_its_limit_lock_was_lost_is_declined() {
+    let (Some(catalogue), Some(objects)) = (common::postgres_database(), common::s3_prefix())
+    else {
+        return;
+    };
+    let env = Env::with_placement(Some(&catalogue), Some(&objects));
+    common::postgres_execute(
+        &catalogue,
+        "CREATE FUNCTION end_limit_locks() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM pg_terminate_backend(pid) FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database());
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER end_limit_locks AFTER INSERT ON access_requests
+             FOR EACH ROW EXECUTE FUNCTION end_limit_locks();",
+    );
+    let tin = env.subject_with_years();
+    env.request("rita", &tin, &[])
+        .failure()
+        .stderr(predicate::str::contains("limit lock was lost"));
+    let state = common::postgres_text(&catalogue, "SELECT state FROM access_requests");
+    assert_eq!(state.as_deref(), Some("declined"));
+    let id = common::postgres_text(&catalogue, "SELECT id FROM access_requests").unwrap();
+    let entry = env.last_entry();
+    assert_eq!(
+        (
+            entry["action"].as_str(),
+            entry["actor"].as_str(),
+            entry["request_id"].as_str()
+        ),
+        (Some("lookup.decline"), Some("custos"), Some(id.as_str()))
+    );
+    // Neither approved nor fetched, whatever an approver does.
+    common::postgres_execute(
+        &catalogue,
+        "DROP TRIGGER end_limit_locks ON access_requests",
+    );
+    env.as_("adam").args(["approve", &id]).assert().failure();
+    env.as_("rita")
+        .args(["lookup", "fetch", &id])
+        .assert()
+        .failure();
+    assert!(
+        !env.ledger()
+            .iter()
+            .any(|e| e["action"] == "lookup.fetch" && e["decision"] == "allow")
+    );
+}

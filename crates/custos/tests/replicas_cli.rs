@@ -110,6 +110,41 @@ async fn burst(
     replies.iter().filter(|(s, _)| *s == 200).count()
 }
 
+/// A home in `dir` (origin `tax.example.gov/custos`) with a shared ledger:
+/// its catalogue in PostgreSQL, its files in object storage, 300
+/// synthetic returns and agreement `gao-stats` with `budget`. Returns the
+/// home, an admin's token and an analyst's.
+fn shared_home(
+    dir: &Path,
+    catalogue: &str,
+    objects: &str,
+    budget: &str,
+) -> (std::path::PathBuf, String, String) {
+    let home = dir.join("home");
+    common::custos(&home, None)
+        .args(["init", "--origin", "tax.example.gov/custos", "--catalogue"])
+        .arg(catalogue)
+        .args(["--object-store", objects])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("shared by every server"));
+    let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
+    let analyst = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
+    common::ingest_synthetic(&home, &admin, &dir.join("data"), 300, &["tax_returns"]);
+    let agreement = dir.join("agreement.toml");
+    std::fs::write(
+        &agreement,
+        common::aggregate_agreement("gao-stats", budget, "0.1"),
+    )
+    .unwrap();
+    common::custos(&home, Some(&admin))
+        .args(["agreement", "apply"])
+        .arg(&agreement)
+        .assert()
+        .success();
+    (home, admin, analyst)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_share_one_budget_and_ledger_and_survive_a_killed_integrator() {
     let (Some(catalogue), Some(objects)) = (
@@ -121,38 +156,7 @@ async fn three_replicas_share_one_budget_and_ledger_and_survive_a_killed_integra
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    common::custos(&home, None)
-        .args([
-            "init",
-            "--catalogue",
-            &catalogue,
-            "--object-store",
-            &objects,
-        ])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("shared by every server"));
-    let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
-    let analyst = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
-    common::ingest_synthetic(
-        &home,
-        &admin,
-        &dir.path().join("data"),
-        300,
-        &["tax_returns"],
-    );
-    let agreement = dir.path().join("agreement.toml");
-    std::fs::write(
-        &agreement,
-        common::aggregate_agreement("gao-stats", "1.0", "0.1"),
-    )
-    .unwrap();
-    common::custos(&home, Some(&admin))
-        .args(["agreement", "apply"])
-        .arg(&agreement)
-        .assert()
-        .success();
+    let (home, admin, analyst) = shared_home(dir.path(), &catalogue, &objects, "1.0");
     // A second agreement whose budget is ample but whose rate is 12 an hour.
     let hourly = dir.path().join("hourly.toml");
     std::fs::write(
@@ -316,33 +320,7 @@ async fn a_replica_serves_from_a_configuration_file_without_a_copy_of_the_home()
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    common::custos(&home, None)
-        .args(["init", "--origin", "tax.example.gov/custos", "--catalogue"])
-        .arg(&catalogue)
-        .args(["--object-store", &objects])
-        .assert()
-        .success();
-    let admin = common::add_principal(&home, None, "alice", "IRS", "admin");
-    let analyst = common::add_principal(&home, Some(&admin), "gina", "GAO", "requester");
-    common::ingest_synthetic(
-        &home,
-        &admin,
-        &dir.path().join("data"),
-        200,
-        &["tax_returns"],
-    );
-    let agreement = dir.path().join("agreement.toml");
-    std::fs::write(
-        &agreement,
-        common::aggregate_agreement("gao-stats", "10.0", "0.1"),
-    )
-    .unwrap();
-    common::custos(&home, Some(&admin))
-        .args(["agreement", "apply"])
-        .arg(&agreement)
-        .assert()
-        .success();
+    let (home, _admin, analyst) = shared_home(dir.path(), &catalogue, &objects, "10.0");
     let master_key = std::fs::read_to_string(home.join("master.key")).unwrap();
     let master_key = master_key.trim();
 

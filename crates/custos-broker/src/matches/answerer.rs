@@ -152,7 +152,16 @@ impl Custos {
             confirmed_at: None,
         };
         let claimed = meta.claim_match_job(&job).await?;
-        drop(limits);
+        if claimed
+            && let Some(mut limits) = limits
+            && let Err(lost) = limits.confirm().await
+        {
+            // Counted without the lock: the job never answers.
+            let _ = meta
+                .finish_match_job(&offer.job_id, MatchState::Failed, None, &[])
+                .await;
+            return Err(lost);
+        }
         if !claimed {
             return Err(self.refuse(
                 entry,

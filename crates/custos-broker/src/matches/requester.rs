@@ -125,7 +125,15 @@ impl Custos {
             ..entry.clone()
         })?;
         meta.claim_match_job(&job).await?;
-        drop(limits);
+        if let Some(mut limits) = limits
+            && let Err(lost) = limits.confirm().await
+        {
+            // Counted without the lock: the job never runs.
+            let _ = meta
+                .finish_match_job(&job_id, MatchState::Failed, None, &[])
+                .await;
+            return Err(lost);
+        }
         let outcome = self
             .exchange_with(allowed, peer, &job_id, req.agreement, &terms, &keys)
             .await

@@ -113,6 +113,14 @@ pub async fn run(home: &Path, home_given: bool, args: ServeArgs) -> anyhow::Resu
     let positive = |n: u32, what: &str| {
         std::num::NonZeroU32::new(n).ok_or_else(|| anyhow::anyhow!("--{what} must be at least 1"))
     };
+    // Bounded, so that no value overflows a deadline or a semaphore.
+    let within = |n: u64, most: u64, what: &str| {
+        if (1..=most).contains(&n) {
+            Ok(n)
+        } else {
+            Err(anyhow::anyhow!("--{what} must be from 1 to {most}"))
+        }
+    };
     let mut config = ServerConfig::new(
         args.listen
             .or(options.listen)
@@ -125,17 +133,32 @@ pub async fn run(home: &Path, home_given: bool, args: ServeArgs) -> anyhow::Resu
             .zip(options.tls_key)
             .map(|(cert, key)| TlsFiles { cert, key }),
     };
-    config.body_limit = args.body_limit.or(options.body_limit).unwrap_or(64 * 1024);
-    let seconds = |given: Option<u64>, configured: Option<u64>, default: u64| {
-        Duration::from_secs(given.or(configured).unwrap_or(default).max(1))
+    config.body_limit = usize::try_from(within(
+        args.body_limit.or(options.body_limit).unwrap_or(64 * 1024) as u64,
+        1 << 30,
+        "body-limit",
+    )?)?;
+    const DAY: u64 = 24 * 60 * 60;
+    let seconds = |given: Option<u64>, configured: Option<u64>, default: u64, what: &str| {
+        within(given.or(configured).unwrap_or(default), DAY, what).map(Duration::from_secs)
     };
-    config.request_timeout = seconds(args.request_timeout, options.request_timeout, 30);
-    config.header_timeout = seconds(args.header_timeout, options.header_timeout, 10);
-    config.max_in_flight = args
-        .max_in_flight
-        .or(options.max_in_flight)
-        .unwrap_or(256)
-        .max(1);
+    config.request_timeout = seconds(
+        args.request_timeout,
+        options.request_timeout,
+        30,
+        "request-timeout",
+    )?;
+    config.header_timeout = seconds(
+        args.header_timeout,
+        options.header_timeout,
+        10,
+        "header-timeout",
+    )?;
+    config.max_in_flight = usize::try_from(within(
+        args.max_in_flight.or(options.max_in_flight).unwrap_or(256) as u64,
+        1_000_000,
+        "max-in-flight",
+    )?)?;
     config.rate_limit = RateLimit {
         per_second: positive(args.rate.or(options.rate).unwrap_or(100), "rate")?,
         burst: positive(args.burst.or(options.burst).unwrap_or(200), "burst")?,

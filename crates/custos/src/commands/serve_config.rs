@@ -85,8 +85,18 @@ impl ServeConfig {
         let text = std::fs::read_to_string(file).map_err(|e| {
             anyhow::anyhow!("cannot read the configuration `{}`: {e}", file.display())
         })?;
+        // The message and line only: the offending line itself could hold
+        // a secret someone put in the file by mistake.
         let mut config: Self = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("the configuration `{}` is malformed: {e}", file.display())
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            anyhow::anyhow!(
+                "the configuration `{}` is malformed{}: {}",
+                file.display(),
+                line.map(|l| format!(" at line {l}")).unwrap_or_default(),
+                e.message()
+            )
         })?;
         if matches!(
             (&config.server.tls_cert, &config.server.tls_key),
