@@ -23,12 +23,18 @@ use crate::objects::{OBJECT_STORE_FILE, ObjectStoreLocation};
 #[derive(Debug)]
 #[must_use = "undo() it if the home does not open"]
 pub struct Prepared {
+    /// The directory, resolved (see [`ReplicaHome::prepare`]).
     root: std::path::PathBuf,
     made_dir: bool,
     written: Vec<std::path::PathBuf>,
 }
 
 impl Prepared {
+    /// The replica's directory, resolved: open the home here.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Removes the files written and, if this made the directory, the
     /// lock file opening adds and the directory itself (never recursively:
     /// anything else put there stays).
@@ -62,19 +68,7 @@ impl ReplicaHome {
     /// store or origin, leaving them as they were. If the home then fails
     /// to open, [`Prepared::undo`] takes back what this wrote.
     pub fn prepare(&self, root: &Path) -> Result<Prepared, HomeError> {
-        // `new/..` does not exist before `new` is made, and is an existing
-        // directory after: every check below must see the final directory.
-        if root.components().any(|c| {
-            matches!(
-                c,
-                std::path::Component::ParentDir | std::path::Component::CurDir
-            )
-        }) {
-            return Err(HomeError::Catalogue(format!(
-                "the replica's directory `{}` has `.` or `..` in it: name it plainly",
-                root.display()
-            )));
-        }
+        let root = &resolve(root)?;
         if !valid_origin(&self.origin) {
             return Err(HomeError::BadOrigin(self.origin.clone()));
         }
@@ -173,6 +167,50 @@ impl ReplicaHome {
             (Some(_), Some(_)) => Ok(()),
         }
     }
+}
+
+/// `path` with its longest existing ancestor resolved (symbolic links,
+/// `.` and `..`) and the rest appended, which must be plain names:
+/// `new/..` does not exist before `new` is made and is an existing
+/// directory after, so every check must see the final directory.
+fn resolve(path: &Path) -> Result<std::path::PathBuf, HomeError> {
+    let mut rest = Vec::new();
+    let mut existing = path;
+    while !existing.as_os_str().is_empty() && fs::symlink_metadata(existing).is_err() {
+        let Some(name) = existing.file_name() else {
+            break;
+        };
+        if existing.ends_with("..") || existing.ends_with(".") {
+            break;
+        }
+        rest.push(name.to_owned());
+        existing = existing.parent().unwrap_or(Path::new(""));
+    }
+    let unresolved = || {
+        HomeError::Catalogue(format!(
+            "the replica's directory `{}` goes through `..` or `.` after a directory that does not exist yet: name it plainly",
+            path.display()
+        ))
+    };
+    if fs::symlink_metadata(if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        existing
+    })
+    .is_err()
+    {
+        return Err(unresolved());
+    }
+    let mut resolved = fs::canonicalize(if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        existing
+    })
+    .map_err(io_err(existing))?;
+    for name in rest.iter().rev() {
+        resolved.push(name);
+    }
+    Ok(resolved)
 }
 
 /// Whether the directory `root` is empty (but for a lock file a failed
@@ -274,8 +312,17 @@ mod tests {
         fs::write(existing.join("notes.txt"), b"keep me").unwrap();
         let sneaky = existing.join("new").join("..");
         let error = replica().prepare(&sneaky).unwrap_err().to_string();
-        assert!(error.contains("`.` or `..`"), "{error}");
+        assert!(error.contains("`..` or `.`"), "{error}");
         assert!(!existing.join("new").exists());
+        // `..` through directories that exist is resolved, not refused.
+        let made = replica()
+            .prepare(&existing.join("..").join("plain"))
+            .unwrap();
+        assert_eq!(
+            made.root(),
+            fs::canonicalize(dir.path()).unwrap().join("plain")
+        );
+        made.undo();
         let error = replica().prepare(&existing).unwrap_err().to_string();
         assert!(error.contains("holds other files"), "{error}");
         assert_eq!(fs::read(existing.join("notes.txt")).unwrap(), b"keep me");

@@ -401,6 +401,16 @@ async fn a_replica_serves_from_a_configuration_file_without_a_copy_of_the_home()
             replica.display()
         );
     }
+    // A value put in the wrong place is not echoed (it may be a secret).
+    let leaky = write_config(
+        "leaky.toml",
+        "tax.example.gov/custos",
+        "[server]\nrate = \"Hunter2pw\"\n",
+    );
+    serve(&leaky, Some(master_key)).assert().failure().stderr(
+        predicate::str::contains("at line 7").and(predicate::str::contains("Hunter2pw").not()),
+    );
+    assert!(!replica.exists());
     let config = write_config(
         "replica.toml",
         "tax.example.gov/custos",

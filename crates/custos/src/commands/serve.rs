@@ -8,7 +8,7 @@ use clap::Args;
 use custos_server::{RateLimit, Server, ServerConfig, TlsFiles};
 
 use super::open_custos_with;
-use super::serve_config::{ServeConfig, ServerOptions};
+use super::serve_config::ServeConfig;
 
 /// `custos serve [--config FILE] [--listen ADDR] [--tls-cert F --tls-key F]`.
 #[derive(Debug, Args)]
@@ -99,17 +99,7 @@ pub async fn run(home: &Path, home_given: bool, args: ServeArgs) -> anyhow::Resu
         Some(configured) => configured,
         None => home.to_owned(),
     };
-    let mut ledger_key = super::ledger_key_from_env()?;
-    let (options, prepared) = match file {
-        Some(file) => {
-            let prepared = file.replica().prepare(&home)?;
-            if ledger_key.seed.is_none() && ledger_key.file.is_none() {
-                ledger_key.file = file.ledger_key_file;
-            }
-            (file.server, Some(prepared))
-        }
-        None => (ServerOptions::default(), None),
-    };
+    let options = file.as_ref().map(|f| f.server.clone()).unwrap_or_default();
     let positive = |n: u32, what: &str| {
         std::num::NonZeroU32::new(n).ok_or_else(|| anyhow::anyhow!("--{what} must be at least 1"))
     };
@@ -168,6 +158,20 @@ pub async fn run(home: &Path, home_given: bool, args: ServeArgs) -> anyhow::Resu
         .witness_refresh
         .or(options.witness_refresh)
         .unwrap_or(Duration::from_secs(60));
+    // Only once every option is known to be good: a refused start leaves
+    // nothing in the directory.
+    let mut ledger_key = super::ledger_key_from_env()?;
+    let prepared = match file {
+        Some(file) => {
+            let prepared = file.replica().prepare(&home)?;
+            if ledger_key.seed.is_none() && ledger_key.file.is_none() {
+                ledger_key.file = file.ledger_key_file;
+            }
+            Some(prepared)
+        }
+        None => None,
+    };
+    let home = prepared.as_ref().map_or(home, |p| p.root().to_owned());
     let scheme = if config.tls.is_some() {
         "https"
     } else {

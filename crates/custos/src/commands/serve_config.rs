@@ -35,7 +35,7 @@ pub struct ServeConfig {
 
 /// `[server]`: the options `custos serve` also takes as flags, by the same
 /// names with `_` for `-`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerOptions {
     /// `--listen`.
@@ -74,8 +74,26 @@ mod humantime_serde_option {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration: {e}")))
+            .map_err(|_| serde::de::Error::custom("not a duration such as \"90s\" or \"5m\""))
     }
+}
+
+/// `message` with what it quotes replaced by `…`: the parser quotes the
+/// offending value, which may be a secret put in the file by mistake.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl ServeConfig {
@@ -90,12 +108,12 @@ impl ServeConfig {
         let mut config: Self = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
             anyhow::anyhow!(
                 "the configuration `{}` is malformed{}: {}",
                 file.display(),
                 line.map(|l| format!(" at line {l}")).unwrap_or_default(),
-                e.message()
+                without_quoted(e.message())
             )
         })?;
         if matches!(
