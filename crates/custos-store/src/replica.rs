@@ -176,37 +176,25 @@ impl ReplicaHome {
 fn resolve(path: &Path) -> Result<std::path::PathBuf, HomeError> {
     let mut rest = Vec::new();
     let mut existing = path;
-    while !existing.as_os_str().is_empty() && fs::symlink_metadata(existing).is_err() {
-        let Some(name) = existing.file_name() else {
-            break;
-        };
-        if existing.ends_with("..") || existing.ends_with(".") {
-            break;
-        }
+    // `file_name` is `None` for a path ending in `..`: the walk stops there.
+    while fs::symlink_metadata(existing).is_err()
+        && let Some(name) = existing.file_name()
+    {
         rest.push(name.to_owned());
         existing = existing.parent().unwrap_or(Path::new(""));
     }
-    let unresolved = || {
-        HomeError::Catalogue(format!(
+    let existing = if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        existing
+    };
+    if fs::symlink_metadata(existing).is_err() {
+        return Err(HomeError::Catalogue(format!(
             "the replica's directory `{}` goes through `..` or `.` after a directory that does not exist yet: name it plainly",
             path.display()
-        ))
-    };
-    if fs::symlink_metadata(if existing.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        existing
-    })
-    .is_err()
-    {
-        return Err(unresolved());
+        )));
     }
-    let mut resolved = fs::canonicalize(if existing.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        existing
-    })
-    .map_err(io_err(existing))?;
+    let mut resolved = fs::canonicalize(existing).map_err(io_err(existing))?;
     for name in rest.iter().rev() {
         resolved.push(name);
     }
